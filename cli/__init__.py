@@ -1,0 +1,1 @@
+"""The `onnxplain` command line (click): thin commands that parse, call the library, print or write."""

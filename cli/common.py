@@ -1,0 +1,45 @@
+"""Options and helpers shared by several commands."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+import onnxplain
+from onnxplain.errors import OnnxplainError
+
+model_argument = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+preprocess_option = click.option("--preprocess", "preprocess", type=click.Path(dir_okay=False, path_type=Path),
+                                 help="JSON preprocessing spec (overrides the one stored in the model).")
+
+
+def load_model(path: Path, preprocess: Path | None):
+    return onnxplain.load(path, preprocess=preprocess)
+
+
+def read_labels(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise OnnxplainError(f"labels file not found: {path}")
+    labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not labels:
+        raise OnnxplainError(f"labels file {path} is empty")
+    return labels
+
+
+def echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=_plain))
+
+
+def _plain(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

@@ -1,0 +1,44 @@
+"""Entry point: the click group, and the one place that turns a user's mistake into one line and exit code 2."""
+from __future__ import annotations
+
+import sys
+import warnings
+
+import click
+
+from onnxplain.errors import OnnxplainError
+
+from .explain_cmd import explain_command
+from .inspect_cmd import inspect_command
+from .predict_cmd import predict_command
+
+
+class UserErrorGroup(click.Group):
+    """Runs commands so that an OnnxplainError prints one line on stderr and exits 2, with no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxplainError as error:
+            click.echo(f"onnxplain: error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxplain")
+def cli():
+    """Explain the decisions of any ONNX classifier (PyTorch, Keras, Caffe, PaddlePaddle, scikit-learn exports)."""
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+cli.add_command(explain_command)
+cli.add_command(inspect_command)
+cli.add_command(predict_command)
+
+
+def main():
+    cli()
+
+
+if __name__ == "__main__":
+    main()

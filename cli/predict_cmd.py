@@ -1,0 +1,41 @@
+"""`onnxplain predict`: the top-K classes of each input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnxplain.io import load_inputs
+
+from .common import echo_json, load_model, model_argument, preprocess_option, read_labels
+
+
+def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[{"index": int(i), "label": model.label_of(int(i)), "score": float(row[i])} for i in idx]
+            for row, idx in zip(scores, order)]
+
+
+@click.command("predict")
+@model_argument
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", "k", default=5, show_default=True, help="How many classes to list.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
+@preprocess_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def predict_command(model, inputs, k, labels, preprocess, as_json):
+    """The top-K classes with their scores for each input (image, .npy or NIfTI; folders too)."""
+    loaded = load_model(model, preprocess)
+    names = read_labels(labels)
+    if names:
+        loaded.labels = names
+    x, files = load_inputs(inputs, loaded)
+    ranked = top_k(loaded, loaded.scores(x), k)
+    if as_json:
+        echo_json([{"input": str(f), "kind": loaded.score_kind, "top": r} for f, r in zip(files, ranked)])
+        return
+    for path, rows in zip(files, ranked):
+        click.echo(f"{path}:")
+        for row in rows:
+            click.echo(f"  {row['label']:>12}  {row['score']:.4f}")

@@ -1,0 +1,111 @@
+"""Reading user inputs (images, .npy tensors, NIfTI volumes) into one model-input batch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OnnxplainError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def expand_paths(paths) -> list[Path]:
+    """Files as given; folders replaced by the inputs they hold (sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and _kind(p) != "unknown"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise OnnxplainError(f"input not found: {path}")
+    if not found:
+        raise OnnxplainError("no inputs found in " + ", ".join(map(str, paths)))
+    return found
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if path.suffix.lower() == ".npy":
+        return "npy"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    return "unknown"
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Pixels (HxW or HxWx3 uint8) of an image file; anything else is a clear error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise OnnxplainError(f"{path} is not a readable image") from None
+
+
+def read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise OnnxplainError(f"{path} is not a readable .npy array (pickled arrays are refused)") from None
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(volume as float32, 4x4 affine) of a NIfTI file."""
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        return np.asarray(image.get_fdata(dtype=np.float32)), np.asarray(image.affine)
+    except Exception as error:  # nibabel raises several unrelated types for bad files
+        raise OnnxplainError(f"{path} is not a readable NIfTI volume ({type(error).__name__})") from None
+
+
+def volume_to_tensor(volume: np.ndarray, model) -> np.ndarray:
+    """A 3-D volume -> one model input: the spec's crop, then flattened or given a channel axis."""
+    spec = model.preprocess
+    if spec is not None and spec.crop is not None:
+        volume = volume[tuple(slice(a, b) for a, b in spec.crop)]
+    size = int(np.prod([d for d in model.input_shape[1:] if d])) if all(model.input_shape[1:]) else None
+    if len(model.input_shape) == 2:
+        if size is not None and volume.size != size:
+            raise OnnxplainError(f"volume of {volume.size} voxels does not fit the model's {size} features")
+        return volume.reshape(-1).astype(np.float32)
+    return volume[None].astype(np.float32) if len(model.input_shape) == 5 else volume.astype(np.float32)
+
+
+def to_model_inputs(path: Path, model) -> np.ndarray:
+    """One input file -> a batch of model inputs: one sample, or all of an .npy that has the batch axis."""
+    kind = _kind(path)
+    if kind == "npy":
+        array = np.asarray(read_npy(path))
+        return array if array.ndim == len(model.input_shape) else array[None]
+    if kind == "nifti":
+        return volume_to_tensor(read_nifti(path)[0], model)[None]
+    if kind == "image":
+        if model.preprocess is None:
+            raise OnnxplainError(f"{path}: this model has no preprocessing spec for images; "
+                                 "pass --preprocess spec.json, or a preprocessed .npy tensor")
+        return model.preprocess.image_to_tensor(read_image(path))[None]
+    raise OnnxplainError(f"{path}: unknown input type (expected an image, .npy or .nii/.nii.gz)")
+
+
+def load_inputs(paths, model) -> tuple[np.ndarray, list[Path]]:
+    """Every input as one checked batch (N, *input_shape) plus, per sample, the file it came from
+    (an .npy batch of n samples is listed as name[0] ... name[n-1])."""
+    batches, sources = [], []
+    for path in expand_paths(paths):
+        batch = to_model_inputs(path, model)
+        try:
+            batches.append(model.check_input(batch))
+        except OnnxplainError as error:
+            raise OnnxplainError(f"{path}: {error}") from None
+        sources.extend([path] if len(batch) == 1 else [path.with_name(f"{path.name}[{i}]") for i in range(len(batch))])
+    return np.concatenate(batches), sources

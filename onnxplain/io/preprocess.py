@@ -1,0 +1,158 @@
+"""Preprocessing specs: how a picture becomes the model's input tensor, and back again for display.
+
+A spec travels inside the ONNX file (``metadata_props['onnxplain.preprocess']``, JSON) or comes from
+``--preprocess spec.json``. Fields (all optional but ``layout``)::
+
+    layout  "NCHW" | "NHWC" | "flat"       where the channel axis goes; "flat" = one feature vector
+    size    [H, W]                         the model's spatial size
+    color   "gray" | "rgb" | "bgr"         channel order (Caffe models are BGR)
+    resize  "stretch" | "shorter-side-crop"
+    scale   float                          multiplies 0..255 pixel values
+    mean    [per channel]                  subtracted after scaling
+    std     [per channel]                  divided after subtracting
+    crop    [[start, stop], ...]           for volumes: the box kept before flattening
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import OnnxplainError
+
+METADATA_KEY = "onnxplain.preprocess"
+LABELS_KEY = "onnxplain.labels"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    layout: str = "NCHW"
+    size: tuple[int, int] | None = None
+    color: str = "rgb"
+    resize: str = "stretch"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    crop: tuple[tuple[int, int], ...] | None = field(default=None)
+
+    def __post_init__(self):
+        if self.layout not in ("NCHW", "NHWC", "flat"):
+            raise OnnxplainError(f"preprocessing spec: layout must be NCHW, NHWC or flat, not {self.layout!r}")
+        if self.color not in ("gray", "rgb", "bgr"):
+            raise OnnxplainError(f"preprocessing spec: color must be gray, rgb or bgr, not {self.color!r}")
+        if self.resize not in ("stretch", "shorter-side-crop"):
+            raise OnnxplainError(f"preprocessing spec: resize must be stretch or shorter-side-crop, not {self.resize!r}")
+        if any(s == 0 for s in self.std):
+            raise OnnxplainError("preprocessing spec: std must not contain 0")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise OnnxplainError(f"preprocessing spec: unknown field(s) {', '.join(sorted(unknown))}")
+        values = dict(data)
+        for key in ("size", "mean", "std"):
+            if key in values and values[key] is not None:
+                values[key] = tuple(values[key])
+        if values.get("crop") is not None:
+            values["crop"] = tuple(tuple(pair) for pair in values["crop"])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise OnnxplainError(f"preprocessing spec: {error}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise OnnxplainError(f"preprocessing spec is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise OnnxplainError("preprocessing spec must be a JSON object")
+        return cls.from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None})
+
+    def _per_channel(self, values: tuple[float, ...]) -> np.ndarray:
+        array = np.asarray(values, dtype=np.float32)
+        return np.broadcast_to(array, (self.channels,)) if array.size == 1 else array
+
+    def value_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (low, high) of model-input values that pixels 0..255 map to (z^B bounds, noise ranges)."""
+        mean, std = self._per_channel(self.mean), self._per_channel(self.std)
+        low, high = (0 * self.scale - mean) / std, (255 * self.scale - mean) / std
+        return np.minimum(low, high), np.maximum(low, high)
+
+    def image_to_tensor(self, pixels: np.ndarray) -> np.ndarray:
+        """HxW or HxWxC uint8 RGB pixels -> one model input (no batch axis), float32."""
+        from PIL import Image
+
+        image = Image.fromarray(pixels).convert("L" if self.color == "gray" else "RGB")
+        if self.size is not None:
+            image = self._resize(image, tuple(self.size))
+        array = np.asarray(image, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if self.color == "bgr":
+            array = array[:, :, ::-1]
+        array = (array * self.scale - self._per_channel(self.mean)) / self._per_channel(self.std)
+        if self.layout == "NCHW":
+            array = array.transpose(2, 0, 1)
+        elif self.layout == "flat":
+            array = array.reshape(-1) if self.channels > 1 else array[:, :, 0].reshape(-1)
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def _resize(self, image, size: tuple[int, int]):
+        from PIL import Image
+
+        height, width = size
+        if self.resize == "shorter-side-crop":
+            factor = max(height / image.height, width / image.width)
+            image = image.resize((max(width, round(image.width * factor)), max(height, round(image.height * factor))),
+                                 Image.BILINEAR)
+            left, top = (image.width - width) // 2, (image.height - height) // 2
+            return image.crop((left, top, left + width, top + height))
+        return image.resize((width, height), Image.BILINEAR)
+
+    def tensor_to_image(self, tensor: np.ndarray) -> np.ndarray:
+        """One model input (no batch axis) -> HxW or HxWx3 float image in [0, 1] for display (the inverse map)."""
+        array = np.asarray(tensor, dtype=np.float32)
+        if self.layout == "NCHW":
+            array = array.transpose(1, 2, 0)
+        elif self.layout == "flat":
+            if self.size is None:
+                raise OnnxplainError("a flat input needs 'size' in its preprocessing spec to be shown as an image")
+            array = array.reshape(*self.size, self.channels)
+        array = (array * self._per_channel(self.std) + self._per_channel(self.mean)) / self.scale
+        if self.color == "bgr":
+            array = array[:, :, ::-1]
+        image = np.clip(array / 255.0, 0.0, 1.0)
+        return image[:, :, 0] if image.shape[2] == 1 else image
+
+    def relevance_to_map(self, relevance: np.ndarray) -> np.ndarray:
+        """Relevance shaped like one input -> HxW map (channels summed), for heatmaps."""
+        array = np.asarray(relevance, dtype=np.float64)
+        if self.layout == "NCHW":
+            return array.sum(axis=0)
+        if self.layout == "NHWC":
+            return array.sum(axis=-1)
+        if self.size is None:
+            raise OnnxplainError("a flat input needs 'size' in its preprocessing spec to be shown as an image")
+        return array.reshape(*self.size, self.channels).sum(axis=-1)
+
+
+def default_spec(input_shape: tuple) -> PreprocessSpec | None:
+    """A plain spec guessed from an image-like input shape (N, C, H, W) or (N, H, W, C); None otherwise."""
+    dims = tuple(input_shape[1:])
+    if len(dims) == 3 and dims[0] in (1, 3) and all(isinstance(d, int) for d in dims[1:]):
+        return PreprocessSpec(layout="NCHW", size=(dims[1], dims[2]), color="gray" if dims[0] == 1 else "rgb")
+    if len(dims) == 3 and dims[2] in (1, 3) and all(isinstance(d, int) for d in dims[:2]):
+        return PreprocessSpec(layout="NHWC", size=(dims[0], dims[1]), color="gray" if dims[2] == 1 else "rgb")
+    return None

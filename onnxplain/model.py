@@ -1,0 +1,287 @@
+"""`Model`: a loaded, normalised ONNX classifier; the one place that knows about sessions and providers."""
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import normalize
+from .errors import OnnxplainError
+from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec
+from .runtime import available_providers, batch_size_for, make_session, run_batched
+
+SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
+ML_PROBABILITY_TRANSFORMS = {"SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO"}
+
+
+def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | str | os.PathLike | None = None,
+         providers: list[str] | None = None, verify: bool = True) -> "Model":
+    """Read, validate and normalise an ONNX classifier; `verify` checks every normalisation against the original."""
+    original = normalize.read_model(path)
+    normalize.check_domains(original)
+    normalize.check_model(original)
+    return Model(original, path=Path(path), preprocess=preprocess, providers=providers, verify=verify)
+
+
+class Model:
+    """An ONNX classifier: normalised graph, input spec, class-score output, batched onnxruntime forward passes."""
+
+    def __init__(self, original: onnx.ModelProto, *, path: Path | None = None, preprocess=None,
+                 providers: list[str] | None = None, verify: bool = True):
+        self.path = path
+        self.providers = providers or available_providers()
+        self.notes: list[str] = []
+        self.original = original
+        self.proto = self._normalise(original, verify)
+        self._sessions: dict[tuple[str, ...], object] = {}
+        self.input_name, self.input_shape, self.input_dtype = self._single_input()
+        self.score_output, self.score_kind, self.score_reason, self.logits_output = self._find_scores()
+        self.preprocess = self._preprocess_spec(preprocess)
+        self.labels = self._labels()
+
+    # ---------------------------------------------------------------- normalisation
+    def _normalise(self, original: onnx.ModelProto, verify: bool) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.CopyFrom(original)
+        model = normalize.drop_initializer_inputs(model)
+        model = normalize.unzip_classifier(model)
+        model, note = normalize.upgrade_opset(model)
+        if note:
+            self.notes.append(note)
+        model = normalize.infer_shapes(model)
+        if verify:
+            self._verify_same_outputs(original, model)
+        dynamic, changed = normalize.make_batch_dynamic(_copy(model))
+        self.fixed_batch = False
+        if changed:
+            dynamic = normalize.infer_shapes(dynamic)
+            if self._batch_parity(dynamic):
+                model = dynamic
+                self.notes.append("batch axis made dynamic")
+            else:
+                self.fixed_batch = True
+                self.notes.append("batch axis stays fixed at 1 (dynamic batch changed the outputs)")
+        return model
+
+    def _verify_same_outputs(self, original: onnx.ModelProto, normalised: onnx.ModelProto) -> None:
+        names = [o.name for o in normalised.graph.output]
+        feed_proto = normalize.drop_initializer_inputs(_copy(original))
+        reference = make_session(_with_outputs(feed_proto, names).SerializeToString(), self.providers)
+        candidate = make_session(normalised.SerializeToString(), self.providers)
+        feed = _random_feed(candidate)
+        for name, want, got in zip(names, reference.run(names, feed), candidate.run(names, feed)):
+            if not np.allclose(np.asarray(want, dtype=np.float64), np.asarray(got, dtype=np.float64),
+                               rtol=1e-4, atol=1e-5):
+                raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
+
+    def _batch_parity(self, dynamic: onnx.ModelProto) -> bool:
+        try:
+            session = make_session(dynamic.SerializeToString(), self.providers)
+            feed = _random_feed(session, batch=3)
+            (name, batch), = feed.items()
+            together = session.run(None, feed)
+            apart = [session.run(None, {name: batch[i:i + 1]}) for i in range(3)]
+        except OnnxplainError:
+            return False
+        return all(np.allclose(np.asarray(together[k], dtype=np.float64),
+                               np.concatenate([np.asarray(a[k], dtype=np.float64) for a in apart]),
+                               rtol=1e-4, atol=1e-6) for k in range(len(together)))
+
+    # ---------------------------------------------------------------- description
+    def _single_input(self):
+        inputs = list(self.proto.graph.input)
+        if len(inputs) != 1:
+            raise OnnxplainError(f"onnxplain explains models with one input; this one has {len(inputs)}: "
+                                 + ", ".join(i.name for i in inputs))
+        value = inputs[0]
+        tensor_type = value.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        return value.name, shape, np.dtype(dtype)
+
+    def _find_scores(self) -> tuple[str, str, str, str | None]:
+        """Pick the class-score output: probabilities (Softmax, a LinearClassifier post-transform) or logits."""
+        producers = {out: node for node in self.proto.graph.node for out in node.output}
+        candidates = []
+        for output in self.proto.graph.output:
+            elem = output.type.tensor_type.elem_type
+            if elem not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+                continue
+            node = producers.get(output.name)
+            while node is not None and node.op_type in SHAPE_ONLY_OPS:  # e.g. Softmax -> Reshape (version converter)
+                node = producers.get(node.input[0])
+            candidates.append((output.name, node))
+        if not candidates:
+            raise OnnxplainError("no floating-point output to treat as class scores")
+        for name, node in candidates:
+            if node is not None and node.op_type in PROBABILITY_OPS:
+                return name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0]
+            if node is not None and node.op_type in ("LinearClassifier", "Normalizer"):
+                transform = _attribute(node, "post_transform", b"NONE").decode()
+                if node.op_type == "Normalizer" or transform in ML_PROBABILITY_TRANSFORMS:
+                    return (name, "probabilities",
+                            f"output {name!r} comes from {node.op_type} ({_attribute(node, 'norm', transform)!s})",
+                            None)
+                return name, "logits", f"output {name!r} is a LinearClassifier's raw scores", name
+        name, node = candidates[-1]
+        why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'} (no softmax): logits"
+        return name, "logits", why, name
+
+    def _preprocess_spec(self, preprocess) -> PreprocessSpec | None:
+        if isinstance(preprocess, PreprocessSpec):
+            return preprocess
+        if preprocess is not None:
+            path = Path(preprocess)
+            if not path.is_file():
+                raise OnnxplainError(f"preprocessing spec not found: {path}")
+            return PreprocessSpec.from_json(path.read_text())
+        stored = self.metadata.get(METADATA_KEY)
+        if stored:
+            return PreprocessSpec.from_json(stored)
+        return default_spec(self.input_shape)
+
+    def _labels(self) -> list[str] | None:
+        stored = self.metadata.get(LABELS_KEY)
+        if not stored:
+            return None
+        try:
+            labels = json.loads(stored)
+        except json.JSONDecodeError:
+            raise OnnxplainError(f"metadata {LABELS_KEY} is not a JSON list") from None
+        return [str(label) for label in labels]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {p.key: p.value for p in self.proto.metadata_props}
+
+    @cached_property
+    def tensor_names(self) -> list[str]:
+        """Every tensor a forward pass computes, in graph order (for hidden-layer targets)."""
+        return [out for node in self.proto.graph.node for out in node.output if out]
+
+    def label_of(self, index: int) -> str:
+        return self.labels[index] if self.labels and index < len(self.labels) else str(index)
+
+    def class_index(self, target: str | int) -> int:
+        """A class given as index or label."""
+        if isinstance(target, (int, np.integer)):
+            return int(target)
+        if self.labels and target in self.labels:
+            return self.labels.index(target)
+        if str(target).lstrip("-").isdigit():
+            return int(target)
+        raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {', '.join(self.labels[:20])}"
+                                                            if self.labels else ""))
+
+    # ---------------------------------------------------------------- running
+    def session(self, outputs: tuple[str, ...] = ()):
+        """The session exposing the graph outputs plus `outputs`; built once per set of tensors and cached."""
+        key = tuple(sorted(set(outputs)))
+        if key not in self._sessions:
+            missing = [name for name in key if name not in self.tensor_names and name not in self.output_names]
+            if missing:
+                raise OnnxplainError(f"no tensor named {', '.join(map(repr, missing))} in this model")
+            proto = _with_outputs(self.proto, list(self.output_names) + [n for n in key if n not in self.output_names])
+            self._sessions[key] = make_session(proto.SerializeToString(), self.providers)
+        return self._sessions[key]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.proto.graph.output]
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """A batch the model accepts: right rank, sizes and dtype, finite; else a clear OnnxplainError."""
+        x = np.asarray(x)
+        expected = self.input_shape
+        if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:])):
+            shown = "x".join("N" if d is None else str(d) for d in expected)
+            raise OnnxplainError(f"input shape {'x'.join(map(str, x.shape))} does not fit the model's {shown}")
+        if not np.issubdtype(x.dtype, np.number):
+            raise OnnxplainError(f"input dtype {x.dtype} is not numeric")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise OnnxplainError("input contains NaN or Inf values")
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    def batch_size(self, budget_bytes: int | None = None) -> int:
+        if self.fixed_batch:
+            return 1
+        sample = int(np.prod([d or 1 for d in self.input_shape[1:]])) * self.input_dtype.itemsize
+        return batch_size_for(sample, budget_bytes) if budget_bytes else batch_size_for(sample)
+
+    def run(self, x: np.ndarray, outputs: list[str] | tuple[str, ...] | None = None, *,
+            batch_size: int | None = None, progress: bool | str = False) -> dict[str, np.ndarray]:
+        """Forward passes over a batch of any size, split under a memory budget; {tensor name: array}."""
+        x = self.check_input(x)
+        names = list(outputs) if outputs else self.output_names
+        extra = tuple(n for n in names if n not in self.output_names)
+        session = self.session(extra)
+        size = 1 if self.fixed_batch else (batch_size or self.batch_size())
+
+        def forward(batch: np.ndarray) -> list[np.ndarray]:
+            try:
+                return [np.asarray(a) for a in session.run(names, {self.input_name: batch})]
+            except Exception as error:  # onnxruntime raises its own untyped failures
+                raise OnnxplainError(f"onnxruntime failed on this input: {str(error).splitlines()[0][:300]}") from None
+
+        return dict(zip(names, run_batched(forward, x, size, progress)))
+
+    def scores(self, x: np.ndarray, **kwargs) -> np.ndarray:
+        """Class scores (N, K) from the chosen output."""
+        scores = self.run(x, [self.score_output], **kwargs)[self.score_output]
+        return scores.reshape(len(scores), -1).astype(np.float64)
+
+    def logits(self, x: np.ndarray, **kwargs) -> np.ndarray:
+        """Pre-softmax scores (N, K) when the graph has them, else the class scores."""
+        name = self.logits_output or self.score_output
+        values = self.run(x, [name], **kwargs)[name]
+        return values.reshape(len(values), -1).astype(np.float64)
+
+    def torch(self, device: str = "cpu"):
+        """The torch executor of this graph (built once per device), for gradients and LRP."""
+        cache = self.__dict__.setdefault("_torch", {})
+        if device not in cache:
+            from .executor import TorchExecutor
+
+            cache[device] = TorchExecutor(self, device=device)
+        return cache[device]
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose graph outputs are exactly `names` (intermediate tensors included)."""
+    copy = _copy(model)
+    known = {v.name: v for v in list(copy.graph.output) + list(copy.graph.value_info)}
+    del copy.graph.output[:]
+    for name in names:
+        if name in known:
+            copy.graph.output.append(known[name])
+        else:
+            copy.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return copy
+
+
+def _random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
+    """Seeded random input in [0, 1) for checks; fixed dims taken from the session, others set to 1."""
+    rng = np.random.default_rng(0)
+    (value,) = [i for i in session.get_inputs()]
+    shape = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in value.shape[1:]]
+    dtype = np.float64 if "double" in value.type else np.float32
+    return {value.name: rng.random(shape).astype(dtype)}

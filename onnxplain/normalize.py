@@ -1,0 +1,172 @@
+"""Loading an ONNX file safely and bringing legacy graphs into the one form later stages expect.
+
+Each step is small and named; `Model` checks the result against the original graph's outputs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import OnnxplainError
+
+ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+MIN_OPSET = 13  # older default-domain opsets are upgraded to this one when onnx.version_converter can
+
+
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Parse the file, then load external data only from inside the model's own folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxplainError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises DecodeError and others
+        raise OnnxplainError(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise OnnxplainError(f"{path} is not a readable ONNX model (empty graph)")
+    external = [t for t in _all_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
+    if external:
+        folder = path.resolve().parent
+        for tensor in external:
+            _check_external_location(tensor, folder)
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+        except Exception as error:
+            raise OnnxplainError(f"cannot read the external data of {path}: {error}") from None
+    return model
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            for subgraph in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                yield from _all_tensors(subgraph)
+
+
+def _check_external_location(tensor: TensorProto, folder: Path) -> None:
+    location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+    target = (folder / location).resolve()
+    if not location or os.path.isabs(location) or ".." in Path(location).parts or not target.is_relative_to(folder):
+        raise OnnxplainError(
+            f"external data of tensor {tensor.name!r} points outside the model's folder ({location!r}); refused")
+
+
+def check_domains(model: onnx.ModelProto) -> None:
+    """Only the default domain and ai.onnx.ml: custom ops cannot be explained (or even run) here."""
+    custom = sorted({node.domain for node in model.graph.node if node.domain not in ALLOWED_DOMAINS}
+                    | {o.domain for o in model.opset_import if o.domain not in ALLOWED_DOMAINS})
+    if custom:
+        nodes = [f"{n.op_type} ({n.domain})" for n in model.graph.node if n.domain in custom][:5]
+        raise OnnxplainError(f"custom operator domain(s) not supported: {', '.join(custom)}"
+                             + (f"; nodes: {', '.join(nodes)}" if nodes else ""))
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        first = str(error).strip().splitlines()[0]
+        raise OnnxplainError(f"invalid ONNX model: {first}") from None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """IR < 4 lists every weight as a graph input too; keep only the real inputs."""
+    weights = {t.name for t in model.graph.initializer}
+    real = [i for i in model.graph.input if i.name not in weights]
+    if len(real) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(real)
+    if model.ir_version < 4:
+        model.ir_version = 4
+    return model
+
+
+def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """Convert old default-domain opsets to MIN_OPSET; returns (model, note) and keeps the original on failure."""
+    version = default_opset(model)
+    if version >= MIN_OPSET:
+        return model, None
+    try:
+        from onnx import version_converter
+
+        converted = version_converter.convert_version(model, MIN_OPSET)
+        onnx.checker.check_model(converted)
+        return converted, f"opset {version} -> {MIN_OPSET}"
+    except Exception as error:
+        return model, f"opset {version} kept (version converter: {type(error).__name__})"
+
+
+def unzip_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace skl2onnx's ZipMap (a sequence of maps) by the probability tensor underneath it."""
+    graph = model.graph
+    for node in list(graph.node):
+        if node.op_type != "ZipMap":
+            continue
+        outputs = [o for o in graph.output if o.name != node.output[0]]
+        probabilities = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)
+        graph.node.remove(node)
+        del graph.output[:]
+        graph.output.extend(outputs + [probabilities])
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is a help, not a requirement
+        return model
+
+
+def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """A batch axis fixed to 1 becomes 'N'; Reshape targets that hard-code it copy it instead (0)."""
+    graph = model.graph
+    inputs = [i for i in graph.input]
+    if not inputs or not all(_first_dim(i) == 1 for i in inputs):
+        return model, False
+    batch_one = _tensors_with_batch_one(model)
+    constants = {t.name: t for t in graph.initializer}
+    constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in batch_one:
+            continue
+        source = node.input[1]
+        if source in constants:
+            shape = numpy_helper.to_array(constants[source])
+            if shape.size and shape[0] == 1:
+                fixed = numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), source)
+                constants[source].CopyFrom(fixed)
+        elif source in constant_nodes:
+            attribute = next(a for a in constant_nodes[source].attribute if a.name == "value")
+            shape = numpy_helper.to_array(attribute.t)
+            if shape.size and shape[0] == 1:
+                attribute.t.CopyFrom(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64)))
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+            dims[0].dim_param = "N"
+    del graph.value_info[:]
+    return model, True
+
+
+def _first_dim(value: onnx.ValueInfoProto):
+    dims = value.type.tensor_type.shape.dim
+    if not dims:
+        return None
+    return dims[0].dim_value if dims[0].HasField("dim_value") else dims[0].dim_param
+
+
+def _tensors_with_batch_one(model: onnx.ModelProto) -> set[str]:
+    inferred = infer_shapes(model).graph
+    values = list(inferred.input) + list(inferred.value_info) + list(inferred.output)
+    return {v.name for v in values if _first_dim(v) == 1}

@@ -1,0 +1,98 @@
+"""onnxruntime sessions and the one batch runner every forward pass goes through."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import OnnxplainError
+
+DEFAULT_BATCH_BYTES = 256 * 2**20  # memory budget for one batch of inputs + activations, rough
+
+
+def available_providers() -> list[str]:
+    """CUDA only when it really works (the library loads and a session runs), else CPU; never noisy."""
+    import onnxruntime as ort
+
+    names = ort.get_available_providers()
+    if "CUDAExecutionProvider" in names and _cuda_session_works():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+_CUDA_WORKS: bool | None = None
+
+
+def _cuda_session_works() -> bool:
+    """Build a one-node session on CUDA with logging silenced; onnxruntime-gpu on a CPU machine fails here."""
+    global _CUDA_WORKS
+    if _CUDA_WORKS is None:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])], "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        options = _session_options()
+        try:
+            session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+            _CUDA_WORKS = "CUDAExecutionProvider" in session.get_providers()
+        except Exception:  # onnxruntime raises plain RuntimeErrors of several kinds here
+            _CUDA_WORKS = False
+    return _CUDA_WORKS
+
+
+def _session_options():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only: failures raise anyway; CPU-only machines with onnxruntime-gpu stay quiet
+    threads = int(os.environ.get("ONNXPLAIN_THREADS", "0")) or (os.cpu_count() or 1)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def make_session(model_bytes: bytes, providers: list[str] | None = None):
+    """An inference session for serialized ONNX bytes on the chosen providers."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model_bytes, _session_options(), providers=providers or available_providers())
+    except Exception as error:  # onnxruntime has no public exception hierarchy
+        raise OnnxplainError(f"onnxruntime cannot run this model: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
+
+
+def batch_size_for(sample_bytes: int, budget_bytes: int = DEFAULT_BATCH_BYTES, activation_factor: int = 32) -> int:
+    """How many samples fit one batch: the input's size times a rough activation factor under the budget."""
+    return max(1, int(budget_bytes // max(1, sample_bytes * activation_factor)))
+
+
+def run_batched(fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, batch_size: int,
+                progress: bool | str = False) -> list[np.ndarray]:
+    """Apply `fn` (batch -> list of arrays, batch first) over `x` in batches and concatenate the results."""
+    if len(x) == 0:
+        raise OnnxplainError("no inputs to run")
+    chunks: list[list[np.ndarray]] = []
+    for start in _progress(range(0, len(x), batch_size), progress, total=-(-len(x) // batch_size)):
+        chunks.append(fn(x[start:start + batch_size]))
+    return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
+
+
+def _progress(iterable: Iterable, progress: bool | str, total: int):
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    desc = progress if isinstance(progress, str) else "forward passes"
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)

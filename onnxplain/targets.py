@@ -1,0 +1,78 @@
+"""What an explanation explains: a class of the score output, or a hidden tensor's unit or feature map.
+
+Shared by every method so that `--target` and `--layer` mean the same everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OnnxplainError
+
+
+@dataclass(frozen=True)
+class Target:
+    """`layer` None: class `index` of the class scores (None = each sample's top-1).
+    `layer` set: a hidden tensor; `index` is a channel (the whole feature map, axis 1) and `unit`,
+    when given, one position inside a sample's tensor (channel first)."""
+
+    layer: str | None = None
+    index: int | None = None
+    unit: tuple[int, ...] | None = None
+
+    @property
+    def hidden(self) -> bool:
+        return self.layer is not None
+
+
+def parse_target(model, target: str | int | None = None, layer: str | None = None) -> Target:
+    """From CLI/API values: target 'top1' | index | label, or for a layer 'C' (channel) or 'C,Y,X' (unit)."""
+    if layer is not None:
+        if layer not in model.tensor_names and layer not in model.output_names:
+            raise OnnxplainError(f"no tensor named {layer!r} in this model (see `onnxplain inspect --json`)")
+        if target is None or target == "top1":
+            raise OnnxplainError("a --layer target needs --target CHANNEL or --target C,Y,X (a unit)")
+        parts = [p for p in str(target).split(",") if p != ""]
+        if not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise OnnxplainError(f"--target for a layer must be integers, got {target!r}")
+        values = tuple(int(p) for p in parts)
+        return Target(layer, values[0], values if len(values) > 1 else None)
+    if target is None or target == "top1":
+        return Target()
+    index = model.class_index(target)
+    return Target(None, index)
+
+
+def class_indices(model, scores: np.ndarray, target: Target) -> np.ndarray:
+    """Per-sample class index: the fixed one, or each sample's top-1; -1 for hidden targets."""
+    n = len(scores)
+    if target.hidden:
+        return np.full(n, -1)
+    if target.index is None:
+        return np.argmax(scores, axis=1)
+    if not 0 <= target.index < scores.shape[1]:
+        raise OnnxplainError(f"class {target.index} is out of range: the model has {scores.shape[1]} classes")
+    return np.full(n, target.index)
+
+
+def hidden_values(values: np.ndarray, target: Target) -> np.ndarray:
+    """(N, ...) activations of `target.layer` -> (N,) explained value: one unit, or a channel's mean."""
+    if values.ndim < 2 or not 0 <= target.index < values.shape[1]:
+        raise OnnxplainError(f"channel {target.index} is out of range for tensor {target.layer!r} "
+                             f"of shape {tuple(values.shape[1:])}")
+    if target.unit is not None:
+        if len(target.unit) != values.ndim - 1:
+            raise OnnxplainError(f"unit {target.unit} needs {values.ndim - 1} indices for {target.layer!r}")
+        return values[(slice(None),) + tuple(target.unit)]
+    return values[:, target.index].reshape(len(values), -1).mean(axis=1)
+
+
+def hidden_mask(shape: tuple[int, ...], target: Target) -> np.ndarray:
+    """A 0/1 mask over one sample's tensor (no batch axis) marking the explained unit or feature map."""
+    mask = np.zeros(shape, dtype=np.float32)
+    if target.unit is not None:
+        mask[tuple(target.unit)] = 1.0
+    else:
+        mask[target.index] = 1.0
+    return mask

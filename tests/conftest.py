@@ -1,0 +1,32 @@
+"""Shared fixtures: the shipped example models, materialised zoo graphs, and a usable (or placeholder) torchvision."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onnxplain.compat import ensure_torchvision
+
+ensure_torchvision()  # zennit and onnx2torch import torchvision; the CPU torch here cannot load the real one
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+SAMPLES = MODELS / "samples"
+
+
+@pytest.fixture(scope="session")
+def digits_cnn() -> Path:
+    return MODELS / "digits_cnn.onnx"
+
+
+@pytest.fixture(scope="session")
+def digits_logreg() -> Path:
+    return MODELS / "digits_logreg.onnx"
+
+
+@pytest.fixture(scope="session")
+def zoo_path():
+    """Materialise a zoo model (cached on disk across runs): zoo_path('squeezenet') -> Path."""
+    from onnxplain.zoo import materialize
+
+    return materialize

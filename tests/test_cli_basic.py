@@ -1,0 +1,105 @@
+"""`inspect` and `predict` from the command line, and the exit-code-2 contract for bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from onnxplain.cli.main import cli
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result
+
+
+def test_inspect_json_names_class_scores(digits_cnn):
+    result = run("inspect", digits_cnn, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["class_scores"]["output"] == "logits" and info["class_scores"]["kind"] == "logits"
+    assert info["inputs"][0]["shape"][1:] == [1, 28, 28]
+    assert info["parameters"] > 1000 and "Conv" in info["operators"]
+
+
+def test_inspect_zipmap_model(digits_logreg):
+    result = run("inspect", digits_logreg, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["class_scores"]["kind"] == "probabilities"
+    assert "ai.onnx.ml.ZipMap" in info["operators"] and "ai.onnx.ml.LinearClassifier" in info["operators"]
+
+
+def test_predict_agrees_with_plain_onnxruntime(digits_cnn):
+    samples = digits_cnn.parent / "samples"
+    files = sorted(samples.glob("digit?_cnn.npy"))
+    result = run("predict", digits_cnn, *files, "--top", 3, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    session = ort.InferenceSession(str(digits_cnn), providers=["CPUExecutionProvider"])
+    for row, path in zip(rows, files):
+        logits = session.run(None, {session.get_inputs()[0].name: np.load(path)[None]})[0][0]
+        assert row["top"][0]["index"] == int(np.argmax(logits))
+        assert row["top"][0]["score"] == pytest.approx(float(logits.max()), rel=1e-5)
+
+
+def test_predict_png_gives_the_digit_in_the_name(digits_cnn):
+    png = digits_cnn.parent / "samples" / "digit3.png"
+    result = run("predict", digits_cnn, png, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["top"][0]["label"] == "3"
+
+
+@pytest.mark.parametrize("name", ["squeezenet", "resnet50"])
+def test_predict_zoo_agrees_with_plain_onnxruntime(name, zoo_path, tmp_path):
+    path = zoo_path(name)
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run("predict", path, tmp_path / "x.npy", "--top", 1, "--json")
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {session.get_inputs()[0].name: x})[0].reshape(-1)
+    assert json.loads(result.stdout)[0]["top"][0]["index"] == int(np.argmax(scores))
+
+
+def bad_inputs(tmp_path, digits_cnn):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"garbage" * 50)
+    not_image = tmp_path / "photo.png"
+    not_image.write_text("this is text, not a PNG")
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 28, 28), np.float32))
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((1, 28, 28), np.nan, np.float32))
+    good = digits_cnn.parent / "samples" / "digit3_cnn.npy"
+    return {
+        "missing model": ([tmp_path / "none.onnx", good], "not found"),
+        "corrupt model": ([corrupt, good], "not a readable ONNX model"),
+        "missing input": ([digits_cnn, tmp_path / "none.png"], "not found"),
+        "not an image": ([digits_cnn, not_image], "not a readable image"),
+        "wrong shape": ([digits_cnn, wrong], "does not fit"),
+        "NaN": ([digits_cnn, nan], "NaN"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing model", "corrupt model", "missing input", "not an image",
+                                  "wrong shape", "NaN"])
+def test_bad_input_exits_2_with_one_line(case, tmp_path, digits_cnn):
+    args, message = bad_inputs(tmp_path, digits_cnn)[case]
+    result = run("predict", *args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+
+
+def test_console_script_exit_code_and_clean_stderr(tmp_path):
+    """The installed entry point itself: one line, code 2, no traceback."""
+    process = subprocess.run([sys.executable, "-m", "onnxplain.cli.main", "inspect", str(tmp_path / "no.onnx")],
+                             capture_output=True, text=True)
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [f"onnxplain: error: model file not found: {tmp_path / 'no.onnx'}"]

@@ -1,0 +1,160 @@
+"""The model layer: loading, normalisation, class-score detection, batched runs, intermediate tensors."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.errors import OnnxplainError
+from onnxplain.zoo import ZOO_NAMES
+
+
+def plain_session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def tiny_classifier(batch_dim=1, softmax=True, opset=13) -> onnx.ModelProto:
+    """x (batch, 4) -> Gemm -> [Softmax] -> (batch, 3); a Reshape that hard-codes the batch of 1."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.normal(size=(3,)).astype(np.float32), "b")
+    shape = numpy_helper.from_array(np.array([1 if batch_dim == 1 else -1, 4], dtype=np.int64), "shape")
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["prob"], axis=1))
+        out = "prob"
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 4])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch_dim, 3])],
+                              [weight, bias, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8  # what onnxruntime reads everywhere (onnx's newest IR can be ahead of it)
+    return model
+
+
+def test_tiny_model_softmax_detected_and_batch_made_dynamic(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_classifier(), path)
+    model = onnxplain.load(path)
+    assert model.score_kind == "probabilities" and model.score_output == "prob"
+    assert model.logits_output == "logits"
+    assert model.input_shape == (None, 4) and not model.fixed_batch
+    x = np.random.default_rng(1).random((5, 4), dtype=np.float32)
+    together = model.scores(x)
+    apart = np.concatenate([model.scores(x[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(together, apart, rtol=1e-6)
+    reference = plain_session(path)
+    want = np.concatenate([reference.run(None, {"x": x[i:i + 1]})[0] for i in range(5)])
+    np.testing.assert_allclose(together, want, rtol=1e-5)
+
+
+def test_logits_model_detected(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_classifier(softmax=False), path)
+    model = onnxplain.load(path)
+    assert model.score_kind == "logits" and model.score_output == "logits"
+
+
+def test_batch_runner_splits_and_matches(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_classifier(batch_dim="N"), path)
+    model = onnxplain.load(path)
+    x = np.random.default_rng(2).random((23, 4), dtype=np.float32)
+    np.testing.assert_allclose(model.run(x, batch_size=4)["prob"], model.run(x, batch_size=100)["prob"], rtol=1e-6)
+
+
+def test_intermediate_tensor_by_name_and_sessions_cached(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_classifier(batch_dim="N"), path)
+    model = onnxplain.load(path)
+    x = np.random.default_rng(3).random((2, 4), dtype=np.float32)
+    first = model.run(x, outputs=["logits"])["logits"]
+    model.run(x, outputs=["logits"])
+    assert len([k for k in model._sessions if k == ("logits",)]) == 1
+    np.testing.assert_allclose(np.exp(first) / np.exp(first).sum(1, keepdims=True), model.scores(x), rtol=1e-5)
+    with pytest.raises(OnnxplainError, match="no tensor named"):
+        model.run(x, outputs=["nope"])
+
+
+def test_check_input_rejects_wrong_shape_and_nan(digits_cnn):
+    model = onnxplain.load(digits_cnn)
+    with pytest.raises(OnnxplainError, match="does not fit"):
+        model.check_input(np.zeros((1, 1, 27, 28), np.float32))
+    bad = np.zeros((1, 1, 28, 28), np.float32)
+    bad[0, 0, 3, 3] = np.nan
+    with pytest.raises(OnnxplainError, match="NaN"):
+        model.check_input(bad)
+
+
+def test_zipmap_classifier_uses_probability_tensor(digits_logreg):
+    model = onnxplain.load(digits_logreg)
+    assert model.score_kind == "probabilities"
+    x = np.load(digits_logreg.parent / "samples" / "digits_reference_logreg.npy")[:7]
+    session = plain_session(digits_logreg)
+    outputs = session.run(None, {session.get_inputs()[0].name: x})
+    zipped = outputs[1]  # skl2onnx default: label, then a sequence of {class: probability}
+    want = np.array([[row[k] for k in sorted(row)] for row in zipped])
+    np.testing.assert_allclose(model.scores(x), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_model_normalised_equals_original_and_batch_parity(name, zoo_path):
+    path = zoo_path(name)
+    model = onnxplain.load(path)
+    original = plain_session(path)
+    x = np.random.default_rng(4).random((2, 3, 224, 224), dtype=np.float32)
+    feed_name = original.get_inputs()[0].name
+    want = np.concatenate([original.run([model.score_output], {feed_name: x[i:i + 1]})[0] for i in range(2)])
+    got = model.run(x, [model.score_output], batch_size=2)[model.score_output]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert any("opset" in note for note in model.notes)
+    assert not model.fixed_batch
+
+
+def test_examples_predict_like_onnxruntime(digits_cnn):
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:16]
+    session = plain_session(digits_cnn)
+    want = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(model.scores(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_custom_domain_refused(tmp_path):
+    model = tiny_classifier()
+    model.graph.node.append(helper.make_node("Mystery", ["prob"], ["odd"], domain="com.example"))
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    with pytest.raises(OnnxplainError, match="com.example"):
+        onnxplain.load(path)
+
+
+def test_external_data_outside_folder_refused(tmp_path):
+    model = tiny_classifier()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(model, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    loaded = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for tensor in loaded.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    (tmp_path / "weights.bin").write_bytes((folder / "weights.bin").read_bytes())
+    onnx.save(loaded, folder / "evil.onnx")
+    with pytest.raises(OnnxplainError, match="outside the model's folder"):
+        onnxplain.load(folder / "evil.onnx")
+    assert onnxplain.load(folder / "m.onnx").score_kind == "probabilities"  # inside the folder: fine
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    with pytest.raises(OnnxplainError, match="not found"):
+        onnxplain.load(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00\x01 definitely not protobuf" * 10)
+    with pytest.raises(OnnxplainError, match="not a readable ONNX model"):
+        onnxplain.load(corrupt)

@@ -1,6 +1,12 @@
-"""`onnxplain explain`: relevance maps for each input, as .npy, JSON (and pictures)."""
+"""`onnxplain explain`: relevance for each input, as pictures (PNG, NIfTI), .npy and JSON.
+
+Inputs are explained in batches of `--batch`; every output is written only after all inputs succeeded
+(naming scheme: `cli/outputs.py`).
+"""
 from __future__ import annotations
 
+import inspect
+import time
 from pathlib import Path
 
 import click
@@ -8,10 +14,14 @@ import numpy as np
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs
-from onnxplain.methods import make_method, method_names
+from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.targets import parse_target
 
 from .common import echo_json, load_model, model_argument, preprocess_option, read_labels
+from .outputs import StagedFiles, input_names, nifti_path, output_paths
+from .predict_cmd import top_k
+
+DEFAULT_COMPOSITE = "epsilon-plus"
 
 
 def parse_rules(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -44,14 +54,130 @@ def method_params(options: dict, model) -> dict:
     return params
 
 
-def npy_path(base: Path, source: Path, count: int) -> Path:
-    return base if count == 1 else base.with_name(f"{base.stem}_{source.stem}{base.suffix or '.npy'}")
+def default_method(model, given: dict) -> tuple[str, dict, str | None]:
+    """(method, extra parameters, note): LRP epsilon-plus when it covers every op, else prediction difference."""
+    if "lrp" in REGISTRY:
+        from onnxplain.lrp import unsupported_ops
+
+        try:
+            missing = unsupported_ops(model)
+        except OnnxplainError as error:  # the graph does not even run in torch (ops outside the registry)
+            missing = [str(error).split(" (")[0].removeprefix("cannot run this model in torch: ")]
+        if not missing:
+            return "lrp", ({} if "composite" in given else {"composite": DEFAULT_COMPOSITE}), None
+        why = f"LRP does not cover {', '.join(sorted(missing)[:6])}"
+    else:
+        why = "LRP is not available in this installation"
+    if "pda" not in REGISTRY:
+        raise OnnxplainError(f"{why}, and prediction difference is not available: choose --method "
+                             f"({', '.join(method_names())})")
+    return "pda", {}, f"note: {why}; explaining with prediction difference (--method pda) instead"
+
+
+def build_method(name: str, params: dict, quiet: bool):
+    """The method object; a required option the user left out is a user error that names it."""
+    cls = method_class(name)
+    required = [key for key, p in inspect.signature(cls.__init__).parameters.items()
+                if key != "self" and p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and key not in params]
+    if required:
+        raise OnnxplainError(f"--method {name} needs " + ", ".join("--" + k.replace("_", "-") for k in required))
+    return make_method(name, progress=not quiet, **params)
+
+
+def per_sample(diagnostics: dict, i: int, n: int) -> dict:
+    """Sample i's share of a batch's diagnostics: arrays/lists of length n are indexed, the rest is shared."""
+    def plain(value):
+        if isinstance(value, np.ndarray):
+            return value.item() if value.ndim == 0 else value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+    return {key: plain(value[i] if isinstance(value, (list, np.ndarray)) and np.ndim(value) and len(value) == n
+                       else value) for key, value in diagnostics.items()}
+
+
+def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int) -> list[dict]:
+    """One record per input: relevance, target, score, diagnostics, explain time (the batch's time shared)."""
+    records = []
+    for start in range(0, len(x), batch):
+        began = time.perf_counter()
+        explanation = explainer.explain(model, x[start:start + batch], target)
+        seconds = time.perf_counter() - began
+        n = len(explanation.relevance)
+        if n != len(x[start:start + batch]) or explanation.relevance.shape[1:] != x.shape[1:]:
+            raise RuntimeError(f"{explanation.method} returned relevance of shape {explanation.relevance.shape}")
+        for i in range(n):
+            records.append({"relevance": explanation.relevance[i], "target": int(explanation.target[i]),
+                            "score": float(explanation.score[i]), "method": explanation.method,
+                            "params": per_sample(explanation.params, i, n),
+                            "diagnostics": per_sample(explanation.diagnostics, i, n), "explain_s": seconds / n})
+    return records
+
+
+def title_of(model, record: dict, layer: str | None, source: Path) -> str:
+    what = layer if record["target"] < 0 else f"class {model.label_of(record['target'])}"
+    composite = record["params"].get("composite")
+    method = record["method"] + (f" {composite}" if isinstance(composite, str) and composite != record["method"]
+                                 else "")
+    return f"{source.name}: {method} for {what} (score {record['score']:.4g})"
+
+
+def write_outputs(staged: StagedFiles, model, x, records, sources, names, *, out, save_npy, threshold,
+                  slice_axis, layer) -> None:
+    """Render and save every input's outputs into `staged`; fills record['outputs']."""
+    from onnxplain import viz
+    from onnxplain.io import read_nifti
+    from onnxplain.io.nifti import sample_to_volume, write_nifti
+
+    pngs = output_paths(out, names, ".png") if out else [None] * len(records)
+    npys = output_paths(save_npy, names, ".npy") if save_npy else [None] * len(records)
+    for sample, record, source, png, npy in zip(x, records, sources, pngs, npys):
+        record["outputs"] = {}
+        if npy is not None:
+            np.save(staged.path_for(npy), record["relevance"].astype(np.float32))
+            record["outputs"]["npy"] = str(npy)
+        if png is None:
+            continue
+        volume = affine = None
+        if source.name.lower().endswith((".nii", ".nii.gz")) and source.is_file():
+            volume, affine = read_nifti(source)
+        figure = viz.sample_figure(model, sample, record["relevance"], title=title_of(model, record, layer, source),
+                                   threshold=threshold, volume=volume, slice_axis=slice_axis)
+        viz.save_png(figure, staged.path_for(png))
+        record["outputs"]["png"] = str(png)
+        if volume is not None:
+            relevance = sample_to_volume(record["relevance"], model, volume.shape)
+            write_nifti(staged.path_for(nifti_path(png)), relevance, affine)
+            record["outputs"]["nifti"] = str(nifti_path(png))
+
+
+def report(model, record: dict, source: Path, ranked: list[dict] | None, layer: str | None, timings: dict) -> dict:
+    """The JSON record of one explained input."""
+    diagnostics = record["diagnostics"]
+    target = record["target"]
+    return {
+        "input": str(source), "method": record["method"], "options": record["params"],
+        "target": {"index": target, "label": model.label_of(target)} if target >= 0 else {"layer": layer},
+        "score": record["score"], "score_kind": model.score_kind if target >= 0 else "hidden",
+        "top": ranked, "relevance_sum": float(np.sum(record["relevance"], dtype=np.float64)),
+        "conservation_error": next((v for k, v in diagnostics.items() if "conservation" in k), None),
+        "diagnostics": diagnostics, "outputs": record["outputs"],
+        "timings": {**timings, "explain_s": round(record["explain_s"], 4)},
+    }
 
 
 @click.command("explain")
 @model_argument
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--method", default="lrp", show_default=True, help=f"Explanation method.")
+@click.option("--method", default=None,
+              help="Explanation method (default: lrp with the epsilon-plus composite when LRP covers every op, "
+                   "else pda).")
 @click.option("--target", default=None, help="top1 (default), a class index or label; with --layer: C or C,Y,X.")
 @click.option("--layer", default=None, help="Explain a hidden tensor (by name) instead of the class scores.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
@@ -63,34 +189,59 @@ def npy_path(base: Path, source: Path, count: int) -> Path:
 @click.option("--samples", type=int, default=None, help="Samples per window (PDA) or noise samples (smoothgrad).")
 @click.option("--sampler", type=click.Choice(["marginal", "conditional"]), default=None, help="PDA sampler.")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="PDA reference data: a folder of images or an .npy batch.")
+              help="Reference data (a folder of images or an .npy batch): PDA samples, occlusion's fill.")
 @click.option("--stride", type=int, default=None, help="Window stride (PDA, occlusion).")
+@click.option("--fill", type=float, default=None, help="Occlusion fill value (model-input units; default 0).")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--sigma", type=float, default=None, help="SmoothGrad noise, as a fraction of the input range.")
 @click.option("--steps", type=int, default=None, help="Integrated-gradients steps.")
-@click.option("--save-npy", "save_npy", type=click.Path(dir_okay=False, path_type=Path), help="Write relevance.")
+@click.option("--baseline", default=None, help="Integrated-gradients baseline: min (default), zeros or a number.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="PNG per input (a folder or a name; volumes also get <name>_relevance.nii.gz).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, is_flag=False, flag_value=0.15,
+              help="Show only |R| above this fraction of the max (the papers' display; 0.15 if no value).")
+@click.option("--slice-axis", "slice_axis", type=click.IntRange(0, 2), default=0, show_default=True,
+              help="Volume axis the slice montage runs along.")
+@click.option("--save-npy", "save_npy", type=click.Path(path_type=Path), help="Write relevance as .npy per input.")
+@click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Inputs explained at once.")
+@click.option("--top", "k", type=click.IntRange(1), default=5, show_default=True, help="Classes listed in --json.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def explain_command(model, inputs, method, target, layer, labels, preprocess, save_npy, as_json, quiet, **options):
-    """Explain the model's decision on each input."""
+def explain_command(model, inputs, method, target, layer, labels, preprocess, out, threshold, slice_axis, save_npy,
+                    batch, k, as_json, quiet, **options):
+    """Explain the model's decision on each input (images, .npy tensors, NIfTI volumes, folders of them)."""
+    began = time.perf_counter()
     loaded = load_model(model, preprocess)
     names = read_labels(labels)
     if names:
         loaded.labels = names
-    explainer = make_method(method, progress=not quiet, **method_params(options, loaded))
+    params = method_params(options, loaded)
+    if method is None:
+        method, extra, note = default_method(loaded, params)
+        params.update(extra)
+        if note:
+            click.echo(note, err=True)
+    explainer = build_method(method, params, quiet)
     goal = parse_target(loaded, target, layer)
-    x, files = load_inputs(inputs, loaded)
-    explanation = explainer.explain(loaded, x, goal)
-    if save_npy:
-        save_npy.parent.mkdir(parents=True, exist_ok=True)
-        for i, source in enumerate(files):
-            np.save(npy_path(save_npy, source, len(files)), explanation.relevance[i].astype(np.float32))
+    x, sources = load_inputs(inputs, loaded)
+    loaded_s = time.perf_counter() - began
+
+    records = explain_in_batches(explainer, loaded, x, goal, batch)
+    ranked = top_k(loaded, loaded.scores(x), k) if not goal.hidden else [None] * len(x)
+    rendering = time.perf_counter()
+    with StagedFiles() as staged:
+        write_outputs(staged, loaded, x, records, sources, input_names(sources), out=out, save_npy=save_npy,
+                      threshold=threshold, slice_axis=slice_axis, layer=layer)
+        staged.commit()
+    timings = {"load_s": round(loaded_s, 4), "render_s": round((time.perf_counter() - rendering) / len(x), 4),
+               "total_s": round(time.perf_counter() - began, 4)}
+
+    rows = [report(loaded, r, s, t, layer, timings) for r, s, t in zip(records, sources, ranked)]
     if as_json:
-        echo_json([{
-            "input": str(source), "method": explanation.method, "params": explanation.params,
-            "target": int(explanation.target[i]),
-            "label": loaded.label_of(int(explanation.target[i])) if explanation.target[i] >= 0 else layer,
-            "score": float(explanation.score[i]), "relevance_sum": float(explanation.relevance_sum[i]),
-            "diagnostics": {k: (v[i] if isinstance(v, (list, np.ndarray)) and len(v) == len(files) else v)
-                            for k, v in explanation.diagnostics.items()},
-        } for i, source in enumerate(files)])
+        echo_json(rows)
+        return
+    for row in rows:
+        what = f"class {row['target']['label']}" if "label" in row["target"] else f"layer {layer}"
+        written = ", ".join(row["outputs"].values())
+        click.echo(f"{row['input']}: {row['method']} for {what} (score {row['score']:.4g}, "
+                   f"relevance sum {row['relevance_sum']:.4g})" + (f" -> {written}" if written else ""))

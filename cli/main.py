@@ -8,6 +8,9 @@ import click
 
 from onnxplain.errors import OnnxplainError
 
+from .contrast_cmd import contrast_command
+from .convert_cmd import convert_group
+from .evaluate_cmd import evaluate_command
 from .explain_cmd import explain_command
 from .inspect_cmd import inspect_command
 from .predict_cmd import predict_command
@@ -22,6 +25,9 @@ class UserErrorGroup(click.Group):
         except OnnxplainError as error:
             click.echo(f"onnxplain: error: {error}", err=True)
             sys.exit(2)
+        except click.UsageError as error:  # unknown option, missing argument: one line too
+            click.echo(f"onnxplain: error: {error.format_message()} (see --help)", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +37,9 @@ def cli():
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
+cli.add_command(contrast_command)
+cli.add_command(convert_group)
+cli.add_command(evaluate_command)
 cli.add_command(explain_command)
 cli.add_command(inspect_command)
 cli.add_command(predict_command)

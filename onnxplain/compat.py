@@ -6,6 +6,7 @@ installs a placeholder module, so those packages import; the placeholder raises 
 """
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 
@@ -28,6 +29,7 @@ def ensure_torchvision() -> bool:
             del sys.modules[name]
     root = types.ModuleType("torchvision")
     root.__path__ = []
+    root.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)  # find_spec() must not raise (torch.onnx)
     models, resnet, ops = (types.ModuleType(n) for n in ("torchvision.models", "torchvision.models.resnet",
                                                          "torchvision.ops"))
     resnet.Bottleneck = type("Bottleneck", (_Unavailable,), {})

@@ -11,6 +11,15 @@ from ..errors import OnnxplainError
 
 # name -> "module:Class" (module relative to the onnxplain package); one line per method
 REGISTRY: dict[str, str] = {}
+REGISTRY["occlusion"] = ".methods.occlusion:Occlusion"
+REGISTRY["pda"] = ".methods.pda:PredictionDifference"
+REGISTRY["gradient"] = ".methods.gradients:Gradient"
+REGISTRY["sensitivity"] = ".methods.gradients:Sensitivity"
+REGISTRY["gradient-x-input"] = ".methods.gradients:GradientXInput"
+REGISTRY["smoothgrad"] = ".methods.gradients:SmoothGrad"
+REGISTRY["integrated-gradients"] = ".methods.gradients:IntegratedGradients"
+REGISTRY["lrp"] = ".lrp.method:LRP"
+REGISTRY["deep-taylor"] = ".lrp.method:DeepTaylor"
 
 
 def method_names() -> list[str]:

@@ -1,0 +1,353 @@
+"""How fast is onnxplain's LRP? Against one plain autograd gradient on the same executor, and against zennit.
+
+Two torch nets, defined here with seeded random weights and exported to ONNX in a temporary folder:
+
+* ``vgg``: conv/ReLU/max-pool blocks and two linear layers on 3x64x64 inputs;
+* ``resnet``: a stem and three residual stages (conv, BatchNorm, ReLU, identity or 1x1-conv shortcuts), global
+  average pooling and a linear layer, on 3x64x64 inputs.
+
+For each net and batch size (1 and 16) it times, interleaved round by round so that load on the machine hits all
+alike, the median wall time of:
+
+* ``lrp``: onnxplain's ``lrp`` method, composite ``epsilon-plus``, on the exported ONNX model (numpy in, numpy out,
+  with its conservation report);
+* ``lrp-no-ledger``: the same method's walker on a torch batch with the conservation ledger off (what the report
+  costs);
+* ``gradient``: one plain autograd gradient of the same class score from the same torch executor
+  (``model.torch().gradient``);
+* ``zennit``: zennit's ``Gradient`` attributor with its ``EpsilonPlus`` composite and ``SequentialMergeBatchNorm``
+  canonizer on the original torch net (residual sums through ``zennit.layer.Sum``, as zennit's own ResNet canonizer
+  does), hooks registered once outside the timed call; ``zennit+hooks`` also counts registering and removing them,
+  as one stand-alone explanation would.
+
+It checks that onnxplain and zennit give the same relevance (zennit's is scaled by f(x), as zennit starts from a
+one-hot output) and writes a table to its section of ``benchmarks/README.md``::
+
+    python benchmarks/lrp.py [--repeats 15] [--threads 1] [--no-write]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+BEGIN, END = "<!-- benchmarks/lrp.py: begin -->", "<!-- benchmarks/lrp.py: end -->"
+INPUT_SHAPE = (3, 64, 64)
+CLASSES = 10
+BATCHES = (1, 16)
+COMPOSITE = "epsilon-plus"
+
+
+# ---------------------------------------------------------------------------------------------------- torch nets
+
+def vgg_style() -> nn.Module:
+    """Conv(32)x2 / pool / Conv(64)x2 / pool / Conv(128) / pool / Linear(256) / Linear(10), ReLU throughout."""
+    def block(cin, cout, convs):
+        layers = []
+        for i in range(convs):
+            layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU()]
+        return layers + [nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(3, 32, 2), *block(32, 64, 2), *block(64, 128, 1), nn.Flatten(),
+                         nn.Linear(128 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, CLASSES))
+
+
+class Residual(nn.Module):
+    """A basic residual block: conv-BN-ReLU-conv-BN plus a shortcut (identity, or 1x1 conv-BN when the shape
+    changes), then ReLU. With ``zennit_sum`` the two branches are added by ``zennit.layer.Sum`` (for zennit's rules);
+    otherwise by ``+`` (an ONNX ``Add``)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+        self.sum = None
+        self.relu2 = nn.ReLU()
+
+    def use_zennit_sum(self) -> None:
+        from zennit.layer import Sum
+
+        self.sum = Sum()
+
+    def forward(self, x):
+        branch = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        shortcut = self.shortcut(x)
+        total = branch + shortcut if self.sum is None else self.sum(torch.stack([branch, shortcut], dim=-1))
+        return self.relu2(total)
+
+
+def resnet_style() -> nn.Module:
+    """Stem conv-BN-ReLU(32), residual stages 32 / 64 (stride 2) / 128 (stride 2), global average pool, Linear(10)."""
+    return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                         Residual(32, 32, 1), Residual(32, 64, 2), Residual(64, 128, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, CLASSES))
+
+
+def randomised(net: nn.Module, seed: int) -> nn.Module:
+    """Seeded random weights; BatchNorm running statistics and affine terms made non-trivial; eval mode."""
+    torch.manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.uniform_(module.bias, -0.1, 0.1)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.1, 0.1)
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+NETS = {"vgg": vgg_style, "resnet": resnet_style}
+
+
+def export(net: nn.Module, path: Path) -> Path:
+    """torch.onnx.export (dynamo, opset 18) with a dynamic batch axis."""
+    example = torch.zeros((2,) + INPUT_SHAPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (example,), dynamo=True, opset_version=18, input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("N")},),
+                                    verbose=False)
+    program.save(str(path))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- the contenders
+
+def zennit_twin(net: nn.Module) -> nn.Module:
+    """A copy of the net whose residual sums go through ``zennit.layer.Sum`` (same weights, same function)."""
+    twin = copy.deepcopy(net)
+    for module in twin.modules():
+        if isinstance(module, Residual):
+            module.use_zennit_sum()
+    return twin.eval()
+
+
+class Zennit:
+    """zennit's LRP with EpsilonPlus and batch-norm merging; ``call`` with hooks registered, ``standalone`` without."""
+
+    def __init__(self, net: nn.Module):
+        from zennit.attribution import Gradient
+        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.composites import EpsilonPlus
+
+        self.net = zennit_twin(net)
+        self.make = lambda: Gradient(self.net, EpsilonPlus(canonizers=[SequentialMergeBatchNorm()]))
+
+    @staticmethod
+    def _one_hot(net, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            classes = net(x).argmax(1)
+        return torch.nn.functional.one_hot(classes, CLASSES).to(x.dtype)
+
+    def standalone(self, x: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(x)
+        with self.make() as attributor:
+            _, relevance = attributor(inputs, self._one_hot(self.net, inputs))
+        return relevance.numpy()
+
+    def __enter__(self):
+        self.attributor = self.make().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.attributor.__exit__(*exc)
+
+    def call(self, x: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(x)
+        _, relevance = self.attributor(inputs, self._one_hot(self.net, inputs))
+        return relevance.numpy()
+
+
+class Onnxplain:
+    """onnxplain's ``lrp`` method and the same executor's plain gradient, on the exported model."""
+
+    def __init__(self, path: Path):
+        import onnxplain
+        from onnxplain.methods import make_method
+        from onnxplain.targets import Target
+
+        self.model = onnxplain.load(path)
+        self.method = make_method("lrp", composite=COMPOSITE, progress=False)
+        self.executor = self.model.torch()
+        self.walker = self.method.walker(self.model)
+        self.target = Target()
+
+    def lrp(self, x: np.ndarray):
+        return self.method.explain(self.model, x, self.target)
+
+    def lrp_without_ledger(self, x: np.ndarray) -> np.ndarray:
+        return self.walker(self.executor.tensor(x), self.target, ledger=False).relevance.numpy()
+
+    def gradient(self, x: np.ndarray) -> np.ndarray:
+        return self.executor.gradient(x, self.target)[0]
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+def median_times(contenders: dict, x: np.ndarray, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each contender, calls interleaved round by round."""
+    times = {name: [] for name in contenders}
+    for round_ in range(warmup + repeats):
+        for name, call in contenders.items():
+            started = time.perf_counter()
+            call(x)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def agreement(explanation, zennit_relevance: np.ndarray) -> float:
+    """Max |onnxplain - f(x) * zennit| over max |onnxplain|: zennit's relevance starts from a one-hot output."""
+    scale = explanation.score.reshape((-1,) + (1,) * (zennit_relevance.ndim - 1))
+    expected = zennit_relevance * scale
+    return float(np.abs(explanation.relevance - expected).max() / np.abs(expected).max())
+
+
+CATEGORIES = {  # torch profiler op names -> where the time goes
+    "conv forward": ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::thnn_conv2d"),
+    "conv backward": ("aten::convolution_backward",),
+    "pooling": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward", "aten::avg_pool2d",
+                "aten::avg_pool2d_backward", "aten::mean"),
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm"),
+}
+
+
+def breakdown(call, x: np.ndarray, rounds: int = 3) -> dict[str, float]:
+    """Per-call ms by category (torch profiler self CPU time) and 'other' (elementwise ops, copies, Python: the wall
+    time left), plus the number of forward convolutions per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call(x)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            call(x)
+        wall = (time.perf_counter() - started) / rounds * 1000
+    events = {e.key: e for e in prof.key_averages()}
+    out = {"total": wall}
+    for category, names in CATEGORIES.items():
+        out[category] = sum(events[n].self_cpu_time_total for n in names if n in events) / rounds / 1000
+    out["other"] = wall - sum(out[c] for c in CATEGORIES)
+    out["conv calls"] = sum(events[n].count for n in CATEGORIES["conv forward"] if n in events) / rounds
+    return out
+
+
+def measure(repeats: int) -> tuple[list[dict], list[dict]]:
+    rows, profiles = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed, (name, build) in enumerate(NETS.items()):
+            net = randomised(build(), seed)
+            ours = Onnxplain(export(net, Path(folder) / f"{name}.onnx"))
+            zennit = Zennit(net)
+            for batch in BATCHES:
+                x = np.random.default_rng(seed).standard_normal((batch,) + INPUT_SHAPE).astype(np.float32)
+                difference = agreement(ours.lrp(x), zennit.standalone(x))
+                with zennit:
+                    times = median_times({"lrp": ours.lrp, "lrp-no-ledger": ours.lrp_without_ledger,
+                                          "gradient": ours.gradient, "zennit": zennit.call}, x, repeats)
+                times["zennit+hooks"] = median_times({"z": zennit.standalone}, x, max(3, repeats // 3))["z"]
+                rows.append({"net": name, "batch": batch, "difference": difference, **times})
+                print(format_row(rows[-1]), flush=True)
+            for label, call in (("gradient", ours.gradient), ("LRP, no ledger", ours.lrp_without_ledger),
+                                ("LRP", ours.lrp)):
+                profiles.append({"net": f"{name}, batch {batch}", "what": label, **breakdown(call, x)})
+    return rows, profiles
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+HEADER = ("| net | batch | LRP ms | LRP, no ledger ms | gradient ms | zennit ms | zennit+hooks ms | LRP / gradient "
+          "| LRP, no ledger / gradient | LRP / zennit | LRP vs zennit max rel. diff |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_row(row: dict) -> str:
+    ms = {key: 1000 * row[key] for key in ("lrp", "lrp-no-ledger", "gradient", "zennit", "zennit+hooks")}
+    return (f"| {row['net']} | {row['batch']} | {ms['lrp']:.1f} | {ms['lrp-no-ledger']:.1f} | {ms['gradient']:.1f} "
+            f"| {ms['zennit']:.1f} | {ms['zennit+hooks']:.1f} | {row['lrp'] / row['gradient']:.2f}x "
+            f"| {row['lrp-no-ledger'] / row['gradient']:.2f}x | {row['lrp'] / row['zennit']:.2f}x "
+            f"| {row['difference']:.1e} |")
+
+
+NOTE = ("The z+ rule needs, per convolution, one forward convolution more than a gradient does (its denominators, "
+        "besides the true output), and two more on a first layer whose inputs take both signs. So even with no other "
+        "overhead LRP costs about (2F + B) / (F + B) of a gradient on these conv nets, F and B being the forward and "
+        "input-gradient convolution times (about 1.4-1.5x here). The rest of the gap is elementwise work (stabilisers, "
+        "relevance scaling) and the conservation ledger (the 'no ledger' column).")
+
+
+PROFILE_HEADER = ("| net | what | ms per call | conv forward ms (calls) | conv backward ms | pooling ms | matmul ms "
+                  "| other ms (elementwise, copies, Python) |\n|---|---|---|---|---|---|---|---|")
+
+
+def format_profile(row: dict) -> str:
+    return (f"| {row['net']} | {row['what']} | {row['total']:.0f} | {row['conv forward']:.0f} ({row['conv calls']:.0f}) "
+            f"| {row['conv backward']:.0f} | {row['pooling']:.0f} | {row['matmul']:.0f} | {row['other']:.0f} |")
+
+
+def section(rows: list[dict], profiles: list[dict], command: str, threads: int, repeats: int) -> str:
+    from importlib.metadata import version
+
+    lines = [BEGIN, "## LRP speed (`benchmarks/lrp.py`)", "",
+             f"Made by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__} "
+             f"({threads} thread(s)), zennit {version('zennit')}; median of {repeats} interleaved rounds. "
+             f"Composite `{COMPOSITE}` (zennit: `EpsilonPlus` + `SequentialMergeBatchNorm`); inputs "
+             f"{'x'.join(map(str, INPUT_SHAPE))}, {os.cpu_count()} CPU cores (shared with other jobs: the ratios come "
+             f"from interleaved rounds, absolute times are noisy). Targets: LRP <= 1.5x a gradient, <= 1.0x zennit.",
+             "", HEADER, *map(format_row, rows), "", NOTE, "",
+             "Where the time goes (torch profiler, self CPU time per call, the largest batch; the profiler adds "
+             "some overhead to 'other'):", "", PROFILE_HEADER, *map(format_profile, profiles), "", END]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    """Replace this script's section of benchmarks/README.md (between its markers), or append it."""
+    current = README.read_text() if README.exists() else "# Benchmarks\n"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        current = head + text + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text + "\n"
+    README.write_text(current)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per case (default 15)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/README.md alone")
+    args = parser.parse_args(argv)
+    from onnxplain.compat import ensure_torchvision
+
+    ensure_torchvision()  # zennit imports torchvision
+    torch.set_num_threads(args.threads)
+    print(HEADER)
+    rows, profiles = measure(args.repeats)
+    print(PROFILE_HEADER, *map(format_profile, profiles), sep="\n")
+    if not args.no_write:
+        command = "python benchmarks/lrp.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_section(section(rows, profiles, command.strip(), args.threads, args.repeats))
+        print(f"wrote the table to {README}")
+
+
+if __name__ == "__main__":
+    main()

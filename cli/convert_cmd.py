@@ -1,0 +1,224 @@
+"""`onnxplain convert`: PyTorch, scikit-learn and Keras models into ONNX, verified against the source before writing.
+
+What is trusted, and how:
+  * pytorch: `MODULE:FACTORY` names Python code (a .py file or an importable module) that builds the network; it
+    runs like any script you start, so name only code you trust. Weights come from a state_dict file read with
+    `torch.load(weights_only=True)`, which never unpickles arbitrary objects.
+  * sklearn: scikit-learn models are pickles, and unpickling runs code hidden in the file: the command refuses
+    unless `--trust-pickle` says you trust the file's source.
+  * keras: `.keras` files are loaded with Keras's safe mode on (no deserialised Python lambdas).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnxplain.errors import OnnxplainError
+from onnxplain.io import read_npy
+from onnxplain.io.preprocess import PreprocessSpec
+
+from .common import read_labels
+
+out_option = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                          help="The .onnx file to write (only after verification passed).")
+samples_option = click.option("--samples", type=click.Path(dir_okay=False, path_type=Path),
+                              help=".npy batch of model inputs to verify on (default: 8 random inputs).")
+spec_option = click.option("--preprocess", type=click.Path(dir_okay=False, path_type=Path),
+                           help="Preprocessing spec (JSON) to embed in the model's metadata.")
+labels_option = click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+                             help="Class names, one per line, to embed.")
+atol_option = click.option("--atol", type=float, default=1e-4, show_default=True,
+                           help="Largest output difference accepted between the source model and ONNX.")
+
+
+def read_spec(path: Path | None) -> PreprocessSpec | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise OnnxplainError(f"preprocessing spec not found: {path}")
+    return PreprocessSpec.from_json(path.read_text())
+
+
+def read_samples(path: Path | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise OnnxplainError(f"samples file not found: {path}")
+    return read_npy(path)
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise OnnxplainError(f"--input-shape expects sizes like 1,28,28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise OnnxplainError(f"--input-shape expects positive sizes like 1,28,28, got {text!r}")
+    return shape
+
+
+def echo_report(report) -> None:
+    click.echo(f"wrote {report.path} ({report.exporter}); class scores {report.score_output!r} "
+               f"({report.score_kind}) match the source model to {report.max_abs_diff:.2g} "
+               f"on {report.samples} inputs")
+
+
+def load_factory(spec: str):
+    """`path/to/file.py:factory` or `package.module:factory` -> the callable."""
+    if ":" not in spec:
+        raise OnnxplainError(f"expected MODULE:FACTORY (e.g. net.py:make_model), got {spec!r}")
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise OnnxplainError(f"module file not found: {path}")
+        module_spec = importlib.util.spec_from_file_location(f"onnxplain_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as error:
+            raise OnnxplainError(f"cannot import {where}: {error}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise OnnxplainError(f"{where} has no callable {name!r}")
+    return factory
+
+
+def load_state_dict(module, weights: Path) -> None:
+    import torch
+
+    if not weights.is_file():
+        raise OnnxplainError(f"weights file not found: {weights}")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for unsafe or bad files
+        raise OnnxplainError(f"{weights} is not a plain state_dict (read with weights_only=True): "
+                             f"{str(error).splitlines()[0][:200]}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise OnnxplainError(f"{weights} does not fit the network: {str(error).splitlines()[0][:300]}") from None
+
+
+@click.group("convert")
+def convert_group():
+    """Convert a PyTorch, scikit-learn or Keras classifier into ONNX (verified before it is written)."""
+
+
+@convert_group.command("pytorch")
+@click.argument("factory")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="state_dict file (torch.save(model.state_dict())), read with weights_only=True.")
+@click.option("--input-shape", "input_shape", help="One input's shape without the batch axis, e.g. 1,28,28.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset to export.")
+@click.option("--input-name", default="input", show_default=True)
+@click.option("--output-name", default="output", show_default=True)
+@out_option
+@samples_option
+@spec_option
+@labels_option
+@atol_option
+def pytorch_command(factory, weights, input_shape, opset, input_name, output_name, out, samples, preprocess,
+                    labels, atol):
+    """A PyTorch network into ONNX.
+
+    FACTORY is file.py:function (or module:function) returning the torch.nn.Module; that code is run."""
+    import torch
+
+    from onnxplain.converters import convert_pytorch
+
+    shape, batch, spec, names = parse_shape(input_shape), read_samples(samples), read_spec(preprocess), \
+        read_labels(labels)
+    build = load_factory(factory)
+    try:
+        module = build()
+    except Exception as error:  # the user's code: report its failure in one line
+        raise OnnxplainError(f"{factory}() failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}") \
+            from None
+    if not isinstance(module, torch.nn.Module):
+        raise OnnxplainError(f"{factory} returned {type(module).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        load_state_dict(module, weights)
+    echo_report(convert_pytorch(module, out, input_shape=shape, samples=batch, opset=opset, input_name=input_name,
+                                output_name=output_name, preprocess=spec, labels=names, atol=atol))
+
+
+@convert_group.command("sklearn")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trust-pickle", is_flag=True, help="Unpickle MODEL: only for files from a source you trust.")
+@click.option("--zipmap", is_flag=True, help="Keep skl2onnx's ZipMap output (a list of dicts) as well.")
+@click.option("--features", type=int, default=None, help="Number of input features (if the model does not say).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: skl2onnx's choice).")
+@click.option("--input-name", default="input", show_default=True)
+@out_option
+@samples_option
+@spec_option
+@labels_option
+@atol_option
+def sklearn_command(model, trust_pickle, zipmap, features, opset, input_name, out, samples, preprocess, labels,
+                    atol):
+    """A scikit-learn classifier into ONNX.
+
+    MODEL is a pickled (or joblib) fitted classifier; reading it needs --trust-pickle."""
+    from onnxplain.converters import convert_sklearn
+
+    if not model.is_file():
+        raise OnnxplainError(f"model file not found: {model}")
+    if not trust_pickle:
+        raise OnnxplainError(f"refusing to unpickle {model}: a pickle can run any code when loaded; "
+                             "pass --trust-pickle if you trust where it came from")
+    try:
+        import joblib
+
+        estimator = joblib.load(model)
+    except Exception as error:  # a corrupt pickle raises almost anything
+        raise OnnxplainError(f"{model} could not be unpickled: {type(error).__name__}") from None
+    echo_report(convert_sklearn(estimator, out, samples=read_samples(samples), n_features=features, zipmap=zipmap,
+                                opset=opset, input_name=input_name, preprocess=read_spec(preprocess),
+                                labels=read_labels(labels), atol=atol))
+
+
+@convert_group.command("keras")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input-shape", "input_shape", help="One input's shape without the batch axis, if not fixed.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (tf2onnx).")
+@out_option
+@samples_option
+@spec_option
+@labels_option
+@atol_option
+def keras_command(model, input_shape, opset, out, samples, preprocess, labels, atol):
+    """A Keras model into ONNX.
+
+    MODEL is a .keras (or .h5) file; needs tf2onnx + tensorflow, or Keras 3 (on torch without TensorFlow)."""
+    from onnxplain.converters import convert_keras
+    from onnxplain.converters.keras import MISSING, installed, use_torch_backend_without_tensorflow
+
+    if not model.is_file():
+        raise OnnxplainError(f"model file not found: {model}")
+    if not installed("keras"):
+        raise OnnxplainError(MISSING)
+    use_torch_backend_without_tensorflow()
+    import keras
+
+    try:
+        network = keras.models.load_model(model, safe_mode=True)
+    except Exception as error:  # keras raises many types for bad files
+        raise OnnxplainError(f"{model} is not a loadable Keras model: {str(error).splitlines()[0][:200]}") from None
+    echo_report(convert_keras(network, out, samples=read_samples(samples), input_shape=parse_shape(input_shape),
+                              opset=opset, preprocess=read_spec(preprocess), labels=read_labels(labels), atol=atol))

@@ -1,0 +1,159 @@
+"""`onnxplain evaluate`: score explanation methods on a set of inputs with AOPC and APEM.
+
+True labels (optional, for accuracy and the APEM/loss correlation) come from `--labels FILE`:
+an `.npy` integer array with one class per input in input order, or a CSV of `input,label` rows where
+`input` is an input's file name (`digit3.png`, or `batch.npy[4]` for sample 4 of an .npy batch) and `label`
+a class index or class name; a first row `input,label` is skipped as a header.
+"""
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnxplain.errors import OnnxplainError
+from onnxplain.io import load_inputs, read_npy
+from onnxplain.methods import REGISTRY, make_method, method_class
+from onnxplain.metrics import Evaluation
+from onnxplain.metrics import report as render
+from onnxplain.metrics.plots import plot_apem, plot_curves
+
+from .common import load_model, model_argument, preprocess_option
+from .explain_cmd import read_reference
+
+PREFERRED_METHODS = ("lrp", "gradient", "sensitivity", "smoothgrad")
+
+
+def read_true_labels(path: Path, sources: list[Path], model) -> np.ndarray:
+    """One class index per input from an .npy array (input order) or an `input,label` CSV (by file name)."""
+    if not path.is_file():
+        raise OnnxplainError(f"labels file not found: {path}")
+    if path.suffix.lower() == ".npy":
+        labels = np.asarray(read_npy(path)).reshape(-1)
+        if len(labels) != len(sources) or not np.issubdtype(labels.dtype, np.integer):
+            raise OnnxplainError(f"{path}: expected {len(sources)} integer labels, one per input")
+        return labels.astype(np.int64)
+    table = {}
+    with path.open(newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), 1):
+            if not row or (number == 1 and [c.strip().lower() for c in row] == ["input", "label"]):
+                continue
+            if len(row) != 2:
+                raise OnnxplainError(f"{path}:{number}: expected 'input,label', got {','.join(row)!r}")
+            table[row[0].strip()] = model.class_index(row[1].strip())
+    labels = []
+    for source in sources:
+        key = next((k for k in (source.name, str(source)) if k in table), None)
+        if key is None:
+            raise OnnxplainError(f"{path}: no label for input {source.name}")
+        labels.append(table[key])
+    return np.asarray(labels, dtype=np.int64)
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """'NAME' or 'NAME:key=value:key=value' (e.g. lrp:composite=epsilon-gamma-box) -> (name, parameters)."""
+    name, *pairs = spec.split(":")
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OnnxplainError(f"method parameter {pair!r} in {spec!r} is not key=value")
+        params[key.strip().replace("-", "_")] = _number(value.strip())
+    return name.strip(), params
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def build_methods(specs: list[str], progress: bool, options: dict) -> dict:
+    """{spec: method}; each also gets the shared options (reference, seed) that its constructor accepts."""
+    methods = {}
+    for spec in specs:
+        name, params = parse_method(spec)
+        accepted = inspect.signature(method_class(name).__init__).parameters
+        shared = {k: v for k, v in options.items() if v is not None and k in accepted and k not in params}
+        methods[spec] = make_method(name, progress=progress, **shared, **params)
+    return methods
+
+
+def default_methods() -> str:
+    names = [name for name in PREFERRED_METHODS if name in REGISTRY]
+    if not names:
+        raise OnnxplainError(f"choose --methods from: {', '.join(sorted(REGISTRY))}")
+    return ",".join(names)
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@click.command("evaluate")
+@model_argument
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--methods", default=None,
+              help="Comma-separated methods, each NAME or NAME:key=value:... (e.g. lrp:composite=epsilon-gamma-box) "
+                   "[default: those of lrp, gradient, sensitivity, smoothgrad that are installed].")
+@click.option("--metrics", default="aopc,apem", show_default=True, help="Comma-separated: aopc, apem.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="True labels: .npy (input order) or CSV 'input,label'.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for results.md/.csv/.json, per_image.csv and the plots.")
+@preprocess_option
+@click.option("--region", type=int, default=None, help="Region edge for perturbation [default: 9, less for small images so each axis "
+                                                    "has 8 regions; 1 for vectors].")
+@click.option("--steps", type=int, default=100, show_default=True, help="Perturbation steps L.")
+@click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
+              help="Score tracked by region perturbation.")
+@click.option("--stage", type=click.IntRange(1, 3), default=2, show_default=True,
+              help="APEM visualisation stage: 1 raw, 2 |R| clamped + channels summed, 3 times the input.")
+@click.option("--epsilon-step", type=float, default=1.0, show_default=True, help="APEM ε grid step.")
+@click.option("--max-steps", type=int, default=100_000, show_default=True, help="APEM ε search limit (steps).")
+@click.option("--shuffles", type=int, default=10, show_default=True, help="Shuffled maps per image (APEM_norm).")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Reference data for methods that take it (pda): a folder of images or an .npy batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, region, steps, score, stage,
+                     epsilon_step, max_steps, shuffles, reference, seed, as_json, quiet):
+    """Score explanation methods with region-perturbation AOPC and APEM on the inputs (files or folders)."""
+    loaded = load_model(model, preprocess)
+    x, sources = load_inputs(inputs, loaded)
+    truth = read_true_labels(labels, sources, loaded) if labels else None
+    options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None}
+    chosen = build_methods(_split(methods or default_methods()), not quiet, options)
+    evaluation = Evaluation(_split(metrics), region=region, steps=steps, score=score, stage=stage,
+                            epsilon_step=epsilon_step, max_steps=max_steps, shuffles=shuffles, seed=seed,
+                            progress=not quiet)
+    report = evaluation.run(loaded, x, chosen, truth, [s.name for s in sources])
+    if out:
+        write_outputs(report, out, title=f"Evaluation of {model.name}")
+    if as_json:
+        click.echo(json.dumps(render.as_json(report), indent=2))
+    else:
+        click.echo(render.markdown(report, title=f"Evaluation of {model.name}"))
+
+
+def write_outputs(report, out: Path, title: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"results.md": render.markdown(report, title), "results.csv": render.summary_csv(report),
+               "results.json": json.dumps(render.as_json(report), indent=2), "per_image.csv": render.per_image_csv(report)}
+    paths = []
+    for name, text in written.items():
+        (out / name).write_text(text)
+        paths.append(out / name)
+    if report.random_curves is not None:
+        paths.append(plot_curves(report, out / "perturbation_curves.png"))
+    if any(m.apem is not None for m in report.methods):
+        paths.append(plot_apem(report, out / "apem_boxplot.png"))
+    return paths

@@ -1,0 +1,94 @@
+"""What every converter shares: metadata embedding, and "verify against the source, then write" as one step."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxplain.errors import OnnxplainError
+from onnxplain.io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec
+
+
+@dataclass
+class ConversionReport:
+    """What was written and how closely it matches the source model."""
+
+    path: Path
+    exporter: str
+    samples: int
+    max_abs_diff: float
+    tolerance: float
+    score_output: str
+    score_kind: str
+
+
+def embed_metadata(proto: onnx.ModelProto, preprocess: PreprocessSpec | dict | None = None,
+                   labels: list | None = None) -> onnx.ModelProto:
+    """Store the preprocessing spec (JSON) and class labels (JSON list) in `metadata_props`, replacing old entries."""
+    entries = {}
+    if preprocess is not None:
+        spec = preprocess if isinstance(preprocess, PreprocessSpec) else PreprocessSpec.from_dict(dict(preprocess))
+        entries[METADATA_KEY] = spec.to_json()
+    if labels is not None:
+        entries[LABELS_KEY] = json.dumps([str(label) for label in labels])
+    kept = [p for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto
+
+
+def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: np.ndarray, expected: np.ndarray, *,
+                     exporter: str, output: str | None = None, atol: float = 1e-4) -> ConversionReport:
+    """Load `proto` as onnxplain would, compare its output on `samples` with the source model's `expected`
+    (the named `output`, else the class scores onnxplain picks), and only then write it to `path`."""
+    import onnxplain
+
+    path = Path(path)
+    expected = np.asarray(expected, dtype=np.float64).reshape(len(samples), -1)
+    with tempfile.TemporaryDirectory(prefix="onnxplain-convert-") as folder:
+        staged = Path(folder) / "model.onnx"
+        onnx.save(proto, staged)
+        model = onnxplain.load(staged)
+        got = model.run(samples, [output])[output] if output else model.scores(samples)
+        got = np.asarray(got, dtype=np.float64).reshape(len(samples), -1)
+        if got.shape != expected.shape:
+            raise OnnxplainError(f"the ONNX model gives outputs of shape {got.shape[1:]}, the source model "
+                                 f"{expected.shape[1:]}; not written")
+        diff = float(np.max(np.abs(got - expected)))
+        if not diff <= atol:
+            raise OnnxplainError(f"the ONNX model differs from the source model by {diff:.3g} (> {atol:g}) on "
+                                 f"{len(samples)} sample inputs; not written")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staged), str(path))
+    return ConversionReport(path=path, exporter=exporter, samples=len(samples), max_abs_diff=diff, tolerance=atol,
+                            score_output=output or model.score_output, score_kind=model.score_kind)
+
+
+def sample_batch(samples: np.ndarray | None, shape: tuple[int, ...], preprocess=None, count: int = 8,
+                 seed: int = 0) -> np.ndarray:
+    """The given samples as float32, or `count` seeded random inputs of `shape` (no batch axis) spread over the
+    preprocessing spec's value range ([0, 1] without a spec)."""
+    if samples is not None:
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim == len(shape):
+            samples = samples[None]
+        if samples.shape[1:] != tuple(shape):
+            raise OnnxplainError(f"sample inputs of shape {samples.shape[1:]} do not fit the input shape {shape}")
+        if not np.isfinite(samples).all():
+            raise OnnxplainError("sample inputs contain NaN or Inf values")
+        return samples
+    low, high = 0.0, 1.0
+    if preprocess is not None:
+        spec = preprocess if isinstance(preprocess, PreprocessSpec) else PreprocessSpec.from_dict(dict(preprocess))
+        lows, highs = spec.value_range()
+        low, high = float(np.min(lows)), float(np.max(highs))
+    rng = np.random.default_rng(seed)
+    return rng.uniform(low, high, size=(count, *shape)).astype(np.float32)

@@ -1,0 +1,50 @@
+"""scikit-learn -> ONNX through skl2onnx: a classifier's probability tensor (ZipMap left out unless asked for)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from onnxplain.errors import OnnxplainError
+
+from .common import ConversionReport, embed_metadata, sample_batch, verify_and_write
+
+
+def _final_step(estimator):
+    """The last estimator of a Pipeline (where the probability output comes from), else the estimator."""
+    steps = getattr(estimator, "steps", None)
+    return _final_step(steps[-1][1]) if steps else estimator
+
+
+def convert_sklearn(estimator, path: str | os.PathLike, *, samples: np.ndarray | None = None,
+                    n_features: int | None = None, zipmap: bool = False, opset: int | None = None,
+                    input_name: str = "input", preprocess=None, labels: list | None = None,
+                    atol: float = 1e-4) -> ConversionReport:
+    """Export a fitted classifier (or Pipeline ending in one) with `predict_proba` to `path`.
+
+    samples: float inputs (N, F) to verify on; default 8 seeded random inputs of `n_features`
+    (or the estimator's `n_features_in_`). labels default to the estimator's `classes_`.
+    """
+    try:
+        from skl2onnx import to_onnx
+        from skl2onnx.common.data_types import FloatTensorType
+    except ImportError:
+        raise OnnxplainError("converting scikit-learn models needs skl2onnx (pip install skl2onnx)") from None
+    if not hasattr(estimator, "predict_proba"):
+        raise OnnxplainError(f"{type(estimator).__name__} has no predict_proba: onnxplain explains classifiers")
+    features = n_features or getattr(estimator, "n_features_in_", None)
+    if features is None and samples is None:
+        raise OnnxplainError("give sample inputs or the number of features")
+    batch = sample_batch(samples, (int(features or np.shape(samples)[1]),), preprocess)
+    final = _final_step(estimator)
+    try:
+        proto = to_onnx(estimator, initial_types=[(input_name, FloatTensorType([None, batch.shape[1]]))],
+                        options={id(final): {"zipmap": zipmap}}, target_opset=opset)
+    except Exception as error:  # skl2onnx raises RuntimeError, NotImplementedError, ... for unsupported models
+        raise OnnxplainError(f"skl2onnx cannot convert {type(estimator).__name__}: "
+                             f"{str(error).splitlines()[0][:300]}") from None
+    classes = getattr(final, "classes_", None)
+    embed_metadata(proto, preprocess, labels if labels is not None else
+                   (None if classes is None else [str(c) for c in classes]))
+    expected = estimator.predict_proba(batch)
+    return verify_and_write(proto, path, batch, expected, exporter=f"skl2onnx, zipmap={zipmap}", atol=atol)

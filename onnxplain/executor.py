@@ -1,0 +1,221 @@
+"""`TorchExecutor`: the model's graph in torch (on CPU or CUDA, with autograd), checked against onnxruntime.
+
+It runs the normalised graph with the op registry (`onnxplain.ops`). When the registry lacks an op, or its
+result disagrees with onnxruntime on a probe batch, the whole model falls back to onnx2torch (also checked);
+when neither works, an `OnnxplainError` names each unsupported op and node.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from .errors import OnnxplainError
+from .ops.graph import Graph
+from .targets import Target, class_indices, hidden_values
+
+TOLERANCE = 1e-4  # largest relative difference to onnxruntime on the probe batch
+SCORE_TAIL = {"Normalizer", "Cast", "Identity", "Reshape", "Flatten", "Squeeze"}
+
+
+class TorchExecutor:
+    """`executor(x)` class scores, `.run(x, outputs)`, `.logits(x)`, `.gradient(x, target)`; x batch first."""
+
+    def __init__(self, model, device: str = "cpu", check: bool = True):
+        self.model = model
+        self.device = torch.device(device)
+        self.graph: Graph | None = None
+        self.problem: str | None = None  # why the registry graph is not used, when it is not
+        self._fallbacks: dict[tuple[str, ...], torch.nn.Module] = {}
+        try:
+            graph = Graph(model.proto, self.device)
+        except Exception as error:  # an op that cannot even be set up on its constants
+            graph, self.problem = None, f"building the graph failed: {error}"
+        if graph is not None:
+            missing = graph.missing(self.checked_outputs(), (model.input_name,))
+            if missing:
+                self.problem = "ops outside the registry: " + ", ".join(missing)
+            else:
+                self.graph = graph
+        self.logits_name = self._find_logits()
+        if check:
+            self._check()
+
+    # ---------------------------------------------------------------- set-up
+    def checked_outputs(self) -> list[str]:
+        """The outputs compared with onnxruntime: all graph outputs, class scores first, and the logits."""
+        names = [self.model.score_output] + [n for n in self.model.output_names if n != self.model.score_output]
+        if self.model.logits_output and self.model.logits_output not in names:
+            names.append(self.model.logits_output)
+        return names
+
+    def _find_logits(self) -> str:
+        """The pre-softmax tensor: the model's, or the raw scores under a LinearClassifier's post-transform."""
+        if self.model.logits_output:
+            return self.model.logits_output
+        if self.graph is not None:
+            name = self.model.score_output
+            step = self.graph.producers.get(name)
+            while step is not None and step.node.op_type in SCORE_TAIL:
+                name = step.inputs[0]
+                step = self.graph.producers.get(name)
+            if step is not None and step.node.op_type == "PostTransform":
+                return step.inputs[0]
+        return self.model.score_output
+
+    def _check(self) -> None:
+        """Compare with onnxruntime on a probe batch; fall back to onnx2torch when the registry graph disagrees."""
+        probe = probe_batch(self.model, batch=1)
+        names = [n for n in self.checked_outputs() if _is_float_output(self.model, n)]
+        reference = self.model.run(probe, names)
+        if self.graph is not None:
+            try:
+                error = self._error(probe, names, reference)
+                if error <= TOLERANCE:
+                    return
+                self.problem = f"the registry graph differs from onnxruntime by {error:.2g} (relative)"
+            except Exception as failure:  # an op meeting attributes or shapes it does not handle
+                self.problem = f"the registry graph failed: {str(failure).splitlines()[0][:200]}"
+            self.graph = None
+            self.logits_name = self._find_logits()
+        try:
+            error = self._error(probe, names, reference)
+        except Exception as failure:  # onnx2torch raises many kinds of errors for ops it lacks
+            raise OnnxplainError(f"cannot run this model in torch: {self.problem}; onnx2torch: "
+                                 f"{str(failure).splitlines()[0][:200]}") from None
+        if error > TOLERANCE:
+            raise OnnxplainError(f"cannot run this model in torch: {self.problem}; onnx2torch differs from "
+                                 f"onnxruntime by {error:.2g} (relative)")
+
+    def _error(self, probe: np.ndarray, names: list[str], reference: dict) -> float:
+        with torch.no_grad():
+            got = self.run(probe, names)
+        return max(relative_error(got[n].double().cpu().numpy(), reference[n]) for n in names)
+
+    # ---------------------------------------------------------------- forward passes
+    def tensor(self, x) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return x.to(self.device)
+        return torch.from_numpy(self.model.check_input(x)).to(self.device)
+
+    def run(self, x, outputs: list[str] | None = None, feeds: dict | None = None) -> dict[str, torch.Tensor]:
+        """{name: tensor} for the graph outputs or any tensors by name; `feeds` overrides tensors on the way."""
+        names = list(outputs) if outputs else list(self.model.output_names)
+        x = self.tensor(x)
+        if self.graph is None:
+            return self._run_fallback(x, names)
+        inputs = {self.model.input_name: x, **(feeds or {})}
+        return self.graph.run(inputs, names)
+
+    def __call__(self, x) -> torch.Tensor:
+        """Class scores (N, K), like `model.scores`."""
+        scores = self.run(x, [self.model.score_output])[self.model.score_output]
+        return scores.reshape(len(scores), -1)
+
+    def logits(self, x) -> torch.Tensor:
+        """Pre-softmax scores (N, K) when the graph has a softmax (or a classifier post-transform), else scores."""
+        logits = self.run(x, [self.logits_name])[self.logits_name]
+        return logits.reshape(len(logits), -1)
+
+    def explained(self, start: torch.Tensor, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, np.ndarray]:
+        """(f(x) per sample, class per sample or -1) for `start`: the logits, or the hidden tensor of `target`."""
+        if target.hidden:
+            return hidden_values(start, target), np.full(len(start), -1)
+        with torch.no_grad():
+            scores = self.run(x.detach(), [self.model.score_output], {self.logits_name: start.detach()})
+        scores = scores[self.model.score_output].reshape(len(start), -1).double().cpu().numpy()
+        classes = class_indices(self.model, scores, target)
+        values = start.reshape(len(start), -1)
+        if classes.max() >= values.shape[1]:
+            raise OnnxplainError(f"class {classes.max()} has no logit: the pre-softmax tensor has {values.shape[1]}")
+        rows = torch.arange(len(start), device=start.device)
+        return values[rows, torch.as_tensor(classes, device=start.device)], classes
+
+    def gradient(self, x: np.ndarray, target: Target | None = None,
+                 batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(d f(x) / dx shaped like x, f(x) (N,)): f is the target's logit (pre-softmax) or hidden value."""
+        target = target or Target()
+        x = self.model.check_input(x)
+        size = batch_size or self.model.batch_size()
+        grads, values = [], []
+        for start in range(0, len(x), size):
+            batch = self.tensor(x[start:start + size]).requires_grad_(True)
+            name = target.layer if target.hidden else self.logits_name
+            value, _ = self.explained(self.run(batch, [name])[name], batch, target)
+            (grad,) = torch.autograd.grad(value.sum(), batch)
+            grads.append(grad.detach().cpu().numpy())
+            values.append(value.detach().double().cpu().numpy())
+        return np.concatenate(grads).astype(x.dtype, copy=False), np.concatenate(values)
+
+    # ---------------------------------------------------------------- onnx2torch fallback
+    def _run_fallback(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        key = tuple(names)
+        if key not in self._fallbacks:
+            self._fallbacks[key] = onnx2torch_module(self.model.proto, names).to(self.device).eval()
+        outputs = self._fallbacks[key](x)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return dict(zip(names, outputs))
+
+
+def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:
+    """The graph, with `outputs` as its outputs, converted by onnx2torch (after onnx.version_converter)."""
+    from onnx import helper, version_converter
+
+    from .compat import ensure_torchvision
+
+    model = copy.deepcopy(proto)
+    known = {v.name: v for v in list(model.graph.output) + list(model.graph.value_info)}
+    del model.graph.output[:]
+    model.graph.output.extend(known.get(n) or helper.make_empty_tensor_value_info(n) for n in outputs)
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if version < 13 or version > 17:
+        model = version_converter.convert_version(model, min(max(version, 13), 17))
+    ensure_torchvision()
+    from onnx2torch import convert
+
+    return convert(model)
+
+
+def probe_batch(model, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """Seeded random inputs inside the preprocessing's value range (or [0, 1)) for checks."""
+    rng = np.random.default_rng(seed)
+    size = 1 if model.fixed_batch else batch
+    shape = (size,) + tuple(d if d else 8 for d in model.input_shape[1:])
+    bounds = input_bounds(model, shape)
+    unit = rng.random(shape)
+    x = unit if bounds is None else bounds[0] + unit * (bounds[1] - bounds[0])
+    return x.astype(model.input_dtype)
+
+
+def input_bounds(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel (low, high) of valid inputs from the preprocessing spec, broadcast to `shape`; None if unknown."""
+    spec = model.preprocess
+    if spec is None:
+        return None
+    low, high = spec.value_range()
+    if spec.layout == "NCHW" and len(shape) == 4 and shape[1] == len(low):
+        view = (1, -1, 1, 1)
+    elif spec.layout == "NHWC" and len(shape) == 4 and shape[-1] == len(low):
+        view = (1, 1, 1, -1)
+    elif len(low) == 1:
+        view = (1,) * len(shape)
+    else:
+        return None
+    return (np.broadcast_to(low.reshape(view), shape).astype(np.float64),
+            np.broadcast_to(high.reshape(view), shape).astype(np.float64))
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want| (the scale of the reference)."""
+    want = np.asarray(want, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64).reshape(want.shape)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+def _is_float_output(model, name: str) -> bool:
+    known = {v.name: v for v in list(model.proto.graph.output) + list(model.proto.graph.value_info)}
+    value = known.get(name)
+    if value is None:
+        return True
+    return value.type.tensor_type.elem_type in (1, 10, 11, 16)  # float, float16, double, bfloat16

@@ -1,0 +1,148 @@
+"""Canonizers: rewrites of the executor's steps that keep the function but give LRP clean layers.
+
+`merge_affine` folds the per-channel affine maps right after a Conv/Gemm/MatMul (BatchNormalization, Mul/Div/Add/Sub
+by a per-channel constant) into the layer's weight and bias, like zennit's MergeBatchNorm canonizer; a MatMul then
+an Add of a constant becomes one dense layer with a bias.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops.base import LinearOp
+from ..ops.graph import Step
+from . import rules
+
+
+class MergedLinear(LinearOp):
+    """A linear op whose output is then scaled and shifted per channel: y = base(x) * factor + shift."""
+
+    def __init__(self, base: LinearOp, factor: torch.Tensor, shift: torch.Tensor):
+        self.base, self.factor, self.shift = base, factor, shift
+        self.node, self.op_type, self.name, self.constants = base.node, base.op_type, base.name, base.constants
+        self.category, self.kind, self.weight_out_axis = base.category, "linear", base.weight_out_axis
+        self._merged: dict[tuple, rules.Layer] = {}  # the merged parameters, computed once per input kind
+
+    def layer(self, inputs):
+        x = inputs[0]
+        key = (x.ndim, x.dtype, x.device, tuple(id(t) for t in inputs[1:]))
+        if key not in self._merged:
+            self._merged[key] = self._merge(inputs)
+        return self._merged[key]
+
+    def _merge(self, inputs):
+        layer = self.base.layer(inputs)
+        view = [1] * layer.weight.ndim
+        view[self.weight_out_axis] = -1
+        shape = self.base.channel_shape(inputs, self.factor.numel())
+        factor, shift = self.factor.to(layer.weight), self.shift.to(layer.weight)
+        bias = shift.reshape(shape) if layer.bias is None else layer.bias * factor.reshape(shape) + shift.reshape(shape)
+        return rules.Layer(layer.fn, layer.weight * factor.reshape(view), bias)
+
+    def channel_shape(self, inputs, channels):
+        return self.base.channel_shape(inputs, channels)
+
+    def forward(self, *inputs):
+        return self.layer(list(inputs))(inputs[0])
+
+
+def merge_affine(steps: list[Step], keep: set[str], ranks: dict[str, int]) -> list[Step]:
+    """Steps with per-channel affine maps folded into the linear layer before them.
+
+    `keep`: tensors that must stay visible (the explained tensor); `ranks`: known tensor ranks.
+    """
+    consumers: dict[str, list[Step]] = {}
+    for step in steps:
+        for name in step.inputs:
+            consumers.setdefault(name, []).append(step)
+    absorbed, result = set(), []
+    for step in steps:
+        if id(step) in absorbed:
+            continue
+        op = step.op
+        channels = out_channels(op) if isinstance(op, LinearOp) and op.kind == "linear" and op.mergeable() else None
+        if channels is None:
+            result.append(step)
+            continue
+        factor, shift = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+        out = step.outputs[0]
+        while out not in keep and len(consumers.get(out, [])) == 1 and len([o for o in step.outputs if o]) == 1:
+            follower = consumers[out][0]
+            affine = per_channel_affine(follower, out, channels, _channel_axis(op, ranks.get(out)))
+            if affine is None:
+                break
+            factor, shift = factor * affine[0], shift * affine[0] + affine[1]
+            absorbed.add(id(follower))
+            out = follower.outputs[0]
+        if out == step.outputs[0]:
+            result.append(step)
+        else:
+            dtype = op.constants[1].dtype if 1 in op.constants else torch.float32
+            result.append(Step(MergedLinear(op, factor.to(dtype), shift.to(dtype)), step.inputs, [out], step.node))
+    return result
+
+
+def out_channels(op: LinearOp) -> int | None:
+    """Number of output channels of a linear op (from its constant weight), None when unknown."""
+    weight = op.constants.get(1)
+    if op.op_type == "Conv" and weight is not None:
+        return weight.shape[0]
+    if op.op_type == "ConvTranspose" and weight is not None:
+        return weight.shape[1] * op.groups
+    if op.op_type == "Gemm" and weight is not None:
+        return weight.shape[0] if op.trans_b else weight.shape[1]
+    if op.op_type == "MatMul" and weight is not None:
+        return weight.shape[-1]
+    if op.op_type == "BatchNormalization" and weight is not None:
+        return weight.numel()
+    if op.op_type == "LinearClassifier":
+        return op.weight.shape[1]
+    return None
+
+
+def _channel_axis(op: LinearOp, rank: int | None) -> tuple[int, int | None]:
+    """(channel axis, output rank) of the op's output; the rank may be unknown (None)."""
+    if op.op_type in ("Gemm", "LinearClassifier"):
+        return -1, 2
+    if op.op_type == "MatMul":
+        return -1, rank
+    if op.op_type in ("Conv", "ConvTranspose"):
+        return 1, op.constants[1].ndim
+    return 1, rank
+
+
+def per_channel_affine(step: Step, source: str, channels: int, axis_rank) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(factor, shift) per channel when `step` maps `source` by a per-channel affine function, else None."""
+    op, (axis, rank) = step.op, axis_rank
+    if op is None or len([o for o in step.outputs if o]) != 1:
+        return None
+    if op.op_type == "BatchNormalization" and op.kind == "linear" and step.inputs[0] == source:
+        factor, shift = op.affine([None] + [op.constants[i] for i in (1, 2, 3, 4)])
+        return _vector(factor, channels, axis, rank, True), _vector(shift, channels, axis, rank, True)
+    if op.op_type not in ("Mul", "Div", "Add", "Sub") or len(op.constants) != 1 or source not in step.inputs[:2]:
+        return None
+    (position, constant), = op.constants.items()
+    if step.inputs[1 - position] != source or (position == 0 and op.op_type in ("Div", "Sub")):
+        return None
+    vector = _vector(constant, channels, axis, rank, False)
+    if vector is None:
+        return None
+    ones, zeros = torch.ones_like(vector), torch.zeros_like(vector)
+    maps = {"Mul": (vector, zeros), "Div": (1 / vector, zeros), "Add": (ones, vector), "Sub": (ones, -vector)}
+    return maps[op.op_type]
+
+
+def _vector(constant: torch.Tensor, channels: int, axis: int, rank: int | None, flat: bool) -> torch.Tensor | None:
+    """A constant that varies only along the channel axis, as a float64 vector of `channels` values."""
+    c = constant.detach().double()
+    if c.numel() == 1:
+        return c.reshape(1).expand(channels).clone()
+    if flat and c.ndim == 1 and c.numel() == channels:
+        return c
+    if axis == -1 and c.shape[-1] == channels and c.numel() == channels:
+        return c.reshape(-1)
+    if rank is None or c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
+    if shape[axis] == channels and all(d == 1 for i, d in enumerate(shape) if i != axis % rank):
+        return c.reshape(-1)
+    return None

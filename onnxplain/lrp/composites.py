@@ -1,0 +1,153 @@
+"""Composites: which rule each layer gets, by zennit's names and meanings, plus per-node overrides.
+
+| composite                  | first layer            | other convolutions | dense layers | unmerged affine |
+| -------------------------- | ---------------------- | ------------------ | ------------ | --------------- |
+| epsilon-plus (default)     |                        | z+                 | epsilon      | epsilon         |
+| epsilon-gamma-box          | z^B (first conv)       | gamma              | epsilon      | epsilon         |
+| epsilon-alpha2-beta1       |                        | alpha2-beta1       | epsilon      | epsilon         |
+| epsilon-plus-flat          | flat (first linear)    | z+                 | epsilon      | epsilon         |
+| epsilon-alpha2-beta1-flat  | flat (first linear)    | alpha2-beta1       | epsilon      | epsilon         |
+| deep-taylor                | z^B, or w^2 if unbounded | z+               | z+           | z+              |
+| lrp-0                      |                        | z                  | z            | z               |
+
+Sums and average pooling use the z-rule (zennit's Norm), activations pass relevance, max-pooling routes it to
+the winner. Overrides: `{'Conv': 'epsilon', 'conv1*': 'zb'}` by op type or node-name glob; a rule spec is a name
+with optional parameters: `epsilon:0.25`, `gamma:0.5`, `alpha2beta1`, `alphabeta:3,2`, `zplus`, `zb`, `w2`, ...
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from ..errors import OnnxplainError
+from . import rules
+
+
+@dataclass(frozen=True)
+class Params:
+    """Numbers the rules take (zennit's defaults)."""
+
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Composite:
+    conv: str
+    dense: str
+    affine: str
+    first: str | None = None        # rule for the first layer(s)
+    first_of: str = "linear"        # 'linear': first conv or dense layer; 'conv': first convolution
+
+
+COMPOSITES = {
+    "epsilon-plus": Composite("zplus", "epsilon", "epsilon"),
+    "epsilon-gamma-box": Composite("gamma", "epsilon", "epsilon", first="zb", first_of="conv"),
+    "epsilon-alpha2-beta1": Composite("alpha2beta1", "epsilon", "epsilon"),
+    "epsilon-plus-flat": Composite("zplus", "epsilon", "epsilon", first="flat"),
+    "epsilon-alpha2-beta1-flat": Composite("alpha2beta1", "epsilon", "epsilon", first="flat"),
+    "deep-taylor": Composite("zplus", "zplus", "zplus", first="zb-or-w2"),
+    "lrp-0": Composite("z", "z", "z"),
+}
+
+RULE_NAMES = ("z", "epsilon", "gamma", "alphabeta", "alpha2beta1", "alpha1beta0", "zplus", "zb", "w2", "flat", "pass")
+ALIASES = {"lrp-0": "z", "lrp0": "z", "eps": "epsilon", "z+": "zplus", "zbox": "zb", "z^b": "zb", "wsquare": "w2",
+           "w^2": "w2", "w²": "w2", "alpha-beta": "alphabeta"}
+WEIGHTLESS_OK = {"z", "epsilon", "flat"}  # rules that work on parameter-free maps (pooling)
+
+
+def make_rule(spec: str, params: Params = Params()) -> rules.Rule:
+    """A rule from its spec: 'epsilon', 'epsilon:0.25', 'gamma:0.5', 'alpha2beta1', 'alphabeta:3,2', ..."""
+    name, _, args = str(spec).strip().lower().partition(":")
+    name = ALIASES.get(name, name)
+    try:
+        values = [float(v) for v in args.split(",")] if args else []
+    except ValueError:
+        raise OnnxplainError(f"rule {spec!r}: parameters must be numbers") from None
+    match = re.fullmatch(r"alpha([\d.]+)beta([\d.]+)", name)
+    if match:
+        name, values = "alphabeta", [float(match.group(1)), float(match.group(2))]
+    try:
+        if name == "z":
+            return rules.Z(*(values or [params.stabilizer]))
+        if name == "epsilon":
+            return rules.Epsilon(*(values or [params.epsilon]))
+        if name == "gamma":
+            return rules.Gamma(*(values or [params.gamma]), stabilizer=params.stabilizer)
+        if name == "alphabeta":
+            return rules.AlphaBeta(*(values or [2.0, 1.0]), stabilizer=params.stabilizer)
+        if name == "zplus":
+            return rules.ZPlus(params.stabilizer)
+        if name == "zb":
+            return rules.ZBox(None, None, params.stabilizer)  # bounds are filled in per batch by the walker
+        if name == "w2":
+            return rules.WSquare(params.stabilizer)
+        if name == "flat":
+            return rules.Flat(params.stabilizer)
+        if name == "pass":
+            return rules.Pass()
+    except (TypeError, ValueError) as error:
+        raise OnnxplainError(f"rule {spec!r}: {error}") from None
+    raise OnnxplainError(f"unknown LRP rule {spec!r}; choose one of {', '.join(RULE_NAMES)}")
+
+
+def composite_named(name: str) -> Composite:
+    if name not in COMPOSITES:
+        raise OnnxplainError(f"unknown composite {name!r}; choose one of {', '.join(COMPOSITES)}")
+    return COMPOSITES[name]
+
+
+class RuleMap:
+    """Assigns each LRP step its rule: overrides (node-name glob first, then op type), else the composite's."""
+
+    def __init__(self, composite: str = "epsilon-plus", overrides: dict[str, str] | None = None,
+                 params: Params = Params(), bounded: bool = True):
+        self.name = composite
+        self.composite = composite_named(composite)
+        self.params = params
+        self.bounded = bounded  # whether input bounds are known (deep-taylor then picks z^B over w^2)
+        self.overrides = {key: make_rule(spec, params) for key, spec in (overrides or {}).items()}
+        self.used: set[str] = set()
+
+    def rule_for(self, op, first_linear: bool, first_conv: bool) -> rules.Rule | None:
+        override = self._override(op)
+        kind = op.kind
+        if kind == "linear":
+            return override or self._default(op.category, first_linear, first_conv)
+        if kind in ("pool", "share"):
+            if override is not None and override.name not in WEIGHTLESS_OK - ({"flat"} if kind == "share" else set()):
+                raise OnnxplainError(f"rule {override.name} does not apply to {op.op_type} node {op.name!r} "
+                                     f"(use z or epsilon)")
+            return override or rules.Z(self.params.stabilizer)
+        if override is not None:
+            raise OnnxplainError(f"rule {override.name} does not apply to {op.op_type} node {op.name!r}: "
+                                 "only layers, pooling and sums take rules")
+        return None
+
+    def _override(self, op) -> rules.Rule | None:
+        for key, rule in self.overrides.items():
+            if key != op.op_type and fnmatch.fnmatchcase(op.name, key):
+                self.used.add(key)
+                return rule
+        if op.op_type in self.overrides:
+            self.used.add(op.op_type)
+            return self.overrides[op.op_type]
+        return None
+
+    def _default(self, category: str, first_linear: bool, first_conv: bool) -> rules.Rule:
+        composite = self.composite
+        first = first_conv if composite.first_of == "conv" else first_linear
+        if composite.first and first and (category == "conv" or composite.first_of == "linear"):
+            spec = composite.first
+            if spec == "zb-or-w2":
+                spec = "zb" if self.bounded else "w2"
+            return make_rule(spec, self.params)
+        spec = {"conv": composite.conv, "dense": composite.dense}.get(category, composite.affine)
+        return make_rule(spec, self.params)
+
+    def check_used(self) -> None:
+        unused = [key for key in self.overrides if key not in self.used]
+        if unused:
+            raise OnnxplainError(f"--rule {', '.join(unused)} matches no layer, pooling or sum node of this model")

@@ -1,0 +1,177 @@
+"""The walker: runs the executor's graph in LRP mode and reads relevance off one autograd backward pass.
+
+Each step runs its op's `relevance` (the op registry says how relevance crosses it; rules handle the layers),
+so outputs keep their true values while their gradient map is the relevance map. Seeding the backward pass
+with f(x) at the explained unit gives the input relevance; tensor hooks collect the conservation ledger.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import OnnxplainError
+from ..executor import input_bounds
+from ..ops.graph import Step
+from ..targets import Target
+from . import rules
+from .canonizers import merge_affine
+from .composites import RuleMap
+
+
+@dataclass
+class LayerRecord:
+    node: str
+    op: str
+    rule: str
+    relevance: torch.Tensor      # (N,) relevance the node received (at its output)
+    bias: torch.Tensor           # (N,) absorbed by its bias / constants
+    stabiliser: torch.Tensor     # (N,) absorbed by stabilisers (and outputs no rule could pass on)
+
+
+@dataclass
+class Result:
+    relevance: torch.Tensor      # like x
+    values: torch.Tensor         # (N,) f(x)
+    classes: np.ndarray          # (N,) class or -1
+    layers: list[LayerRecord] = field(default_factory=list)
+
+
+@dataclass
+class PlannedStep:
+    step: Step
+    rule: rules.Rule | None
+
+
+class Walker:
+    """LRP for one executor (registry graph) and one rule map; plans are cached per explained tensor."""
+
+    def __init__(self, executor, rule_map: RuleMap, low=None, high=None):
+        if executor.graph is None:
+            raise OnnxplainError(f"LRP needs the op registry; this model runs through onnx2torch ({executor.problem})")
+        self.executor, self.graph, self.model = executor, executor.graph, executor.model
+        self.rule_map = rule_map
+        self.low, self.high = low, high
+        self._plans: dict[str, list[PlannedStep]] = {}
+
+    # ---------------------------------------------------------------- planning
+    def plan(self, start: str) -> list[PlannedStep]:
+        if start not in self._plans:
+            steps = self.graph.plan([start], (self.model.input_name,))
+            steps = merge_affine(steps, {start}, tensor_ranks(self.model.proto))
+            self._plans[start] = self._assign(steps)
+            self.rule_map.check_used()
+        return self._plans[start]
+
+    def _assign(self, steps: list[Step]) -> list[PlannedStep]:
+        """Rules per step; 'first' layers are those with no conv/dense layer upstream."""
+        after_linear, after_conv = {self.model.input_name: False}, {self.model.input_name: False}
+        planned = []
+        for step in steps:
+            inputs = [n for n in step.inputs if n]
+            up_linear = any(after_linear.get(n, False) for n in inputs)
+            up_conv = any(after_conv.get(n, False) for n in inputs)
+            op = step.op
+            if op is None:
+                raise OnnxplainError(f"no torch forward for {step.label}")
+            rule = self.rule_map.rule_for(op, not up_linear, not up_conv)
+            if isinstance(rule, rules.ZBox) and up_linear and self.low is None:
+                raise OnnxplainError(f"z^B needs box bounds of its input: it applies to first layers, not to "
+                                     f"{step.label} (or give low/high)")
+            is_layer = op.kind == "linear" and op.category in ("conv", "dense")
+            for name in step.outputs:
+                after_linear[name] = up_linear or is_layer
+                after_conv[name] = up_conv or (is_layer and op.category == "conv")
+            planned.append(PlannedStep(step, rule))
+        return planned
+
+    # ---------------------------------------------------------------- running
+    def __call__(self, x: torch.Tensor, target: Target, ledger: bool = True) -> Result:
+        start = target.layer if target.hidden else self.executor.logits_name
+        x = x.detach().requires_grad_(True)
+        env = dict(self.graph.constants)
+        env[self.model.input_name] = x
+        records: list[LayerRecord] = []
+        for planned in self.plan(start):
+            step = planned.step
+            inputs = [env[name] if name else None for name in step.inputs]
+            carries = step.op.kind != "data" and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+            if not carries:
+                with torch.no_grad():
+                    outputs, leak = step.op.forward(*inputs), None
+            else:
+                if step.op.kind is None:
+                    raise OnnxplainError(f"LRP cannot pass {step.label}: no relevance rule for this op here")
+                try:
+                    outputs, leak = step.op.relevance(inputs, self._bounded(planned, inputs, x))
+                except ValueError as error:  # a rule that cannot apply to this layer
+                    raise OnnxplainError(f"{step.label}: {error}") from None
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            for name, value in zip(step.outputs, outputs):
+                if name:
+                    env[name] = value
+            if ledger and leak is not None and outputs[0].requires_grad:
+                outputs[0].register_hook(self._recorder(records, planned, leak))
+        values, classes = self.executor.explained(env[start], x, target)
+        seed = seed_relevance(env[start], values, classes, target)
+        (relevance,) = torch.autograd.grad(env[start], x, seed)
+        records.reverse()  # hooks fire from the output down; report in graph order
+        return Result(relevance.detach(), values.detach(), classes, records)
+
+    def _bounded(self, planned: PlannedStep, inputs: list, x: torch.Tensor) -> rules.Rule | None:
+        """The step's rule, with z^B's box bounds for this batch filled in."""
+        rule = planned.rule
+        if not isinstance(rule, rules.ZBox) or rule.low is not None:
+            return rule
+        low, high = self.bounds(planned.step.inputs[0], x)
+        return rules.ZBox(low, high, rule.stabilizer)
+
+    def bounds(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box bounds of tensor `name`: given ones, or the input's bounds carried through the steps before it."""
+        if self.low is not None and self.high is not None:
+            return (torch.as_tensor(self.low, dtype=x.dtype, device=x.device),
+                    torch.as_tensor(self.high, dtype=x.dtype, device=x.device))
+        bounds = input_bounds(self.model, tuple(x.shape))
+        if bounds is None:
+            raise OnnxplainError("the z^B rule needs input bounds: give the model a preprocessing spec "
+                                 "(--preprocess) or low/high, or use w2 for unbounded inputs")
+        low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in bounds)
+        if name == self.model.input_name:
+            return low, high
+        with torch.no_grad():
+            at_low = self.graph.run({self.model.input_name: low}, [name])[name]
+            at_high = self.graph.run({self.model.input_name: high}, [name])[name]
+        return torch.minimum(at_low, at_high), torch.maximum(at_low, at_high)
+
+    @staticmethod
+    def _recorder(records: list, planned: PlannedStep, leak: rules.Leak):
+        def record(grad):
+            bias, stabiliser = leak.terms(grad)
+            rule = planned.rule.name if planned.rule is not None else planned.step.op.kind
+            records.append(LayerRecord(planned.step.op.name, planned.step.op.op_type, rule,
+                                       grad.detach().double().reshape(len(grad), -1).sum(1), bias, stabiliser))
+        return record
+
+
+def seed_relevance(start: torch.Tensor, values: torch.Tensor, classes: np.ndarray, target: Target) -> torch.Tensor:
+    """Relevance at the explained tensor: f(x) on the explained unit(s), zero elsewhere."""
+    seed = torch.zeros_like(start)
+    n = len(start)
+    if not target.hidden:
+        flat = seed.reshape(n, -1)
+        index = torch.as_tensor(classes, device=seed.device)
+        flat[torch.arange(n, device=seed.device), index] = values.detach().to(seed.dtype)
+        return flat.reshape(start.shape)
+    if target.unit is not None:
+        seed[(slice(None),) + tuple(target.unit)] = start.detach()[(slice(None),) + tuple(target.unit)]
+        return seed
+    channel = start.detach()[:, target.index]
+    seed[:, target.index] = channel / max(channel[0].numel(), 1)
+    return seed
+
+
+def tensor_ranks(proto) -> dict[str, int]:
+    """Ranks of the tensors shape inference knows."""
+    values = list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output)
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}

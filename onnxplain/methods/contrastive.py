@@ -1,0 +1,322 @@
+"""Contrastive "why class A and not class B?" explanations through a generator's latent space (CDeepEx, xGEMs).
+
+Given a classifier D, a generator G: latent -> input (both ONNX, both run and differentiated by the torch executor),
+an input I and a probe class:
+
+1. Procedure 2: z0 = argmin_z ||G(z) - I||^2 + kappa * (-llh(D(G(z)), true)) from `restarts` seeded N(0, 1) starts
+   (Adam), and the residual Delta = G(z0) - I.
+2. Equation 2: z_e = argmin_z ||z - z0||^2 subject to
+       llh(true) - llh(probe) = 0,
+       llh(i) - llh(true) <= -margin  and  llh(i) - llh(probe) <= -margin   for every other class i,
+   all log-likelihoods taken of D(G(z) - Delta), so that D sees exactly I at z = z0. (The paper typesets
+   "D(G(z)) + Delta"; we read it as the classifier's input G(z) corrected by the residual, and its "<= epsilon"
+   ranking constraints with the sign that keeps true and probe above every other class, epsilon = -margin.)
+   Solved by the augmented Lagrangian method (`lagrangian.AugmentedLagrangian`). xGEMs drops the ranking constraints.
+3. The explanation G(z0) - G(z_e): positive where the input has ink the probe class would not, negative where the
+   probe would need ink added (rendered red = add, blue = remove: `contrast_map`).
+
+The true class is the classifier's top-1 on I; the probe defaults to the second most likely class.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import OnnxplainError
+from ..explanation import Explanation
+from ..targets import Target
+from .lagrangian import AugmentedLagrangian, Evaluation
+
+FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16
+
+
+class Generator:
+    """An ONNX generator checked against a classifier: a fixed-size float latent in, the classifier's input out."""
+
+    def __init__(self, generator, classifier, device: str = "cpu"):
+        model = self._load(generator) if isinstance(generator, (str, os.PathLike)) else generator
+        check_latent(model.proto, model.input_name)
+        if len(model.output_names) != 1:
+            raise OnnxplainError(f"the generator must have one output (the generated input); it has "
+                                 f"{len(model.output_names)}: {', '.join(model.output_names)}")
+        self.model, self.latent_shape, self.output = model, tuple(model.input_shape[1:]), model.output_names[0]
+        self._check_output(classifier)
+        self.executor = model.torch(device)
+
+    @staticmethod
+    def _load(path):
+        """Check the declared latent first (a model with free latent sizes cannot even be probed), then load."""
+        from .. import load
+        from ..normalize import read_model
+
+        proto = read_model(path)
+        initializers = {t.name for t in proto.graph.initializer}
+        inputs = [i.name for i in proto.graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise OnnxplainError(f"the generator must have one input (the latent); it has {len(inputs)}")
+        check_latent(proto, inputs[0])
+        try:
+            return load(path)
+        except OnnxplainError as error:
+            raise OnnxplainError(f"generator {path}: {error}") from None
+
+    def _check_output(self, classifier) -> None:
+        try:
+            produced = self.model.run(np.zeros((1, *self.latent_shape), self.model.input_dtype), [self.output])
+        except OnnxplainError as error:
+            raise OnnxplainError(f"the generator fails on a latent of size {'x'.join(map(str, self.latent_shape))}: "
+                                 f"{error}") from None
+        got = produced[self.output].shape[1:]
+        want = classifier.input_shape[1:]
+        if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+            shown = "x".join("N" if d is None else str(d) for d in want)
+            raise OnnxplainError(f"the generator's output N x {'x'.join(map(str, got))} does not fit the "
+                                 f"classifier's input {shown}")
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.executor.run(z, [self.output])[self.output]
+
+
+def check_latent(proto, name: str) -> None:
+    """The latent input `name` must be float and fixed-size apart from the batch axis: N x k (or N x k x 1 x 1)."""
+    (value,) = [i for i in proto.graph.input if i.name == name]
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim][1:]
+    if not dims or any(d is None or d < 1 for d in dims) or tensor.elem_type not in FLOAT_TYPES:
+        shown = "x".join("?" if d is None else str(d) for d in dims) or "nothing"
+        raise OnnxplainError(f"the generator's input must be a fixed-size float latent (N x k); it is N x {shown} "
+                             f"of ONNX type {tensor.elem_type}")
+
+
+def log_likelihood(executor, model, x: torch.Tensor) -> torch.Tensor:
+    """(N, K) class log-likelihoods: log-softmax of the logits (= log of the probabilities when the graph has them)."""
+    if model.score_kind == "probabilities" and executor.logits_name == model.score_output:
+        return torch.log(executor(x).clamp_min(1e-30))
+    return torch.log_softmax(executor.logits(x), dim=1)
+
+
+@dataclass
+class ContrastProblem:
+    """Equation 2 for a batch: distance to z0, the equal-likelihood constraint and (if `ranked`) the ranking ones."""
+
+    classify: callable      # x -> (N, K) log-likelihoods
+    generate: callable      # z -> x
+    z0: torch.Tensor
+    residual: torch.Tensor  # Delta = G(z0) - I
+    true: torch.Tensor      # (N,) long
+    probe: torch.Tensor
+    margin: float
+    ranked: bool
+
+    def llh(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.generate(z) - self.residual)
+
+    def __call__(self, z: torch.Tensor) -> Evaluation:
+        return self.evaluate(z, self.llh(z))
+
+    def evaluate(self, z: torch.Tensor, llh: torch.Tensor) -> Evaluation:
+        rows = torch.arange(len(z), device=z.device)
+        true, probe = llh[rows, self.true], llh[rows, self.probe]
+        distance = ((z - self.z0) ** 2).reshape(len(z), -1).sum(1)
+        equality = (true - probe)[:, None]
+        if not self.ranked:
+            return Evaluation(distance, equality, llh.new_zeros(len(z), 0))
+        others = other_classes(llh, self.true, self.probe)
+        inequality = torch.cat([others - true[:, None], others - probe[:, None]], dim=1) + self.margin
+        return Evaluation(distance, equality, inequality)
+
+
+def other_classes(llh: torch.Tensor, true: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    """(N, K-2) the log-likelihoods of every class but the true and probe ones, in class order."""
+    keep = torch.ones_like(llh, dtype=torch.bool)
+    rows = torch.arange(len(llh), device=llh.device)
+    keep[rows, true] = False
+    keep[rows, probe] = False
+    return llh[keep].reshape(len(llh), -1)
+
+
+def constraint_report(llh: np.ndarray, true: np.ndarray, probe: np.ndarray, margin: float,
+                      tolerance: float) -> dict[str, np.ndarray]:
+    """Which of Equation 2's constraints hold at the final point (within `tolerance`), per sample."""
+    rows = np.arange(len(llh))
+    others = other_classes(torch.from_numpy(llh), torch.from_numpy(true), torch.from_numpy(probe)).numpy()
+    best_other = others.max(axis=1) if others.shape[1] else np.full(len(llh), -np.inf)
+    equal = np.abs(llh[rows, true] - llh[rows, probe]) <= tolerance
+    true_above = best_other - llh[rows, true] <= -margin + tolerance
+    probe_above = best_other - llh[rows, probe] <= -margin + tolerance
+    top_two = np.minimum(llh[rows, true], llh[rows, probe]) > best_other
+    return {"equal_likelihood": equal, "true_above_others": true_above, "probe_above_others": probe_above,
+            "all": equal & true_above & probe_above, "true_and_probe_top_two": top_two}
+
+
+class CDeepEx:
+    """CDeepEx (contrastive deep explanations): why the classifier chose its top-1 class and not `target` (the probe).
+
+    generator: the ONNX generator (path or loaded `Model`), latent (N, k) -> the classifier's input.
+    margin: how far (in log-likelihood) true and probe must stay above every other class (the paper's -epsilon).
+    tolerance: constraint violation still counted as satisfied. kappa: weight of the misclassification cost in
+    Procedure 2; restarts, fit_steps, fit_rate: its random starts, Adam steps and step size.
+    outer_steps, inner_steps, learning_rate, penalty, growth: the augmented Lagrangian's settings.
+
+    Diagnostics (per input): true_class, probe_class, llh_input, llh_final (log-likelihoods of D(G(z_e) - Delta)),
+    the constraint flags of `constraint_report`, z0, z_explanation, residual (Delta), start_image (G(z0)),
+    explanation_image (G(z_e)), reconstruction_error ||Delta||, latent_distance ||z_e - z0||, outer_steps, and
+    the optimisation path: path_z (N, T, k) and path_llh (N, T, K), a point every `record_every` Adam steps
+    (G(path_z) gives the paper's Fig. 5a pictures).
+    """
+
+    name = "cdeepex"
+    ranked = True
+
+    def __init__(self, generator, *, margin: float = 0.1, tolerance: float = 0.02, kappa: float = 1.0,
+                 restarts: int = 4, fit_steps: int = 300, fit_rate: float = 0.05, outer_steps: int = 30,
+                 inner_steps: int = 40, learning_rate: float = 0.05, penalty: float = 1.0, growth: float = 4.0,
+                 seed: int = 0, device: str = "cpu", batch_size: int | None = None, progress: bool = True):
+        if not (margin >= 0 and tolerance >= 0):
+            raise OnnxplainError(f"margin and tolerance must be >= 0; got {margin} and {tolerance}")
+        if min(restarts, fit_steps, outer_steps, inner_steps) < 1:
+            raise OnnxplainError("restarts, fit_steps, outer_steps and inner_steps must be at least 1")
+        self.generator, self.margin, self.tolerance, self.kappa = generator, margin, tolerance, kappa
+        self.restarts, self.fit_steps, self.fit_rate = restarts, fit_steps, fit_rate
+        self.solver = AugmentedLagrangian(outer_steps=outer_steps, inner_steps=inner_steps,
+                                          learning_rate=learning_rate, penalty=penalty, growth=growth,
+                                          tolerance=tolerance)
+        self.seed, self.device, self.batch_size, self.progress = seed, device, batch_size, progress
+
+    @property
+    def params(self) -> dict:
+        return {"margin": self.margin, "tolerance": self.tolerance, "kappa": self.kappa, "restarts": self.restarts,
+                "fit_steps": self.fit_steps, "outer_steps": self.solver.outer_steps,
+                "inner_steps": self.solver.inner_steps, "learning_rate": self.solver.learning_rate, "seed": self.seed,
+                "record_every": self.solver.record_every}
+
+    def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        from tqdm.auto import tqdm
+
+        x = model.check_input(x)
+        generator = self.generator if isinstance(self.generator, Generator) else \
+            Generator(self.generator, model, self.device)
+        executor = model.torch(self.device)
+        llh_input = np.log(np.clip(softmax_if_logits(model, x), 1e-30, None))
+        true, probe = self.classes(llh_input, target)
+        size = self.batch_size or max(1, model.batch_size() // self.restarts)
+        starts = torch.randn((len(x), self.restarts, *generator.latent_shape),
+                             generator=torch.Generator().manual_seed(self.seed))
+        parts = []
+        with tqdm(total=len(x) * (self.solver.outer_steps + 1), desc=self.name, leave=False,
+                  disable=not self.progress) as bar:
+            for start in range(0, len(x), size):
+                rows = slice(start, start + size)
+                parts.append(self._explain_batch(executor, model, generator, x[rows], true[rows], probe[rows],
+                                                 starts[rows], bar))
+        paths = ("path_llh", "path_z")
+        result = {key: np.concatenate([part[key] for part in parts]) for key in parts[0] if key not in paths}
+        result.update({key: _pad_paths(parts, key) for key in paths})
+        result.update(constraint_report(result["llh_final"], true, probe, self.margin, self.tolerance))
+        rows = np.arange(len(x))
+        relevance = result["start_image"] - result["explanation_image"]
+        diagnostics = {"true_class": true, "probe_class": probe, "llh_input": llh_input, **result}
+        return Explanation(relevance.astype(x.dtype), probe, llh_input[rows, true] - llh_input[rows, probe],
+                           self.name, self.params, diagnostics)
+
+    def classes(self, llh: np.ndarray, target: Target | None) -> tuple[np.ndarray, np.ndarray]:
+        """(true, probe) per sample: the top-1 class and the asked probe (default: the second most likely)."""
+        if target is not None and target.hidden:
+            raise OnnxplainError("a contrastive explanation needs a probe class, not a hidden-layer target")
+        order = np.argsort(-llh, axis=1, kind="stable")
+        true = order[:, 0]
+        if target is None or target.index is None:
+            return true, order[:, 1]
+        if not 0 <= target.index < llh.shape[1]:
+            raise OnnxplainError(f"probe class {target.index} is out of range: the model has {llh.shape[1]} classes")
+        probe = np.full(len(llh), target.index)
+        if np.any(probe == true):
+            raise OnnxplainError(f"the probe class {target.index} is already the predicted class of input(s) "
+                                 f"{', '.join(map(str, np.flatnonzero(probe == true)))}; ask about another class")
+        return true, probe
+
+    def _explain_batch(self, executor, model, generator, x, true, probe, starts, bar) -> dict[str, np.ndarray]:
+        device = executor.device
+        image = torch.from_numpy(x).to(device)
+        true_t, probe_t = torch.as_tensor(true, device=device), torch.as_tensor(probe, device=device)
+        classify = lambda inputs: log_likelihood(executor, model, inputs)  # noqa: E731
+        z0, fit_loss = self.fit_latent(generator, classify, image, true_t, starts.to(device))
+        with torch.no_grad():
+            start = generator(z0)
+        problem = ContrastProblem(classify, generator, z0, start - image, true_t, probe_t, self.margin, self.ranked)
+        path_llh, path_z = [], []
+
+        def record(z):
+            with torch.no_grad():
+                path_llh.append(problem.llh(z).double().cpu().numpy())
+            path_z.append(z.cpu().numpy())
+
+        bar.update(len(x))
+        solved = self.solver.minimize(z0, problem, record, on_step=lambda: bar.update(len(x)))
+        bar.update(len(x) * (self.solver.outer_steps - solved.outer_steps))  # stopped early: all constraints hold
+        with torch.no_grad():
+            final = generator(solved.z)
+            llh_final = problem.llh(solved.z).double().cpu().numpy()
+        return {"start_image": start.cpu().numpy(), "explanation_image": final.cpu().numpy(),
+                "residual": (start - image).cpu().numpy(), "z0": z0.cpu().numpy(), "z_explanation":
+                solved.z.cpu().numpy(), "reconstruction_error": fit_loss,
+                "latent_distance": np.sqrt(solved.evaluation.objective.double().cpu().numpy()),
+                "llh_final": llh_final, "outer_steps": np.full(len(x), solved.outer_steps),
+                "path_llh": np.stack(path_llh, axis=1), "path_z": np.stack(path_z, axis=1)}
+
+    def fit_latent(self, generator, classify, image, true, starts):
+        """Procedure 2 for a batch: (z0 (N, k), ||G(z0) - I|| (N,)), the best Adam run per input from `starts`
+        (N, restarts, *latent) drawn from N(0, 1)."""
+        n, r = starts.shape[:2]
+        z = starts.reshape(n * r, *generator.latent_shape).clone().requires_grad_(True)
+        targets, labels = image.repeat_interleave(r, dim=0), true.repeat_interleave(r)
+        optimiser = torch.optim.Adam([z], lr=self.fit_rate)
+        for _ in range(self.fit_steps):
+            optimiser.zero_grad()
+            self._fit_loss(generator, classify, z, targets, labels).sum().backward()
+            optimiser.step()
+        with torch.no_grad():
+            loss = self._fit_loss(generator, classify, z, targets, labels).reshape(n, r)
+            best = loss.argmin(dim=1)
+            z0 = z.detach().reshape(n, r, *generator.latent_shape)[torch.arange(n), best]
+            error = (generator(z0) - image).reshape(n, -1).norm(dim=1)
+        return z0, error.double().cpu().numpy()
+
+    def _fit_loss(self, generator, classify, z, targets, labels) -> torch.Tensor:
+        images = generator(z)
+        distance = ((images - targets) ** 2).reshape(len(z), -1).sum(1)
+        llh = classify(images)
+        return distance - self.kappa * llh[torch.arange(len(z), device=z.device), labels]
+
+
+class XGEMs(CDeepEx):
+    """xGEMs as the CDeepEx paper implements it for comparison: Equation 2 without the ranking constraints."""
+
+    name = "xgems"
+    ranked = False
+
+
+def softmax_if_logits(model, x: np.ndarray) -> np.ndarray:
+    """(N, K) class probabilities (softmax of the logits when the model outputs logits)."""
+    if model.score_kind == "probabilities":
+        return model.scores(x)
+    logits = model.logits(x)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def contrast_map(explanation: Explanation) -> np.ndarray:
+    """G(z_e) - G(z0) shaped like the input: positive (red) where the probe needs ink added, negative (blue) where
+    the input's ink would go."""
+    return -explanation.relevance
+
+
+def _pad_paths(parts: list[dict], key: str) -> np.ndarray:
+    """Concatenate per-batch paths (N, T, ...), repeating each batch's last point up to the longest path."""
+    length = max(part[key].shape[1] for part in parts)
+    padded = [np.concatenate([p[key], np.repeat(p[key][:, -1:], length - p[key].shape[1], axis=1)], axis=1)
+              for p in parts]
+    return np.concatenate(padded)

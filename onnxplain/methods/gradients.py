@@ -1,0 +1,237 @@
+"""Gradient methods on the torch executor: gradient, sensitivity, gradient x input, SmoothGrad, integrated gradients.
+
+All share one batched gradient call (`batched_gradient`): the explained value f is the target class's logit
+(pre-softmax, as for LRP) or a hidden unit / feature map (`onnxplain.targets`). With no class given, each sample's
+top-1 class on the *clean* input is explained, also for the noisy (SmoothGrad) and path (integrated gradients) points.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import OnnxplainError
+from ..executor import input_bounds
+from ..explanation import Explanation
+from ..targets import Target, class_indices
+
+
+def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarray,
+                     batch_size: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
+    """(df/dx like x, f(x) (N,)) where row i explains `classes[i]` (class targets) or `target` (hidden ones)."""
+    grads, values = np.empty_like(x), np.empty(len(x))
+    for start in range(0, len(x), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(x)))
+        groups = [(rows, target)] if target.hidden else \
+            [(rows[classes[rows] == c], Target(index=int(c))) for c in np.unique(classes[rows])]
+        for group, goal in groups:
+            grads[group], values[group] = executor.gradient(x[group], goal, batch_size=len(group))
+        if bar is not None:
+            bar.update(len(rows))
+    return grads, values
+
+
+class GradientMethod:
+    """Shared set-up: the executor, the per-sample classes, batching, the progress bar and the Explanation."""
+
+    name = "gradient"
+
+    def __init__(self, device: str = "cpu", batch_size: int | None = None, progress: bool = True):
+        self.device, self.batch_size, self.progress = device, batch_size, progress
+
+    @property
+    def params(self) -> dict:
+        return {}
+
+    def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        target = target or Target()
+        x = model.check_input(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise OnnxplainError(f"gradients need a floating-point input; this model takes {x.dtype}")
+        executor = model.torch(self.device)
+        classes = class_indices(model, model.scores(x), target)
+        relevance, score, diagnostics = self.attribute(executor, model, x, target, classes)
+        return Explanation(relevance.astype(x.dtype, copy=False), classes, score, self.name, self.params,
+                           diagnostics)
+
+    def attribute(self, executor, model, x, target, classes):
+        """(relevance like x, f(x) (N,), diagnostics)."""
+        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
+        return grads, values, {}
+
+    def gradient(self, executor, model, x, target, classes, total: int):
+        size = self.batch_size or model.batch_size()
+        with self.bar(total) as bar:
+            return batched_gradient(executor, x, target, classes, size, bar)
+
+    def bar(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=self.name, unit="input", leave=False, disable=not self.progress)
+
+
+class Gradient(GradientMethod):
+    """Signed gradient df/dx (Simonyan et al. 2013, before taking magnitudes)."""
+
+
+class Sensitivity(GradientMethod):
+    """Sensitivity analysis (Samek et al. 2017, eq. 1): R_i = ||df/dx_i||, the gradient's norm at each input position.
+
+    For a channel layout (NCHW / NHWC spec) the 2-norm runs over the channels of a position and is shared equally
+    among them, so the channel sum (what heatmaps show) is the norm; otherwise R_i = |df/dx_i|.
+    """
+
+    name = "sensitivity"
+
+    def attribute(self, executor, model, x, target, classes):
+        grads, values, _ = super().attribute(executor, model, x, target, classes)
+        axis = channel_axis(model, x.ndim)
+        if axis is None:
+            return np.abs(grads), values, {}
+        norm = np.sqrt((grads.astype(np.float64) ** 2).sum(axis=axis, keepdims=True))
+        return np.broadcast_to(norm / grads.shape[axis], grads.shape).copy(), values, {}
+
+
+class GradientXInput(GradientMethod):
+    """x * df/dx (Shrikumar et al. 2016)."""
+
+    name = "gradient-x-input"
+
+    def attribute(self, executor, model, x, target, classes):
+        grads, values, _ = super().attribute(executor, model, x, target, classes)
+        return grads * x, values, {}
+
+
+class SmoothGrad(GradientMethod):
+    """SmoothGrad (Smilkov et al. 2017): the mean gradient over `samples` noisy copies x + N(0, s^2).
+
+    s = sigma * (high - low): `sigma` is a fraction of the input range, taken per channel from the preprocessing
+    spec's `value_range()`, or from each sample's own (max - min) when the model has no spec. The noise is drawn
+    from a torch generator seeded with `seed`, sample after sample ((samples, *input) each), so a result depends
+    on the seed only - not on the batch size - and matches Captum's NoiseTunnel after `torch.manual_seed(seed)`.
+    """
+
+    name = "smoothgrad"
+
+    def __init__(self, samples: int = 25, sigma: float = 0.15, seed: int = 0, device: str = "cpu",
+                 batch_size: int | None = None, progress: bool = True):
+        super().__init__(device, batch_size, progress)
+        if samples < 1:
+            raise OnnxplainError(f"--samples must be at least 1, got {samples}")
+        if not sigma >= 0:
+            raise OnnxplainError(f"--sigma must be a non-negative fraction of the input range, got {sigma}")
+        self.samples, self.sigma, self.seed = samples, sigma, seed
+
+    @property
+    def params(self) -> dict:
+        return {"samples": self.samples, "sigma": self.sigma, "seed": self.seed}
+
+    def noise_scale(self, model, x: np.ndarray) -> np.ndarray:
+        """(N, *input) standard deviation of the noise: sigma times the input range."""
+        bounds = input_bounds(model, x.shape)
+        if bounds is not None:
+            return self.sigma * (bounds[1] - bounds[0])
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        spread = (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (x.ndim - 1))
+        return np.broadcast_to(self.sigma * spread, x.shape)
+
+    def attribute(self, executor, model, x, target, classes):
+        scale = self.noise_scale(model, x)
+        generator = torch.Generator().manual_seed(self.seed)
+        per_batch = max(1, (self.batch_size or model.batch_size()) // self.samples)
+        size = self.samples * per_batch
+        relevance, values = np.empty_like(x), np.empty(len(x))
+        with self.bar(len(x) * self.samples) as bar:
+            for start in range(0, len(x), per_batch):
+                rows = np.arange(start, min(start + per_batch, len(x)))
+                noisy = np.concatenate([x[i] + self._noise(generator, scale[i]) for i in rows]).astype(x.dtype)
+                repeated = np.repeat(classes[rows], self.samples)
+                grads, _ = batched_gradient(executor, noisy, target, repeated, size, bar)
+                relevance[rows] = grads.reshape(len(rows), self.samples, *x.shape[1:]).mean(axis=1)
+        _, values = batched_gradient(executor, x, target, classes, self.batch_size or model.batch_size())
+        return relevance, values, {"noise_std": scale.reshape(len(x), -1).mean(axis=1)}
+
+    def _noise(self, generator: torch.Generator, scale: np.ndarray) -> np.ndarray:
+        noise = torch.randn((self.samples,) + scale.shape, generator=generator, dtype=torch.float32)
+        return noise.numpy() * scale.astype(np.float32)
+
+
+class IntegratedGradients(GradientMethod):
+    """Integrated gradients (Sundararajan et al. 2017): (x - x') * integral_0^1 df/dx (x' + a (x - x')) da.
+
+    steps: quadrature points; rule: "gausslegendre" (Captum's default) or "riemann_middle" (the midpoint rule).
+    baseline: "min" (default: the lowest valid input per channel from the preprocessing spec - a black image -,
+    zeros when the model has no spec), "zeros", a number, or an array shaped like one input or the batch.
+    diagnostics["completeness_gap"] = sum(relevance) - (f(x) - f(x')), the quadrature error.
+    """
+
+    name = "integrated-gradients"
+    RULES = ("gausslegendre", "riemann_middle")
+
+    def __init__(self, steps: int = 50, baseline="min", rule: str = "gausslegendre", device: str = "cpu",
+                 batch_size: int | None = None, progress: bool = True):
+        super().__init__(device, batch_size, progress)
+        if steps < 2:
+            raise OnnxplainError(f"--steps must be at least 2, got {steps}")
+        if rule not in self.RULES:
+            raise OnnxplainError(f"integration rule must be one of {', '.join(self.RULES)}, not {rule!r}")
+        self.steps, self.baseline, self.rule = steps, baseline, rule
+
+    @property
+    def params(self) -> dict:
+        baseline = self.baseline if isinstance(self.baseline, (str, int, float)) else "array"
+        return {"steps": self.steps, "baseline": baseline, "rule": self.rule}
+
+    def quadrature(self) -> tuple[np.ndarray, np.ndarray]:
+        """(alphas, weights) on [0, 1]."""
+        if self.rule == "gausslegendre":
+            nodes, weights = np.polynomial.legendre.leggauss(self.steps)
+            return 0.5 * (nodes + 1), 0.5 * weights
+        return (np.arange(self.steps) + 0.5) / self.steps, np.full(self.steps, 1.0 / self.steps)
+
+    def baseline_batch(self, model, x: np.ndarray) -> np.ndarray:
+        value = self.baseline
+        if isinstance(value, str):
+            if value == "min":
+                bounds = input_bounds(model, x.shape)
+                return np.zeros_like(x) if bounds is None else bounds[0].astype(x.dtype)
+            if value == "zeros":
+                return np.zeros_like(x)
+            try:
+                value = float(value)
+            except ValueError:
+                raise OnnxplainError(f"baseline must be 'min', 'zeros', a number or an array, not {value!r}") from None
+        array = np.asarray(value, dtype=x.dtype)
+        try:
+            return np.broadcast_to(array, x.shape).copy()
+        except ValueError:
+            raise OnnxplainError(f"baseline of shape {array.shape} does not fit inputs of shape {x.shape}") from None
+
+    def attribute(self, executor, model, x, target, classes):
+        baseline = self.baseline_batch(model, x)
+        alphas, weights = self.quadrature()
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        per_batch = max(1, (self.batch_size or model.batch_size()) // self.steps)
+        relevance = np.empty_like(x)
+        with self.bar(len(x) * self.steps) as bar:
+            for start in range(0, len(x), per_batch):
+                rows = np.arange(start, min(start + per_batch, len(x)))
+                difference = (x[rows] - baseline[rows]).astype(np.float64)
+                path = (baseline[rows][:, None] + alphas.reshape((1, -1) + (1,) * (x.ndim - 1))
+                        * difference[:, None]).reshape((-1,) + x.shape[1:]).astype(x.dtype)
+                grads, _ = batched_gradient(executor, path, target, np.repeat(classes[rows], self.steps),
+                                            len(path), bar)
+                grads = grads.reshape(len(rows), self.steps, *x.shape[1:]).astype(np.float64)
+                relevance[rows] = difference * np.tensordot(weights, grads, axes=([0], [1]))
+        size = self.batch_size or model.batch_size()
+        _, values = batched_gradient(executor, x, target, classes, size)
+        _, at_baseline = batched_gradient(executor, baseline, target, classes, size)
+        gap = relevance.reshape(len(x), -1).sum(axis=1) - (values - at_baseline)
+        return relevance, values, {"completeness_gap": gap, "baseline_score": at_baseline}
+
+
+def channel_axis(model, ndim: int) -> int | None:
+    """The channel axis of an input batch from the preprocessing spec's layout; None for flat or unknown."""
+    spec = model.preprocess
+    if spec is None or ndim != 4:
+        return None
+    return {"NCHW": 1, "NHWC": 3}.get(spec.layout)

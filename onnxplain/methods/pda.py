@@ -1,0 +1,259 @@
+"""Prediction difference analysis (Zintgraf et al. 2017): how the prediction changes when a window is unknown.
+
+Every k×k (k×k×k for volumes) window, all channels together, is replaced by S samples (marginal or conditional);
+the model runs on all of them, windows × samples packed into large batches through `Model.run`; the mean output
+is p(c | x without the window). Weight of evidence (log2 odds difference, Laplace-corrected) for probabilities,
+activation difference for logits and hidden units. A pixel's relevance is the mean over the windows containing it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import OnnxplainError
+from ..explanation import Explanation
+from ..targets import Target, class_indices, hidden_values
+from .samplers import ConditionalSampler, MarginalSampler
+from .windows import Geometry, WindowGrid
+
+WEIGHT_OF_EVIDENCE = "weight of evidence"
+ACTIVATION_DIFFERENCE = "activation difference"
+CPU_BATCH = 256
+
+
+@dataclass
+class Score:
+    """What is compared: the tensor fetched, how class values are read from it, and which difference is taken."""
+
+    output: str
+    kind: str                                     # WEIGHT_OF_EVIDENCE | ACTIVATION_DIFFERENCE
+    read: Callable[[np.ndarray], np.ndarray]      # raw output batch -> (B, K) float64
+    training_size: int = 0                        # N of the Laplace correction
+    classes: int = 0                              # K of the Laplace correction
+
+    def difference(self, original: np.ndarray, marginalised: np.ndarray) -> np.ndarray:
+        """(K,) value on x and (W, K) mean values with each window unknown -> (W, K) differences."""
+        if self.kind == ACTIVATION_DIFFERENCE:
+            return original[None] - marginalised
+        return self.log_odds(original)[None] - self.log_odds(marginalised)
+
+    def log_odds(self, p: np.ndarray) -> np.ndarray:
+        """log2 odds after the Laplace correction p <- (pN + 1) / (N + K)."""
+        p = (np.asarray(p, dtype=np.float64) * self.training_size + 1) / (self.training_size + self.classes)
+        return np.log2(p) - np.log2(1 - p)
+
+
+@dataclass
+class Setup:
+    """Everything fixed by the input geometry: layout, windows, fitted sampler."""
+
+    geometry: Geometry
+    grid: WindowGrid
+    sampler: MarginalSampler | ConditionalSampler
+
+
+class PredictionDifference:
+    """Prediction difference analysis with marginal or conditional (Gaussian) sampling.
+
+    window: k (int, or one size per spatial axis); padding: conditional ring width (l = k + 2·padding);
+    samples: S per window; sampler: 'marginal' | 'conditional' | a sampler instance; reference: batch of
+    preprocessed inputs the samplers learn from (required); stride: between window starts (1 = the paper's
+    overlapping windows); seed: makes every draw reproducible; training_size, classes: N and K of the Laplace
+    correction (default len(reference) and the number of classes); score: 'auto' (weight of evidence on
+    probabilities, activation difference on logits), 'probability' (softmax of logits when the model has no
+    probabilities), 'logit' (the pre-softmax tensor); location_grid: cells per axis to condition on location
+    (§4.2); volume_shape: the (D, H, W) or (H, W) grid of a flat input; channels: conditional model per channel
+    ('independent') or over all channels ('joint'); all_classes: True or a list of classes whose maps are kept in
+    `diagnostics['all_classes']` (N, len(classes), *input_shape), classes in `diagnostics['all_classes_index']`,
+    from the same pass; batch_size: samples per forward pass (default: the model's memory budget, at most
+    CPU_BATCH on CPU). Samples equal to x's own window (e.g. background) are not run again: their output is f(x).
+    """
+
+    def __init__(self, window=4, padding: int = 2, samples: int = 10, sampler="conditional", reference=None,
+                 stride: int = 1, seed: int = 0, training_size: int | None = None, classes: int | None = None,
+                 score: str = "auto", location_grid=None, volume_shape=None, channels: str = "independent",
+                 all_classes=False, batch_size: int | None = None, progress: bool = True):
+        if reference is None:
+            raise OnnxplainError("prediction difference needs reference data (--reference: images or an .npy batch)")
+        if samples < 1 or stride < 1 or padding < 0:
+            raise OnnxplainError("samples and stride must be >= 1 and padding >= 0")
+        if score not in ("auto", "probability", "logit"):
+            raise OnnxplainError(f"score must be auto, probability or logit, not {score!r}")
+        if isinstance(sampler, str) and sampler not in ("marginal", "conditional"):
+            raise OnnxplainError(f"sampler must be 'marginal' or 'conditional', not {sampler!r}")
+        self.window, self.padding, self.samples, self.sampler = window, int(padding), int(samples), sampler
+        self.reference, self.stride, self.seed = np.asarray(reference), int(stride), int(seed)
+        self.training_size, self.classes, self.score = training_size, classes, score
+        self.location_grid, self.volume_shape, self.channels = location_grid, volume_shape, channels
+        self.all_classes, self.batch_size, self.progress = all_classes, batch_size, progress
+        self._sampler = self._make_sampler()
+        self._setup: tuple | None = None                   # (model, sample shape, Setup) of the last inputs
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self, model, sample_shape: tuple[int, ...]) -> Setup:
+        """Geometry, window grid and fitted sampler for inputs of `sample_shape` (kept for the next call)."""
+        sample_shape = tuple(sample_shape)
+        if self._setup is None or self._setup[0] is not model or self._setup[1] != sample_shape:
+            reference = model.check_input(self.reference)
+            if reference.shape[1:] != sample_shape:
+                raise OnnxplainError(f"reference samples {reference.shape[1:]} differ from the inputs {sample_shape}")
+            geometry = Geometry.infer(model, sample_shape, self.volume_shape)
+            grid = WindowGrid(geometry.spatial, self.window, self.stride)
+            setup = Setup(geometry, grid, self._sampler.fit(geometry.to_grid(reference), grid, self.seed))
+            self._setup = (model, sample_shape, setup)
+        return self._setup[2]
+
+    def _make_sampler(self):
+        if not isinstance(self.sampler, str):
+            return self.sampler
+        if self.sampler == "marginal":
+            return MarginalSampler()
+        if len(self.reference) < 2:
+            raise OnnxplainError("conditional sampling needs at least 2 reference inputs")
+        return ConditionalSampler(self.padding, self.channels, self.location_grid)
+
+    def choose_score(self, model, target: Target) -> Score:
+        """The compared quantity for this model and target (see the class docstring's `score`)."""
+        if target.hidden:
+            if self.score == "probability":
+                raise OnnxplainError("a hidden-layer target is explained by activation difference, not probability")
+            return Score(target.layer, ACTIVATION_DIFFERENCE, lambda raw: hidden_values(raw, target)[:, None])
+        mode = self.score
+        if mode == "auto":
+            mode = "probability" if model.score_kind == "probabilities" else "logit"
+        if mode == "logit":
+            output = model.logits_output
+            if output is None:
+                raise OnnxplainError("this model exposes no pre-softmax scores; use score='probability'")
+            return Score(output, ACTIVATION_DIFFERENCE, _matrix)
+        read = _matrix if model.score_kind == "probabilities" else (lambda raw: _softmax(_matrix(raw)))
+        return Score(model.score_output, WEIGHT_OF_EVIDENCE, read)
+
+    # ------------------------------------------------------------------ explaining
+    def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        started = time.perf_counter()
+        x = model.check_input(x)
+        target = target or Target()
+        setup = self.prepare(model, x.shape[1:])
+        score = self.choose_score(model, target)
+        originals = score.read(model.run(x, [score.output])[score.output])
+        score.training_size = int(self.training_size or len(self.reference))
+        score.classes = int(self.classes or originals.shape[1])
+        explained = np.zeros(len(x), dtype=int) if target.hidden else class_indices(model, originals, target)
+        kept = self._kept_classes(target, originals.shape[1])
+        grid, geometry = setup.grid, setup.geometry
+        maps, extra, passes = [], [], len(x)
+        with _progress(self.progress, len(x) * len(grid)) as bar:
+            for n, x_grid in enumerate(geometry.to_grid(x)):
+                columns = [int(explained[n])] + kept
+                differences, evaluated = self.window_differences(model, setup, score, x_grid, originals[n], columns,
+                                                                 bar)
+                passes += evaluated
+                per_class = grid.average(differences)                      # (len(columns), *spatial)
+                maps.append(per_class[0])
+                extra.append(per_class[1:])
+        relevance = self._to_input(geometry, np.stack(maps))
+        diagnostics = {"score": score.kind, "windows": len(grid), "window": tuple(grid.size),
+                       "samples_per_window": setup.sampler.samples_per_window(self.samples),
+                       "forward_passes": passes, "seconds": round(time.perf_counter() - started, 3),
+                       "sampler_cache": getattr(setup.sampler, "cache_hit", None)}
+        if score.kind == WEIGHT_OF_EVIDENCE:
+            diagnostics.update(laplace_training_size=score.training_size, laplace_classes=score.classes)
+        if kept:
+            diagnostics["all_classes"] = np.stack([self._to_input(geometry, m) for m in extra])
+            diagnostics["all_classes_index"] = tuple(kept)
+        target_index = np.full(len(x), -1) if target.hidden else explained
+        return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], "pda",
+                           self._params(target, score), diagnostics)
+
+    def window_differences(self, model, setup: Setup, score: Score, x_grid: np.ndarray, original: np.ndarray,
+                           columns: list[int], bar=None) -> tuple[np.ndarray, int]:
+        """(W, len(columns)) prediction differences of one input (C, *spatial), windows in chunks that fill
+        forward-pass batches of `batch_size` samples; and the number of inputs actually run."""
+        grid, sampler = setup.grid, setup.sampler
+        count = sampler.samples_per_window(self.samples)
+        batch = int(self.batch_size or _forward_batch(model))
+        per_chunk = max(1, batch // count)
+        out, evaluated = np.empty((len(grid), len(columns))), 0
+        for start in range(0, len(grid), per_chunk):
+            ids = np.arange(start, min(len(grid), start + per_chunk))
+            values = sampler.sample(x_grid, ids, self.samples, self.seed).astype(x_grid.dtype, copy=False)
+            boxes = [(slice(None),) + grid.slices(window) for window in ids]
+            own = np.stack([x_grid[box] for box in boxes])                      # (w, C, *k)
+            # a sample equal to x's own window leaves the input unchanged: its output is f(x), not run again
+            changed = (values != own[:, None]).reshape(len(ids), count, -1).any(axis=2)
+            outputs = np.broadcast_to(original, (len(ids), count, len(original))).copy()
+            if changed.any():
+                inputs = np.broadcast_to(x_grid, (len(ids), count) + x_grid.shape).copy()
+                for row, box in enumerate(boxes):
+                    inputs[(row, slice(None)) + box] = values[row]
+                run = inputs.reshape(-1, *x_grid.shape) if changed.all() else inputs[changed]
+                flat = setup.geometry.from_grid(run)
+                outputs[changed] = score.read(model.run(flat, [score.output], batch_size=batch)[score.output])
+                evaluated += int(changed.sum())
+            out[ids] = score.difference(original, outputs.mean(axis=1))[:, columns]
+            if bar is not None:
+                bar.update(len(ids))
+        return out, evaluated
+
+    def _kept_classes(self, target: Target, n_classes: int) -> list[int]:
+        if self.all_classes is False or self.all_classes is None:
+            return []
+        if target.hidden:
+            raise OnnxplainError("all_classes applies to class scores, not to a hidden-layer target")
+        kept = list(range(n_classes)) if self.all_classes is True else [int(c) for c in self.all_classes]
+        if any(not 0 <= c < n_classes for c in kept):
+            raise OnnxplainError(f"all_classes lists a class outside 0..{n_classes - 1}")
+        return kept
+
+    @staticmethod
+    def _to_input(geometry: Geometry, maps: np.ndarray) -> np.ndarray:
+        """(N, *spatial) pixel relevance -> (N, *sample_shape): shared equally by a pixel's channels, so that
+        summing over channels gives the paper's map."""
+        shared = np.repeat(maps[:, None] / geometry.channels, geometry.channels, axis=1)
+        return geometry.from_grid(shared)
+
+    def _params(self, target: Target, score: Score) -> dict:
+        sampler = self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__
+        return {"window": self.window, "padding": self.padding, "samples": self.samples, "sampler": sampler,
+                "stride": self.stride, "seed": self.seed, "reference_size": len(self.reference),
+                "score": score.kind, "output": score.output, "location_grid": self.location_grid,
+                "channels": self.channels, "layer": target.layer}
+
+
+def _forward_batch(model) -> int:
+    """Samples per forward pass: the model's memory budget; on CPU at most CPU_BATCH (larger batches gained
+    nothing on the digits CNN and sometimes lost to cache misses), while a GPU wants them as large as memory allows."""
+    budget = model.batch_size()
+    return budget if "CUDAExecutionProvider" in model.providers else min(budget, CPU_BATCH)
+
+
+def _matrix(raw: np.ndarray) -> np.ndarray:
+    return raw.reshape(len(raw), -1).astype(np.float64)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class _progress:
+    """A tqdm bar over windows with ETA (a no-op when progress is off)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.bar = enabled, total, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, desc="prediction difference", unit="window", leave=False)
+        return self.bar
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,248 @@
+"""Samplers for prediction difference analysis: values that stand in for a window when it is 'unknown'.
+
+Both take canonical arrays (C, *spatial) (see `windows.Geometry`) and return, for a list of window ids,
+samples of shape (W, S, C, *window). Randomness comes from one generator per window, seeded by
+(seed, window id), so a window's samples are the same whether it is drawn alone or in a chunk of many.
+
+* `MarginalSampler`: the window's values in reference images at the same location (the paper's empirical
+  distribution); with `samples >= len(reference)` every reference image is used, in order (exact expectation).
+* `ConditionalSampler`: a multivariate Gaussian over l×l (l×l×l) patches, l = k + 2·padding, fitted on the
+  reference; the inner window is drawn from its conditional given the surrounding ring (Schur complement).
+  At the borders the patch is shifted to stay inside the input. Channels are modelled independently or jointly;
+  `location_grid` fits one Gaussian per cell of a coarse grid (conditioning on location, the paper's MRI option).
+  Samples are clipped to the reference's range: per channel (default), or per pixel as in the original code
+  (voxels that are constant in the reference, e.g. background, then keep their value). Fitted factors are
+  cached on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OnnxplainError
+from .windows import WindowGrid
+
+CACHE_VERSION = 2
+
+
+def window_rng(seed: int, window_id: int) -> np.random.Generator:
+    """The generator of one window's samples: counter-based (Philox) keyed by (seed, window id)."""
+    return np.random.Generator(np.random.Philox(key=[int(seed) % 2**64, int(window_id)]))
+
+
+class MarginalSampler:
+    """Windows replaced by the same window of reference images."""
+
+    def fit(self, reference: np.ndarray, grid: WindowGrid, seed: int = 0) -> "MarginalSampler":
+        self.reference, self.grid = reference, grid
+        return self
+
+    def samples_per_window(self, samples: int) -> int:
+        return min(samples, len(self.reference))
+
+    def sample(self, x: np.ndarray, window_ids, samples: int, seed: int) -> np.ndarray:
+        count = self.samples_per_window(samples)
+        every = count == len(self.reference)
+        out = np.empty((len(window_ids), count, x.shape[0], *self.grid.size), dtype=self.reference.dtype)
+        for row, window in enumerate(window_ids):
+            chosen = (slice(None) if every
+                      else np.sort(window_rng(seed, window).choice(len(self.reference), count, replace=False)))
+            out[row] = self.reference[(chosen, slice(None)) + self.grid.slices(window)]
+        return out
+
+
+class ConditionalSampler:
+    """Gaussian patch model; the window drawn from p(window | surrounding ring [, grid cell])."""
+
+    def __init__(self, padding: int = 2, channels: str = "independent", location_grid=None,
+                 max_patches: int = 20_000, ridge: float = 1e-3, clip: str | None = "channel", cache: bool = True):
+        if channels not in ("independent", "joint"):
+            raise OnnxplainError(f"channels must be 'independent' or 'joint', not {channels!r}")
+        if clip not in ("channel", "pixel", None):
+            raise OnnxplainError(f"clip must be 'channel', 'pixel' or None, not {clip!r}")
+        if padding < 0:
+            raise OnnxplainError("padding must be >= 0")
+        self.padding, self.channels, self.location_grid = int(padding), channels, location_grid
+        self.max_patches, self.ridge, self.clip, self.cache = int(max_patches), float(ridge), clip, cache
+        self.cache_hit = False
+        self.cache_path: Path | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, reference: np.ndarray, grid: WindowGrid, seed: int = 0) -> "ConditionalSampler":
+        """Assign every window a (grid cell, offset inside its patch) configuration and fit its conditional."""
+        self.grid, self.seed = grid, int(seed)
+        spatial, n_channels = grid.spatial, reference.shape[1]
+        self.patch = tuple(min(k + 2 * self.padding, n) for k, n in zip(grid.size, spatial))
+        self.cells = _cells(self.location_grid, spatial)
+        self.groups = [[c] for c in range(n_channels)] if self.channels == "independent" else [list(range(n_channels))]
+        starts = grid.starts
+        self.patch_starts = np.clip(starts - self.padding, 0, np.array(spatial) - np.array(self.patch))
+        keys = np.concatenate([self._cell_of(self.patch_starts), starts - self.patch_starts], axis=1)
+        self.configs, self.window_config = np.unique(keys, axis=0, return_inverse=True)
+        self.window_config = self.window_config.reshape(-1)
+        over = 0 if self.clip == "pixel" else tuple(a for a in range(reference.ndim) if a != 1)
+        self.low, self.high = reference.min(axis=over), reference.max(axis=over)
+        self.cache_path = _cache_file(self._key(reference)) if self.cache else None
+        if self.cache_path is not None and self.cache_path.is_file():
+            self._load(self.cache_path)
+            self.cache_hit = True
+        else:
+            self._fit_configs(reference)
+            self.cache_hit = False
+            if self.cache_path is not None:
+                self._save(self.cache_path)
+        return self
+
+    def _cell_of(self, patch_starts: np.ndarray) -> np.ndarray:
+        centre = patch_starts + np.array(self.patch) // 2
+        return centre * np.array(self.cells) // np.array(self.grid.spatial)
+
+    def _fit_configs(self, reference: np.ndarray) -> None:
+        """Per grid cell: mean and covariance of its reference patches; per configuration: the conditional."""
+        d = len(self.patch)
+        positions = np.array(list(np.ndindex(*[n - p + 1 for n, p in zip(self.grid.spatial, self.patch)])))
+        position_cells = self._cell_of(positions)
+        rng = np.random.default_rng(self.seed)
+        inner_dims = [len(g) * int(np.prod(self.grid.size)) for g in self.groups]
+        outer_dims = [len(g) * int(np.prod(self.patch)) - i for g, i in zip(self.groups, inner_dims)]
+        count = len(self.configs)
+        self.gain = [np.zeros((count, i, o)) for i, o in zip(inner_dims, outer_dims)]
+        self.factor = [np.zeros((count, i, i)) for i in inner_dims]
+        self.mean_in = [np.zeros((count, i)) for i in inner_dims]
+        self.mean_out = [np.zeros((count, o)) for o in outer_dims]
+        for cell in np.unique(self.configs[:, :d], axis=0):
+            where = positions[(position_cells == cell).all(axis=1)]
+            patches = _patches(reference, where, self.patch, self.max_patches, rng)  # (M, C, prod(patch))
+            for g, channels in enumerate(self.groups):
+                data = patches[:, channels].reshape(len(patches), -1)
+                mean = data.mean(axis=0, dtype=np.float64)
+                centred = data - mean.astype(data.dtype)
+                cov = (centred.T @ centred).astype(np.float64) / max(len(data) - 1, 1)  # in the data's precision
+                cov += self.ridge * max(float(np.mean(np.diag(cov))), 1e-12) * np.eye(len(cov))
+                precision = np.linalg.inv(cov)             # one inverse per cell serves every window offset
+                indices = np.flatnonzero((self.configs[:, :d] == cell).all(axis=1))
+                self._condition(g, indices, mean, precision, len(channels))
+
+    def inner_index(self, offset, n_channels: int) -> np.ndarray:
+        """Indices of the window inside a flattened (channels, *patch) vector."""
+        mask = np.zeros(self.patch, dtype=bool)
+        mask[tuple(slice(o, o + k) for o, k in zip(offset, self.grid.size))] = True
+        flat = np.flatnonzero(mask)
+        size = int(np.prod(self.patch))
+        return (np.arange(n_channels)[:, None] * size + flat[None]).reshape(-1)
+
+    def _condition(self, g: int, indices: np.ndarray, mean: np.ndarray, precision: np.ndarray,
+                   n_channels: int) -> None:
+        """Gaussian conditionals of the window given the ring for configurations `indices` of one cell, from the
+        precision matrix P = S^-1: covariance P11^-1 = S11 - S12 S22^-1 S21 (the Schur complement), mean
+        mu1 - P11^-1 P12 (x2 - mu2) = mu1 + S12 S22^-1 (x2 - mu2); a Cholesky factor of the covariance for draws.
+        Stacked over configurations: small LAPACK calls one by one are slow under threaded BLAS."""
+        everything = np.arange(len(mean))
+        inner = np.stack([self.inner_index(self.configs[i, len(self.patch):], n_channels) for i in indices])
+        outer = np.stack([np.setdiff1d(everything, row) for row in inner])
+        conditional = np.linalg.inv(precision[inner[:, :, None], inner[:, None, :]])
+        conditional = (conditional + conditional.transpose(0, 2, 1)) / 2
+        self.gain[g][indices] = -conditional @ precision[inner[:, :, None], outer[:, None, :]]
+        self.factor[g][indices] = _square_root(conditional)
+        self.mean_in[g][indices], self.mean_out[g][indices] = mean[inner], mean[outer]
+
+    # ------------------------------------------------------------------ sampling
+    def samples_per_window(self, samples: int) -> int:
+        return samples
+
+    def sample(self, x: np.ndarray, window_ids, samples: int, seed: int) -> np.ndarray:
+        window_ids = np.asarray(window_ids, dtype=np.int64)
+        n_channels, k = x.shape[0], self.grid.size
+        size = int(np.prod(self.patch))
+        view = np.lib.stride_tricks.sliding_window_view(x, self.patch, axis=tuple(range(1, x.ndim)))
+        corners = tuple(self.patch_starts[window_ids].T)                      # each window's patch corner
+        patches = np.moveaxis(view[(slice(None),) + corners], 0, 1).reshape(len(window_ids), n_channels, size)
+        noise = np.stack([window_rng(seed, w).standard_normal((samples, n_channels * int(np.prod(k))))
+                          for w in window_ids])
+        out = np.empty((len(window_ids), samples, n_channels * int(np.prod(k))))
+        configs = self.window_config[window_ids]
+        column = 0
+        for g, channels in enumerate(self.groups):
+            width = self.gain[g].shape[1]
+            for config in np.unique(configs):
+                rows = np.flatnonzero(configs == config)
+                vectors = patches[rows][:, channels].reshape(len(rows), -1)
+                inner = self.inner_index(self.configs[config, len(self.patch):], len(channels))
+                ring = np.delete(vectors, inner, axis=1)
+                mean = self.mean_in[g][config] + (ring - self.mean_out[g][config]) @ self.gain[g][config].T
+                draws = noise[rows][:, :, column:column + width] @ self.factor[g][config].T
+                out[rows, :, column:column + width] = mean[:, None, :] + draws
+            column += width
+        out = out.reshape(len(window_ids), samples, n_channels, *k)
+        if self.clip == "channel":
+            shape = (1, 1, n_channels) + (1,) * len(k)
+            out = np.clip(out, self.low.reshape(shape), self.high.reshape(shape))
+        elif self.clip == "pixel":
+            boxes = [(slice(None),) + self.grid.slices(w) for w in window_ids]
+            low, high = np.stack([self.low[b] for b in boxes]), np.stack([self.high[b] for b in boxes])
+            out = np.clip(out, low[:, None], high[:, None])
+        return out.astype(x.dtype, copy=False)
+
+    # ------------------------------------------------------------------ disk cache
+    def _key(self, reference: np.ndarray) -> str:
+        digest = hashlib.sha256(np.ascontiguousarray(reference).tobytes())
+        digest.update(json.dumps([str(reference.dtype), reference.shape]).encode())
+        params = {"version": CACHE_VERSION, "window": self.grid.size, "padding": self.padding,
+                  "channels": self.channels, "cells": self.cells, "max_patches": self.max_patches,
+                  "ridge": self.ridge, "seed": self.seed, "configs": self.configs.tolist()}
+        digest.update(json.dumps(params, default=int).encode())
+        return digest.hexdigest()[:24]
+
+    def _save(self, path: Path) -> None:
+        arrays = {f"{name}{g}": getattr(self, name)[g] for name in ("gain", "factor", "mean_in", "mean_out")
+                  for g in range(len(self.groups))}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + f".{os.getpid()}.partial.npz")
+        np.savez(partial, **arrays)
+        partial.replace(path)
+
+    def _load(self, path: Path) -> None:
+        with np.load(path) as stored:
+            for name in ("gain", "factor", "mean_in", "mean_out"):
+                setattr(self, name, [stored[f"{name}{g}"] for g in range(len(self.groups))])
+
+
+def _square_root(covariances: np.ndarray) -> np.ndarray:
+    """Factors L with L L^T = covariance, stacked: Cholesky, or eigenvalues clipped at 0 where it fails."""
+    try:
+        return np.linalg.cholesky(covariances)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(covariances)
+        return vectors * np.sqrt(np.clip(values, 0, None))[:, None, :]
+
+
+def _cells(location_grid, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """Cells per axis of the location grid (1 everywhere: one stationary model)."""
+    if location_grid is None:
+        return (1,) * len(spatial)
+    cells = (location_grid,) * len(spatial) if np.isscalar(location_grid) else tuple(location_grid)
+    if len(cells) != len(spatial) or min(cells) < 1:
+        raise OnnxplainError(f"location_grid {location_grid} needs one positive cell count per axis of {spatial}")
+    return tuple(min(int(c), n) for c, n in zip(cells, spatial))
+
+
+def _patches(reference: np.ndarray, positions: np.ndarray, patch: tuple[int, ...], limit: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """(M, C, prod(patch)) reference patches at `positions` in every image, at most `limit` (seeded subsample)."""
+    pairs = len(reference) * len(positions)
+    chosen = np.arange(pairs) if pairs <= limit else np.sort(rng.choice(pairs, limit, replace=False))
+    images, where = np.divmod(chosen, len(positions))
+    axes = tuple(range(2, reference.ndim))
+    view = np.lib.stride_tricks.sliding_window_view(reference, patch, axis=axes)  # (R, C, *positions, *patch)
+    picked = view[(images, slice(None)) + tuple(positions[where].T)]             # (M, C, *patch)
+    return picked.reshape(len(chosen), reference.shape[1], -1)
+
+
+def _cache_file(key: str) -> Path:
+    from ..zoo import cache_dir
+
+    return cache_dir().parent / "pda" / f"conditional_{key}.npz"

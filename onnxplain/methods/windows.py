@@ -1,0 +1,135 @@
+"""Where the windows of prediction difference analysis lie: an input's spatial geometry and its sliding windows.
+
+`Geometry` turns a model-input batch (NCHW, NHWC, 5-D volumes, or flat feature vectors that describe an image or
+a volume) into one canonical layout, (N, C, *spatial), and back. `WindowGrid` enumerates the k×k (or k×k×k)
+windows over the spatial axes; a window's id is its C-order index over the grid of start positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from ..errors import OnnxplainError
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one input sample (`sample_shape`, no batch axis) maps onto `channels` × `spatial`."""
+
+    sample_shape: tuple[int, ...]
+    layout: str   # "channels_first" | "channels_last" | "flat" (channels last, raveled) | "no_channels" (a volume)
+    channels: int
+    spatial: tuple[int, ...]
+
+    @classmethod
+    def infer(cls, model, sample_shape: tuple[int, ...], volume_shape=None) -> "Geometry":
+        """From the input's rank, the preprocessing spec (layout, size, crop) or an explicit `volume_shape`."""
+        sample_shape = tuple(int(d) for d in sample_shape)
+        spec = model.preprocess
+        if len(sample_shape) == 1:
+            return cls._flat(sample_shape, _flat_spatial(spec, volume_shape))
+        if volume_shape is not None:
+            if tuple(volume_shape) not in (sample_shape, sample_shape[1:], sample_shape[:-1]):
+                raise OnnxplainError(f"volume_shape {tuple(volume_shape)} does not match the input {sample_shape}")
+            if tuple(volume_shape) == sample_shape:
+                return cls(sample_shape, "no_channels", 1, sample_shape)
+        if len(sample_shape) == 2 or (len(sample_shape) == 3 and (spec is None or spec.layout == "flat")):
+            return cls(sample_shape, "no_channels", 1, sample_shape)  # (H, W) images, (D, H, W) volumes
+        if len(sample_shape) == 3 and spec.layout == "NHWC":
+            return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
+        if len(sample_shape) in (3, 4):  # (C, H, W) images, (C, D, H, W) volumes
+            return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
+        raise OnnxplainError(f"prediction difference needs image or volume inputs; got samples of shape "
+                             f"{sample_shape} (flat inputs need a volume_shape or a preprocessing size/crop)")
+
+    @classmethod
+    def _flat(cls, sample_shape: tuple[int, ...], spatial: tuple[int, ...]) -> "Geometry":
+        pixels = int(np.prod(spatial))
+        if sample_shape[0] % pixels:
+            raise OnnxplainError(f"{sample_shape[0]} features do not split into a {'x'.join(map(str, spatial))} grid")
+        return cls(sample_shape, "flat", sample_shape[0] // pixels, spatial)
+
+    def to_grid(self, x: np.ndarray) -> np.ndarray:
+        """(N, *sample_shape) -> (N, C, *spatial), contiguous."""
+        n = len(x)
+        if self.layout == "channels_first":
+            return np.ascontiguousarray(x)
+        if self.layout == "no_channels":
+            return np.ascontiguousarray(x[:, None])
+        if self.layout == "flat":
+            x = x.reshape(n, *self.spatial, self.channels)
+        return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+    def from_grid(self, grid: np.ndarray) -> np.ndarray:
+        """(N, C, *spatial) -> (N, *sample_shape), the inverse of `to_grid`."""
+        n = len(grid)
+        if self.layout == "channels_first":
+            return grid
+        if self.layout == "no_channels":
+            return grid[:, 0]
+        moved = np.moveaxis(grid, 1, -1)
+        return np.ascontiguousarray(moved).reshape(n, *self.sample_shape)
+
+
+def _flat_spatial(spec, volume_shape) -> tuple[int, ...]:
+    if volume_shape is not None:
+        return tuple(int(d) for d in volume_shape)
+    if spec is not None and spec.crop is not None:
+        return tuple(int(b) - int(a) for a, b in spec.crop)
+    if spec is not None and spec.size is not None:
+        return tuple(int(d) for d in spec.size)
+    raise OnnxplainError("a flat input needs volume_shape=(D, H, W) or (H, W), or a preprocessing spec with "
+                         "'size' or 'crop', to place prediction-difference windows")
+
+
+class WindowGrid:
+    """Every window of `size` over `spatial`, start positions `stride` apart (the last one flush with the edge,
+    so every pixel is covered)."""
+
+    def __init__(self, spatial: tuple[int, ...], window, stride: int = 1):
+        window = (window,) * len(spatial) if np.isscalar(window) else tuple(window)
+        if len(window) != len(spatial):
+            raise OnnxplainError(f"window {window} needs one size per spatial axis of {spatial}")
+        if min(window) < 1 or stride < 1:
+            raise OnnxplainError("window size and stride must be at least 1")
+        self.spatial = tuple(spatial)
+        self.size = tuple(min(int(k), n) for k, n in zip(window, spatial))
+        self.axis_starts = [_starts(n, k, stride) for n, k in zip(self.spatial, self.size)]
+        self.shape = tuple(len(s) for s in self.axis_starts)
+        self.starts = np.array(list(product(*self.axis_starts)), dtype=np.int64).reshape(-1, len(spatial))
+        self._slices = [tuple(slice(s, s + k) for s, k in zip(start, self.size)) for start in self.starts.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def slices(self, window_id: int) -> tuple[slice, ...]:
+        return self._slices[window_id]
+
+    def counts(self) -> np.ndarray:
+        """How many windows cover each pixel."""
+        return self._scatter(np.ones((1, len(self)))).reshape(self.spatial)
+
+    def average(self, values: np.ndarray) -> np.ndarray:
+        """(W, K) per-window values -> (K, *spatial): each pixel's mean over the windows that contain it."""
+        sums = self._scatter(np.asarray(values, dtype=np.float64).T)
+        counts = self.counts()
+        return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+
+    def _scatter(self, values: np.ndarray) -> np.ndarray:
+        """(K, W) -> (K, *spatial) sums: one vectorised add per offset inside the window."""
+        k = len(values)
+        on_grid = values.reshape(k, *self.shape)
+        sums = np.zeros((k, *self.spatial))
+        for offset in np.ndindex(*self.size):
+            index = np.ix_(*[np.asarray(s) + o for s, o in zip(self.axis_starts, offset)])
+            sums[(slice(None),) + index] += on_grid
+        return sums
+
+
+def _starts(n: int, k: int, stride: int) -> list[int]:
+    starts = list(range(0, n - k + 1, stride))
+    if starts[-1] != n - k:
+        starts.append(n - k)
+    return starts

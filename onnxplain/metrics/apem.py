@@ -1,0 +1,225 @@
+"""APEM, the adversarial perturbation explanation metric (do Valle 2019).
+
+A relevance map R in [0, 1] (after one of the visualisation stages of §4.2) is turned into a perturbation
+direction R_dir = R / ||R||_1 * sign(grad_x J(x, y)) with J the cross-entropy of the explained class y.
+eps- is the smallest eps = k * step that flips the prediction of x + eps * R_dir; eps+ the same for the
+irrelevance 1 - R. APEM = mean(eps+ - eps-): a faithful map flips the model fast along R and slowly along 1 - R.
+APEM_norm divides each eps by the one reached by shuffled copies of the map (§5.2), so a map no better than its
+own shuffles scores about 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OnnxplainError
+from .layout import InputLayout
+from .search import bracket_search, linear_search
+
+STAGES = {1: "raw relevance, channels kept", 2: "|R| clamped at the 99th percentile, channels summed",
+          3: "stage 2 times the input intensity"}
+SEARCHES = ("bracket", "linear")
+CASE_BYTES = 256 * 2**20  # perturbation directions held at once
+
+
+def stage_maps(relevance: np.ndarray, x: np.ndarray, stage: int, layout: InputLayout) -> np.ndarray:
+    """Relevance -> maps in [0, 1] (per image min-max; a constant map becomes 0.5 everywhere).
+
+    stage 1: |R| with its channels (shaped like the input's view); 2: |R| clamped at its 99th percentile and summed
+    over channels; 3: the clamped |R| times the input intensity (the input rescaled to [0, 1] by its valid range),
+    summed over channels (one value per spatial position)."""
+    if stage not in STAGES:
+        raise OnnxplainError(f"APEM stage must be 1, 2 or 3, not {stage!r}")
+    values = np.abs(layout.view(np.asarray(relevance, dtype=np.float64)))
+    if stage > 1:
+        flat = values.reshape(len(values), -1)
+        ceiling = np.percentile(flat, 99, axis=1).reshape(-1, *[1] * (values.ndim - 1))
+        values = np.minimum(values, ceiling)
+        if stage == 3:
+            values = values * layout.intensity(x)
+        values = layout.sum_channels(values)
+    flat = values.reshape(len(values), -1)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    span = high - low
+    scaled = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1.0), 0.5)
+    return scaled.reshape(values.shape)
+
+
+def expand_maps(maps: np.ndarray, layout: InputLayout) -> np.ndarray:
+    """Maps of any stage -> (N, *sample_shape)."""
+    if maps.shape[1:] == layout.view_shape:
+        return layout.unview(maps)
+    return layout.expand(maps)
+
+
+def directions(maps: np.ndarray, sign: np.ndarray, layout: InputLayout) -> np.ndarray:
+    """R_dir = R / ||R||_1 * sign: the L1-normalised map (repeated over channels) pointing up the loss."""
+    expanded = expand_maps(maps, layout)
+    norm = np.abs(expanded).reshape(len(expanded), -1).sum(axis=1).reshape(-1, *[1] * (expanded.ndim - 1))
+    return np.where(norm > 0, expanded / np.where(norm > 0, norm, 1.0), 0.0) * np.sign(sign)
+
+
+def loss_gradient(model, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """grad_x of the cross-entropy of class `classes[i]` (from the torch executor), shaped like x."""
+    import torch
+
+    executor = model.torch()
+    grads = []
+    size = model.batch_size()
+    for start in range(0, len(x), size):
+        batch = torch.tensor(np.asarray(x[start:start + size]), requires_grad=True)
+        target = torch.as_tensor(classes[start:start + size], dtype=torch.long)
+        if model.logits_output is not None:
+            loss = torch.nn.functional.cross_entropy(executor.logits(batch).reshape(len(batch), -1), target,
+                                                     reduction="sum")
+        else:  # probabilities with no pre-softmax tensor (e.g. a LinearClassifier with a Normalizer)
+            probabilities = executor(batch).reshape(len(batch), -1)
+            loss = -torch.log(probabilities[torch.arange(len(batch)), target].clamp_min(1e-30)).sum()
+        grads.append(torch.autograd.grad(loss, batch)[0].detach().cpu().numpy())
+    return np.concatenate(grads)
+
+
+@dataclass
+class APEMResult:
+    """Per-image eps (in input units: steps times the step size) for a set of relevance maps."""
+
+    eps_minus: np.ndarray
+    eps_plus: np.ndarray
+    classes: np.ndarray
+    censored: np.ndarray                 # (N,) a search hit max_steps without a flip (eps is then a lower bound)
+    shuffle_minus: np.ndarray | None = None
+    shuffle_plus: np.ndarray | None = None
+    stage: int = 2
+    shuffled: "APEMResult | None" = None  # the same metric for shuffled copies of the maps (random baseline)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Per-image APEM: eps+ - eps-."""
+        return self.eps_plus - self.eps_minus
+
+    @property
+    def mean(self) -> float:
+        return float(self.scores.mean())
+
+    @property
+    def normalized(self) -> np.ndarray:
+        """Per-image APEM_norm: eps+/eps_shuffle+ - eps-/eps_shuffle- (NaN where a shuffle flipped at eps 0)."""
+        if self.shuffle_minus is None:
+            raise OnnxplainError("APEM_norm needs shuffles > 0")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = self.eps_plus / self.shuffle_plus - self.eps_minus / self.shuffle_minus
+        return np.where((self.shuffle_plus > 0) & (self.shuffle_minus > 0), ratio, np.nan)
+
+    @property
+    def norm_mean(self) -> float:
+        return float(np.nanmean(self.normalized))
+
+
+class APEM:
+    """APEM and APEM_norm of relevance maps from any source.
+
+    stage: visualisation stage 1, 2 or 3 (see `STAGES`). step: eps grid (eps = k * step, k = 0, 1, ...).
+    max_steps: k beyond which a case counts as never flipping. shuffles: shuffled maps per image for APEM_norm
+    (0 = none). baseline: also score shuffled maps as if they were a method, each normalised by a second,
+    independent set of shuffles (their APEM_norm should be about 0: `result.shuffled`).
+    search: 'bracket' (batched bracketing) or 'linear' (the paper's scan; same answer, slower).
+    """
+
+    def __init__(self, stage: int = 2, step: float = 1.0, max_steps: int = 100_000, shuffles: int = 10,
+                 baseline: bool = False, seed: int = 0, search: str = "bracket", progress: bool = True):
+        if stage not in STAGES:
+            raise OnnxplainError(f"APEM stage must be 1, 2 or 3, not {stage!r}")
+        if search not in SEARCHES:
+            raise OnnxplainError(f"search must be one of {', '.join(SEARCHES)}, not {search!r}")
+        if shuffles < 0:
+            raise OnnxplainError("shuffles must be 0 or more")
+        self.stage, self.step, self.max_steps = stage, float(step), int(max_steps)
+        self.shuffles, self.baseline, self.seed = shuffles, baseline, seed
+        self.search, self.progress = search, progress
+
+    def evaluate(self, model, x: np.ndarray, relevance: np.ndarray, target=None,
+                 gradient: np.ndarray | None = None) -> APEMResult:
+        """APEM of relevance (shaped like x) for class `target` ((N,), an int, or None: top-1); `gradient` is
+        grad_x of the loss (computed with the torch executor when None)."""
+        x = model.check_input(x)
+        relevance = np.asarray(relevance)
+        if relevance.shape != x.shape:
+            raise OnnxplainError(f"relevance shape {relevance.shape} does not match the inputs {x.shape}")
+        layout = InputLayout.of(model, x.shape[1:])
+        classes = self.classes(model, x, target)
+        sign = self.sign(model, x, classes, gradient)
+        return self.evaluate_maps(model, x, stage_maps(relevance, x, self.stage, layout), classes, sign)
+
+    def evaluate_maps(self, model, x: np.ndarray, maps: np.ndarray, classes: np.ndarray,
+                      sign: np.ndarray) -> APEMResult:
+        """APEM of maps already in [0, 1] (the output of `stage_maps`, or shuffled / filtered ones)."""
+        rng = np.random.default_rng(self.seed)
+        groups = 2 if self.shuffles and self.baseline else 1 if self.shuffles else 0
+        per_image = 1 + groups * self.shuffles
+        per_chunk = max(1, CASE_BYTES // (2 * per_image * x[0].nbytes))
+        steps = []
+        for start in range(0, len(x), per_chunk):
+            part = slice(start, start + per_chunk)
+            variants = [maps[part]] + [shuffled(maps[part], rng) for _ in range(per_image - 1)]
+            steps.append(self._epsilons(model, x[part], np.stack(variants, axis=1), classes[part], sign[part]))
+        eps = np.concatenate(steps) * self.step  # (N, variants, 2): eps for (relevance, irrelevance)
+        censored = eps[:, 0].max(axis=1) > self.max_steps * self.step
+        result = APEMResult(eps[:, 0, 0], eps[:, 0, 1], classes, censored, stage=self.stage)
+        if self.shuffles:  # §5.2: the first eps at which any of the shuffled maps flips the prediction
+            first = eps[:, 1:1 + self.shuffles].min(axis=1)
+            result.shuffle_minus, result.shuffle_plus = first[:, 0], first[:, 1]
+        if groups == 2:  # shuffled maps scored like a method, normalised by an independent set of shuffles
+            second = eps[:, 1 + self.shuffles:].min(axis=1)
+            result.shuffled = APEMResult(first[:, 0], first[:, 1], classes,
+                                         first.max(axis=1) > self.max_steps * self.step,
+                                         second[:, 0], second[:, 1], self.stage)
+        return result
+
+    def gaps(self, model, x: np.ndarray, maps: np.ndarray, classes: np.ndarray, sign: np.ndarray,
+             first_probe=None) -> tuple[np.ndarray, np.ndarray]:
+        """(eps-, eps+) per image of maps in [0, 1], without shuffles (for the explanation filter)."""
+        steps = self._epsilons(model, x, maps[:, None], classes, sign, first_probe)
+        return steps[:, 0, 0] * self.step, steps[:, 0, 1] * self.step
+
+    def classes(self, model, x: np.ndarray, target) -> np.ndarray:
+        if target is None:
+            return np.argmax(model.scores(x), axis=1)
+        classes = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+        if classes.min() < 0:
+            raise OnnxplainError("APEM explains classes; hidden-tensor targets are not supported")
+        return classes
+
+    @staticmethod
+    def sign(model, x: np.ndarray, classes: np.ndarray, gradient: np.ndarray | None) -> np.ndarray:
+        if gradient is None:
+            gradient = loss_gradient(model, x, classes)
+        gradient = np.asarray(gradient)
+        if gradient.shape != x.shape:
+            raise OnnxplainError(f"loss gradient shape {gradient.shape} does not match the inputs {x.shape}")
+        return np.sign(gradient)
+
+    def _epsilons(self, model, x, variants, classes, sign, first_probe=None) -> np.ndarray:
+        """variants (n, V, *map_shape) -> steps k (n, V, 2) for each map and its irrelevance."""
+        n, count = variants.shape[:2]
+        layout = InputLayout.of(model, x.shape[1:])
+        maps = variants.reshape(n * count, *variants.shape[2:])
+        both = np.concatenate([maps, 1.0 - maps])
+        repeat = np.tile(np.repeat(np.arange(n), count), 2)
+        cases_x = x[repeat]
+        dirs = directions(both, sign[repeat], layout).astype(x.dtype)
+        options = {"step": self.step, "max_steps": self.max_steps, "progress": self.progress}
+        if self.search == "linear":
+            steps = linear_search(model, cases_x, dirs, classes[repeat], **options)
+        else:
+            if first_probe is not None:
+                options["first_probe"] = np.asarray(first_probe).reshape(n, 1, 2).repeat(count, 1)\
+                    .transpose(2, 0, 1).reshape(-1)
+            steps = bracket_search(model, cases_x, dirs, classes[repeat], **options)
+        return steps.reshape(2, n, count).transpose(1, 2, 0)
+
+
+def shuffled(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each map with its values randomly permuted over positions (same value distribution, no structure)."""
+    flat = maps.reshape(len(maps), -1)
+    return np.stack([row[rng.permutation(row.size)] for row in flat]).reshape(maps.shape)

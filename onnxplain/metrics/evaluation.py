@@ -1,0 +1,140 @@
+"""Scoring several explanation methods on one set of inputs: region-perturbation AOPC and APEM side by side.
+
+`Evaluation(...).run(model, x, methods, labels)` explains the top-1 class of each input with each method, then
+measures every map with the same noise, the same loss gradient and the same shuffles, and returns an
+`EvaluationReport` (summary table, per-image values, pairwise comparison, correlation with the loss).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import OnnxplainError
+from ..targets import Target
+from .apem import APEM, APEMResult, stage_maps
+from .compare import cross_entropy, loss_correlation, pairwise
+from .layout import InputLayout
+from .perturbation import aopc, default_region, region_perturbation
+
+METRICS = ("aopc", "apem")
+
+
+@dataclass
+class MethodResult:
+    """One method's maps measured: AOPC per image for each order, curves, and APEM."""
+
+    name: str
+    seconds: float
+    curves: dict[str, np.ndarray] = field(default_factory=dict)   # order -> (N, L+1)
+    apem: APEMResult | None = None
+
+    def aopc(self, order: str) -> np.ndarray | None:
+        return aopc(self.curves[order], per_image=True) if order in self.curves else None
+
+
+@dataclass
+class EvaluationReport:
+    """Everything an evaluation measured, with its settings; rendering lives in `report.py` and `plots.py`."""
+
+    inputs: list[str]
+    classes: np.ndarray                 # explained (top-1) class per input
+    confidence: np.ndarray              # top-1 probability per input
+    methods: list[MethodResult]
+    random_curves: np.ndarray | None    # AOPC baseline: regions in random order (method-independent)
+    settings: dict
+    labels: np.ndarray | None = None
+    loss: np.ndarray | None = None
+
+    def apem_scores(self) -> dict[str, np.ndarray]:
+        return {m.name: m.apem.scores for m in self.methods if m.apem is not None}
+
+    def pairwise(self):
+        scores = self.apem_scores()
+        return pairwise(scores) if len(scores) > 1 else []
+
+    def correlations(self) -> dict[str, tuple[float, float]]:
+        """Spearman (rho, p) of per-image APEM with the loss per method, and of the confidence (§5.4)."""
+        if self.loss is None:
+            return {}
+        table = {name: loss_correlation(values, self.loss) for name, values in self.apem_scores().items()}
+        table["confidence"] = loss_correlation(self.confidence, self.loss)
+        return table
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.labels is None else float(np.mean(self.classes == self.labels))
+
+
+class Evaluation:
+    """Settings shared by every method's measurement.
+
+    metrics: any of 'aopc', 'apem'. region, steps, score: region perturbation (see `region_perturbation`).
+    stage, epsilon_step, max_steps, shuffles: APEM (see `APEM`); shuffled maps are also scored as a baseline.
+    """
+
+    def __init__(self, metrics=METRICS, *, region: int | None = None, steps: int = 100, score: str = "logit",
+                 stage: int = 2, epsilon_step: float = 1.0, max_steps: int = 100_000, shuffles: int = 10,
+                 seed: int = 0, progress: bool = True):
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise OnnxplainError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+        self.metrics = tuple(metrics)
+        self.perturbation = {"region": region, "steps": steps, "score": score, "seed": seed}
+        self.apem = APEM(stage=stage, step=epsilon_step, max_steps=max_steps, shuffles=shuffles,
+                         baseline=shuffles > 0, seed=seed, progress=progress)
+        self.progress = progress
+
+    def run(self, model, x: np.ndarray, methods: dict, labels: np.ndarray | None = None,
+            inputs: list[str] | None = None) -> EvaluationReport:
+        """methods: {name: object with explain(model, x, target)}; labels: true class per input (optional)."""
+        x = model.check_input(x)
+        scores = model.scores(x)
+        classes = np.argmax(scores, axis=1)
+        probabilities = _probabilities(model, x, scores)
+        labels = None if labels is None else _checked_labels(labels, len(x), scores.shape[1])
+        sign = self.apem.sign(model, x, classes, None) if "apem" in self.metrics else None
+        settings = {"metrics": list(self.metrics), **self.perturbation, "stage": self.apem.stage,
+                    "epsilon_step": self.apem.step, "max_steps": self.apem.max_steps, "shuffles": self.apem.shuffles}
+        settings["region"] = settings["region"] or default_region(InputLayout.of(model, x.shape[1:]))
+        results = []
+        for name, method in methods.items():
+            start = time.perf_counter()
+            relevance = method.explain(model, x, Target()).relevance
+            result = MethodResult(name, time.perf_counter() - start)
+            if "aopc" in self.metrics:
+                for order in ("morf", "lerf"):
+                    result.curves[order] = region_perturbation(model, x, relevance, classes, order=order,
+                                                               progress=self.progress, **self.perturbation)
+            if "apem" in self.metrics:
+                result.apem = self._apem(model, x, relevance, classes, sign)
+            results.append(result)
+        random_curves = None
+        if "aopc" in self.metrics:  # regions in random order: relevance is ignored
+            random_curves = region_perturbation(model, x, np.zeros_like(x), classes, order="random",
+                                                progress=self.progress, **self.perturbation)
+        return EvaluationReport(inputs or [str(i) for i in range(len(x))], classes, probabilities, results,
+                                random_curves, settings, labels,
+                                None if labels is None else cross_entropy(model, x, labels))
+
+    def _apem(self, model, x, relevance, classes, sign) -> APEMResult:
+        maps = stage_maps(relevance, x, self.apem.stage, InputLayout.of(model, x.shape[1:]))
+        return self.apem.evaluate_maps(model, x, maps, classes, sign)
+
+
+def _probabilities(model, x: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Top-1 probability per input (softmax of the logits for a logits model)."""
+    if model.score_kind == "probabilities":
+        return scores.max(axis=1)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(shifted).sum(axis=1)
+
+
+def _checked_labels(labels, count: int, classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise OnnxplainError(f"labels must be {count} class indices, one per input")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise OnnxplainError(f"labels must be class indices 0..{classes - 1}")
+    return labels.astype(np.int64)

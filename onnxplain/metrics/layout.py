@@ -1,0 +1,84 @@
+"""Where the channels of one input sample are, and what values its features may take.
+
+Metrics need both: region perturbation tiles the spatial axes and fills them with noise over the valid input
+range; APEM sums relevance over channels and multiplies maps by the input's intensity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """One sample of shape `sample_shape`, viewed as `view_shape` (a flat input with an image size in its
+    preprocessing spec is viewed as that image, H x W x C); `channel_axis` is an axis of the view or None."""
+
+    sample_shape: tuple[int, ...]
+    view_shape: tuple[int, ...]
+    channel_axis: int | None
+    low: np.ndarray | None = None    # valid input range, broadcastable to view_shape (None: unknown)
+    high: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, model, sample_shape: tuple[int, ...]) -> "InputLayout":
+        spec = getattr(model, "preprocess", None)
+        shape, channel_axis = tuple(sample_shape), None
+        if spec is not None and spec.layout == "flat" and spec.size is not None and len(shape) == 1 \
+                and int(np.prod((*spec.size, spec.channels))) == shape[0]:
+            shape, channel_axis = (*spec.size, spec.channels), 2
+        elif spec is not None and len(shape) == 3 and spec.layout in ("NCHW", "NHWC"):
+            channel_axis = 0 if spec.layout == "NCHW" else 2
+        elif len(shape) >= 4:
+            channel_axis = 0  # volumes (C, D, H, W)
+        if channel_axis is not None and spec is not None and shape[channel_axis] == spec.channels:
+            low, high = spec.value_range()
+            where = [1] * len(shape)
+            where[channel_axis] = len(low)
+            return cls(tuple(sample_shape), shape, channel_axis, low.reshape(where), high.reshape(where))
+        return cls(tuple(sample_shape), shape, channel_axis)
+
+    @property
+    def image_like(self) -> bool:
+        """More than one spatial axis (an image or volume) rather than a feature vector."""
+        return len(self.spatial_shape) > 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(d for a, d in enumerate(self.view_shape) if a != self.channel_axis)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_axis is None else self.view_shape[self.channel_axis]
+
+    def view(self, batch: np.ndarray) -> np.ndarray:
+        """(N, *sample_shape) -> (N, *view_shape)."""
+        return batch.reshape(len(batch), *self.view_shape)
+
+    def unview(self, batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), *self.sample_shape)
+
+    def sum_channels(self, batch: np.ndarray) -> np.ndarray:
+        """(N, *view_shape) -> (N, *spatial_shape)."""
+        return batch if self.channel_axis is None else batch.sum(axis=self.channel_axis + 1)
+
+    def expand(self, maps: np.ndarray) -> np.ndarray:
+        """(N, *spatial_shape) -> (N, *sample_shape): one value per position, repeated over the channels."""
+        if self.channel_axis is None:
+            return self.unview(maps)
+        expanded = np.repeat(np.expand_dims(maps, self.channel_axis + 1), self.channels, axis=self.channel_axis + 1)
+        return self.unview(expanded)
+
+    def value_range(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Valid (low, high) per channel from the preprocessing spec, else the range of the data, broadcastable
+        to (N, *view_shape)."""
+        if self.low is not None:
+            return self.low[None], self.high[None]
+        return np.asarray(np.min(x), dtype=np.float64), np.asarray(np.max(x), dtype=np.float64)
+
+    def intensity(self, x: np.ndarray) -> np.ndarray:
+        """(N, *view_shape) in [0, 1]: the input rescaled by its valid range (pixel brightness for images)."""
+        low, high = self.value_range(x)
+        span = np.where(high > low, high - low, 1.0)
+        return np.clip((self.view(np.asarray(x, dtype=np.float64)) - low) / span, 0.0, 1.0)

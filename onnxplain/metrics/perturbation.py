@@ -1,0 +1,155 @@
+"""Region perturbation (Samek et al. 2017) and the area over the perturbation curve (AOPC).
+
+The input is tiled into non-overlapping regions of r x r (x r for volumes) over its spatial axes; regions are
+ranked by summed relevance (all channels); step k replaces the k-th region of the order with uniform noise over
+the valid input range (or, for plain feature vectors, sets it to a baseline) and keeps earlier replacements.
+The tracked value is the explained class's score after every step; every step of every image goes through
+`model.run` in large batches.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OnnxplainError
+from .layout import InputLayout
+
+ORDERS = ("morf", "lerf", "random")
+SCORES = ("logit", "probability")
+CHUNK_BYTES = 256 * 2**20  # perturbed inputs built at once
+
+
+def explained_scores(model, x: np.ndarray, classes: np.ndarray, score: str = "logit", **run) -> np.ndarray:
+    """(N,) score of class `classes[i]` for each input: pre-softmax ('logit') or softmax ('probability')."""
+    if score not in SCORES:
+        raise OnnxplainError(f"score must be one of {', '.join(SCORES)}, not {score!r}")
+    if score == "logit":
+        values = model.logits(x, **run)
+    elif model.score_kind == "probabilities":
+        values = model.scores(x, **run)
+    else:
+        logits = model.logits(x, **run)
+        values = np.exp(logits - logits.max(axis=1, keepdims=True))
+        values /= values.sum(axis=1, keepdims=True)
+    return values[np.arange(len(values)), classes]
+
+
+def default_region(layout: InputLayout) -> int:
+    """9 (Samek et al. on 224 x 224 images), smaller so every axis holds at least 8 regions; 1 for vectors."""
+    if not layout.image_like:
+        return 1
+    return max(1, min(9, min(layout.spatial_shape) // 8))
+
+
+def region_ids(layout: InputLayout, region: int) -> np.ndarray:
+    """(spatial_shape) int: the id of the non-overlapping r x r region each position belongs to."""
+    blocks = [np.arange(size) // region for size in layout.spatial_shape]
+    counts = [-(-size // region) for size in layout.spatial_shape]
+    grid = np.meshgrid(*blocks, indexing="ij")
+    return np.ravel_multi_index(grid, counts)
+
+
+def region_ranks(relevance: np.ndarray, layout: InputLayout, region: int, order: str,
+                 rng: np.random.Generator) -> np.ndarray:
+    """(N, *spatial_shape): the step (0-based) at which each position's region is perturbed."""
+    ids = region_ids(layout, region)
+    count = int(ids.max()) + 1
+    per_position = layout.sum_channels(layout.view(np.asarray(relevance, dtype=np.float64)))
+    flat = per_position.reshape(len(per_position), -1)
+    sums = np.stack([np.bincount(ids.ravel(), weights=row, minlength=count) for row in flat])
+    if order == "morf":
+        ordered = np.argsort(-sums, axis=1, kind="stable")
+    elif order == "lerf":
+        ordered = np.argsort(sums, axis=1, kind="stable")
+    else:
+        ordered = np.stack([rng.permutation(count) for _ in range(len(sums))])
+    step_of_region = np.empty_like(ordered)
+    np.put_along_axis(step_of_region, ordered, np.arange(count)[None].repeat(len(sums), 0), axis=1)
+    return step_of_region[:, ids]
+
+
+def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None, *, region: int | None = None,
+                        steps: int = 100, order: str = "morf", seed: int = 0, score: str = "logit",
+                        fill: str | None = None, baseline: float | np.ndarray = 0.0,
+                        progress: bool = False) -> np.ndarray:
+    """Perturbation curves (N, L+1): the explained score before (column 0) and after each of L steps.
+
+    relevance: shaped like x, from any source. target: (N,) class indices, one int, or None (top-1 of x).
+    region: edge of the square regions (default: 9, or less so that each axis holds 8 regions; 1 for vectors).
+    steps: L, capped at the number of regions. order: 'morf' (most relevant first), 'lerf' or 'random'.
+    fill: 'noise' (uniform over the valid input range; default for images) or 'baseline' (default for feature
+    vectors). The same seed gives the same noise for every order and method, so their curves pair up.
+    """
+    x = model.check_input(x)
+    relevance = np.asarray(relevance)
+    if relevance.shape != x.shape:
+        raise OnnxplainError(f"relevance shape {relevance.shape} does not match the inputs {x.shape}")
+    if order not in ORDERS:
+        raise OnnxplainError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+    layout = InputLayout.of(model, x.shape[1:])
+    region = region or default_region(layout)
+    fill = fill or ("noise" if layout.image_like else "baseline")
+    if region < 1 or steps < 1 or fill not in ("noise", "baseline"):
+        raise OnnxplainError("region and steps must be at least 1, fill 'noise' or 'baseline'")
+    classes = _classes(model, x, target)
+    order_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    ranks = region_ranks(relevance, layout, region, order, order_rng)
+    steps = min(steps, int(ranks.reshape(len(x), -1).max()) + 1)
+    fills = _fills(layout, x, fill, baseline, noise_rng)
+
+    per_chunk = max(1, CHUNK_BYTES // ((steps + 1) * x[0].nbytes))
+    curves = []
+    for start in _progress(range(0, len(x), per_chunk), progress, -(-len(x) // per_chunk)):
+        part = slice(start, start + per_chunk)
+        batch = _perturbed(layout, x[part], ranks[part], fills[part], steps)
+        values = explained_scores(model, batch, np.repeat(classes[part], steps + 1), score)
+        curves.append(values.reshape(-1, steps + 1))
+    return np.concatenate(curves)
+
+
+def aopc(curves: np.ndarray, per_image: bool = False):
+    """AOPC = 1/(L+1) * sum_k (f(x^0) - f(x^k)), averaged over images (or per image)."""
+    curves = np.asarray(curves, dtype=np.float64)
+    values = (curves[:, :1] - curves).mean(axis=1)
+    return values if per_image else float(values.mean())
+
+
+def _classes(model, x: np.ndarray, target) -> np.ndarray:
+    if target is None:
+        return np.argmax(model.scores(x), axis=1)
+    classes = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+    if classes.min() < 0:
+        raise OnnxplainError("region perturbation explains classes; hidden-tensor targets are not supported")
+    return classes
+
+
+def _fills(layout: InputLayout, x: np.ndarray, fill: str, baseline, rng: np.random.Generator) -> np.ndarray:
+    """(N, *view_shape): what each position becomes once its region is perturbed."""
+    shape = (len(x), *layout.view_shape)
+    if fill == "baseline":
+        values = np.asarray(baseline, dtype=np.float64)
+        if values.size == int(np.prod(layout.view_shape)):
+            values = values.reshape(layout.view_shape)
+        try:
+            return np.broadcast_to(values, shape).astype(x.dtype)
+        except ValueError:
+            raise OnnxplainError(f"baseline of shape {values.shape} does not fit inputs {x.shape[1:]}") from None
+    low, high = layout.value_range(x)
+    return rng.uniform(low, high, shape).astype(x.dtype)
+
+
+def _perturbed(layout: InputLayout, x: np.ndarray, ranks: np.ndarray, fills: np.ndarray, steps: int) -> np.ndarray:
+    """(n * (steps + 1), *sample_shape): for each image, the inputs after 0..steps perturbation steps."""
+    views = layout.view(x)
+    covered = ranks[:, None] < np.arange(steps + 1).reshape(1, -1, *[1] * (ranks.ndim - 1))
+    if layout.channel_axis is not None:
+        covered = np.expand_dims(covered, layout.channel_axis + 2)
+    batch = np.where(covered, fills[:, None], views[:, None])
+    return batch.reshape(-1, *layout.sample_shape)
+
+
+def _progress(iterable, progress: bool, total: int):
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc="region perturbation", unit="chunk", leave=False)

@@ -1,0 +1,57 @@
+"""Normalisation: BatchNormalization (inference) and LRN.
+
+LRP: a BatchNormalization right after a Conv/Gemm is merged into it (zennit's canonizer, done by the LRP
+canonizer); elsewhere it is an affine layer (category 'affine') under the composite's rule. LRN passes relevance
+unchanged (the deep Taylor paper bypasses normalisation layers).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..lrp import rules
+from . import register
+from .base import Elementwise, LinearOp
+
+
+@register("BatchNormalization")
+class BatchNormalization(LinearOp):
+    """y = (x - mean) / sqrt(var + eps) * scale + bias, per channel (axis 1)."""
+
+    category = "affine"
+
+    def setup(self):
+        self.epsilon = float(self.attr("epsilon", 1e-5))
+        self.kind = "linear" if all(i in self.constants for i in (1, 2, 3, 4)) else None
+
+    def forward(self, x, scale, bias, mean, var, *unused):
+        if x.ndim == 2 or scale.ndim == 1:
+            return F.batch_norm(x, mean, var, scale, bias, False, 0.0, self.epsilon)
+        return (x - mean) / torch.sqrt(var + self.epsilon) * scale + bias  # opset < 9 with spatial = 0
+
+    def affine(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-channel factor, per-channel shift) of this normalisation."""
+        _, scale, bias, mean, var = inputs[:5]
+        factor = scale / torch.sqrt(var + self.epsilon)
+        return factor, bias - mean * factor
+
+    def layer(self, inputs):
+        factor, shift = self.affine(inputs)
+        shape = self.channel_shape(inputs, factor.numel())
+        return rules.Layer(lambda x, w: x * w.reshape(shape), factor.reshape(-1), shift.reshape(shape))
+
+
+@register("LRN")
+class LRN(Elementwise):
+    """y = x / (bias + alpha / size * sum of x^2 over `size` neighbouring channels) ^ beta."""
+
+    def forward(self, x):
+        size = int(self.attr("size"))
+        alpha, beta = float(self.attr("alpha", 1e-4)), float(self.attr("beta", 0.75))
+        bias = float(self.attr("bias", 1.0))
+        squares = x * x
+        before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+        padded = F.pad(squares.transpose(1, -1), (before, after)).transpose(1, -1)
+        channels = x.shape[1]
+        window = sum(padded.narrow(1, i, channels) for i in range(size))
+        return x / (bias + alpha / size * window) ** beta

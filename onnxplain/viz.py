@@ -1,0 +1,225 @@
+"""Pictures of relevance: red = evidence for, blue = evidence against, on a colormap centred on zero (as in the papers).
+
+Arrays in, matplotlib `Figure`s out (no pyplot state); `save_png` writes one. Shapes:
+  * images: `image_figure` -> input | heatmap | overlay;
+  * volumes: `montage_figure` -> slices along one axis (overlay, and the input with reversed colours, as in
+    Zintgraf et al. 2017, fig. 9);
+  * feature vectors: `bar_figure` -> the top features by |relevance|.
+`threshold` (a fraction, e.g. 0.15) shows only |R| above that fraction of the maximum, the papers' display.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+CMAP = "bwr"
+PANEL_INCHES = 2.6
+DPI = 100
+TITLE_INCHES = 0.5
+DEFAULT_THRESHOLD = 0.15
+
+
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    return colormaps, Figure
+
+
+def limit(relevance: np.ndarray) -> float:
+    """The symmetric colour limit: max |R| (1 when the map is all zero, so zero stays white)."""
+    value = float(np.max(np.abs(relevance))) if np.size(relevance) else 0.0
+    return value if value > 0 and np.isfinite(value) else 1.0
+
+
+def apply_threshold(relevance: np.ndarray, fraction: float | None) -> np.ndarray:
+    """Zero every |R| below `fraction` of the maximum |R| (None or 0: unchanged)."""
+    return _masked(relevance, fraction, limit(relevance))
+
+
+def heatmap_rgb(relevance_map: np.ndarray, threshold: float | None = None, scale: float | None = None) -> np.ndarray:
+    """HxW relevance -> HxWx3 colours in [0, 1]: white at 0, red for positive, blue for negative.
+
+    `scale` is the |R| that saturates (default: this map's max |R|); the threshold is a fraction of it."""
+    colormaps, _ = _mpl()
+    v = scale or limit(relevance_map)
+    shown = _masked(relevance_map, threshold, v)
+    return colormaps[CMAP]((np.clip(shown / v, -1, 1) + 1) / 2)[..., :3]
+
+
+def _masked(relevance_map: np.ndarray, threshold: float | None, scale: float) -> np.ndarray:
+    relevance_map = np.asarray(relevance_map, dtype=np.float64)
+    return np.where(np.abs(relevance_map) >= (threshold or 0) * scale, relevance_map, 0.0)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    return image if image.ndim == 2 else image[..., :3] @ np.array([0.299, 0.587, 0.114])
+
+
+def overlay_rgb(image: np.ndarray, relevance_map: np.ndarray, threshold: float | None = None,
+                scale: float | None = None, dim: bool = True) -> np.ndarray:
+    """The input in gray (dimmed unless `dim` is False), with the heatmap laid over it; opacity grows with |R|."""
+    v = scale or limit(relevance_map)
+    alpha = np.clip(np.abs(_masked(relevance_map, threshold, v)) / v, 0, 1)[..., None] ** 0.5
+    gray = np.clip(_gray(image), 0, 1)
+    base = np.repeat((0.25 + 0.5 * gray if dim else gray)[..., None], 3, axis=-1)
+    return (1 - alpha) * base + alpha * heatmap_rgb(relevance_map, threshold, v)
+
+
+def image_panel_boxes(height: int, width: int, panels: int = 3):
+    """([axes rectangle in figure fractions per panel], (figure width, height) in inches): a fixed layout,
+    so that a reader (or a test) can find each panel in the PNG."""
+    panel_w, panel_h = PANEL_INCHES, PANEL_INCHES * height / width
+    fig_w, fig_h = panel_w * panels + 0.2 * (panels + 1) + 0.5, panel_h + TITLE_INCHES + 0.2
+    return [((0.2 + i * (panel_w + 0.2)) / fig_w, 0.1 / fig_h, panel_w / fig_w, panel_h / fig_h)
+            for i in range(panels)], (fig_w, fig_h)
+
+
+def read_panel(png: str | os.PathLike, height: int, width: int, panel: int) -> np.ndarray:
+    """RGB pixels in [0, 1] of image panel `panel` (0 input, 1 heatmap, 2 overlay) of a PNG that `image_figure`
+    wrote for an HxW map: the panel's box, frame included."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    left, bottom, w, h = image_panel_boxes(height, width)[0][panel]
+    rows, cols = pixels.shape[:2]
+    top_px, left_px = int(round((1 - bottom - h) * rows)), int(round(left * cols))
+    return pixels[top_px: top_px + int(round(h * rows)), left_px: left_px + int(round(w * cols))]
+
+
+def _show(ax, picture, title: str, **kwargs):
+    ax.imshow(picture, interpolation="nearest", **kwargs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+def image_figure(image: np.ndarray, relevance_map: np.ndarray, *, title: str = "",
+                 threshold: float | None = None):
+    """input | heatmap | overlay, with a colour bar for the heatmap's symmetric scale."""
+    _, Figure = _mpl()
+    image, relevance_map = np.asarray(image), np.asarray(relevance_map, dtype=np.float64)
+    boxes, size = image_panel_boxes(*relevance_map.shape)
+    fig = Figure(figsize=size, dpi=DPI)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / size[1], va="top")
+    v = limit(relevance_map)
+    axes = [fig.add_axes(box) for box in boxes]
+    _show(axes[0], image, "input", cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+    shown = apply_threshold(relevance_map, threshold)
+    _show(axes[1], shown, "relevance" + (f" (|R| ≥ {threshold:.0%} of max)" if threshold else ""),
+                    cmap=CMAP, vmin=-v, vmax=v)
+    _show(axes[2], overlay_rgb(image, relevance_map, threshold), "overlay")
+    bar = fig.add_axes((boxes[2][0] + boxes[2][2] + 0.04 / size[0], boxes[2][1], 0.12 / size[0], boxes[2][3]))
+    fig.colorbar(axes[1].images[0], cax=bar)
+    bar.tick_params(labelsize=7)
+    return fig
+
+
+def slice_indices(relevance: np.ndarray, axis: int, count: int) -> list[int]:
+    """`count` slices along `axis`, evenly spread over the range where relevance is non-zero (else the volume)."""
+    other = tuple(a for a in range(relevance.ndim) if a != axis)
+    mass = np.abs(relevance).sum(axis=other)
+    nonzero = np.flatnonzero(mass > 0)
+    low, high = (nonzero[0], nonzero[-1]) if len(nonzero) else (0, relevance.shape[axis] - 1)
+    return sorted(set(np.linspace(low, high, min(count, high - low + 1)).round().astype(int).tolist()))
+
+
+def montage_figure(volume: np.ndarray, relevance: np.ndarray, *, axis: int = 0, slices: int = 8,
+                   title: str = "", threshold: float | None = None):
+    """Two rows of slices along `axis`: overlay on the volume, and on the volume in reversed colours.
+    Colours and the threshold are relative to the whole volume's max |R|, so slices compare."""
+    _, Figure = _mpl()
+    volume, relevance = np.asarray(volume, dtype=np.float64), np.asarray(relevance, dtype=np.float64)
+    low, high = np.percentile(volume, [1, 99]) if volume.size else (0.0, 1.0)
+    scaled = np.clip((volume - low) / (high - low if high > low else 1.0), 0, 1)
+    picks = slice_indices(relevance, axis, slices)
+    v = limit(relevance)
+    height, width = np.rot90(np.take(scaled, picks[0], axis=axis)).shape
+    panel = 1.7
+    fig = Figure(figsize=(panel * len(picks) + 0.3, 2 * panel * height / width + 0.8), dpi=DPI)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    grid = fig.subplots(2, len(picks), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.85 if title else 0.92, wspace=0.05, hspace=0.12)
+    for column, index in enumerate(picks):
+        image = np.rot90(np.take(scaled, index, axis=axis))
+        rel = np.rot90(np.take(relevance, index, axis=axis))
+        for row, base in enumerate((image, 1 - image)):
+            _show(grid[row][column], overlay_rgb(base, rel, threshold, scale=v, dim=False),
+                  f"slice {index}" if row == 0 else "")
+    return fig
+
+
+def bar_figure(relevance: np.ndarray, *, names: list[str] | None = None, top: int = 20, title: str = ""):
+    """Horizontal bars of the `top` features by |relevance|, largest first; red for, blue against."""
+    _, Figure = _mpl()
+    relevance = np.asarray(relevance, dtype=np.float64).reshape(-1)
+    order = np.argsort(-np.abs(relevance), kind="stable")[:top]
+    labels = [names[i] if names and i < len(names) else f"feature {i}" for i in order]
+    fig = Figure(figsize=(6, 0.28 * len(order) + 1.2), dpi=DPI)
+    ax = fig.add_subplot()
+    values = relevance[order]
+    ax.barh(range(len(order)), values, color=["#d62728" if r > 0 else "#1f5fd6" for r in values])
+    ax.set_yticks(range(len(order)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("relevance")
+    ax.set_title(title or f"top {len(order)} features by |relevance|", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def method_grid(images: list[np.ndarray], maps: list[list[np.ndarray]], *, row_titles: list[str],
+                column_titles: list[str], threshold: float | None = None):
+    """Rows of samples, columns: the input then one heatmap per method (each scaled to its own max |R|)."""
+    _, Figure = _mpl()
+    rows, columns = len(images), 1 + len(column_titles)
+    fig = Figure(figsize=(1.6 * columns, 1.6 * rows + 0.3), dpi=DPI)
+    grid = fig.subplots(rows, columns, squeeze=False)
+    for r, (image, row_maps) in enumerate(zip(images, maps)):
+        _show(grid[r][0], image, "input" if r == 0 else "", cmap="gray" if np.ndim(image) == 2 else None,
+              vmin=0, vmax=1)
+        grid[r][0].set_ylabel(row_titles[r], fontsize=9)
+        for c, relevance_map in enumerate(row_maps, start=1):
+            _show(grid[r][c], heatmap_rgb(relevance_map, threshold), column_titles[c - 1] if r == 0 else "")
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.93, wspace=0.05, hspace=0.08)
+    return fig
+
+
+def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: str = "",
+                  threshold: float | None = None, volume: np.ndarray | None = None, slice_axis: int = 0):
+    """The picture of one explained input (no batch axis): a slice montage for volumes (`volume`: the full input
+    volume when it came from a NIfTI file), input | heatmap | overlay for images, else bars of the top features."""
+    from .errors import OnnxplainError
+    from .io.nifti import is_volume_input, sample_to_volume
+
+    if volume is not None or is_volume_input(model):
+        shown = volume if volume is not None else sample_to_volume(sample, model)
+        if not 0 <= slice_axis < 3:
+            raise OnnxplainError(f"--slice-axis must be 0, 1 or 2, got {slice_axis}")
+        return montage_figure(shown, sample_to_volume(relevance, model, shown.shape), axis=slice_axis,
+                              title=title, threshold=threshold)
+    spec = model.preprocess
+    if spec is not None and (spec.layout != "flat" or spec.size is not None):
+        try:
+            image, relevance_map = spec.tensor_to_image(sample), spec.relevance_to_map(relevance)
+        except ValueError:
+            raise OnnxplainError(f"the preprocessing spec ({spec.layout}, size {spec.size}) does not fit an input "
+                                 f"of shape {tuple(np.shape(sample))}") from None
+        return image_figure(image, relevance_map, title=title, threshold=threshold)
+    return bar_figure(relevance, title=title)
+
+
+def save_png(fig, path: str | os.PathLike) -> Path:
+    """Write a figure as PNG (the format is fixed, whatever the file name says)."""
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=DPI)
+    return path

@@ -1,0 +1,220 @@
+"""Converters: round trips checked with plain onnxruntime (not through the code under test), metadata, dynamic
+batch, refusal to write a model that does not match, and the CLI's trust rules (pickles, state_dicts)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+import onnxplain
+from onnxplain.cli.main import cli
+from onnxplain.converters import convert_keras, convert_pytorch, convert_sklearn
+from onnxplain.errors import OnnxplainError
+from onnxplain.io.preprocess import LABELS_KEY, METADATA_KEY
+
+torch = pytest.importorskip("torch")
+
+SPEC = {"layout": "NCHW", "size": [6, 6], "color": "gray"}
+NET_SOURCE = """
+import torch
+
+def make():
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(2 * 4 * 4, 3))
+"""
+
+
+def ort_run(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def small_net():
+    torch.manual_seed(0)
+    namespace = {}
+    exec(NET_SOURCE, namespace)
+    return namespace["make"]().eval()
+
+
+def test_pytorch_round_trip_with_dynamic_batch_and_metadata(tmp_path):
+    net = small_net()
+    report = convert_pytorch(net, tmp_path / "net.onnx", input_shape=(1, 6, 6), opset=17, input_name="image",
+                             output_name="logits", preprocess=SPEC, labels=["a", "b", "c"])
+    assert report.max_abs_diff < 1e-5 and report.score_kind == "logits"
+    proto = onnx.load(tmp_path / "net.onnx")
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
+    assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 17
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta[LABELS_KEY]) == ["a", "b", "c"] and json.loads(meta[METADATA_KEY])["size"] == [6, 6]
+    x = np.random.default_rng(3).random((5, 1, 6, 6), dtype=np.float32)  # a batch size the export never saw
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ort_run(tmp_path / "net.onnx", x)[0], expected, rtol=1e-5, atol=1e-5)
+    assert onnxplain.load(tmp_path / "net.onnx").labels == ["a", "b", "c"]
+
+
+class SignBranch(torch.nn.Module):
+    """Python control flow on the data: an exporter that traces one branch gives a model that is wrong elsewhere."""
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        if bool(flat.sum() > 0):
+            return torch.stack([flat.sum(1), -flat.sum(1)], 1)
+        return torch.stack([-flat.sum(1), flat.sum(1)], 1)
+
+
+def test_pytorch_mismatch_is_refused_and_nothing_is_written(tmp_path):
+    samples = np.array([[1.0, 2.0], [-3.0, -1.0], [-2.0, -2.0]], dtype=np.float32)
+    with pytest.raises(OnnxplainError, match="differs from the source model"):
+        convert_pytorch(SignBranch(), tmp_path / "bad.onnx", samples=samples)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
+@pytest.mark.parametrize("zipmap", [False, True])
+def test_sklearn_pipeline_round_trip(tmp_path, digits, zipmap):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = digits
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(X[:500], y[:500])
+    report = convert_sklearn(classifier, tmp_path / "lr.onnx", samples=X[500:540], zipmap=zipmap)
+    assert report.max_abs_diff < 1e-4
+    outputs = ort_run(tmp_path / "lr.onnx", X[540:560].astype(np.float32))
+    probabilities = outputs[1]
+    if zipmap:
+        assert isinstance(probabilities, list)  # ZipMap: a list of {class: probability}
+        probabilities = np.array([[row[c] for c in range(10)] for row in probabilities])
+    else:
+        assert isinstance(probabilities, np.ndarray) and probabilities.shape == (20, 10)
+    np.testing.assert_allclose(probabilities, classifier.predict_proba(X[540:560]), atol=1e-4)
+    np.testing.assert_array_equal(outputs[0], classifier.predict(X[540:560]))
+    model = onnxplain.load(tmp_path / "lr.onnx")
+    assert model.score_kind == "probabilities" and model.labels == [str(c) for c in range(10)]
+
+
+def test_sklearn_string_classes_become_labels(tmp_path, digits):
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = digits
+    names = np.array(["even", "odd"])[y % 2]
+    tree = DecisionTreeClassifier(max_depth=4, random_state=0).fit(X, names)
+    convert_sklearn(tree, tmp_path / "tree.onnx", samples=X[:50])
+    assert onnxplain.load(tmp_path / "tree.onnx").labels == ["even", "odd"]
+    probabilities = ort_run(tmp_path / "tree.onnx", X[:50].astype(np.float32))[1]
+    np.testing.assert_allclose(probabilities, tree.predict_proba(X[:50]), atol=1e-6)
+
+
+def test_sklearn_regressor_is_refused(tmp_path, digits):
+    from sklearn.linear_model import LinearRegression
+
+    X, y = digits
+    with pytest.raises(OnnxplainError, match="predict_proba"):
+        convert_sklearn(LinearRegression().fit(X, y), tmp_path / "r.onnx")
+
+
+def test_keras_names_the_missing_package_when_absent(tmp_path, monkeypatch):
+    import onnxplain.converters.keras as keras_converter
+
+    monkeypatch.setattr(keras_converter, "installed", lambda name: False)  # as on a machine without them
+    with pytest.raises(OnnxplainError, match="tf2onnx"):
+        convert_keras(object(), tmp_path / "k.onnx", input_shape=(4,))
+    result = CliRunner().invoke(cli, ["convert", "keras", __file__, "--out", str(tmp_path / "k.onnx")])
+    assert result.exit_code == 2 and "tf2onnx" in result.stderr
+
+
+@pytest.fixture
+def keras():
+    from onnxplain.converters.keras import use_torch_backend_without_tensorflow
+
+    use_torch_backend_without_tensorflow()
+    return pytest.importorskip("keras")
+
+
+def test_keras_round_trip(tmp_path, keras):
+    network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"),
+                                keras.layers.Dense(3, activation="softmax")])
+    samples = np.random.default_rng(0).random((6, 5), dtype=np.float32)
+    report = convert_keras(network, tmp_path / "k.onnx", samples=samples)
+    assert report.max_abs_diff < 1e-4
+    more = np.random.default_rng(1).random((9, 5), dtype=np.float32)  # another batch size
+    np.testing.assert_allclose(ort_run(tmp_path / "k.onnx", more)[0], network.predict(more, verbose=0), atol=1e-5)
+
+
+def test_cli_keras_file(tmp_path, keras):
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    network.save(tmp_path / "m.keras")
+    result = invoke("convert", "keras", tmp_path / "m.keras", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(2).random((3, 4), dtype=np.float32)
+    np.testing.assert_allclose(ort_run(tmp_path / "m.onnx", x)[0], network.predict(x, verbose=0), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_sklearn_needs_trust_pickle(tmp_path, digits):
+    import joblib
+    from sklearn.naive_bayes import GaussianNB
+
+    X, y = digits
+    joblib.dump(GaussianNB().fit(X, y), tmp_path / "nb.pkl")
+    refused = invoke("convert", "sklearn", tmp_path / "nb.pkl", "--out", tmp_path / "nb.onnx")
+    assert refused.exit_code == 2 and "--trust-pickle" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "nb.onnx").exists()
+    np.save(tmp_path / "x.npy", X[:30].astype(np.float32))
+    done = invoke("convert", "sklearn", tmp_path / "nb.pkl", "--trust-pickle", "--samples", tmp_path / "x.npy",
+                  "--out", tmp_path / "nb.onnx")
+    assert done.exit_code == 0, done.output
+    assert "match the source model" in done.stdout and (tmp_path / "nb.onnx").exists()
+
+
+def test_cli_pytorch_factory_and_state_dict(tmp_path):
+    (tmp_path / "net.py").write_text(NET_SOURCE)
+    trained = small_net()
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "labels.txt").write_text("x\ny\nz\n")
+    result = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--weights", tmp_path / "w.pt",
+                    "--input-shape", "1,6,6", "--labels", tmp_path / "labels.txt", "--out", tmp_path / "n.onnx")
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(0).random((3, 1, 6, 6), dtype=np.float32)
+    with torch.no_grad():
+        expected = trained(torch.from_numpy(x)).numpy()  # the loaded weights, not make()'s fresh ones
+    np.testing.assert_allclose(ort_run(tmp_path / "n.onnx", x)[0], expected, rtol=1e-5, atol=1e-5)
+    assert onnxplain.load(tmp_path / "n.onnx").labels == ["x", "y", "z"]
+
+
+def test_cli_pytorch_refuses_pickled_objects_as_weights(tmp_path):
+    (tmp_path / "net.py").write_text(NET_SOURCE)
+    torch.save({"weights": SignBranch()}, tmp_path / "evil.pt")  # a pickled module object, not tensors
+    result = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--weights", tmp_path / "evil.pt",
+                    "--input-shape", "1,6,6", "--out", tmp_path / "n.onnx")
+    assert result.exit_code == 2 and "weights_only" in result.stderr
+    assert not (tmp_path / "n.onnx").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pytorch", "nofactory", "--input-shape", "3"], "MODULE:FACTORY"),
+    (["pytorch", "missing.py:make", "--input-shape", "3"], "not found"),
+    (["pytorch", "onnxplain.viz:limit", "--input-shape", "1,-2"], "--input-shape"),
+    (["pytorch", "onnxplain.viz:limit", "--input-shape", "1,2"], "limit() failed"),
+    (["sklearn", "missing.pkl", "--trust-pickle"], "not found"),
+])
+def test_cli_convert_bad_arguments(tmp_path, args, message):
+    result = invoke("convert", *args, "--out", tmp_path / "o.onnx")
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,212 @@
+"""Done-when 1 (example models and freshly exported torch nets): the torch executor reproduces onnxruntime,
+its gradients match torch autograd on the source net, and ops outside the registry fall back to onnx2torch."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.errors import OnnxplainError
+from onnxplain.executor import relative_error
+from onnxplain.lrp import LRP, unsupported_ops
+from onnxplain.targets import Target
+
+TOLERANCE = 1e-4
+SAMPLES = "models/samples"
+
+
+# ---------------------------------------------------------------- example models
+def _digits_cnn_in_torch(path):
+    """The example CNN written out in torch from its ONNX weights: an independent reference for gradients."""
+    w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(path).graph.initializer}
+
+    def net(x):
+        x = F.max_pool2d(F.relu(F.conv2d(x, w["0.weight"], w["0.bias"], padding=1)), 2)
+        x = F.max_pool2d(F.relu(F.conv2d(x, w["3.weight"], w["3.bias"], padding=1)), 2)
+        x = F.relu(F.linear(x.reshape(len(x), -1), w["7.weight"], w["7.bias"]))
+        return F.linear(x, w["9.weight"], w["9.bias"])
+    return net
+
+
+def test_digits_cnn_matches_onnxruntime(digits_cnn):
+    model = onnxplain.load(digits_cnn)
+    executor = model.torch()
+    assert executor.graph is not None and executor.logits_name == "logits"
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")
+    assert relative_error(executor(x).detach().numpy(), model.scores(x)) <= TOLERANCE
+    grad, values = executor.gradient(x[:8], Target(index=3))
+    np.testing.assert_allclose(values, model.logits(x[:8])[:, 3], rtol=1e-5)
+    source = torch.from_numpy(x[:8]).requires_grad_(True)
+    _digits_cnn_in_torch(digits_cnn)(source)[:, 3].sum().backward()
+    assert relative_error(grad, source.grad.numpy()) <= TOLERANCE
+
+
+def test_digits_logreg_matches_onnxruntime_and_its_gradient_is_the_coefficients(digits_logreg):
+    model = onnxplain.load(digits_logreg)
+    executor = model.torch()
+    x = np.load(digits_logreg.parent / "samples" / "digits_reference_logreg.npy")
+    assert relative_error(executor(x).detach().numpy(), model.scores(x)) <= TOLERANCE
+    # the raw (pre-softmax) scores are the explained logits: softmax of them gives the probabilities
+    logits = executor.logits(x).detach().double()
+    np.testing.assert_allclose(torch.softmax(logits, 1).numpy(), model.scores(x), rtol=1e-4, atol=1e-6)
+    node = next(n for n in onnx.load(digits_logreg).graph.node if n.op_type == "LinearClassifier")
+    coefficients = np.array(helper.get_attribute_value(next(a for a in node.attribute if a.name == "coefficients")))
+    grad, _ = executor.gradient(x[:3], Target(index=7))
+    np.testing.assert_allclose(grad, np.tile(coefficients.reshape(10, 64)[7], (3, 1)), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- nets exported from torch
+class SqueezeExcite(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.reduce, self.expand = torch.nn.Conv2d(channels, 4, 1), torch.nn.Conv2d(4, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+class ManyOps2d(torch.nn.Module):
+    """hard-swish (both spellings), squeeze-excitation, PReLU, LeakyReLU, ELU, Tanh, Sigmoid, Clip, Pad, pooling,
+    grouped and dilated convolutions, ConvTranspose, Split, Slice, Concat, BatchNorm, Gemm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.se = SqueezeExcite(8)
+        self.grouped = torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4)
+        self.prelu = torch.nn.PReLU(8)
+        self.up = torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
+        self.fc = torch.nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = F.hardswish(self.bn(self.conv1(x)))
+        x = x * torch.clamp(x + 3, 0, 6) / 6
+        x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1)), 2)
+        x = self.prelu(self.grouped(self.se(x)))
+        a, b = torch.split(x, 4, dim=1)
+        x = torch.cat([F.leaky_relu(a, 0.1), F.elu(b)], 1)
+        x = torch.clamp(x, 0, 6) + torch.tanh(x) + torch.sigmoid(x)
+        x = F.max_pool2d(x, 3, stride=1, padding=1)
+        x = self.up(x)[:, :, 1:5, 2:6]
+        return self.fc(x.flatten(1))
+
+
+class ManyOps1d(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv1d(2, 6, 5, stride=2, padding=2)
+        self.conv2 = torch.nn.Conv1d(6, 6, 3, groups=3, dilation=2)
+        self.fc = torch.nn.Linear(6 * 3, 4)
+
+    def forward(self, x):
+        x = F.relu6(self.conv1(x))
+        x = F.avg_pool1d(self.conv2(x), 2, count_include_pad=False)
+        x = F.max_pool1d(torch.sigmoid(x), 2, ceil_mode=True)
+        return self.fc(x.flatten(1))
+
+
+class ManyOps3d(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 4, 3, padding=1)
+        self.up = torch.nn.ConvTranspose3d(4, 2, 2, stride=2)
+        self.fc = torch.nn.Linear(2 * 4 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = F.max_pool3d(torch.tanh(self.conv(x)), 2)
+        return self.fc(F.silu(self.up(x)).flatten(1))
+
+
+NETS = {"2d": (ManyOps2d, (2, 3, 8, 8)), "1d": (ManyOps1d, (2, 2, 32)), "3d": (ManyOps3d, (2, 1, 4, 4, 4))}
+
+
+def _export(net, shape, path, dynamo: bool) -> None:
+    x = torch.rand(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=18, input_names=["x"],
+                              output_names=["y"], dynamic_shapes=({0: torch.export.Dim("N")},), verbose=False)
+        else:
+            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=13, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-opset18", "legacy-opset13"])
+@pytest.mark.parametrize("which", sorted(NETS))
+def test_exported_net(tmp_path, which, dynamo):
+    torch.manual_seed(0)
+    cls, shape = NETS[which]
+    net = cls().eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"{which}.onnx"
+    _export(net, shape, path, dynamo)
+    opset = next(o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == (18 if dynamo else 13)
+    model = onnxplain.load(path)
+    executor = model.torch()
+    assert executor.graph is not None, executor.problem  # the registry ran it, not the fallback
+    x = torch.rand((5,) + shape[1:], generator=torch.Generator().manual_seed(1))
+    ours = executor(x.numpy()).detach().numpy()
+    assert relative_error(ours, model.scores(x.numpy())) <= TOLERANCE
+    assert relative_error(ours, net(x).detach().numpy()) <= TOLERANCE
+    grad, values = executor.gradient(x.numpy(), Target(index=1))
+    source = x.clone().requires_grad_(True)
+    net(source)[:, 1].sum().backward()
+    assert relative_error(grad, source.grad.numpy()) <= TOLERANCE
+    # LRP passes every op of these nets (gates, hard-swish, ConvTranspose, ...) and conserves relevance
+    assert unsupported_ops(model) == []
+    explanation = LRP(progress=False).explain(model, x.numpy())
+    assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+
+
+# ---------------------------------------------------------------- fallback and errors
+def _single_op_model(path, op_type: str, **attributes) -> None:
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    inputs, extra = ["x"], []
+    if op_type == "InstanceNormalization":
+        extra = [numpy_helper.from_array(np.ones(1, np.float32), "s"),
+                 numpy_helper.from_array(np.zeros(1, np.float32), "b")]
+        inputs = ["x3", "s", "b"]
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis"], ["x3"]),
+             helper.make_node(op_type, inputs, ["h"], name="the_node", **attributes),
+             helper.make_node("Flatten", ["h"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w"], ["logits"])]
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                              [weight, axis] + extra)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_op_outside_registry_falls_back_to_onnx2torch(tmp_path):
+    path = tmp_path / "instnorm.onnx"
+    _single_op_model(path, "InstanceNormalization")
+    model = onnxplain.load(path)
+    executor = model.torch()
+    assert executor.graph is None and "InstanceNormalization (the_node)" in executor.problem
+    x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    assert relative_error(executor(x).detach().numpy(), model.scores(x)) <= TOLERANCE
+    grad, _ = executor.gradient(x, Target(index=0))
+    assert grad.shape == x.shape and np.isfinite(grad).all()
+    assert unsupported_ops(model) and "InstanceNormalization" in unsupported_ops(model)[0]
+
+
+def test_op_nobody_supports_is_named_in_the_error(tmp_path):
+    path = tmp_path / "shrink.onnx"
+    _single_op_model(path, "Shrink", lambd=0.5)
+    model = onnxplain.load(path)
+    with pytest.raises(OnnxplainError, match=r"Shrink \(the_node\)"):
+        model.torch()

@@ -1,0 +1,66 @@
+"""`onnxplain explain --method lrp|deep-taylor` from the command line: files, JSON, and user errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+import onnxplain
+from onnxplain.cli.main import cli
+from onnxplain.lrp import LRP, DeepTaylor
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_lrp_composite_rule_npy_and_json(digits_cnn, tmp_path):
+    sample = digits_cnn.parent / "samples" / "digit3_cnn.npy"
+    out = tmp_path / "relevance.npy"
+    result = run("explain", digits_cnn, sample, "--method", "lrp", "--composite", "epsilon-gamma-box",
+                 "--rule", "Gemm=epsilon:0.25", "--rule", "node_conv2d_1=alpha2beta1", "--save-npy", out, "--json",
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = np.load(out)
+    assert saved.shape == (1, 28, 28)  # the input's own shape: no batch axis
+    model = onnxplain.load(digits_cnn)
+    expected = LRP("epsilon-gamma-box", rules={"Gemm": "epsilon:0.25", "node_conv2d_1": "alpha2beta1"},
+                   progress=False).explain(model, np.load(sample)[None])
+    np.testing.assert_allclose(saved, expected.relevance[0], rtol=1e-6, atol=1e-9)
+    (entry,) = json.loads(result.stdout)
+    assert entry["method"] == "lrp" and entry["target"]["index"] == 3
+    assert abs(entry["score"] - model.logits(np.load(sample)[None])[0, 3]) < 1e-4
+    assert abs(entry["relevance_sum"] - saved.sum()) < 1e-3
+    rules = {layer["node"]: layer["rule"] for layer in entry["diagnostics"]["layers"]}
+    assert rules == {"node_conv2d": "zb", "node_conv2d_1": "alphabeta", "node_linear": "epsilon",
+                     "node_linear_1": "epsilon"}
+
+
+def test_deep_taylor_on_the_logistic_regression(digits_logreg, tmp_path):
+    sample = digits_logreg.parent / "samples" / "digit7_logreg.npy"
+    out = tmp_path / "dt.npy"
+    result = run("explain", digits_logreg, sample, "--method", "deep-taylor", "--target", "7", "--save-npy", out,
+                 "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = np.load(out)
+    assert saved.shape == (64,)
+    model = onnxplain.load(digits_logreg)
+    expected = DeepTaylor(progress=False).explain(model, np.load(sample)[None], onnxplain.targets.Target(index=7))
+    np.testing.assert_allclose(saved, expected.relevance[0], rtol=1e-6)
+    (entry,) = json.loads(result.stdout)
+    raw = model.torch().logits(np.load(sample)[None])[0, 7].item()
+    assert abs(entry["score"] - raw) < 1e-4  # relevance starts at the raw score under the softmax
+    assert entry["diagnostics"]["layers"][0]["rule"] == "zb"
+    assert abs(entry["diagnostics"]["conservation_error"]) < 1e-5
+
+
+def test_lrp_user_errors_exit_2(digits_cnn):
+    sample = digits_cnn.parent / "samples" / "digit3_cnn.npy"
+    for extra, message in ((["--rule", "Conv=magic"], "unknown LRP rule"),
+                           (["--rule", "nothing*=epsilon"], "matches no"),
+                           (["--composite", "nope"], "unknown composite")):
+        result = run("explain", digits_cnn, sample, "--method", "lrp", "--quiet", *extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = run("explain", digits_cnn, sample, "--method", "deep-taylor", "--composite", "lrp-0", "--quiet")
+    assert result.exit_code == 2 and "--composite" in result.output

@@ -1,0 +1,208 @@
+"""Each rule against its formula written out in numpy; gates; zero-bias conservation; overrides and errors."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.errors import OnnxplainError
+from onnxplain.lrp import LRP, DeepTaylor, unsupported_ops
+
+STAB = 1e-6
+
+
+def _dense_model(path, layers: list[tuple[np.ndarray, np.ndarray]], gate: bool = False) -> onnxplain.Model:
+    """x -> Gemm (-> Relu -> Gemm ...) -> logits; with `gate`, h * sigmoid(Gemm(h)) after the first layer."""
+    nodes, inits, current = [], [], "x"
+    for i, (weight, bias) in enumerate(layers):
+        inits += [numpy_helper.from_array(weight.astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(bias.astype(np.float32), f"b{i}")]
+        out = "logits" if i == len(layers) - 1 else f"z{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out], name=f"dense{i}", transB=1))
+        current = out
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"h{i}"], name=f"relu{i}"))
+            current = f"h{i}"
+            if gate and i == 0:
+                size = weight.shape[0]
+                inits += [numpy_helper.from_array(np.eye(size, dtype=np.float32)[::-1] * 2, "wg"),
+                          numpy_helper.from_array(np.zeros(size, np.float32), "bg")]
+                nodes += [helper.make_node("Gemm", [current, "wg", "bg"], ["gz"], name="gate_dense", transB=1),
+                          helper.make_node("Sigmoid", ["gz"], ["g"], name="gate"),
+                          helper.make_node("Mul", [current, "g"], ["gated"], name="product")]
+                current = "gated"
+    features = layers[0][0].shape[1]
+    classes = layers[-1][0].shape[0]
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return onnxplain.load(path)
+
+
+def _stab(z):
+    return z + STAB * np.where(z >= 0, 1.0, -1.0)
+
+
+def reference(rule: str, x, w, b, relevance, low=-1.0, high=1.0):
+    """R_i for one dense layer y = x w^T + b, output relevance (N, K): the rules' formulas in numpy."""
+    xp, xn, wp, wn = np.maximum(x, 0), np.minimum(x, 0), np.maximum(w, 0), np.minimum(w, 0)
+    contributions = x[:, None, :] * w[None]                                  # (N, K, F)
+    z = contributions.sum(2) + b
+    if rule in ("z", "epsilon"):
+        eps = STAB if rule == "z" else 0.5
+        denominator = z + eps * np.where(z >= 0, 1.0, -1.0)
+        return (contributions * (relevance / denominator)[:, :, None]).sum(1)
+    positive = xp[:, None, :] * wp[None] + xn[:, None, :] * wn[None]
+    negative = xp[:, None, :] * wn[None] + xn[:, None, :] * wp[None]
+    if rule == "zplus":
+        return (positive * (relevance / _stab(positive.sum(2) + np.maximum(b, 0)))[:, :, None]).sum(1)
+    if rule == "alpha3beta2":
+        up = positive * (relevance / _stab(positive.sum(2) + np.maximum(b, 0)))[:, :, None]
+        down = negative * (relevance / _stab(negative.sum(2) + np.minimum(b, 0)))[:, :, None]
+        return (3 * up - 2 * down).sum(1)
+    if rule == "gamma":
+        g = 0.25
+        up = xp[:, None, :] * (w + g * wp)[None] + xn[:, None, :] * (w + g * wn)[None]
+        down = xp[:, None, :] * (w + g * wn)[None] + xn[:, None, :] * (w + g * wp)[None]
+        up_z = up.sum(2) + b + g * np.maximum(b, 0)
+        down_z = down.sum(2) + b + g * np.minimum(b, 0)
+        share = np.where((z > 0)[:, :, None], up / _stab(up_z)[:, :, None], 0) + \
+            np.where((z < 0)[:, :, None], down / _stab(down_z)[:, :, None], 0)
+        return (share * relevance[:, :, None]).sum(1)
+    if rule == "zb":
+        q = contributions - low * wp[None] - high * wn[None]
+        return (q * (relevance / _stab(q.sum(2)))[:, :, None]).sum(1)
+    if rule in ("w2", "flat"):
+        q = np.broadcast_to((w ** 2 if rule == "w2" else np.ones_like(w))[None], contributions.shape)
+        return (q * (relevance / _stab(q.sum(2)))[:, :, None]).sum(1)
+    raise ValueError(rule)
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(5, 6)), rng.normal(size=5) * 0.5
+    model = _dense_model(tmp_path_factory.mktemp("dense") / "dense.onnx", [(w, b)])
+    x = rng.uniform(-1, 1, size=(7, 6)).astype(np.float32)
+    return model, x, w.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("rule, spec", [("z", "z"), ("epsilon", "epsilon:0.5"), ("zplus", "zplus"),
+                                        ("alpha3beta2", "alphabeta:3,2"), ("gamma", "gamma"), ("zb", "zb"),
+                                        ("w2", "w2"), ("flat", "flat")])
+def test_rule_matches_its_formula(dense, rule, spec):
+    model, x, w, b = dense
+    explanation = LRP("lrp-0", rules={"Gemm": spec}, low=-1.0, high=1.0, progress=False).explain(model, x)
+    logits = x.astype(np.float64) @ w.T + b
+    top = logits.argmax(1)
+    relevance = np.zeros_like(logits)
+    relevance[np.arange(len(x)), top] = logits[np.arange(len(x)), top]
+    expected = reference(rule, x.astype(np.float64), w, b, relevance)
+    np.testing.assert_allclose(explanation.relevance, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+
+
+def test_gate_holds_the_gate_constant(tmp_path):
+    rng = np.random.default_rng(1)
+    w0, b0, w1, b1 = rng.normal(size=(4, 3)), rng.normal(size=4) * 0.1, rng.normal(size=(2, 4)), rng.normal(size=2)
+    model = _dense_model(tmp_path / "gated.onnx", [(w0, b0), (w1, b1)], gate=True)
+    assert unsupported_ops(model) == []
+    x = rng.uniform(0, 1, size=(5, 3)).astype(np.float32)
+    explanation = LRP("lrp-0", progress=False).explain(model, x)
+    x64 = x.astype(np.float64)
+    h = np.maximum(x64 @ w0.T + b0, 0)
+    gated = h * (1 / (1 + np.exp(-(h @ (np.eye(4)[::-1] * 2).T))))
+    logits = gated @ w1.T + b1
+    top = logits.argmax(1)
+    relevance = np.zeros_like(logits)
+    relevance[np.arange(5), top] = logits[np.arange(5), top]
+    at_signal = reference("z", gated, w1, b1, relevance)            # relevance of the product = of the signal h
+    expected = reference("z", x64, w0, b0, at_signal)               # the gate's own branch receives nothing
+    np.testing.assert_allclose(explanation.relevance, expected, rtol=1e-4, atol=1e-6)
+
+
+def _zero_biases(source, target) -> onnxplain.Model:
+    model = onnx.load(source)
+    for tensor in model.graph.initializer:
+        if tensor.name.endswith("bias"):
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(tensor)), tensor.name))
+    onnx.save(model, target)
+    return onnxplain.load(target)
+
+
+@pytest.mark.parametrize("rule", ["z", "zplus", "alpha2beta1", "alphabeta:3,2", "w2", "flat"])
+def test_conservative_rules_conserve_exactly_without_biases(digits_cnn, tmp_path, rule):
+    """With zero biases only the stabiliser can absorb relevance; made negligible here (1e-9), the input
+    relevance alone sums to f(x). (With the default 1e-6 the ledger reports the stabiliser's share.)"""
+    model = _zero_biases(digits_cnn, tmp_path / "nobias.onnx")
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:20]
+    first = {"node_conv2d": "zb"} if rule == "z" else {}
+    explanation = LRP("lrp-0", rules={"Conv": rule, "Gemm": rule, **first}, stabilizer=1e-9,
+                      progress=False).explain(model, x)
+    total = explanation.relevance.reshape(len(x), -1).sum(1)
+    np.testing.assert_allclose(total, explanation.score, rtol=1e-5)
+    assert np.abs(explanation.diagnostics["bias_relevance"]).max() == 0
+
+
+def test_deep_taylor_gives_no_negative_relevance_on_a_relu_net(digits_cnn):
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")
+    explanation = DeepTaylor(progress=False).explain(model, x)
+    assert (explanation.score > 0).all()
+    assert explanation.relevance.min() >= 0 and explanation.relevance.max() > 0
+    assert max(explanation.diagnostics["negative_fraction"]) == 0
+    rules = {layer["rule"] for layer in explanation.diagnostics["layers"][0]}
+    assert rules == {"zb", "zplus"}
+    # the same net explained by epsilon-alpha2-beta1 does have negative relevance (the statistic can fail)
+    contrast = LRP("epsilon-alpha2-beta1", progress=False).explain(model, x[:10])
+    assert max(contrast.diagnostics["negative_fraction"]) > 0
+
+
+def test_deep_taylor_without_bounds_uses_w2(tmp_path):
+    rng = np.random.default_rng(2)
+    model = _dense_model(tmp_path / "mlp.onnx", [(rng.normal(size=(4, 3)), np.zeros(4)), (rng.normal(size=(2, 4)),
+                                                                                           np.zeros(2))])
+    assert model.preprocess is None
+    explanation = DeepTaylor(progress=False).explain(model, rng.uniform(size=(3, 3)).astype(np.float32))
+    assert [layer["rule"] for layer in explanation.diagnostics["layers"][0]] == ["w2", "zplus"]
+
+
+def test_overrides_by_op_type_and_name_glob(digits_cnn):
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:5]
+    plus = LRP("epsilon-plus", progress=False).explain(model, x).relevance
+    by_type = LRP("lrp-0", rules={"Conv": "zplus", "Gemm": "epsilon"}, progress=False).explain(model, x).relevance
+    np.testing.assert_array_equal(plus, by_type)
+    flat = LRP("epsilon-plus-flat", progress=False).explain(model, x).relevance
+    by_name = LRP("epsilon-plus", rules={"node_conv2d": "flat"}, progress=False).explain(model, x).relevance
+    np.testing.assert_array_equal(flat, by_name)
+    assert not np.allclose(plus, flat)
+    glob = LRP("epsilon-plus", rules={"node_conv2d*": "epsilon"}, progress=False).explain(model, x)
+    assert {layer["rule"] for layer in glob.diagnostics["layers"][0] if layer["op"] == "Conv"} == {"epsilon"}
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(composite="nope"), "unknown composite"),
+    (dict(rules={"Conv": "magic"}), "unknown LRP rule"),
+    (dict(rules={"Conv": "alphabeta:2,2"}), "alpha - beta = 1"),
+])
+def test_bad_parameters_are_user_errors(params, message):
+    with pytest.raises(OnnxplainError, match=message):
+        LRP(**params)
+
+
+@pytest.mark.parametrize("rules, message", [
+    ({"no_such_node": "epsilon"}, "matches no"),
+    ({"Relu": "epsilon"}, "does not apply"),
+    ({"node_linear_1": "zb"}, "first layers"),
+    ({"Gemm": "pass"}, "input's shape"),
+])
+def test_rules_that_cannot_apply_are_user_errors(digits_cnn, rules, message):
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:2]
+    with pytest.raises(OnnxplainError, match=message):
+        LRP(rules=rules, progress=False).explain(model, x)

@@ -1,0 +1,110 @@
+"""`onnxplain explain --method pda` from the command line: images, hidden-layer targets, NIfTI volumes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.cli.main import cli
+from onnxplain.methods.pda import PredictionDifference
+from onnxplain.targets import Target
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_pda_conditional_matches_the_library(digits_cnn, tmp_path):
+    samples = digits_cnn.parent / "samples"
+    reference = samples / "digits_reference_cnn.npy"
+    out = tmp_path / "relevance.npy"
+    result = run("explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "pda", "--window", 4, "--padding", 2,
+                 "--samples", 5, "--sampler", "conditional", "--reference", reference, "--stride", 2, "--seed", 7,
+                 "--save-npy", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["method"] == "pda" and row["target"]["index"] == 3
+    assert row["diagnostics"]["windows"] == 13 * 13 and row["diagnostics"]["samples_per_window"] == 5
+    assert row["options"]["sampler"] == "conditional" and row["options"]["seed"] == 7
+    saved = np.load(out)
+    model = onnxplain.load(digits_cnn)
+    expected = PredictionDifference(window=4, padding=2, samples=5, sampler="conditional", stride=2, seed=7,
+                                    reference=np.load(reference), progress=False).explain(
+        model, np.load(samples / "digit3_cnn.npy")[None])
+    assert saved.shape == (1, 28, 28)
+    np.testing.assert_allclose(saved, expected.relevance[0], atol=1e-6)
+
+
+def test_cli_pda_hidden_layer_and_marginal(digits_cnn):
+    samples = digits_cnn.parent / "samples"
+    result = run("explain", digits_cnn, samples / "digit7_cnn.npy", "--method", "pda", "--sampler", "marginal",
+                 "--reference", samples / "digits_reference_cnn.npy", "--layer", "relu_1", "--target", 2,
+                 "--window", 5, "--stride", 3, "--samples", 4, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["target"] == {"layer": "relu_1"} and row["diagnostics"]["score"] == "activation difference"
+
+
+def test_cli_pda_user_errors(digits_cnn):
+    sample = digits_cnn.parent / "samples" / "digit3_cnn.npy"
+    result = run("explain", digits_cnn, sample, "--method", "pda")
+    assert result.exit_code == 2 and "reference" in result.output
+    result = run("explain", digits_cnn, sample, "--method", "pda", "--reference",
+                 digits_cnn.parent / "samples" / "digits_reference_logreg.npy")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def volume_model(path, crop, weights):
+    """A flat logistic regression over a cropped volume, with the crop stored as its preprocessing spec."""
+    features = weights.size
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1)], "vlr",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, features])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 2])],
+        [numpy_helper.from_array(np.stack([-weights, weights], axis=1).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    spec = {"layout": "flat", "color": "gray", "scale": 1.0, "crop": crop}
+    model.metadata_props.add(key="onnxplain.preprocess", value=json.dumps(spec))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_cli_pda_on_a_nifti_volume_writes_a_relevance_volume(tmp_path):
+    import nibabel
+
+    rng = np.random.default_rng(0)
+    full, crop = (8, 7, 5), [[1, 7], [0, 7], [0, 5]]
+    box = (6, 7, 5)
+    weights = np.zeros(box)
+    weights[2:4, 3:5, 1:3] = 2.0
+    model_path = volume_model(tmp_path / "vlr.onnx", crop, weights.reshape(-1))
+    volume = rng.random(full).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nibabel.save(nibabel.Nifti1Image(volume, affine), str(tmp_path / "scan.nii.gz"))
+    reference = rng.random((9, *box)).astype(np.float32).reshape(9, -1)
+    np.save(tmp_path / "reference.npy", reference)
+    result = run("explain", model_path, tmp_path / "scan.nii.gz", "--method", "pda", "--sampler", "marginal",
+                 "--window", 2, "--samples", 9, "--reference", tmp_path / "reference.npy",
+                 "--save-npy", tmp_path / "r.npy", "--out", tmp_path / "scan.png", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["diagnostics"]["window"] == [2, 2, 2] and row["diagnostics"]["windows"] == 5 * 6 * 4
+    flat = volume[1:7].reshape(1, -1)
+    expected = PredictionDifference(window=2, sampler="marginal", samples=9, reference=reference,
+                                    progress=False).explain(onnxplain.load(model_path), flat, Target())
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), expected.relevance[0], atol=1e-6)
+    written = nibabel.load(str(tmp_path / "scan_relevance.nii.gz"))
+    assert written.shape == full
+    np.testing.assert_allclose(written.get_fdata()[1:7], expected.relevance[0].reshape(box), atol=1e-6)
+    relevance = expected.relevance[0].reshape(box)
+    assert np.abs(relevance[2:4, 3:5, 1:3]).mean() > np.abs(relevance).mean()   # the weighted block matters

@@ -43,7 +43,8 @@ import torch
 import torch.nn as nn
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
+from readme_section import README, write_section  # noqa: E402  (benchmarks/ is on sys.path)
+
 BEGIN, END = "<!-- benchmarks/lrp.py: begin -->", "<!-- benchmarks/lrp.py: end -->"
 INPUT_SHAPE = (3, 64, 64)
 CLASSES = 10
@@ -319,17 +320,6 @@ def section(rows: list[dict], profiles: list[dict], command: str, threads: int, 
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace this script's section of benchmarks/README.md (between its markers), or append it."""
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    README.write_text(current)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per case (default 15)")
@@ -345,7 +335,7 @@ def main(argv=None) -> None:
     print(PROFILE_HEADER, *map(format_profile, profiles), sep="\n")
     if not args.no_write:
         command = "python benchmarks/lrp.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(section(rows, profiles, command.strip(), args.threads, args.repeats))
+        write_section(section(rows, profiles, command.strip(), args.threads, args.repeats), BEGIN, END)
         print(f"wrote the table to {README}")
 
 

@@ -23,7 +23,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-README = HERE / "README.md"
+from readme_section import README, write_section  # noqa: E402  (benchmarks/ is on sys.path)
+
 BEGIN, END = "<!-- benchmarks/pda.py: begin -->", "<!-- benchmarks/pda.py: end -->"
 sys.path.insert(0, str(ROOT))
 
@@ -146,16 +147,6 @@ def section(rows: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    README.write_text(current)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--squeezenet-stride", type=int, default=32, help="window stride on SqueezeNet (default 32)")
@@ -169,7 +160,7 @@ def main(argv=None) -> None:
         rows.append(squeezenet_case(args.squeezenet_stride))
     if not args.no_write:
         command = "python benchmarks/pda.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(section(rows, command.strip()))
+        write_section(section(rows, command.strip()), BEGIN, END)
         print(f"wrote the table to {README}")
 
 

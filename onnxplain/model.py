@@ -38,8 +38,8 @@ class Model:
         self.providers = providers or available_providers()
         self.notes: list[str] = []
         self.original = original
-        self.proto = self._normalise(original, verify)
         self._sessions: dict[tuple[str, ...], object] = {}
+        self.proto = self._normalise(original, verify)
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
         self.score_output, self.score_kind, self.score_reason, self.logits_output = self._find_scores()
         self.preprocess = self._preprocess_spec(preprocess)
@@ -47,33 +47,45 @@ class Model:
 
     # ---------------------------------------------------------------- normalisation
     def _normalise(self, original: onnx.ModelProto, verify: bool) -> onnx.ModelProto:
-        model = onnx.ModelProto()
-        model.CopyFrom(original)
-        model = normalize.drop_initializer_inputs(model)
-        model = normalize.unzip_classifier(model)
+        """Rewrite the graph with its large weights set aside (rewrites need shapes, not bytes), then check
+        the result against the original once, on the session later runs use."""
+        model = normalize.unzip_classifier(normalize.drop_initializer_inputs(_copy(original)))
+        weights = normalize.set_weights_aside(model)
         model, note = normalize.upgrade_opset(model)
         if note:
             self.notes.append(note)
         model = normalize.infer_shapes(model)
-        if verify:
-            self._verify_same_outputs(original, model)
         dynamic, changed = normalize.make_batch_dynamic(_copy(model))
         self.fixed_batch = False
         if changed:
             dynamic = normalize.infer_shapes(dynamic)
-            if self._batch_parity(dynamic):
-                model = dynamic
+            normalize.restore_weights(dynamic, weights)
+            session = self._session_or_none(dynamic)
+            if session is not None and self._batch_parity(session):
                 self.notes.append("batch axis made dynamic")
-            else:
-                self.fixed_batch = True
-                self.notes.append("batch axis stays fixed at 1 (dynamic batch changed the outputs)")
-        return model
+                return self._verified(original, dynamic, session, verify)
+            self.fixed_batch = True
+            self.notes.append("batch axis stays fixed at 1 (dynamic batch changed the outputs)")
+        normalize.restore_weights(model, weights)
+        return self._verified(original, model, make_session(model.SerializeToString(), self.providers), verify)
 
-    def _verify_same_outputs(self, original: onnx.ModelProto, normalised: onnx.ModelProto) -> None:
+    def _session_or_none(self, proto: onnx.ModelProto):
+        try:
+            return make_session(proto.SerializeToString(), self.providers)
+        except OnnxplainError:
+            return None
+
+    def _verified(self, original: onnx.ModelProto, normalised: onnx.ModelProto, session, verify: bool):
+        """Keep `session` as the default one; with `verify`, the normalised outputs must equal the original's."""
+        self._sessions[()] = session
+        if verify:
+            self._verify_same_outputs(original, normalised, session)
+        return normalised
+
+    def _verify_same_outputs(self, original: onnx.ModelProto, normalised: onnx.ModelProto, candidate) -> None:
         names = [o.name for o in normalised.graph.output]
         feed_proto = normalize.drop_initializer_inputs(_copy(original))
         reference = make_session(_with_outputs(feed_proto, names).SerializeToString(), self.providers)
-        candidate = make_session(normalised.SerializeToString(), self.providers)
         feed = _random_feed(candidate)
         try:
             wanted = reference.run(names, feed)
@@ -94,14 +106,15 @@ class Model:
             if not same:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 
-    def _batch_parity(self, dynamic: onnx.ModelProto) -> bool:
+    @staticmethod
+    def _batch_parity(session) -> bool:
+        """A batch of 3 gives the same outputs as 3 batches of 1."""
         try:
-            session = make_session(dynamic.SerializeToString(), self.providers)
             feed = _random_feed(session, batch=3)
             (name, batch), = feed.items()
             together = session.run(None, feed)
             apart = [session.run(None, {name: batch[i:i + 1]}) for i in range(3)]
-        except Exception:  # the dynamic graph fails to build or run: keep the fixed batch
+        except Exception:  # the dynamic graph fails to run: keep the fixed batch
             return False
         return all(np.allclose(np.asarray(together[k], dtype=np.float64),
                                np.concatenate([np.asarray(a[k], dtype=np.float64) for a in apart]),

@@ -81,15 +81,41 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """IR < 4 lists every weight as a graph input too; keep only the real inputs."""
+    """IR < 4 lists every weight as a graph input too: keep only the real inputs (and an IR version onnxruntime reads)."""
     weights = {t.name for t in model.graph.initializer}
     real = [i for i in model.graph.input if i.name not in weights]
     if len(real) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(real)
-    if model.ir_version < 4:
-        model.ir_version = 4
+    model.ir_version = min(max(model.ir_version, 4), runtime_max_ir_version())
     return model
+
+
+_RUNTIME_MAX_IR: int | None = None
+
+
+def runtime_max_ir_version() -> int:
+    """The newest IR version onnxruntime reads (onnx's helpers can write a newer one than it knows).
+
+    onnxruntime has no API for it; its refusal of a tiny model with an absurd IR version names it."""
+    global _RUNTIME_MAX_IR
+    if _RUNTIME_MAX_IR is None:
+        import re
+
+        import onnxruntime as ort
+
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        probe.ir_version = 999
+        try:
+            ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            _RUNTIME_MAX_IR = 999
+        except Exception as error:  # "Unsupported model IR version: 999, max supported IR version: 13"
+            found = re.search(r"max supported IR version: (\d+)", str(error))
+            _RUNTIME_MAX_IR = int(found.group(1)) if found else onnx.IR_VERSION
+    return _RUNTIME_MAX_IR
 
 
 def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
@@ -101,7 +127,6 @@ def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         from onnx import version_converter
 
         converted = version_converter.convert_version(model, MIN_OPSET)
-        onnx.checker.check_model(converted)
         return converted, f"opset {version} -> {MIN_OPSET}"
     except Exception as error:
         return model, f"opset {version} kept (version converter: {type(error).__name__})"
@@ -119,6 +144,31 @@ def unzip_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
         del graph.output[:]
         graph.output.extend(outputs + [probabilities])
     return model
+
+
+WEIGHT_FIELDS = ("raw_data", "float_data", "double_data", "int32_data", "int64_data", "uint64_data")
+
+
+def set_weights_aside(model: onnx.ModelProto, min_bytes: int = 4096) -> dict[str, TensorProto]:
+    """Empty the large initializers (keeping name, type and dims) and return their full copies.
+
+    Version conversion, shape inference and graph edits read shapes, never weight bytes; serialising
+    hundreds of megabytes for each of them made loading VGG-sized models take minutes."""
+    aside = {}
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL and tensor.ByteSize() > min_bytes:
+            aside[tensor.name] = TensorProto()
+            aside[tensor.name].CopyFrom(tensor)
+            for name in WEIGHT_FIELDS:
+                tensor.ClearField(name)
+    return aside
+
+
+def restore_weights(model: onnx.ModelProto, aside: dict[str, TensorProto]) -> None:
+    """Put the weights set aside back into (a rewritten copy of) the model."""
+    for tensor in model.graph.initializer:
+        if tensor.name in aside:
+            tensor.CopyFrom(aside[tensor.name])
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -158,3 +158,18 @@ def test_corrupt_and_missing_files(tmp_path):
     corrupt.write_bytes(b"\x00\x01 definitely not protobuf" * 10)
     with pytest.raises(OnnxplainError, match="not a readable ONNX model"):
         onnxplain.load(corrupt)
+
+
+def test_ir_version_newer_than_onnxruntime_reads_is_lowered(tmp_path):
+    from onnxplain.normalize import runtime_max_ir_version
+
+    model = tiny_classifier()
+    model.ir_version = runtime_max_ir_version() + 1  # what onnx.helper writes when onnx is ahead of onnxruntime
+    path = tmp_path / "new_ir.onnx"
+    onnx.save(model, path)
+    loaded = onnxplain.load(path)
+    assert loaded.proto.ir_version == runtime_max_ir_version()
+    x = np.random.default_rng(5).random((3, 4), dtype=np.float32)
+    logits = x @ numpy_helper.to_array(model.graph.initializer[0]) + numpy_helper.to_array(model.graph.initializer[1])
+    want = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(loaded.scores(x), want, rtol=1e-5)

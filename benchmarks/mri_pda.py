@@ -57,10 +57,10 @@ def onnxruntime_floor(model, x: np.ndarray, rows: int = 1000, repeats: int = 3) 
 
 
 def case(model, reference, x, sampler: str, stride: int, per_pass: float) -> dict:
+    import mri_data as data
     import mri_demo as demo
 
-    settings = demo.Settings(stride=stride)
-    method = demo.pda_methods(settings, reference, ((29, 41), (0, 109), (0, 91)))[sampler]
+    method = demo.pda_methods(demo.Settings(stride=stride), reference, data.SLAB)[sampler]
     method.progress = False
     started = time.perf_counter()
     method.prepare(model, x.shape[1:])                       # sampler fit (conditional: cached on disk after once)

@@ -186,85 +186,99 @@ def fig10(volumes: list, maps: list, names: list, index: int, path: Path) -> Pat
 
 # ---------------------------------------------------------------------------------------------------- the run
 
-def run(out: Path, settings: Settings, spec: data.CohortSpec = data.CohortSpec(), methods=None) -> dict:
+def train_and_export(spec: data.CohortSpec, out: Path, timings: dict):
+    """(onnxplain model, classifier, features (N, F), labels, balanced subset, accuracy and export reports)."""
     import onnxplain
-    from onnxplain import viz
-    from onnxplain.io import load_inputs
-    from onnxplain.io.nifti import sample_to_volume
-    from onnxplain.methods import make_method
 
-    out.mkdir(parents=True, exist_ok=True)
-    timings, results = {}, {"settings": asdict(settings), "cohort": asdict(spec)}
-    crop = data.scaled_crop(spec)
     started = time.perf_counter()
     slab, labels = data.cohort_slab(spec, progress=True)
     timings["cohort"] = time.perf_counter() - started
-    subset = balanced_subset(spec)
-    features = slab.reshape(len(slab), -1)
+    subset, features = balanced_subset(spec), slab.reshape(len(slab), -1)
     started = time.perf_counter()
     folds = cross_validated_accuracy(features[subset], labels[subset])
     classifier = train(features[subset], labels[subset])
     timings["training"] = time.perf_counter() - started
     held_out = np.setdiff1d(np.arange(spec.n_subjects), subset)
-    results["accuracy"] = {"cv_mean": float(folds.mean()), "cv_std": float(folds.std()), "folds": folds.tolist(),
-                           "held_out_patients": float(classifier.score(features[held_out], labels[held_out]))
-                           if len(held_out) else None}
+    accuracy = {"cv_mean": float(folds.mean()), "cv_std": float(folds.std()), "folds": folds.tolist(),
+                "held_out_patients": float(classifier.score(features[held_out], labels[held_out]))
+                if len(held_out) else None}
     print(f"10-fold CV accuracy {folds.mean():.3f} ± {folds.std():.3f}")
+    model = onnxplain.load(export(classifier, out / "mri_logreg.onnx", data.scaled_crop(spec)))
+    difference = np.abs(model.scores(features[subset]) - classifier.predict_proba(features[subset])).max()
+    report = {"ops": [node.op_type for node in model.original.graph.node], "score_output": model.score_output,
+              "score_kind": model.score_kind, "max_abs_diff": float(difference)}
+    return model, classifier, features, labels, subset, accuracy, report
 
-    model = onnxplain.load(export(classifier, out / "mri_logreg.onnx", crop))
-    ops = [node.op_type for node in model.original.graph.node]
-    probabilities = model.scores(features[subset])[:, 1]
-    results["export"] = {"ops": ops, "score_output": model.score_output, "score_kind": model.score_kind,
-                         "max_abs_diff": float(np.abs(probabilities
-                                                      - classifier.predict_proba(features[subset])[:, 1]).max())}
 
-    subjects = pick_subjects(spec, subset, probabilities, settings.per_class)
-    paths = [data.write_nifti(data.subject_volume(spec, i), out / "inputs" / f"subject{i:03d}.nii.gz", spec)
-             for i in subjects]
-    x, _ = load_inputs(paths, model)                             # NIfTI -> crop -> flat, onnxplain's own path
-    box = tuple(slice(a, b) for a, b in crop)
-    planted, brain = data.planted_mask(spec)[box], data.brain_mask(spec)[box]
-    data.write_nifti(data.planted_mask(spec).astype(np.float32), out / "planted_mask.nii.gz", spec)
+def explain_subjects(model, x, expected, reference, settings: Settings, methods, timings: dict) -> dict:
+    """{method: relevance (N, *crop)} for the inputs `x`, each explained for its top-1 class (= `expected`)."""
+    from onnxplain.methods import make_method
 
-    reference = features[subset]
-    weights = weight_map(classifier, crop)
-    chosen = methods or DEFAULT_METHODS
+    crop = model.preprocess.crop
     pda = pda_methods(settings, reference, crop)
     relevance = {}
-    for name in chosen:
+    for name in methods:
         method = pda[name] if name in pda else make_method("lrp", composite="epsilon-plus", progress=False)
         started = time.perf_counter()
         explanation = method.explain(model, x)
         timings[name] = time.perf_counter() - started
-        assert (explanation.target == [spec.label(i) for i in subjects]).all()
-        relevance[name] = explanation.relevance.reshape(len(x), *planted.shape)
+        if list(explanation.target) != list(expected):
+            raise RuntimeError(f"{name} explained classes {explanation.target}, expected {expected}")
+        relevance[name] = explanation.relevance.reshape(len(x), *[b - a for a, b in crop])
         print(f"{name}: {timings[name]:.1f} s for {len(x)} volumes")
-    signs = np.array([1.0 if spec.label(i) else -1.0 for i in subjects])
-    relevance["weights"] = signs[:, None, None, None] * weights[None]
+    return relevance
 
-    results["recovery"] = {name: {str(s): recovery(maps[n], planted, brain) for n, s in enumerate(subjects)}
-                           for name, maps in relevance.items()}
-    results["timings_s"] = timings
-    results["subjects"] = {str(s): data.LABELS[spec.label(s)] for s in subjects}
 
-    full = tuple(spec.shape)
+def write_outputs(out: Path, spec: data.CohortSpec, model, subjects: list[int], relevance: dict, per_class: int):
+    """NIfTI relevance volumes, Fig. 9 and slice montages (Fig. 11) for the first control and the first patient;
+    Fig. 10 for every subject."""
+    from onnxplain import viz
+    from onnxplain.io.nifti import sample_to_volume
+
+    crop, full = model.preprocess.crop, tuple(spec.shape)
     volumes = [data.subject_volume(spec, i) for i in subjects]
-    for n, subject in enumerate(subjects):
-        kind = data.LABELS[spec.label(subject)]
-        if n not in (0, settings.per_class):                      # the first control and the first patient
-            continue
-        for name, maps in relevance.items():
-            volume = sample_to_volume(maps[n].reshape(-1), model, full)
-            data.write_nifti(volume, out / f"relevance_{kind}{subject:03d}_{name}.nii.gz", spec)
-            viz.save_png(viz.montage_figure(volumes[n], volume, axis=0, slices=6, threshold=THRESHOLD,
+    placed = {name: [sample_to_volume(m.reshape(-1), model, full) for m in maps] for name, maps in relevance.items()}
+    names = [f"{data.LABELS[spec.label(s)]} {s}" for s in subjects]
+    for n in (0, per_class):
+        kind, subject = data.LABELS[spec.label(subjects[n])], subjects[n]
+        for name, maps in placed.items():
+            data.write_nifti(maps[n], out / f"relevance_{kind}{subject:03d}_{name}.nii.gz", spec)
+            viz.save_png(viz.montage_figure(volumes[n], maps[n], axis=0, slices=6, threshold=THRESHOLD,
                                             title=f"{name}, {kind} {subject} (|R| ≥ 15% of max)"),
                          out / f"montage_{kind}{subject:03d}_{name}.png")
-        shown = {k: sample_to_volume(v[n].reshape(-1), model, full) for k, v in relevance.items()}
-        fig9(volumes[n], shown, (crop[0][0], crop[0][1] - 1), out / f"fig9_{kind}{subject:03d}.png",
-             f"support for '{kind}', subject {subject}")
-    for name, maps in relevance.items():
-        fig10(volumes, [sample_to_volume(m.reshape(-1), model, full) for m in maps],
-              [f"{data.LABELS[spec.label(s)]} {s}" for s in subjects], crop[0][1] - 2, out / f"fig10_{name}.png")
+        fig9(volumes[n], {name: maps[n] for name, maps in placed.items()}, (crop[0][0], crop[0][1] - 1),
+             out / f"fig9_{kind}{subject:03d}.png", f"support for '{kind}', subject {subject}")
+    for name, maps in placed.items():
+        fig10(volumes, maps, names, crop[0][1] - 2, out / f"fig10_{name}.png")
+
+
+def run(out: Path, settings: Settings, spec: data.CohortSpec = data.CohortSpec(), methods=None) -> dict:
+    """The whole case; returns (and writes to out/results.json) accuracies, recovery scores and timings."""
+    from onnxplain.io import load_inputs
+
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    model, classifier, features, labels, subset, accuracy, report = train_and_export(spec, out, timings)
+    subjects = pick_subjects(spec, subset, model.scores(features[subset])[:, 1], settings.per_class)
+    paths = [data.write_nifti(data.subject_volume(spec, i), out / "inputs" / f"subject{i:03d}.nii.gz", spec)
+             for i in subjects]
+    x, _ = load_inputs(paths, model)                             # NIfTI -> crop -> flat, onnxplain's own path
+    reference = features[subset]
+    np.save(out / "reference.npy", reference)                    # for `onnxplain explain --reference`
+    expected = [spec.label(i) for i in subjects]
+    relevance = explain_subjects(model, x, expected, reference, settings, methods or DEFAULT_METHODS, timings)
+    signs = np.where(np.array(expected) == 1, 1.0, -1.0)
+    relevance["weights"] = signs[:, None, None, None] * weight_map(classifier, model.preprocess.crop)[None]
+
+    box = tuple(slice(a, b) for a, b in model.preprocess.crop)
+    planted, brain = data.planted_mask(spec)[box], data.brain_mask(spec)[box]
+    data.write_nifti(data.planted_mask(spec).astype(np.float32), out / "planted_mask.nii.gz", spec)
+    write_outputs(out, spec, model, subjects, relevance, settings.per_class)
+    results = {"settings": asdict(settings), "cohort": asdict(spec), "accuracy": accuracy, "export": report,
+               "subjects": {str(s): data.LABELS[spec.label(s)] for s in subjects},
+               "recovery": {name: {str(s): recovery(maps[n], planted, brain) for n, s in enumerate(subjects)}
+                            for name, maps in relevance.items()},
+               "timings_s": timings}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -103,3 +103,32 @@ def test_console_script_exit_code_and_clean_stderr(tmp_path):
                              capture_output=True, text=True)
     assert process.returncode == 2
     assert process.stderr.strip().splitlines() == [f"onnxplain: error: model file not found: {tmp_path / 'no.onnx'}"]
+
+
+def test_custom_domain_and_escaping_external_data_exit_2(tmp_path):
+    """Two model-level refusals, seen from the command line: one line naming the problem, code 2."""
+    import onnx
+    from onnx import helper
+
+    from test_model import tiny_classifier
+
+    custom = tiny_classifier()
+    custom.graph.node.append(helper.make_node("Mystery", ["prob"], ["odd"], domain="com.example"))
+    custom.opset_import.append(helper.make_opsetid("com.example", 1))
+    onnx.save(custom, tmp_path / "custom.onnx")
+    result = run("inspect", tmp_path / "custom.onnx")
+    assert result.exit_code == 2 and "com.example" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    escaping = tiny_classifier()
+    onnx.save(escaping, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    loaded = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for tensor in loaded.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "/etc/passwd"
+    onnx.save(loaded, folder / "evil.onnx")
+    result = run("inspect", folder / "evil.onnx")
+    assert result.exit_code == 2 and "outside the model's folder" in result.stderr

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+import copy
+import math
 from typing import Callable
 
 import torch
@@ -59,7 +61,7 @@ def relay(source: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """`value` (same shape as `source`), whose gradient g reaches `source` as g * value: R_i = value_i * c_i."""
     value = value.detach()
     if value.shape != source.shape:
-        value = value.expand(source.shape).contiguous()
+        value = value.expand(source.shape)  # a broadcast view: backward's product broadcasts, no copy needed
     return _Relay.apply(source, value)
 
 
@@ -69,19 +71,20 @@ def passthrough(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """z + epsilon * sign(z), with sign(+0) = +1 (zennit's convention)."""
-    return z + torch.copysign(torch.tensor(epsilon, dtype=z.dtype, device=z.device), z)
+    """z + epsilon * sign(z), with sign(+0) = +1 (zennit's convention); one pass and one new tensor."""
+    return torch.copysign(torch.tensor(epsilon, dtype=z.dtype, device=z.device), z).add_(z)
 
 
 # ---------------------------------------------------------------- leaks (the conservation ledger's inputs)
 @dataclass
 class Branch:
-    """One term of a rule: relevance share `coef` of R_j spread over numerator z - bias, divided by `denominator`."""
+    """One term of a rule: relevance share `coef` of R_j spread over numerator z - bias, divided by the
+    denominator z + epsilon sign(z) (so what the stabiliser keeps is R_j coef epsilon / |denominator|)."""
 
     coef: float | torch.Tensor
-    z: torch.Tensor              # numerator incl. bias (detached), shaped like the output
-    denominator: torch.Tensor    # the stabilised z
+    denominator: torch.Tensor    # the stabilised z (detached), shaped like the output
     bias: torch.Tensor | None    # the bias part of z (broadcastable to the output)
+    epsilon: float               # the stabiliser
 
 
 class Leak(ABC):
@@ -93,24 +96,29 @@ class Leak(ABC):
 
 
 class BranchLeak(Leak):
-    """The leak of a rule made of branches (one for z-rules, two for alpha-beta and gamma)."""
+    """The leak of a rule made of branches (one for z-rules, two for alpha-beta and gamma).
+
+    Per branch one pass makes share = coef R / denominator; the bias term sums it over the axes the bias is
+    broadcast along before weighting by the bias, and the stabiliser term is epsilon sum |share| sign(coef R)
+    (= share (denominator - z), without reading z)."""
 
     def __init__(self, branches: list[Branch]):
         self.branches = branches
 
     def terms(self, relevance):
-        bias = stabiliser = 0
+        relevance = relevance.detach()
+        n = len(relevance)
+        bias = stabiliser = torch.zeros(n, dtype=torch.float64, device=relevance.device)
         kept = 0
         for branch in self.branches:
-            share = relevance * branch.coef / branch.denominator
+            weighted = relevance if _is_one(branch.coef) else relevance * branch.coef
+            share = weighted / branch.denominator
             if branch.bias is not None:
-                bias = bias + _per_sample(share * branch.bias)
-            stabiliser = stabiliser + _per_sample(share * (branch.denominator - branch.z))
+                bias = bias + _bias_term(share, branch.bias)
+            stabiliser = stabiliser + branch.epsilon * _per_sample(torch.copysign(share, weighted))
             kept = kept + branch.coef
-        if isinstance(kept, torch.Tensor) or kept != 1:  # e.g. gamma's outputs that are exactly zero
+        if not _is_one(kept):  # e.g. gamma's outputs that are exactly zero
             stabiliser = stabiliser + _per_sample(relevance * (1 - kept))
-        if not isinstance(bias, torch.Tensor):
-            bias = torch.zeros(len(relevance), dtype=torch.float64, device=relevance.device)
         return bias, stabiliser
 
 
@@ -125,8 +133,30 @@ class MaskLeak(Leak):
                                                                 device=relevance.device)
 
 
+def _is_one(coef) -> bool:
+    return not isinstance(coef, torch.Tensor) and coef == 1
+
+
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
-    return values.detach().reshape(len(values), -1).sum(1, dtype=torch.float64)
+    """Per-sample sums in float64 (converting first: faster on CPU than a float64-accumulating sum)."""
+    return values.detach().reshape(len(values), -1).double().sum(1)
+
+
+def _bias_term(share: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """sum(share * bias) per sample, float64: share summed over the trailing axes the bias is constant along
+    (a conv's spatial axes), then weighted by the bias."""
+    n = len(share)
+    bias = bias.detach().reshape((1,) * (share.ndim - bias.ndim) + tuple(bias.shape))
+    split = share.ndim
+    while split > 1 and bias.shape[split - 1] == 1:
+        split -= 1
+    head = share.shape[1:split]
+    if share.numel() == 0:
+        return torch.zeros(n, dtype=torch.float64, device=share.device)
+    sums = share.reshape(n, math.prod(head), -1).double().sum(2)
+    weights = bias[(...,) + (0,) * (share.ndim - split)].expand((bias.shape[0],) + tuple(head))
+    weights = weights.reshape(bias.shape[0], -1).double()
+    return (sums * weights).sum(1)
 
 
 # ---------------------------------------------------------------- the layer a rule sees
@@ -165,6 +195,13 @@ class Rule(ABC):
     """A relevance rule for a linear layer: `rule(x, layer) -> (output, leak)`."""
 
     name = "rule"
+    nonnegative_input = False  # set, on a copy, by the walker where the plan proves the input >= 0
+
+    def for_nonnegative_input(self) -> "Rule":
+        """This rule for an input known to be >= 0 (skips the per-call check for negative inputs)."""
+        rule = copy.copy(self)
+        rule.nonnegative_input = True
+        return rule
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, layer: Layer) -> tuple[torch.Tensor, Leak | None]:
@@ -182,7 +219,7 @@ class Epsilon(Rule):
     def __call__(self, x, layer):
         z = layer(relay(x, x))
         denominator = stabilize(z.detach(), self.epsilon)
-        return attach(z, z, denominator), BranchLeak([Branch(1.0, z.detach(), denominator, layer.bias)])
+        return attach(z, z, denominator), BranchLeak([Branch(1.0, denominator, layer.bias, self.epsilon)])
 
 
 class Z(Epsilon):
@@ -204,16 +241,21 @@ class ZPlus(Rule):
 
     def __call__(self, x, layer):
         layer.needs_weight(self.name)
-        z = _signed_part(x, layer, positive=True, bias=_pos(layer.bias))
+        bias = _pos(layer.bias)
+        z = _signed_part(x, layer, True, bias, self.nonnegative_input)
         denominator = stabilize(z.detach(), self.stabilizer)
-        leak = BranchLeak([Branch(1.0, z.detach(), denominator, _pos(layer.bias))])
+        leak = BranchLeak([Branch(1.0, denominator, bias, self.stabilizer)])
         return attach(layer.output(x), z, denominator), leak
 
 
-def _signed_part(x, layer, positive: bool, bias):
+def _has_negative(x: torch.Tensor, nonnegative: bool) -> bool:
+    return not nonnegative and bool((x < 0).any())
+
+
+def _signed_part(x, layer, positive: bool, bias, nonnegative: bool):
     """Sum of the contributions of one sign: x+ w+ + x- w- (positive) or x+ w- + x- w+ (negative), plus `bias`."""
     w_for_pos, w_for_neg = (_pos, _neg) if positive else (_neg, _pos)
-    has_negative = bool((x < 0).any())
+    has_negative = _has_negative(x, nonnegative)
     x_pos = x.clamp(min=0) if has_negative else x
     z = layer(relay(x, x_pos), w_for_pos(layer.weight), bias, use_bias=bias is not None)
     if has_negative:
@@ -237,8 +279,9 @@ class AlphaBeta(Rule):
 
     def __call__(self, x, layer):
         layer.needs_weight(self.name)
-        positive = _signed_part(x, layer, True, _pos(layer.bias))
-        negative = _signed_part(x, layer, False, _neg(layer.bias))
+        pos_bias, neg_bias = _pos(layer.bias), _neg(layer.bias)
+        positive = _signed_part(x, layer, True, pos_bias, self.nonnegative_input)
+        negative = _signed_part(x, layer, False, neg_bias, self.nonnegative_input)
         has_pos, has_neg = positive.detach() > self.stabilizer, negative.detach() < -self.stabilizer
         both = has_pos & has_neg
         pos_coef = torch.where(both, self.alpha, has_pos.to(x.dtype)).to(x.dtype)
@@ -246,8 +289,8 @@ class AlphaBeta(Rule):
         pos_den = stabilize(positive.detach(), self.stabilizer)
         neg_den = stabilize(negative.detach(), self.stabilizer)
         graph = positive * (pos_coef / pos_den) + negative * (neg_coef / neg_den)
-        leak = BranchLeak([Branch(pos_coef, positive.detach(), pos_den, _pos(layer.bias)),
-                           Branch(neg_coef, negative.detach(), neg_den, _neg(layer.bias))])
+        leak = BranchLeak([Branch(pos_coef, pos_den, pos_bias, self.stabilizer),
+                           Branch(neg_coef, neg_den, neg_bias, self.stabilizer)])
         return attach(layer.output(x), graph), leak
 
 
@@ -265,8 +308,8 @@ class Gamma(Rule):
         up_w, down_w = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         up_b = None if b is None else b + g * b.clamp(min=0)
         down_b = None if b is None else b + g * b.clamp(max=0)
-        x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-        has_neg = bool((x < 0).any())
+        has_neg = _has_negative(x, self.nonnegative_input)
+        x_pos, x_neg = (x.clamp(min=0), x.clamp(max=0)) if has_neg else (x, None)
         y = layer.output(x)
         branches, graph = [], 0
         for mask, w_pos, w_neg, bias in (((y > 0), up_w, down_w, up_b), ((y < 0), down_w, up_w, down_b)):
@@ -276,7 +319,7 @@ class Gamma(Rule):
             coef = mask.to(y.dtype)
             denominator = stabilize(z.detach(), self.stabilizer)
             graph = graph + z * (coef / denominator)
-            branches.append(Branch(coef, z.detach(), denominator, bias))
+            branches.append(Branch(coef, denominator, bias, self.stabilizer))
         return attach(y, graph), BranchLeak(branches)
 
 
@@ -296,7 +339,7 @@ class ZBox(Rule):
         z = (layer(relay(x, x), w, use_bias=False) - layer(relay(x, low), w.clamp(min=0), use_bias=False)
              - layer(relay(x, high), w.clamp(max=0), use_bias=False))
         denominator = stabilize(z.detach(), self.stabilizer)
-        return attach(layer.output(x), z, denominator), BranchLeak([Branch(1.0, z.detach(), denominator, None)])
+        return attach(layer.output(x), z, denominator), BranchLeak([Branch(1.0, denominator, None, self.stabilizer)])
 
 
 class WSquare(Rule):
@@ -328,7 +371,7 @@ class Flat(Rule):
 def _uniform_input(x, layer, weight, stabilizer):
     z = layer(relay(x, torch.ones_like(x)), weight, use_bias=False)
     denominator = stabilize(z.detach(), stabilizer)
-    return attach(layer.output(x), z, denominator), BranchLeak([Branch(1.0, z.detach(), denominator, None)])
+    return attach(layer.output(x), z, denominator), BranchLeak([Branch(1.0, denominator, None, stabilizer)])
 
 
 class Pass(Rule):
@@ -353,5 +396,5 @@ def share(output: torch.Tensor, terms: list[tuple[torch.Tensor, float]], constan
     for tensor, sign in terms:
         graph = graph + sign * relay(tensor, tensor)
     denominator = stabilize(output.detach(), stabilizer)
-    leak = BranchLeak([Branch(1.0, output.detach(), denominator, constant)])
+    leak = BranchLeak([Branch(1.0, denominator, constant, stabilizer)])
     return attach(output, graph if graph.shape == output.shape else graph.expand(output.shape), denominator), leak

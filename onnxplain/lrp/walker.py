@@ -67,6 +67,7 @@ class Walker:
     def _assign(self, steps: list[Step]) -> list[PlannedStep]:
         """Rules per step; 'first' layers are those with no conv/dense layer upstream."""
         after_linear, after_conv = {self.model.input_name: False}, {self.model.input_name: False}
+        nonnegative: set[str] = set()
         planned = []
         for step in steps:
             inputs = [n for n in step.inputs if n]
@@ -83,6 +84,10 @@ class Walker:
             for name in step.outputs:
                 after_linear[name] = up_linear or is_layer
                 after_conv[name] = up_conv or (is_layer and op.category == "conv")
+            if _keeps_sign(op.op_type, step.inputs, nonnegative):
+                nonnegative.update(n for n in step.outputs if n)
+            if rule is not None and step.inputs and step.inputs[0] in nonnegative:
+                rule = rule.for_nonnegative_input()
             planned.append(PlannedStep(step, rule))
         return planned
 
@@ -150,8 +155,23 @@ class Walker:
             bias, stabiliser = leak.terms(grad)
             rule = planned.rule.name if planned.rule is not None else planned.step.op.kind
             records.append(LayerRecord(planned.step.op.name, planned.step.op.op_type, rule,
-                                       grad.detach().double().reshape(len(grad), -1).sum(1), bias, stabiliser))
+                                       rules._per_sample(grad), bias, stabiliser))
         return record
+
+
+NONNEGATIVE_OUTPUT = {"Relu", "Sigmoid", "Softmax"}
+SIGN_KEEPING = {"MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Squeeze",
+                "Unsqueeze", "Transpose", "Slice", "Split", "Identity", "Dropout"}  # >= 0 in, >= 0 out (data input 0)
+
+
+def _keeps_sign(op_type: str, inputs: list[str], nonnegative: set[str]) -> bool:
+    """Whether a step's outputs are >= 0 for every input: a non-negative activation, or a sign-keeping op
+    (pooling, reshapes, slices; Concat with all operands) of tensors already known to be >= 0."""
+    if op_type in NONNEGATIVE_OUTPUT:
+        return True
+    if op_type == "Concat":
+        return all(name in nonnegative for name in inputs if name)
+    return op_type in SIGN_KEEPING and bool(inputs) and inputs[0] in nonnegative
 
 
 def seed_relevance(start: torch.Tensor, values: torch.Tensor, classes: np.ndarray, target: Target) -> torch.Tensor:

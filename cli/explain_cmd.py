@@ -37,6 +37,8 @@ def parse_rules(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def read_reference(path: Path, model) -> np.ndarray:
     """--reference: a folder of images or an .npy batch of preprocessed inputs."""
+    if not path.exists():
+        raise OnnxplainError(f"reference data not found: {path}")
     if path.is_file() and path.suffix == ".npy":
         from onnxplain.io import read_npy
 
@@ -216,12 +218,18 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, ou
     if names:
         loaded.labels = names
     params = method_params(options, loaded)
-    if method is None:
+    chosen = method is None
+    if chosen:
         method, extra, note = default_method(loaded, params)
         params.update(extra)
         if note:
             click.echo(note, err=True)
-    explainer = build_method(method, params, quiet)
+    try:
+        explainer = build_method(method, params, quiet)
+    except OnnxplainError as error:
+        if not chosen:
+            raise
+        raise OnnxplainError(f"{error} (the default method for this model; choose one with --method)") from None
     goal = parse_target(loaded, target, layer)
     x, sources = load_inputs(inputs, loaded)
     loaded_s = time.perf_counter() - began

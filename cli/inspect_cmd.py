@@ -1,6 +1,7 @@
 """`onnxplain inspect`: what the model is and how onnxplain will read it."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import click
@@ -14,7 +15,10 @@ def describe(model) -> dict:
     proto, original = model.proto, model.original
     ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in original.graph.node)
     weights = {t.name for t in proto.graph.initializer}
-    parameters = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    parameters = sum(int(np.prod(t.dims)) for t in proto.graph.initializer) + sum(
+        len(a.floats) + len(a.ints) for n in proto.graph.node if n.domain == "ai.onnx.ml" for a in n.attribute
+        if a.name in ("coefficients", "intercepts", "nodes_values", "class_weights", "target_weights",
+                      "support_vectors", "rho", "scale", "offset"))  # ai.onnx.ml ops keep weights in attributes
 
     def values(items, skip=()):
         rows = []
@@ -43,7 +47,7 @@ def describe(model) -> dict:
         "class_scores": {"output": model.score_output, "kind": model.score_kind, "why": model.score_reason,
                          "logits": model.logits_output},
         "normalisation": model.notes,
-        "preprocess": None if model.preprocess is None else model.preprocess.to_json(),
+        "preprocess": None if model.preprocess is None else json.loads(model.preprocess.to_json()),
         "labels": model.labels,
     }
 
@@ -68,7 +72,7 @@ def inspect_command(model, preprocess, as_json):
     click.echo(f"parameters: {info['parameters']:,}")
     click.echo("operators: " + ", ".join(f"{k}×{v}" for k, v in info["operators"].items()))
     scores = info["class_scores"]
-    click.echo(f"class scores: {scores['output']} ({scores['kind']}; {scores['why']})")
+    click.echo(f"class scores: {scores['output']} ({scores['kind']}: {scores['why']})")
     if info["normalisation"]:
         click.echo("normalised: " + "; ".join(info["normalisation"]))
-    click.echo(f"preprocess: {info['preprocess'] or 'none (give --preprocess or .npy inputs)'}")
+    click.echo(f"preprocess: {json.dumps(info['preprocess']) if info['preprocess'] else 'none (give --preprocess or .npy inputs)'}")

@@ -155,11 +155,12 @@ class Model:
                 transform = _attribute(node, "post_transform", b"NONE").decode()
                 if node.op_type == "Normalizer" or transform in ML_PROBABILITY_TRANSFORMS:
                     return (name, "probabilities",
-                            f"output {name!r} comes from {node.op_type} ({_attribute(node, 'norm', transform)!s})",
+                            f"output {name!r} comes from {node.op_type} "
+                            f"({_attribute(node, 'norm', transform.encode()).decode()} normalisation)",
                             None)
                 return name, "logits", f"output {name!r} is a LinearClassifier's raw scores", name
         name, node = candidates[-1]
-        why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'} (no softmax): logits"
+        why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
         return name, "logits", why, name
 
     def _preprocess_spec(self, preprocess) -> PreprocessSpec | None:
@@ -244,9 +245,11 @@ class Model:
         return batch_size_for(sample, budget_bytes) if budget_bytes else batch_size_for(sample)
 
     def run(self, x: np.ndarray, outputs: list[str] | tuple[str, ...] | None = None, *,
-            batch_size: int | None = None, progress: bool | str = False) -> dict[str, np.ndarray]:
-        """Forward passes over a batch of any size, split under a memory budget; {tensor name: array}."""
-        x = self.check_input(x)
+            batch_size: int | None = None, progress: bool | str = False,
+            check: bool = True) -> dict[str, np.ndarray]:
+        """Forward passes over a batch of any size, split under a memory budget; {tensor name: array}.
+        check=False skips `check_input` for batches a method built itself from an already-checked input."""
+        x = self.check_input(x) if check else x
         names = list(outputs) if outputs else self.output_names
         extra = tuple(n for n in names if n not in self.output_names)
         session = self.session(extra)

@@ -178,3 +178,14 @@ def test_geometry_round_trip(sample_shape, spec, volume_shape, layout, channels,
     np.testing.assert_array_equal(geometry.from_grid(grid), x)
     if layout == "flat" and channels == 3:   # flat RGB images are raveled H, W, C (PreprocessSpec.image_to_tensor)
         np.testing.assert_array_equal(grid[0, :, 0, 1], x[0, 3:6])
+
+
+def test_window_random_draws_as_one_generator_per_window():
+    from onnxplain.methods.samplers import WindowRandom, window_rng
+
+    rng = WindowRandom(7)
+    for window in (0, 5, 3, 123456):
+        expected = window_rng(7, window)
+        assert np.array_equal(rng(window).standard_normal((4, 9)), expected.standard_normal((4, 9)))
+        assert np.array_equal(rng(window).choice(50, 10, replace=False),
+                              window_rng(7, window).choice(50, 10, replace=False))

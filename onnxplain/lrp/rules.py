@@ -20,22 +20,40 @@ import torch
 
 
 # ---------------------------------------------------------------- autograd helpers
+class Division:
+    """R / denominator, computed once per backward pass: the ledger's hook sees R first and keeps its quotient
+    for the attached output's backward, which otherwise divides itself."""
+
+    def __init__(self, denominator: torch.Tensor):
+        self.denominator = denominator
+        self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # (R, R / denominator)
+
+    def __call__(self, relevance: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        kept, self._kept = self._kept, None
+        if kept is not None and _same_tensor(kept[0], relevance):
+            return kept[1]
+        quotient = relevance / self.denominator
+        if keep:
+            self._kept = (relevance, quotient)
+        return quotient
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype and a.device == b.device)
+
+
 class _Attach(torch.autograd.Function):
-    """Forward: `value`. Backward: the incoming gradient (divided by `denominator`) goes to `graph` instead."""
+    """Forward: `value`. Backward: the incoming gradient (divided by `division`) goes to `graph` instead."""
 
     @staticmethod
-    def forward(ctx, value, graph, denominator):
-        ctx.divide = denominator is not None
-        if ctx.divide:
-            ctx.save_for_backward(denominator)
+    def forward(ctx, value, graph, division):
+        ctx.division = division
         return value.view_as(value)
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.divide:
-            (denominator,) = ctx.saved_tensors
-            grad = grad / denominator
-        return None, grad, None
+        return None, grad if ctx.division is None else ctx.division(grad), None
 
 
 class _Relay(torch.autograd.Function):
@@ -52,9 +70,10 @@ class _Relay(torch.autograd.Function):
         return grad * value, None
 
 
-def attach(value: torch.Tensor, graph: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
-    """`value`, whose gradient (divided by `denominator`) flows into `graph`: a true output carrying relevance."""
-    return _Attach.apply(value.detach(), graph, denominator)
+def attach(value: torch.Tensor, graph: torch.Tensor, division: Division | None = None) -> torch.Tensor:
+    """`value`, whose gradient (divided by `division`'s denominator) flows into `graph`: a true output carrying
+    relevance."""
+    return _Attach.apply(value.detach(), graph, division)
 
 
 def relay(source: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -85,6 +104,7 @@ class Branch:
     denominator: torch.Tensor    # the stabilised z (detached), shaped like the output
     bias: torch.Tensor | None    # the bias part of z (broadcastable to the output)
     epsilon: float               # the stabiliser
+    division: Division | None = None  # the attached output's R / denominator, shared with it (coef 1 only)
 
 
 class Leak(ABC):
@@ -112,7 +132,7 @@ class BranchLeak(Leak):
         kept = 0
         for branch in self.branches:
             weighted = relevance if _is_one(branch.coef) else relevance * branch.coef
-            share = weighted / branch.denominator
+            share = weighted / branch.denominator if branch.division is None else branch.division(weighted, True)
             if branch.bias is not None:
                 bias = bias + _bias_term(share, branch.bias)
             stabiliser = stabiliser + branch.epsilon * _per_sample(torch.copysign(share, weighted))
@@ -138,8 +158,17 @@ def _is_one(coef) -> bool:
 
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
-    """Per-sample sums in float64 (converting first: faster on CPU than a float64-accumulating sum)."""
-    return values.detach().reshape(len(values), -1).double().sum(1)
+    """(N,) float64 per-sample sums."""
+    return _sum_last(values.detach().reshape(len(values), 1, -1))[:, 0]
+
+
+def _sum_last(values: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """Sums over the last axis of (N, M, L), float64-accurate: float32 sums of blocks of up to `block` values
+    (accurate to ~1e-7 of their magnitude), then float64 across blocks. Converting whole tensors to float64
+    first would cost a copy twice their size: most of the ledger's time."""
+    n, m, length = values.shape
+    size = math.gcd(length, block) or 1
+    return values.reshape(n, m, length // size, size).sum(3).double().sum(2)
 
 
 def _bias_term(share: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -153,7 +182,7 @@ def _bias_term(share: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     head = share.shape[1:split]
     if share.numel() == 0:
         return torch.zeros(n, dtype=torch.float64, device=share.device)
-    sums = share.reshape(n, math.prod(head), -1).double().sum(2)
+    sums = _sum_last(share.reshape(n, math.prod(head), -1))
     weights = bias[(...,) + (0,) * (share.ndim - split)].expand((bias.shape[0],) + tuple(head))
     weights = weights.reshape(bias.shape[0], -1).double()
     return (sums * weights).sum(1)
@@ -218,8 +247,8 @@ class Epsilon(Rule):
 
     def __call__(self, x, layer):
         z = layer(relay(x, x))
-        denominator = stabilize(z.detach(), self.epsilon)
-        return attach(z, z, denominator), BranchLeak([Branch(1.0, denominator, layer.bias, self.epsilon)])
+        division, leak = _divided(stabilize(z.detach(), self.epsilon), layer.bias, self.epsilon)
+        return attach(z, z, division), leak
 
 
 class Z(Epsilon):
@@ -243,9 +272,9 @@ class ZPlus(Rule):
         layer.needs_weight(self.name)
         bias = _pos(layer.bias)
         z = _signed_part(x, layer, True, bias, self.nonnegative_input)
-        denominator = stabilize(z.detach(), self.stabilizer)
-        leak = BranchLeak([Branch(1.0, denominator, bias, self.stabilizer)])
-        return attach(layer.output(x), z, denominator), leak
+        # z >= 0 here (non-negative contributions), so stabilize() would add +epsilon: one pass instead of two
+        division, leak = _divided(z.detach() + self.stabilizer, bias, self.stabilizer)
+        return attach(layer.output(x), z, division), leak
 
 
 def _has_negative(x: torch.Tensor, nonnegative: bool) -> bool:
@@ -338,8 +367,8 @@ class ZBox(Rule):
         w = layer.weight
         z = (layer(relay(x, x), w, use_bias=False) - layer(relay(x, low), w.clamp(min=0), use_bias=False)
              - layer(relay(x, high), w.clamp(max=0), use_bias=False))
-        denominator = stabilize(z.detach(), self.stabilizer)
-        return attach(layer.output(x), z, denominator), BranchLeak([Branch(1.0, denominator, None, self.stabilizer)])
+        division, leak = _divided(stabilize(z.detach(), self.stabilizer), None, self.stabilizer)
+        return attach(layer.output(x), z, division), leak
 
 
 class WSquare(Rule):
@@ -370,8 +399,14 @@ class Flat(Rule):
 
 def _uniform_input(x, layer, weight, stabilizer):
     z = layer(relay(x, torch.ones_like(x)), weight, use_bias=False)
-    denominator = stabilize(z.detach(), stabilizer)
-    return attach(layer.output(x), z, denominator), BranchLeak([Branch(1.0, denominator, None, stabilizer)])
+    division, leak = _divided(stabilize(z.detach(), stabilizer), None, stabilizer)
+    return attach(layer.output(x), z, division), leak
+
+
+def _divided(denominator: torch.Tensor, bias, epsilon: float) -> tuple[Division, BranchLeak]:
+    """The division of a one-branch rule and its leak, sharing R / denominator."""
+    division = Division(denominator)
+    return division, BranchLeak([Branch(1.0, denominator, bias, epsilon, division)])
 
 
 class Pass(Rule):
@@ -392,9 +427,9 @@ def share(output: torch.Tensor, terms: list[tuple[torch.Tensor, float]], constan
 
     A constant operand keeps its share, reported as a bias term.
     """
-    graph = 0
+    graph = None
     for tensor, sign in terms:
-        graph = graph + sign * relay(tensor, tensor)
-    denominator = stabilize(output.detach(), stabilizer)
-    leak = BranchLeak([Branch(1.0, denominator, constant, stabilizer)])
-    return attach(output, graph if graph.shape == output.shape else graph.expand(output.shape), denominator), leak
+        term = relay(tensor, tensor if sign == 1 else sign * tensor.detach())
+        graph = term if graph is None else graph + term
+    division, leak = _divided(stabilize(output.detach(), stabilizer), constant, stabilizer)
+    return attach(output, graph if graph.shape == output.shape else graph.expand(output.shape), division), leak

@@ -22,6 +22,7 @@ from .windows import Geometry, WindowGrid
 WEIGHT_OF_EVIDENCE = "weight of evidence"
 ACTIVATION_DIFFERENCE = "activation difference"
 CPU_BATCH = 256
+CHUNK_BYTES = 64 * 2**20          # inputs of one chunk of windows x samples, held in one reused buffer
 
 
 @dataclass
@@ -147,9 +148,9 @@ class PredictionDifference:
         grid, geometry = setup.grid, setup.geometry
         maps, extra, passes = [], [], len(x)
         with _progress(self.progress, len(x) * len(grid)) as bar:
-            for n, x_grid in enumerate(geometry.to_grid(x)):
+            for n in range(len(x)):
                 columns = [int(explained[n])] + kept
-                differences, evaluated = self.window_differences(model, setup, score, x_grid, originals[n], columns,
+                differences, evaluated = self.window_differences(model, setup, score, x[n], originals[n], columns,
                                                                  bar)
                 passes += evaluated
                 per_class = grid.average(differences)                      # (len(columns), *spatial)
@@ -169,31 +170,34 @@ class PredictionDifference:
         return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], "pda",
                            self._params(target, score), diagnostics)
 
-    def window_differences(self, model, setup: Setup, score: Score, x_grid: np.ndarray, original: np.ndarray,
+    def window_differences(self, model, setup: Setup, score: Score, x_sample: np.ndarray, original: np.ndarray,
                            columns: list[int], bar=None) -> tuple[np.ndarray, int]:
-        """(W, len(columns)) prediction differences of one input (C, *spatial), windows in chunks that fill
-        forward-pass batches of `batch_size` samples; and the number of inputs actually run."""
-        grid, sampler = setup.grid, setup.sampler
+        """(W, len(columns)) prediction differences of one input (*sample_shape); and the number of inputs run.
+
+        Windows go in chunks. A chunk's samples are written into one reused buffer of copies of x (only those
+        that change x: a sample equal to x's own window has output f(x) and is not run), the buffer runs in
+        forward passes of `batch_size`, and the windows are restored from x afterwards: no per-chunk copies of
+        the input and no re-checking of inputs built from an already-checked x."""
+        grid, sampler, geometry = setup.grid, setup.sampler, setup.geometry
         count = sampler.samples_per_window(self.samples)
-        batch = int(self.batch_size or _forward_batch(model))
-        per_chunk = max(1, batch // count)
+        batch = int(self.batch_size or _forward_batch(model, x_sample.nbytes, x_sample.ndim == 1))
+        per_chunk = max(1, _chunk_rows(batch, x_sample.nbytes) // count)
+        buffer = np.repeat(x_sample[None], min(per_chunk, len(grid)) * count, axis=0)
+        view, x_grid = geometry.grid_view(buffer), geometry.to_grid(x_sample[None])[0]
         out, evaluated = np.empty((len(grid), len(columns))), 0
         for start in range(0, len(grid), per_chunk):
             ids = np.arange(start, min(len(grid), start + per_chunk))
             values = sampler.sample(x_grid, ids, self.samples, self.seed).astype(x_grid.dtype, copy=False)
             boxes = [(slice(None),) + grid.slices(window) for window in ids]
             own = np.stack([x_grid[box] for box in boxes])                      # (w, C, *k)
-            # a sample equal to x's own window leaves the input unchanged: its output is f(x), not run again
             changed = (values != own[:, None]).reshape(len(ids), count, -1).any(axis=2)
             outputs = np.broadcast_to(original, (len(ids), count, len(original))).copy()
-            if changed.any():
-                inputs = np.broadcast_to(x_grid, (len(ids), count) + x_grid.shape).copy()
-                for row, box in enumerate(boxes):
-                    inputs[(row, slice(None)) + box] = values[row]
-                run = inputs.reshape(-1, *x_grid.shape) if changed.all() else inputs[changed]
-                flat = setup.geometry.from_grid(run)
-                outputs[changed] = score.read(model.run(flat, [score.output], batch_size=batch)[score.output])
-                evaluated += int(changed.sum())
+            used = _write_windows(view, boxes, changed, values)
+            if used:
+                raw = model.run(buffer[:used], [score.output], batch_size=batch, check=False)[score.output]
+                outputs[changed] = score.read(raw)
+                _write_windows(view, boxes, changed, np.broadcast_to(own[:, None], values.shape))
+                evaluated += used
             out[ids] = score.difference(original, outputs.mean(axis=1))[:, columns]
             if bar is not None:
                 bar.update(len(ids))
@@ -224,11 +228,35 @@ class PredictionDifference:
                 "channels": self.channels, "layer": target.layer}
 
 
-def _forward_batch(model) -> int:
-    """Samples per forward pass: the model's memory budget; on CPU at most CPU_BATCH (larger batches gained
-    nothing on the digits CNN and sometimes lost to cache misses), while a GPU wants them as large as memory allows."""
+def _forward_batch(model, sample_bytes: int, flat: bool) -> int:
+    """Samples per forward pass: the model's memory budget; for feature-vector inputs at least a CHUNK_BYTES
+    buffer of inputs (the budget assumes conv-net activations 32x the input; a linear model or MLP on 10^5
+    features has activations far smaller than its input, and onnxruntime runs such batches faster per sample).
+    On CPU at most CPU_BATCH (larger batches gained nothing on the digits CNN and sometimes lost to cache
+    misses), while a GPU wants them as large as memory allows."""
     budget = model.batch_size()
+    if flat:
+        budget = max(budget, CHUNK_BYTES // max(1, sample_bytes))
     return budget if "CUDAExecutionProvider" in model.providers else min(budget, CPU_BATCH)
+
+
+def _chunk_rows(batch: int, sample_bytes: int) -> int:
+    """Rows of a chunk's reused buffer: at least one forward batch; small inputs up to CPU_BATCH rows and large
+    ones up to CHUNK_BYTES, so that a chunk holds many windows even when the forward batch is small (flat
+    volumes of 10^5 voxels have a memory-budget batch of ~17, one window of S=10 samples)."""
+    return max(batch, min(CPU_BATCH, CHUNK_BYTES // max(1, sample_bytes)))
+
+
+def _write_windows(view: np.ndarray, boxes: list[tuple], changed: np.ndarray, source: np.ndarray) -> int:
+    """Write the changed samples `source[w, s]` (w, S, C, *k) of each window w, in order, into consecutive rows
+    of `view` (rows, C, *spatial) at the window's box; the number of rows written."""
+    row = 0
+    for w, box in enumerate(boxes):
+        picked = np.flatnonzero(changed[w])
+        if len(picked):
+            view[(slice(row, row + len(picked)),) + box] = source[w, picked]
+            row += len(picked)
+    return row
 
 
 def _matrix(raw: np.ndarray) -> np.ndarray:

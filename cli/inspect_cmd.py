@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .common import echo_json, load_model, model_argument, preprocess_option
 

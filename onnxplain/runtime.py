@@ -28,7 +28,6 @@ def _cuda_session_works() -> bool:
     """Build a one-node session on CUDA with logging silenced; onnxruntime-gpu on a CPU machine fails here."""
     global _CUDA_WORKS
     if _CUDA_WORKS is None:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
 

@@ -176,6 +176,10 @@ def test_geometry_round_trip(sample_shape, spec, volume_shape, layout, channels,
     grid = geometry.to_grid(x)
     assert grid.shape == (2, channels, *spatial)
     np.testing.assert_array_equal(geometry.from_grid(grid), x)
+    view = geometry.grid_view(x)                    # the engine writes windows into its batch through this view
+    np.testing.assert_array_equal(view, grid)
+    view[(1, -1) + (0,) * len(spatial)] = -1.0
+    assert np.shares_memory(view, x) and (x == -1.0).sum() == 1
     if layout == "flat" and channels == 3:   # flat RGB images are raveled H, W, C (PreprocessSpec.image_to_tensor)
         np.testing.assert_array_equal(grid[0, :, 0, 1], x[0, 3:6])
 

@@ -15,7 +15,7 @@ from ..errors import OnnxplainError
 from ..executor import input_bounds
 from ..ops.graph import Step
 from ..targets import Target
-from . import rules
+from . import relevance, rules
 from .canonizers import merge_affine
 from .composites import RuleMap
 
@@ -150,12 +150,12 @@ class Walker:
         return torch.minimum(at_low, at_high), torch.maximum(at_low, at_high)
 
     @staticmethod
-    def _recorder(records: list, planned: PlannedStep, leak: rules.Leak):
+    def _recorder(records: list, planned: PlannedStep, leak: relevance.Leak):
         def record(grad):
             bias, stabiliser = leak.terms(grad)
             rule = planned.rule.name if planned.rule is not None else planned.step.op.kind
             records.append(LayerRecord(planned.step.op.name, planned.step.op.op_type, rule,
-                                       rules._per_sample(grad), bias, stabiliser))
+                                       relevance._per_sample(grad), bias, stabiliser))
         return record
 
 

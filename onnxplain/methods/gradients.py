@@ -209,7 +209,6 @@ class IntegratedGradients(GradientMethod):
     def attribute(self, executor, model, x, target, classes):
         baseline = self.baseline_batch(model, x)
         alphas, weights = self.quadrature()
-        shape = (-1,) + (1,) * (x.ndim - 1)
         per_batch = max(1, (self.batch_size or model.batch_size()) // self.steps)
         relevance = np.empty_like(x)
         with self.bar(len(x) * self.steps) as bar:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lrp import rules
+from ..lrp import relevance, rules
 from . import register
 from .base import Elementwise, Op
 
@@ -80,7 +80,7 @@ class Mul(Op):
         return a * b
 
     def relevance(self, inputs, rule):
-        return rules.passthrough(self.forward(*inputs), inputs[self.signal]), None
+        return relevance.passthrough(self.forward(*inputs), inputs[self.signal]), None
 
 
 @register("Div")
@@ -96,7 +96,7 @@ class Div(Op):
         return a / b
 
     def relevance(self, inputs, rule):
-        return rules.passthrough(self.forward(*inputs), inputs[0]), None
+        return relevance.passthrough(self.forward(*inputs), inputs[0]), None
 
 
 @register("Neg")

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 import torch
 from onnx import helper
 
-from ..lrp import rules
+from ..lrp import relevance, rules
 
 
 class Op(ABC):
@@ -63,7 +63,7 @@ class Elementwise(Op):
     kind = "pass"
 
     def relevance(self, inputs, rule):
-        return rules.passthrough(self.forward(*inputs), inputs[0]), None
+        return relevance.passthrough(self.forward(*inputs), inputs[0]), None
 
 
 class LinearOp(Op):

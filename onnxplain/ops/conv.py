@@ -31,7 +31,7 @@ class _ConvBase(LinearOp):
         return self.attr("kernel_shape", list(weight.shape[2:]))
 
     def layer(self, inputs):
-        x, weight = inputs[0], inputs[1]
+        weight = inputs[1]
         bias = inputs[2] if len(inputs) > 2 else None
         shape = (1, -1) + (1,) * self.spatial
         return rules.Layer(lambda t, w: self.apply(t, w, None), weight, None if bias is None else bias.reshape(shape))

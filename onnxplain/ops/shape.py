@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-from ..lrp import rules
+from ..lrp import relevance
 from . import register
 from .base import Op, ints, normalise_axis, torch_pad
 
@@ -155,7 +155,7 @@ class Pad(Op):
             return y, None
         x, pads, axes = inputs[0], inputs[1] if len(inputs) > 1 else None, inputs[3] if len(inputs) > 3 else None
         mask = F.pad(torch.zeros_like(x), torch_pad(self.pairs(x, pads, axes)), value=1.0)
-        return y, rules.MaskLeak(mask)
+        return y, relevance.MaskLeak(mask)
 
 
 @register("Cast")

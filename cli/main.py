@@ -6,6 +6,7 @@ import warnings
 
 import click
 
+from onnxplain.allocator import reuse_freed_memory
 from onnxplain.errors import OnnxplainError
 
 from .contrast_cmd import contrast_command
@@ -35,6 +36,7 @@ class UserErrorGroup(click.Group):
 def cli():
     """Explain the decisions of any ONNX classifier (PyTorch, Keras, Caffe, PaddlePaddle, scikit-learn exports)."""
     warnings.filterwarnings("ignore", category=UserWarning)
+    reuse_freed_memory()
 
 
 cli.add_command(contrast_command)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-import math
-
 import torch
 
 
@@ -64,6 +62,30 @@ class _Relay(torch.autograd.Function):
         return grad * value, None
 
 
+class _Share(torch.autograd.Function):
+    """Forward: `value`. Backward: the incoming gradient, divided by `division`, times each operand's contribution
+    goes to that operand (summed over the axes it was broadcast along)."""
+
+    @staticmethod
+    def forward(ctx, value, division, contributions, *operands):
+        ctx.division, ctx.contributions = division, contributions
+        ctx.shapes = [operand.shape for operand in operands]
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        quotient = ctx.division(grad)
+        grads = [(quotient * contribution).sum_to_size(shape) if needed else None
+                 for contribution, shape, needed in zip(ctx.contributions, ctx.shapes, ctx.needs_input_grad[3:])]
+        return (None, None, None, *grads)
+
+
+def distribute(value: torch.Tensor, division: Division, operands: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """`value` (a sum of sign_k * operand_k), whose relevance R goes to each operand as sign_k operand_k R / z."""
+    contributions = [operand.detach() if sign == 1 else sign * operand.detach() for operand, sign in operands]
+    return _Share.apply(value.detach(), division, contributions, *[operand for operand, _ in operands])
+
+
 def attach(value: torch.Tensor, graph: torch.Tensor, division: Division | None = None) -> torch.Tensor:
     """`value`, whose gradient (divided by `division`'s denominator) flows into `graph`: a true output carrying
     relevance."""
@@ -99,6 +121,7 @@ class Branch:
     bias: torch.Tensor | None    # the bias part of z (broadcastable to the output)
     epsilon: float               # the stabiliser
     division: Division | None = None  # the attached output's R / denominator, shared with it (coef 1 only)
+    positive: bool = False       # denominator > 0 everywhere (z+): the stabiliser term comes from the bias's sums
 
 
 class Leak(ABC):
@@ -114,7 +137,8 @@ class BranchLeak(Leak):
 
     Per branch one pass makes share = coef R / denominator; the bias term sums it over the axes the bias is
     broadcast along before weighting by the bias, and the stabiliser term is epsilon sum |share| sign(coef R)
-    (= share (denominator - z), without reading z)."""
+    (= share (denominator - z), without reading z; = epsilon sum share when the denominator is positive, which
+    reuses the bias term's sums)."""
 
     def __init__(self, branches: list[Branch]):
         self.branches = branches
@@ -127,9 +151,13 @@ class BranchLeak(Leak):
         for branch in self.branches:
             weighted = relevance if _is_one(branch.coef) else relevance * branch.coef
             share = weighted / branch.denominator if branch.division is None else branch.division(weighted, True)
+            if branch.positive:
+                share = _sum_along_bias(share, branch.bias)
+                stabiliser = stabiliser + branch.epsilon * _per_sample(share)
+            else:
+                stabiliser = stabiliser + branch.epsilon * _per_sample(torch.copysign(share, weighted))
             if branch.bias is not None:
-                bias = bias + _bias_term(share, branch.bias)
-            stabiliser = stabiliser + branch.epsilon * _per_sample(torch.copysign(share, weighted))
+                bias = bias + _per_sample(_sum_along_bias(share, branch.bias).double() * branch.bias.double())
             kept = kept + branch.coef
         if not _is_one(kept):  # e.g. gamma's outputs that are exactly zero
             stabiliser = stabiliser + _per_sample(relevance * (1 - kept))
@@ -152,31 +180,20 @@ def _is_one(coef) -> bool:
 
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
-    """(N,) float64 per-sample sums."""
-    return _sum_last(values.detach().reshape(len(values), 1, -1))[:, 0]
+    """(N,) float64 per-sample sums. torch's float32 reductions sum in cascades (accurate to ~1e-7 of the values'
+    magnitude) and read any memory layout in place; converting whole tensors to float64 first would cost a copy
+    twice their size, most of the ledger's time."""
+    values = values.detach()
+    if values.ndim == 1:
+        return values.double()
+    return values.sum(dim=tuple(range(1, values.ndim))).double()
 
 
-def _sum_last(values: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """Sums over the last axis of (N, M, L), float64-accurate: float32 sums of blocks of up to `block` values
-    (accurate to ~1e-7 of their magnitude), then float64 across blocks. Converting whole tensors to float64
-    first would cost a copy twice their size: most of the ledger's time."""
-    n, m, length = values.shape
-    size = math.gcd(length, block) or 1
-    return values.reshape(n, m, length // size, size).sum(3).double().sum(2)
-
-
-def _bias_term(share: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """sum(share * bias) per sample, float64: share summed over the trailing axes the bias is constant along
-    (a conv's spatial axes), then weighted by the bias."""
-    n = len(share)
-    bias = bias.detach().reshape((1,) * (share.ndim - bias.ndim) + tuple(bias.shape))
-    split = share.ndim
-    while split > 1 and bias.shape[split - 1] == 1:
-        split -= 1
-    head = share.shape[1:split]
-    if share.numel() == 0:
-        return torch.zeros(n, dtype=torch.float64, device=share.device)
-    sums = _sum_last(share.reshape(n, math.prod(head), -1))
-    weights = bias[(...,) + (0,) * (share.ndim - split)].expand((bias.shape[0],) + tuple(head))
-    weights = weights.reshape(bias.shape[0], -1).double()
-    return (sums * weights).sum(1)
+def _sum_along_bias(values: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`values` summed (kept as size-1 axes) over the axes the bias is constant along (a conv's spatial axes);
+    without a bias, over all axes but the first."""
+    if bias is None:
+        return values.sum(dim=tuple(range(1, values.ndim)), keepdim=True) if values.ndim > 1 else values
+    shape = (1,) * (values.ndim - bias.ndim) + tuple(bias.shape)
+    axes = tuple(a for a in range(1, values.ndim) if shape[a] == 1 and values.shape[a] != 1)
+    return values.sum(dim=axes, keepdim=True) if axes else values

@@ -17,26 +17,46 @@ from typing import Callable
 
 import torch
 
-from .relevance import Branch, BranchLeak, Division, Leak, attach, passthrough, relay, stabilize
+from .relevance import Branch, BranchLeak, Division, Leak, attach, distribute, passthrough, relay, stabilize
 
 
 # ---------------------------------------------------------------- the layer a rule sees
 @dataclass
 class Layer:
-    """A linear map out = fn(x, weight) + bias. `weight` None: parameter-free (pooling, sums)."""
+    """A linear map out = fn(x, weight) + bias. `weight` None: parameter-free (pooling, sums). `with_bias`, when
+    given, computes fn(x, weight) + bias in one call (a convolution's fused bias: one pass less over the output)."""
 
     fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
     weight: torch.Tensor | None
     bias: torch.Tensor | None   # broadcastable to the output
+    with_bias: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor] | None = None
+    stack_axes: tuple[int, int] | None = None  # (input axis, weight axis) of the summed-over input features
 
     def __call__(self, x, weight=None, bias=None, use_bias=True):
-        out = self.fn(x, self.weight if weight is None else weight)
-        b = self.bias if bias is None else bias
-        return out + b if use_bias and b is not None else out
+        weight = self.weight if weight is None else weight
+        bias = (self.bias if bias is None else bias) if use_bias else None
+        if bias is None:
+            return self.fn(x, weight)
+        if self.with_bias is not None:
+            return self.with_bias(x, weight, bias)
+        return self.fn(x, weight) + bias
 
     def output(self, x):
         with torch.no_grad():
             return self(x)
+
+    def sum_of(self, terms: list[tuple[torch.Tensor, torch.Tensor]], bias=None) -> torch.Tensor:
+        """Sum of fn(x_k, w_k) over `terms`, plus `bias`: one call on the inputs and weights stacked along
+        `stack_axes` where the layer has them (a first layer's thin input makes that as cheap as one term), else
+        one call per term."""
+        if len(terms) > 1 and self.stack_axes is not None:
+            x_axis, w_axis = self.stack_axes
+            terms = [(torch.cat([x for x, _ in terms], x_axis), torch.cat([w for _, w in terms], w_axis))]
+        (x, weight), rest = terms[0], terms[1:]
+        total = self(x, weight, bias, use_bias=bias is not None)
+        for x, weight in rest:
+            total = total + self(x, weight, use_bias=False)
+        return total
 
     def needs_weight(self, rule: str):
         if self.weight is None:
@@ -103,9 +123,12 @@ class ZPlus(Rule):
     def __call__(self, x, layer):
         layer.needs_weight(self.name)
         bias = _pos(layer.bias)
-        z = _signed_part(x, layer, True, bias, self.nonnegative_input)
-        # z >= 0 here (non-negative contributions), so stabilize() would add +epsilon: one pass instead of two
-        division, leak = _divided(z.detach() + self.stabilizer, bias, self.stabilizer)
+        # z >= 0 (non-negative contributions), so stabilize() would add +epsilon: added with the bias instead, the
+        # stabilised denominator comes out of the layer itself (the bias does not change z's gradient)
+        shifted = self.stabilizer if bias is None else bias + self.stabilizer
+        z = _signed_part(x, layer, True, torch.as_tensor(shifted, dtype=x.dtype, device=x.device),
+                         self.nonnegative_input)
+        division, leak = _divided(z.detach(), bias, self.stabilizer, positive=True)
         return attach(layer.output(x), z, division), leak
 
 
@@ -116,12 +139,10 @@ def _has_negative(x: torch.Tensor, nonnegative: bool) -> bool:
 def _signed_part(x, layer, positive: bool, bias, nonnegative: bool):
     """Sum of the contributions of one sign: x+ w+ + x- w- (positive) or x+ w- + x- w+ (negative), plus `bias`."""
     w_for_pos, w_for_neg = (_pos, _neg) if positive else (_neg, _pos)
-    has_negative = _has_negative(x, nonnegative)
-    x_pos = x.clamp(min=0) if has_negative else x
-    z = layer(relay(x, x_pos), w_for_pos(layer.weight), bias, use_bias=bias is not None)
-    if has_negative:
-        z = z + layer(relay(x, x.clamp(max=0)), w_for_neg(layer.weight), use_bias=False)
-    return z
+    if not _has_negative(x, nonnegative):
+        return layer.sum_of([(relay(x, x), w_for_pos(layer.weight))], bias)
+    return layer.sum_of([(relay(x, x.clamp(min=0)), w_for_pos(layer.weight)),
+                         (relay(x, x.clamp(max=0)), w_for_neg(layer.weight))], bias)
 
 
 class AlphaBeta(Rule):
@@ -174,9 +195,8 @@ class Gamma(Rule):
         y = layer.output(x)
         branches, graph = [], 0
         for mask, w_pos, w_neg, bias in (((y > 0), up_w, down_w, up_b), ((y < 0), down_w, up_w, down_b)):
-            z = layer(relay(x, x_pos), w_pos, bias, use_bias=bias is not None)
-            if has_neg:
-                z = z + layer(relay(x, x_neg), w_neg, use_bias=False)
+            terms = [(relay(x, x_pos), w_pos)] + ([(relay(x, x_neg), w_neg)] if has_neg else [])
+            z = layer.sum_of(terms, bias)
             coef = mask.to(y.dtype)
             denominator = stabilize(z.detach(), self.stabilizer)
             graph = graph + z * (coef / denominator)
@@ -197,8 +217,7 @@ class ZBox(Rule):
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand(x.shape)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand(x.shape)
         w = layer.weight
-        z = (layer(relay(x, x), w, use_bias=False) - layer(relay(x, low), w.clamp(min=0), use_bias=False)
-             - layer(relay(x, high), w.clamp(max=0), use_bias=False))
+        z = layer.sum_of([(relay(x, x), w), (relay(x, low), -w.clamp(min=0)), (relay(x, high), -w.clamp(max=0))])
         division, leak = _divided(stabilize(z.detach(), self.stabilizer), None, self.stabilizer)
         return attach(layer.output(x), z, division), leak
 
@@ -235,10 +254,10 @@ def _uniform_input(x, layer, weight, stabilizer):
     return attach(layer.output(x), z, division), leak
 
 
-def _divided(denominator: torch.Tensor, bias, epsilon: float) -> tuple[Division, BranchLeak]:
+def _divided(denominator: torch.Tensor, bias, epsilon: float, positive: bool = False) -> tuple[Division, BranchLeak]:
     """The division of a one-branch rule and its leak, sharing R / denominator."""
     division = Division(denominator)
-    return division, BranchLeak([Branch(1.0, denominator, bias, epsilon, division)])
+    return division, BranchLeak([Branch(1.0, denominator, bias, epsilon, division, positive)])
 
 
 class Pass(Rule):
@@ -259,9 +278,5 @@ def share(output: torch.Tensor, terms: list[tuple[torch.Tensor, float]], constan
 
     A constant operand keeps its share, reported as a bias term.
     """
-    graph = None
-    for tensor, sign in terms:
-        term = relay(tensor, tensor if sign == 1 else sign * tensor.detach())
-        graph = term if graph is None else graph + term
     division, leak = _divided(stabilize(output.detach(), stabilizer), constant, stabilizer)
-    return attach(output, graph if graph.shape == output.shape else graph.expand(output.shape), division), leak
+    return distribute(output, division, terms), leak

@@ -16,6 +16,7 @@ CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 class _ConvBase(LinearOp):
     category = "conv"
+    weight_in_axis = 1  # the weight axis of input channels
 
     def setup(self):
         weight = self.constants.get(1)
@@ -34,7 +35,15 @@ class _ConvBase(LinearOp):
         weight = inputs[1]
         bias = inputs[2] if len(inputs) > 2 else None
         shape = (1, -1) + (1,) * self.spatial
-        return rules.Layer(lambda t, w: self.apply(t, w, None), weight, None if bias is None else bias.reshape(shape))
+        return rules.Layer(lambda t, w: self.apply(t, w, None), weight, None if bias is None else bias.reshape(shape),
+                           lambda t, w, b: self.apply(t, w, self.bias_vector(b, w)),
+                           (1, self.weight_in_axis) if self.groups == 1 else None)
+
+    def bias_vector(self, bias, weight):
+        """A bias broadcastable to the output (per channel, or one value) as the vector the convolution adds."""
+        channels = weight.shape[0] if self.weight_out_axis == 0 else weight.shape[1] * self.groups
+        bias = bias.reshape(-1)
+        return bias.expand(channels) if bias.numel() == 1 else bias
 
 
 @register("Conv")
@@ -58,7 +67,7 @@ class Conv(_ConvBase):
 
 @register("ConvTranspose")
 class ConvTranspose(_ConvBase):
-    weight_out_axis = 1
+    weight_out_axis, weight_in_axis = 1, 0
 
     def mergeable(self):
         return self.groups == 1

@@ -40,7 +40,7 @@ class Gemm(LinearOp):
     def layer(self, inputs):
         b = inputs[1].transpose(0, 1) if self.trans_b else inputs[1]
         bias = inputs[2] * self.beta if len(inputs) > 2 and inputs[2] is not None else None
-        return rules.Layer(lambda x, w: x @ w, b * self.alpha, bias)
+        return rules.Layer(lambda x, w: x @ w, b * self.alpha, bias, stack_axes=(-1, 0))
 
 
 @register("MatMul")
@@ -61,4 +61,4 @@ class MatMul(LinearOp):
         return torch.matmul(a, b)
 
     def layer(self, inputs):
-        return rules.Layer(lambda x, w: torch.matmul(x, w), inputs[1], None)
+        return rules.Layer(lambda x, w: torch.matmul(x, w), inputs[1], None, stack_axes=(-1, 0))

@@ -48,7 +48,7 @@ class LinearClassifier(LinearOp):
 
     def layer(self, inputs):
         x = inputs[0]
-        return rules.Layer(lambda t, w: t @ w, self.weight.to(x), self.bias.to(x))
+        return rules.Layer(lambda t, w: t @ w, self.weight.to(x), self.bias.to(x), stack_axes=(-1, 0))
 
 
 @register("PostTransform", domain=INTERNAL)

@@ -2,11 +2,8 @@
 the bias and stabiliser terms for every composite and rule (done-when 3), deep Taylor is positive on plain
 ReLU networks.
 
-Each model is loaded once (module-scoped fixture, one model in memory at a time). The three cheap graphs
-(squeezenet, shufflenet, inception_v1) run every composite; the six big ones run the default composite,
-deep-taylor and one more composite in rotation, so every composite runs on at least four zoo graphs; each
-model also runs one set of rule overrides (every rule on several graphs). The full 7 x 9 matrix took
-~2 CPU-minutes more and also conserved (<= 1.1e-6); see docs/lrp.md.
+Each model is loaded once (module-scoped fixture, one model in memory at a time) and runs every composite, plus
+one set of rule overrides (every rule on several graphs).
 """
 from __future__ import annotations
 
@@ -33,10 +30,8 @@ OVERRIDES = {  # one set of rule overrides per model, so every rule runs on seve
     "zfnet512": [{"Conv": "epsilon:0.1", "Gemm": "gamma"}],
 }
 ALL_COMPOSITES = [c for c in COMPOSITES if c != "deep-taylor"]  # deep-taylor: its own test below
-ROTATION = {"bvlc_alexnet": "epsilon-gamma-box", "vgg19": "epsilon-alpha2-beta1", "resnet50": "epsilon-plus-flat",
-            "densenet121": "epsilon-alpha2-beta1-flat", "inception_v2": "lrp-0", "zfnet512": "epsilon-gamma-box"}
-CONFIGS = {name: [(c, None) for c in (ALL_COMPOSITES if name not in ROTATION else ["epsilon-plus", ROTATION[name]])]
-           + [("lrp-0", rules) for rules in OVERRIDES[name]] for name in ZOO_NAMES}
+CONFIGS = {name: [(c, None) for c in ALL_COMPOSITES] + [("lrp-0", rules) for rules in OVERRIDES[name]]
+           for name in ZOO_NAMES}
 
 
 @pytest.fixture(scope="module", params=ZOO_NAMES)

@@ -36,11 +36,15 @@ class LRP:
         self.composite, self.rules = composite, dict(rules or {})
         self.low, self.high = low, high
         self.device, self.batch_size, self.progress = device, batch_size, progress
+        self._walker: Walker | None = None  # the last model's, with its plans (explaining it again skips planning)
 
     def walker(self, model) -> Walker:
-        bounded = self.low is not None or model.preprocess is not None
-        rule_map = RuleMap(self.composite, self.rules, self.params, bounded=bounded)
-        return Walker(model.torch(self.device), rule_map, self.low, self.high)
+        executor = model.torch(self.device)
+        if self._walker is None or self._walker.executor is not executor:
+            bounded = self.low is not None or model.preprocess is not None
+            rule_map = RuleMap(self.composite, self.rules, self.params, bounded=bounded)
+            self._walker = Walker(executor, rule_map, self.low, self.high)
+        return self._walker
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         target = target or Target()

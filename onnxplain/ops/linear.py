@@ -38,9 +38,11 @@ class Gemm(LinearOp):
         return torch.addmm(c, a, b, beta=self.beta, alpha=self.alpha)
 
     def layer(self, inputs):
-        b = inputs[1].transpose(0, 1) if self.trans_b else inputs[1]
-        bias = inputs[2] * self.beta if len(inputs) > 2 and inputs[2] is not None else None
-        return rules.Layer(lambda x, w: x @ w, b * self.alpha, bias, stack_axes=(-1, 0))
+        b = inputs[1].transpose(0, 1) if self.trans_b else inputs[1]  # a view: matmul reads it transposed
+        bias = inputs[2] if len(inputs) > 2 else None
+        if bias is not None and self.beta != 1:
+            bias = bias * self.beta
+        return rules.Layer(lambda x, w: x @ w, b * self.alpha if self.alpha != 1 else b, bias, stack_axes=(-1, 0))
 
 
 @register("MatMul")

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -214,11 +217,35 @@ def keras_command(model, input_shape, opset, out, samples, preprocess, labels, a
     if not installed("keras"):
         raise OnnxplainError(MISSING)
     use_torch_backend_without_tensorflow()
-    import keras
+    with native_output_silenced(installed("tensorflow")):
+        import keras
 
+        try:
+            network = keras.models.load_model(model, safe_mode=True)
+        except Exception as error:  # keras raises many types for bad files
+            raise OnnxplainError(f"{model} is not a loadable Keras model: {str(error).splitlines()[0][:200]}") from None
+        report = convert_keras(network, out, samples=read_samples(samples), input_shape=parse_shape(input_shape),
+                               opset=opset, preprocess=read_spec(preprocess), labels=read_labels(labels), atol=atol)
+    echo_report(report)
+
+
+@contextmanager
+def native_output_silenced(active: bool):
+    """TensorFlow's C++ code writes start-up notices (CUDA probing, oneDNN) straight to file descriptor 2, past
+    Python and past TF_CPP_MIN_LOG_LEVEL; hide descriptor 2 while it loads and runs. Failures still arrive as
+    exceptions, reported once it is restored."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        network = keras.models.load_model(model, safe_mode=True)
-    except Exception as error:  # keras raises many types for bad files
-        raise OnnxplainError(f"{model} is not a loadable Keras model: {str(error).splitlines()[0][:200]}") from None
-    echo_report(convert_keras(network, out, samples=read_samples(samples), input_shape=parse_shape(input_shape),
-                              opset=opset, preprocess=read_spec(preprocess), labels=read_labels(labels), atol=atol))
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -23,34 +23,60 @@ def installed(name: str) -> bool:
 
 
 def use_torch_backend_without_tensorflow() -> None:
-    """Keras 3 defaults to the TensorFlow backend; without TensorFlow, run it on torch (before keras is imported)."""
+    """Keras 3 defaults to the TensorFlow backend; without TensorFlow, run it on torch (before keras is imported).
+    With TensorFlow, keep its C++ start-up notices off the user's terminal (warnings and errors still show)."""
     if not installed("tensorflow"):
         os.environ.setdefault("KERAS_BACKEND", "torch")
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def _is_keras3(model) -> bool:
+    """A Keras 3 model (any backend), as opposed to a tf.keras / tf_keras (Keras 2) one."""
+    if not installed("keras"):
+        return False
+    import keras
+
+    return int(keras.__version__.split(".")[0]) >= 3 and isinstance(model, keras.Model)
 
 
 def _export(model, batch: np.ndarray, opset: int | None, input_name: str):
-    """(ModelProto, exporter description)."""
-    import onnx
-
+    """(ModelProto, exporter description). Keras 3 models go through Keras's own ONNX export (tf2onnx's
+    `from_keras` does not understand them); Keras 2 (tf.keras) models through tf2onnx."""
+    if _is_keras3(model):
+        return _keras_export(model, batch, opset)
     if installed("tf2onnx") and installed("tensorflow"):
         import tensorflow as tf
         import tf2onnx
 
         signature = (tf.TensorSpec((None, *batch.shape[1:]), tf.float32, name=input_name),)
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+        proto, _ = _exporting("tf2onnx", lambda: tf2onnx.convert.from_keras(model, input_signature=signature,
+                                                                            opset=opset))
         return proto, f"tf2onnx {tf2onnx.__version__}"
-    if installed("keras") and hasattr(model, "export"):
-        with tempfile.TemporaryDirectory(prefix="onnxplain-keras-") as folder:
-            target = Path(folder) / "model.onnx"
-            try:
-                model.predict(batch[:2], verbose=0)  # Keras exports only a model that has been called
-                model.export(str(target), format="onnx", verbose=False)
-            except (TypeError, ValueError) as error:
-                raise OnnxplainError(f"Keras cannot export this model to ONNX: {str(error).splitlines()[0]}") from None
-            import keras
-
-            return onnx.load(target), f"keras {keras.__version__} export ({keras.backend.backend()} backend)"
     raise OnnxplainError(MISSING)
+
+
+def _keras_export(model, batch: np.ndarray, opset: int | None):
+    import keras
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="onnxplain-keras-") as folder:
+        target = Path(folder) / "model.onnx"
+        model.predict(batch[:2], verbose=0)  # Keras exports only a model that has been called
+        _exporting("Keras", lambda: model.export(str(target), format="onnx", verbose=False, opset_version=opset))
+        return onnx.load(target), f"keras {keras.__version__} export ({keras.backend.backend()} backend)"
+
+
+def _exporting(exporter: str, export):
+    """Run an exporter; its failure (any exception: exporters have no common error type) becomes one line."""
+    try:
+        return export()
+    except ImportError as error:
+        raise OnnxplainError(f"{exporter} export needs a missing package: {error}") from None
+    except Exception as error:
+        text = str(error).strip().splitlines()
+        raise OnnxplainError(f"{exporter} cannot export this model to ONNX: {type(error).__name__}"
+                             f"{': ' + text[0] if text else ''}") from None
 
 
 def convert_keras(model, path: str | os.PathLike, *, samples: np.ndarray | None = None,

@@ -161,6 +161,32 @@ def test_cli_keras_file(tmp_path, keras):
     np.testing.assert_allclose(ort_run(tmp_path / "m.onnx", x)[0], network.predict(x, verbose=0), atol=1e-5)
 
 
+def test_tf_keras_round_trip_through_tf2onnx(tmp_path):
+    """A Keras 2 model (tf_keras, the tf.keras of TensorFlow >= 2.16) goes through tf2onnx."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    tf_keras = pytest.importorskip("tf_keras")
+    network = tf_keras.Sequential([tf_keras.Input((5,)), tf_keras.layers.Dense(4, activation="relu"),
+                                   tf_keras.layers.Dense(3, activation="softmax")])
+    samples = np.random.default_rng(0).random((6, 5), dtype=np.float32)
+    report = convert_keras(network, tmp_path / "k.onnx", samples=samples)
+    assert report.exporter.startswith("tf2onnx") and report.max_abs_diff < 1e-4
+    more = np.random.default_rng(1).random((9, 5), dtype=np.float32)
+    np.testing.assert_allclose(ort_run(tmp_path / "k.onnx", more)[0], network.predict(more, verbose=0), atol=1e-5)
+
+
+def test_keras_export_failure_is_one_line(tmp_path, keras, monkeypatch):
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+
+    def broken(*args, **kwargs):
+        raise KeyError("keras_tensor_5")  # what tf2onnx's from_keras raises on Keras 3 models
+
+    monkeypatch.setattr(network, "export", broken)
+    with pytest.raises(OnnxplainError, match="Keras cannot export this model to ONNX: KeyError"):
+        convert_keras(network, tmp_path / "k.onnx", input_shape=(4,))
+    assert not (tmp_path / "k.onnx").exists()
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

@@ -6,19 +6,32 @@ from collections import Counter
 
 import click
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from .common import echo_json, load_model, model_argument, preprocess_option
+
+
+FLOATING = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+ML_WEIGHTS = ("coefficients", "intercepts", "nodes_values", "class_weights", "target_weights", "support_vectors",
+              "rho", "scale", "offset")
+
+
+def count_parameters(proto) -> int:
+    """Floating-point weights: initializers, `Constant` nodes (paddle2onnx keeps weights there) and the
+    attributes in which ai.onnx.ml ops keep theirs. Integer tensors (shapes, axes) are not parameters."""
+    tensors = [t for t in proto.graph.initializer if t.data_type in FLOATING]
+    tensors += [a.t for n in proto.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                for a in n.attribute if a.name == "value" and a.t.data_type in FLOATING]
+    return sum(int(np.prod(t.dims)) for t in tensors) + sum(
+        len(a.floats) + len(a.ints) for n in proto.graph.node if n.domain == "ai.onnx.ml" for a in n.attribute
+        if a.name in ML_WEIGHTS)
 
 
 def describe(model) -> dict:
     proto, original = model.proto, model.original
     ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in original.graph.node)
     weights = {t.name for t in proto.graph.initializer}
-    parameters = sum(int(np.prod(t.dims)) for t in proto.graph.initializer) + sum(
-        len(a.floats) + len(a.ints) for n in proto.graph.node if n.domain == "ai.onnx.ml" for a in n.attribute
-        if a.name in ("coefficients", "intercepts", "nodes_values", "class_weights", "target_weights",
-                      "support_vectors", "rho", "scale", "offset"))  # ai.onnx.ml ops keep weights in attributes
+    parameters = count_parameters(proto)
 
     def values(items, skip=()):
         rows = []

@@ -81,6 +81,19 @@ def add_metadata(model, spec: dict) -> None:
         prop.key, prop.value = key, value
 
 
+def write_export_fixture(model, name: str, spec: dict, test_x: np.ndarray, test_labels: np.ndarray, predict) -> None:
+    """Save another framework's export with the spec and labels embedded (`name.onnx`), and the first test digit of
+    each sample class with the source network's probabilities for them (`samples/name_check.npz`)."""
+    import onnx
+
+    add_metadata(model, spec)
+    onnx.save(model, HERE / f"{name}.onnx")
+    picks = [int(np.flatnonzero(test_labels == d)[0]) for d in SAMPLE_DIGITS]
+    check = test_x[picks]
+    np.savez(HERE / "samples" / f"{name}_check.npz", inputs=check, probabilities=predict(check),
+             labels=test_labels[picks])
+
+
 def op_types(model) -> list[str]:
     return sorted({f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
                    for n in model.graph.node})

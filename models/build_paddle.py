@@ -2,7 +2,7 @@
 
 paddle2onnx writes its graphs its own way: weights as `Constant` nodes instead of initializers, IR version 7,
 a Shape/Slice/Concat subgraph feeding the Reshape before the classifier, MatMul + Add instead of Gemm, a Softmax
-output named `fetch_name_0`. The test `tests/test_paddle_export.py` checks that onnxplain loads, runs and
+output named `fetch_name_0`. The test `tests/test_framework_exports.py` checks that onnxplain loads, runs and
 explains it as it comes, against the Paddle network's own outputs stored beside it.
 
 Needs paddlepaddle and paddle2onnx (not onnxplain dependencies; the files are committed):
@@ -21,7 +21,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build import CNN_SPEC, SAMPLE_DIGITS, add_metadata, cnn_input, load_split  # noqa: E402
+from build import CNN_SPEC, cnn_input, load_split, write_export_fixture  # noqa: E402
 
 EPOCHS, BATCH, SEED = 8, 64, 0
 
@@ -80,12 +80,8 @@ def main() -> None:
         spec = [paddle.static.InputSpec(shape=[None, 1, 28, 28], dtype="float32", name="image")]
         paddle.onnx.export(network, str(Path(folder) / "digits_paddle"), input_spec=spec, opset_version=13)
         model = onnx.load(Path(folder) / "digits_paddle.onnx")
-    add_metadata(model, CNN_SPEC)
-    onnx.save(model, HERE / "digits_paddle.onnx")
-    picks = [int(np.flatnonzero(test_labels == d)[0]) for d in SAMPLE_DIGITS]
-    check = test_x[picks]
-    np.savez(HERE / "samples" / "digits_paddle_check.npz", inputs=check,
-             probabilities=network(paddle.to_tensor(check)).numpy(), labels=test_labels[picks])
+    write_export_fixture(model, "digits_paddle", CNN_SPEC, test_x, test_labels,
+                         lambda inputs: network(paddle.to_tensor(inputs)).numpy())
     print(f"digits_paddle.onnx: test accuracy {accuracy:.4f} (paddle {paddle.__version__})")
 
 

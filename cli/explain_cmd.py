@@ -42,7 +42,7 @@ def read_reference(path: Path, model) -> np.ndarray:
     if path.is_file() and path.suffix == ".npy":
         from onnxplain.io import read_npy
 
-        return model.check_input(read_npy(path))
+        return model.check_input(read_npy(path), f"--reference {path}:")
     return load_inputs([path], model)[0]
 
 
@@ -166,7 +166,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, layer: 
     return {
         "input": str(source), "method": record["method"], "options": record["params"],
         "target": {"index": target, "label": model.label_of(target)} if target >= 0 else {"layer": layer},
-        "score": record["score"], "score_kind": model.score_kind if target >= 0 else "hidden",
+        "score": record["score"],
+        "score_kind": diagnostics.get("score_kind", model.score_kind) if target >= 0 else "hidden",
         "top": ranked, "relevance_sum": float(np.sum(record["relevance"], dtype=np.float64)),
         "conservation_error": next((v for k, v in diagnostics.items() if "conservation" in k), None),
         "diagnostics": diagnostics, "outputs": record["outputs"],
@@ -229,7 +230,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, ou
     except OnnxplainError as error:
         if not chosen:
             raise
-        raise OnnxplainError(f"{error} (the default method for this model; choose one with --method)") from None
+        raise OnnxplainError(f"{error} (method {method}: this model's default; --method picks another)") from None
     goal = parse_target(loaded, target, layer)
     x, sources = load_inputs(inputs, loaded)
     loaded_s = time.perf_counter() - began

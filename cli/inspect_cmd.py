@@ -27,6 +27,14 @@ def count_parameters(proto) -> int:
         if a.name in ML_WEIGHTS)
 
 
+def why_scores(model) -> str:
+    """How the class scores were found; a ZipMap's probability tensor is named as the one under that output."""
+    for node in model.original.graph.node:
+        if node.op_type == "ZipMap" and node.input[0] == model.score_output:
+            return f"{model.score_reason}; the tensor under ZipMap output {node.output[0]!r}"
+    return model.score_reason
+
+
 def describe(model) -> dict:
     proto, original = model.proto, model.original
     ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in original.graph.node)
@@ -57,7 +65,7 @@ def describe(model) -> dict:
         "outputs": values(original.graph.output),
         "operators": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "parameters": parameters,
-        "class_scores": {"output": model.score_output, "kind": model.score_kind, "why": model.score_reason,
+        "class_scores": {"output": model.score_output, "kind": model.score_kind, "why": why_scores(model),
                          "logits": model.logits_output},
         "normalisation": model.notes,
         "preprocess": None if model.preprocess is None else json.loads(model.preprocess.to_json()),

@@ -118,6 +118,11 @@ class TorchExecutor:
         logits = self.run(x, [self.logits_name])[self.logits_name]
         return logits.reshape(len(logits), -1)
 
+    def explained_kind(self) -> str:
+        """What a class's explained value f(x) is: 'logits' when the class scores pass a softmax (or a classifier's
+        post-transform) after the tensor explained, else the scores' own kind."""
+        return "logits" if self.logits_name != self.model.score_output else self.model.score_kind
+
     def explained(self, start: torch.Tensor, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, np.ndarray]:
         """(f(x) per sample, class per sample or -1) for `start`: the logits, or the hidden tensor of `target`."""
         if target.hidden:

@@ -199,15 +199,28 @@ class Model:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)
 
     def class_index(self, target: str | int) -> int:
-        """A class given as index or label."""
-        if isinstance(target, (int, np.integer)):
-            return int(target)
+        """A class given as index or label; an index past the classes the graph declares is refused here, before
+        any work starts."""
+        if isinstance(target, (int, np.integer)) or (str(target).lstrip("-").isdigit()
+                                                     and not (self.labels and target in self.labels)):
+            index, count = int(target), self.class_count()
+            if count is not None and index >= count:
+                raise OnnxplainError(f"class {index} is out of range: the model has {count} classes")
+            return index
         if self.labels and target in self.labels:
             return self.labels.index(target)
-        if str(target).lstrip("-").isdigit():
-            return int(target)
         raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {', '.join(self.labels[:20])}"
                                                             if self.labels else ""))
+
+    def class_count(self) -> int | None:
+        """Number of classes, when the class-score tensor's last axis has a static size."""
+        values = list(self.proto.graph.output) + list(self.proto.graph.value_info)
+        for value in values:
+            if value.name == self.score_output and value.type.HasField("tensor_type"):
+                dims = value.type.tensor_type.shape.dim
+                if len(dims) >= 2 and dims[-1].HasField("dim_value") and dims[-1].dim_value > 0:
+                    return int(dims[-1].dim_value)
+        return None
 
     # ---------------------------------------------------------------- running
     def session(self, outputs: tuple[str, ...] = ()):
@@ -225,13 +238,14 @@ class Model:
     def output_names(self) -> list[str]:
         return [o.name for o in self.proto.graph.output]
 
-    def check_input(self, x: np.ndarray) -> np.ndarray:
-        """A batch the model accepts: right rank, sizes and dtype, finite; else a clear OnnxplainError."""
+    def check_input(self, x: np.ndarray, what: str = "input") -> np.ndarray:
+        """A batch the model accepts: right rank, sizes and dtype, finite; else a clear OnnxplainError that
+        names `what` was checked (the input, a reference set, ...)."""
         x = np.asarray(x)
         expected = self.input_shape
         if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:])):
             shown = "x".join("N" if d is None else str(d) for d in expected)
-            raise OnnxplainError(f"input shape {'x'.join(map(str, x.shape))} does not fit the model's {shown}")
+            raise OnnxplainError(f"{what} shape {'x'.join(map(str, x.shape))} does not fit the model's {shown}")
         if not np.issubdtype(x.dtype, np.number):
             raise OnnxplainError(f"input dtype {x.dtype} is not numeric")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():

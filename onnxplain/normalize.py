@@ -139,7 +139,10 @@ def unzip_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type != "ZipMap":
             continue
         outputs = [o for o in graph.output if o.name != node.output[0]]
-        probabilities = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)
+        labels = [a for a in node.attribute if a.name in ("classlabels_int64s", "classlabels_strings")]
+        classes = len(labels[0].ints or labels[0].strings) if labels else 0
+        probabilities = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, ["N", classes] if classes
+                                                      else None)
         graph.node.remove(node)
         del graph.output[:]
         graph.output.extend(outputs + [probabilities])

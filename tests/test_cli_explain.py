@@ -221,9 +221,16 @@ def bad_cases(tmp_path, digits_cnn, samples):
     not_image.write_text("this is text, not a PNG")
     np.save(tmp_path / "wrong.npy", np.zeros((3, 28, 28), np.float32))
     np.save(tmp_path / "nan.npy", np.full((1, 28, 28), np.nan, np.float32))
+    np.save(tmp_path / "flat.npy", np.zeros((3, 5), np.float32))
     good = samples / "digit3_cnn.npy"
     occlusion = ["--method", "occlusion", "--window", "7"]
+    pda = ["--method", "pda", "--window", "4", "--samples", "2"]
     return {
+        "array of another rank": ([digits_cnn, good, tmp_path / "flat.npy", *occlusion],
+                                  "flat.npy: an array of shape 3x5 is neither a batch"),
+        "reference of another shape": ([digits_cnn, good, *pda, "--reference", tmp_path / "wrong.npy"],
+                                       "--reference " + str(tmp_path / "wrong.npy") + ": shape 3x28x28 does not fit"),
+        "unknown composite": ([digits_cnn, good, "--composite", "nope"], "(method lrp: this model's default"),
         "corrupt model": ([corrupt, good, *occlusion], "not a readable ONNX model"),
         "missing input": ([digits_cnn, good, tmp_path / "none.png", *occlusion], "not found"),
         "not an image": ([digits_cnn, good, not_image, *occlusion], "not a readable image"),
@@ -238,6 +245,7 @@ def bad_cases(tmp_path, digits_cnn, samples):
 
 
 @pytest.mark.parametrize("case", ["corrupt model", "missing input", "not an image", "wrong shape", "NaN",
+                                  "array of another rank", "reference of another shape", "unknown composite",
                                   "unknown method", "option of another method", "unknown option",
                                   "class out of range", "unknown label"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, digits_cnn, samples):

@@ -60,7 +60,8 @@ def test_explain_reads_a_png_through_the_embedded_spec(export, tmp_path):
     result = CliRunner().invoke(cli, ["explain", str(MODELS / f"{name}.onnx"), str(MODELS / "samples" / "digit3.png"),
                                       "--json", "--quiet", "--save-npy", str(tmp_path / "r.npy")])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)[0]["target"]["index"] == 3
+    record = json.loads(result.stdout)[0]
+    assert record["target"]["index"] == 3 and record["score_kind"] == "logits"  # LRP explains the pre-softmax logit
     assert np.load(tmp_path / "r.npy").shape == tuple(model.input_shape[1:])
 
 

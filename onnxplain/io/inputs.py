@@ -86,7 +86,12 @@ def to_model_inputs(path: Path, model) -> np.ndarray:
     kind = _kind(path)
     if kind == "npy":
         array = np.asarray(read_npy(path))
-        return array if array.ndim == len(model.input_shape) else array[None]
+        rank = len(model.input_shape)
+        if array.ndim not in (rank, rank - 1):
+            shown = "x".join("N" if d is None else str(d) for d in model.input_shape)
+            raise OnnxplainError(f"{path}: an array of shape {'x'.join(map(str, array.shape))} is neither a batch "
+                                 f"of this model's input ({shown}) nor one sample of it")
+        return array if array.ndim == rank else array[None]
     if kind == "nifti":
         return volume_to_tensor(read_nifti(path)[0], model)[None]
     if kind == "image":

@@ -60,7 +60,8 @@ class LRP:
         values = np.concatenate([r.values.double().cpu().numpy() for r in results])
         classes = np.concatenate([r.classes for r in results])
         diagnostics = conservation_report(results, relevance, values)
-        diagnostics.update(composite=self.composite, explained_tensor=target.layer or walker.executor.logits_name)
+        diagnostics.update(composite=self.composite, explained_tensor=target.layer or walker.executor.logits_name,
+                           score_kind=walker.executor.explained_kind())
         return Explanation(relevance, classes, values, self.name, self.describe(), diagnostics)
 
     def attribute(self, model, inputs: np.ndarray, target: Target | None = None) -> np.ndarray:

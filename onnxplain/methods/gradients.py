@@ -51,7 +51,7 @@ class GradientMethod:
         classes = class_indices(model, model.scores(x), target)
         relevance, score, diagnostics = self.attribute(executor, model, x, target, classes)
         return Explanation(relevance.astype(x.dtype, copy=False), classes, score, self.name, self.params,
-                           diagnostics)
+                           {"score_kind": executor.explained_kind(), **diagnostics})
 
     def attribute(self, executor, model, x, target, classes):
         """(relevance like x, f(x) (N,), diagnostics)."""

@@ -69,7 +69,7 @@ class Occlusion:
         if self.reference is None:
             return np.full(shape, self.fill, dtype=model.input_dtype)
         reference = model.check_input(self.reference if self.reference.ndim == len(shape) + 1
-                                      else self.reference[None])
+                                      else self.reference[None], "reference set (--reference)")
         return reference.mean(axis=0).astype(model.input_dtype)
 
     def _explained(self, model, x: np.ndarray, target: Target, classes: np.ndarray | None, batch_size: int):

@@ -21,6 +21,7 @@ from .windows import Geometry, WindowGrid
 
 WEIGHT_OF_EVIDENCE = "weight of evidence"
 ACTIVATION_DIFFERENCE = "activation difference"
+SCORE_KINDS = {WEIGHT_OF_EVIDENCE: "probabilities", ACTIVATION_DIFFERENCE: "logits"}  # what f(x) is, per score
 CPU_BATCH = 256
 CHUNK_BYTES = 64 * 2**20          # inputs of one chunk of windows x samples, held in one reused buffer
 
@@ -98,7 +99,7 @@ class PredictionDifference:
         """Geometry, window grid and fitted sampler for inputs of `sample_shape` (kept for the next call)."""
         sample_shape = tuple(sample_shape)
         if self._setup is None or self._setup[0] is not model or self._setup[1] != sample_shape:
-            reference = model.check_input(self.reference)
+            reference = model.check_input(self.reference, "reference set (--reference)")
             if reference.shape[1:] != sample_shape:
                 raise OnnxplainError(f"reference samples {reference.shape[1:]} differ from the inputs {sample_shape}")
             geometry = Geometry.infer(model, sample_shape, self.volume_shape)
@@ -157,8 +158,8 @@ class PredictionDifference:
                 maps.append(per_class[0])
                 extra.append(per_class[1:])
         relevance = self._to_input(geometry, np.stack(maps))
-        diagnostics = {"score": score.kind, "windows": len(grid), "window": tuple(grid.size),
-                       "samples_per_window": setup.sampler.samples_per_window(self.samples),
+        diagnostics = {"score": score.kind, "score_kind": SCORE_KINDS[score.kind], "windows": len(grid),
+                       "window": tuple(grid.size), "samples_per_window": setup.sampler.samples_per_window(self.samples),
                        "forward_passes": passes, "seconds": round(time.perf_counter() - started, 3),
                        "sampler_cache": getattr(setup.sampler, "cache_hit", None)}
         if score.kind == WEIGHT_OF_EVIDENCE:

@@ -88,10 +88,18 @@ def run_batched(fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, bat
     return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
 
 
+PROGRESS_DELAY_S = 0.5  # bars appear only for work that lasts longer: long jobs show an ETA, short ones stay quiet
+
+
+def progress_bar(iterable=None, **options):
+    """A tqdm bar (notebook-aware) that shows only after PROGRESS_DELAY_S and clears itself when done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, delay=PROGRESS_DELAY_S, leave=False, **options)
+
+
 def _progress(iterable: Iterable, progress: bool | str, total: int):
     if not progress:
         return iterable
-    from tqdm.auto import tqdm
-
     desc = progress if isinstance(progress, str) else "forward passes"
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+    return progress_bar(iterable, total=total, desc=desc, unit="batch")

@@ -108,3 +108,18 @@ def test_cli_pda_on_a_nifti_volume_writes_a_relevance_volume(tmp_path):
     np.testing.assert_allclose(written.get_fdata()[1:7], expected.relevance[0].reshape(box), atol=1e-6)
     relevance = expected.relevance[0].reshape(box)
     assert np.abs(relevance[2:4, 3:5, 1:3]).mean() > np.abs(relevance).mean()   # the weighted block matters
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_long_work_shows_a_bar_with_an_eta_unless_quiet(digits_cnn, monkeypatch, quiet):
+    """Bars appear once work has lasted PROGRESS_DELAY_S (set to 0 here, so even this short job counts as long)."""
+    import onnxplain.runtime
+
+    monkeypatch.setattr(onnxplain.runtime, "PROGRESS_DELAY_S", 0)
+    samples = digits_cnn.parent / "samples"
+    args = ["explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "pda", "--window", 4, "--samples", 2,
+            "--stride", 4, "--reference", samples / "digits_reference_cnn.npy", "--json"]
+    result = run(*args, *(["--quiet"] if quiet else []))
+    assert result.exit_code == 0, result.output
+    shown = "prediction difference" in result.stderr and "<" in result.stderr  # tqdm's [elapsed<remaining]
+    assert shown != quiet

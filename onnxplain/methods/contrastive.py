@@ -27,6 +27,7 @@ import torch
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation
+from ..runtime import progress_bar
 from ..targets import Target
 from .lagrangian import AugmentedLagrangian, Evaluation
 
@@ -194,8 +195,6 @@ class CDeepEx:
                 "record_every": self.solver.record_every}
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
-        from tqdm.auto import tqdm
-
         x = model.check_input(x)
         generator = self.generator if isinstance(self.generator, Generator) else \
             Generator(self.generator, model, self.device)
@@ -206,8 +205,8 @@ class CDeepEx:
         starts = torch.randn((len(x), self.restarts, *generator.latent_shape),
                              generator=torch.Generator().manual_seed(self.seed))
         parts = []
-        with tqdm(total=len(x) * (self.solver.outer_steps + 1), desc=self.name, leave=False,
-                  disable=not self.progress) as bar:
+        with progress_bar(total=len(x) * (self.solver.outer_steps + 1), desc=self.name,
+                          disable=not self.progress) as bar:
             for start in range(0, len(x), size):
                 rows = slice(start, start + size)
                 parts.append(self._explain_batch(executor, model, generator, x[rows], true[rows], probe[rows],

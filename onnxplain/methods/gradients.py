@@ -12,6 +12,7 @@ import torch
 from ..errors import OnnxplainError
 from ..executor import input_bounds
 from ..explanation import Explanation
+from ..runtime import progress_bar
 from ..targets import Target, class_indices
 
 
@@ -64,9 +65,7 @@ class GradientMethod:
             return batched_gradient(executor, x, target, classes, size, bar)
 
     def bar(self, total: int):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=self.name, unit="input", leave=False, disable=not self.progress)
+        return progress_bar(total=total, desc=self.name, unit="sample", disable=not self.progress)
 
 
 class Gradient(GradientMethod):

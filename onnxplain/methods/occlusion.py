@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation
+from ..runtime import progress_bar
 from ..targets import Target, class_indices, hidden_values
 
 
@@ -135,6 +136,4 @@ class Occlusion:
     def _progress(self, iterable, total: int):
         if not self.progress:
             return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, desc="occlusion", unit="batch", leave=False)
+        return progress_bar(iterable, total=total, desc="occlusion", unit="batch")

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation
+from ..runtime import progress_bar
 from ..targets import Target, class_indices, hidden_values
 from .samplers import ConditionalSampler, MarginalSampler
 from .windows import Geometry, WindowGrid
@@ -278,9 +279,7 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return None
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.total, desc="prediction difference", unit="window", leave=False)
+        self.bar = progress_bar(total=self.total, desc="prediction difference", unit="window")
         return self.bar
 
     def __exit__(self, *exc):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..runtime import progress_bar
 from .layout import InputLayout
 
 ORDERS = ("morf", "lerf", "random")
@@ -150,6 +151,4 @@ def _perturbed(layout: InputLayout, x: np.ndarray, ranks: np.ndarray, fills: np.
 def _progress(iterable, progress: bool, total: int):
     if not progress:
         return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc="region perturbation", unit="chunk", leave=False)
+    return progress_bar(iterable, total=total, desc="region perturbation", unit="chunk")

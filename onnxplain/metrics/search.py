@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..runtime import progress_bar
 
 FIRST_PROBE = 16
 GROWTH = 8  # an extrapolated probe is at most GROWTH times the last step that did not flip
@@ -121,9 +122,7 @@ def _next_probe(cases, lo, m_lo, hi, m_hi, prev, m_prev, bisect, max_steps: int)
 def _bar(progress: bool, desc: str, total: int):
     if not progress:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="case", leave=False)
+    return progress_bar(total=total, desc=desc, unit="case")
 
 
 def _advance(bar, count: int) -> None:

@@ -113,18 +113,15 @@ def make_cnn():
     )
 
 
-def train_cnn(train, test, epochs: int = 20, batch_size: int = 64):
-    """Train the CNN (seeded, deterministic); returns (model in eval mode, test accuracy)."""
+def train_classifier(x: np.ndarray, y: np.ndarray, epochs: int = 20, batch_size: int = 64):
+    """The CNN trained on (x, y): seeded Adam (lr 2e-3) on shuffled mini-batches; returns the model in eval mode.
+    Every digits classifier here (this one, the biased-8 one of build_contrastive.py) uses this recipe."""
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(2)
     torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    x_train, y_train = torch.from_numpy(cnn_input(train[0])), torch.from_numpy(train[1])
-    x_test, y_test = torch.from_numpy(cnn_input(test[0])), torch.from_numpy(test[1])
-
     model = make_cnn()
+    x_train, y_train = torch.from_numpy(x), torch.from_numpy(y)
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(SEED)
     for _ in range(epochs):
@@ -134,8 +131,19 @@ def train_cnn(train, test, epochs: int = 20, batch_size: int = 64):
             F.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
             optimiser.step()
     model.eval()
+    return model
+
+
+def train_cnn(train, test, epochs: int = 20, batch_size: int = 64):
+    """Train the CNN (seeded, deterministic); returns (model in eval mode, test accuracy)."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    model = train_classifier(cnn_input(train[0]), train[1], epochs, batch_size)
     with torch.no_grad():
-        accuracy = (model(x_test).argmax(1) == y_test).double().mean().item()
+        predicted = model(torch.from_numpy(cnn_input(test[0]))).argmax(1)
+    accuracy = (predicted == torch.from_numpy(test[1])).double().mean().item()
     return model, accuracy
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build import CNN_SPEC, add_metadata, cnn_input, load_split, make_cnn  # noqa: E402
+from build import CNN_SPEC, add_metadata, cnn_input, load_split, train_classifier  # noqa: E402
 
 SEED = 0
 LATENT = 12
@@ -112,26 +112,6 @@ def train_vae(x: np.ndarray, epochs: int = 150, batch_size: int = 64, beta: floa
 
 
 # ---------------------------------------------------------------------------------------------------- CNN
-
-def train_classifier(x: np.ndarray, y: np.ndarray, epochs: int = 20, batch_size: int = 64):
-    """The digits CNN of build.py trained on (x, y) with the same recipe; returns the model in eval mode."""
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(SEED)
-    model = make_cnn()
-    x_train, y_train = torch.from_numpy(x), torch.from_numpy(y)
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(SEED)
-    for _ in range(epochs):
-        model.train()
-        for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
-            optimiser.zero_grad()
-            F.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
-            optimiser.step()
-    model.eval()
-    return model
-
 
 def predict(model, x: np.ndarray) -> np.ndarray:
     import torch

@@ -22,7 +22,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-README = HERE / "README.md"
+from readme_section import README, write_section  # noqa: E402  (benchmarks/ is on sys.path)
+
 BEGIN, END = "<!-- benchmarks/mri_pda.py: begin -->", "<!-- benchmarks/mri_pda.py: end -->"
 PAPER_SECONDS = 30 * 60
 sys.path.insert(0, str(ROOT / "models"))
@@ -104,16 +105,6 @@ SUMMARY = ("Against the 2-minute target: the paper's setting (stride 1) is met w
            "windows 6.5x and 22x (every voxel is still covered; stride 3 with k=3 means non-overlapping windows).")
 
 
-def write_section(text: str) -> None:
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    README.write_text(current)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 3])
@@ -136,7 +127,7 @@ def main(argv=None) -> None:
     text = markdown(rows, per_pass, command)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, BEGIN, END)
         print(f"wrote the table to {README}")
 
 

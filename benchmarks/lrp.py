@@ -270,9 +270,9 @@ def measure(repeats: int) -> tuple[list[dict], list[dict]]:
                 times["zennit+hooks"] = median_times({"z": zennit.standalone}, x, max(3, repeats // 3))["z"]
                 rows.append({"net": name, "batch": batch, "difference": difference, **times})
                 print(format_row(rows[-1]), flush=True)
-            for label, call in (("gradient", ours.gradient), ("LRP, no ledger", ours.lrp_without_ledger),
-                                ("LRP", ours.lrp)):
-                profiles.append({"net": f"{name}, batch {batch}", "what": label, **breakdown(call, x)})
+                for label, call in (("gradient", ours.gradient), ("LRP, no ledger", ours.lrp_without_ledger),
+                                    ("LRP", ours.lrp)):
+                    profiles.append({"net": f"{name}, batch {batch}", "what": label, **breakdown(call, x)})
     return rows, profiles
 
 
@@ -293,12 +293,18 @@ def format_row(row: dict) -> str:
 
 NOTE = ("The z+ rule needs, per convolution, one forward convolution more than a gradient does (its denominators, "
         "besides the true output; a first layer whose inputs take both signs runs its two parts as one convolution "
-        "over the stacked inputs). So even with no other overhead LRP costs about (2F + B) / (F + B) of a gradient "
-        "on these conv nets, F and B being the forward and input-gradient convolution times (about 1.4x here). The "
-        "rest of the gap is elementwise work (stabilisers, relevance quotients and products) and the conservation "
-        "ledger (the 'no ledger' column). Channels-last memory order would make both LRP and the gradient ~20% "
-        "faster at batch 16 but makes oneDNN's convolutions ~10x less accurate (2e-6 relative per element), which "
-        "breaks the 1e-5 conservation check on VGG-19; it is not used.")
+        "over the stacked inputs). So even with no other overhead LRP costs 1 + F / T of a gradient, F being the "
+        "gradient's forward-convolution time and T its whole time (profile below): {floors}. The rest of the gap "
+        "is elementwise work (stabilisers, relevance quotients and products) and the conservation ledger (the 'no "
+        "ledger' column). Channels-last memory order would make both LRP and the gradient ~20% faster at batch 16 "
+        "but makes oneDNN's convolutions ~10x less accurate (2e-6 relative per element), which breaks the 1e-5 "
+        "conservation check on VGG-19; it is not used.")
+
+
+def floors(profiles: list[dict]) -> str:
+    """'net, batch b: 1 + F / T = r' for each profiled gradient."""
+    return "; ".join(f"{p['net']}: {1 + p['conv forward'] / p['total']:.2f}x" for p in profiles
+                     if p["what"] == "gradient")
 
 
 PROFILE_HEADER = ("| net | what | ms per call | conv forward ms (calls) | conv backward ms | pooling ms | matmul ms "
@@ -327,9 +333,9 @@ def section(rows: list[dict], profiles: list[dict], command: str, threads: int, 
              f"from interleaved rounds, absolute times are noisy). Freed memory is kept for reuse "
              f"(`onnxplain.allocator.reuse_freed_memory()`, as the CLI does), for all contenders alike. "
              f"Targets: LRP <= 1.5x a gradient, <= 1.0x zennit.",
-             "", HEADER, *map(format_row, rows), "", NOTE, "",
-             "Where the time goes (torch profiler, self CPU time per call, the largest batch; the profiler adds "
-             "some overhead to 'other'):", "", PROFILE_HEADER, *map(format_profile, profiles), "", end]
+             "", HEADER, *map(format_row, rows), "", NOTE.format(floors=floors(profiles)), "",
+             "Where the time goes (torch profiler, self CPU time per call; the profiler adds some overhead to "
+             "'other'):", "", PROFILE_HEADER, *map(format_profile, profiles), "", end]
     return "\n".join(lines)
 
 

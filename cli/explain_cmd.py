@@ -199,6 +199,12 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, layer: 
 @click.option("--sigma", type=float, default=None, help="SmoothGrad noise, as a fraction of the input range.")
 @click.option("--steps", type=int, default=None, help="Integrated-gradients steps.")
 @click.option("--baseline", default=None, help="Integrated-gradients baseline: min (default), zeros or a number.")
+@click.option("--device", default=None,
+              help="Torch device (cpu, cuda, cuda:N) for LRP and gradient methods; for pda it moves the forward "
+                   "passes from onnxruntime to the torch executor there.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32"]), default=None,
+              help="pda on a CUDA device: tf32 multiplies in TensorFloat-32 (faster, ~1e-3 relative off; "
+                   "default fp32).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="PNG per input (a folder or a name; volumes also get <name>_relevance.nii.gz).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, is_flag=False, flag_value=0.15,

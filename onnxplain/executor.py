@@ -24,7 +24,10 @@ class TorchExecutor:
 
     def __init__(self, model, device: str = "cpu", check: bool = True):
         self.model = model
-        self.device = torch.device(device)
+        self.device = usable_device(device)
+        if self.device.type == "cuda":  # fp32 as checked: TF32 convolutions (torch's default) drift by ~1e-3
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.graph: Graph | None = None
         self.problem: str | None = None  # why the registry graph is not used, when it is not
         self._fallbacks: dict[tuple[str, ...], torch.nn.Module] = {}
@@ -161,6 +164,18 @@ class TorchExecutor:
         outputs = self._fallbacks[key](x)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         return dict(zip(names, outputs))
+
+
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device this torch build can use; else an OnnxplainError that says why."""
+    try:
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise OnnxplainError(f"device {str(device)!r}: this torch build sees no CUDA GPU")
+        torch.empty(0, device=chosen)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        raise OnnxplainError(f"device {str(device)!r} is not usable: {str(error).splitlines()[0]}") from None
+    return chosen
 
 
 def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """The nine zoo graphs: the torch executor reproduces onnxruntime (done-when 1), LRP conserves relevance with
 the bias and stabiliser terms for every composite and rule (done-when 3), deep Taylor is positive on plain
-ReLU networks.
+ReLU networks; incremental forward passes (prediction difference's windows) reproduce onnxruntime too.
 
 Each model is loaded once (module-scoped fixture, one model in memory at a time) and runs every composite, plus
 one set of rule overrides (every rule on several graphs).
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import onnxplain
 from onnxplain.executor import probe_batch, relative_error
+from onnxplain.incremental import WindowRunner, window_index
 from onnxplain.lrp import LRP, DeepTaylor, unsupported_ops
 from onnxplain.lrp.composites import COMPOSITES
 from onnxplain.zoo import ZOO_NAMES
@@ -38,6 +40,20 @@ CONFIGS = {name: [(c, None) for c in ALL_COMPOSITES] + [("lrp-0", rules) for rul
 def zoo(request, zoo_path):
     model = onnxplain.load(zoo_path(request.param))
     return request.param, model, probe_batch(model, 1, seed=11)
+
+
+def test_incremental_forward_matches_onnxruntime(zoo):
+    name, model, probe = zoo
+    executor = model.torch()
+    rng, k, spatial = np.random.default_rng(3), 10, probe.shape[2:]
+    corners = np.array(np.meshgrid(*[[0, n - k] for n in spatial], indexing="ij")).reshape(len(spatial), -1).T
+    starts = np.concatenate([corners, np.stack([rng.integers(0, n - k + 1, 4) for n in spatial], axis=1)])
+    values = rng.uniform(probe.min(), probe.max(), (len(starts), probe.shape[1], k, k)).astype(np.float32)
+    logits = executor.logits_name
+    got = WindowRunner(executor, torch.from_numpy(probe), [logits])(torch.from_numpy(values), starts)[logits]
+    batch = np.repeat(probe, len(starts), axis=0)
+    batch[window_index(starts, (k, k), probe.shape[1])] = values
+    assert relative_error(got.numpy(), model.run(batch, [logits])[logits]) <= 1e-4
 
 
 def test_executor_matches_onnxruntime(zoo):

@@ -8,6 +8,7 @@ activation difference for logits and hidden units. A pixel's relevance is the me
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,16 +16,16 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation
+from ..incremental import window_index
 from ..runtime import progress_bar
 from ..targets import Target, class_indices, hidden_values
+from .passes import CHUNK_BYTES, CPU_BATCH, PRECISIONS, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
 from .windows import Geometry, WindowGrid
 
 WEIGHT_OF_EVIDENCE = "weight of evidence"
 ACTIVATION_DIFFERENCE = "activation difference"
 SCORE_KINDS = {WEIGHT_OF_EVIDENCE: "probabilities", ACTIVATION_DIFFERENCE: "logits"}  # what f(x) is, per score
-CPU_BATCH = 256
-CHUNK_BYTES = 64 * 2**20          # inputs of one chunk of windows x samples, held in one reused buffer
 
 
 @dataclass
@@ -72,19 +73,28 @@ class PredictionDifference:
     ('independent') or over all channels ('joint'); all_classes: True or a list of classes whose maps are kept in
     `diagnostics['all_classes']` (N, len(classes), *input_shape), classes in `diagnostics['all_classes_index']`,
     from the same pass; batch_size: samples per forward pass (default: the model's memory budget, at most
-    CPU_BATCH on CPU). Samples equal to x's own window (e.g. background) are not run again: their output is f(x).
+    CPU_BATCH on CPU; on a GPU what its free memory holds); device: where the forward passes run: None =
+    onnxruntime (the model's providers), or 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (checked against
+    onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or 'tf32' on a CUDA device
+    (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see `passes.TorchPasses`); incremental: with
+    the torch executor and channels-first inputs, compute each sample's early layers only around its window
+    (`onnxplain.incremental`: the same numbers up to float rounding, less work). Samples equal to x's own window (e.g. background) are
+    not run again: their output is f(x).
     """
 
     def __init__(self, window=4, padding: int = 2, samples: int = 10, sampler="conditional", reference=None,
                  stride: int = 1, seed: int = 0, training_size: int | None = None, classes: int | None = None,
                  score: str = "auto", location_grid=None, volume_shape=None, channels: str = "independent",
-                 all_classes=False, batch_size: int | None = None, progress: bool = True):
+                 all_classes=False, batch_size: int | None = None, device: str | None = None,
+                 precision: str = "fp32", incremental: bool = True, progress: bool = True):
         if reference is None:
             raise OnnxplainError("prediction difference needs reference data (--reference: images or an .npy batch)")
         if samples < 1 or stride < 1 or padding < 0:
             raise OnnxplainError("samples and stride must be >= 1 and padding >= 0")
         if score not in ("auto", "probability", "logit"):
             raise OnnxplainError(f"score must be auto, probability or logit, not {score!r}")
+        if precision not in PRECISIONS:
+            raise OnnxplainError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if isinstance(sampler, str) and sampler not in ("marginal", "conditional"):
             raise OnnxplainError(f"sampler must be 'marginal' or 'conditional', not {sampler!r}")
         self.window, self.padding, self.samples, self.sampler = window, int(padding), int(samples), sampler
@@ -92,8 +102,10 @@ class PredictionDifference:
         self.training_size, self.classes, self.score = training_size, classes, score
         self.location_grid, self.volume_shape, self.channels = location_grid, volume_shape, channels
         self.all_classes, self.batch_size, self.progress = all_classes, batch_size, progress
+        self.device, self.precision, self.incremental = device, precision, incremental
         self._sampler = self._make_sampler()
         self._setup: tuple | None = None                   # (model, sample shape, Setup) of the last inputs
+        self._passes: tuple | None = None                  # (model, SessionPasses | TorchPasses) of the last model
 
     # ------------------------------------------------------------------ setup
     def prepare(self, model, sample_shape: tuple[int, ...]) -> Setup:
@@ -108,6 +120,12 @@ class PredictionDifference:
             setup = Setup(geometry, grid, self._sampler.fit(geometry.to_grid(reference), grid, self.seed))
             self._setup = (model, sample_shape, setup)
         return self._setup[2]
+
+    def passes(self, model):
+        """Where this model's forward passes run (built once per model: the torch executor is checked on building)."""
+        if self._passes is None or self._passes[0] is not model:
+            self._passes = (model, forward_passes(model, self.device, self.precision))
+        return self._passes[1]
 
     def _make_sampler(self):
         if not isinstance(self.sampler, str):
@@ -148,12 +166,12 @@ class PredictionDifference:
         explained = np.zeros(len(x), dtype=int) if target.hidden else class_indices(model, originals, target)
         kept = self._kept_classes(target, originals.shape[1])
         grid, geometry = setup.grid, setup.geometry
-        maps, extra, passes = [], [], len(x)
+        maps, extra, passes, incremental = [], [], len(x), False
         with _progress(self.progress, len(x) * len(grid)) as bar:
             for n in range(len(x)):
                 columns = [int(explained[n])] + kept
-                differences, evaluated = self.window_differences(model, setup, score, x[n], originals[n], columns,
-                                                                 bar)
+                differences, evaluated, incremental = self.window_differences(model, setup, score, x[n],
+                                                                              originals[n], columns, bar)
                 passes += evaluated
                 per_class = grid.average(differences)                      # (len(columns), *spatial)
                 maps.append(per_class[0])
@@ -162,7 +180,8 @@ class PredictionDifference:
         diagnostics = {"score": score.kind, "score_kind": SCORE_KINDS[score.kind], "windows": len(grid),
                        "window": tuple(grid.size), "samples_per_window": setup.sampler.samples_per_window(self.samples),
                        "forward_passes": passes, "seconds": round(time.perf_counter() - started, 3),
-                       "sampler_cache": getattr(setup.sampler, "cache_hit", None)}
+                       "sampler_cache": getattr(setup.sampler, "cache_hit", None),
+                       "forward_passes_on": self.passes(model).name + (", incremental" if incremental else "")}
         if score.kind == WEIGHT_OF_EVIDENCE:
             diagnostics.update(laplace_training_size=score.training_size, laplace_classes=score.classes)
         if kept:
@@ -173,37 +192,63 @@ class PredictionDifference:
                            self._params(target, score), diagnostics)
 
     def window_differences(self, model, setup: Setup, score: Score, x_sample: np.ndarray, original: np.ndarray,
-                           columns: list[int], bar=None) -> tuple[np.ndarray, int]:
-        """(W, len(columns)) prediction differences of one input (*sample_shape); and the number of inputs run.
+                           columns: list[int], bar=None) -> tuple[np.ndarray, int, bool]:
+        """(W, len(columns)) prediction differences of one input (*sample_shape); the number of inputs run; and
+        whether they ran incrementally.
 
-        Windows go in chunks. A chunk's samples are written into one reused buffer of copies of x (only those
-        that change x: a sample equal to x's own window has output f(x) and is not run), the buffer runs in
-        forward passes of `batch_size`, and the windows are restored from x afterwards: no per-chunk copies of
-        the input and no re-checking of inputs built from an already-checked x."""
-        grid, sampler, geometry = setup.grid, setup.sampler, setup.geometry
+        Windows go in chunks; only samples that change x run (a sample equal to x's own window has output f(x)).
+        With the torch executor on a channels-first input, each sample's early layers are computed around its
+        window only (`onnxplain.incremental`). Otherwise a chunk's samples are written into one reused buffer of
+        copies of x, the buffer runs in forward passes of `batch_size`, and the windows are restored from x
+        afterwards: no per-chunk copies of the input and no re-checking of inputs built from a checked x."""
+        grid, sampler, geometry, passes = setup.grid, setup.sampler, setup.geometry, self.passes(model)
         count = sampler.samples_per_window(self.samples)
-        batch = int(self.batch_size or _forward_batch(model, x_sample.nbytes, x_sample.ndim == 1))
+        batch = int(self.batch_size or passes.batch_size(x_sample))
         per_chunk = max(1, _chunk_rows(batch, x_sample.nbytes) // count)
-        buffer = np.repeat(x_sample[None], min(per_chunk, len(grid)) * count, axis=0)
-        view, x_grid = geometry.grid_view(buffer), geometry.to_grid(x_sample[None])[0]
+        x_grid = geometry.to_grid(x_sample[None])[0]
+        runner = None
+        if self.incremental and geometry.layout == "channels_first":
+            runner = passes.window_runner(x_sample, score.output)
+        if runner is None:
+            buffer = passes.buffer(x_sample, min(per_chunk, len(grid)) * count)
+            view = geometry.grid_view(buffer)
         out, evaluated = np.empty((len(grid), len(columns))), 0
-        for start in range(0, len(grid), per_chunk):
-            ids = np.arange(start, min(len(grid), start + per_chunk))
-            values = sampler.sample(x_grid, ids, self.samples, self.seed).astype(x_grid.dtype, copy=False)
-            boxes = [(slice(None),) + grid.slices(window) for window in ids]
-            own = np.stack([x_grid[box] for box in boxes])                      # (w, C, *k)
+        chunks = [np.arange(start, min(len(grid), start + per_chunk)) for start in range(0, len(grid), per_chunk)]
+        for ids, values, own in self._drawn(setup, x_grid, chunks, ahead=passes.overlaps_host):
             changed = (values != own[:, None]).reshape(len(ids), count, -1).any(axis=2)
             outputs = np.broadcast_to(original, (len(ids), count, len(original))).copy()
-            used = _write_windows(view, boxes, changed, values)
-            if used:
-                raw = model.run(buffer[:used], [score.output], batch_size=batch, check=False)[score.output]
-                outputs[changed] = score.read(raw)
-                _write_windows(view, boxes, changed, np.broadcast_to(own[:, None], values.shape))
-                evaluated += used
+            windows, samples = np.nonzero(changed)                 # the rows to run, window by window
+            starts = grid.starts[ids[windows]]
+            if runner is not None and len(windows):
+                outputs[windows, samples] = score.read(runner(values[windows, samples], starts, batch))
+            elif len(windows):
+                index = window_index(starts, grid.size, x_grid.shape[0], device=passes.device)
+                view[index] = passes.array(values[windows, samples])
+                rows = len(buffer) if passes.fixed_shape else len(windows)
+                outputs[windows, samples] = score.read(passes.run(buffer[:rows], score.output, batch)[:len(windows)])
+                view[index] = passes.array(own[windows])
+            evaluated += len(windows)
             out[ids] = score.difference(original, outputs.mean(axis=1))[:, columns]
             if bar is not None:
                 bar.update(len(ids))
-        return out, evaluated
+        return out, evaluated, runner is not None
+
+    def _drawn(self, setup: Setup, x_grid: np.ndarray, chunks: list[np.ndarray], ahead: bool):
+        """(window ids, their samples (w, S, C, *k), x's own windows (w, C, *k)) per chunk. With `ahead` the next
+        chunk is drawn in a thread while the caller's forward passes run (on a GPU the host is idle meanwhile)."""
+        def draw(ids):
+            values = setup.sampler.sample(x_grid, ids, self.samples, self.seed).astype(x_grid.dtype, copy=False)
+            return ids, values, np.stack([x_grid[(slice(None),) + setup.grid.slices(w)] for w in ids])
+
+        if not ahead:
+            yield from map(draw, chunks)
+            return
+        with ThreadPoolExecutor(1) as pool:
+            pending = [pool.submit(draw, chunks[0])]
+            for ids in chunks[1:]:
+                pending.append(pool.submit(draw, ids))
+                yield pending.pop(0).result()
+            yield pending.pop(0).result()
 
     def _kept_classes(self, target: Target, n_classes: int) -> list[int]:
         if self.all_classes is False or self.all_classes is None:
@@ -227,19 +272,8 @@ class PredictionDifference:
         return {"window": self.window, "padding": self.padding, "samples": self.samples, "sampler": sampler,
                 "stride": self.stride, "seed": self.seed, "reference_size": len(self.reference),
                 "score": score.kind, "output": score.output, "location_grid": self.location_grid,
-                "channels": self.channels, "layer": target.layer}
-
-
-def _forward_batch(model, sample_bytes: int, flat: bool) -> int:
-    """Samples per forward pass: the model's memory budget; for feature-vector inputs at least a CHUNK_BYTES
-    buffer of inputs (the budget assumes conv-net activations 32x the input; a linear model or MLP on 10^5
-    features has activations far smaller than its input, and onnxruntime runs such batches faster per sample).
-    On CPU at most CPU_BATCH (larger batches gained nothing on the digits CNN and sometimes lost to cache
-    misses), while a GPU wants them as large as memory allows."""
-    budget = model.batch_size()
-    if flat:
-        budget = max(budget, CHUNK_BYTES // max(1, sample_bytes))
-    return budget if "CUDAExecutionProvider" in model.providers else min(budget, CPU_BATCH)
+                "channels": self.channels, "layer": target.layer, "device": self.device or "onnxruntime",
+                "precision": self.precision}
 
 
 def _chunk_rows(batch: int, sample_bytes: int) -> int:
@@ -247,18 +281,6 @@ def _chunk_rows(batch: int, sample_bytes: int) -> int:
     ones up to CHUNK_BYTES, so that a chunk holds many windows even when the forward batch is small (flat
     volumes of 10^5 voxels have a memory-budget batch of ~17, one window of S=10 samples)."""
     return max(batch, min(CPU_BATCH, CHUNK_BYTES // max(1, sample_bytes)))
-
-
-def _write_windows(view: np.ndarray, boxes: list[tuple], changed: np.ndarray, source: np.ndarray) -> int:
-    """Write the changed samples `source[w, s]` (w, S, C, *k) of each window w, in order, into consecutive rows
-    of `view` (rows, C, *spatial) at the window's box; the number of rows written."""
-    row = 0
-    for w, box in enumerate(boxes):
-        picked = np.flatnonzero(changed[w])
-        if len(picked):
-            view[(slice(row, row + len(picked)),) + box] = source[w, picked]
-            row += len(picked)
-    return row
 
 
 def _matrix(raw: np.ndarray) -> np.ndarray:

@@ -63,13 +63,14 @@ class Geometry:
         return np.ascontiguousarray(np.moveaxis(x, -1, 1))
 
     def grid_view(self, x: np.ndarray) -> np.ndarray:
-        """A contiguous (N, *sample_shape) batch seen as (N, C, *spatial) without copying: writing a window into
-        the view writes it into the batch."""
+        """A contiguous (N, *sample_shape) batch (numpy or torch) seen as (N, C, *spatial) without copying:
+        writing a window into the view writes it into the batch."""
         if self.layout == "channels_first":
             return x
         if self.layout == "no_channels":
             return x[:, None]
-        return np.moveaxis(x.reshape(len(x), *self.spatial, self.channels), -1, 1)
+        moved = x.reshape(len(x), *self.spatial, self.channels)
+        return moved.movedim(-1, 1) if hasattr(moved, "movedim") else np.moveaxis(moved, -1, 1)
 
     def from_grid(self, grid: np.ndarray) -> np.ndarray:
         """(N, C, *spatial) -> (N, *sample_shape), the inverse of `to_grid`."""

@@ -52,6 +52,7 @@ class Graph:
             if step.op is not None:
                 step.op.link(ops)
         self._plans: dict[tuple, list[Step]] = {}
+        self._releases: dict[tuple, list[tuple[str, ...]]] = {}
 
     def _add(self, node: onnx.NodeProto) -> None:
         cls = op_class(node.domain, node.op_type, self.opsets.get(node.domain, self.opsets.get("", 0)))
@@ -88,16 +89,33 @@ class Graph:
         """Nodes the registry lacks among those needed for `outputs`."""
         return [step.label for step in self.plan(outputs, fed) if step.op is None]
 
+    def releases(self, outputs: list[str], fed: tuple[str, ...]) -> list[tuple[str, ...]]:
+        """Per step of the plan, the computed tensors no later step reads (dropped after it, so that a large
+        batch holds only its live activations; autograd keeps what it saved)."""
+        key = (tuple(outputs), tuple(sorted(fed)))
+        if key not in self._releases:
+            steps, kept = self.plan(outputs, fed), set(outputs) | set(fed) | set(self.constants)
+            last = {name: i for i, step in enumerate(steps) for name in step.inputs + step.outputs if name}
+            dropped = [[] for _ in steps]
+            for name, i in last.items():
+                if name not in kept:
+                    dropped[i].append(name)
+            self._releases[key] = [tuple(names) for names in dropped]
+        return self._releases[key]
+
     def run(self, feeds: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
         env = dict(self.constants)
         env.update(feeds)
-        for step in self.plan(outputs, tuple(feeds)):
+        fed = tuple(feeds)
+        for step, dropped in zip(self.plan(outputs, fed), self.releases(outputs, fed)):
             if step.op is None:
                 raise KeyError(f"no torch forward for {step.label}")
             values = step.op.forward(*[env[name] if name else None for name in step.inputs])
             for name, value in zip(step.outputs, values if isinstance(values, tuple) else (values,)):
                 if name:
                     env[name] = value
+            for name in dropped:
+                env.pop(name, None)
         return {name: env[name] for name in outputs}
 
 

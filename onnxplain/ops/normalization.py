@@ -49,9 +49,9 @@ class LRN(Elementwise):
         size = int(self.attr("size"))
         alpha, beta = float(self.attr("alpha", 1e-4)), float(self.attr("beta", 0.75))
         bias = float(self.attr("bias", 1.0))
-        squares = x * x
         before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
-        padded = F.pad(squares.transpose(1, -1), (before, after)).transpose(1, -1)
-        channels = x.shape[1]
-        window = sum(padded.narrow(1, i, channels) for i in range(size))
-        return x / (bias + alpha / size * window) ** beta
+        # the channel window's mean of squares as one pooling over (N, 1, C, pixels): few passes over memory
+        squares = (x * x).reshape(len(x), 1, x.shape[1], -1)
+        mean = F.avg_pool2d(F.pad(squares, (0, 0, before, after)), (size, 1), stride=1).reshape(x.shape)
+        base = torch.add(torch.tensor(bias, dtype=x.dtype, device=x.device), mean, alpha=alpha)
+        return x * base.pow(-beta)

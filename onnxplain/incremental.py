@@ -1,0 +1,268 @@
+"""Incremental forward passes for inputs that differ from one input x only inside a window.
+
+Prediction difference (and occlusion) runs the model on many copies of x, each with one window replaced. Such a
+sample changes an early activation only inside that window's zone of influence: the window grown by each
+convolution's or pooling's kernel and shrunk by its stride. `WindowRunner` computes x's activations once, then
+runs each sample's early layers on crops around its zone only (gathered from x's activations, the sample's
+changed values written over them), and writes the crop into a full copy of x's activation where the zone covers
+most of its map or an op has no spatial rule here (reshapes, dense layers, global pooling); the rest of the graph
+runs as usual. The numbers are the full forward pass's (up to float rounding: `tests/test_incremental.py`); early
+layers, which hold most of a conv net's work, shrink to a fraction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MAX_SHARE = 0.5   # a zone covering more of its map than this is computed whole: crops would not save work
+MAX_GROUPS = 16   # rows written as slices per shared offset up to this many offsets, else element by element
+POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
+             "Softplus", "Softsign", "Gelu", "Erf", "Dropout", "Identity", "BatchNormalization", "LRN", "Neg",
+             "Sqrt", "Exp", "Cast"}                  # each output position reads its own position (channels too)
+ALIGNED = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Concat"}   # operands meet position by position
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+@dataclass
+class Crop:
+    """Rows of a batch that differ from x's activation only inside a box: values (R, C, *size) at `origin` (R, d)."""
+
+    values: torch.Tensor
+    origin: np.ndarray
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return tuple(self.values.shape[2:])
+
+
+class WindowRunner:
+    """`runner(values, starts)`: the graph's `outputs` for the rows of x with window `values` (R, C, *k) written
+    at `starts` (R, d); x is one channels-first sample (1, C, *spatial) on the executor's device."""
+
+    def __init__(self, executor, x: torch.Tensor, outputs: list[str]):
+        self.graph, self.input_name = executor.graph, executor.model.input_name
+        self.outputs = list(outputs)
+        self.steps = self.graph.plan(self.outputs, (self.input_name,))
+        every = sorted({name for step in self.steps for name in step.outputs if name})
+        with torch.inference_mode():
+            self.full = self.graph.run({self.input_name: x}, every)     # x's own activations, batch of 1
+        self.full[self.input_name] = x
+        self._padded: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, values: torch.Tensor, starts: np.ndarray) -> dict[str, torch.Tensor]:
+        env: dict[str, object] = {self.input_name: Crop(values, np.asarray(starts, dtype=np.int64))}
+        rows = len(values)
+        with torch.inference_mode():
+            for step in self.steps:
+                inputs = [self._value(env, name) for name in step.inputs]
+                result = self._cropped(step, inputs)
+                if result is None:   # no spatial rule, or not worth it: the step runs on full tensors
+                    inputs = [self._whole(name, v, rows) if isinstance(v, Crop) else v
+                              for name, v in zip(step.inputs, inputs)]
+                    result = step.op.forward(*inputs)
+                results = result if isinstance(result, tuple) else (result,)
+                for name, value in zip(step.outputs, results):
+                    if name:
+                        env[name] = value
+            return {name: self._whole(name, env[name], rows) if isinstance(env[name], Crop) else env[name]
+                    for name in self.outputs}
+
+    def _value(self, env: dict, name: str):
+        if not name:
+            return None
+        return env[name] if name in env else self.graph.constants[name]
+
+    # ---------------------------------------------------------------- ops on crops
+    def _cropped(self, step, inputs: list):
+        """The step's output as a Crop, or None when it must run on full tensors."""
+        crops = [v for v in inputs if isinstance(v, Crop)]
+        op_type, named_outputs = step.node.op_type, [n for n in step.outputs if n]
+        if not crops or len(named_outputs) != 1:
+            return None
+        others = [name for name, v in zip(step.inputs, inputs) if name and not isinstance(v, Crop)]
+        if any(name not in self.graph.constants for name in others):
+            return None       # an operand computed at full size (a gate from global pooling, ...)
+        if op_type in ("Conv", "MaxPool", "AveragePool"):
+            return self._windowed(step, inputs) if isinstance(inputs[0], Crop) else None
+        if any(not _spatially_constant(self.graph.constants[name], crops[0]) for name in others):
+            return None       # a constant that varies over space
+        if op_type in POINTWISE and isinstance(inputs[0], Crop):
+            return Crop(step.op.forward(*[v.values if isinstance(v, Crop) else v for v in inputs]), inputs[0].origin)
+        if op_type in ALIGNED and (op_type != "Concat" or _axis(step, inputs[0]) == 1):
+            return self._aligned(step, inputs)
+        return None
+
+    def _aligned(self, step, inputs: list):
+        """Operands on one box (the union of theirs), then the op as it is."""
+        crops = [v for v in inputs if isinstance(v, Crop)]
+        spatial = self.full[step.outputs[0]].shape[2:]
+        low = np.min([c.origin for c in crops], axis=0)
+        high = np.max([c.origin + np.array(c.size) for c in crops], axis=0)
+        size = np.minimum((high - low).max(axis=0), spatial)
+        if np.prod(size) > MAX_SHARE * np.prod(spatial):
+            return None
+        origin = np.minimum(low, np.array(spatial) - size)
+        names = [n for n in step.inputs if n]
+        framed = [self._reframe(name, v, origin, tuple(size)) if isinstance(v, Crop) else v
+                  for name, v in zip(names, inputs)]
+        return Crop(step.op.forward(*framed), origin)
+
+    def _windowed(self, step, inputs: list):
+        """A convolution or pooling on the patch that feeds the zone its input crop influences."""
+        op, crop = step.op, inputs[0]
+        x_full, y_full = self.full[step.inputs[0]], self.full[step.outputs[0]]
+        geometry = _window_geometry(op, x_full, inputs)
+        if geometry is None:
+            return None
+        kernel, strides, dilations, begins, pad_value = geometry
+        out_spatial = np.array(y_full.shape[2:])
+        reach = (np.array(kernel) - 1) * np.array(dilations)
+        low = np.maximum(-(-(crop.origin + begins - reach) // strides), 0)            # ceil division
+        high = np.minimum((crop.origin + np.array(crop.size) - 1 + begins) // strides, out_spatial - 1)
+        size = np.minimum((high - low + 1).max(axis=0), out_spatial)
+        if np.prod(size) > MAX_SHARE * np.prod(out_spatial):
+            return None
+        origin = np.minimum(low, out_spatial - size)
+        span = (size - 1) * strides + reach + 1
+        patch = self._patch(step.inputs[0], crop, origin * strides - begins, span, begins, pad_value, out_spatial,
+                            strides, reach)
+        d = len(kernel)
+        if step.node.op_type == "Conv":
+            weight, bias = inputs[1], inputs[2] if len(inputs) > 2 else None
+            values = CONV[d](patch, weight, bias, list(strides), 0, list(dilations), op.groups)
+        elif step.node.op_type == "MaxPool":
+            values = MAX_POOL[d](patch, list(kernel), list(strides), 0, list(dilations))
+        else:
+            values = AVG_POOL[d](patch, list(kernel), list(strides), 0, False, True)
+        return Crop(values, origin)
+
+    # ---------------------------------------------------------------- gathering and writing
+    def _patch(self, name: str, crop: Crop, corner: np.ndarray, span: np.ndarray, begins: np.ndarray,
+               pad_value: float, out_spatial: np.ndarray, strides: np.ndarray, reach: np.ndarray) -> torch.Tensor:
+        """(R, C, *span) input patches at `corner` (R, d) (may start in the padding): x's padded activation with
+        the rows' crops written over it."""
+        x_full = self.full[name]
+        ends = np.maximum(0, (out_spatial - 1) * strides - begins + reach + 1 - np.array(x_full.shape[2:]))
+        key = (name, tuple(begins), tuple(ends), pad_value)
+        if key not in self._padded:
+            pads = [int(v) for pair in zip(begins[::-1], ends[::-1]) for v in pair]
+            self._padded[key] = F.pad(x_full, pads, value=pad_value)[0]
+        patch = _gather(self._padded[key], corner + begins, tuple(int(s) for s in span))
+        _write(patch, crop.origin - corner, crop.values)   # a strided op may read no part of a crop's edge
+        return patch
+
+    def _reframe(self, name: str, crop: Crop, origin: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
+        """The rows' activation `name` on boxes (origin, size) that contain their crops."""
+        framed = _gather(self.full[name][0], origin, size)
+        _write(framed, crop.origin - origin, crop.values)
+        return framed
+
+    def _whole(self, name: str, crop: Crop, rows: int) -> torch.Tensor:
+        """Full rows: x's activation `name` with each row's crop written in."""
+        whole = self.full[name].expand(rows, *self.full[name].shape[1:]).clone()
+        _write(whole, crop.origin, crop.values)
+        return whole
+
+
+def _gather(source: torch.Tensor, origin: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
+    """(R, C, *size): the boxes of `source` (C, *spatial) at each row's origin (inside `source`), as one copy
+    through a view of all boxes (blocks move whole, instead of element by element)."""
+    view = source
+    for axis, k in enumerate(size):
+        view = view.unfold(1 + axis, k, 1)                  # (C, *positions, *size)
+    starts = tuple(torch.as_tensor(origin[:, a], device=source.device) for a in range(len(size)))
+    return view[(slice(None),) + starts].movedim(1, 0).contiguous()
+
+
+def _write(target: torch.Tensor, origin: np.ndarray, values: torch.Tensor) -> None:
+    """target[r, :, box at origin[r]] = values[r] for every row; parts of a box outside target are left out.
+
+    Rows that share an offset (most of them, when the offsets are relative to each row's own patch) are written
+    together as one slice; rows with offsets of their own (whole maps) by one element-wise index."""
+    size, span = np.array(values.shape[2:]), np.array(target.shape[2:])
+    offsets, group = np.unique(origin, axis=0, return_inverse=True)
+    if len(offsets) <= MAX_GROUPS:
+        for g, offset in enumerate(offsets):
+            low, high = np.maximum(offset, 0), np.minimum(offset + size, span)
+            if (high <= low).any():
+                continue
+            into = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+            part = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(low, high, offset))
+            rows = slice(None) if len(offsets) == 1 else torch.as_tensor(np.flatnonzero(group.reshape(-1) == g),
+                                                                         device=target.device)
+            target[(rows, slice(None)) + into] = values[(rows, slice(None)) + part]
+        return
+    index = window_index(origin, tuple(size), target.shape[1])
+    if (origin >= 0).all() and (origin + size <= span).all():
+        target[tuple(torch.as_tensor(i, device=target.device) for i in index)] = values
+        return
+    index = [np.broadcast_to(i, values.shape) for i in index]
+    inside = np.ones(values.shape, dtype=bool)
+    for axis, positions in enumerate(index[2:]):
+        inside &= (positions >= 0) & (positions < span[axis])
+    target[tuple(torch.as_tensor(i[inside], device=target.device) for i in index)] = \
+        values[torch.as_tensor(inside, device=values.device)]
+
+
+def _spatially_constant(value: torch.Tensor, crop: Crop) -> bool:
+    """A constant operand that broadcasts over the crop the same way at every position (per channel, or one)."""
+    d = len(crop.size)
+    if value.ndim <= 1:
+        return True
+    batch_free = value.ndim <= d + 1 or (value.ndim == d + 2 and value.shape[0] == 1)
+    return batch_free and all(s == 1 for s in value.shape[-d:])
+
+
+def window_index(starts: np.ndarray, size: tuple[int, ...], channels: int, rows: bool = True, device=None):
+    """Index arrays that address, in a (rows, C, *spatial) tensor, row r's box of `size` at `starts[r]` (all
+    channels); with rows=False the same boxes in one (C, *spatial) tensor, stacked as rows. NumPy arrays, or
+    tensors on `device`: one vectorised read or write for a whole chunk of windows, on the CPU or a GPU alike."""
+    count, axes = len(starts), len(size)
+
+    def shape(axis: int, n: int) -> tuple[int, ...]:
+        return tuple(n if a == axis else 1 for a in range(axes + 2))
+
+    index = [np.arange(count).reshape(shape(0, count))] if rows else []
+    index.append(np.arange(channels).reshape(shape(1, channels)))
+    for a, k in enumerate(size):
+        index.append((np.asarray(starts)[:, a, None] + np.arange(k)).reshape((count,) + shape(a + 2, k)[1:]))
+    if device is None:
+        return tuple(index)
+    return tuple(torch.as_tensor(i, device=device) for i in index)
+
+
+def _axis(step, first) -> int:
+    axis = int(step.op.attr("axis", 1))
+    rank = len(first.values.shape) if isinstance(first, Crop) else first.ndim
+    return axis + rank if axis < 0 else axis
+
+
+def _window_geometry(op, x_full: torch.Tensor, inputs: list):
+    """(kernel, strides, dilations, begin pads, pad value) of a Conv / MaxPool / AveragePool whose crop can be
+    computed on a patch with no padding of its own; None for the cases that cannot (pooling indices, averages
+    that leave padding out of their counts, ceil-mode averages)."""
+    op_type = op.node.op_type
+    if op_type == "Conv":
+        if op.kind != "linear":
+            return None
+        weight = inputs[1]
+        kernel, pairs, pad_value = list(weight.shape[2:]), op.pads(x_full, weight), 0.0
+    else:
+        kernel, pairs = op.kernel, op.pads(x_full)
+        if op_type == "MaxPool":
+            if len(op.node.output) > 1 and op.node.output[1]:
+                return None
+            pad_value = float("-inf")
+        else:
+            padded = any(b or e for b, e in pairs)
+            if op.ceil or set(op.dilations) != {1} or (padded and not op.attr("count_include_pad", 0)):
+                return None
+            pad_value = 0.0
+    d = len(kernel)
+    return (np.array(kernel), np.array(op.strides[:d]), np.array(op.dilations[:d]), np.array([b for b, _ in pairs]),
+            pad_value)

@@ -1,0 +1,147 @@
+"""Where prediction difference's forward passes run: onnxruntime sessions (default) or the torch executor.
+
+Both keep one reused batch of copies of the explained input, write the windows' samples into it, run it, and put
+x's own values back. With the torch executor on a GPU the batch lives in device memory: only the window values
+cross the bus, and forward batches are sized from the memory one probe batch really takes. The torch executor is
+checked against onnxruntime when it is built, like everywhere else.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OnnxplainError
+
+CPU_BATCH = 256                   # larger batches gained nothing on CPU (digits CNN) and sometimes lost to caches
+GPU_BATCH = 1024                  # upper bound of a GPU forward batch (keeps early activations under 2^31 elements)
+GPU_MEMORY_SHARE = 0.5            # of the free GPU memory, for one forward batch's activations
+CHUNK_BYTES = 64 * 2**20          # inputs of one chunk of windows x samples, held in one reused buffer
+
+
+PRECISIONS = ("fp32", "tf32")
+
+
+def forward_passes(model, device: str | None, precision: str = "fp32"):
+    """onnxruntime (device None: the model's own providers) or the torch executor on `device`."""
+    if precision not in PRECISIONS:
+        raise OnnxplainError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device is None or device == "onnxruntime":
+        if precision != "fp32":
+            raise OnnxplainError("precision 'tf32' applies to the torch executor on a CUDA device (--device cuda)")
+        return SessionPasses(model)
+    return TorchPasses(model, device, precision)
+
+
+class SessionPasses:
+    """Batches in numpy, forward passes through `Model.run` (batched onnxruntime)."""
+
+    name = "onnxruntime"
+    overlaps_host = False     # onnxruntime on CPU uses every core: nothing to gain from drawing samples meanwhile
+    fixed_shape = False       # run only the rows that changed
+
+    def __init__(self, model):
+        self.model = model
+
+    def batch_size(self, x_sample: np.ndarray) -> int:
+        """The model's memory budget; for feature-vector inputs at least a CHUNK_BYTES buffer of inputs (the budget
+        assumes conv-net activations 32x the input; a linear model on 10^5 features has activations far smaller
+        than its input, and onnxruntime runs such batches faster per sample). On CPU at most CPU_BATCH, while a
+        GPU wants batches as large as memory allows."""
+        budget = self.model.batch_size()
+        if x_sample.ndim == 1:
+            budget = max(budget, CHUNK_BYTES // max(1, x_sample.nbytes))
+        return budget if "CUDAExecutionProvider" in self.model.providers else min(budget, CPU_BATCH)
+
+    device = None             # index arrays stay NumPy
+
+    def buffer(self, x_sample: np.ndarray, rows: int) -> np.ndarray:
+        return np.repeat(x_sample[None], rows, axis=0)
+
+    def window_runner(self, x_sample: np.ndarray, output: str):
+        """No incremental forward passes through onnxruntime sessions."""
+        return None
+
+    def array(self, values: np.ndarray) -> np.ndarray:
+        """Values or indices as the buffer's kind of array."""
+        return values
+
+    def run(self, batch: np.ndarray, output: str, batch_size: int) -> np.ndarray:
+        return self.model.run(batch, [output], batch_size=batch_size, check=False)[output]
+
+
+class TorchPasses:
+    """Batches as torch tensors on `device`, forward passes through the model's torch executor, no autograd.
+
+    precision 'tf32' lets an NVIDIA GPU (Ampere or newer) multiply in TensorFloat-32 (10-bit mantissa products,
+    fp32 sums) for these forward passes only: several times faster, outputs ~1e-3 (relative) off onnxruntime's
+    instead of ~1e-6. The executor itself is checked at fp32 either way."""
+
+    def __init__(self, model, device: str, precision: str = "fp32"):
+        import torch
+
+        from ..executor import usable_device
+
+        self.torch, self.model, self.device = torch, model, usable_device(device)
+        if precision == "tf32" and self.device.type != "cuda":
+            raise OnnxplainError(f"precision 'tf32' applies to CUDA devices, not {device!r}")
+        self.executor = model.torch(str(self.device))
+        self.tf32 = precision == "tf32"
+        self.name = f"torch ({self.device}{', tf32' if self.tf32 else ''})"
+        # on a GPU the host is idle while a batch runs, and every batch has the chunk's full size, so that cuDNN
+        # picks its fastest kernels once (benchmark mode) and keeps them
+        self.overlaps_host = self.fixed_shape = self.device.type == "cuda"
+
+    def batch_size(self, x_sample: np.ndarray) -> int:
+        """On CPU as onnxruntime's; on a GPU from the memory a probe batch of 8 really takes."""
+        if self.device.type != "cuda" or self.model.fixed_batch:
+            return SessionPasses(self.model).batch_size(x_sample)
+        torch, probe = self.torch, 8
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.run(self.buffer(x_sample, probe), self.model.score_output, probe)
+        per_sample = max(1, (torch.cuda.max_memory_allocated(self.device) - before) // probe)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(GPU_BATCH, GPU_MEMORY_SHARE * free // per_sample)))
+
+    def buffer(self, x_sample: np.ndarray, rows: int):
+        return self.array(x_sample)[None].repeat(rows, *([1] * x_sample.ndim))
+
+    def array(self, values: np.ndarray):
+        return self.torch.as_tensor(np.ascontiguousarray(values), device=self.device)
+
+    def run(self, batch, output: str, batch_size: int) -> np.ndarray:
+        def forward(start: int):
+            return self.executor.run(batch[start:start + batch_size], [output])[output]
+
+        return self._batches(forward, len(batch), batch_size, tuned=self.fixed_shape)
+
+    def window_runner(self, x_sample: np.ndarray, output: str):
+        """`run(values, starts, batch_size)`: `output` for the rows of x with window values (R, C, *k) at starts
+        (R, d), computed incrementally (`onnxplain.incremental`); None when the model runs through onnx2torch."""
+        if self.executor.graph is None:
+            return None
+        from ..incremental import WindowRunner
+
+        runner = WindowRunner(self.executor, self.array(x_sample)[None], [output])
+
+        def run(values: np.ndarray, starts: np.ndarray, batch_size: int) -> np.ndarray:
+            def forward(start: int):
+                end = start + batch_size
+                return runner(self.array(values[start:end]), starts[start:end])[output]
+
+            return self._batches(forward, len(values), batch_size, tuned=False)  # crop shapes vary: no tuning
+        return run
+
+    def _batches(self, forward, rows: int, batch_size: int, tuned: bool) -> np.ndarray:
+        """forward(start) for each batch, under this object's GPU settings; the outputs joined, on the host."""
+        outputs, backends = [], self.torch.backends
+        saved = backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+        backends.cudnn.benchmark = tuned
+        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = self.tf32
+        try:
+            with self.torch.inference_mode():
+                for start in range(0, rows, batch_size):
+                    outputs.append(forward(start).cpu())
+        finally:
+            backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+        return self.torch.cat(outputs).numpy()

@@ -1,0 +1,139 @@
+"""Incremental forward passes (`onnxplain.incremental.WindowRunner`) give the full forward pass's outputs.
+
+Small graphs built here exercise every spatial rule at the borders: strided, dilated and asymmetrically padded
+convolutions (a strided op reads no part of some crops' edges), ceil-mode max pooling, branches of different reach
+joined by Concat and Add, averages that count their padding, a gate computed from the whole map (must fall back),
+1-D and 3-D inputs. Each is checked against onnxruntime on the same windowed batch; the zoo graphs are checked in
+`test_lrp_zoo.py`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.incremental import WindowRunner, window_index
+
+
+def conv(name, source, cin, cout, kernel, rng, **attributes):
+    weight = rng.normal(0, 0.3, (cout, cin, *kernel)).astype(np.float32)
+    bias = rng.normal(0, 0.1, cout).astype(np.float32)
+    node = helper.make_node("Conv", [source, f"{name}_w", f"{name}_b"], [name], kernel_shape=list(kernel),
+                            **attributes)
+    return node, [numpy_helper.from_array(weight, f"{name}_w"), numpy_helper.from_array(bias, f"{name}_b")]
+
+
+def image_graph(gate: bool, rng) -> tuple[list, list]:
+    nodes, weights = [], []
+    for node, w in (conv("c1", "x", 3, 6, (3, 3), rng, strides=[2, 2], pads=[1, 0, 2, 1]),
+                    conv("c2", "r1", 6, 8, (3, 3), rng, dilations=[2, 2], pads=[2, 2, 2, 2]),
+                    conv("b1", "p1", 8, 4, (1, 1), rng),
+                    conv("b2", "p1", 8, 4, (5, 5), rng, pads=[2, 2, 2, 2]),
+                    conv("b3", "p1", 8, 8, (3, 3), rng, strides=[1, 1], pads=[1, 1, 1, 1])):
+        nodes.append(node)
+        weights += w
+    nodes[1:1] = [helper.make_node("Relu", ["c1"], ["r1"])]
+    nodes[3:3] = [helper.make_node("MaxPool", ["c2"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                   ceil_mode=1)]
+    scale = numpy_helper.from_array(rng.uniform(0.5, 1.5, (1, 8, 1, 1)).astype(np.float32), "scale")
+    nodes += [helper.make_node("Concat", ["b1", "b2"], ["cat"], axis=1),
+              helper.make_node("Add", ["cat", "b3"], ["sum"]),
+              helper.make_node("Mul", ["sum", "scale"], ["scaled"]),
+              helper.make_node("AveragePool", ["scaled"], ["avg"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                               count_include_pad=1)]
+    last = "avg"
+    if gate:  # squeeze-and-excitation: a gate from the whole map multiplies every position
+        nodes += [helper.make_node("GlobalAveragePool", ["avg"], ["pooled"]),
+                  helper.make_node("Sigmoid", ["pooled"], ["gate"]),
+                  helper.make_node("Mul", ["avg", "gate"], ["gated"])]
+        last = "gated"
+    nodes += [helper.make_node("Flatten", [last], ["flat"])]
+    return nodes, weights + [scale]
+
+
+def volume_graph(spatial: int, rng) -> tuple[list, list]:
+    kernel = (3,) * spatial
+    first, w1 = conv("c1", "x", 2, 4, kernel, rng, strides=[2] * spatial, pads=[1] * (2 * spatial))
+    second, w2 = conv("c2", "r1", 4, 3, kernel, rng, pads=[1] * (2 * spatial))
+    pool = helper.make_node("MaxPool", ["c2"], ["p1"], kernel_shape=[2] * spatial, strides=[2] * spatial)
+    return [first, helper.make_node("Relu", ["c1"], ["r1"]), second, pool,
+            helper.make_node("Flatten", ["p1"], ["flat"])], w1 + w2
+
+
+def model_file(tmp_path, nodes, weights, shape, name):
+    features = tmp_path / "probe.onnx"
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *shape])],
+                              [helper.make_tensor_value_info("flat", TensorProto.FLOAT, None)], weights)
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.save(probe, features)
+    size = ort.InferenceSession(str(features), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.zeros((1, *shape), np.float32)})[0].shape[1]
+    head = np.random.default_rng(1).normal(0, 0.1, (size, 5)).astype(np.float32)
+    nodes = nodes + [helper.make_node("MatMul", ["flat", "head"], ["logits"])]
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5])],
+                              weights + [numpy_helper.from_array(head, "head")])
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+def windows_everywhere(spatial: tuple[int, ...], k: int, rng) -> np.ndarray:
+    """Window starts at every corner and edge, plus random ones."""
+    corners = np.array(np.meshgrid(*[[0, n - k] for n in spatial], indexing="ij")).reshape(len(spatial), -1).T
+    random = np.stack([rng.integers(0, n - k + 1, 6) for n in spatial], axis=1)
+    return np.concatenate([corners, random])
+
+
+def check(path, shape, k, rng, cropped_ops=()):
+    model = onnxplain.load(path)
+    executor = model.torch()
+    x = rng.random((1, *shape)).astype(np.float32)
+    starts = windows_everywhere(shape[1:], k, rng)
+    values = rng.random((len(starts), shape[0]) + (k,) * (len(shape) - 1)).astype(np.float32)
+    runner = WindowRunner(executor, torch.from_numpy(x), ["logits"])
+    seen = []
+    cropped = runner._cropped
+
+    def spy(step, inputs):
+        result = cropped(step, inputs)
+        if result is not None:
+            seen.append(step.node.op_type)
+        return result
+
+    runner._cropped = spy
+    got = runner(torch.from_numpy(values), starts)["logits"].numpy()
+    batch = np.repeat(x, len(starts), axis=0)
+    batch[window_index(starts, (k,) * (len(shape) - 1), shape[0])] = values
+    want = model.run(batch, ["logits"])["logits"]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert set(cropped_ops) <= set(seen), seen
+    return seen
+
+
+def test_image_graph_at_every_border(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes, weights = image_graph(gate=False, rng=rng)
+    path = model_file(tmp_path, nodes, weights, (3, 97, 89), "image")
+    check(path, (3, 97, 89), 4, rng, cropped_ops=("Conv", "Relu", "MaxPool", "Concat", "Add", "Mul", "AveragePool"))
+
+
+def test_a_gate_from_the_whole_map_falls_back(tmp_path):
+    rng = np.random.default_rng(1)
+    nodes, weights = image_graph(gate=True, rng=rng)
+    path = model_file(tmp_path, nodes, weights, (3, 97, 89), "gated")
+    seen = check(path, (3, 97, 89), 3, rng)
+    assert "Sigmoid" not in seen and seen.count("Mul") == 1   # the gate and its product run on whole maps
+
+
+@pytest.mark.parametrize("spatial, size", [(1, (50,)), (3, (11, 12, 10))])
+def test_one_and_three_spatial_axes(tmp_path, spatial, size):
+    rng = np.random.default_rng(2)
+    nodes, weights = volume_graph(spatial, rng)
+    path = model_file(tmp_path, nodes, weights, (2, *size), f"conv{spatial}d")
+    check(path, (2, *size), 3, rng, cropped_ops=("Conv", "Relu"))
+

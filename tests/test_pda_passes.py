@@ -1,0 +1,96 @@
+"""Prediction difference through the torch executor (`device=`) vs through onnxruntime, and the GPU code paths.
+
+On a GPU the engine runs every batch at the chunk's full size and draws the next chunk's samples in a thread
+while the current one runs; those paths are forced here on the CPU, so that CI (which has no GPU) checks them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import onnxplain
+from onnxplain.cli.main import cli
+from onnxplain.errors import OnnxplainError
+from onnxplain.incremental import window_index
+from onnxplain.methods.pda import PredictionDifference
+from onnxplain.targets import Target
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def cnn(digits_cnn):
+    return onnxplain.load(digits_cnn)
+
+
+@pytest.fixture(scope="module")
+def data(digits_cnn):
+    samples = digits_cnn.parent / "samples"
+    return np.load(samples / "digit3_cnn.npy")[None], np.load(samples / "digits_reference_cnn.npy")[:40]
+
+
+def explain(model, x, reference, gpu_paths=False, **params):
+    method = PredictionDifference(window=4, padding=2, samples=6, reference=reference, stride=2, batch_size=32,
+                                  all_classes=True, progress=False, **params)
+    if gpu_paths:
+        passes = method.passes(model)
+        passes.fixed_shape = passes.overlaps_host = True
+    return method.explain(model, x, Target())
+
+
+@pytest.mark.parametrize("sampler", ["marginal", "conditional"])
+@pytest.mark.parametrize("gpu_paths", [False, True])
+@pytest.mark.parametrize("incremental", [False, True])
+def test_torch_executor_gives_the_onnxruntime_map(cnn, data, sampler, gpu_paths, incremental):
+    x, reference = data
+    session = explain(cnn, x, reference, sampler=sampler)
+    torch_run = explain(cnn, x, reference, gpu_paths, sampler=sampler, device="cpu", incremental=incremental)
+    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)" + (", incremental" if incremental else "")
+    assert session.diagnostics["forward_passes_on"] == "onnxruntime"
+    assert torch_run.diagnostics["forward_passes"] == session.diagnostics["forward_passes"]
+    # activation differences of logits (f(x) ~ 21): float32 rounding of the two runtimes, ~1e-6 of the logit
+    tolerance = 1e-6 * abs(float(session.score[0]))
+    assert np.abs(session.relevance).max() > 1000 * tolerance
+    np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=tolerance)
+    np.testing.assert_allclose(torch_run.diagnostics["all_classes"], session.diagnostics["all_classes"],
+                               atol=tolerance)
+
+
+@pytest.mark.parametrize("size, layout", [((5,), "1-D"), ((2, 3), "2-D"), ((2, 3, 2), "3-D")])
+def test_window_index_addresses_each_rows_window(size, layout):
+    rng = np.random.default_rng(0)
+    spatial = tuple(s + 4 for s in size)
+    starts = np.stack([rng.integers(0, n - k + 1, 7) for n, k in zip(spatial, size)], axis=1)
+    values = rng.random((7, 3, *size))
+    vectorised, literal = np.zeros((7, 3, *spatial)), np.zeros((7, 3, *spatial))
+    vectorised[window_index(starts, size, 3)] = values
+    for row, start in enumerate(starts):
+        literal[(row, slice(None)) + tuple(slice(s, s + k) for s, k in zip(start, size))] = values[row]
+    np.testing.assert_array_equal(vectorised, literal)
+
+
+def test_tf32_needs_a_cuda_device(cnn, data):
+    x, reference = data
+    with pytest.raises(OnnxplainError, match="CUDA"):
+        explain(cnn, x, reference, precision="tf32")
+    with pytest.raises(OnnxplainError, match="CUDA"):
+        explain(cnn, x, reference, precision="tf32", device="cpu")
+    with pytest.raises(OnnxplainError, match="precision must be"):
+        PredictionDifference(reference=reference, precision="fp16")
+
+
+def test_cli_device_option(digits_cnn):
+    samples = digits_cnn.parent / "samples"
+    args = ["explain", str(digits_cnn), str(samples / "digit3_cnn.npy"), "--method", "pda", "--reference",
+            str(samples / "digits_reference_cnn.npy"), "--window", "7", "--stride", "7", "--samples", "2", "--quiet"]
+    result = CliRunner().invoke(cli, args + ["--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"forward_passes_on": "torch (cpu), incremental"' in result.stdout
+    for device, message in [("nowhere", "device 'nowhere' is not usable"), ("cuda:x", "is not usable")]:
+        result = CliRunner().invoke(cli, args + ["--device", device])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output

@@ -69,14 +69,14 @@ def run(args) -> list[dict]:
 def timed_run(args, model, x, reference, precision: str) -> dict:
     """Check against onnxruntime on a strided subset, predict from a coarser run, then time the asked stride."""
     target, common = Target(), {"reference": reference, "device": args.device, "precision": precision,
-                                "progress": False, **SETTING}
+                                "incremental": not args.whole_samples, "progress": False, **SETTING}
     method = PredictionDifference(stride=args.stride, **common)
     _, fit_s = timed(lambda: method.prepare(model, x.shape[1:]))
     batch = method.passes(model).batch_size(x[0])
     print(f"{precision}: {device_name(args.device)}; forward batch {batch}; sampler fit {fit_s:.1f} s", flush=True)
 
     on_device = PredictionDifference(**{**common, "stride": args.check_stride}).explain(model, x, target)
-    check = {**common, "stride": args.check_stride, "device": None, "precision": "fp32"}
+    check = {**common, "stride": args.check_stride, "device": None, "precision": "fp32", "incremental": False}
     on_session = PredictionDifference(**check).explain(model, x, target)
     scale = float(np.abs(on_session.relevance).max())
     check_diff = float(np.abs(on_device.relevance - on_session.relevance).max())
@@ -106,7 +106,7 @@ def timed_run(args, model, x, reference, precision: str) -> dict:
             "check_stride": args.check_stride, "check_diff": check_diff, "check_scale": scale, "stride": stride}
 
 
-def section(rows: list[dict], command: str) -> str:
+def section(rows: list[dict], command: str, incremental: bool) -> str:
     paper = PAPER_MINUTES * 60
     table = ["| device | precision | stride | windows | forward passes | engine s | samples/s | vs paper's 30 min | "
              "literal loop s (extrapolated) | engine vs literal | max \\|GPU − onnxruntime\\| |",
@@ -123,7 +123,10 @@ def section(rows: list[dict], command: str) -> str:
         f"`{command}`. GoogLeNet (the onnx wheel's Caffe graph `inception_v1`, seeded random weights), chelsea at "
         "224², conditional sampling k = 10, l = 14, S = 10 (10 reference photos), stride 1 as in the paper, whose "
         "Caffe GPU implementation took about 30 minutes per image. Forward passes run in onnxplain's torch executor "
-        "on the GPU (`PredictionDifference(device='cuda')`, CLI `--device cuda`): `fp32` is exact fp32 (TF32 off), "
+        "on the GPU (`PredictionDifference(device='cuda')`, CLI `--device cuda`), "
+        + ("incrementally (each sample's early layers around its window only)" if incremental else
+           "as whole samples written into a batch in GPU memory (`incremental=False`)")
+        + ": `fp32` is exact fp32 (TF32 off), "
         "`tf32` lets the GPU multiply in TensorFloat-32 (`--precision tf32`). Forward batch "
         f"{rows[0]['batch']} (from the memory a probe batch takes); the conditional sampler's fit "
         f"({rows[0]['fit_s']:.1f} s) is outside the timing. The literal loop sends one window's S samples per call "
@@ -142,13 +145,15 @@ def main(argv=None) -> None:
     parser.add_argument("--literal-windows", type=int, default=300, help="windows the literal loop is timed on")
     parser.add_argument("--probe-stride", type=int, default=8, help="stride of the run that predicts the timing")
     parser.add_argument("--budget-s", type=float, default=420, help="longest timed run allowed (seconds)")
+    parser.add_argument("--whole-samples", action="store_true",
+                        help="run whole samples (incremental=False) instead of incremental forward passes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args(argv)
     os.environ.setdefault("ONNXPLAIN_CACHE", str(ROOT / ".cache"))
     rows = run(args)
     if not args.no_write:
         command = "python benchmarks/pda_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(section(rows, command.strip()), BEGIN, END)
+        write_section(section(rows, command.strip(), not args.whole_samples), BEGIN, END)
         print(f"wrote the table to {README}")
 
 

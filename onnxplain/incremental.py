@@ -107,9 +107,8 @@ class WindowRunner:
         if np.prod(size) > MAX_SHARE * np.prod(spatial):
             return None
         origin = np.minimum(low, np.array(spatial) - size)
-        names = [n for n in step.inputs if n]
         framed = [self._reframe(name, v, origin, tuple(size)) if isinstance(v, Crop) else v
-                  for name, v in zip(names, inputs)]
+                  for name, v in zip(step.inputs, inputs)]
         return Crop(step.op.forward(*framed), origin)
 
     def _windowed(self, step, inputs: list):

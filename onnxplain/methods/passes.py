@@ -1,9 +1,10 @@
 """Where prediction difference's forward passes run: onnxruntime sessions (default) or the torch executor.
 
-Both keep one reused batch of copies of the explained input, write the windows' samples into it, run it, and put
-x's own values back. With the torch executor on a GPU the batch lives in device memory: only the window values
-cross the bus, and forward batches are sized from the memory one probe batch really takes. The torch executor is
-checked against onnxruntime when it is built, like everywhere else.
+Both can keep one reused batch of copies of the explained input, write the windows' samples into it, run it, and
+put x's own values back. The torch executor can also run the samples incrementally (`window_runner`: early layers
+on crops around each window, `onnxplain.incremental`). On a GPU its batches live in device memory, so only window
+values cross the bus, and forward batches are sized from the memory one probe batch really takes. The torch
+executor is checked against onnxruntime when it is built, like everywhere else.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class SessionPasses:
     name = "onnxruntime"
     overlaps_host = False     # onnxruntime on CPU uses every core: nothing to gain from drawing samples meanwhile
     fixed_shape = False       # run only the rows that changed
+    device = None             # index arrays stay NumPy
 
     def __init__(self, model):
         self.model = model
@@ -50,8 +52,6 @@ class SessionPasses:
         if x_sample.ndim == 1:
             budget = max(budget, CHUNK_BYTES // max(1, x_sample.nbytes))
         return budget if "CUDAExecutionProvider" in self.model.providers else min(budget, CPU_BATCH)
-
-    device = None             # index arrays stay NumPy
 
     def buffer(self, x_sample: np.ndarray, rows: int) -> np.ndarray:
         return np.repeat(x_sample[None], rows, axis=0)

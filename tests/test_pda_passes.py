@@ -94,3 +94,22 @@ def test_cli_device_option(digits_cnn):
         result = CliRunner().invoke(cli, args + ["--device", device])
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+@pytest.mark.parametrize("name, layout", [("digits_keras_tf", "NHWC image"), ("digits_logreg", "flat 8x8 features")])
+def test_torch_executor_in_other_input_layouts(digits_cnn, name, layout):
+    """Windows are written through the batch's (N, C, *spatial) view, which moves axes for these layouts."""
+    samples = digits_cnn.parent / "samples"
+    model = onnxplain.load(digits_cnn.parent / f"{name}.onnx")
+    kind = "logreg" if name == "digits_logreg" else "cnn"
+    x, reference = np.load(samples / f"digit3_{kind}.npy")[None], np.load(samples / f"digits_reference_{kind}.npy")
+    if name == "digits_keras_tf":
+        x, reference = np.moveaxis(x, 1, -1), np.moveaxis(reference, 1, -1)
+    params = dict(window=2 if kind == "logreg" else 4, padding=1, samples=5, reference=reference, progress=False)
+    session = PredictionDifference(**params).explain(model, x)
+    torch_run = PredictionDifference(device="cpu", **params).explain(model, x)
+    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)"   # not channels-first: whole samples
+    scale = np.abs(session.relevance).max()
+    assert scale > 0
+    # weights of evidence of near-certain probabilities: float32 rounding of p near 1 shows at ~1e-3 of the map
+    np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-2 * scale)

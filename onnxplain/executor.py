@@ -170,6 +170,10 @@ def usable_device(device: str | torch.device) -> torch.device:
     """`device` as a torch device this torch build can use; else an OnnxplainError that says why."""
     try:
         chosen = torch.device(device)
+    except RuntimeError:  # torch's message lists every device type it knows
+        raise OnnxplainError(f"device {str(device)!r} is not a torch device name (cpu, cuda, cuda:N, mps, ...)") \
+            from None
+    try:
         if chosen.type == "cuda" and not torch.cuda.is_available():
             raise OnnxplainError(f"device {str(device)!r}: this torch build sees no CUDA GPU")
         torch.empty(0, device=chosen)

@@ -118,9 +118,21 @@ def image_figure(image: np.ndarray, relevance_map: np.ndarray, *, title: str = "
                     cmap=CMAP, vmin=-v, vmax=v)
     _show(axes[2], overlay_rgb(image, relevance_map, threshold), "overlay")
     bar = fig.add_axes((boxes[2][0] + boxes[2][2] + 0.04 / size[0], boxes[2][1], 0.12 / size[0], boxes[2][3]))
-    fig.colorbar(axes[1].images[0], cax=bar)
+    colorbar = fig.colorbar(axes[1].images[0], cax=bar)
+    colorbar.formatter = _compact_formatter()
+    colorbar.update_ticks()
     bar.tick_params(labelsize=7)
+    bar.yaxis.get_offset_text().set_fontsize(7)
     return fig
+
+
+def _compact_formatter():
+    """Tick labels that fit beside the colour bar: small or large scales as a common power of ten above it."""
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter(useMathText=True)
+    formatter.set_powerlimits((-2, 3))
+    return formatter
 
 
 def slice_indices(relevance: np.ndarray, axis: int, count: int) -> list[int]:

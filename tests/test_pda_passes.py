@@ -90,7 +90,8 @@ def test_cli_device_option(digits_cnn):
     result = CliRunner().invoke(cli, args + ["--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     assert '"forward_passes_on": "torch (cpu), incremental"' in result.stdout
-    for device, message in [("nowhere", "device 'nowhere' is not usable"), ("cuda:x", "is not usable")]:
+    for device, message in [("nowhere", "device 'nowhere' is not a torch device name"),
+                            ("cuda:x", "not a torch device")]:
         result = CliRunner().invoke(cli, args + ["--device", device])
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output

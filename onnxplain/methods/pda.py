@@ -78,8 +78,8 @@ class PredictionDifference:
     onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or 'tf32' on a CUDA device
     (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see `passes.TorchPasses`); incremental: with
     the torch executor and channels-first inputs, compute each sample's early layers only around its window
-    (`onnxplain.incremental`: the same numbers up to float rounding, less work). Samples equal to x's own window (e.g. background) are
-    not run again: their output is f(x).
+    (`onnxplain.incremental`: the same numbers up to float rounding, less work). Samples equal to x's own window
+    (e.g. background) are not run again: their output is f(x).
     """
 
     def __init__(self, window=4, padding: int = 2, samples: int = 10, sampler="conditional", reference=None,

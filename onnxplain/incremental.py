@@ -72,6 +72,24 @@ class WindowRunner:
             return {name: self._whole(name, env[name], rows) if isinstance(env[name], Crop) else env[name]
                     for name in self.outputs}
 
+    def error(self, executor, window: tuple[int, ...], seed: int = 0) -> float:
+        """Largest relative difference to the full forward pass on a probe batch: windows at every corner of the
+        map and one in the middle, filled with x's values shifted by seeded noise."""
+        x = self.full[self.input_name]
+        spatial = np.array(x.shape[2:])
+        size = np.minimum(np.array(window), spatial)
+        corners = np.array(np.meshgrid(*[[0, n - k] for n, k in zip(spatial, size)], indexing="ij"))
+        starts = np.concatenate([corners.reshape(len(spatial), -1).T, ((spatial - size) // 2)[None]])
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((len(starts), x.shape[1], *size), generator=generator).to(x.device, x.dtype)
+        values = _gather(x[0], starts, tuple(int(k) for k in size)) + noise * (float(x.std()) or 1.0)
+        batch = x.expand(len(starts), *x.shape[1:]).clone()
+        _write(batch, starts, values)
+        got = self(values, starts)
+        with torch.inference_mode():
+            want = executor.run(batch, self.outputs)
+        return max(float((got[n] - want[n]).abs().max() / want[n].abs().max().clamp(min=1e-12)) for n in self.outputs)
+
     def _value(self, env: dict, name: str):
         if not name:
             return None

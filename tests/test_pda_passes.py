@@ -114,3 +114,21 @@ def test_torch_executor_in_other_input_layouts(digits_cnn, name, layout):
     assert scale > 0
     # weights of evidence of near-certain probabilities: float32 rounding of p near 1 shows at ~1e-3 of the map
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-2 * scale)
+
+
+def test_an_incremental_runner_that_disagrees_is_not_used(cnn, data, monkeypatch):
+    """Like the executor against onnxruntime, the incremental runner is checked against whole samples first."""
+    from onnxplain.incremental import Crop, WindowRunner
+
+    x, reference = data
+    session = explain(cnn, x, reference, sampler="marginal")
+    windowed = WindowRunner._windowed
+
+    def wrong(self, step, inputs):
+        crop = windowed(self, step, inputs)
+        return None if crop is None else Crop(crop.values * 1.01, crop.origin)
+
+    monkeypatch.setattr(WindowRunner, "_windowed", wrong)
+    torch_run = explain(cnn, x, reference, sampler="marginal", device="cpu")
+    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)"
+    np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))

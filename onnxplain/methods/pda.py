@@ -208,7 +208,7 @@ class PredictionDifference:
         x_grid = geometry.to_grid(x_sample[None])[0]
         runner = None
         if self.incremental and geometry.layout == "channels_first":
-            runner = passes.window_runner(x_sample, score.output)
+            runner = passes.window_runner(x_sample, score.output, grid.size)
         if runner is None:
             buffer = passes.buffer(x_sample, min(per_chunk, len(grid)) * count)
             view = geometry.grid_view(buffer)

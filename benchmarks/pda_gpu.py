@@ -100,8 +100,9 @@ def timed_run(args, model, x, reference, precision: str) -> dict:
         method.prepare(model, x.shape[1:])
     explanation, explain_s = timed(lambda: method.explain(model, x, target))
     windows, forward = explanation.diagnostics["windows"], explanation.diagnostics["forward_passes"]
-    print(f"stride {stride}: {windows} windows, {forward} forward passes, {explain_s:.1f} s", flush=True)
-    return {"device": device_name(args.device), "precision": precision, "batch": batch, "fit_s": fit_s,
+    engine = explanation.diagnostics["forward_passes_on"]      # says whether the passes ran incrementally
+    print(f"stride {stride}: {windows} windows, {forward} forward passes on {engine}, {explain_s:.1f} s", flush=True)
+    return {"device": f"{device_name(args.device)}; {engine}", "precision": precision, "batch": batch, "fit_s": fit_s,
             "windows": windows, "passes": forward, "explain_s": explain_s, "samples_per_s": forward / explain_s,
             "check_stride": args.check_stride, "check_diff": check_diff, "check_scale": scale, "stride": stride}
 

@@ -73,8 +73,9 @@ class WindowRunner:
                     for name in self.outputs}
 
     def error(self, executor, window: tuple[int, ...], seed: int = 0) -> float:
-        """Largest relative difference to the full forward pass on a probe batch: windows at every corner of the
-        map and one in the middle, filled with x's values shifted by seeded noise."""
+        """Largest relative difference to the full forward pass on a probe batch (windows at every corner of the
+        map and one in the middle, filled with x's values shifted by seeded noise), run together and row by row:
+        which ops run on crops, and how large, depends on the batch."""
         x = self.full[self.input_name]
         spatial = np.array(x.shape[2:])
         size = np.minimum(np.array(window), spatial)
@@ -85,10 +86,14 @@ class WindowRunner:
         values = _gather(x[0], starts, tuple(int(k) for k in size)) + noise * (float(x.std()) or 1.0)
         batch = x.expand(len(starts), *x.shape[1:]).clone()
         _write(batch, starts, values)
-        got = self(values, starts)
         with torch.inference_mode():
             want = executor.run(batch, self.outputs)
-        return max(float((got[n] - want[n]).abs().max() / want[n].abs().max().clamp(min=1e-12)) for n in self.outputs)
+        errors = []
+        for rows in [slice(None)] + [slice(r, r + 1) for r in range(len(starts))]:   # together, then each alone
+            got = self(values[rows], starts[rows])
+            errors += [float((got[n] - want[n][rows]).abs().max() / want[n][rows].abs().max().clamp(min=1e-12))
+                       for n in self.outputs]
+        return max(errors)
 
     def _value(self, env: dict, name: str):
         if not name:
@@ -107,9 +112,10 @@ class WindowRunner:
             return None       # an operand computed at full size (a gate from global pooling, ...)
         if op_type in ("Conv", "MaxPool", "AveragePool"):
             return self._windowed(step, inputs) if isinstance(inputs[0], Crop) else None
-        if any(not _spatially_constant(self.graph.constants[name], crops[0]) for name in others):
-            return None       # a constant that varies over space
-        if op_type in POINTWISE and isinstance(inputs[0], Crop):
+        if op_type != "BatchNormalization" and any(not _spatially_constant(self.graph.constants[name], crops[0])
+                                                   for name in others):
+            return None       # a constant that varies over space (BatchNormalization's vectors are per channel)
+        if op_type in POINTWISE and len(crops) == 1 and isinstance(inputs[0], Crop):
             return Crop(step.op.forward(*[v.values if isinstance(v, Crop) else v for v in inputs]), inputs[0].origin)
         if op_type in ALIGNED and (op_type != "Concat" or _axis(step, inputs[0]) == 1):
             return self._aligned(step, inputs)
@@ -119,6 +125,8 @@ class WindowRunner:
         """Operands on one box (the union of theirs), then the op as it is."""
         crops = [v for v in inputs if isinstance(v, Crop)]
         spatial = self.full[step.outputs[0]].shape[2:]
+        if any(self.full[name].shape[2:] != spatial for name, v in zip(step.inputs, inputs) if isinstance(v, Crop)):
+            return None       # an operand broadcast over space (a map of height 1 added to a full one, ...)
         low = np.min([c.origin for c in crops], axis=0)
         high = np.max([c.origin + np.array(c.size) for c in crops], axis=0)
         size = np.minimum((high - low).max(axis=0), spatial)
@@ -141,7 +149,9 @@ class WindowRunner:
         reach = (np.array(kernel) - 1) * np.array(dilations)
         low = np.maximum(-(-(crop.origin + begins - reach) // strides), 0)            # ceil division
         high = np.minimum((crop.origin + np.array(crop.size) - 1 + begins) // strides, out_spatial - 1)
-        size = np.minimum((high - low + 1).max(axis=0), out_spatial)
+        # at least one output per axis: a window that no output reads (a stride's gap, an unread end of the map)
+        # gets an empty zone, and the box then holds x's own values
+        size = np.clip((high - low + 1).max(axis=0), 1, out_spatial)
         if np.prod(size) > MAX_SHARE * np.prod(out_spatial):
             return None
         origin = np.minimum(low, out_spatial - size)
@@ -230,7 +240,7 @@ def _spatially_constant(value: torch.Tensor, crop: Crop) -> bool:
     """A constant operand that broadcasts over the crop the same way at every position (per channel, or one)."""
     d = len(crop.size)
     if value.ndim <= 1:
-        return True
+        return value.numel() == 1      # a vector broadcasts along the last axis: over space
     batch_free = value.ndim <= d + 1 or (value.ndim == d + 2 and value.shape[0] == 1)
     return batch_free and all(s == 1 for s in value.shape[-d:])
 

@@ -137,3 +137,61 @@ def test_one_and_three_spatial_axes(tmp_path, spatial, size):
     path = model_file(tmp_path, nodes, weights, (2, *size), f"conv{spatial}d")
     check(path, (2, *size), 3, rng, cropped_ops=("Conv", "Relu"))
 
+
+
+def runner_errors(path, shape, k, batches, rng):
+    """Relative error of WindowRunner against onnxruntime for each batch of window starts, run as given."""
+    model = onnxplain.load(path)
+    x = rng.random((1, *shape)).astype(np.float32)
+    runner = WindowRunner(model.torch(), torch.from_numpy(x), ["logits"])
+    size = (k,) * (len(shape) - 1)
+    errors = []
+    for starts in batches:
+        starts = np.array(starts)
+        values = rng.random((len(starts), shape[0], *size)).astype(np.float32)
+        batch = np.repeat(x, len(starts), axis=0)
+        batch[window_index(starts, size, shape[0])] = values
+        want = model.run(batch, ["logits"])["logits"]
+        got = runner(torch.from_numpy(values), starts)["logits"].numpy()
+        errors.append(float(np.abs(got - want).max() / np.abs(want).max()))
+    return errors
+
+
+def test_windows_no_output_reads(tmp_path):
+    """A 4x4 stride-4 stem on 30x30 never reads rows and columns 28-29; a stride-3 1x1 conv skips two of three."""
+    rng = np.random.default_rng(4)
+    stem, w1 = conv("c1", "x", 3, 4, (4, 4), rng, strides=[4, 4])
+    second, w2 = conv("c2", "c1", 4, 4, (3, 3), rng, pads=[1, 1, 1, 1])
+    nodes = [stem, second, helper.make_node("Relu", ["c2"], ["r2"]), helper.make_node("Flatten", ["r2"], ["flat"])]
+    path = model_file(tmp_path, nodes, w1 + w2, (3, 30, 30), "patchify")
+    batches = [[[28, 28]], [[0, 28]], [[28, 0], [28, 10]], [[5, 5], [28, 28]]]
+    assert max(runner_errors(path, (3, 30, 30), 2, batches, rng)) <= 1e-5
+    gap, w3 = conv("g", "x", 3, 4, (1, 1), rng, strides=[3, 3])
+    nodes = [gap, helper.make_node("Flatten", ["g"], ["flat"])]
+    path = model_file(tmp_path, nodes, w3, (3, 23, 19), "gaps")
+    assert max(runner_errors(path, (3, 23, 19), 1, [[[1, 0]], [[0, 1]], [[1, 1], [3, 5]]], rng)) <= 1e-5
+
+
+def test_operands_broadcast_over_space(tmp_path):
+    """A map of height 1 added to a full one, a (W,) constant, a slope computed by another branch."""
+    rng = np.random.default_rng(5)
+    column, w1 = conv("col", "x", 2, 4, (4, 13), rng, pads=[0, 6, 0, 6])           # (N, 4, 1, 20)
+    full, w2 = conv("full", "x", 2, 4, (1, 1), rng)                                  # (N, 4, 4, 20)
+    nodes = [column, full, helper.make_node("Add", ["full", "col"], ["sum"]),
+             helper.make_node("Flatten", ["sum"], ["flat"])]
+    path = model_file(tmp_path, nodes, w1 + w2, (2, 4, 20), "broadcast")
+    assert max(runner_errors(path, (2, 4, 20), 1, [[[0, 0], [0, 1], [0, 2]], [[3, 7]]], rng)) <= 1e-5
+
+    first, w3 = conv("c1", "x", 3, 4, (3, 3), rng, pads=[1, 1, 1, 1])
+    row = numpy_helper.from_array(rng.uniform(0.5, 1.5, 19).astype(np.float32), "row")
+    nodes = [first, helper.make_node("Mul", ["c1", "row"], ["m"]), helper.make_node("Flatten", ["m"], ["flat"])]
+    path = model_file(tmp_path, nodes, w3 + [row], (3, 23, 19), "vector")
+    assert max(runner_errors(path, (3, 23, 19), 1, [[[4, 5]], [[0, 18], [22, 0]]], rng)) <= 1e-5
+
+    signal, w4 = conv("a", "x", 3, 4, (3, 3), rng, pads=[1, 1, 1, 1])
+    slope, w5 = conv("b", "x", 3, 4, (3, 3), rng, pads=[0, 0, 2, 2])
+    nodes = [signal, slope, helper.make_node("PRelu", ["a", "b"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["flat"])]
+    path = model_file(tmp_path, nodes, w4 + w5, (3, 23, 19), "slope")
+    for k in (1, 4):
+        assert max(runner_errors(path, (3, 23, 19), k, [[[3, 3], [10, 2]], [[0, 0]]], rng)) <= 1e-5

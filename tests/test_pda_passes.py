@@ -132,3 +132,21 @@ def test_an_incremental_runner_that_disagrees_is_not_used(cnn, data, monkeypatch
     torch_run = explain(cnn, x, reference, sampler="marginal", device="cpu")
     assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)"
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))
+
+
+def test_a_batch_the_incremental_runner_cannot_run_runs_whole(cnn, data, monkeypatch):
+    from onnxplain.incremental import WindowRunner
+
+    x, reference = data
+    session = explain(cnn, x, reference, sampler="marginal")
+    original = WindowRunner.__call__
+
+    def fails_on_full_batches(self, values, starts):
+        if len(values) == 32:          # the forward batch of `explain`; the probe batches are smaller
+            raise RuntimeError("a crop shape no rule foresaw")
+        return original(self, values, starts)
+
+    monkeypatch.setattr(WindowRunner, "__call__", fails_on_full_batches)
+    torch_run = explain(cnn, x, reference, sampler="marginal", device="cpu")
+    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu), incremental"
+    np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))

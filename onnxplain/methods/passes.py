@@ -123,7 +123,7 @@ class TorchPasses:
         if self.executor.graph is None:
             return None
         from ..executor import TOLERANCE
-        from ..incremental import WindowRunner
+        from ..incremental import WindowRunner, window_index
 
         try:
             runner = WindowRunner(self.executor, self.array(x_sample)[None], [output])
@@ -134,8 +134,13 @@ class TorchPasses:
 
         def run(values: np.ndarray, starts: np.ndarray, batch_size: int) -> np.ndarray:
             def forward(start: int):
-                end = start + batch_size
-                return runner(self.array(values[start:end]), starts[start:end])[output]
+                rows, where = self.array(values[start:start + batch_size]), starts[start:start + batch_size]
+                try:
+                    return runner(rows, where)[output]
+                except Exception:  # a crop shape no rule foresaw: this batch runs whole, which is always right
+                    whole = runner.full[runner.input_name].expand(len(rows), *x_sample.shape).clone()
+                    whole[window_index(where, window, whole.shape[1], device=self.device)] = rows
+                    return self.executor.run(whole, [output])[output]
 
             return self._batches(forward, len(values), batch_size, tuned=False)  # crop shapes vary: no tuning
         return run

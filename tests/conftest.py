@@ -19,6 +19,20 @@ def digits_cnn() -> Path:
     return MODELS / "digits_cnn.onnx"
 
 
+@pytest.fixture(scope="module")
+def digits_cnn_model(digits_cnn):
+    """The shipped digits CNN, loaded once per test module."""
+    import onnxplain
+
+    return onnxplain.load(digits_cnn)
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache folder of the test's own (`ONNXPLAIN_CACHE`: fitted conditional samplers are cached on disk)."""
+    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="session")
 def digits_logreg() -> Path:
     return MODELS / "digits_logreg.onnx"

@@ -14,9 +14,7 @@ import mri_data as data  # noqa: E402
 SMALL = data.CohortSpec(shape=(30, 36, 30), n_patients=12, n_controls=12, effect=0.2)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
 
 
 @pytest.fixture(scope="module")

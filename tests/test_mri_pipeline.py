@@ -22,9 +22,7 @@ SMALL = data.CohortSpec(shape=(30, 36, 30), n_patients=24, n_controls=16, effect
 TINY = data.CohortSpec(shape=(23, 28, 23), n_patients=12, n_controls=10, effect=0.3)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
 
 
 @pytest.fixture(scope="module")

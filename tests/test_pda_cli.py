@@ -15,9 +15,7 @@ from onnxplain.methods.pda import PredictionDifference
 from onnxplain.targets import Target
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
 
 
 def run(*args):

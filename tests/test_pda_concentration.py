@@ -20,9 +20,7 @@ from onnxplain.methods.pda import PredictionDifference
 CANVAS, BOX = 24, (8, 8)     # box top-left corner; the box is 8x8
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
 
 
 def planted_digits(seed: int = 0):

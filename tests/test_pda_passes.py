@@ -17,14 +17,9 @@ from onnxplain.methods.pda import PredictionDifference
 from onnxplain.targets import Target
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
 
 
-@pytest.fixture(scope="module")
-def cnn(digits_cnn):
-    return onnxplain.load(digits_cnn)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +40,11 @@ def explain(model, x, reference, gpu_paths=False, **params):
 @pytest.mark.parametrize("sampler", ["marginal", "conditional"])
 @pytest.mark.parametrize("gpu_paths", [False, True])
 @pytest.mark.parametrize("incremental", [False, True])
-def test_torch_executor_gives_the_onnxruntime_map(cnn, data, sampler, gpu_paths, incremental):
+def test_torch_executor_gives_the_onnxruntime_map(digits_cnn_model, data, sampler, gpu_paths, incremental):
     x, reference = data
-    session = explain(cnn, x, reference, sampler=sampler)
-    torch_run = explain(cnn, x, reference, gpu_paths, sampler=sampler, device="cpu", incremental=incremental)
+    session = explain(digits_cnn_model, x, reference, sampler=sampler)
+    torch_run = explain(digits_cnn_model, x, reference, gpu_paths, sampler=sampler, device="cpu",
+                        incremental=incremental)
     assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)" + (", incremental" if incremental else "")
     assert session.diagnostics["forward_passes_on"] == "onnxruntime"
     assert torch_run.diagnostics["forward_passes"] == session.diagnostics["forward_passes"]
@@ -73,12 +69,12 @@ def test_window_index_addresses_each_rows_window(size, layout):
     np.testing.assert_array_equal(vectorised, literal)
 
 
-def test_tf32_needs_a_cuda_device(cnn, data):
+def test_tf32_needs_a_cuda_device(digits_cnn_model, data):
     x, reference = data
     with pytest.raises(OnnxplainError, match="CUDA"):
-        explain(cnn, x, reference, precision="tf32")
+        explain(digits_cnn_model, x, reference, precision="tf32")
     with pytest.raises(OnnxplainError, match="CUDA"):
-        explain(cnn, x, reference, precision="tf32", device="cpu")
+        explain(digits_cnn_model, x, reference, precision="tf32", device="cpu")
     with pytest.raises(OnnxplainError, match="precision must be"):
         PredictionDifference(reference=reference, precision="fp16")
 
@@ -116,12 +112,12 @@ def test_torch_executor_in_other_input_layouts(digits_cnn, name, layout):
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-2 * scale)
 
 
-def test_an_incremental_runner_that_disagrees_is_not_used(cnn, data, monkeypatch):
+def test_an_incremental_runner_that_disagrees_is_not_used(digits_cnn_model, data, monkeypatch):
     """Like the executor against onnxruntime, the incremental runner is checked against whole samples first."""
     from onnxplain.incremental import Crop, WindowRunner
 
     x, reference = data
-    session = explain(cnn, x, reference, sampler="marginal")
+    session = explain(digits_cnn_model, x, reference, sampler="marginal")
     windowed = WindowRunner._windowed
 
     def wrong(self, step, inputs):
@@ -129,16 +125,16 @@ def test_an_incremental_runner_that_disagrees_is_not_used(cnn, data, monkeypatch
         return None if crop is None else Crop(crop.values * 1.01, crop.origin)
 
     monkeypatch.setattr(WindowRunner, "_windowed", wrong)
-    torch_run = explain(cnn, x, reference, sampler="marginal", device="cpu")
+    torch_run = explain(digits_cnn_model, x, reference, sampler="marginal", device="cpu")
     assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)"
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))
 
 
-def test_a_batch_the_incremental_runner_cannot_run_runs_whole(cnn, data, monkeypatch):
+def test_a_batch_the_incremental_runner_cannot_run_runs_whole(digits_cnn_model, data, monkeypatch):
     from onnxplain.incremental import WindowRunner
 
     x, reference = data
-    session = explain(cnn, x, reference, sampler="marginal")
+    session = explain(digits_cnn_model, x, reference, sampler="marginal")
     original = WindowRunner.__call__
 
     def fails_on_full_batches(self, values, starts):
@@ -147,6 +143,6 @@ def test_a_batch_the_incremental_runner_cannot_run_runs_whole(cnn, data, monkeyp
         return original(self, values, starts)
 
     monkeypatch.setattr(WindowRunner, "__call__", fails_on_full_batches)
-    torch_run = explain(cnn, x, reference, sampler="marginal", device="cpu")
+    torch_run = explain(digits_cnn_model, x, reference, sampler="marginal", device="cpu")
     assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu), incremental"
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))

@@ -9,9 +9,7 @@ from onnxplain.methods.samplers import ConditionalSampler, MarginalSampler
 from onnxplain.methods.windows import WindowGrid
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ SHAPE = (8, 10, 9)                               # (D, H, W)
 BLOB = (slice(2, 5), slice(3, 6), slice(4, 7))   # where patients differ
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPLAIN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
 
 
 def volumes(count: int, seed: int = 0):

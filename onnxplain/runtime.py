@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 import numpy as np
@@ -96,6 +97,19 @@ def progress_bar(iterable=None, **options):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, delay=PROGRESS_DELAY_S, leave=False, **options)
+
+
+@contextmanager
+def optional_bar(enabled: bool, total: int, desc: str, unit: str):
+    """A progress bar (see `progress_bar`) for the block, or None when progress is off."""
+    if not enabled:
+        yield None
+        return
+    bar = progress_bar(total=total, desc=desc, unit=unit)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _progress(iterable: Iterable, progress: bool | str, total: int):

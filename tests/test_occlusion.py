@@ -8,7 +8,7 @@ import pytest
 import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.methods import make_method
-from onnxplain.methods.occlusion import window_starts
+from onnxplain.methods.windows import WindowGrid
 from onnxplain.targets import Target
 
 
@@ -39,9 +39,9 @@ def cnn(digits_cnn):
 
 
 def test_window_starts_cover_the_edge():
-    assert window_starts(28, 5, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 23]
-    assert window_starts(8, 2, 2) == [0, 2, 4, 6]
-    assert window_starts(3, 5, 1) == [0]
+    assert WindowGrid((28,), 5, 3).axis_starts[0] == [0, 3, 6, 9, 12, 15, 18, 21, 23]
+    assert WindowGrid((8,), 2, 2).axis_starts[0] == [0, 2, 4, 6]
+    assert WindowGrid((3,), 5, 1).axis_starts[0] == [0]
 
 
 def test_cnn_matches_literal_loop(cnn, digits_cnn):
@@ -109,3 +109,13 @@ def test_hidden_unit_target(cnn, digits_cnn):
 def test_bad_window_is_a_user_error():
     with pytest.raises(OnnxplainError, match="window"):
         make_method("occlusion", window=0)
+
+
+def test_torch_executor_with_incremental_passes_gives_the_same_map(cnn, digits_cnn):
+    model, _ = cnn
+    x = np.load(digits_cnn.parent / "samples" / "digit3_cnn.npy")[None]
+    session = make_method("occlusion", window=4, stride=2, progress=False).explain(model, x)
+    torch_run = make_method("occlusion", window=4, stride=2, device="cpu", progress=False).explain(model, x)
+    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu), incremental"
+    assert np.abs(session.relevance).max() > 0.1
+    np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))

@@ -2,69 +2,42 @@
 
 Relevance of a feature = the mean, over every window that covers it, of f(x) - f(x with that window covered),
 so positive relevance is evidence for the explained output. Windows slide over the spatial axes (all channels are
-covered together); a flat input is windowed as the image (spec `size`) or volume (spec `crop`) it came from. The last
-window along each axis is pinned to the edge so that every feature is covered at least once.
+covered together); a flat input is windowed as the image (spec `size`) or volume (spec `crop`) it came from, a
+plain feature vector feature by feature. The windows and forward passes are prediction difference's
+(`windows.WindowGrid`, `passes.WindowSamples`): the last window along each axis is flush with the edge, so every
+feature is covered, and with `device` the passes run in the torch executor, incrementally around each window.
 """
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation
-from ..runtime import progress_bar
+from ..runtime import optional_bar
 from ..targets import Target, class_indices, hidden_values
-
-
-def spatial_view(model, sample_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(shape to view one sample as, axes of that view the windows slide over); other axes are covered whole."""
-    spec = model.preprocess
-    if spec is not None and spec.crop is not None and len(sample_shape) == 1:  # a flattened volume crop
-        shape = tuple(b - a for a, b in spec.crop)
-        if int(np.prod(shape)) == sample_shape[0]:
-            return shape, tuple(range(len(shape)))
-    if spec is not None and spec.layout == "flat" and spec.size is not None and len(sample_shape) == 1:
-        shape = (*spec.size, spec.channels)
-        if int(np.prod(shape)) == sample_shape[0]:
-            return shape, (0, 1)
-    if len(sample_shape) == 1:
-        return sample_shape, (0,)
-    if spec is not None and spec.layout == "NHWC" and len(sample_shape) == 3:
-        return sample_shape, (0, 1)
-    if len(sample_shape) == 2:
-        return sample_shape, (0, 1)
-    return sample_shape, tuple(range(1, len(sample_shape)))  # channel first: (C, H, W), (C, D, H, W)
-
-
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Start positions along one axis; the last window ends at the edge."""
-    if window >= size:
-        return [0]
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] != size - window:
-        starts.append(size - window)
-    return starts
+from .passes import WindowSamples, chunk_rows, forward_passes
+from .windows import Geometry, WindowGrid
 
 
 class Occlusion:
-    """Occlusion sensitivity: black-box, batched through `model.run`.
+    """Occlusion sensitivity: black-box, batched like prediction difference.
 
     window: edge of the (square/cubic) window in features; None = about 1/8 of the smallest windowed axis.
     stride: step between windows; None = window // 2 (at least 1).
     fill: value written into the covered window (in model-input units).
     reference: optional batch of inputs; when given, the window is filled with their mean instead of `fill`.
+    device: None = onnxruntime; 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (incremental passes).
     """
 
     def __init__(self, window: int | None = None, stride: int | None = None, fill: float = 0.0,
-                 reference: np.ndarray | None = None, progress: bool = True):
+                 reference: np.ndarray | None = None, device: str | None = None, progress: bool = True):
         if window is not None and window < 1:
             raise OnnxplainError(f"--window must be at least 1, got {window}")
         if stride is not None and stride < 1:
             raise OnnxplainError(f"--stride must be at least 1, got {stride}")
         self.window, self.stride, self.fill = window, stride, float(fill)
         self.reference = None if reference is None else np.asarray(reference)
-        self.progress = progress
+        self.device, self.progress = device, progress
 
     def _baseline(self, model, shape: tuple[int, ...]) -> np.ndarray:
         if self.reference is None:
@@ -73,67 +46,58 @@ class Occlusion:
                                       else self.reference[None], "reference set (--reference)")
         return reference.mean(axis=0).astype(model.input_dtype)
 
-    def _explained(self, model, x: np.ndarray, target: Target, classes: np.ndarray | None, batch_size: int):
-        """(N,) explained values of a batch: the target class score per sample, or a hidden tensor's value."""
-        if target.hidden:
-            return hidden_values(model.run(x, [target.layer], batch_size=batch_size)[target.layer], target)
-        scores = model.scores(x, batch_size=batch_size)
-        return scores[np.arange(len(x)), classes]
-
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         target = target or Target()
         x = model.check_input(x)
         n, sample_shape = len(x), x.shape[1:]
-        view_shape, axes = spatial_view(model, sample_shape)
-        window = self.window or max(1, round(min(view_shape[a] for a in axes) / 8))
+        geometry = _geometry(model, sample_shape)
+        window = self.window or max(1, round(min(geometry.spatial) / 8))
         stride = self.stride or max(1, window // 2)
-        boxes = self._boxes(view_shape, axes, window, stride)
-        baseline = self._baseline(model, sample_shape).reshape(view_shape)
-        batch_size = model.batch_size()
+        grid = WindowGrid(geometry.spatial, window, stride)
+        cover = geometry.to_grid(self._baseline(model, sample_shape)[None])[0]
+        passes = forward_passes(model, self.device)
+        output = target.layer if target.hidden else model.score_output
+        batch = passes.batch_size(x[0])
+        rows = min(len(grid), chunk_rows(batch, x[0].nbytes))
 
+        original = model.run(x, [output])[output]
         if target.hidden:
-            classes = np.full(n, -1)
-            score = self._explained(model, x, target, None, batch_size)
+            classes, score = np.full(n, -1), hidden_values(original, target)
         else:
-            scores = model.scores(x, batch_size=batch_size)
+            scores = original.reshape(n, -1).astype(np.float64)
             classes = class_indices(model, scores, target)
             score = scores[np.arange(n), classes]
 
-        views = x.reshape(n, *view_shape)
-        total = np.zeros((n, *view_shape), dtype=np.float64)
-        count = np.zeros(view_shape, dtype=np.float64)
-        for box in boxes:
-            count[box] += 1
-        pairs = [(i, b) for i in range(n) for b in range(len(boxes))]
-        for start in self._progress(range(0, len(pairs), batch_size), -(-len(pairs) // batch_size)):
-            chunk = pairs[start:start + batch_size]
-            covered = views[[i for i, _ in chunk]].copy()
-            for row, (_, b) in enumerate(chunk):
-                covered[row][boxes[b]] = baseline[boxes[b]]
-            rows = np.array([i for i, _ in chunk])
-            values = self._explained(model, covered.reshape(len(chunk), *sample_shape), target,
-                                     classes[rows], batch_size)
-            for (i, b), value in zip(chunk, values):
-                total[i][boxes[b]] += score[i] - value
-        relevance = (total / np.maximum(count, 1)).reshape(x.shape)
+        maps, incremental = [], False
+        with optional_bar(self.progress, n * len(grid), "occlusion", "window") as bar:
+            for i in range(n):
+                run = WindowSamples(passes, geometry, x[i], output, grid.size, batch, rows)
+                incremental = run.incremental
+                drops = np.empty(len(grid))
+                for start in range(0, len(grid), rows):
+                    ids = np.arange(start, min(len(grid), start + rows))
+                    covers = np.stack([cover[(slice(None),) + grid.slices(w)] for w in ids])   # (w, C, *k)
+                    raw = run(grid.starts[ids], covers)
+                    values = (hidden_values(raw, target) if target.hidden
+                              else raw.reshape(len(ids), -1)[:, classes[i]].astype(np.float64))
+                    drops[ids] = score[i] - values
+                    if bar is not None:
+                        bar.update(len(ids))
+                maps.append(grid.average(drops[:, None])[0])          # (*spatial): each pixel's mean drop
+        per_pixel = np.stack(maps)[:, None]                            # every channel of a pixel gets its value
+        relevance = geometry.from_grid(np.repeat(per_pixel, geometry.channels, axis=1)).reshape(x.shape)
+        name = passes.name + (", incremental" if incremental else "")
         return Explanation(relevance=relevance.astype(np.float32), target=classes, score=score, method="occlusion",
                            params={"window": window, "stride": stride,
-                                   "fill": "reference mean" if self.reference is not None else self.fill},
-                           diagnostics={"windows": len(boxes), "forward_passes_per_input": len(boxes) + 1})
+                                   "fill": "reference mean" if self.reference is not None else self.fill,
+                                   "device": self.device or "onnxruntime"},
+                           diagnostics={"windows": len(grid), "forward_passes_per_input": len(grid) + 1,
+                                        "forward_passes_on": name})
 
-    @staticmethod
-    def _boxes(view_shape, axes, window: int, stride: int) -> list[tuple[slice, ...]]:
-        """Every window as an index into one sample's view."""
-        per_axis = [window_starts(view_shape[a], window, stride) for a in axes]
-        boxes = []
-        for starts in itertools.product(*per_axis):
-            box = [slice(None)] * len(view_shape)
-            for axis, begin in zip(axes, starts):
-                box[axis] = slice(begin, begin + window)
-            boxes.append(tuple(box))
-        return boxes
 
-    def _progress(self, iterable, total: int):
-        if not self.progress:
-            return iterable
-        return progress_bar(iterable, total=total, desc="occlusion", unit="batch")
+def _geometry(model, sample_shape: tuple[int, ...]) -> Geometry:
+    """The input's windowed layout; a plain feature vector (no image size or volume crop) is windowed along its
+    features."""
+    spec = model.preprocess
+    plain = len(sample_shape) == 1 and (spec is None or (spec.crop is None and spec.size is None))
+    return Geometry.infer(model, sample_shape, sample_shape if plain else None)

@@ -21,6 +21,13 @@ CHUNK_BYTES = 64 * 2**20          # inputs of one chunk of windows x samples, he
 PRECISIONS = ("fp32", "tf32")
 
 
+def chunk_rows(batch: int, sample_bytes: int) -> int:
+    """Rows of a chunk's reused buffer: at least one forward batch; small inputs up to CPU_BATCH rows and large
+    ones up to CHUNK_BYTES, so that a chunk holds many windows even when the forward batch is small (flat
+    volumes of 10^5 voxels have a memory-budget batch of ~17, one window of S=10 samples)."""
+    return max(batch, min(CPU_BATCH, CHUNK_BYTES // max(1, sample_bytes)))
+
+
 def forward_passes(model, device: str | None, precision: str = "fp32"):
     """onnxruntime (device None: the model's own providers) or the torch executor on `device`."""
     if precision not in PRECISIONS:
@@ -30,6 +37,41 @@ def forward_passes(model, device: str | None, precision: str = "fp32"):
             raise OnnxplainError("precision 'tf32' applies to the torch executor on a CUDA device (--device cuda)")
         return SessionPasses(model)
     return TorchPasses(model, device, precision)
+
+
+class WindowSamples:
+    """Forward passes of rows that each differ from one input x in one window: `samples(starts, values)` gives the
+    raw `output` for window values (R, C, *size) at starts (R, d). They run incrementally where the torch executor's
+    runner is usable (channels-first inputs, `incremental`), else through one reused buffer of copies of x (`rows`
+    rows) into which the windows are written and from which they are restored."""
+
+    def __init__(self, passes, geometry, x_sample: np.ndarray, output: str, size: tuple[int, ...], batch: int,
+                 rows: int, incremental: bool = True):
+        self.passes, self.output, self.size, self.batch = passes, output, tuple(size), batch
+        self.x_grid = geometry.to_grid(x_sample[None])[0]
+        self.runner = None
+        if incremental and geometry.layout == "channels_first":
+            self.runner = passes.window_runner(x_sample, output, self.size)
+        if self.runner is None:
+            self.buffer = passes.buffer(x_sample, rows)
+            self.view = geometry.grid_view(self.buffer)
+
+    @property
+    def incremental(self) -> bool:
+        return self.runner is not None
+
+    def __call__(self, starts: np.ndarray, values: np.ndarray) -> np.ndarray:
+        if self.runner is not None:
+            return self.runner(values, starts, self.batch)
+        from ..incremental import window_index
+
+        passes, channels = self.passes, self.x_grid.shape[0]
+        index = window_index(starts, self.size, channels, device=passes.device)
+        self.view[index] = passes.array(values)
+        rows = len(self.buffer) if passes.fixed_shape else len(values)
+        raw = passes.run(self.buffer[:rows], self.output, self.batch)[:len(values)]
+        self.view[index] = passes.array(self.x_grid[window_index(starts, self.size, channels, rows=False)])
+        return raw
 
 
 class SessionPasses:

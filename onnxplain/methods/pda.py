@@ -16,10 +16,9 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation
-from ..incremental import window_index
-from ..runtime import progress_bar
+from ..runtime import optional_bar
 from ..targets import Target, class_indices, hidden_values
-from .passes import CHUNK_BYTES, CPU_BATCH, PRECISIONS, forward_passes
+from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
 from .windows import Geometry, WindowGrid
 
@@ -167,7 +166,7 @@ class PredictionDifference:
         kept = self._kept_classes(target, originals.shape[1])
         grid, geometry = setup.grid, setup.geometry
         maps, extra, passes, incremental = [], [], len(x), False
-        with _progress(self.progress, len(x) * len(grid)) as bar:
+        with optional_bar(self.progress, len(x) * len(grid), "prediction difference", "window") as bar:
             for n in range(len(x)):
                 columns = [int(explained[n])] + kept
                 differences, evaluated, incremental = self.window_differences(model, setup, score, x[n],
@@ -204,34 +203,23 @@ class PredictionDifference:
         grid, sampler, geometry, passes = setup.grid, setup.sampler, setup.geometry, self.passes(model)
         count = sampler.samples_per_window(self.samples)
         batch = int(self.batch_size or passes.batch_size(x_sample))
-        per_chunk = max(1, _chunk_rows(batch, x_sample.nbytes) // count)
+        per_chunk = max(1, chunk_rows(batch, x_sample.nbytes) // count)
         x_grid = geometry.to_grid(x_sample[None])[0]
-        runner = None
-        if self.incremental and geometry.layout == "channels_first":
-            runner = passes.window_runner(x_sample, score.output, grid.size)
-        if runner is None:
-            buffer = passes.buffer(x_sample, min(per_chunk, len(grid)) * count)
-            view = geometry.grid_view(buffer)
+        run = WindowSamples(passes, geometry, x_sample, score.output, grid.size, batch,
+                            min(per_chunk, len(grid)) * count, self.incremental)
         out, evaluated = np.empty((len(grid), len(columns))), 0
         chunks = [np.arange(start, min(len(grid), start + per_chunk)) for start in range(0, len(grid), per_chunk)]
         for ids, values, own in self._drawn(setup, x_grid, chunks, ahead=passes.overlaps_host):
             changed = (values != own[:, None]).reshape(len(ids), count, -1).any(axis=2)
             outputs = np.broadcast_to(original, (len(ids), count, len(original))).copy()
             windows, samples = np.nonzero(changed)                 # the rows to run, window by window
-            starts = grid.starts[ids[windows]]
-            if runner is not None and len(windows):
-                outputs[windows, samples] = score.read(runner(values[windows, samples], starts, batch))
-            elif len(windows):
-                index = window_index(starts, grid.size, x_grid.shape[0], device=passes.device)
-                view[index] = passes.array(values[windows, samples])
-                rows = len(buffer) if passes.fixed_shape else len(windows)
-                outputs[windows, samples] = score.read(passes.run(buffer[:rows], score.output, batch)[:len(windows)])
-                view[index] = passes.array(own[windows])
+            if len(windows):
+                outputs[windows, samples] = score.read(run(grid.starts[ids[windows]], values[windows, samples]))
             evaluated += len(windows)
             out[ids] = score.difference(original, outputs.mean(axis=1))[:, columns]
             if bar is not None:
                 bar.update(len(ids))
-        return out, evaluated, runner is not None
+        return out, evaluated, run.incremental
 
     def _drawn(self, setup: Setup, x_grid: np.ndarray, chunks: list[np.ndarray], ahead: bool):
         """(window ids, their samples (w, S, C, *k), x's own windows (w, C, *k)) per chunk. With `ahead` the next
@@ -276,13 +264,6 @@ class PredictionDifference:
                 "precision": self.precision}
 
 
-def _chunk_rows(batch: int, sample_bytes: int) -> int:
-    """Rows of a chunk's reused buffer: at least one forward batch; small inputs up to CPU_BATCH rows and large
-    ones up to CHUNK_BYTES, so that a chunk holds many windows even when the forward batch is small (flat
-    volumes of 10^5 voxels have a memory-budget batch of ~17, one window of S=10 samples)."""
-    return max(batch, min(CPU_BATCH, CHUNK_BYTES // max(1, sample_bytes)))
-
-
 def _matrix(raw: np.ndarray) -> np.ndarray:
     return raw.reshape(len(raw), -1).astype(np.float64)
 
@@ -290,20 +271,3 @@ def _matrix(raw: np.ndarray) -> np.ndarray:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-class _progress:
-    """A tqdm bar over windows with ETA (a no-op when progress is off)."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.bar = enabled, total, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        self.bar = progress_bar(total=self.total, desc="prediction difference", unit="window")
-        return self.bar
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()

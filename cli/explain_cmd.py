@@ -200,8 +200,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, layer: 
 @click.option("--steps", type=int, default=None, help="Integrated-gradients steps.")
 @click.option("--baseline", default=None, help="Integrated-gradients baseline: min (default), zeros or a number.")
 @click.option("--device", default=None,
-              help="Torch device (cpu, cuda, cuda:N) for LRP and gradient methods; for pda it moves the forward "
-                   "passes from onnxruntime to the torch executor there.")
+              help="Torch device (cpu, cuda, cuda:N) for LRP and gradient methods; for pda and occlusion it moves "
+                   "the forward passes from onnxruntime to the torch executor there.")
 @click.option("--precision", type=click.Choice(["fp32", "tf32"]), default=None,
               help="pda on a CUDA device: tf32 multiplies in TensorFloat-32 (faster, ~1e-3 relative off; "
                    "default fp32).")

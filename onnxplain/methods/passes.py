@@ -131,11 +131,18 @@ class TorchPasses:
         # on a GPU the host is idle while a batch runs, and every batch has the chunk's full size, so that cuDNN
         # picks its fastest kernels once (benchmark mode) and keeps them
         self.overlaps_host = self.fixed_shape = self.device.type == "cuda"
+        self._gpu_batches: dict[tuple[int, ...], int] = {}   # sample shape -> measured forward batch
 
     def batch_size(self, x_sample: np.ndarray) -> int:
-        """On CPU as onnxruntime's; on a GPU from the memory a probe batch of 8 really takes."""
+        """On CPU as onnxruntime's; on a GPU from the memory a probe batch of 8 really takes (measured once per
+        sample shape)."""
         if self.device.type != "cuda" or self.model.fixed_batch:
             return SessionPasses(self.model).batch_size(x_sample)
+        if x_sample.shape not in self._gpu_batches:
+            self._gpu_batches[x_sample.shape] = self._measured_batch(x_sample)
+        return self._gpu_batches[x_sample.shape]
+
+    def _measured_batch(self, x_sample: np.ndarray) -> int:
         torch, probe = self.torch, 8
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)

@@ -204,12 +204,11 @@ class PredictionDifference:
         count = sampler.samples_per_window(self.samples)
         batch = int(self.batch_size or passes.batch_size(x_sample))
         per_chunk = max(1, chunk_rows(batch, x_sample.nbytes) // count)
-        x_grid = geometry.to_grid(x_sample[None])[0]
         run = WindowSamples(passes, geometry, x_sample, score.output, grid.size, batch,
                             min(per_chunk, len(grid)) * count, self.incremental)
         out, evaluated = np.empty((len(grid), len(columns))), 0
         chunks = [np.arange(start, min(len(grid), start + per_chunk)) for start in range(0, len(grid), per_chunk)]
-        for ids, values, own in self._drawn(setup, x_grid, chunks, ahead=passes.overlaps_host):
+        for ids, values, own in self._drawn(setup, run.x_grid, chunks, ahead=passes.overlaps_host):
             changed = (values != own[:, None]).reshape(len(ids), count, -1).any(axis=2)
             outputs = np.broadcast_to(original, (len(ids), count, len(original))).copy()
             windows, samples = np.nonzero(changed)                 # the rows to run, window by window

@@ -162,6 +162,18 @@ def test_deep_taylor_gives_no_negative_relevance_on_a_relu_net(digits_cnn):
     assert max(contrast.diagnostics["negative_fraction"]) > 0
 
 
+def test_relevance_without_the_report_is_the_same(digits_cnn):
+    """attribute() and report=False skip the conservation ledger: same relevance, no report."""
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:8]
+    full = LRP(progress=False).explain(model, x)
+    assert "conservation_error" in full.diagnostics
+    bare = LRP(progress=False, report=False).explain(model, x)
+    assert "conservation_error" not in bare.diagnostics and "layers" not in bare.diagnostics
+    np.testing.assert_array_equal(bare.relevance, full.relevance)
+    np.testing.assert_array_equal(LRP(progress=False).attribute(model, x), full.relevance)
+
+
 def test_deep_taylor_without_bounds_uses_w2(tmp_path):
     rng = np.random.default_rng(2)
     model = _dense_model(tmp_path / "mlp.onnx", [(rng.normal(size=(4, 3)), np.zeros(4)), (rng.normal(size=(2, 4)),

@@ -22,20 +22,22 @@ class LRP:
     epsilon-alpha2-beta1-flat, deep-taylor, lrp-0. rules: overrides {op type or node-name glob: rule spec}.
     epsilon/gamma/stabilizer: the rules' numbers (zennit's defaults). low/high: z^B box bounds of the input
     (default: the preprocessing spec's value range). Relevance starts at the pre-softmax logit.
+    report: `explain` adds the conservation report (a per-layer ledger read during the backward pass, 10-20% of
+    the time); `attribute`, which returns relevance only, never computes it.
     """
 
     name = "lrp"
 
     def __init__(self, composite: str = "epsilon-plus", rules: dict[str, str] | None = None, epsilon: float = 1e-6,
                  gamma: float = 0.25, stabilizer: float = 1e-6, low=None, high=None, device: str = "cpu",
-                 batch_size: int | None = None, progress: bool = True):
+                 batch_size: int | None = None, progress: bool = True, report: bool = True):
         composite_named(composite)
         self.params = Params(float(epsilon), float(gamma), float(stabilizer))
         for spec in (rules or {}).values():
             make_rule(spec, self.params)
         self.composite, self.rules = composite, dict(rules or {})
         self.low, self.high = low, high
-        self.device, self.batch_size, self.progress = device, batch_size, progress
+        self.device, self.batch_size, self.progress, self.report = device, batch_size, progress, report
         self._walker: Walker | None = None  # the last model's, with its plans (explaining it again skips planning)
 
     def walker(self, model) -> Walker:
@@ -47,6 +49,9 @@ class LRP:
         return self._walker
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        return self._explain(model, x, target, self.report)
+
+    def _explain(self, model, x: np.ndarray, target: Target | None, report: bool) -> Explanation:
         target = target or Target()
         x = model.check_input(x)
         walker = self.walker(model)
@@ -55,18 +60,18 @@ class LRP:
         for start in _progress(range(0, len(x), size), self.progress and f"{self.name} ({self.composite})",
                                total=-(-len(x) // size)):
             batch = walker.executor.tensor(x[start:start + size])
-            results.append(walker(batch, target))
+            results.append(walker(batch, target, ledger=report))
         relevance = np.concatenate([r.relevance.cpu().numpy() for r in results]).astype(np.float32)
         values = np.concatenate([r.values.double().cpu().numpy() for r in results])
         classes = np.concatenate([r.classes for r in results])
-        diagnostics = conservation_report(results, relevance, values)
+        diagnostics = conservation_report(results, relevance, values) if report else {}
         diagnostics.update(composite=self.composite, explained_tensor=target.layer or walker.executor.logits_name,
                            score_kind=walker.executor.explained_kind())
         return Explanation(relevance, classes, values, self.name, self.describe(), diagnostics)
 
     def attribute(self, model, inputs: np.ndarray, target: Target | None = None) -> np.ndarray:
-        """Captum-style: relevance shaped like `inputs`."""
-        return self.explain(model, inputs, target).relevance
+        """Captum-style: relevance shaped like `inputs` (no conservation report)."""
+        return self._explain(model, inputs, target, report=False).relevance
 
     def describe(self) -> dict:
         return {"composite": self.composite, "rules": self.rules, "epsilon": self.params.epsilon,
@@ -79,9 +84,9 @@ class DeepTaylor(LRP):
     name = "deep-taylor"
 
     def __init__(self, rules: dict[str, str] | None = None, stabilizer: float = 1e-6, low=None, high=None,
-                 device: str = "cpu", batch_size: int | None = None, progress: bool = True):
+                 device: str = "cpu", batch_size: int | None = None, progress: bool = True, report: bool = True):
         super().__init__("deep-taylor", rules, stabilizer=stabilizer, low=low, high=high, device=device,
-                         batch_size=batch_size, progress=progress)
+                         batch_size=batch_size, progress=progress, report=report)
 
     def describe(self) -> dict:
         return {"rules": self.rules, "stabilizer": self.params.stabilizer}

@@ -1,6 +1,8 @@
-"""`Explanation`: what every method returns and every renderer and metric takes."""
+"""`Explanation`: what every method returns and every renderer and metric takes; `Method`: the calls every method
+offers."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,3 +27,18 @@ class Explanation:
     @property
     def relevance_sum(self) -> np.ndarray:
         return self.relevance.reshape(len(self.relevance), -1).sum(axis=1)
+
+
+class Method(ABC):
+    """An explanation method: parameters in `__init__`, then `explain` (relevance with the explained target, score
+    and diagnostics) or Captum-style `attribute` (the relevance alone)."""
+
+    name = "method"
+
+    @abstractmethod
+    def explain(self, model, x: np.ndarray, target=None) -> Explanation:
+        """Explain each sample of the batch `x` (default target: its top-1 class)."""
+
+    def attribute(self, model, inputs: np.ndarray, target=None) -> np.ndarray:
+        """Relevance shaped like `inputs`."""
+        return self.explain(model, inputs, target).relevance

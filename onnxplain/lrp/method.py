@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..explanation import Explanation
+from ..explanation import Explanation, Method
 from ..runtime import _progress
 from ..targets import Target
 from .composites import Params, RuleMap, composite_named, make_rule
@@ -15,7 +15,7 @@ from .walker import Result, Walker
 HISTOGRAM_BINS = 10
 
 
-class LRP:
+class LRP(Method):
     """Layer-wise relevance propagation on the ONNX graph, rules chosen by a zennit-named composite.
 
     composite: epsilon-plus (default), epsilon-gamma-box, epsilon-alpha2-beta1, epsilon-plus-flat,

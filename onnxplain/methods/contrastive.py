@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation
+from ..explanation import Explanation, Method
 from ..runtime import progress_bar
 from ..targets import Target
 from .lagrangian import AugmentedLagrangian, Evaluation
@@ -153,7 +153,7 @@ def constraint_report(llh: np.ndarray, true: np.ndarray, probe: np.ndarray, marg
             "all": equal & true_above & probe_above, "true_and_probe_top_two": top_two}
 
 
-class CDeepEx:
+class CDeepEx(Method):
     """CDeepEx (contrastive deep explanations): why the classifier chose its top-1 class and not `target` (the probe).
 
     generator: the ONNX generator (path or loaded `Model`), latent (N, k) -> the classifier's input.

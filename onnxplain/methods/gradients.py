@@ -11,7 +11,7 @@ import torch
 
 from ..errors import OnnxplainError
 from ..executor import input_bounds
-from ..explanation import Explanation
+from ..explanation import Explanation, Method
 from ..runtime import progress_bar
 from ..targets import Target, class_indices
 
@@ -31,7 +31,7 @@ def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarra
     return grads, values
 
 
-class GradientMethod:
+class GradientMethod(Method):
     """Shared set-up: the executor, the per-sample classes, batching, the progress bar and the Explanation."""
 
     name = "gradient"
@@ -50,11 +50,11 @@ class GradientMethod:
             raise OnnxplainError(f"gradients need a floating-point input; this model takes {x.dtype}")
         executor = model.torch(self.device)
         classes = class_indices(model, model.scores(x), target)
-        relevance, score, diagnostics = self.attribute(executor, model, x, target, classes)
+        relevance, score, diagnostics = self.relevance_map(executor, model, x, target, classes)
         return Explanation(relevance.astype(x.dtype, copy=False), classes, score, self.name, self.params,
                            {"score_kind": executor.explained_kind(), **diagnostics})
 
-    def attribute(self, executor, model, x, target, classes):
+    def relevance_map(self, executor, model, x, target, classes):
         """(relevance like x, f(x) (N,), diagnostics)."""
         grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
         return grads, values, {}
@@ -81,8 +81,8 @@ class Sensitivity(GradientMethod):
 
     name = "sensitivity"
 
-    def attribute(self, executor, model, x, target, classes):
-        grads, values, _ = super().attribute(executor, model, x, target, classes)
+    def relevance_map(self, executor, model, x, target, classes):
+        grads, values, _ = super().relevance_map(executor, model, x, target, classes)
         axis = channel_axis(model, x.ndim)
         if axis is None:
             return np.abs(grads), values, {}
@@ -95,8 +95,8 @@ class GradientXInput(GradientMethod):
 
     name = "gradient-x-input"
 
-    def attribute(self, executor, model, x, target, classes):
-        grads, values, _ = super().attribute(executor, model, x, target, classes)
+    def relevance_map(self, executor, model, x, target, classes):
+        grads, values, _ = super().relevance_map(executor, model, x, target, classes)
         return grads * x, values, {}
 
 
@@ -133,7 +133,7 @@ class SmoothGrad(GradientMethod):
         spread = (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (x.ndim - 1))
         return np.broadcast_to(self.sigma * spread, x.shape)
 
-    def attribute(self, executor, model, x, target, classes):
+    def relevance_map(self, executor, model, x, target, classes):
         scale = self.noise_scale(model, x)
         generator = torch.Generator().manual_seed(self.seed)
         per_batch = max(1, (self.batch_size or model.batch_size()) // self.samples)
@@ -205,7 +205,7 @@ class IntegratedGradients(GradientMethod):
         except ValueError:
             raise OnnxplainError(f"baseline of shape {array.shape} does not fit inputs of shape {x.shape}") from None
 
-    def attribute(self, executor, model, x, target, classes):
+    def relevance_map(self, executor, model, x, target, classes):
         baseline = self.baseline_batch(model, x)
         alphas, weights = self.quadrature()
         per_batch = max(1, (self.batch_size or model.batch_size()) // self.steps)

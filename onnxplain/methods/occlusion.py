@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation
+from ..explanation import Explanation, Method
 from ..runtime import optional_bar
 from ..targets import Target, class_indices, hidden_values
 from .passes import WindowSamples, chunk_rows, forward_passes
 from .windows import Geometry, WindowGrid
 
 
-class Occlusion:
+class Occlusion(Method):
     """Occlusion sensitivity: black-box, batched like prediction difference.
 
     window: edge of the (square/cubic) window in features; None = about 1/8 of the smallest windowed axis.
@@ -28,6 +28,8 @@ class Occlusion:
     reference: optional batch of inputs; when given, the window is filled with their mean instead of `fill`.
     device: None = onnxruntime; 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (incremental passes).
     """
+
+    name = "occlusion"
 
     def __init__(self, window: int | None = None, stride: int | None = None, fill: float = 0.0,
                  reference: np.ndarray | None = None, device: str | None = None, progress: bool = True):
@@ -87,7 +89,7 @@ class Occlusion:
         per_pixel = np.stack(maps)[:, None]                            # every channel of a pixel gets its value
         relevance = geometry.from_grid(np.repeat(per_pixel, geometry.channels, axis=1)).reshape(x.shape)
         name = passes.name + (", incremental" if incremental else "")
-        return Explanation(relevance=relevance.astype(np.float32), target=classes, score=score, method="occlusion",
+        return Explanation(relevance=relevance.astype(np.float32), target=classes, score=score, method=self.name,
                            params={"window": window, "stride": stride,
                                    "fill": "reference mean" if self.reference is not None else self.fill,
                                    "device": self.device or "onnxruntime"},

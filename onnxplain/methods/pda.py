@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation
+from ..explanation import Explanation, Method
 from ..runtime import optional_bar
 from ..targets import Target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
@@ -58,7 +58,7 @@ class Setup:
     sampler: MarginalSampler | ConditionalSampler
 
 
-class PredictionDifference:
+class PredictionDifference(Method):
     """Prediction difference analysis with marginal or conditional (Gaussian) sampling.
 
     window: k (int, or one size per spatial axis); padding: conditional ring width (l = k + 2·padding);
@@ -80,6 +80,8 @@ class PredictionDifference:
     (`onnxplain.incremental`: the same numbers up to float rounding, less work). Samples equal to x's own window
     (e.g. background) are not run again: their output is f(x).
     """
+
+    name = "pda"
 
     def __init__(self, window=4, padding: int = 2, samples: int = 10, sampler="conditional", reference=None,
                  stride: int = 1, seed: int = 0, training_size: int | None = None, classes: int | None = None,
@@ -187,7 +189,7 @@ class PredictionDifference:
             diagnostics["all_classes"] = np.stack([self._to_input(geometry, m) for m in extra])
             diagnostics["all_classes_index"] = tuple(kept)
         target_index = np.full(len(x), -1) if target.hidden else explained
-        return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], "pda",
+        return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], self.name,
                            self._params(target, score), diagnostics)
 
     def window_differences(self, model, setup: Setup, score: Score, x_sample: np.ndarray, original: np.ndarray,

@@ -19,10 +19,10 @@ alike, the median wall time of:
   canonizer on the original torch net (residual sums through ``zennit.layer.Sum``, as zennit's own ResNet canonizer
   does), hooks registered once outside the timed call; ``zennit+hooks`` also counts registering and removing them,
   as one stand-alone explanation would;
-* ``floor``: the same rules written out by hand for each net with no autograd, no ledger and every temporary reused
-  in place (``lrp_floor.HandLRP``; the faster of its two variants, z+'s convolution separate or stacked with the
-  true output's): the least work this rule set needs that I know of, so ``floor / gradient`` is about the best
-  ratio an implementation of these rules can reach with torch's kernels on this CPU.
+* ``floor``: the same rules written out by hand for each net with no autograd, no ledger and temporaries reused in place
+  where the arithmetic allows (``lrp_floor.HandLRP``; the faster of its two variants, z+'s convolution separate or
+  stacked with the true output's): about the least work this rule set needs, so ``floor / gradient`` is about the
+  best ratio an implementation of these rules can reach with torch's kernels on this CPU.
 
 It checks that onnxplain, zennit and the floor give the same relevance (zennit's is scaled by f(x), as zennit starts
 from a one-hot output) and writes a table to its section of ``benchmarks/README.md``::
@@ -46,8 +46,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-HERE = Path(__file__).resolve().parent
-from lrp_floor import HandLRP  # noqa: E402  (benchmarks/ is on sys.path)
+from lrp_floor import HandLRP, floors, overheads  # noqa: E402  (benchmarks/ is on sys.path)
 from readme_section import README, write_section  # noqa: E402
 
 MARKERS = {"reuse": ("<!-- benchmarks/lrp.py: begin -->", "<!-- benchmarks/lrp.py: end -->"),
@@ -274,7 +273,8 @@ def measure(repeats: int) -> tuple[list[dict], list[dict]]:
                 explanation = ours.lrp(x)
                 difference = agreement(explanation, zennit.standalone(x))
                 floor_difference = max(relative_difference(f(x), explanation.relevance) for f in floors.values())
-                if floor_difference > 1e-4:  # a floor that computes something else measures nothing
+                if floor_difference > 1e-3:  # a floor computing something else measures nothing (float32 noise
+                    # reaches a few 1e-4 on some inputs, as against zennit)
                     raise SystemExit(f"{name}, batch {batch}: a hand-written floor's relevance differs from the "
                                      f"walker's by {floor_difference:.1e}")
                 with zennit:
@@ -282,9 +282,9 @@ def measure(repeats: int) -> tuple[list[dict], list[dict]]:
                                           "gradient": ours.gradient, "zennit": zennit.call,
                                           **{f"floor, {kind}": f for kind, f in floors.items()}}, x, repeats)
                 times["zennit+hooks"] = median_times({"z": zennit.standalone}, x, max(3, repeats // 3))["z"]
-                kind = min(floors, key=lambda k: times[f"floor, {k}"])
-                rows.append({"net": name, "batch": batch, "difference": difference, "floor": times[f"floor, {kind}"],
-                             "floor kind": kind, "floor difference": floor_difference, **times})
+                times["floor"] = min(times[f"floor, {kind}"] for kind in floors)
+                rows.append({"net": name, "batch": batch, "difference": difference,
+                             "floor difference": floor_difference, **times})
                 print(format_row(rows[-1]), flush=True)
                 for label, call in (("gradient", ours.gradient), ("LRP, no report", ours.lrp_without_report),
                                     ("LRP", ours.lrp)):
@@ -295,15 +295,17 @@ def measure(repeats: int) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------------------------------------------- report
 
 HEADER = ("| net | batch | LRP ms | LRP, no report ms | gradient ms | zennit ms | zennit+hooks ms | floor ms "
-          "| LRP / gradient | LRP, no report / gradient | floor / gradient | LRP / zennit | LRP vs zennit max rel. diff "
-          "| floor vs LRP max rel. diff |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| LRP / gradient | LRP, no report / gradient | floor / gradient | LRP / zennit "
+          "| LRP vs zennit max rel. diff | floor vs LRP max rel. diff |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(row: dict) -> str:
     ms = {key: 1000 * row[key] for key in ("lrp", "lrp-no-report", "gradient", "zennit", "zennit+hooks", "floor")}
     return (f"| {row['net']} | {row['batch']} | {ms['lrp']:.1f} | {ms['lrp-no-report']:.1f} | {ms['gradient']:.1f} "
-            f"| {ms['zennit']:.1f} | {ms['zennit+hooks']:.1f} | {ms['floor']:.1f} | {row['lrp'] / row['gradient']:.2f}x "
-            f"| {row['lrp-no-report'] / row['gradient']:.2f}x | {row['floor'] / row['gradient']:.2f}x "
+            f"| {ms['zennit']:.1f} | {ms['zennit+hooks']:.1f} | {ms['floor']:.1f} "
+            f"| {row['lrp'] / row['gradient']:.2f}x | {row['lrp-no-report'] / row['gradient']:.2f}x "
+            f"| {row['floor'] / row['gradient']:.2f}x "
             f"| {row['lrp'] / row['zennit']:.2f}x | {row['difference']:.1e} | {row['floor difference']:.1e} |")
 
 
@@ -312,13 +314,15 @@ NOTE = ("The z+ rule needs, per convolution, one forward convolution more than a
         "over the stacked inputs), and per layer a quotient and a product where a gradient has one ReLU mask. "
         "Convolutions alone put LRP at 1 + F / T of a gradient, F being the gradient's forward-convolution time and "
         "T its whole time (profile below): {conv_floors}. The 'floor' column measures the whole arithmetic written "
-        "out by hand for each net (`benchmarks/lrp_floor.py`: no autograd, no ledger, every temporary reused in "
-        "place; same relevance as the walker, last column), the faster of two variants: z+'s convolution separate "
-        "from the true output's, or both from one convolution over weights stacked along the output channels: "
-        "{floors}. At batch 16 `attribute` (no report) runs at "
-        "that floor; at batch 1 the rest is autograd's and Python's per-op overhead. The report (the ledger read "
-        "during the backward pass) costs the difference between the first two columns. Where the floor is "
-        "above 1.5x, meeting that target takes faster kernels than torch's, not a leaner walker. Channels-last memory "
+        "out by hand for each net (`benchmarks/lrp_floor.py`: no autograd, no ledger, temporaries reused in place; "
+        "same relevance as the walker, last column), the faster of two variants, z+'s convolution separate from "
+        "the true output's or both from one convolution over weights stacked along the output channels (the "
+        "walker runs them separately). Floor / gradient, separate and stacked: {floors}. `attribute` (no report) / "
+        "floor: {overheads}: above 1 is the stacked variant's gain where it wins, and the per-op cost of routing "
+        "relevance through autograd and Python. The report (the ledger read during the backward pass) costs the "
+        "difference between the 'LRP ms' and 'LRP, no report ms' columns. Where the floor is below 1.5x and "
+        "`attribute` above it, what stands between LRP and that target is the walker's own overhead, not the "
+        "rules' arithmetic. Channels-last memory "
         "order would make both LRP and the gradient ~20% faster at batch 16 but makes oneDNN's convolutions ~10x "
         "less accurate (2e-6 relative per element), which breaks the 1e-5 conservation check on VGG-19; it is not "
         "used.")
@@ -330,19 +334,15 @@ def conv_floors(profiles: list[dict]) -> str:
                      if p["what"] == "gradient")
 
 
-def floors(rows: list[dict]) -> str:
-    """'net, batch b: floor / gradient' for each measured case."""
-    return "; ".join(f"{r['net']}, batch {r['batch']}: {r['floor'] / r['gradient']:.2f}x ({r['floor kind']})"
-                     for r in rows)
-
 
 PROFILE_HEADER = ("| net | what | ms per call | conv forward ms (calls) | conv backward ms | pooling ms | matmul ms "
                   "| other ms (elementwise, copies, Python) |\n|---|---|---|---|---|---|---|---|")
 
 
 def format_profile(row: dict) -> str:
-    return (f"| {row['net']} | {row['what']} | {row['total']:.0f} | {row['conv forward']:.0f} ({row['conv calls']:.0f}) "
-            f"| {row['conv backward']:.0f} | {row['pooling']:.0f} | {row['matmul']:.0f} | {row['other']:.0f} |")
+    return (f"| {row['net']} | {row['what']} | {row['total']:.0f} "
+            f"| {row['conv forward']:.0f} ({row['conv calls']:.0f}) | {row['conv backward']:.0f} "
+            f"| {row['pooling']:.0f} | {row['matmul']:.0f} | {row['other']:.0f} |")
 
 
 def section(rows: list[dict], profiles: list[dict], command: str, threads: int, repeats: int, allocator: str) -> str:
@@ -362,7 +362,8 @@ def section(rows: list[dict], profiles: list[dict], command: str, threads: int, 
              f"from interleaved rounds, absolute times are noisy). Freed memory is kept for reuse "
              f"(`onnxplain.allocator.reuse_freed_memory()`, as the CLI does), for all contenders alike. "
              f"Targets: LRP <= 1.5x a gradient, <= 1.0x zennit.",
-             "", HEADER, *map(format_row, rows), "", NOTE.format(conv_floors=conv_floors(profiles), floors=floors(rows)), "",
+             "", HEADER, *map(format_row, rows), "", NOTE.format(conv_floors=conv_floors(profiles), floors=floors(rows),
+                                                         overheads=overheads(rows)), "",
              "Where the time goes (torch profiler, self CPU time per call; the profiler adds some overhead to "
              "'other'):", "", PROFILE_HEADER, *map(format_profile, profiles), "", end]
     return "\n".join(lines)

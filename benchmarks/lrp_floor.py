@@ -1,7 +1,8 @@
 """The least work epsilon-plus LRP can do on `benchmarks/lrp.py`'s nets: a floor for the walker's speed.
 
 `HandLRP` writes the rules out by hand for these two nets (conv/BatchNorm/ReLU/max-pool/residual/average-pool/
-linear modules) with no autograd, no conservation ledger and every temporary reused in place. Per convolution it
+linear modules) with no autograd, no conservation ledger and temporaries reused in place where the arithmetic
+allows. Per convolution it
 does what the rule's arithmetic needs and nothing more: the true output and z+ = x w+ + b+ + epsilon (two
 convolutions, biases added in the kernel), then R / z+ in place, one input-gradient convolution with w+, and the
 product with x in place. A gradient does one forward convolution, one input-gradient convolution and one ReLU mask
@@ -26,9 +27,13 @@ def _stabilized(z: torch.Tensor) -> torch.Tensor:
 
 
 class _Conv:
-    """z+ on a convolution (its BatchNorm merged); a first layer with inputs of both signs stacks x+ w+, x- w-."""
+    """z+ on a convolution (its BatchNorm merged). Only the first layer's input can be negative (every later one
+    follows a ReLU, as the walker's plan proves): there x+ w+ and x- w- run as one convolution over the stacked
+    inputs."""
 
-    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None, stacked: bool):
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None, stacked: bool, first: bool):
+        if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or isinstance(conv.padding, str):
+            raise TypeError("HandLRP handles ungrouped, undilated convolutions with numeric padding only")
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(weight.shape[0])
         if norm is not None:
@@ -37,26 +42,27 @@ class _Conv:
             bias = (bias - norm.running_mean) * scale + norm.bias.detach()
         self.weight, self.bias = weight.contiguous(), bias
         self.positive, self.negative = weight.clamp(min=0), weight.clamp(max=0)
-        self.stacked = torch.cat([self.positive, self.negative], 1)
+        self.signed_weights = torch.cat([self.positive, self.negative], 1)
         self.denominator_bias = bias.clamp(min=0) + EPSILON
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.both = (torch.cat([self.weight, self.positive]), torch.cat([self.bias, self.denominator_bias])) \
             if stacked else None
+        self.first = first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.two_signs = bool((x < 0).any())
+        self.two_signs = self.first and bool((x < 0).any())
         if self.both is not None and not self.two_signs:
             outputs = F.conv2d(x, *self.both, self.stride, self.padding)
             channels = self.weight.shape[0]
             self.saved = x, self.positive, outputs[:, channels:]
             return outputs[:, :channels]
-        inputs, weight = (torch.cat([x.clamp(min=0), x.clamp(max=0)], 1), self.stacked) if self.two_signs \
+        inputs, weight = (torch.cat([x.clamp(min=0), x.clamp(max=0)], 1), self.signed_weights) if self.two_signs \
             else (x, self.positive)
         self.saved = inputs, weight, F.conv2d(inputs, weight, self.denominator_bias, self.stride, self.padding)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def backward(self, relevance: torch.Tensor) -> torch.Tensor:
-        inputs, weight, denominator = self.saved
+        (inputs, weight, denominator), self.saved = self.saved, None
         quotient = torch.div(relevance, denominator, out=denominator)
         share = torch.ops.aten.convolution_backward(quotient, inputs, weight, None, self.stride, self.padding, [1, 1],
                                                     False, [0, 0], 1, [True, False, False])[0]
@@ -119,19 +125,21 @@ class _Linear:
 
     def forward(self, x):
         self.x = x
-        self.z = F.linear(x, self.weight, self.bias)
-        return self.z
+        z = F.linear(x, self.weight, self.bias)
+        self.denominator = _stabilized(z)  # now: a ReLU after this layer overwrites z in place
+        return z
 
     def backward(self, relevance):
-        return (relevance / _stabilized(self.z)).matmul(self.weight).mul_(self.x)
+        return (relevance / self.denominator).matmul(self.weight).mul_(self.x)
 
 
 class _Residual:
     """conv-BN-ReLU-conv-BN plus a shortcut, then ReLU: the sum shares R by contribution."""
 
     def __init__(self, block, stacked: bool):
-        self.branch = [_Conv(block.conv1, block.bn1, stacked), _Relu(), _Conv(block.conv2, block.bn2, stacked)]
-        self.shortcut = _Conv(block.shortcut[0], block.shortcut[1], stacked) \
+        self.branch = [_Conv(block.conv1, block.bn1, stacked, False), _Relu(),
+                       _Conv(block.conv2, block.bn2, stacked, False)]
+        self.shortcut = _Conv(block.shortcut[0], block.shortcut[1], stacked, False) \
             if isinstance(block.shortcut, nn.Sequential) else None
 
     def forward(self, x):
@@ -158,7 +166,7 @@ def _layers(net: nn.Sequential, stacked: bool) -> list:
     for i, module in enumerate(modules):
         after = modules[i + 1] if i + 1 < len(modules) else None
         if isinstance(module, nn.Conv2d):
-            layers.append(_Conv(module, after if isinstance(after, nn.BatchNorm2d) else None, stacked))
+            layers.append(_Conv(module, after if isinstance(after, nn.BatchNorm2d) else None, stacked, not layers))
         elif isinstance(module, nn.ReLU):
             layers.append(_Relu())
         elif isinstance(module, nn.MaxPool2d):
@@ -171,8 +179,8 @@ def _layers(net: nn.Sequential, stacked: bool) -> list:
             layers.append(_Linear(module))
         elif hasattr(module, "conv1"):
             layers.append(_Residual(module, stacked))
-        elif not isinstance(module, nn.BatchNorm2d):
-            raise TypeError(f"HandLRP has no rule for {type(module).__name__}")
+        elif not (isinstance(module, nn.BatchNorm2d) and i and isinstance(modules[i - 1], nn.Conv2d)):
+            raise TypeError(f"HandLRP has no rule for {type(module).__name__} here")
     return layers
 
 
@@ -194,3 +202,14 @@ class HandLRP:
             for layer in reversed(self.layers):
                 relevance = layer.backward(relevance)
         return relevance.numpy()
+
+
+def floors(rows: list[dict]) -> str:
+    """'net, batch b: separate / gradient, stacked / gradient' for each row of `lrp.py`'s table."""
+    return "; ".join(f"{r['net']}, batch {r['batch']}: {r['floor, separate'] / r['gradient']:.2f}x, "
+                     f"{r['floor, stacked'] / r['gradient']:.2f}x" for r in rows)
+
+
+def overheads(rows: list[dict]) -> str:
+    """'net, batch b: attribute / floor' for each row of `lrp.py`'s table."""
+    return "; ".join(f"{r['net']}, batch {r['batch']}: {r['lrp-no-report'] / r['floor']:.2f}x" for r in rows)

@@ -67,6 +67,9 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
 
 def _number(text: str):
+    """int, float or bool (true/false) where `text` reads as one, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)

@@ -39,6 +39,6 @@ class Method(ABC):
     def explain(self, model, x: np.ndarray, target=None) -> Explanation:
         """Explain each sample of the batch `x` (default target: its top-1 class)."""
 
-    def attribute(self, model, inputs: np.ndarray, target=None) -> np.ndarray:
-        """Relevance shaped like `inputs`."""
-        return self.explain(model, inputs, target).relevance
+    def attribute(self, model, x: np.ndarray, target=None) -> np.ndarray:
+        """Relevance shaped like `x` (what `explain` returns as `relevance`)."""
+        return self.explain(model, x, target).relevance

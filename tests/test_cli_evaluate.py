@@ -90,6 +90,14 @@ def test_method_parameters_in_the_spec(digits_cnn, inputs):
     assert row["aopc_morf"] == pytest.approx(aopc(region_perturbation(model, x, relevance, steps=5)), rel=1e-6)
 
 
+def test_method_specs_read_numbers_and_booleans():
+    from onnxplain.cli.evaluate_cmd import parse_method
+
+    assert parse_method("lrp:report=false:epsilon=0.25:composite=lrp-0") == \
+        ("lrp", {"report": False, "epsilon": 0.25, "composite": "lrp-0"})
+    assert parse_method("occlusion:window=7:stride=7") == ("occlusion", {"window": 7, "stride": 7})
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "no-such-method"], "unknown method"),
     (["--metrics", "aopc,beauty"], "unknown metric"),

@@ -163,13 +163,14 @@ def test_deep_taylor_gives_no_negative_relevance_on_a_relu_net(digits_cnn):
 
 
 def test_relevance_without_the_report_is_the_same(digits_cnn):
-    """attribute() and report=False skip the conservation ledger: same relevance, no report."""
+    """attribute() and report=False skip the conservation ledger: same relevance, no report, positivity kept."""
     model = onnxplain.load(digits_cnn)
     x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:8]
     full = LRP(progress=False).explain(model, x)
     assert "conservation_error" in full.diagnostics
     bare = LRP(progress=False, report=False).explain(model, x)
     assert "conservation_error" not in bare.diagnostics and "layers" not in bare.diagnostics
+    assert bare.diagnostics["negative_fraction"] == full.diagnostics["negative_fraction"]
     np.testing.assert_array_equal(bare.relevance, full.relevance)
     np.testing.assert_array_equal(LRP(progress=False).attribute(model, x), full.relevance)
 

@@ -1,4 +1,5 @@
-"""The explanation methods by name. Each is a class: parameters in `__init__`, one call `explain(model, x, target)`.
+"""The explanation methods by name. Each is a class (`onnxplain.Method`): parameters in `__init__`, one call
+`explain(model, x, target)`, or `attribute(model, x, target)` for the relevance alone.
 
 Methods are imported only when asked for, so a CLI call pays for the one it uses.
 """

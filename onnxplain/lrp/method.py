@@ -22,8 +22,8 @@ class LRP(Method):
     epsilon-alpha2-beta1-flat, deep-taylor, lrp-0. rules: overrides {op type or node-name glob: rule spec}.
     epsilon/gamma/stabilizer: the rules' numbers (zennit's defaults). low/high: z^B box bounds of the input
     (default: the preprocessing spec's value range). Relevance starts at the pre-softmax logit.
-    report: `explain` adds the conservation report (a per-layer ledger read during the backward pass: about 8%
-    more time at batch 16 and 20% at batch 1 on benchmarks/lrp.py's nets); `attribute`, which returns relevance
+    report: `explain` adds the conservation report (a per-layer ledger read during the backward pass: 4-10% more
+    time at batch 16 and 17-18% at batch 1 on benchmarks/lrp.py's nets); `attribute`, which returns relevance
     only, never computes it. The positivity statistics come either way.
     """
 

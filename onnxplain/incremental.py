@@ -8,6 +8,10 @@ changed values written over them), and writes the crop into a full copy of x's a
 most of its map or an op has no spatial rule here (reshapes, dense layers, global pooling); the rest of the graph
 runs as usual. The numbers are the full forward pass's (up to float rounding: `tests/test_incremental.py`); early
 layers, which hold most of a conv net's work, shrink to a fraction.
+
+Rows that share a window (its S samples) share a *site*: box positions are computed per site, x's activation is
+gathered once per site and copied to its rows, and crops are written into patches by one slice per distinct
+offset. Small max poolings run as a maximum over strided slices (CPU max pooling kernels are slow on small maps).
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 MAX_SHARE = 0.5   # a zone covering more of its map than this is computed whole: crops would not save work
-MAX_GROUPS = 16   # rows written as slices per shared offset up to this many offsets, else element by element
+MAX_GROUPS = 64   # rows written as slices per shared offset up to this many offsets, else element by element
+SLICED_POOL = 16  # max poolings with at most this many kernel positions run as a maximum over strided slices
 POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
              "Softplus", "Softsign", "Gelu", "Erf", "Dropout", "Identity", "BatchNormalization", "LRN", "Neg",
              "Sqrt", "Exp", "Cast"}                  # each output position reads its own position (channels too)
@@ -30,14 +35,20 @@ AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 @dataclass
 class Crop:
-    """Rows of a batch that differ from x's activation only inside a box: values (R, C, *size) at `origin` (R, d)."""
+    """Rows of a batch that differ from x's activation only inside a box: values (R, C, *size); row r's box is at
+    `sites[row_site[r]]` (sites (U, d); every crop of one call shares `row_site`, so sites line up across crops)."""
 
     values: torch.Tensor
-    origin: np.ndarray
+    sites: np.ndarray
+    row_site: np.ndarray
 
     @property
     def size(self) -> tuple[int, ...]:
         return tuple(self.values.shape[2:])
+
+    def moved(self, values: torch.Tensor, sites: np.ndarray | None = None) -> "Crop":
+        """The same rows with new values (at new sites)."""
+        return Crop(values, self.sites if sites is None else sites, self.row_site)
 
 
 class WindowRunner:
@@ -48,6 +59,8 @@ class WindowRunner:
         self.graph, self.input_name = executor.graph, executor.model.input_name
         self.outputs = list(outputs)
         self.steps = self.graph.plan(self.outputs, (self.input_name,))
+        self.releases = self.graph.releases(self.outputs, (self.input_name,))
+        self.peak_row_bytes = 0      # the most memory one row's live activations took in a call (sizes batches)
         every = sorted({name for step in self.steps for name in step.outputs if name})
         with torch.inference_mode():
             self.full = self.graph.run({self.input_name: x}, every)     # x's own activations, batch of 1
@@ -55,10 +68,11 @@ class WindowRunner:
         self._padded: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, values: torch.Tensor, starts: np.ndarray) -> dict[str, torch.Tensor]:
-        env: dict[str, object] = {self.input_name: Crop(values, np.asarray(starts, dtype=np.int64))}
-        rows = len(values)
+        sites, row_site = _sites(np.asarray(starts, dtype=np.int64))
+        env: dict[str, object] = {self.input_name: Crop(values, sites, row_site)}
+        rows, peak = len(values), 0
         with torch.inference_mode():
-            for step in self.steps:
+            for step, dropped in zip(self.steps, self.releases):
                 inputs = [self._value(env, name) for name in step.inputs]
                 result = self._cropped(step, inputs)
                 if result is None:   # no spatial rule, or not worth it: the step runs on full tensors
@@ -69,6 +83,10 @@ class WindowRunner:
                 for name, value in zip(step.outputs, results):
                     if name:
                         env[name] = value
+                peak = max(peak, sum(_nbytes(v) for v in env.values()))
+                for name in dropped:
+                    env.pop(name, None)
+            self.peak_row_bytes = max(self.peak_row_bytes, -(-peak // max(rows, 1)))
             return {name: self._whole(name, env[name], rows) if isinstance(env[name], Crop) else env[name]
                     for name in self.outputs}
 
@@ -83,9 +101,9 @@ class WindowRunner:
         starts = np.concatenate([corners.reshape(len(spatial), -1).T, ((spatial - size) // 2)[None]])
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((len(starts), x.shape[1], *size), generator=generator).to(x.device, x.dtype)
-        values = _gather(x[0], starts, tuple(int(k) for k in size)) + noise * (float(x.std()) or 1.0)
+        values = _gather(x[0], starts, tuple(int(k) for k in size), np.arange(len(starts))) + noise * (float(x.std()) or 1.0)
         batch = x.expand(len(starts), *x.shape[1:]).clone()
-        _write(batch, starts, values)
+        _write(batch, starts, Crop(values, starts, np.arange(len(starts))))
         with torch.inference_mode():
             want = executor.run(batch, self.outputs)
         errors = []
@@ -116,7 +134,7 @@ class WindowRunner:
                                                    for name in others):
             return None       # a constant that varies over space (BatchNormalization's vectors are per channel)
         if op_type in POINTWISE and len(crops) == 1 and isinstance(inputs[0], Crop):
-            return Crop(step.op.forward(*[v.values if isinstance(v, Crop) else v for v in inputs]), inputs[0].origin)
+            return inputs[0].moved(step.op.forward(*[v.values if isinstance(v, Crop) else v for v in inputs]))
         if op_type in ALIGNED and (op_type != "Concat" or _axis(step, inputs[0]) == 1):
             return self._aligned(step, inputs)
         return None
@@ -127,15 +145,15 @@ class WindowRunner:
         spatial = self.full[step.outputs[0]].shape[2:]
         if any(self.full[name].shape[2:] != spatial for name, v in zip(step.inputs, inputs) if isinstance(v, Crop)):
             return None       # an operand broadcast over space (a map of height 1 added to a full one, ...)
-        low = np.min([c.origin for c in crops], axis=0)
-        high = np.max([c.origin + np.array(c.size) for c in crops], axis=0)
+        low = np.min([c.sites for c in crops], axis=0)
+        high = np.max([c.sites + np.array(c.size) for c in crops], axis=0)
         size = np.minimum((high - low).max(axis=0), spatial)
         if np.prod(size) > MAX_SHARE * np.prod(spatial):
             return None
         origin = np.minimum(low, np.array(spatial) - size)
         framed = [self._reframe(name, v, origin, tuple(size)) if isinstance(v, Crop) else v
                   for name, v in zip(step.inputs, inputs)]
-        return Crop(step.op.forward(*framed), origin)
+        return crops[0].moved(step.op.forward(*framed), origin)
 
     def _windowed(self, step, inputs: list):
         """A convolution or pooling on the patch that feeds the zone its input crop influences."""
@@ -147,8 +165,8 @@ class WindowRunner:
         kernel, strides, dilations, begins, pad_value = geometry
         out_spatial = np.array(y_full.shape[2:])
         reach = (np.array(kernel) - 1) * np.array(dilations)
-        low = np.maximum(-(-(crop.origin + begins - reach) // strides), 0)            # ceil division
-        high = np.minimum((crop.origin + np.array(crop.size) - 1 + begins) // strides, out_spatial - 1)
+        low = np.maximum(-(-(crop.sites + begins - reach) // strides), 0)             # ceil division
+        high = np.minimum((crop.sites + np.array(crop.size) - 1 + begins) // strides, out_spatial - 1)
         # at least one output per axis: a window that no output reads (a stride's gap, an unread end of the map)
         # gets an empty zone, and the box then holds x's own values
         size = np.clip((high - low + 1).max(axis=0), 1, out_spatial)
@@ -163,67 +181,87 @@ class WindowRunner:
             weight, bias = inputs[1], inputs[2] if len(inputs) > 2 else None
             values = CONV[d](patch, weight, bias, list(strides), 0, list(dilations), op.groups)
         elif step.node.op_type == "MaxPool":
-            values = MAX_POOL[d](patch, list(kernel), list(strides), 0, list(dilations))
+            values = _max_pool(patch, kernel, strides, dilations, tuple(int(s) for s in size))
         else:
             values = AVG_POOL[d](patch, list(kernel), list(strides), 0, False, True)
-        return Crop(values, origin)
+        return crop.moved(values, origin)
 
     # ---------------------------------------------------------------- gathering and writing
     def _patch(self, name: str, crop: Crop, corner: np.ndarray, span: np.ndarray, begins: np.ndarray,
                pad_value: float, out_spatial: np.ndarray, strides: np.ndarray, reach: np.ndarray) -> torch.Tensor:
-        """(R, C, *span) input patches at `corner` (R, d) (may start in the padding): x's padded activation with
-        the rows' crops written over it."""
+        """(R, C, *span) input patches at each site's `corner` (U, d) (may start in the padding): x's padded
+        activation with the rows' crops written over it."""
         x_full = self.full[name]
         ends = np.maximum(0, (out_spatial - 1) * strides - begins + reach + 1 - np.array(x_full.shape[2:]))
         key = (name, tuple(begins), tuple(ends), pad_value)
         if key not in self._padded:
             pads = [int(v) for pair in zip(begins[::-1], ends[::-1]) for v in pair]
             self._padded[key] = F.pad(x_full, pads, value=pad_value)[0]
-        patch = _gather(self._padded[key], corner + begins, tuple(int(s) for s in span))
-        _write(patch, crop.origin - corner, crop.values)   # a strided op may read no part of a crop's edge
+        patch = _gather(self._padded[key], corner + begins, tuple(int(s) for s in span), crop.row_site)
+        _write(patch, crop.sites - corner, crop)   # a strided op may read no part of a crop's edge
         return patch
 
     def _reframe(self, name: str, crop: Crop, origin: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
-        """The rows' activation `name` on boxes (origin, size) that contain their crops."""
-        framed = _gather(self.full[name][0], origin, size)
-        _write(framed, crop.origin - origin, crop.values)
+        """The rows' activation `name` on boxes (origin per site, size) that contain their crops."""
+        framed = _gather(self.full[name][0], origin, size, crop.row_site)
+        _write(framed, crop.sites - origin, crop)
         return framed
 
     def _whole(self, name: str, crop: Crop, rows: int) -> torch.Tensor:
         """Full rows: x's activation `name` with each row's crop written in."""
         whole = self.full[name].expand(rows, *self.full[name].shape[1:]).clone()
-        _write(whole, crop.origin, crop.values)
+        _write(whole, crop.sites, crop)
         return whole
 
 
-def _gather(source: torch.Tensor, origin: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
-    """(R, C, *size): the boxes of `source` (C, *spatial) at each row's origin (inside `source`), as one copy
-    through a view of all boxes (blocks move whole, instead of element by element)."""
+def _sites(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct window starts (U, d) and each row's index into them."""
+    if len(starts) == 0:
+        return starts.reshape(0, starts.shape[1]), np.zeros(0, dtype=np.int64)
+    low = starts.min(axis=0)
+    keys = np.ravel_multi_index(tuple((starts - low).T), tuple(starts.max(axis=0) - low + 1))
+    _, first, row_site = np.unique(keys, return_index=True, return_inverse=True)
+    return starts[first], row_site.reshape(-1)
+
+
+def _gather(source: torch.Tensor, sites: np.ndarray, size: tuple[int, ...], row_site: np.ndarray) -> torch.Tensor:
+    """(R, C, *size): the boxes of `source` (C, *spatial) at each row's site (inside `source`): one copy per site
+    through a view of all boxes (blocks move whole, instead of element by element), then copied to its rows."""
     view = source
     for axis, k in enumerate(size):
         view = view.unfold(1 + axis, k, 1)                  # (C, *positions, *size)
-    starts = tuple(torch.as_tensor(origin[:, a], device=source.device) for a in range(len(size)))
-    return view[(slice(None),) + starts].movedim(1, 0).contiguous()
+    starts = tuple(torch.as_tensor(sites[:, a], device=source.device) for a in range(len(size)))
+    boxes = view[(slice(None),) + starts].movedim(1, 0).contiguous()
+    if len(row_site) == len(sites) and np.array_equal(row_site, np.arange(len(sites))):
+        return boxes
+    return boxes.index_select(0, torch.as_tensor(row_site, device=source.device))
 
 
-def _write(target: torch.Tensor, origin: np.ndarray, values: torch.Tensor) -> None:
-    """target[r, :, box at origin[r]] = values[r] for every row; parts of a box outside target are left out.
+def _write(target: torch.Tensor, offsets: np.ndarray, crop: Crop) -> None:
+    """target[r, :, box at offsets[site of r]] = crop.values[r] for every row; parts of a box outside target are
+    left out.
 
-    Rows that share an offset (most of them, when the offsets are relative to each row's own patch) are written
-    together as one slice; rows with offsets of their own (whole maps) by one element-wise index."""
+    Sites that share an offset (most of them, when the offsets are relative to each site's own patch) have their
+    rows written together as one slice; rows with offsets of their own (whole maps) by one element-wise index."""
+    values, row_site = crop.values, crop.row_site
     size, span = np.array(values.shape[2:]), np.array(target.shape[2:])
-    offsets, group = np.unique(origin, axis=0, return_inverse=True)
-    if len(offsets) <= MAX_GROUPS:
-        for g, offset in enumerate(offsets):
+    distinct, site_group = _sites(offsets)
+    if len(distinct) <= MAX_GROUPS:
+        row_group = site_group[row_site]
+        for g, offset in enumerate(distinct):
             low, high = np.maximum(offset, 0), np.minimum(offset + size, span)
             if (high <= low).any():
                 continue
             into = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
             part = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(low, high, offset))
-            rows = slice(None) if len(offsets) == 1 else torch.as_tensor(np.flatnonzero(group.reshape(-1) == g),
-                                                                         device=target.device)
-            target[(rows, slice(None)) + into] = values[(rows, slice(None)) + part]
+            if len(distinct) == 1:
+                target[(slice(None), slice(None)) + into] = values[(slice(None), slice(None)) + part]
+                continue
+            rows = torch.as_tensor(np.flatnonzero(row_group == g), device=target.device)
+            target[(slice(None), slice(None)) + into].index_copy_(
+                0, rows, values.index_select(0, rows)[(slice(None), slice(None)) + part])
         return
+    origin = offsets[row_site]
     index = window_index(origin, tuple(size), target.shape[1])
     if (origin >= 0).all() and (origin + size <= span).all():
         target[tuple(torch.as_tensor(i, device=target.device) for i in index)] = values
@@ -234,6 +272,27 @@ def _write(target: torch.Tensor, origin: np.ndarray, values: torch.Tensor) -> No
         inside &= (positions >= 0) & (positions < span[axis])
     target[tuple(torch.as_tensor(i[inside], device=target.device) for i in index)] = \
         values[torch.as_tensor(inside, device=values.device)]
+
+
+def _max_pool(patch: torch.Tensor, kernel, strides, dilations, size: tuple[int, ...]) -> torch.Tensor:
+    """Max pooling of an unpadded patch to `size` outputs: for small kernels the maximum over the kernel's strided
+    slices (the same numbers; several times faster than CPU pooling kernels on small maps)."""
+    d = len(kernel)
+    if int(np.prod(kernel)) > SLICED_POOL:
+        return MAX_POOL[d](patch, [int(k) for k in kernel], [int(s) for s in strides], 0,
+                           [int(v) for v in dilations])
+    result = None
+    for offset in np.ndindex(*[int(k) for k in kernel]):
+        part = patch[(slice(None), slice(None)) + tuple(
+            slice(o * int(r), o * int(r) + (n - 1) * int(s) + 1, int(s))
+            for o, r, n, s in zip(offset, dilations, size, strides))]
+        result = part.clone() if result is None else torch.maximum(result, part, out=result)
+    return result
+
+
+def _nbytes(value) -> int:
+    tensor = value.values if isinstance(value, Crop) else value
+    return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
 
 
 def _spatially_constant(value: torch.Tensor, crop: Crop) -> bool:

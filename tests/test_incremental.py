@@ -195,3 +195,21 @@ def test_operands_broadcast_over_space(tmp_path):
     path = model_file(tmp_path, nodes, w4 + w5, (3, 23, 19), "slope")
     for k in (1, 4):
         assert max(runner_errors(path, (3, 23, 19), k, [[[3, 3], [10, 2]], [[0, 0]]], rng)) <= 1e-5
+
+
+def test_rows_that_share_windows_in_any_order(tmp_path):
+    """Prediction difference sends S rows per window: rows share sites, arrive in any order, and max poolings run
+    as strided maxima (3x3, 2x2) or, with large kernels, as pooling kernels (5x5)."""
+    rng = np.random.default_rng(6)
+    nodes, weights = image_graph(gate=False, rng=rng)
+    path = model_file(tmp_path, nodes, weights, (3, 97, 89), "shared")
+    sites = windows_everywhere((97, 89), 4, rng)
+    starts = np.repeat(sites, 3, axis=0)[rng.permutation(3 * len(sites))]
+    assert max(runner_errors(path, (3, 97, 89), 4, [starts], rng)) <= 1e-5
+
+    first, w1 = conv("c1", "x", 2, 4, (3, 3), rng, pads=[1, 1, 1, 1])
+    nodes = [first, helper.make_node("MaxPool", ["c1"], ["p"], kernel_shape=[5, 5], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["flat"])]
+    path = model_file(tmp_path, nodes, w1, (2, 40, 41), "wide_pool")
+    starts = np.repeat(windows_everywhere((40, 41), 3, rng), 2, axis=0)
+    assert max(runner_errors(path, (2, 40, 41), 3, [starts], rng)) <= 1e-5

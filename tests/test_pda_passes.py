@@ -114,7 +114,7 @@ def test_torch_executor_in_other_input_layouts(digits_cnn, name, layout):
 
 def test_an_incremental_runner_that_disagrees_is_not_used(digits_cnn_model, data, monkeypatch):
     """Like the executor against onnxruntime, the incremental runner is checked against whole samples first."""
-    from onnxplain.incremental import Crop, WindowRunner
+    from onnxplain.incremental import WindowRunner
 
     x, reference = data
     session = explain(digits_cnn_model, x, reference, sampler="marginal")
@@ -122,7 +122,7 @@ def test_an_incremental_runner_that_disagrees_is_not_used(digits_cnn_model, data
 
     def wrong(self, step, inputs):
         crop = windowed(self, step, inputs)
-        return None if crop is None else Crop(crop.values * 1.01, crop.origin)
+        return None if crop is None else crop.moved(crop.values * 1.01)
 
     monkeypatch.setattr(WindowRunner, "_windowed", wrong)
     torch_run = explain(digits_cnn_model, x, reference, sampler="marginal", device="cpu")
@@ -146,3 +146,34 @@ def test_a_batch_the_incremental_runner_cannot_run_runs_whole(digits_cnn_model, 
     torch_run = explain(digits_cnn_model, x, reference, sampler="marginal", device="cpu")
     assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu), incremental"
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))
+
+
+def test_incremental_passes_are_checked_once_and_take_larger_batches(digits_cnn_model, data, monkeypatch):
+    """The runner's check depends on shapes only: it runs for the first input, not for the next ones. Crops are
+    small, so incremental batches grow past the whole-sample batch (unless the user chose a batch size); and
+    f(x) comes from the same torch executor, so that no onnxruntime call precedes the torch work."""
+    from onnxplain.incremental import WindowRunner
+    from onnxplain.methods.passes import INCREMENTAL_ROWS, TorchPasses
+
+    x, reference = data
+    checks, calls = [], []
+    check, run = WindowRunner.error, WindowRunner.__call__
+    monkeypatch.setattr(WindowRunner, "error", lambda self, *a, **k: checks.append(1) or check(self, *a, **k))
+    monkeypatch.setattr(WindowRunner, "__call__", lambda self, v, s: calls.append(len(v)) or run(self, v, s))
+    method = PredictionDifference(window=4, padding=2, samples=6, reference=reference, stride=2, progress=False,
+                                  sampler="marginal", device="cpu")
+    method.explain(digits_cnn_model, x, Target())
+    sessions = []
+    monkeypatch.setattr(type(digits_cnn_model), "run", lambda *a, **k: sessions.append(1) / 0)
+    second = method.explain(digits_cnn_model, x[:, :, ::-1].copy(), Target())
+    assert len(checks) == 1 and not sessions
+    passes = method.passes(digits_cnn_model)
+    assert isinstance(passes, TorchPasses)
+    rows = second.diagnostics["forward_passes"] - 1                    # f(x) is one of the passes
+    assert passes.batch_size(x[0]) < rows <= INCREMENTAL_ROWS and calls[-1] == rows   # one batch: all windows
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(WindowRunner, "__call__", lambda self, v, s: calls.append(len(v)) or run(self, v, s))
+    PredictionDifference(window=4, padding=2, samples=6, reference=reference, stride=2, progress=False,
+                         sampler="marginal", device="cpu", batch_size=32).explain(digits_cnn_model, x, Target())
+    assert max(calls[1:]) == 32                                           # after the probe: the user's batch

@@ -117,12 +117,17 @@ def test_marginal_sampler_uses_reference_windows(reference):
     every = sampler.sample(x, [7], 1000, seed=0)[0]
     box = grid.slices(7)
     np.testing.assert_array_equal(every, reference[(slice(None), slice(None)) + box])  # S >= R: all, in order
+    labelled = reference + 10.0 * np.arange(len(reference))[:, None, None, None]   # every image's windows differ
+    sampler = MarginalSampler().fit(labelled, grid)
     some = sampler.sample(x, [7, 8], 5, seed=0)
     assert some.shape == (2, 5, 1, 3, 3)
-    chosen = [int(np.flatnonzero((reference[(slice(None), slice(None)) + box] == s).all(axis=(1, 2, 3)))[0])
-              for s in some[0]]
-    assert len(set(chosen)) == 5                          # distinct reference images
+    for row, window in enumerate((7, 8)):
+        boxes = labelled[(slice(None), slice(None)) + grid.slices(window)]
+        chosen = [int(np.flatnonzero((boxes == s).all(axis=(1, 2, 3)))[0]) for s in some[row]]
+        assert len(set(chosen)) == 5 and chosen == sorted(chosen)  # distinct reference images, in order
     np.testing.assert_array_equal(some[:1], sampler.sample(x, [7], 5, seed=0))
+    firsts = np.stack([sampler.sample(x, [w], 5, seed=0)[0, 0, 0, 0, 0] // 10 for w in range(len(grid))])
+    assert len(np.unique(firsts)) > 1                     # windows draw their own subsets
 
 
 def test_window_grid_covers_every_pixel_and_averages():
@@ -182,12 +187,22 @@ def test_geometry_round_trip(sample_shape, spec, volume_shape, layout, channels,
         np.testing.assert_array_equal(grid[0, :, 0, 1], x[0, 3:6])
 
 
-def test_window_random_draws_as_one_generator_per_window():
-    from onnxplain.methods.samplers import WindowRandom, window_rng
+def test_window_streams_are_per_window_and_well_distributed():
+    from scipy import stats
 
-    rng = WindowRandom(7)
-    for window in (0, 5, 3, 123456):
-        expected = window_rng(7, window)
-        assert np.array_equal(rng(window).standard_normal((4, 9)), expected.standard_normal((4, 9)))
-        assert np.array_equal(rng(window).choice(50, 10, replace=False),
-                              window_rng(7, window).choice(50, 10, replace=False))
+    from onnxplain.methods.samplers import window_bits, window_normals, window_uniforms
+
+    together = window_bits(7, [0, 5, 3, 123456], 9)
+    apart = np.concatenate([window_bits(7, [w], 9) for w in (0, 5, 3, 123456)])
+    np.testing.assert_array_equal(together, apart)                      # alone or among many: the same words
+    assert len(np.unique(together)) == together.size
+    assert not np.array_equal(window_bits(8, [0], 9), together[:1])       # another seed, another stream
+    uniform = window_uniforms(1, np.arange(200), 500).ravel()
+    assert 0 < uniform.min() and uniform.max() < 1
+    assert stats.kstest(uniform, "uniform").pvalue > 1e-3
+    normal = window_normals(2, np.arange(200), 501)
+    assert normal.shape == (200, 501)
+    assert stats.kstest(normal.ravel(), "norm").pvalue > 1e-3
+    lagged = np.corrcoef(normal[:, :-1].ravel(), normal[:, 1:].ravel())[0, 1]
+    across = np.corrcoef(normal[:-1].ravel(), normal[1:].ravel())[0, 1]   # neighbouring windows
+    assert abs(lagged) < 0.01 and abs(across) < 0.01

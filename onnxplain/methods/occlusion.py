@@ -76,8 +76,8 @@ class Occlusion(Method):
                 run = WindowSamples(passes, geometry, x[i], output, grid.size, batch, rows)
                 incremental = run.incremental
                 drops = np.empty(len(grid))
-                for start in range(0, len(grid), rows):
-                    ids = np.arange(start, min(len(grid), start + rows))
+                for start in range(0, len(grid), run.rows):
+                    ids = np.arange(start, min(len(grid), start + run.rows))
                     covers = np.stack([cover[(slice(None),) + grid.slices(w)] for w in ids])   # (w, C, *k)
                     raw = run(grid.starts[ids], covers)
                     values = (hidden_values(raw, target) if target.hidden

@@ -16,6 +16,7 @@ CPU_BATCH = 256                   # larger batches gained nothing on CPU (digits
 GPU_BATCH = 1024                  # upper bound of a GPU forward batch (keeps early activations under 2^31 elements)
 GPU_MEMORY_SHARE = 0.5            # of the free GPU memory, for one forward batch's activations
 CHUNK_BYTES = 64 * 2**20          # inputs of one chunk of windows x samples, held in one reused buffer
+INCREMENTAL_ROWS = 16384          # upper bound of an incremental batch (crops are small: many rows fit the budget)
 
 
 PRECISIONS = ("fp32", "tf32")
@@ -43,18 +44,22 @@ class WindowSamples:
     """Forward passes of rows that each differ from one input x in one window: `samples(starts, values)` gives the
     raw `output` for window values (R, C, *size) at starts (R, d). They run incrementally where the torch executor's
     runner is usable (channels-first inputs, `incremental`), else through one reused buffer of copies of x (`rows`
-    rows) into which the windows are written and from which they are restored."""
+    rows) into which the windows are written and from which they are restored. `rows` afterwards: how many rows
+    one call should get (an incremental runner's own batch, which its small crops make larger unless `grow_batch`
+    is False: a batch size the user chose)."""
 
     def __init__(self, passes, geometry, x_sample: np.ndarray, output: str, size: tuple[int, ...], batch: int,
-                 rows: int, incremental: bool = True):
+                 rows: int, incremental: bool = True, grow_batch: bool = True):
         self.passes, self.output, self.size, self.batch = passes, output, tuple(size), batch
         self.x_grid = geometry.to_grid(x_sample[None])[0]
-        self.runner = None
+        self.runner, self.rows = None, rows
         if incremental and geometry.layout == "channels_first":
-            self.runner = passes.window_runner(x_sample, output, self.size)
+            self.runner = passes.window_runner(x_sample, output, self.size, batch, grow_batch)
         if self.runner is None:
             self.buffer = passes.buffer(x_sample, rows)
             self.view = geometry.grid_view(self.buffer)
+        else:
+            self.rows = max(rows, self.runner.batch_size)
 
     @property
     def incremental(self) -> bool:
@@ -62,7 +67,7 @@ class WindowSamples:
 
     def __call__(self, starts: np.ndarray, values: np.ndarray) -> np.ndarray:
         if self.runner is not None:
-            return self.runner(values, starts, self.batch)
+            return self.runner(values, starts)
         from ..incremental import window_index
 
         passes, channels = self.passes, self.x_grid.shape[0]
@@ -98,7 +103,8 @@ class SessionPasses:
     def buffer(self, x_sample: np.ndarray, rows: int) -> np.ndarray:
         return np.repeat(x_sample[None], rows, axis=0)
 
-    def window_runner(self, x_sample: np.ndarray, output: str, window: tuple[int, ...]):
+    def window_runner(self, x_sample: np.ndarray, output: str, window: tuple[int, ...], batch: int,
+                      grow_batch: bool = True):
         """No incremental forward passes through onnxruntime sessions."""
         return None
 
@@ -132,6 +138,7 @@ class TorchPasses:
         # picks its fastest kernels once (benchmark mode) and keeps them
         self.overlaps_host = self.fixed_shape = self.device.type == "cuda"
         self._gpu_batches: dict[tuple[int, ...], int] = {}   # sample shape -> measured forward batch
+        self._incremental: dict[tuple, int | None] = {}       # (output, window, sample shape) -> batch, or None
 
     def batch_size(self, x_sample: np.ndarray) -> int:
         """On CPU as onnxruntime's; on a GPU from the memory a probe batch of 8 really takes (measured once per
@@ -162,39 +169,37 @@ class TorchPasses:
         def forward(start: int):
             return self.executor.run(batch[start:start + batch_size], [output])[output]
 
-        return self._batches(forward, len(batch), batch_size, tuned=self.fixed_shape)
+        return self.batches(forward, len(batch), batch_size, tuned=self.fixed_shape)
 
-    def window_runner(self, x_sample: np.ndarray, output: str, window: tuple[int, ...]):
-        """`run(values, starts, batch_size)`: `output` for the rows of x with window values (R, C, *window) at
-        starts (R, d), computed incrementally (`onnxplain.incremental`); None when the model runs through
+    def window_runner(self, x_sample: np.ndarray, output: str, window: tuple[int, ...], batch: int,
+                      grow_batch: bool = True):
+        """An `IncrementalPasses` for rows of x with windows of `window`; None when the model runs through
         onnx2torch, or when the runner fails or differs from the full forward pass on a probe batch (like the
-        executor is checked against onnxruntime): the samples then run whole."""
+        executor is checked against onnxruntime): the samples then run whole. The check depends on shapes only,
+        so it runs once per output, window and sample shape; so does the probe's measure of a row's memory, which
+        sizes the incremental batches (with `grow_batch`: at least `batch`, at most INCREMENTAL_ROWS, under the
+        model's budget; else `batch`)."""
         if self.executor.graph is None:
             return None
         from ..executor import TOLERANCE
-        from ..incremental import WindowRunner, window_index
+        from ..incremental import WindowRunner
+        from ..runtime import DEFAULT_BATCH_BYTES
 
+        key = (output, tuple(window), x_sample.shape)
         try:
             runner = WindowRunner(self.executor, self.array(x_sample)[None], [output])
-            if runner.error(self.executor, window) > TOLERANCE:
-                return None
+            if key not in self._incremental:
+                usable = runner.error(self.executor, window) <= TOLERANCE
+                rows = min(INCREMENTAL_ROWS, DEFAULT_BATCH_BYTES // max(1, runner.peak_row_bytes))
+                self._incremental[key] = rows if usable else None
         except Exception:  # an op meeting shapes its crop rule does not handle: whole samples are always right
+            self._incremental[key] = None
+        if self._incremental[key] is None:
             return None
+        rows = max(batch, self._incremental[key]) if grow_batch else batch
+        return IncrementalPasses(self, runner, x_sample.shape, tuple(window), rows)
 
-        def run(values: np.ndarray, starts: np.ndarray, batch_size: int) -> np.ndarray:
-            def forward(start: int):
-                rows, where = self.array(values[start:start + batch_size]), starts[start:start + batch_size]
-                try:
-                    return runner(rows, where)[output]
-                except Exception:  # a crop shape no rule foresaw: this batch runs whole, which is always right
-                    whole = runner.full[runner.input_name].expand(len(rows), *x_sample.shape).clone()
-                    whole[window_index(where, window, whole.shape[1], device=self.device)] = rows
-                    return self.executor.run(whole, [output])[output]
-
-            return self._batches(forward, len(values), batch_size, tuned=False)  # crop shapes vary: no tuning
-        return run
-
-    def _batches(self, forward, rows: int, batch_size: int, tuned: bool) -> np.ndarray:
+    def batches(self, forward, rows: int, batch_size: int, tuned: bool) -> np.ndarray:
         """forward(start) for each batch, under this object's GPU settings; the outputs joined, on the host."""
         outputs, backends = [], self.torch.backends
         saved = backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
@@ -207,3 +212,30 @@ class TorchPasses:
         finally:
             backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
         return self.torch.cat(outputs).numpy()
+
+
+class IncrementalPasses:
+    """`passes(values, starts)`: the raw output for rows of x with window values (R, C, *window) at starts (R, d),
+    through a `WindowRunner` in batches of `batch_size` rows."""
+
+    def __init__(self, passes: TorchPasses, runner, sample_shape: tuple[int, ...], window: tuple[int, ...],
+                 batch_size: int):
+        self.passes, self.runner, self.sample_shape = passes, runner, sample_shape
+        self.window, self.batch_size = window, batch_size
+
+    def __call__(self, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        from ..incremental import window_index
+
+        passes, runner, output = self.passes, self.runner, self.runner.outputs[0]
+
+        def forward(start: int):
+            rows = passes.array(values[start:start + self.batch_size])
+            where = starts[start:start + self.batch_size]
+            try:
+                return runner(rows, where)[output]
+            except Exception:  # a crop shape no rule foresaw: this batch runs whole, which is always right
+                whole = runner.full[runner.input_name].expand(len(rows), *self.sample_shape).clone()
+                whole[window_index(where, self.window, whole.shape[1], device=passes.device)] = rows
+                return passes.executor.run(whole, [output])[output]
+
+        return passes.batches(forward, len(values), self.batch_size, tuned=False)  # crop shapes vary: no tuning

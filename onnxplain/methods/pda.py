@@ -72,7 +72,8 @@ class PredictionDifference(Method):
     ('independent') or over all channels ('joint'); all_classes: True or a list of classes whose maps are kept in
     `diagnostics['all_classes']` (N, len(classes), *input_shape), classes in `diagnostics['all_classes_index']`,
     from the same pass; batch_size: samples per forward pass (default: the model's memory budget, at most
-    CPU_BATCH on CPU; on a GPU what its free memory holds); device: where the forward passes run: None =
+    CPU_BATCH on CPU; on a GPU what its free memory holds; incremental passes, whose crops are small, take up
+    to INCREMENTAL_ROWS under the same budget); device: where the forward passes run: None =
     onnxruntime (the model's providers), or 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (checked against
     onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or 'tf32' on a CUDA device
     (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see `passes.TorchPasses`); incremental: with
@@ -161,28 +162,32 @@ class PredictionDifference(Method):
         target = target or Target()
         setup = self.prepare(model, x.shape[1:])
         score = self.choose_score(model, target)
-        originals = score.read(model.run(x, [score.output])[score.output])
+        # f(x) from the engine that runs the samples: both sides of each difference alike; and no onnxruntime call
+        # before the torch executor's work (onnxruntime's idle threads spin for ~50 ms after a run, taking the cores)
+        passes = self.passes(model)
+        originals = score.read(passes.run(passes.array(x), score.output,
+                                          int(self.batch_size or passes.batch_size(x[0]))))
         score.training_size = int(self.training_size or len(self.reference))
         score.classes = int(self.classes or originals.shape[1])
         explained = np.zeros(len(x), dtype=int) if target.hidden else class_indices(model, originals, target)
         kept = self._kept_classes(target, originals.shape[1])
         grid, geometry = setup.grid, setup.geometry
-        maps, extra, passes, incremental = [], [], len(x), False
+        maps, extra, evaluated_total, incremental = [], [], len(x), False
         with optional_bar(self.progress, len(x) * len(grid), "prediction difference", "window") as bar:
             for n in range(len(x)):
                 columns = [int(explained[n])] + kept
                 differences, evaluated, incremental = self.window_differences(model, setup, score, x[n],
                                                                               originals[n], columns, bar)
-                passes += evaluated
+                evaluated_total += evaluated
                 per_class = grid.average(differences)                      # (len(columns), *spatial)
                 maps.append(per_class[0])
                 extra.append(per_class[1:])
         relevance = self._to_input(geometry, np.stack(maps))
         diagnostics = {"score": score.kind, "score_kind": SCORE_KINDS[score.kind], "windows": len(grid),
                        "window": tuple(grid.size), "samples_per_window": setup.sampler.samples_per_window(self.samples),
-                       "forward_passes": passes, "seconds": round(time.perf_counter() - started, 3),
+                       "forward_passes": evaluated_total, "seconds": round(time.perf_counter() - started, 3),
                        "sampler_cache": getattr(setup.sampler, "cache_hit", None),
-                       "forward_passes_on": self.passes(model).name + (", incremental" if incremental else "")}
+                       "forward_passes_on": passes.name + (", incremental" if incremental else "")}
         if score.kind == WEIGHT_OF_EVIDENCE:
             diagnostics.update(laplace_training_size=score.training_size, laplace_classes=score.classes)
         if kept:
@@ -207,7 +212,8 @@ class PredictionDifference(Method):
         batch = int(self.batch_size or passes.batch_size(x_sample))
         per_chunk = max(1, chunk_rows(batch, x_sample.nbytes) // count)
         run = WindowSamples(passes, geometry, x_sample, score.output, grid.size, batch,
-                            min(per_chunk, len(grid)) * count, self.incremental)
+                            min(per_chunk, len(grid)) * count, self.incremental, grow_batch=not self.batch_size)
+        per_chunk = max(1, run.rows // count)               # an incremental runner takes larger batches
         out, evaluated = np.empty((len(grid), len(columns))), 0
         chunks = [np.arange(start, min(len(grid), start + per_chunk)) for start in range(0, len(grid), per_chunk)]
         for ids, values, own in self._drawn(setup, run.x_grid, chunks, ahead=passes.overlaps_host):

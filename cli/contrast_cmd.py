@@ -17,7 +17,7 @@ from onnxplain.methods.contrastive import CDeepEx, XGEMs, contrast_map
 from onnxplain.targets import parse_target
 
 from .common import echo_json, load_model, model_argument, preprocess_option, read_labels
-from .outputs import StagedFiles, input_names, output_paths
+from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
 CONSTRAINTS = ("equal_likelihood", "true_above_others", "probe_above_others", "all", "true_and_probe_top_two")
@@ -99,6 +99,8 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
     """Why does MODEL choose its class and not --probe for each input? (CDeepEx, via --generator's latent space)"""
     from onnxplain import viz
 
+    check_output(out, "figure")
+    check_output(save_npy, "file")
     loaded = load_model(model, preprocess)
     names = read_labels(labels)
     if names:
@@ -116,13 +118,13 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
         for i, (source, png, npy) in enumerate(zip(sources, pngs, npys)):
             outputs = {}
             if npy is not None:
-                np.save(staged.path_for(npy), explanation.relevance[i].astype(np.float32))
+                staged.save_npy(npy, explanation.relevance[i].astype(np.float32))
                 outputs["npy"] = str(npy)
             row = report(loaded, explanation, i, source, outputs)
             if png is not None:
                 title = (f"{source.name}: why {row['true']['label']} and not {row['probe']['label']}? "
                          f"({method}, constraints {'hold' if row['constraints']['all'] else 'violated'})")
-                viz.save_png(contrast_figure(loaded, x[i], explanation, i, title), staged.path_for(png))
+                viz.save_figure(contrast_figure(loaded, x[i], explanation, i, title), staged.path_for(png))
                 outputs["png"] = str(png)
             rows.append(row)
         staged.commit()

@@ -24,6 +24,7 @@ from onnxplain.metrics.plots import plot_apem, plot_curves
 
 from .common import load_model, model_argument, preprocess_option
 from .explain_cmd import read_reference
+from .outputs import StagedFiles, check_output
 
 PREFERRED_METHODS = ("lrp", "gradient", "sensitivity", "smoothgrad")
 
@@ -130,6 +131,7 @@ def _split(value: str) -> list[str]:
 def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, region, steps, score, stage,
                      epsilon_step, max_steps, shuffles, reference, seed, as_json, quiet):
     """Score explanation methods with region-perturbation AOPC and APEM on the inputs (files or folders)."""
+    check_output(out, "folder")
     loaded = load_model(model, preprocess)
     x, sources = load_inputs(inputs, loaded)
     truth = read_true_labels(labels, sources, loaded) if labels else None
@@ -148,15 +150,14 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, r
 
 
 def write_outputs(report, out: Path, title: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """The report's files in folder `out` (created if missing): all of them, or none when one cannot be written."""
     written = {"results.md": render.markdown(report, title), "results.csv": render.summary_csv(report),
                "results.json": json.dumps(render.as_json(report), indent=2), "per_image.csv": render.per_image_csv(report)}
-    paths = []
-    for name, text in written.items():
-        (out / name).write_text(text)
-        paths.append(out / name)
-    if report.random_curves is not None:
-        paths.append(plot_curves(report, out / "perturbation_curves.png"))
-    if any(m.apem is not None for m in report.methods):
-        paths.append(plot_apem(report, out / "apem_boxplot.png"))
-    return paths
+    with StagedFiles() as staged:
+        for name, text in written.items():
+            staged.path_for(out / name).write_text(text)
+        if report.random_curves is not None:
+            plot_curves(report, staged.path_for(out / "perturbation_curves.png"))
+        if any(m.apem is not None for m in report.methods):
+            plot_apem(report, staged.path_for(out / "apem_boxplot.png"))
+        return staged.commit()

@@ -18,7 +18,7 @@ from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.targets import parse_target
 
 from .common import echo_json, load_model, model_argument, preprocess_option, read_labels
-from .outputs import StagedFiles, input_names, nifti_path, output_paths
+from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
 DEFAULT_COMPOSITE = "epsilon-plus"
@@ -142,7 +142,7 @@ def write_outputs(staged: StagedFiles, model, x, records, sources, names, *, out
     for sample, record, source, png, npy in zip(x, records, sources, pngs, npys):
         record["outputs"] = {}
         if npy is not None:
-            np.save(staged.path_for(npy), record["relevance"].astype(np.float32))
+            staged.save_npy(npy, record["relevance"].astype(np.float32))
             record["outputs"]["npy"] = str(npy)
         if png is None:
             continue
@@ -151,7 +151,7 @@ def write_outputs(staged: StagedFiles, model, x, records, sources, names, *, out
             volume, affine = read_nifti(source)
         figure = viz.sample_figure(model, sample, record["relevance"], title=title_of(model, record, layer, source),
                                    threshold=threshold, volume=volume, slice_axis=slice_axis)
-        viz.save_png(figure, staged.path_for(png))
+        viz.save_figure(figure, staged.path_for(png))
         record["outputs"]["png"] = str(png)
         if volume is not None:
             relevance = sample_to_volume(record["relevance"], model, volume.shape)
@@ -220,6 +220,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, ou
                     batch, k, as_json, quiet, **options):
     """Explain the model's decision on each input (images, .npy tensors, NIfTI volumes, folders of them)."""
     began = time.perf_counter()
+    check_output(out, "figure")
+    check_output(save_npy, "file")
     loaded = load_model(model, preprocess)
     names = read_labels(labels)
     if names:

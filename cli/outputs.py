@@ -5,15 +5,19 @@ Naming: with one input, `--out x.png` / `--save-npy r.npy` are used as given. Wi
 suffix becomes `<stem>_<input name><suffix>` beside it, and a folder (existing, or given without a suffix)
 receives `<input name>.png` / `<input name>.npy`. The input name is the file name without its extension, with
 `_<i>` for sample i of an .npy batch; two inputs with the same stem keep their extension (`digit3_png`).
-A volume's relevance goes to `<png path minus .png>_relevance.nii.gz`.
+A volume's relevance goes to `<png path minus .png>_relevance.nii.gz`. Missing folders are created; a path that
+cannot be written is an error, and then no output is left behind.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from onnxplain.errors import OnnxplainError
 
@@ -55,6 +59,24 @@ def output_paths(base: Path, names: list[str], suffix: str) -> list[Path]:
     return [base.with_name(f"{base.stem}_{name}{base.suffix}") for name in names]
 
 
+def check_output(path: Path | None, kind: str) -> None:
+    """Fail before any work for an output that can never be written: a file where a folder must be (the path
+    itself for a folder output, or one of its parents), or a figure suffix no writer knows. kind: 'folder',
+    'figure' or 'file'."""
+    if path is None:
+        return
+    folder = path if kind == "folder" or path.is_dir() or not path.suffix else path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OnnxplainError(f"cannot write {path}: {existing} is a file, not a folder")
+    if kind == "figure" and folder is not path:
+        from onnxplain.viz import figure_format
+
+        figure_format(path)
+
+
 def nifti_path(png: Path) -> Path:
     stem = png.name[: -len(png.suffix)] if png.suffix else png.name
     return png.with_name(f"{stem}_relevance.nii.gz")
@@ -62,7 +84,7 @@ def nifti_path(png: Path) -> Path:
 
 class StagedFiles:
     """Write every output into a private temporary folder; `commit` moves them all into place (creating the
-    target folders then), `discard` drops them. Used as a context manager: an exception discards."""
+    target folders then), or none of them. Used as a context manager: an exception discards."""
 
     def __init__(self):
         self._folder: Path | None = None
@@ -81,12 +103,42 @@ class StagedFiles:
         self._pending.append((staged, final))
         return staged
 
+    def save_npy(self, final: Path, array: np.ndarray) -> None:
+        """`array` as .npy at exactly `final` (np.save given a name would append '.npy' to other suffixes)."""
+        with open(self.path_for(final), "wb") as handle:
+            np.save(handle, array)
+
     def commit(self) -> list[Path]:
-        for staged, final in self._pending:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(staged), str(final))
+        """Every staged file into place, or none: each is first moved beside its target under a temporary name
+        (the step that can fail: a file where a folder should be, no permission, another device), and only when
+        all of them are there are they renamed. A failure removes what this commit wrote and created."""
+        partials, created = [], []
+        final = None
+        try:
+            for staged, final in self._pending:
+                created += _missing_folders(final.parent)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                partials.append(final.with_name(f".{final.name}.{os.getpid()}.partial"))
+                shutil.move(str(staged), str(partials[-1]))
+            for partial, (_, final) in zip(partials, self._pending):
+                os.replace(partial, final)
+        except OSError as error:
+            for partial in partials:
+                partial.unlink(missing_ok=True)
+            for folder in reversed(created):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise OnnxplainError(f"cannot write {final}: {error.strerror or error}") from None
         return [final for _, final in self._pending]
 
     def __exit__(self, kind, error, trace):
         shutil.rmtree(self._folder, ignore_errors=True)
         return False
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders `mkdir(parents=True)` would create for `folder`, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]

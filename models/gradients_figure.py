@@ -22,7 +22,7 @@ def main() -> None:
 
     import onnxplain
     from onnxplain.methods import make_method
-    from onnxplain.viz import method_grid, save_png
+    from onnxplain.viz import method_grid, save_figure
 
     torch.set_num_threads(1)
     model = onnxplain.load(HERE / "digits_cnn.onnx")
@@ -44,7 +44,7 @@ def main() -> None:
                          row_titles=[f"class {int(model.scores(x[i:i + 1]).argmax())}" for i in picks],
                          column_titles=list(METHODS))
     FIGURES.mkdir(parents=True, exist_ok=True)
-    save_png(figure, FIGURES / "gradients_digits.png")
+    save_figure(figure, FIGURES / "gradients_digits.png")
     numbers["command"] = "python models/gradients_figure.py"
     (FIGURES / "gradients_digits.json").write_text(json.dumps(numbers, indent=2) + "\n")
     print(json.dumps(numbers, indent=2))

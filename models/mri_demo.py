@@ -243,7 +243,7 @@ def write_outputs(out: Path, spec: data.CohortSpec, model, subjects: list[int], 
         kind, subject = data.LABELS[spec.label(subjects[n])], subjects[n]
         for name, maps in placed.items():
             data.write_nifti(maps[n], out / f"relevance_{kind}{subject:03d}_{name}.nii.gz", spec)
-            viz.save_png(viz.montage_figure(volumes[n], maps[n], axis=0, slices=6, threshold=THRESHOLD,
+            viz.save_figure(viz.montage_figure(volumes[n], maps[n], axis=0, slices=6, threshold=THRESHOLD,
                                             title=f"{name}, {kind} {subject} (|R| ≥ 15% of max)"),
                          out / f"montage_{kind}{subject:03d}_{name}.png")
         fig9(volumes[n], {name: maps[n] for name, maps in placed.items()}, (crop[0][0], crop[0][1] - 1),

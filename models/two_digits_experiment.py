@@ -196,7 +196,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from onnxplain.viz import save_png
+    from onnxplain.viz import save_figure
 
     torch.set_num_threads(1)
     out = run(args.positives, args.negatives, path=args.model)
@@ -205,7 +205,7 @@ def main(argv=None) -> None:
           f"on negatives; accuracy at f(x) > 50: {((out.score > 50) == positive).mean():.4f}")
     print(table(out.results, args.positives, args.negatives))
     args.figure.parent.mkdir(parents=True, exist_ok=True)
-    save_png(figure(out), args.figure)
+    save_figure(figure(out), args.figure)
     print(f"wrote {args.figure}")
 
 

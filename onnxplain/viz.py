@@ -1,6 +1,6 @@
 """Pictures of relevance: red = evidence for, blue = evidence against, on a colormap centred on zero (as in the papers).
 
-Arrays in, matplotlib `Figure`s out (no pyplot state); `save_png` writes one. Shapes:
+Arrays in, matplotlib `Figure`s out (no pyplot state); `save_figure` writes one. Shapes:
   * images: `image_figure` -> input | heatmap | overlay;
   * volumes: `montage_figure` -> slices along one axis (overlay, and the input with reversed colours, as in
     Zintgraf et al. 2017, fig. 9);
@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from .errors import OnnxplainError
 
 CMAP = "bwr"
 PANEL_INCHES = 2.6
@@ -210,7 +212,6 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
                   threshold: float | None = None, volume: np.ndarray | None = None, slice_axis: int = 0):
     """The picture of one explained input (no batch axis): a slice montage for volumes (`volume`: the full input
     volume when it came from a NIfTI file), input | heatmap | overlay for images, else bars of the top features."""
-    from .errors import OnnxplainError
     from .io.nifti import is_volume_input, sample_to_volume
 
     if volume is not None or is_volume_input(model):
@@ -230,8 +231,20 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
     return bar_figure(relevance, title=title)
 
 
-def save_png(fig, path: str | os.PathLike) -> Path:
-    """Write a figure as PNG (the format is fixed, whatever the file name says)."""
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg", "tif", "tiff", "webp")
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The image format a figure path names by its suffix (PNG without one); an unknown suffix is an error, so
+    that a file never holds another format than its name says."""
+    kind = Path(path).suffix.lower().lstrip(".") or "png"
+    if kind not in FIGURE_FORMATS:
+        raise OnnxplainError(f"cannot write a figure as .{kind} ({path}): use .png, .jpg, .pdf, .svg, .tif or .webp")
+    return kind
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write a figure in the format its suffix names (`figure_format`)."""
     path = Path(path)
-    fig.savefig(path, format="png", dpi=DPI)
+    fig.savefig(path, format=figure_format(path), dpi=DPI)
     return path

@@ -69,7 +69,7 @@ def main():
     titles = [METHODS.get(m, (m,))[0] for m in args.methods]
     figure = viz.method_grid(images, maps, row_titles=[f"digit {d}" for d in DIGITS], column_titles=titles)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    viz.save_png(figure, args.out)
+    viz.save_figure(figure, args.out)
     print(f"wrote {args.out}")
 
 

@@ -222,6 +222,8 @@ def bad_cases(tmp_path, digits_cnn, samples):
     np.save(tmp_path / "wrong.npy", np.zeros((3, 28, 28), np.float32))
     np.save(tmp_path / "nan.npy", np.full((1, 28, 28), np.nan, np.float32))
     np.save(tmp_path / "flat.npy", np.zeros((3, 5), np.float32))
+    np.save(tmp_path / "complex.npy", np.zeros((1, 28, 28), np.complex64))
+    (tmp_path / "text.npy").write_text("not an array")
     good = samples / "digit3_cnn.npy"
     occlusion = ["--method", "occlusion", "--window", "7"]
     pda = ["--method", "pda", "--window", "4", "--samples", "2"]
@@ -236,6 +238,8 @@ def bad_cases(tmp_path, digits_cnn, samples):
         "not an image": ([digits_cnn, good, not_image, *occlusion], "not a readable image"),
         "wrong shape": ([digits_cnn, good, tmp_path / "wrong.npy", *occlusion], "does not fit"),
         "NaN": ([digits_cnn, good, tmp_path / "nan.npy", *occlusion], "NaN"),
+        "complex numbers": ([digits_cnn, good, tmp_path / "complex.npy", *occlusion], "not a real number type"),
+        "text as .npy": ([digits_cnn, good, tmp_path / "text.npy", *occlusion], "not a readable .npy array"),
         "unknown method": ([digits_cnn, good, "--method", "magic"], "unknown method 'magic'"),
         "option of another method": ([digits_cnn, good, *occlusion, "--steps", "3"], "--steps do not apply"),
         "unknown option": ([digits_cnn, good, *occlusion, "--bogus", "1"], "No such option"),
@@ -245,6 +249,7 @@ def bad_cases(tmp_path, digits_cnn, samples):
 
 
 @pytest.mark.parametrize("case", ["corrupt model", "missing input", "not an image", "wrong shape", "NaN",
+                                  "complex numbers", "text as .npy",
                                   "array of another rank", "reference of another shape", "unknown composite",
                                   "unknown method", "option of another method", "unknown option",
                                   "class out of range", "unknown label"])
@@ -269,3 +274,40 @@ def test_staged_files_are_dropped_on_error(tmp_path):
         staged.path_for(tmp_path / "a" / "one.png").write_text("1")
         staged.commit()
     assert (tmp_path / "a" / "one.png").read_text() == "1"
+
+
+def test_output_paths_are_written_as_named_or_not_at_all(tmp_path, digits_cnn, samples):
+    """--save-npy keeps any suffix the user gives; a figure is written in the format its suffix names; a path
+    that can never be written is one line and exit 2 before any work; missing folders are created."""
+    digit = samples / "digit3.png"
+    options = ("--method", "occlusion", "--window", "7", "--quiet")
+    result = run("explain", digits_cnn, digit, *options, "--save-npy", tmp_path / "r.txt",
+                 "--out", tmp_path / "new" / "sub" / "x.jpg")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "r.txt").shape == (1, 28, 28)
+    assert Image.open(tmp_path / "new" / "sub" / "x.jpg").format == "JPEG"
+    blocker = tmp_path / "file.png"
+    blocker.write_text("a file where a folder should be")
+    for flags, message in ((("--out", blocker / "x.png", "--save-npy", tmp_path / "a.npy"), "is a file, not a folder"),
+                           (("--save-npy", blocker / "r.npy"), "is a file, not a folder"),
+                           (("--out", tmp_path / "x.txt"), "cannot write a figure as .txt")):
+        result = run("explain", digits_cnn, digit, *options, *flags)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "a.npy").exists() and not (tmp_path / "x.txt").exists()
+    evaluated = run("evaluate", digits_cnn, samples / "digit3_cnn.npy", "--methods", "gradient", "--steps", "2",
+                    "--out", blocker / "report", "--quiet")
+    assert evaluated.exit_code == 2 and "is a file, not a folder" in evaluated.stderr
+
+
+def test_a_commit_that_fails_leaves_nothing(tmp_path):
+    from onnxplain.cli.outputs import StagedFiles
+    from onnxplain.errors import OnnxplainError
+
+    (tmp_path / "file").write_text("x")
+    with StagedFiles() as staged:
+        staged.path_for(tmp_path / "made" / "one.png").write_text("1")
+        staged.path_for(tmp_path / "file" / "two.png").write_text("2")     # its folder is a file: cannot be made
+        with pytest.raises(OnnxplainError, match="cannot write"):
+            staged.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]            # no partial file, no new folder

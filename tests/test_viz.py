@@ -54,7 +54,7 @@ def test_image_figure_puts_red_where_relevance_is_positive(tmp_path):
     relevance[:, :10] = 1.0
     relevance[:, 20:] = -1.0
     image = np.full((20, 30), 0.5)
-    png = viz.save_png(viz.image_figure(image, relevance, title="t"), tmp_path / "f.png")
+    png = viz.save_figure(viz.image_figure(image, relevance, title="t"), tmp_path / "f.png")
     heat = viz.read_panel(png, 20, 30, 1)[3:-3, 3:-3]
     third = heat.shape[1] // 3
     assert red(heat[:, : third - 2]).mean() > 0.95
@@ -79,7 +79,7 @@ def test_montage_shows_positive_and_negative_regions(tmp_path):
     relevance[4:8, 9:12, 6:9] = -0.8
     fig = viz.montage_figure(volume, relevance, axis=0, slices=4, threshold=0.15)
     assert len(fig.axes) == 8  # 2 rows x 4 slices
-    pixels = np.asarray(Image.open(viz.save_png(fig, tmp_path / "m.png")).convert("RGB"), dtype=float) / 255
+    pixels = np.asarray(Image.open(viz.save_figure(fig, tmp_path / "m.png")).convert("RGB"), dtype=float) / 255
     assert red(pixels).sum() > 100 and blue(pixels).sum() > 100
 
 

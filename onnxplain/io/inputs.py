@@ -54,7 +54,8 @@ def read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError):
-        raise OnnxplainError(f"{path} is not a readable .npy array (pickled arrays are refused)") from None
+        raise OnnxplainError(f"{path} is not a readable .npy array (not an .npy file, or one holding Python "
+                             "objects, which are never unpickled)") from None
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:

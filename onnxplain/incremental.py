@@ -60,7 +60,9 @@ class WindowRunner:
         self.outputs = list(outputs)
         self.steps = self.graph.plan(self.outputs, (self.input_name,))
         self.releases = self.graph.releases(self.outputs, (self.input_name,))
-        self.peak_row_bytes = 0      # the most memory one row's live activations took in a call (sizes batches)
+        self.peak_row_bytes = 0      # the most memory one row's tensors took at once in a call (sizes batches)
+        self.largest_row_elements = 0  # the largest tensor's elements per row (keeps batches under 2^31 elements)
+        self._made: list[torch.Tensor] = []   # full maps and patches a step builds besides its outputs
         every = sorted({name for step in self.steps for name in step.outputs if name})
         with torch.inference_mode():
             self.full = self.graph.run({self.input_name: x}, every)     # x's own activations, batch of 1
@@ -70,25 +72,43 @@ class WindowRunner:
     def __call__(self, values: torch.Tensor, starts: np.ndarray) -> dict[str, torch.Tensor]:
         sites, row_site = _sites(np.asarray(starts, dtype=np.int64))
         env: dict[str, object] = {self.input_name: Crop(values, sites, row_site)}
-        rows, peak = len(values), 0
+        self._made = []
+        rows = len(values)
         with torch.inference_mode():
-            for step, dropped in zip(self.steps, self.releases):
-                inputs = [self._value(env, name) for name in step.inputs]
-                result = self._cropped(step, inputs)
-                if result is None:   # no spatial rule, or not worth it: the step runs on full tensors
-                    inputs = [self._whole(name, v, rows) if isinstance(v, Crop) else v
-                              for name, v in zip(step.inputs, inputs)]
-                    result = step.op.forward(*inputs)
-                results = result if isinstance(result, tuple) else (result,)
-                for name, value in zip(step.outputs, results):
-                    if name:
-                        env[name] = value
-                peak = max(peak, sum(_nbytes(v) for v in env.values()))
-                for name in dropped:
-                    env.pop(name, None)
-            self.peak_row_bytes = max(self.peak_row_bytes, -(-peak // max(rows, 1)))
-            return {name: self._whole(name, env[name], rows) if isinstance(env[name], Crop) else env[name]
-                    for name in self.outputs}
+            try:
+                return self._run(env, rows)
+            finally:
+                self._made = []          # also after a failure: what the failed batch built is freed
+
+    def _run(self, env: dict, rows: int) -> dict[str, torch.Tensor]:
+        for step, dropped in zip(self.steps, self.releases):
+            inputs = [self._value(env, name) for name in step.inputs]
+            result = self._cropped(step, inputs)
+            if result is None:   # no spatial rule, or not worth it: the step runs on full tensors
+                inputs = [self._whole(name, v, rows) if isinstance(v, Crop) else v
+                          for name, v in zip(step.inputs, inputs)]
+                result = step.op.forward(*inputs)
+            results = result if isinstance(result, tuple) else (result,)
+            for name, value in zip(step.outputs, results):
+                if name:
+                    env[name] = value
+            self._measure(env.values(), rows)
+            for name in dropped:
+                env.pop(name, None)
+        outputs = {name: self._whole(name, env[name], rows) if isinstance(env[name], Crop) else env[name]
+                   for name in self.outputs}
+        self._measure(env.values(), rows)        # the outputs made whole are among the step's builds
+        return outputs
+
+    def _measure(self, live, rows: int) -> None:
+        """Update the per-row memory peaks with the live tensors and what the step built besides them."""
+        tensors = [v.values if isinstance(v, Crop) else v for v in live] + self._made
+        tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+        self._made = []
+        if rows and tensors:
+            self.peak_row_bytes = max(self.peak_row_bytes,
+                                      -(-sum(t.numel() * t.element_size() for t in tensors) // rows))
+            self.largest_row_elements = max(self.largest_row_elements, -(-max(t.numel() for t in tensors) // rows))
 
     def error(self, executor, window: tuple[int, ...], seed: int = 0) -> float:
         """Largest relative difference to the full forward pass on a probe batch (windows at every corner of the
@@ -101,9 +121,10 @@ class WindowRunner:
         starts = np.concatenate([corners.reshape(len(spatial), -1).T, ((spatial - size) // 2)[None]])
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((len(starts), x.shape[1], *size), generator=generator).to(x.device, x.dtype)
-        values = _gather(x[0], starts, tuple(int(k) for k in size), np.arange(len(starts))) + noise * (float(x.std()) or 1.0)
+        each = np.arange(len(starts))                              # every probe window is its own site
+        values = _gather(x[0], starts, tuple(int(k) for k in size), each) + noise * (float(x.std()) or 1.0)
         batch = x.expand(len(starts), *x.shape[1:]).clone()
-        _write(batch, starts, Crop(values, starts, np.arange(len(starts))))
+        _write(batch, starts, Crop(values, starts, each))
         with torch.inference_mode():
             want = executor.run(batch, self.outputs)
         errors = []
@@ -199,18 +220,21 @@ class WindowRunner:
             self._padded[key] = F.pad(x_full, pads, value=pad_value)[0]
         patch = _gather(self._padded[key], corner + begins, tuple(int(s) for s in span), crop.row_site)
         _write(patch, crop.sites - corner, crop)   # a strided op may read no part of a crop's edge
+        self._made.append(patch)
         return patch
 
     def _reframe(self, name: str, crop: Crop, origin: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
         """The rows' activation `name` on boxes (origin per site, size) that contain their crops."""
         framed = _gather(self.full[name][0], origin, size, crop.row_site)
         _write(framed, crop.sites - origin, crop)
+        self._made.append(framed)
         return framed
 
     def _whole(self, name: str, crop: Crop, rows: int) -> torch.Tensor:
         """Full rows: x's activation `name` with each row's crop written in."""
         whole = self.full[name].expand(rows, *self.full[name].shape[1:]).clone()
         _write(whole, crop.sites, crop)
+        self._made.append(whole)
         return whole
 
 
@@ -288,11 +312,6 @@ def _max_pool(patch: torch.Tensor, kernel, strides, dilations, size: tuple[int, 
             for o, r, n, s in zip(offset, dilations, size, strides))]
         result = part.clone() if result is None else torch.maximum(result, part, out=result)
     return result
-
-
-def _nbytes(value) -> int:
-    tensor = value.values if isinstance(value, Crop) else value
-    return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
 
 
 def _spatially_constant(value: torch.Tensor, crop: Crop) -> bool:

@@ -177,3 +177,48 @@ def test_incremental_passes_are_checked_once_and_take_larger_batches(digits_cnn_
     PredictionDifference(window=4, padding=2, samples=6, reference=reference, stride=2, progress=False,
                          sampler="marginal", device="cpu", batch_size=32).explain(digits_cnn_model, x, Target())
     assert max(calls[1:]) == 32                                           # after the probe: the user's batch
+
+
+def test_incremental_batches_count_the_full_maps_they_build(tmp_path, monkeypatch):
+    """A hidden target early in the net is a full map per row: the probe's per-row peak counts it (and the full
+    maps built for steps without a crop rule), so the batch stays under the budget; a batch the runner cannot
+    run goes whole in whole-sample batches, not in the larger incremental ones."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.incremental import WindowRunner
+    from onnxplain.methods.passes import INCREMENTAL_SAFETY, TorchPasses
+    from onnxplain.runtime import DEFAULT_BATCH_BYTES
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 2, 3, 3)).astype(np.float32), "w"),
+               numpy_helper.from_array(rng.normal(0, 0.3, (3, 16)).astype(np.float32), "d")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "d"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "early",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 40, 40])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])], weights)
+    path = tmp_path / "early.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    model = onnxplain.load(path)
+    x = rng.random((2, 40, 40)).astype(np.float32)
+    passes = TorchPasses(model, "cpu")
+    for output in ("r", "logits"):          # the hidden map itself; a global pool reading the whole map
+        run = passes.window_runner(x, output, (4, 4), batch=64)
+        assert run is not None
+        full_map = 16 * 40 * 40 * 4
+        assert run.runner.peak_row_bytes >= full_map
+        assert run.batch_size * INCREMENTAL_SAFETY * run.runner.peak_row_bytes <= DEFAULT_BATCH_BYTES
+    sizes = []
+    monkeypatch.setattr(WindowRunner, "__call__", lambda self, v, s: (_ for _ in ()).throw(RuntimeError("no")))
+    executor_run = type(passes.executor).run
+    monkeypatch.setattr(type(passes.executor), "run",
+                        lambda self, batch, outputs: sizes.append(len(batch)) or executor_run(self, batch, outputs))
+    run = passes.window_runner(x, "logits", (4, 4), batch=64)
+    starts = np.zeros((300, 2), dtype=np.int64)
+    got = run(rng.random((300, 2, 4, 4)).astype(np.float32), starts)
+    assert got.shape == (300, 3) and max(sizes) <= 64

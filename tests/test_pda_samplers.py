@@ -206,3 +206,19 @@ def test_window_streams_are_per_window_and_well_distributed():
     lagged = np.corrcoef(normal[:, :-1].ravel(), normal[:, 1:].ravel())[0, 1]
     across = np.corrcoef(normal[:-1].ravel(), normal[1:].ravel())[0, 1]   # neighbouring windows
     assert abs(lagged) < 0.01 and abs(across) < 0.01
+
+
+def test_marginal_subsets_are_uniform_and_cost_nothing_per_reference_image():
+    from scipy import stats
+
+    from onnxplain.methods.samplers import _subsets, window_uniforms
+
+    chosen = np.sort(_subsets(window_uniforms(3, np.arange(100_000), 3), 5), axis=1)
+    assert (np.diff(chosen, axis=1) > 0).all()                         # distinct images
+    _, counts = np.unique(chosen @ np.array([25, 5, 1]), return_counts=True)
+    assert len(counts) == 10 and stats.chisquare(counts).pvalue > 1e-3  # each of the 10 subsets equally likely
+    few = window_uniforms(5, np.arange(6), 7)
+    np.testing.assert_array_equal(np.concatenate([_subsets(few[:3], 50), _subsets(few[3:], 50)]),
+                                  _subsets(few, 50))                     # one window or many: the same subsets
+    huge = _subsets(window_uniforms(0, np.arange(4), 10), 10**12)       # no draw per reference image
+    assert huge.shape == (4, 10) and all(len(set(row)) == 10 for row in huge) and huge.max() < 10**12

@@ -17,6 +17,7 @@ GPU_BATCH = 1024                  # upper bound of a GPU forward batch (keeps ea
 GPU_MEMORY_SHARE = 0.5            # of the free GPU memory, for one forward batch's activations
 CHUNK_BYTES = 64 * 2**20          # inputs of one chunk of windows x samples, held in one reused buffer
 INCREMENTAL_ROWS = 16384          # upper bound of an incremental batch (crops are small: many rows fit the budget)
+INCREMENTAL_SAFETY = 2            # a row's measured memory, doubled for kernels' workspaces and temporaries
 
 
 PRECISIONS = ("fp32", "tf32")
@@ -175,29 +176,44 @@ class TorchPasses:
                       grow_batch: bool = True):
         """An `IncrementalPasses` for rows of x with windows of `window`; None when the model runs through
         onnx2torch, or when the runner fails or differs from the full forward pass on a probe batch (like the
-        executor is checked against onnxruntime): the samples then run whole. The check depends on shapes only,
-        so it runs once per output, window and sample shape; so does the probe's measure of a row's memory, which
-        sizes the incremental batches (with `grow_batch`: at least `batch`, at most INCREMENTAL_ROWS, under the
-        model's budget; else `batch`)."""
+        executor is checked against onnxruntime): the samples then run whole, `batch` at a time. The check
+        depends on shapes only, so it runs once per output, window and sample shape; so does the probe's measure
+        of a row's memory, which sizes the incremental batches (`incremental_rows`) unless `grow_batch` is False
+        (a batch the user chose)."""
         if self.executor.graph is None:
             return None
         from ..executor import TOLERANCE
         from ..incremental import WindowRunner
-        from ..runtime import DEFAULT_BATCH_BYTES
 
-        key = (output, tuple(window), x_sample.shape)
         try:
             runner = WindowRunner(self.executor, self.array(x_sample)[None], [output])
-            if key not in self._incremental:
+        except Exception:  # x's own activations could not be computed here: this input runs whole (not cached)
+            return None
+        key = (output, tuple(window), x_sample.shape)
+        if key not in self._incremental:
+            try:
                 usable = runner.error(self.executor, window) <= TOLERANCE
-                rows = min(INCREMENTAL_ROWS, DEFAULT_BATCH_BYTES // max(1, runner.peak_row_bytes))
-                self._incremental[key] = rows if usable else None
-        except Exception:  # an op meeting shapes its crop rule does not handle: whole samples are always right
-            self._incremental[key] = None
+            except Exception:  # an op meeting shapes its crop rule does not handle: whole samples are always right
+                usable = False
+            self._incremental[key] = self.incremental_rows(runner) if usable else None
         if self._incremental[key] is None:
             return None
-        rows = max(batch, self._incremental[key]) if grow_batch else batch
-        return IncrementalPasses(self, runner, x_sample.shape, tuple(window), rows)
+        rows = self._incremental[key] if grow_batch else batch
+        return IncrementalPasses(self, runner, x_sample.shape, tuple(window), rows, batch)
+
+    def incremental_rows(self, runner) -> int:
+        """Rows per incremental batch: what the memory budget holds at the probe's per-row peak (crops, and the
+        full maps built where a crop has no rule), doubled for safety; under 2^31 elements per tensor and at most
+        INCREMENTAL_ROWS."""
+        from ..runtime import DEFAULT_BATCH_BYTES
+
+        if self.device.type == "cuda":
+            budget = int(GPU_MEMORY_SHARE * self.torch.cuda.mem_get_info(self.device)[0])
+        else:
+            budget = DEFAULT_BATCH_BYTES
+        by_memory = budget // (INCREMENTAL_SAFETY * max(1, runner.peak_row_bytes))
+        by_elements = (2**31 - 1) // max(1, runner.largest_row_elements)
+        return int(max(1, min(INCREMENTAL_ROWS, by_memory, by_elements)))
 
     def batches(self, forward, rows: int, batch_size: int, tuned: bool) -> np.ndarray:
         """forward(start) for each batch, under this object's GPU settings; the outputs joined, on the host."""
@@ -216,26 +232,35 @@ class TorchPasses:
 
 class IncrementalPasses:
     """`passes(values, starts)`: the raw output for rows of x with window values (R, C, *window) at starts (R, d),
-    through a `WindowRunner` in batches of `batch_size` rows."""
+    through a `WindowRunner` in batches of `batch_size` rows; a batch the runner cannot run goes whole, in
+    batches of `whole_batch`."""
 
     def __init__(self, passes: TorchPasses, runner, sample_shape: tuple[int, ...], window: tuple[int, ...],
-                 batch_size: int):
+                 batch_size: int, whole_batch: int):
         self.passes, self.runner, self.sample_shape = passes, runner, sample_shape
-        self.window, self.batch_size = window, batch_size
+        self.window, self.batch_size, self.whole_batch = window, batch_size, max(1, whole_batch)
 
     def __call__(self, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        from ..incremental import window_index
-
-        passes, runner, output = self.passes, self.runner, self.runner.outputs[0]
+        passes, output = self.passes, self.runner.outputs[0]
 
         def forward(start: int):
             rows = passes.array(values[start:start + self.batch_size])
             where = starts[start:start + self.batch_size]
             try:
-                return runner(rows, where)[output]
-            except Exception:  # a crop shape no rule foresaw: this batch runs whole, which is always right
-                whole = runner.full[runner.input_name].expand(len(rows), *self.sample_shape).clone()
-                whole[window_index(where, self.window, whole.shape[1], device=passes.device)] = rows
-                return passes.executor.run(whole, [output])[output]
+                return self.runner(rows, where)[output]
+            except Exception:  # a crop shape no rule foresaw, or no memory for this batch: whole samples
+                return self.whole(rows, where)
 
         return passes.batches(forward, len(values), self.batch_size, tuned=False)  # crop shapes vary: no tuning
+
+    def whole(self, rows, where: np.ndarray):
+        """The rows run as whole samples (x with each window written in), `whole_batch` at a time."""
+        from ..incremental import window_index
+
+        runner, torch, output, parts = self.runner, self.passes.torch, self.runner.outputs[0], []
+        for start in range(0, len(rows), self.whole_batch):
+            part, at = rows[start:start + self.whole_batch], where[start:start + self.whole_batch]
+            batch = runner.full[runner.input_name].expand(len(part), *self.sample_shape).clone()
+            batch[window_index(at, self.window, batch.shape[1], device=self.passes.device)] = part
+            parts.append(self.passes.executor.run(batch, [output])[output])
+        return torch.cat(parts)

@@ -72,10 +72,10 @@ class PredictionDifference(Method):
     ('independent') or over all channels ('joint'); all_classes: True or a list of classes whose maps are kept in
     `diagnostics['all_classes']` (N, len(classes), *input_shape), classes in `diagnostics['all_classes_index']`,
     from the same pass; batch_size: samples per forward pass (default: the model's memory budget, at most
-    CPU_BATCH on CPU; on a GPU what its free memory holds; incremental passes, whose crops are small, take up
-    to INCREMENTAL_ROWS under the same budget); device: where the forward passes run: None =
-    onnxruntime (the model's providers), or 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (checked against
-    onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or 'tf32' on a CUDA device
+    CPU_BATCH on CPU; on a GPU what its free memory holds; incremental passes, whose crops are small, take what
+    the same budget holds at their measured per-row memory, up to INCREMENTAL_ROWS); device: where the forward
+    passes run: None = onnxruntime (the model's providers), or 'cpu' / 'cuda' / 'cuda:N' = the torch executor
+    there (checked against onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or 'tf32' on a CUDA device
     (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see `passes.TorchPasses`); incremental: with
     the torch executor and channels-first inputs, compute each sample's early layers only around its window
     (`onnxplain.incremental`: the same numbers up to float rounding, less work). Samples equal to x's own window

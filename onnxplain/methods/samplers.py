@@ -84,9 +84,8 @@ class MarginalSampler:
         window_ids = np.asarray(window_ids, dtype=np.int64)
         if every:   # all reference images, in order
             chosen = np.broadcast_to(np.arange(count), (len(window_ids), count))
-        else:       # a uniform subset of `count` images per window: the smallest of one random key per image
-            keys = window_uniforms(seed, window_ids, len(self.reference))
-            chosen = np.sort(np.argpartition(keys, count - 1, axis=1)[:, :count], axis=1)
+        else:       # a uniform subset of `count` images per window, in order
+            chosen = np.sort(_subsets(window_uniforms(seed, window_ids, count), len(self.reference)), axis=1)
         corners = tuple(self.grid.starts[window_ids].T[:, :, None])                  # (d, W, 1)
         picked = self.boxes[(chosen, slice(None)) + corners]                         # (W, S, C, *window)
         return np.ascontiguousarray(picked)
@@ -253,6 +252,31 @@ class ConditionalSampler:
         with np.load(path) as stored:
             for name in ("gain", "factor", "mean_in", "mean_out"):
                 setattr(self, name, [stored[f"{name}{g}"] for g in range(len(self.groups))])
+
+
+def _subsets(uniform: np.ndarray, population: int) -> np.ndarray:
+    """(W, k) uniformly random k-subsets of range(population), one per row of `uniform` (W, k): Floyd's
+    algorithm, vectorised over rows (k steps, whatever the population: a 60,000-image reference costs no more)."""
+    rows, k = uniform.shape
+    if rows <= 4:     # a window or a few (the literal loop's calls): the same steps on Python numbers, faster there
+        return np.array([_subset(row, population) for row in uniform.tolist()], dtype=np.int64).reshape(rows, k)
+    chosen = np.empty((rows, k), dtype=np.int64)
+    for step in range(k):
+        top = population - k + step                       # draw from 0..top; take top itself if already chosen
+        pick = np.minimum((uniform[:, step] * (top + 1)).astype(np.int64), top)
+        taken = (chosen[:, :step] == pick[:, None]).any(axis=1)
+        chosen[:, step] = np.where(taken, top, pick)
+    return chosen
+
+
+def _subset(uniform: list[float], population: int) -> list[int]:
+    """`_subsets` for one row."""
+    chosen: list[int] = []
+    for step, u in enumerate(uniform):
+        top = population - len(uniform) + step
+        pick = min(int(u * (top + 1)), top)
+        chosen.append(top if pick in chosen else pick)
+    return chosen
 
 
 def _square_root(covariances: np.ndarray) -> np.ndarray:

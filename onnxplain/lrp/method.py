@@ -52,8 +52,8 @@ class LRP(Method):
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         return self._explain(model, x, target, self.report)
 
-    def _explain(self, model, x: np.ndarray, target: Target | None, report: bool) -> Explanation:
-        target = target or Target()
+    def _walk(self, model, x: np.ndarray, target: Target, report: bool) -> tuple[Walker, list[Result]]:
+        """The walker's results batch by batch (with the ledger when `report`)."""
         x = model.check_input(x)
         walker = self.walker(model)
         size = self.batch_size or max(1, model.batch_size() // 4)
@@ -62,7 +62,12 @@ class LRP(Method):
                                total=-(-len(x) // size)):
             batch = walker.executor.tensor(x[start:start + size])
             results.append(walker(batch, target, ledger=report))
-        relevance = np.concatenate([r.relevance.cpu().numpy() for r in results]).astype(np.float32)
+        return walker, results
+
+    def _explain(self, model, x: np.ndarray, target: Target | None, report: bool) -> Explanation:
+        target = target or Target()
+        walker, results = self._walk(model, x, target, report)
+        relevance = _relevance(results)
         values = np.concatenate([r.values.double().cpu().numpy() for r in results])
         classes = np.concatenate([r.classes for r in results])
         diagnostics = conservation_report(results, relevance, values) if report else {}
@@ -72,8 +77,9 @@ class LRP(Method):
         return Explanation(relevance, classes, values, self.name, self.describe(), diagnostics)
 
     def attribute(self, model, x: np.ndarray, target: Target | None = None) -> np.ndarray:
-        """Captum-style: relevance shaped like `x` (no conservation report)."""
-        return self._explain(model, x, target, report=False).relevance
+        """Captum-style: relevance shaped like `x`, nothing else (no conservation report, no positivity
+        statistics)."""
+        return _relevance(self._walk(model, x, target or Target(), report=False)[1])
 
     def describe(self) -> dict:
         return {"composite": self.composite, "rules": self.rules, "epsilon": self.params.epsilon,
@@ -92,6 +98,10 @@ class DeepTaylor(LRP):
 
     def describe(self) -> dict:
         return {"rules": self.rules, "stabilizer": self.params.stabilizer}
+
+
+def _relevance(results: list[Result]) -> np.ndarray:
+    return np.concatenate([r.relevance.cpu().numpy() for r in results]).astype(np.float32)
 
 
 def conservation_report(results: list[Result], relevance: np.ndarray, values: np.ndarray) -> dict:

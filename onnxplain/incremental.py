@@ -72,7 +72,6 @@ class WindowRunner:
     def __call__(self, values: torch.Tensor, starts: np.ndarray) -> dict[str, torch.Tensor]:
         sites, row_site = _sites(np.asarray(starts, dtype=np.int64))
         env: dict[str, object] = {self.input_name: Crop(values, sites, row_site)}
-        self._made = []
         rows = len(values)
         with torch.inference_mode():
             try:

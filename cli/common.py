@@ -29,6 +29,17 @@ def read_labels(path: Path | None) -> list[str] | None:
     return labels
 
 
+def use_labels(model, path: Path | None) -> None:
+    """Give the loaded model the class names of `path` (one per line); their number must match its classes."""
+    names = read_labels(path)
+    if names is None:
+        return
+    count = model.class_count()
+    if count is not None and len(names) != count:
+        raise OnnxplainError(f"labels file {path} names {len(names)} classes; the model has {count}")
+    model.labels = names
+
+
 def echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=_plain))
 

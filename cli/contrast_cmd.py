@@ -16,7 +16,7 @@ from onnxplain.io import load_inputs
 from onnxplain.methods.contrastive import CDeepEx, XGEMs, contrast_map
 from onnxplain.targets import parse_target
 
-from .common import echo_json, load_model, model_argument, preprocess_option, read_labels
+from .common import echo_json, load_model, model_argument, preprocess_option, use_labels
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
@@ -102,9 +102,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
     check_output(out, "figure")
     check_output(save_npy, "file")
     loaded = load_model(model, preprocess)
-    names = read_labels(labels)
-    if names:
-        loaded.labels = names
+    use_labels(loaded, labels)
     explainer = METHODS[method](str(generator), margin=margin, restarts=restarts, outer_steps=outer_steps,
                                 seed=seed, progress=not quiet)
     goal = parse_target(loaded, probe) if probe is not None else None

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import onnx
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
@@ -26,6 +27,7 @@ from onnxplain.io import read_npy
 from onnxplain.io.preprocess import PreprocessSpec
 
 from .common import read_labels
+from .outputs import check_output
 
 out_option = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
                           help="The .onnx file to write (only after verification passed).")
@@ -35,8 +37,15 @@ spec_option = click.option("--preprocess", type=click.Path(dir_okay=False, path_
                            help="Preprocessing spec (JSON) to embed in the model's metadata.")
 labels_option = click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
                              help="Class names, one per line, to embed.")
-atol_option = click.option("--atol", type=float, default=1e-4, show_default=True,
+atol_option = click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
                            help="Largest output difference accepted between the source model and ONNX.")
+
+
+def check_out(out: Path) -> None:
+    """Before any conversion work: `--out` names an .onnx file that can be written."""
+    if out.suffix.lower() != ".onnx":
+        raise OnnxplainError(f"--out must name an .onnx file, not {out}")
+    check_output(out, "file")
 
 
 def read_spec(path: Path | None) -> PreprocessSpec | None:
@@ -128,7 +137,9 @@ def convert_group():
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
               help="state_dict file (torch.save(model.state_dict())), read with weights_only=True.")
 @click.option("--input-shape", "input_shape", help="One input's shape without the batch axis, e.g. 1,28,28.")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset to export.")
+@click.option("--opset", type=click.IntRange(7, onnx.defs.onnx_opset_version()), default=18, show_default=True,
+              help="ONNX opset to export (the dynamo exporter writes 18+; older opsets are converted, or exported by "
+                   "the TorchScript exporter).")
 @click.option("--input-name", default="input", show_default=True)
 @click.option("--output-name", default="output", show_default=True)
 @out_option
@@ -145,6 +156,7 @@ def pytorch_command(factory, weights, input_shape, opset, input_name, output_nam
 
     from onnxplain.converters import convert_pytorch
 
+    check_out(out)
     shape, batch, spec, names = parse_shape(input_shape), read_samples(samples), read_spec(preprocess), \
         read_labels(labels)
     build = load_factory(factory)
@@ -157,8 +169,11 @@ def pytorch_command(factory, weights, input_shape, opset, input_name, output_nam
         raise OnnxplainError(f"{factory} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
         load_state_dict(module, weights)
-    echo_report(convert_pytorch(module, out, input_shape=shape, samples=batch, opset=opset, input_name=input_name,
-                                output_name=output_name, preprocess=spec, labels=names, atol=atol))
+    with native_output_silenced(True):   # the exporter's C++ logging; failures arrive as exceptions
+        report = convert_pytorch(module, out, input_shape=shape, samples=batch, opset=opset,
+                                 input_name=input_name, output_name=output_name, preprocess=spec, labels=names,
+                                 atol=atol)
+    echo_report(report)
 
 
 @convert_group.command("sklearn")
@@ -180,6 +195,7 @@ def sklearn_command(model, trust_pickle, zipmap, features, opset, input_name, ou
     MODEL is a pickled (or joblib) fitted classifier; reading it needs --trust-pickle."""
     from onnxplain.converters import convert_sklearn
 
+    check_out(out)
     if not model.is_file():
         raise OnnxplainError(f"model file not found: {model}")
     if not trust_pickle:
@@ -212,13 +228,18 @@ def keras_command(model, input_shape, opset, out, samples, preprocess, labels, a
     from onnxplain.converters import convert_keras
     from onnxplain.converters.keras import MISSING, installed, use_torch_backend_without_tensorflow
 
+    check_out(out)
     if not model.is_file():
         raise OnnxplainError(f"model file not found: {model}")
     if not installed("keras"):
         raise OnnxplainError(MISSING)
     use_torch_backend_without_tensorflow()
-    with native_output_silenced(installed("tensorflow")):
-        import keras
+    with native_output_silenced(True):
+        try:
+            import keras
+        except ImportError as error:  # KERAS_BACKEND names a framework that is not installed
+            raise OnnxplainError(f"keras cannot load its backend ({error}): install it, or set "
+                                 "KERAS_BACKEND=torch") from None
 
         try:
             network = keras.models.load_model(model, safe_mode=True)
@@ -231,9 +252,9 @@ def keras_command(model, input_shape, opset, out, samples, preprocess, labels, a
 
 @contextmanager
 def native_output_silenced(active: bool):
-    """TensorFlow's C++ code writes start-up notices (CUDA probing, oneDNN) straight to file descriptor 2, past
-    Python and past TF_CPP_MIN_LOG_LEVEL; hide descriptor 2 while it loads and runs. Failures still arrive as
-    exceptions, reported once it is restored."""
+    """TensorFlow's and torch's exporters write notices (CUDA probing, oneDNN, unsupported-attribute logs, tracer
+    warnings) straight to file descriptor 2, past Python and past TF_CPP_MIN_LOG_LEVEL; hide descriptor 2 while
+    they load and run. Failures still arrive as exceptions, reported once it is restored."""
     if not active:
         yield
         return

@@ -17,7 +17,7 @@ from onnxplain.io import load_inputs
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.targets import parse_target
 
-from .common import echo_json, load_model, model_argument, preprocess_option, read_labels
+from .common import echo_json, load_model, model_argument, preprocess_option, use_labels
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -223,9 +223,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, ou
     check_output(out, "figure")
     check_output(save_npy, "file")
     loaded = load_model(model, preprocess)
-    names = read_labels(labels)
-    if names:
-        loaded.labels = names
+    use_labels(loaded, labels)
     params = method_params(options, loaded)
     chosen = method is None
     if chosen:

@@ -8,7 +8,7 @@ import numpy as np
 
 from onnxplain.io import load_inputs
 
-from .common import echo_json, load_model, model_argument, preprocess_option, read_labels
+from .common import echo_json, load_model, model_argument, preprocess_option, use_labels
 
 
 def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
@@ -20,16 +20,15 @@ def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
 @click.command("predict")
 @model_argument
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top", "k", default=5, show_default=True, help="How many classes to list.")
+@click.option("--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many classes to list.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
 @preprocess_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict_command(model, inputs, k, labels, preprocess, as_json):
     """The top-K classes with their scores for each input (image, .npy or NIfTI; folders too)."""
     loaded = load_model(model, preprocess)
-    names = read_labels(labels)
-    if names:
-        loaded.labels = names
+    use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
     ranked = top_k(loaded, loaded.scores(x), k)
     if as_json:

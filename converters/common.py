@@ -57,6 +57,9 @@ def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: n
         staged = Path(folder) / "model.onnx"
         onnx.save(proto, staged)
         model = onnxplain.load(staged)
+        count = model.class_count()
+        if model.labels is not None and count is not None and len(model.labels) != count:
+            raise OnnxplainError(f"{len(model.labels)} labels for a model with {count} classes; not written")
         got = model.run(samples, [output])[output] if output else model.scores(samples)
         got = np.asarray(got, dtype=np.float64).reshape(len(samples), -1)
         if got.shape != expected.shape:
@@ -66,8 +69,11 @@ def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: n
         if not diff <= atol:
             raise OnnxplainError(f"the ONNX model differs from the source model by {diff:.3g} (> {atol:g}) on "
                                  f"{len(samples)} sample inputs; not written")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), str(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(staged), str(path))
+        except OSError as error:
+            raise OnnxplainError(f"cannot write {path}: {error.strerror or error}") from None
     return ConversionReport(path=path, exporter=exporter, samples=len(samples), max_abs_diff=diff, tolerance=atol,
                             score_output=output or model.score_output, score_kind=model.score_kind)
 

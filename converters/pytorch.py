@@ -34,6 +34,20 @@ def _opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _at_opset(proto, opset: int):
+    """The exported graph at the requested opset: the dynamo exporter writes opset 18 or later whatever it is
+    asked, so an older one is reached by `onnx.version_converter` (a failure here falls back to TorchScript)."""
+    import onnx.version_converter
+
+    found = _opset(proto)
+    if found == opset:
+        return proto
+    converted = onnx.version_converter.convert_version(proto, opset)
+    if _opset(converted) != opset:
+        raise ValueError(f"the dynamo exporter wrote opset {found}, not {opset}")
+    return converted
+
+
 def _export(module, example, opset: int, input_name: str, output_name: str):
     """(ModelProto, exporter description): the dynamo exporter first, the TorchScript one if that fails."""
     import onnx
@@ -44,7 +58,7 @@ def _export(module, example, opset: int, input_name: str, output_name: str):
             program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
                                         input_names=[input_name], output_names=[output_name],
                                         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-            proto = program.model_proto
+            proto = _at_opset(program.model_proto, opset)
             return proto, f"torch.onnx.export (dynamo), opset {_opset(proto)}"
         except Exception as dynamo_error:  # the exporters raise many unrelated types
             buffer = io.BytesIO()

@@ -132,3 +132,13 @@ def test_custom_domain_and_escaping_external_data_exit_2(tmp_path):
     onnx.save(loaded, folder / "evil.onnx")
     result = run("inspect", folder / "evil.onnx")
     assert result.exit_code == 2 and "outside the model's folder" in result.stderr
+
+
+def test_predict_options_are_checked(tmp_path, digits_cnn):
+    """--top below 1 and a labels file whose length is not the number of classes are one-line errors."""
+    digit = digits_cnn.parent / "samples" / "digit3_cnn.npy"
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    for args, message in ((["--top", "0"], "--top"), (["--labels", tmp_path / "two.txt"], "names 2 classes")):
+        result = run("predict", digits_cnn, digit, *args)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -240,7 +240,28 @@ def test_cli_pytorch_refuses_pickled_objects_as_weights(tmp_path):
     (["pytorch", "onnxplain.viz:limit", "--input-shape", "1,-2"], "--input-shape"),
     (["pytorch", "onnxplain.viz:limit", "--input-shape", "1,2"], "limit() failed"),
     (["sklearn", "missing.pkl", "--trust-pickle"], "not found"),
+    (["pytorch", "onnxplain.viz:limit", "--input-shape", "3", "--atol", "-1"], "--atol"),
+    (["pytorch", "onnxplain.viz:limit", "--input-shape", "3", "--opset", "5"], "--opset"),
 ])
 def test_cli_convert_bad_arguments(tmp_path, args, message):
     result = invoke("convert", *args, "--out", tmp_path / "o.onnx")
     assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_convert_output_paths_and_opset(tmp_path):
+    """--out must be an .onnx path that can be written (checked before any work); an opset older than the dynamo
+    exporter's is honoured; labels must match the classes."""
+    (tmp_path / "net.py").write_text(NET_SOURCE)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    (tmp_path / "two.txt").write_text("x\ny\n")
+    factory = ["convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6"]
+    for out, extra, message in ((tmp_path / "n.pt", [], "must name an .onnx file"),
+                                (tmp_path / "file" / "n.onnx", [], "is a file, not a folder"),
+                                (tmp_path / "n.onnx", ["--labels", tmp_path / "two.txt"], "2 labels for a model with 3")):
+        result = invoke(*factory, *extra, "--out", out)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    done = invoke(*factory, "--opset", "13", "--out", tmp_path / "n13.onnx")
+    assert done.exit_code == 0, done.output
+    opsets = {o.domain: o.version for o in onnx.load(tmp_path / "n13.onnx").opset_import}
+    assert opsets.get("", opsets.get("ai.onnx")) == 13

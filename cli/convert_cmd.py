@@ -121,10 +121,15 @@ def load_state_dict(module, weights: Path) -> None:
                              f"{str(error).splitlines()[0][:200]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise OnnxplainError(f"{weights} holds a {type(state).__name__}, not a state_dict")
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
-        raise OnnxplainError(f"{weights} does not fit the network: {str(error).splitlines()[0][:300]}") from None
+        # torch's message is a header line and then one indented line per problem: keep the first problem
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:300]
+        raise OnnxplainError(f"{weights} does not fit the network: {detail}") from None
 
 
 @click.group("convert")

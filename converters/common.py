@@ -57,6 +57,7 @@ def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: n
         staged = Path(folder) / "model.onnx"
         onnx.save(proto, staged)
         model = onnxplain.load(staged)
+        _check_spec_fits(model)
         count = model.class_count()
         if model.labels is not None and count is not None and len(model.labels) != count:
             raise OnnxplainError(f"{len(model.labels)} labels for a model with {count} classes; not written")
@@ -76,6 +77,19 @@ def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: n
             raise OnnxplainError(f"cannot write {path}: {error.strerror or error}") from None
     return ConversionReport(path=path, exporter=exporter, samples=len(samples), max_abs_diff=diff, tolerance=atol,
                             score_output=output or model.score_output, score_kind=model.score_kind)
+
+
+def _check_spec_fits(model) -> None:
+    """An embedded image spec with a size must turn an image into the model's input shape."""
+    spec = model.preprocess
+    if spec is None or spec.size is None or spec.crop is not None:
+        return
+    shape = spec.image_to_tensor(np.zeros((8, 8, 3), np.uint8)).shape
+    expected = tuple(model.input_shape[1:])
+    if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        shown = "x".join("N" if d is None else str(d) for d in model.input_shape)
+        raise OnnxplainError(f"the preprocessing spec makes inputs of shape {'x'.join(map(str, shape))}; the model "
+                             f"takes {shown}; not written")
 
 
 def sample_batch(samples: np.ndarray | None, shape: tuple[int, ...], preprocess=None, count: int = 8,

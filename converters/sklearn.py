@@ -32,6 +32,13 @@ def convert_sklearn(estimator, path: str | os.PathLike, *, samples: np.ndarray |
         raise OnnxplainError("converting scikit-learn models needs skl2onnx (pip install skl2onnx)") from None
     if not hasattr(estimator, "predict_proba"):
         raise OnnxplainError(f"{type(estimator).__name__} has no predict_proba: onnxplain explains classifiers")
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        raise OnnxplainError(f"this {type(estimator).__name__} is not fitted: fit it before converting") from None
     features = n_features or getattr(estimator, "n_features_in_", None)
     if features is None and samples is None:
         raise OnnxplainError("give sample inputs or the number of features")

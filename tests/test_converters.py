@@ -104,6 +104,24 @@ def test_sklearn_pipeline_round_trip(tmp_path, digits, zipmap):
     assert model.score_kind == "probabilities" and model.labels == [str(c) for c in range(10)]
 
 
+def test_an_unfitted_model_or_a_spec_that_does_not_fit_is_refused(tmp_path, digits):
+    from sklearn.naive_bayes import GaussianNB
+
+    from onnxplain.io.preprocess import PreprocessSpec
+
+    X, y = digits
+    classifier = GaussianNB().fit(X, y)
+    wrong = PreprocessSpec(layout="NCHW", size=(28, 28), color="gray")            # 1x28x28, not 64 features
+    with pytest.raises(OnnxplainError, match="is not fitted"):
+        convert_sklearn(GaussianNB(), tmp_path / "nb.onnx", samples=X[:20])
+    with pytest.raises(OnnxplainError, match="makes inputs of shape 1x28x28"):
+        convert_sklearn(classifier, tmp_path / "nb.onnx", samples=X[:20], preprocess=wrong)
+    assert not (tmp_path / "nb.onnx").exists()
+    right = PreprocessSpec(layout="flat", size=(8, 8), color="gray", scale=16 / 255)
+    convert_sklearn(classifier, tmp_path / "nb.onnx", samples=X[:20], preprocess=right)
+    assert onnxplain.load(tmp_path / "nb.onnx").preprocess.size == (8, 8)
+
+
 def test_sklearn_string_classes_become_labels(tmp_path, digits):
     from sklearn.tree import DecisionTreeClassifier
 

@@ -10,6 +10,7 @@ cannot be written is an error, and then no output is left behind.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -109,25 +110,39 @@ class StagedFiles:
             np.save(handle, array)
 
     def commit(self) -> list[Path]:
-        """Every staged file into place, or none: each is first moved beside its target under a temporary name
-        (the step that can fail: a file where a folder should be, no permission, another device), and only when
-        all of them are there are they renamed. A failure removes what this commit wrote and created."""
-        partials, created = [], []
+        """Every staged file into place, or none. Each is first moved beside its target under a temporary name
+        (the step that can fail: a file where a folder should be, no permission, another device); then existing
+        targets are set aside and the new files renamed in. A failure puts back what was set aside and removes
+        only what this commit wrote and the folders it made (when empty)."""
+        targets = [final.parent.resolve() / final.name for _, final in self._pending]   # no '..' through new folders
+        for final in targets:
+            if final.is_dir():
+                raise OnnxplainError(f"cannot write {final}: it is a folder")
+        partials, kept, placed, created = [], [], [], []
         final = None
         try:
-            for staged, final in self._pending:
+            for (staged, _), final in zip(self._pending, targets):
                 created += _missing_folders(final.parent)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                partials.append(final.with_name(f".{final.name}.{os.getpid()}.partial"))
+                partials.append(_beside(final, "partial"))
                 shutil.move(str(staged), str(partials[-1]))
-            for partial, (_, final) in zip(partials, self._pending):
+            for partial, final in zip(partials, targets):
+                if final.exists() or final.is_symlink():
+                    kept.append((_beside(final, "old"), final))
+                    os.replace(final, kept[-1][0])
                 os.replace(partial, final)
+                placed.append(final)
         except OSError as error:
-            for partial in partials:
-                partial.unlink(missing_ok=True)
+            for path in placed + partials:
+                path.unlink(missing_ok=True)
+            for old, final in kept:
+                os.replace(old, final)
             for folder in reversed(created):
-                shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()                 # only if empty: never anything this commit did not make
             raise OnnxplainError(f"cannot write {final}: {error.strerror or error}") from None
+        for old, _ in kept:
+            old.unlink(missing_ok=True)
         return [final for _, final in self._pending]
 
     def __exit__(self, kind, error, trace):
@@ -136,9 +151,14 @@ class StagedFiles:
 
 
 def _missing_folders(folder: Path) -> list[Path]:
-    """The folders `mkdir(parents=True)` would create for `folder`, outermost first."""
+    """The folders `mkdir(parents=True)` would create for the resolved `folder`, outermost first."""
     missing = []
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
     return missing[::-1]
+
+
+def _beside(path: Path, tag: str) -> Path:
+    """A temporary name next to `path` (same folder, so that renames stay on one file system)."""
+    return path.with_name(f".{path.name[:200]}.{os.getpid()}.{tag}")

@@ -39,6 +39,8 @@ def convert_sklearn(estimator, path: str | os.PathLike, *, samples: np.ndarray |
         check_is_fitted(estimator)
     except NotFittedError:
         raise OnnxplainError(f"this {type(estimator).__name__} is not fitted: fit it before converting") from None
+    except TypeError:  # not a scikit-learn estimator: skl2onnx says what it can convert
+        pass
     features = n_features or getattr(estimator, "n_features_in_", None)
     if features is None and samples is None:
         raise OnnxplainError("give sample inputs or the number of features")

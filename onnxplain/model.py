@@ -213,13 +213,14 @@ class Model:
                                                             if self.labels else ""))
 
     def class_count(self) -> int | None:
-        """Number of classes, when the class-score tensor's last axis has a static size."""
+        """Number of classes, when the class-score tensor's non-batch axes have static sizes (their product, as
+        `scores` flattens them: (N, C, 1, 1) from global pooling is C classes)."""
         values = list(self.proto.graph.output) + list(self.proto.graph.value_info)
         for value in values:
             if value.name == self.score_output and value.type.HasField("tensor_type"):
-                dims = value.type.tensor_type.shape.dim
-                if len(dims) >= 2 and dims[-1].HasField("dim_value") and dims[-1].dim_value > 0:
-                    return int(dims[-1].dim_value)
+                dims = value.type.tensor_type.shape.dim[1:]
+                if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+                    return int(np.prod([d.dim_value for d in dims]))
         return None
 
     # ---------------------------------------------------------------- running

@@ -311,3 +311,28 @@ def test_a_commit_that_fails_leaves_nothing(tmp_path):
         with pytest.raises(OnnxplainError, match="cannot write"):
             staged.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]            # no partial file, no new folder
+
+
+def test_a_failed_commit_restores_what_it_replaced_and_deletes_nothing_else(tmp_path, monkeypatch):
+    """Paths through '..' and files that existed before: a failure puts old files back and removes only what the
+    commit made."""
+    from onnxplain.cli.outputs import StagedFiles
+    from onnxplain.errors import OnnxplainError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "precious.txt").write_text("keep me")
+    (tmp_path / "old.png").write_text("the old figure")
+    (tmp_path / "file").write_text("x")
+    with StagedFiles() as staged:
+        staged.path_for(tmp_path / "old.png").write_text("new")
+        staged.path_for(tmp_path / "new" / ".." / "figs" / "a.png").write_text("a")
+        staged.path_for(tmp_path / "file" / "b.png").write_text("b")         # cannot be made: its folder is a file
+        with pytest.raises(OnnxplainError, match="cannot write"):
+            staged.commit()
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+    assert (tmp_path / "old.png").read_text() == "the old figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "old.png", "precious.txt"]
+    with StagedFiles() as staged:
+        staged.path_for(tmp_path / "old.png").write_text("new")
+        staged.commit()
+    assert (tmp_path / "old.png").read_text() == "new" and len(list(tmp_path.iterdir())) == 3

@@ -19,6 +19,19 @@ from onnxplain.io.preprocess import LABELS_KEY, METADATA_KEY
 torch = pytest.importorskip("torch")
 
 SPEC = {"layout": "NCHW", "size": [6, 6], "color": "gray"}
+MEAN_SOURCE = """
+import torch
+
+
+class Mean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def make():
+    return Mean()
+"""
+
 NET_SOURCE = """
 import torch
 
@@ -279,6 +292,11 @@ def test_cli_convert_output_paths_and_opset(tmp_path):
         result = invoke(*factory, *extra, "--out", out)
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    (tmp_path / "mean.py").write_text(MEAN_SOURCE)     # a mean over axes: the version converter's ReduceMean
+    for opset in (13, 15):                             # at opset 14-17 is invalid: the TorchScript exporter runs
+        made = invoke("convert", "pytorch", f"{tmp_path / 'mean.py'}:make", "--input-shape", "2,5,5", "--opset",
+                      opset, "--out", tmp_path / f"m{opset}.onnx")
+        assert made.exit_code == 0 and f"opset {opset}" in made.stdout, made.output
     done = invoke(*factory, "--opset", "13", "--out", tmp_path / "n13.onnx")
     assert done.exit_code == 0, done.output
     opsets = {o.domain: o.version for o in onnx.load(tmp_path / "n13.onnx").opset_import}

@@ -175,3 +175,14 @@ def test_ir_version_newer_than_onnxruntime_reads_is_lowered(tmp_path, monkeypatc
     logits = x @ numpy_helper.to_array(model.graph.initializer[0]) + numpy_helper.to_array(model.graph.initializer[1])
     want = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(loaded.scores(x), want, rtol=1e-5)
+
+
+def test_class_count_multiplies_the_non_batch_axes(tmp_path):
+    """Scores shaped (N, C, 1, 1) (global pooling, no flatten) are C classes, as `scores` flattens them."""
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["scores"])], "gap",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 4, 4])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3, 1, 1])])
+    path = tmp_path / "gap.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    model = onnxplain.load(path)
+    assert model.class_count() == 3 and model.scores(np.ones((2, 3, 4, 4), np.float32)).shape == (2, 3)

@@ -152,7 +152,8 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, r
 def write_outputs(report, out: Path, title: str) -> list[Path]:
     """The report's files in folder `out` (created if missing): all of them, or none when one cannot be written."""
     written = {"results.md": render.markdown(report, title), "results.csv": render.summary_csv(report),
-               "results.json": json.dumps(render.as_json(report), indent=2), "per_image.csv": render.per_image_csv(report)}
+               "results.json": json.dumps(render.as_json(report), indent=2),
+               "per_image.csv": render.per_image_csv(report)}
     with StagedFiles() as staged:
         for name, text in written.items():
             staged.path_for(out / name).write_text(text)

@@ -288,7 +288,8 @@ def test_cli_convert_output_paths_and_opset(tmp_path):
     factory = ["convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6"]
     for out, extra, message in ((tmp_path / "n.pt", [], "must name an .onnx file"),
                                 (tmp_path / "file" / "n.onnx", [], "is a file, not a folder"),
-                                (tmp_path / "n.onnx", ["--labels", tmp_path / "two.txt"], "2 labels for a model with 3")):
+                                (tmp_path / "n.onnx", ["--labels", tmp_path / "two.txt"],
+                                 "2 labels for a model with 3")):
         result = invoke(*factory, *extra, "--out", out)
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -75,8 +75,9 @@ class PredictionDifference(Method):
     CPU_BATCH on CPU; on a GPU what its free memory holds; incremental passes, whose crops are small, take what
     the same budget holds at their measured per-row memory, up to INCREMENTAL_ROWS); device: where the forward
     passes run: None = onnxruntime (the model's providers), or 'cpu' / 'cuda' / 'cuda:N' = the torch executor
-    there (checked against onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or 'tf32' on a CUDA device
-    (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see `passes.TorchPasses`); incremental: with
+    there (checked against onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or
+    'tf32' on a CUDA device (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see
+    `passes.TorchPasses`); incremental: with
     the torch executor and channels-first inputs, compute each sample's early layers only around its window
     (`onnxplain.incremental`: the same numbers up to float rounding, less work). Samples equal to x's own window
     (e.g. background) are not run again: their output is f(x).
@@ -210,10 +211,10 @@ class PredictionDifference(Method):
         grid, sampler, geometry, passes = setup.grid, setup.sampler, setup.geometry, self.passes(model)
         count = sampler.samples_per_window(self.samples)
         batch = int(self.batch_size or passes.batch_size(x_sample))
-        per_chunk = max(1, chunk_rows(batch, x_sample.nbytes) // count)
-        run = WindowSamples(passes, geometry, x_sample, score.output, grid.size, batch,
-                            min(per_chunk, len(grid)) * count, self.incremental, grow_batch=not self.batch_size)
-        per_chunk = max(1, run.rows // count)               # an incremental runner takes larger batches
+        buffer_rows = min(max(1, chunk_rows(batch, x_sample.nbytes) // count), len(grid)) * count
+        run = WindowSamples(passes, geometry, x_sample, score.output, grid.size, batch, buffer_rows,
+                            self.incremental, grow_batch=not self.batch_size)
+        per_chunk = max(1, run.rows // count)   # the buffer's windows, or an incremental runner's larger batch
         out, evaluated = np.empty((len(grid), len(columns))), 0
         chunks = [np.arange(start, min(len(grid), start + per_chunk)) for start in range(0, len(grid), per_chunk)]
         for ids, values, own in self._drawn(setup, run.x_grid, chunks, ahead=passes.overlaps_host):

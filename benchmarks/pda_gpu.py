@@ -30,6 +30,7 @@ BEGIN, END = "<!-- benchmarks/pda_gpu.py: begin -->", "<!-- benchmarks/pda_gpu.p
 sys.path.insert(0, str(ROOT))
 
 import onnxplain  # noqa: E402
+from onnxplain.methods.passes import INCREMENTAL_ROWS  # noqa: E402
 from onnxplain.methods.pda import PredictionDifference  # noqa: E402
 from onnxplain.methods.windows import WindowGrid  # noqa: E402
 from onnxplain.targets import Target  # noqa: E402
@@ -128,8 +129,9 @@ def section(rows: list[dict], command: str, incremental: bool) -> str:
         + ("incrementally (each sample's early layers around its window only)" if incremental else
            "as whole samples written into a batch in GPU memory (`incremental=False`)")
         + ": `fp32` is exact fp32 (TF32 off), "
-        "`tf32` lets the GPU multiply in TensorFloat-32 (`--precision tf32`). Forward batch "
-        f"{rows[0]['batch']} (from the memory a probe batch takes); the conditional sampler's fit "
+        "`tf32` lets the GPU multiply in TensorFloat-32 (`--precision tf32`). Whole-sample forward batch "
+        f"{rows[0]['batch']} (from the memory a probe batch takes; incremental passes size their own batches from "
+        f"the memory a row takes, up to {INCREMENTAL_ROWS:,} rows); the conditional sampler's fit "
         f"({rows[0]['fit_s']:.1f} s) is outside the timing. The literal loop sends one window's S samples per call "
         "(the original code's scheme, fp32), timed on the first windows and extrapolated. The last column compares "
         "the GPU map with onnxruntime's (CPU, fp32) on the same windows at a coarser stride; with random weights the "

@@ -22,7 +22,8 @@ def read_labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
     if not path.is_file():
-        raise OnnxplainError(f"labels file not found: {path}")
+        raise OnnxplainError(f"labels file not found: {path}" if not path.exists() else
+                             f"labels file {path} is not a regular file")
     labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not labels:
         raise OnnxplainError(f"labels file {path} is empty")

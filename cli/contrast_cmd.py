@@ -90,12 +90,13 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
 @click.option("--outer-steps", "outer_steps", type=click.IntRange(1), default=30, show_default=True,
               help="Augmented-Lagrangian multiplier updates.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent starts.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for D and G (cpu, cuda, cuda:N).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="PNG per input (a folder or a name).")
 @click.option("--save-npy", "save_npy", type=click.Path(path_type=Path), help="Write G(z0) - G(z_e) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def contrast_command(model, inputs, generator, probe, method, labels, preprocess, margin, restarts, outer_steps,
-                     seed, out, save_npy, as_json, quiet):
+                     seed, device, out, save_npy, as_json, quiet):
     """Why does MODEL choose its class and not --probe for each input? (CDeepEx, via --generator's latent space)"""
     from onnxplain import viz
 
@@ -104,7 +105,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
     loaded = load_model(model, preprocess)
     use_labels(loaded, labels)
     explainer = METHODS[method](str(generator), margin=margin, restarts=restarts, outer_steps=outer_steps,
-                                seed=seed, progress=not quiet)
+                                seed=seed, device=device, progress=not quiet)
     goal = parse_target(loaded, probe) if probe is not None else None
     x, sources = load_inputs(inputs, loaded)
     explanation = explainer.explain(loaded, x, goal)

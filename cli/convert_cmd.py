@@ -41,6 +41,34 @@ atol_option = click.option("--atol", type=click.FloatRange(min=0), default=1e-4,
                            help="Largest output difference accepted between the source model and ONNX.")
 
 
+CONVERT_EXTRA = "or install onnxplain with its [convert] extra"
+DYNAMO_NEEDS_ONNXSCRIPT = f"the dynamo exporter needs onnxscript, which is not installed (pip install onnxscript, " \
+                          f"{CONVERT_EXTRA})"
+SKLEARN_PACKAGES = {"joblib": "joblib", "sklearn": "scikit-learn", "skl2onnx": "skl2onnx"}  # module: pip name
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def check_sklearn_installed() -> None:
+    """Before any work: the packages that read the pickle and convert it, named for pip when missing."""
+    missing = [package for module, package in SKLEARN_PACKAGES.items() if not has_module(module)]
+    if missing:
+        listed = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        raise OnnxplainError(f"converting a scikit-learn model needs {listed}, not installed: "
+                             f"pip install {' '.join(missing)} ({CONVERT_EXTRA})")
+
+
+def without_onnxscript(error: OnnxplainError) -> OnnxplainError:
+    """An export failure where onnxscript is missing: the dynamo exporter could not run at all, so say that, and
+    what the TorchScript exporter said."""
+    _, found, torchscript = str(error).partition("; TorchScript exporter: ")
+    if not found or has_module("onnxscript"):
+        return error
+    return OnnxplainError(f"{DYNAMO_NEEDS_ONNXSCRIPT}; the TorchScript exporter, tried instead, failed: {torchscript}")
+
+
 def check_out(out: Path) -> None:
     """Before any conversion work: `--out` names an .onnx file that can be written."""
     if out.suffix.lower() != ".onnx":
@@ -174,11 +202,16 @@ def pytorch_command(factory, weights, input_shape, opset, input_name, output_nam
         raise OnnxplainError(f"{factory} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
         load_state_dict(module, weights)
-    with native_output_silenced(True):   # the exporter's C++ logging; failures arrive as exceptions
-        report = convert_pytorch(module, out, input_shape=shape, samples=batch, opset=opset,
-                                 input_name=input_name, output_name=output_name, preprocess=spec, labels=names,
-                                 atol=atol)
+    with native_output_silenced():   # the exporter's C++ logging; failures arrive as exceptions
+        try:
+            report = convert_pytorch(module, out, input_shape=shape, samples=batch, opset=opset,
+                                     input_name=input_name, output_name=output_name, preprocess=spec,
+                                     labels=names, atol=atol)
+        except OnnxplainError as error:
+            raise without_onnxscript(error) from None
     echo_report(report)
+    if not has_module("onnxscript"):
+        click.echo(f"note: written by the TorchScript exporter: {DYNAMO_NEEDS_ONNXSCRIPT}", err=True)
 
 
 @convert_group.command("sklearn")
@@ -201,15 +234,19 @@ def sklearn_command(model, trust_pickle, zipmap, features, opset, input_name, ou
     from onnxplain.converters import convert_sklearn
 
     check_out(out)
+    check_sklearn_installed()
     if not model.is_file():
         raise OnnxplainError(f"model file not found: {model}")
     if not trust_pickle:
         raise OnnxplainError(f"refusing to unpickle {model}: a pickle can run any code when loaded; "
                              "pass --trust-pickle if you trust where it came from")
-    try:
-        import joblib
+    import joblib
 
+    try:
         estimator = joblib.load(model)
+    except ModuleNotFoundError as error:  # the pickled classes live in a package this install lacks
+        raise OnnxplainError(f"{model} could not be unpickled: it needs the module {error.name!r}, which is not "
+                             "installed") from None
     except Exception as error:  # a corrupt pickle raises almost anything
         raise OnnxplainError(f"{model} could not be unpickled: {type(error).__name__}") from None
     echo_report(convert_sklearn(estimator, out, samples=read_samples(samples), n_features=features, zipmap=zipmap,
@@ -239,7 +276,7 @@ def keras_command(model, input_shape, opset, out, samples, preprocess, labels, a
     if not installed("keras"):
         raise OnnxplainError(MISSING)
     use_torch_backend_without_tensorflow()
-    with native_output_silenced(True):
+    with native_output_silenced():
         try:
             import keras
         except ImportError as error:  # KERAS_BACKEND names a framework that is not installed
@@ -256,22 +293,25 @@ def keras_command(model, input_shape, opset, out, samples, preprocess, labels, a
 
 
 @contextmanager
-def native_output_silenced(active: bool):
+def native_output_silenced():
     """TensorFlow's and torch's exporters write notices (CUDA probing, oneDNN, unsupported-attribute logs, tracer
-    warnings) straight to file descriptor 2, past Python and past TF_CPP_MIN_LOG_LEVEL; hide descriptor 2 while
-    they load and run. Failures still arrive as exceptions, reported once it is restored."""
-    if not active:
-        yield
-        return
+    warnings, the TorchScript exporter's graph dump on failure) straight to file descriptors 1 and 2, past Python
+    and past TF_CPP_MIN_LOG_LEVEL; hide both while they load and run. Failures still arrive as exceptions, reported
+    once the descriptors are restored."""
+    descriptors = (1, 2)
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(fd) for fd in descriptors]
     try:
         with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
+            for fd in descriptors:
+                os.dup2(devnull.fileno(), fd)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in zip(descriptors, saved):
+            os.dup2(copy, fd)
+            os.close(copy)

@@ -26,7 +26,7 @@ from .common import load_model, model_argument, preprocess_option
 from .explain_cmd import read_reference
 from .outputs import StagedFiles, check_output
 
-PREFERRED_METHODS = ("lrp", "gradient", "sensitivity", "smoothgrad")
+DEFAULT_METHODS = ("lrp", "gradient", "sensitivity", "smoothgrad")
 
 
 def read_true_labels(path: Path, sources: list[Path], model) -> np.ndarray:
@@ -56,24 +56,55 @@ def read_true_labels(path: Path, sources: list[Path], model) -> np.ndarray:
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
-    """'NAME' or 'NAME:key=value:key=value' (e.g. lrp:composite=epsilon-gamma-box) -> (name, parameters)."""
-    name, *pairs = spec.split(":")
+    """'NAME' or 'NAME:key=value:key=value' (e.g. lrp:composite=epsilon-gamma-box) -> (name, parameters), each
+    value converted to the type the method's constructor declares for it."""
+    name, *pairs = (part.strip() for part in spec.split(":"))
+    accepted = inspect.signature(method_class(name).__init__).parameters
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
         if not sep or not key:
             raise OnnxplainError(f"method parameter {pair!r} in {spec!r} is not key=value")
-        params[key.strip().replace("-", "_")] = _number(value.strip())
-    return name.strip(), params
+        kind = declared_type(accepted[key]) if key in accepted else None
+        params[key] = _number(value.strip()) if kind is None else _convert(name, key, value.strip(), kind)
+    return name, params
+
+
+EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "text"}  # the types specs convert to
+
+
+def declared_type(parameter: inspect.Parameter) -> type | None:
+    """int, float, bool or str, from the annotation (`X` or `X | None`) or else the default; None if neither says."""
+    annotation = parameter.annotation
+    if annotation is parameter.empty:
+        return type(parameter.default) if type(parameter.default) in EXPECTED else None
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kinds = [part.strip() for part in text.split("|") if part.strip() != "None"]
+    names = {kind.__name__: kind for kind in EXPECTED}
+    return names.get(kinds[0]) if len(kinds) == 1 else None
+
+
+def _convert(method: str, key: str, text: str, kind: type):
+    """`text` as `kind`; a value that is not one is a user error naming the method, parameter and type."""
+    try:
+        return _boolean(text) if kind is bool else kind(text)
+    except ValueError:
+        raise OnnxplainError(f"method {method}: parameter {key} must be {EXPECTED[kind]}, got {text!r}") from None
+
+
+def _boolean(text: str) -> bool:
+    """'true' or 'false' (any case)."""
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
 
 
 def _number(text: str):
-    """int, float or bool (true/false) where `text` reads as one, else the text."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
+    """For a parameter whose type the method does not declare: bool, int or float where `text` reads as one."""
+    for read in (_boolean, int, float):
         try:
-            return kind(text)
+            return read(text)
         except ValueError:
             pass
     return text
@@ -90,11 +121,21 @@ def build_methods(specs: list[str], progress: bool, options: dict) -> dict:
     return methods
 
 
-def default_methods() -> str:
-    names = [name for name in PREFERRED_METHODS if name in REGISTRY]
+def default_methods(model) -> tuple[str, str | None]:
+    """(lrp, gradient, sensitivity and smoothgrad, note): lrp is left out, with a note, when it does not cover the
+    model."""
+    names, note = [name for name in DEFAULT_METHODS if name in REGISTRY], None
+    if "lrp" in names:
+        from onnxplain.lrp import unsupported_ops
+
+        missing = unsupported_ops(model)
+        if missing:
+            names.remove("lrp")
+            note = (f"note: LRP does not cover {', '.join(sorted(missing)[:6])}; evaluated {', '.join(names)} "
+                    "(--methods picks others)")
     if not names:
         raise OnnxplainError(f"choose --methods from: {', '.join(sorted(REGISTRY))}")
-    return ",".join(names)
+    return ",".join(names), note
 
 
 def _split(value: str) -> list[str]:
@@ -106,23 +147,28 @@ def _split(value: str) -> list[str]:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--methods", default=None,
               help="Comma-separated methods, each NAME or NAME:key=value:... (e.g. lrp:composite=epsilon-gamma-box) "
-                   "[default: those of lrp, gradient, sensitivity, smoothgrad that are installed].")
+                   "[default: lrp, gradient, sensitivity, smoothgrad; lrp is left out, with a note, when it does "
+                   "not cover every op of the model].")
 @click.option("--metrics", default="aopc,apem", show_default=True, help="Comma-separated: aopc, apem.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="True labels: .npy (input order) or CSV 'input,label'.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.md/.csv/.json, per_image.csv and the plots.")
 @preprocess_option
-@click.option("--region", type=int, default=None, help="Region edge for perturbation [default: 9, less for small images so each axis "
-                                                    "has 8 regions; 1 for vectors].")
-@click.option("--steps", type=int, default=100, show_default=True, help="Perturbation steps L.")
+@click.option("--region", type=click.IntRange(1), default=None,
+              help="Region edge for perturbation [default: 9, less for small images so each axis has 8 regions; "
+                   "1 for vectors].")
+@click.option("--steps", type=click.IntRange(1), default=100, show_default=True, help="Perturbation steps L.")
 @click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
               help="Score tracked by region perturbation.")
 @click.option("--stage", type=click.IntRange(1, 3), default=2, show_default=True,
               help="APEM visualisation stage: 1 raw, 2 |R| clamped + channels summed, 3 times the input.")
-@click.option("--epsilon-step", type=float, default=1.0, show_default=True, help="APEM ε grid step.")
-@click.option("--max-steps", type=int, default=100_000, show_default=True, help="APEM ε search limit (steps).")
-@click.option("--shuffles", type=int, default=10, show_default=True, help="Shuffled maps per image (APEM_norm).")
+@click.option("--epsilon-step", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="APEM ε grid step.")
+@click.option("--max-steps", type=click.IntRange(1), default=100_000, show_default=True,
+              help="APEM ε search limit (steps).")
+@click.option("--shuffles", type=click.IntRange(1), default=10, show_default=True,
+              help="Shuffled maps per image (APEM_norm).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="Reference data for methods that take it (pda): a folder of images or an .npy batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
@@ -136,13 +182,16 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, r
     x, sources = load_inputs(inputs, loaded)
     truth = read_true_labels(labels, sources, loaded) if labels else None
     options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None}
-    chosen = build_methods(_split(methods or default_methods()), not quiet, options)
+    methods, note = (methods, None) if methods else default_methods(loaded)
+    chosen = build_methods(_split(methods), not quiet, options)
     evaluation = Evaluation(_split(metrics), region=region, steps=steps, score=score, stage=stage,
                             epsilon_step=epsilon_step, max_steps=max_steps, shuffles=shuffles, seed=seed,
                             progress=not quiet)
     report = evaluation.run(loaded, x, chosen, truth, [s.name for s in sources])
     if out:
         write_outputs(report, out, title=f"Evaluation of {model.name}")
+    if note:   # said once the work is done, so that an error stays the only line on stderr
+        click.echo(note, err=True)
     if as_json:
         click.echo(json.dumps(render.as_json(report), indent=2))
     else:

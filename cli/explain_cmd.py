@@ -57,7 +57,8 @@ def method_params(options: dict, model) -> dict:
 
 
 def default_method(model, given: dict) -> tuple[str, dict, str | None]:
-    """(method, extra parameters, note): LRP epsilon-plus when it covers every op, else prediction difference."""
+    """(method, extra parameters, why): LRP epsilon-plus when it covers every op, else prediction difference and the
+    reason LRP was passed over."""
     if "lrp" in REGISTRY:
         from onnxplain.lrp import unsupported_ops
 
@@ -73,7 +74,7 @@ def default_method(model, given: dict) -> tuple[str, dict, str | None]:
     if "pda" not in REGISTRY:
         raise OnnxplainError(f"{why}, and prediction difference is not available: choose --method "
                              f"({', '.join(method_names())})")
-    return "pda", {}, f"note: {why}; explaining with prediction difference (--method pda) instead"
+    return "pda", {}, why
 
 
 def build_method(name: str, params: dict, quiet: bool):
@@ -179,25 +180,31 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, layer: 
 @model_argument
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--method", default=None,
-              help="Explanation method (default: lrp with the epsilon-plus composite when LRP covers every op, "
-                   "else pda).")
+              help=f"Explanation method: {', '.join(method_names())} (default: lrp with the epsilon-plus composite "
+                   "when LRP covers every op, else pda).")
 @click.option("--target", default=None, help="top1 (default), a class index or label; with --layer: C or C,Y,X.")
 @click.option("--layer", default=None, help="Explain a hidden tensor (by name) instead of the class scores.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
 @preprocess_option
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
 @click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type or node-name glob).")
-@click.option("--window", type=int, default=None, help="PDA/occlusion window size k.")
-@click.option("--padding", type=int, default=None, help="PDA conditional-sampling padding (l = k + 2*padding).")
-@click.option("--samples", type=int, default=None, help="Samples per window (PDA) or noise samples (smoothgrad).")
-@click.option("--sampler", type=click.Choice(["marginal", "conditional"]), default=None, help="PDA sampler.")
+@click.option("--window", type=int, default=None,
+              help="Window size k: PDA (default 4), occlusion (default about 1/8 of the smallest axis).")
+@click.option("--padding", type=int, default=None,
+              help="PDA conditional-sampling padding, l = k + 2*padding (default 2).")
+@click.option("--samples", type=int, default=None,
+              help="Samples per window (PDA, default 10) or noisy copies (smoothgrad, default 25).")
+@click.option("--sampler", type=click.Choice(["marginal", "conditional"]), default=None,
+              help="PDA sampler (default conditional).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="Reference data (a folder of images or an .npy batch): PDA samples, occlusion's fill.")
-@click.option("--stride", type=int, default=None, help="Window stride (PDA, occlusion).")
+@click.option("--stride", type=int, default=None,
+              help="Window stride: PDA (default 1), occlusion (default window // 2).")
 @click.option("--fill", type=float, default=None, help="Occlusion fill value (model-input units; default 0).")
-@click.option("--seed", type=int, default=None, help="Random seed.")
-@click.option("--sigma", type=float, default=None, help="SmoothGrad noise, as a fraction of the input range.")
-@click.option("--steps", type=int, default=None, help="Integrated-gradients steps.")
+@click.option("--seed", type=int, default=None, help="Random seed (PDA, smoothgrad; default 0).")
+@click.option("--sigma", type=float, default=None,
+              help="SmoothGrad noise, as a fraction of the input range (default 0.15).")
+@click.option("--steps", type=int, default=None, help="Integrated-gradients steps (default 50).")
 @click.option("--baseline", default=None, help="Integrated-gradients baseline: min (default), zeros or a number.")
 @click.option("--device", default=None,
               help="Torch device (cpu, cuda, cuda:N) for LRP and gradient methods; for pda and occlusion it moves "
@@ -225,18 +232,18 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, ou
     loaded = load_model(model, preprocess)
     use_labels(loaded, labels)
     params = method_params(options, loaded)
-    chosen = method is None
+    chosen, why = method is None, None
     if chosen:
-        method, extra, note = default_method(loaded, params)
+        method, extra, why = default_method(loaded, params)
         params.update(extra)
-        if note:
-            click.echo(note, err=True)
     try:
         explainer = build_method(method, params, quiet)
     except OnnxplainError as error:
         if not chosen:
             raise
-        raise OnnxplainError(f"{error} (method {method}: this model's default; --method picks another)") from None
+        because = f"; {why}" if why else ""
+        raise OnnxplainError(f"{error} (method {method}: this model's default{because}; --method picks another)") \
+            from None
     goal = parse_target(loaded, target, layer)
     x, sources = load_inputs(inputs, loaded)
     loaded_s = time.perf_counter() - began
@@ -252,6 +259,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, ou
                "total_s": round(time.perf_counter() - began, 4)}
 
     rows = [report(loaded, r, s, t, layer, timings) for r, s, t in zip(records, sources, ranked)]
+    if why:   # said once the work is done, so that an error stays the only line on stderr
+        click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
     if as_json:
         echo_json(rows)
         return

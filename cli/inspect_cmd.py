@@ -35,36 +35,52 @@ def why_scores(model) -> str:
     return model.score_reason
 
 
+def value_row(value) -> dict:
+    """{name, type, shape} of a graph value; shape None where its rank is unknown, 'N' for a named batch axis and
+    '?' for a size shape inference does not know."""
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"name": value.name, "type": kind, "shape": None}
+    tensor = value.type.tensor_type
+    shape = None
+    if tensor.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else ("N" if d.dim_param and axis == 0 else "?")
+                 for axis, d in enumerate(tensor.shape.dim)]
+    return {"name": value.name, "type": helper.tensor_dtype_to_string(tensor.elem_type), "shape": shape}
+
+
+def tensors(proto) -> list[dict]:
+    """Every tensor a forward pass computes (the names `--layer` takes), in graph order, with the op that makes it;
+    type and shape where ONNX shape inference knows them."""
+    known = {value.name: value for value in [*proto.graph.value_info, *proto.graph.output]}
+    rows = []
+    for node in proto.graph.node:
+        for name in filter(None, node.output):
+            row = value_row(known[name]) if name in known else {"name": name, "type": None, "shape": None}
+            rows.append({**row, "op": node.op_type})
+    return rows
+
+
+def producer(proto) -> str:
+    """'name version', less the word 'None' that tf2onnx writes into the version for an unknown git hash."""
+    words = f"{proto.producer_name} {proto.producer_version}".split()
+    return " ".join(word for word in words if word != "None")
+
+
 def describe(model) -> dict:
     proto, original = model.proto, model.original
     ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in original.graph.node)
-    weights = {t.name for t in proto.graph.initializer}
-    parameters = count_parameters(proto)
-
-    def values(items, skip=()):
-        rows = []
-        for value in items:
-            if value.name in skip:
-                continue
-            kind = value.type.WhichOneof("value")
-            if kind == "tensor_type":
-                tensor = value.type.tensor_type
-                dims = ["N" if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
-                        for d in tensor.shape.dim]
-                rows.append({"name": value.name, "type": helper.tensor_dtype_to_string(tensor.elem_type), "shape": dims})
-            else:
-                rows.append({"name": value.name, "type": kind, "shape": None})
-        return rows
-
+    weights = {t.name for t in proto.graph.initializer} | {t.name for t in original.graph.initializer}
     return {
         "path": str(model.path),
-        "producer": f"{original.producer_name} {original.producer_version}".strip(),
+        "producer": producer(original),
         "ir_version": original.ir_version,
         "opsets": {o.domain or "ai.onnx": o.version for o in original.opset_import},
-        "inputs": values(original.graph.input, skip=weights | {t.name for t in original.graph.initializer}),
-        "outputs": values(original.graph.output),
+        "inputs": [value_row(v) for v in original.graph.input if v.name not in weights],
+        "outputs": [value_row(v) for v in original.graph.output],
+        "tensors": tensors(proto),
         "operators": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "parameters": parameters,
+        "parameters": count_parameters(proto),
         "class_scores": {"output": model.score_output, "kind": model.score_kind, "why": why_scores(model),
                          "logits": model.logits_output},
         "normalisation": model.notes,
@@ -73,11 +89,17 @@ def describe(model) -> dict:
     }
 
 
+def shape_text(shape: list | None) -> str:
+    return "x".join(map(str, shape)) if shape is not None else "-"
+
+
 @click.command("inspect")
 @model_argument
 @preprocess_option
+@click.option("--tensors", "list_tensors", is_flag=True,
+              help="List every tensor the model computes (the names --layer takes; always in --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect_command(model, preprocess, as_json):
+def inspect_command(model, preprocess, list_tensors, as_json):
     """Inputs, outputs, opsets, operators, parameters, and which output holds the class scores."""
     info = describe(load_model(model, preprocess))
     if as_json:
@@ -88,8 +110,14 @@ def inspect_command(model, preprocess, as_json):
     for title in ("inputs", "outputs"):
         click.echo(f"{title}:")
         for row in info[title]:
-            shape = "x".join(map(str, row["shape"])) if row["shape"] is not None else "-"
-            click.echo(f"  {row['name']:<24} {row['type']:<10} {shape}")
+            click.echo(f"  {row['name']:<24} {row['type']:<10} {shape_text(row['shape'])}")
+    if list_tensors:
+        click.echo("tensors (names for --layer):")
+        names, ops = (max((len(row[key]) for row in info["tensors"]), default=0) for key in ("name", "op"))
+        for row in info["tensors"]:
+            click.echo(f"  {row['name']:<{names}}  {row['op']:<{ops}}  {shape_text(row['shape'])}")
+    else:
+        click.echo(f"tensors: {len(info['tensors'])} (inspect --tensors lists them: the names --layer takes)")
     click.echo(f"parameters: {info['parameters']:,}")
     click.echo("operators: " + ", ".join(f"{k}×{v}" for k, v in info["operators"].items()))
     scores = info["class_scores"]

@@ -13,8 +13,10 @@ import torch
 
 from .errors import OnnxplainError
 from .ops.graph import Graph
-from .targets import Target, class_indices, hidden_values
+from .runtime import DEFAULT_BATCH_BYTES
+from .targets import Target, as_target, class_indices, hidden_values
 
+GPU_MEMORY_SHARE = 16  # a batch's budget on a CUDA device: this fraction of its free memory
 TOLERANCE = 1e-4  # largest relative difference to onnxruntime on the probe batch
 SCORE_TAIL = {"Normalizer", "Cast", "Identity", "Reshape", "Flatten", "Squeeze"}
 
@@ -97,6 +99,15 @@ class TorchExecutor:
         return max(relative_error(got[n].double().cpu().numpy(), reference[n]) for n in names)
 
     # ---------------------------------------------------------------- forward passes
+    def batch_size(self) -> int:
+        """Samples per batch: the model's CPU memory budget, or on a CUDA device a sixteenth of its free memory
+        (a GPU runs small batches at a fraction of its speed; the CPU budget would split a batch of 256 photos)."""
+        if self.device.type == "cuda":   # memory torch's allocator holds but no tensor uses counts as free
+            free, _ = torch.cuda.mem_get_info(self.device)
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return self.model.batch_size(max(free // GPU_MEMORY_SHARE, DEFAULT_BATCH_BYTES))
+        return self.model.batch_size()
+
     def tensor(self, x) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             return x.to(self.device)
@@ -143,9 +154,9 @@ class TorchExecutor:
     def gradient(self, x: np.ndarray, target: Target | None = None,
                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(d f(x) / dx shaped like x, f(x) (N,)): f is the target's logit (pre-softmax) or hidden value."""
-        target = target or Target()
+        target = as_target(self.model, target)
         x = self.model.check_input(x)
-        size = batch_size or self.model.batch_size()
+        size = batch_size or self.batch_size()
         grads, values = [], []
         for start in range(0, len(x), size):
             batch = self.tensor(x[start:start + size]).requires_grad_(True)

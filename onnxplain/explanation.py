@@ -40,5 +40,27 @@ class Method(ABC):
         """Explain each sample of the batch `x` (default target: its top-1 class)."""
 
     def attribute(self, model, x: np.ndarray, target=None) -> np.ndarray:
-        """Relevance shaped like `x` (what `explain` returns as `relevance`)."""
+        """Relevance shaped like `x` (what `explain` returns as `relevance`), Captum-style: `target` is a Target, a
+        class index or label, or one class (index or label) per sample."""
+        from .errors import OnnxplainError
+        from .targets import Target, as_target
+
+        if isinstance(target, Target) or np.ndim(target) == 0:
+            return self._attribute(model, x, as_target(model, target))
+        x = model.check_input(x)
+        values = target.tolist() if hasattr(target, "tolist") else list(target)   # numpy arrays, torch tensors
+        classes = np.array([as_target(model, t).index for t in np.asarray(values, dtype=object).reshape(-1)])
+        if any(c is None for c in classes):
+            raise OnnxplainError("one class per sample: each target must be a class index or label")
+        if len(classes) != len(x):
+            raise OnnxplainError(f"{len(classes)} targets for {len(x)} samples: give one class per sample")
+        relevance = None
+        for index in np.unique(classes):     # each sample's map depends on that sample alone: run class by class
+            rows = np.flatnonzero(classes == index)
+            part = self._attribute(model, x[rows], Target(index=int(index)))
+            relevance = np.empty((len(x),) + part.shape[1:], dtype=part.dtype) if relevance is None else relevance
+            relevance[rows] = part
+        return relevance
+
+    def _attribute(self, model, x: np.ndarray, target) -> np.ndarray:
         return self.explain(model, x, target).relevance

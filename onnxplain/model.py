@@ -247,6 +247,8 @@ class Model:
         if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:])):
             shown = "x".join("N" if d is None else str(d) for d in expected)
             raise OnnxplainError(f"{what} shape {'x'.join(map(str, x.shape))} does not fit the model's {shown}")
+        if len(x) == 0:
+            raise OnnxplainError(f"{what} is an empty batch: no samples")
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise OnnxplainError(f"{what} dtype {x.dtype} is not a real number type")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
@@ -93,10 +94,21 @@ PROGRESS_DELAY_S = 0.5  # bars appear only for work that lasts longer: long jobs
 
 
 def progress_bar(iterable=None, **options):
-    """A tqdm bar (notebook-aware) that shows only after PROGRESS_DELAY_S and clears itself when done."""
+    """A tqdm bar (notebook-aware) that shows only after PROGRESS_DELAY_S and clears itself when done; off where
+    stderr is no terminal (a log file, a pipe), which would collect every frame."""
     from tqdm.auto import tqdm
 
+    if not bars_visible(tqdm):
+        options["disable"] = True
     return tqdm(iterable, delay=PROGRESS_DELAY_S, leave=False, **options)
+
+
+def bars_visible(tqdm_class) -> bool:
+    """Whether a bar has somewhere to draw: a notebook, or stderr on a terminal."""
+    from tqdm.notebook import tqdm_notebook
+
+    stream = sys.stderr
+    return issubclass(tqdm_class, tqdm_notebook) or bool(getattr(stream, "isatty", lambda: False)())
 
 
 @contextmanager

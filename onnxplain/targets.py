@@ -30,18 +30,30 @@ def parse_target(model, target: str | int | None = None, layer: str | None = Non
     """From CLI/API values: target 'top1' | index | label, or for a layer 'C' (channel) or 'C,Y,X' (unit)."""
     if layer is not None:
         if layer not in model.tensor_names and layer not in model.output_names:
-            raise OnnxplainError(f"no tensor named {layer!r} in this model (see `onnxplain inspect --json`)")
+            raise OnnxplainError(f"no tensor named {layer!r} in this model (`onnxplain inspect --tensors` lists them)")
         if target is None or target == "top1":
             raise OnnxplainError("a --layer target needs --target CHANNEL or --target C,Y,X (a unit)")
         parts = [p for p in str(target).split(",") if p != ""]
-        if not all(p.strip().lstrip("-").isdigit() for p in parts):
-            raise OnnxplainError(f"--target for a layer must be integers, got {target!r}")
+        if not all(p.strip().isdecimal() for p in parts):
+            raise OnnxplainError(f"--target for a layer must be non-negative integers, got {target!r}")
         values = tuple(int(p) for p in parts)
         return Target(layer, values[0], values if len(values) > 1 else None)
     if target is None or target == "top1":
         return Target()
     index = model.class_index(target)
     return Target(None, index)
+
+
+def as_target(model, target) -> Target:
+    """A method's `target` argument as a Target: a Target, None (top-1), a class index or a class label."""
+    if target is None or isinstance(target, Target):
+        return target or Target()
+    if np.ndim(target) == 0 and hasattr(target, "item"):   # a 0-d array or tensor
+        target = target.item()
+    if isinstance(target, (int, np.integer, str)) and not isinstance(target, (bool, np.bool_)):
+        return parse_target(model, target if isinstance(target, str) else int(target))
+    raise OnnxplainError(f"target must be a Target, a class index or a class label, not {type(target).__name__} "
+                         "(one class per sample: attribute(model, x, target=[...]))")
 
 
 def class_indices(model, scores: np.ndarray, target: Target) -> np.ndarray:
@@ -62,8 +74,11 @@ def hidden_values(values: np.ndarray, target: Target) -> np.ndarray:
         raise OnnxplainError(f"channel {target.index} is out of range for tensor {target.layer!r} "
                              f"of shape {tuple(values.shape[1:])}")
     if target.unit is not None:
-        if len(target.unit) != values.ndim - 1:
-            raise OnnxplainError(f"unit {target.unit} needs {values.ndim - 1} indices for {target.layer!r}")
+        shape = tuple(values.shape[1:])
+        if len(target.unit) != len(shape):
+            raise OnnxplainError(f"unit {target.unit} needs {len(shape)} indices for {target.layer!r}")
+        if not all(0 <= u < n for u, n in zip(target.unit, shape)):
+            raise OnnxplainError(f"unit {target.unit} is out of range for tensor {target.layer!r} of shape {shape}")
         return values[(slice(None),) + tuple(target.unit)]
     return values[:, target.index].reshape(len(values), -1).mean(axis=1)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,28 @@ def test_inspect_zipmap_model(digits_logreg):
     info = json.loads(result.stdout)
     assert info["class_scores"]["kind"] == "probabilities"
     assert "ai.onnx.ml.ZipMap" in info["operators"] and "ai.onnx.ml.LinearClassifier" in info["operators"]
+
+
+def test_inspect_lists_the_tensors_that_layer_takes(digits_cnn):
+    import onnxplain
+
+    info = json.loads(run("inspect", digits_cnn, "--json").stdout)
+    assert [row["name"] for row in info["tensors"]] == onnxplain.load(digits_cnn).tensor_names
+    relu = next(row for row in info["tensors"] if row["name"] == "relu_1")
+    assert relu == {"name": "relu_1", "type": "TensorProto.FLOAT", "shape": ["N", 16, 14, 14], "op": "Relu"}
+    plain = run("inspect", digits_cnn)
+    assert plain.exit_code == 0 and "tensors: 10 (inspect --tensors" in plain.stdout and "relu_1" not in plain.stdout
+    listed = run("inspect", digits_cnn, "--tensors")
+    assert listed.exit_code == 0 and re.search(r"^  relu_1 +Relu +Nx16x14x14$", listed.stdout, re.MULTILINE)
+
+
+def test_inspect_tf2onnx_model_producer_and_unknown_sizes(digits_cnn):
+    keras_tf = digits_cnn.parent / "digits_keras_tf.onnx"
+    info = json.loads(run("inspect", keras_tf, "--json").stdout)
+    assert info["producer"] == "tf2onnx 1.17.0"  # the file says '1.17.0 None'
+    shapes = {row["name"]: row["shape"] for row in info["tensors"]}
+    assert shapes["sequential_1/flatten_1/Reshape:0"] == ["N", "?"]  # a named size shape inference cannot tell
+    assert "(producer: tf2onnx 1.17.0, IR 8" in run("inspect", keras_tf).stdout
 
 
 def test_predict_agrees_with_plain_onnxruntime(digits_cnn):

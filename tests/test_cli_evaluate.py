@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -90,12 +91,32 @@ def test_method_parameters_in_the_spec(digits_cnn, inputs):
     assert row["aopc_morf"] == pytest.approx(aopc(region_perturbation(model, x, relevance, steps=5)), rel=1e-6)
 
 
-def test_method_specs_read_numbers_and_booleans():
+def test_method_specs_read_values_as_the_method_types_them():
     from onnxplain.cli.evaluate_cmd import parse_method
 
     assert parse_method("lrp:report=false:epsilon=0.25:composite=lrp-0") == \
         ("lrp", {"report": False, "epsilon": 0.25, "composite": "lrp-0"})
     assert parse_method("occlusion:window=7:stride=7") == ("occlusion", {"window": 7, "stride": 7})
+    _, params = parse_method("smoothgrad:sigma=1:samples=3")
+    assert type(params["sigma"]) is float and type(params["samples"]) is int
+    assert parse_method("integrated-gradients:baseline=0") == ("integrated-gradients", {"baseline": "0"})  # str
+    assert parse_method("lrp:low=-1:high=1.5") == ("lrp", {"low": -1, "high": 1.5})  # untyped: read as numbers
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("smoothgrad:samples=abc", "method smoothgrad: parameter samples must be an integer, got 'abc'"),
+    ("smoothgrad:sigma=abc", "method smoothgrad: parameter sigma must be a number, got 'abc'"),
+    ("occlusion:window=abc", "method occlusion: parameter window must be an integer, got 'abc'"),
+    ("pda:window=abc", "method pda: parameter window must be an integer, got 'abc'"),
+    ("lrp:epsilon=abc", "method lrp: parameter epsilon must be a number, got 'abc'"),
+    ("integrated-gradients:steps=1.5", "method integrated-gradients: parameter steps must be an integer, got '1.5'"),
+    ("lrp:report=maybe", "method lrp: parameter report must be true or false, got 'maybe'"),
+])
+def test_method_parameter_of_the_wrong_type_is_one_line(digits_cnn, inputs, spec, message):
+    folder, _, _ = inputs
+    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, "--methods", spec)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [f"onnxplain: error: {message}"]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -103,6 +124,10 @@ def test_method_specs_read_numbers_and_booleans():
     (["--metrics", "aopc,beauty"], "unknown metric"),
     (["--labels", "missing.csv"], "labels file not found"),
     (["--methods", "occlusion:window"], "not key=value"),
+    (["--region", "0"], "'--region': 0 is not in the range x>=1"),
+    (["--steps", "0"], "'--steps': 0 is not in the range x>=1"),
+    (["--shuffles", "0"], "'--shuffles': 0 is not in the range x>=1"),
+    (["--epsilon-step", "0"], "'--epsilon-step': 0.0 is not in the range x>0"),
 ])
 def test_user_errors_exit_2(digits_cnn, inputs, extra, message):
     folder, _, _ = inputs
@@ -115,3 +140,32 @@ def test_labels_missing_an_input_is_a_user_error(digits_cnn, inputs, tmp_path):
     (tmp_path / "partial.csv").write_text("batch.npy[0],3\n")
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--labels", tmp_path / "partial.csv", *COMMON)
     assert result.exit_code == 2 and "no label for input batch.npy[1]" in result.output
+
+
+def test_default_methods_leave_out_lrp_where_it_does_not_cover_the_model(digits_cnn_model, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.cli.evaluate_cmd import default_methods
+
+    assert default_methods(digits_cnn_model) == ("lrp,gradient,sensitivity,smoothgrad", None)
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis"], ["x3"]),
+             helper.make_node("InstanceNormalization", ["x3", "s", "b"], ["h"]),  # onnx2torch runs it, LRP cannot
+             helper.make_node("Flatten", ["h"], ["flat"]), helper.make_node("Gemm", ["flat", "w"], ["logits"])]
+    constants = [numpy_helper.from_array(np.array([1], np.int64), "axis"),
+                 numpy_helper.from_array(np.ones(1, np.float32), "s"),
+                 numpy_helper.from_array(np.zeros(1, np.float32), "b"),
+                 numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "instnorm.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32))
+    result = run("evaluate", tmp_path / "instnorm.onnx", tmp_path / "x.npy", "--metrics", "aopc", "--steps", "3",
+                 "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "LRP does not cover" in result.stderr and "InstanceNormalization" in result.stderr
+    methods = [row["method"] for row in json.loads(result.stdout)["summary"]]
+    assert methods[:3] == ["gradient", "sensitivity", "smoothgrad"] and not any("lrp" in m for m in methods)
+    failed = run("evaluate", tmp_path / "instnorm.onnx", tmp_path / "missing.npy", "--quiet")
+    assert failed.exit_code == 2 and len(failed.stderr.strip().splitlines()) == 1   # the error alone, no note

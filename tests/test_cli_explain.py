@@ -214,12 +214,25 @@ def test_default_falls_back_to_prediction_difference_with_a_note(tmp_path, sampl
     assert json.loads(result.stdout)[0]["method"] == "pda"
 
 
+def sin_model() -> onnx.ModelProto:
+    """A 28x28 classifier with a Sin node, which LRP has no rule for (the default method falls back to PDA)."""
+    weight = numpy_helper.from_array(np.ones((784, 10), np.float32) / 784, "w")
+    shape = numpy_helper.from_array(np.array([-1, 784], np.int64), "shape")
+    nodes = [helper.make_node("Sin", ["x"], ["s"]), helper.make_node("Reshape", ["s", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "sin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 28, 28])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])],
+                              [weight, shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def bad_cases(tmp_path, digits_cnn, samples):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"garbage" * 50)
     not_image = tmp_path / "photo.png"
     not_image.write_text("this is text, not a PNG")
     np.save(tmp_path / "wrong.npy", np.zeros((3, 28, 28), np.float32))
+    onnx.save(sin_model(), tmp_path / "sin.onnx")
     np.save(tmp_path / "nan.npy", np.full((1, 28, 28), np.nan, np.float32))
     np.save(tmp_path / "flat.npy", np.zeros((3, 5), np.float32))
     np.save(tmp_path / "complex.npy", np.zeros((1, 28, 28), np.complex64))
@@ -245,6 +258,22 @@ def bad_cases(tmp_path, digits_cnn, samples):
         "unknown option": ([digits_cnn, good, *occlusion, "--bogus", "1"], "No such option"),
         "class out of range": ([digits_cnn, good, *occlusion, "--target", "42"], "out of range"),
         "unknown label": ([digits_cnn, good, *occlusion, "--target", "cat"], "unknown class 'cat'"),
+        "unit out of range": ([digits_cnn, good, *occlusion, "--layer", "relu_1", "--target", "0,99,99"],
+                              "unit (0, 99, 99) is out of range for tensor 'relu_1' of shape (16, 14, 14)"),
+        "negative unit": ([digits_cnn, good, "--method", "gradient", "--layer", "relu_1", "--target", "0,-1,-1"],
+                          "must be non-negative integers"),
+        "fill that is not finite": ([digits_cnn, good, *occlusion, "--fill", "nan"], "--fill must be a finite"),
+        "baseline that is not finite": ([digits_cnn, good, "--method", "integrated-gradients", "--baseline", "inf"],
+                                        "baseline contains NaN or Inf"),
+        "negative epsilon": ([digits_cnn, good, "--rule", "Gemm=epsilon:-1"], "non-negative numbers"),
+        "PDA samples below 1": ([digits_cnn, good, *pda, "--samples", "0", "--reference",
+                                 samples / "digits_reference_cnn.npy"],
+                                "samples must be at least 1, got 0"),
+        "missing input after a fallback": ([tmp_path / "sin.onnx", good, tmp_path / "none.png", "--reference",
+                                            samples / "digits_reference_cnn.npy"], "not found"),
+        "unknown composite after a fallback": (
+            [tmp_path / "sin.onnx", good, "--composite", "nope"],
+            "this model's default; LRP does not cover ops outside the registry: Sin"),
     }
 
 
@@ -252,7 +281,10 @@ def bad_cases(tmp_path, digits_cnn, samples):
                                   "complex numbers", "text as .npy",
                                   "array of another rank", "reference of another shape", "unknown composite",
                                   "unknown method", "option of another method", "unknown option",
-                                  "class out of range", "unknown label"])
+                                  "class out of range", "unknown label", "unit out of range", "negative unit",
+                                  "fill that is not finite", "baseline that is not finite", "negative epsilon",
+                                  "PDA samples below 1", "unknown composite after a fallback",
+                                  "missing input after a fallback"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, digits_cnn, samples):
     args, message = bad_cases(tmp_path, digits_cnn, samples)[case]
     result = run("explain", *args, "--out", tmp_path / "out", "--save-npy", tmp_path / "npy", "--quiet")

@@ -3,6 +3,8 @@ batch, refusal to write a model that does not match, and the CLI's trust rules (
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -239,6 +241,81 @@ def test_cli_sklearn_needs_trust_pickle(tmp_path, digits):
                   "--out", tmp_path / "nb.onnx")
     assert done.exit_code == 0, done.output
     assert "match the source model" in done.stdout and (tmp_path / "nb.onnx").exists()
+
+
+def test_cli_sklearn_names_the_extra_when_its_packages_are_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as on an install without scikit-learn (and so joblib)
+    monkeypatch.setitem(sys.modules, "joblib", None)
+    monkeypatch.setitem(sys.modules, "skl2onnx", None)
+    (tmp_path / "m.pkl").write_bytes(b"not read")
+    result = invoke("convert", "sklearn", tmp_path / "m.pkl", "--trust-pickle", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["onnxplain: error: converting a scikit-learn model needs joblib, "
+                                          "scikit-learn and skl2onnx, not installed: pip install joblib scikit-learn "
+                                          "skl2onnx (or install onnxplain with its [convert] extra)"]
+
+
+def test_cli_sklearn_pickle_of_a_missing_package_names_it(tmp_path):
+    (tmp_path / "m.pkl").write_bytes(b"cmissing_package\nThing\n.")  # a pickled reference to missing_package.Thing
+    result = invoke("convert", "sklearn", tmp_path / "m.pkl", "--trust-pickle", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "needs the module 'missing_package', which is not installed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_convert_extra_holds_what_the_messages_promise():
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == "onnxplain"
+    extra = " ".join(pyproject["project"]["optional-dependencies"]["convert"])
+    assert all(package in extra for package in ("scikit-learn", "skl2onnx", "onnxscript"))
+
+
+FFT_SOURCE = """
+import torch
+
+
+class Spectrum(torch.nn.Module):
+    def forward(self, x):
+        return torch.fft.fft(x.flatten(1)).abs()  # the TorchScript exporter has no ONNX op for aten::fft_fft
+
+
+def make():
+    return Spectrum()
+"""
+
+
+NEEDS_ONNXSCRIPT = ("the dynamo exporter needs onnxscript, which is not installed (pip install onnxscript, or "
+                    "install onnxplain with its [convert] extra)")
+
+
+@pytest.fixture
+def without_onnxscript(monkeypatch):
+    """As on an install without onnxscript: the dynamo exporter fails to import it, the TorchScript one runs."""
+    real_export = torch.onnx.export
+
+    def export(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+
+
+def test_cli_pytorch_without_onnxscript_says_so(tmp_path, without_onnxscript, capfd):
+    (tmp_path / "fft.py").write_text(FFT_SOURCE)
+    (tmp_path / "net.py").write_text(NET_SOURCE)
+    failed = invoke("convert", "pytorch", f"{tmp_path / 'fft.py'}:make", "--input-shape", "1,3,3",
+                    "--out", tmp_path / "fft.onnx")
+    assert failed.exit_code == 2
+    [line] = failed.stderr.strip().splitlines()
+    assert line.startswith(f"onnxplain: error: {NEEDS_ONNXSCRIPT}; the TorchScript exporter, tried instead, "
+                           "failed: UnsupportedOperatorError"), line
+    assert "Torch IR graph" not in capfd.readouterr().out  # the exporter's graph dump stays off the terminal
+    done = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6",
+                  "--out", tmp_path / "net.onnx")
+    assert done.exit_code == 0 and "(TorchScript)" in done.stdout, done.output
+    assert done.stderr.strip() == f"note: written by the TorchScript exporter: {NEEDS_ONNXSCRIPT}"
 
 
 def test_cli_pytorch_factory_and_state_dict(tmp_path):

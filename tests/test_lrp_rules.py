@@ -219,3 +219,25 @@ def test_rules_that_cannot_apply_are_user_errors(digits_cnn, rules, message):
     x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:2]
     with pytest.raises(OnnxplainError, match=message):
         LRP(rules=rules, progress=False).explain(model, x)
+
+
+def test_positivity_statistics_match_a_per_sample_numpy_reference():
+    """The negative share and the histogram of negative relevance (scaled by max |R|), computed for all samples
+    at once in torch, against np.histogram sample by sample, values on and beside every bin edge included."""
+    import torch
+
+    from onnxplain.lrp.method import HISTOGRAM_BINS, positivity
+
+    edges = np.linspace(-1.0, 0.0, HISTOGRAM_BINS + 1)
+    on_edges = np.concatenate([edges, np.nextafter(edges, 1), np.nextafter(edges, -1), [-1e-300, 0.5, 1.0]])
+    rng = np.random.default_rng(0)
+    cases = [rng.standard_normal((5, 3, 8, 8)), np.stack([on_edges, np.zeros_like(on_edges)]),
+             rng.integers(-10, 10, (6, 40)) / 10, -np.ones((2, 5)),
+             np.array([[1e300, -1e-30]])]   # a ratio that underflows to -0.0 still counts as negative
+    for relevance in cases:
+        found = positivity(torch.from_numpy(relevance))
+        for row, fraction, histogram in zip(relevance.reshape(len(relevance), -1), found["negative_fraction"],
+                                            found["negative_histogram"]):
+            counts, bins = np.histogram(row[row < 0] / np.abs(row).max(), bins=HISTOGRAM_BINS, range=(-1.0, 0.0))
+            assert histogram["counts"] == counts.tolist() and histogram["edges"] == bins.round(3).tolist()
+            assert fraction == pytest.approx(-row[row < 0].sum() / max(np.abs(row).sum(), 1e-300), rel=1e-12)

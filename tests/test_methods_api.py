@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import onnxplain
+from onnxplain.errors import OnnxplainError
 from onnxplain.explanation import Method
 from onnxplain.methods import make_method, method_names
 from onnxplain.targets import Target
@@ -34,3 +35,40 @@ def test_attribute_returns_explains_relevance(name, digits_cnn):
     assert relevance.shape == x.shape and np.abs(relevance).max() > 0
     np.testing.assert_array_equal(relevance, explanation.relevance)
     assert explanation.method == name
+
+
+@pytest.mark.parametrize("name", ["lrp", "gradient", "occlusion"])
+def test_attribute_takes_a_class_index_a_label_or_one_class_per_sample(name, digits_cnn):
+    """Captum-style targets: an int or a label for all samples, or one class per sample (each sample's map then is
+    the one it gets explained alone for its class)."""
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:4]
+    method = make_method(name, progress=False, **SMALL.get(name, {}))
+    by_target = method.attribute(model, x, Target(index=3))
+    np.testing.assert_array_equal(method.attribute(model, x, target=3), by_target)
+    np.testing.assert_array_equal(method.attribute(model, x, target="3"), by_target)
+    classes = [3, 5, 1, 3]
+    each = np.concatenate([method.attribute(model, x[i:i + 1], Target(index=c)) for i, c in enumerate(classes)])
+    np.testing.assert_allclose(method.attribute(model, x, target=np.array(classes)), each, rtol=1e-5, atol=1e-7)
+    with pytest.raises(OnnxplainError, match="2 targets for 4 samples"):
+        method.attribute(model, x, target=[1, 2])
+    with pytest.raises(OnnxplainError, match="one class per sample"):
+        method.explain(model, x, target=[3, 5, 1, 3])
+    with pytest.raises(OnnxplainError, match="not bool"):
+        method.attribute(model, x, target=True)
+    np.testing.assert_array_equal(method.attribute(model, x, target=np.array(3)), by_target)
+    model.labels = [f"digit {d}" for d in range(10)]   # labels that are not the indices' own spelling
+    np.testing.assert_array_equal(method.attribute(model, x, target="digit 3"), by_target)
+    np.testing.assert_allclose(method.attribute(model, x, target=[f"digit {c}" for c in classes]), each,
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_an_empty_batch_is_refused_with_a_clear_error(name, digits_cnn):
+    model = onnxplain.load(digits_cnn)
+    samples = digits_cnn.parent / "samples"
+    options = dict(SMALL.get(name, {}))
+    if name == "pda":
+        options["reference"] = np.load(samples / "digits_reference_cnn.npy")[:10]
+    with pytest.raises(OnnxplainError, match="empty batch"):
+        make_method(name, progress=False, **options).explain(model, np.zeros((0, 1, 28, 28), np.float32))

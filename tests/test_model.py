@@ -186,3 +186,18 @@ def test_class_count_multiplies_the_non_batch_axes(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
     model = onnxplain.load(path)
     assert model.class_count() == 3 and model.scores(np.ones((2, 3, 4, 4), np.float32)).shape == (2, 3)
+
+
+def test_torch_batches_on_a_gpu_take_a_share_of_its_free_memory(digits_cnn, monkeypatch):
+    """On CUDA the executor sizes batches from the device's free memory (1/16), not from the CPU budget."""
+    import torch
+
+    from onnxplain.executor import GPU_MEMORY_SHARE
+
+    model = onnxplain.load(digits_cnn)
+    executor = model.torch()
+    assert executor.batch_size() == model.batch_size()
+    free = 64 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+    monkeypatch.setattr(executor, "device", torch.device("cuda"))
+    assert executor.batch_size() == model.batch_size(free // GPU_MEMORY_SHARE) > 10 * model.batch_size()

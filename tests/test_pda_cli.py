@@ -110,10 +110,12 @@ def test_cli_pda_on_a_nifti_volume_writes_a_relevance_volume(tmp_path):
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_long_work_shows_a_bar_with_an_eta_unless_quiet(digits_cnn, monkeypatch, quiet):
-    """Bars appear once work has lasted PROGRESS_DELAY_S (set to 0 here, so even this short job counts as long)."""
+    """Bars appear on a terminal once work has lasted PROGRESS_DELAY_S (set to 0 here, so even this short job counts
+    as long)."""
     import onnxplain.runtime
 
     monkeypatch.setattr(onnxplain.runtime, "PROGRESS_DELAY_S", 0)
+    monkeypatch.setattr(onnxplain.runtime, "bars_visible", lambda tqdm_class: True)   # stderr as a terminal
     samples = digits_cnn.parent / "samples"
     args = ["explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "pda", "--window", 4, "--samples", 2,
             "--stride", 4, "--reference", samples / "digits_reference_cnn.npy", "--json"]
@@ -121,3 +123,14 @@ def test_long_work_shows_a_bar_with_an_eta_unless_quiet(digits_cnn, monkeypatch,
     assert result.exit_code == 0, result.output
     shown = "prediction difference" in result.stderr and "<" in result.stderr  # tqdm's [elapsed<remaining]
     assert shown != quiet
+
+
+def test_no_bars_where_stderr_is_no_terminal(digits_cnn, monkeypatch):
+    """Redirected to a file or a pipe (here: the test runner's buffer), stderr gets no bar frames, --quiet or not."""
+    import onnxplain.runtime
+
+    monkeypatch.setattr(onnxplain.runtime, "PROGRESS_DELAY_S", 0)
+    samples = digits_cnn.parent / "samples"
+    result = run("explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "pda", "--window", 4, "--samples", 2,
+                 "--stride", 4, "--reference", samples / "digits_reference_cnn.npy", "--json")
+    assert result.exit_code == 0 and result.stderr == "", result.stderr

@@ -92,6 +92,10 @@ def to_model_inputs(path: Path, model) -> np.ndarray:
             shown = "x".join("N" if d is None else str(d) for d in model.input_shape)
             raise OnnxplainError(f"{path}: an array of shape {'x'.join(map(str, array.shape))} is neither a batch "
                                  f"of this model's input ({shown}) nor one sample of it")
+        sample = model.input_shape[1:]
+        if array.ndim == rank - 1 and any(d is not None and d != n for d, n in zip(sample, array.shape)):
+            raise OnnxplainError(f"{path}: one sample of shape {'x'.join(map(str, array.shape))} does not fit the "
+                                 f"model's {'x'.join('?' if d is None else str(d) for d in sample)} per sample")
         return array if array.ndim == rank else array[None]
     if kind == "nifti":
         return volume_to_tensor(read_nifti(path)[0], model)[None]

@@ -17,6 +17,7 @@ with optional parameters: `epsilon:0.25`, `gamma:0.5`, `alpha2beta1`, `alphabeta
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 
@@ -66,6 +67,8 @@ def make_rule(spec: str, params: Params = Params()) -> rules.Rule:
         values = [float(v) for v in args.split(",")] if args else []
     except ValueError:
         raise OnnxplainError(f"rule {spec!r}: parameters must be numbers") from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise OnnxplainError(f"rule {spec!r}: parameters must be non-negative numbers")
     match = re.fullmatch(r"alpha([\d.]+)beta([\d.]+)", name)
     if match:
         name, values = "alphabeta", [float(match.group(1)), float(match.group(2))]

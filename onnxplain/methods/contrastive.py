@@ -28,7 +28,7 @@ import torch
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method
 from ..runtime import progress_bar
-from ..targets import Target
+from ..targets import Target, as_target
 from .lagrangian import AugmentedLagrangian, Evaluation
 
 FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16
@@ -200,8 +200,8 @@ class CDeepEx(Method):
             Generator(self.generator, model, self.device)
         executor = model.torch(self.device)
         llh_input = np.log(np.clip(softmax_if_logits(model, x), 1e-30, None))
-        true, probe = self.classes(llh_input, target)
-        size = self.batch_size or max(1, model.batch_size() // self.restarts)
+        true, probe = self.classes(llh_input, as_target(model, target))
+        size = self.batch_size or max(1, executor.batch_size() // self.restarts)
         starts = torch.randn((len(x), self.restarts, *generator.latent_shape),
                              generator=torch.Generator().manual_seed(self.seed))
         parts = []

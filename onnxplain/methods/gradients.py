@@ -13,7 +13,7 @@ from ..errors import OnnxplainError
 from ..executor import input_bounds
 from ..explanation import Explanation, Method
 from ..runtime import progress_bar
-from ..targets import Target, class_indices
+from ..targets import Target, as_target, class_indices
 
 
 def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarray,
@@ -44,7 +44,7 @@ class GradientMethod(Method):
         return {}
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
-        target = target or Target()
+        target = as_target(model, target)
         x = model.check_input(x)
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"gradients need a floating-point input; this model takes {x.dtype}")
@@ -60,7 +60,7 @@ class GradientMethod(Method):
         return grads, values, {}
 
     def gradient(self, executor, model, x, target, classes, total: int):
-        size = self.batch_size or model.batch_size()
+        size = self.batch_size or executor.batch_size()
         with self.bar(total) as bar:
             return batched_gradient(executor, x, target, classes, size, bar)
 
@@ -104,9 +104,11 @@ class SmoothGrad(GradientMethod):
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over `samples` noisy copies x + N(0, s^2).
 
     s = sigma * (high - low): `sigma` is a fraction of the input range, taken per channel from the preprocessing
-    spec's `value_range()`, or from each sample's own (max - min) when the model has no spec. The noise is drawn
-    from a torch generator seeded with `seed`, sample after sample ((samples, *input) each), so a result depends
-    on the seed only - not on the batch size - and matches Captum's NoiseTunnel after `torch.manual_seed(seed)`.
+    spec's `value_range()`, or from each sample's own (max - min) when the model has no spec. Each sample's noise,
+    (samples, *input), is drawn from a torch generator seeded with `seed`: every input gets the same standard
+    normal draws, scaled by its own s, so a sample's map depends on the seed and that sample alone (not on the batch
+    size, nor on the other inputs of the call), and matches Captum's NoiseTunnel on that sample after
+    `torch.manual_seed(seed)`.
     """
 
     name = "smoothgrad"
@@ -116,7 +118,7 @@ class SmoothGrad(GradientMethod):
         super().__init__(device, batch_size, progress)
         if samples < 1:
             raise OnnxplainError(f"--samples must be at least 1, got {samples}")
-        if not sigma >= 0:
+        if not (np.isfinite(sigma) and sigma >= 0):
             raise OnnxplainError(f"--sigma must be a non-negative fraction of the input range, got {sigma}")
         self.samples, self.sigma, self.seed = samples, sigma, seed
 
@@ -135,21 +137,22 @@ class SmoothGrad(GradientMethod):
 
     def relevance_map(self, executor, model, x, target, classes):
         scale = self.noise_scale(model, x)
-        generator = torch.Generator().manual_seed(self.seed)
-        per_batch = max(1, (self.batch_size or model.batch_size()) // self.samples)
+        per_batch = max(1, (self.batch_size or executor.batch_size()) // self.samples)
         size = self.samples * per_batch
         relevance, values = np.empty_like(x), np.empty(len(x))
         with self.bar(len(x) * self.samples) as bar:
             for start in range(0, len(x), per_batch):
                 rows = np.arange(start, min(start + per_batch, len(x)))
-                noisy = np.concatenate([x[i] + self._noise(generator, scale[i]) for i in rows]).astype(x.dtype)
+                noisy = np.concatenate([x[i] + self._noise(scale[i]) for i in rows]).astype(x.dtype)
                 repeated = np.repeat(classes[rows], self.samples)
                 grads, _ = batched_gradient(executor, noisy, target, repeated, size, bar)
                 relevance[rows] = grads.reshape(len(rows), self.samples, *x.shape[1:]).mean(axis=1)
-        _, values = batched_gradient(executor, x, target, classes, self.batch_size or model.batch_size())
+        _, values = batched_gradient(executor, x, target, classes, self.batch_size or executor.batch_size())
         return relevance, values, {"noise_std": scale.reshape(len(x), -1).mean(axis=1)}
 
-    def _noise(self, generator: torch.Generator, scale: np.ndarray) -> np.ndarray:
+    def _noise(self, scale: np.ndarray) -> np.ndarray:
+        """One sample's noise: its own stream from `seed`."""
+        generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn((self.samples,) + scale.shape, generator=generator, dtype=torch.float32)
         return noise.numpy() * scale.astype(np.float32)
 
@@ -200,6 +203,8 @@ class IntegratedGradients(GradientMethod):
             except ValueError:
                 raise OnnxplainError(f"baseline must be 'min', 'zeros', a number or an array, not {value!r}") from None
         array = np.asarray(value, dtype=x.dtype)
+        if not np.isfinite(array).all():
+            raise OnnxplainError("the integrated-gradients baseline contains NaN or Inf values")
         try:
             return np.broadcast_to(array, x.shape).copy()
         except ValueError:
@@ -208,7 +213,7 @@ class IntegratedGradients(GradientMethod):
     def relevance_map(self, executor, model, x, target, classes):
         baseline = self.baseline_batch(model, x)
         alphas, weights = self.quadrature()
-        per_batch = max(1, (self.batch_size or model.batch_size()) // self.steps)
+        per_batch = max(1, (self.batch_size or executor.batch_size()) // self.steps)
         relevance = np.empty_like(x)
         with self.bar(len(x) * self.steps) as bar:
             for start in range(0, len(x), per_batch):
@@ -220,7 +225,7 @@ class IntegratedGradients(GradientMethod):
                                             len(path), bar)
                 grads = grads.reshape(len(rows), self.steps, *x.shape[1:]).astype(np.float64)
                 relevance[rows] = difference * np.tensordot(weights, grads, axes=([0], [1]))
-        size = self.batch_size or model.batch_size()
+        size = self.batch_size or executor.batch_size()
         _, values = batched_gradient(executor, x, target, classes, size)
         _, at_baseline = batched_gradient(executor, baseline, target, classes, size)
         gap = relevance.reshape(len(x), -1).sum(axis=1) - (values - at_baseline)

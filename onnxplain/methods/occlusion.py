@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method
 from ..runtime import optional_bar
-from ..targets import Target, class_indices, hidden_values
+from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import WindowSamples, chunk_rows, forward_passes
 from .windows import Geometry, WindowGrid
 
@@ -37,6 +37,8 @@ class Occlusion(Method):
             raise OnnxplainError(f"--window must be at least 1, got {window}")
         if stride is not None and stride < 1:
             raise OnnxplainError(f"--stride must be at least 1, got {stride}")
+        if not np.isfinite(float(fill)):
+            raise OnnxplainError(f"--fill must be a finite number, got {fill}")
         self.window, self.stride, self.fill = window, stride, float(fill)
         self.reference = None if reference is None else np.asarray(reference)
         self.device, self.progress = device, progress
@@ -49,7 +51,7 @@ class Occlusion(Method):
         return reference.mean(axis=0).astype(model.input_dtype)
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
-        target = target or Target()
+        target = as_target(model, target)
         x = model.check_input(x)
         n, sample_shape = len(x), x.shape[1:]
         geometry = _geometry(model, sample_shape)

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method
 from ..runtime import optional_bar
-from ..targets import Target, class_indices, hidden_values
+from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
 from .windows import Geometry, WindowGrid
@@ -92,8 +92,11 @@ class PredictionDifference(Method):
                  precision: str = "fp32", incremental: bool = True, progress: bool = True):
         if reference is None:
             raise OnnxplainError("prediction difference needs reference data (--reference: images or an .npy batch)")
-        if samples < 1 or stride < 1 or padding < 0:
-            raise OnnxplainError("samples and stride must be >= 1 and padding >= 0")
+        for option, value, least in (("samples", samples, 1), ("stride", stride, 1), ("padding", padding, 0)):
+            if value < least:
+                raise OnnxplainError(f"{option} must be at least {least}, got {value}")
+        if np.min(window) < 1:
+            raise OnnxplainError(f"window must be at least 1, got {window}")
         if score not in ("auto", "probability", "logit"):
             raise OnnxplainError(f"score must be auto, probability or logit, not {score!r}")
         if precision not in PRECISIONS:
@@ -160,7 +163,7 @@ class PredictionDifference(Method):
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         started = time.perf_counter()
         x = model.check_input(x)
-        target = target or Target()
+        target = as_target(model, target)
         setup = self.prepare(model, x.shape[1:])
         score = self.choose_score(model, target)
         # f(x) from the engine that runs the samples: both sides of each difference alike; and no onnxruntime call

@@ -262,7 +262,7 @@ def bad_cases(tmp_path, digits_cnn, samples):
                               "unit (0, 99, 99) is out of range for tensor 'relu_1' of shape (16, 14, 14)"),
         "negative unit": ([digits_cnn, good, "--method", "gradient", "--layer", "relu_1", "--target", "0,-1,-1"],
                           "must be non-negative integers"),
-        "fill that is not finite": ([digits_cnn, good, *occlusion, "--fill", "nan"], "--fill must be a finite"),
+        "fill that is not finite": ([digits_cnn, good, *occlusion, "--fill", "nan"], "fill must be a finite"),
         "baseline that is not finite": ([digits_cnn, good, "--method", "integrated-gradients", "--baseline", "inf"],
                                         "baseline contains NaN or Inf"),
         "negative epsilon": ([digits_cnn, good, "--rule", "Gemm=epsilon:-1"], "non-negative numbers"),

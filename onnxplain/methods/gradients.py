@@ -117,9 +117,9 @@ class SmoothGrad(GradientMethod):
                  batch_size: int | None = None, progress: bool = True):
         super().__init__(device, batch_size, progress)
         if samples < 1:
-            raise OnnxplainError(f"--samples must be at least 1, got {samples}")
+            raise OnnxplainError(f"samples must be at least 1, got {samples}")
         if not (np.isfinite(sigma) and sigma >= 0):
-            raise OnnxplainError(f"--sigma must be a non-negative fraction of the input range, got {sigma}")
+            raise OnnxplainError(f"sigma must be a non-negative fraction of the input range, got {sigma}")
         self.samples, self.sigma, self.seed = samples, sigma, seed
 
     @property
@@ -173,7 +173,7 @@ class IntegratedGradients(GradientMethod):
                  batch_size: int | None = None, progress: bool = True):
         super().__init__(device, batch_size, progress)
         if steps < 2:
-            raise OnnxplainError(f"--steps must be at least 2, got {steps}")
+            raise OnnxplainError(f"steps must be at least 2, got {steps}")
         if rule not in self.RULES:
             raise OnnxplainError(f"integration rule must be one of {', '.join(self.RULES)}, not {rule!r}")
         self.steps, self.baseline, self.rule = steps, baseline, rule

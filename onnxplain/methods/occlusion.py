@@ -34,11 +34,11 @@ class Occlusion(Method):
     def __init__(self, window: int | None = None, stride: int | None = None, fill: float = 0.0,
                  reference: np.ndarray | None = None, device: str | None = None, progress: bool = True):
         if window is not None and window < 1:
-            raise OnnxplainError(f"--window must be at least 1, got {window}")
+            raise OnnxplainError(f"window must be at least 1, got {window}")
         if stride is not None and stride < 1:
-            raise OnnxplainError(f"--stride must be at least 1, got {stride}")
+            raise OnnxplainError(f"stride must be at least 1, got {stride}")
         if not np.isfinite(float(fill)):
-            raise OnnxplainError(f"--fill must be a finite number, got {fill}")
+            raise OnnxplainError(f"fill must be a finite number, got {fill}")
         self.window, self.stride, self.fill = window, stride, float(fill)
         self.reference = None if reference is None else np.asarray(reference)
         self.device, self.progress = device, progress

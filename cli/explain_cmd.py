@@ -17,7 +17,7 @@ from onnxplain.io import load_inputs
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.targets import parse_target
 
-from .common import echo_json, load_model, model_argument, preprocess_option, use_labels
+from .common import echo_json, guessed_spec_note, load_model, model_argument, preprocess_option, use_labels
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -160,13 +160,14 @@ def write_outputs(staged: StagedFiles, model, x, records, sources, names, *, out
             record["outputs"]["nifti"] = str(nifti_path(png))
 
 
-def report(model, record: dict, source: Path, ranked: list[dict] | None, layer: str | None, timings: dict) -> dict:
+def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, timings: dict) -> dict:
     """The JSON record of one explained input."""
     diagnostics = record["diagnostics"]
     target = record["target"]
+    hidden = {"layer": goal.layer, "channel": goal.index} | ({"unit": list(goal.unit)} if goal.unit else {})
     return {
         "input": str(source), "method": record["method"], "options": record["params"],
-        "target": {"index": target, "label": model.label_of(target)} if target >= 0 else {"layer": layer},
+        "target": {"index": target, "label": model.label_of(target)} if target >= 0 else hidden,
         "score": record["score"],
         "score_kind": diagnostics.get("score_kind", model.score_kind) if target >= 0 else "hidden",
         "top": ranked, "relevance_sum": float(np.sum(record["relevance"], dtype=np.float64)),
@@ -258,9 +259,12 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, ou
     timings = {"load_s": round(loaded_s, 4), "render_s": round((time.perf_counter() - rendering) / len(x), 4),
                "total_s": round(time.perf_counter() - began, 4)}
 
-    rows = [report(loaded, r, s, t, layer, timings) for r, s, t in zip(records, sources, ranked)]
-    if why:   # said once the work is done, so that an error stays the only line on stderr
+    rows = [report(loaded, r, s, t, goal, timings) for r, s, t in zip(records, sources, ranked)]
+    if why:   # notes come once the work is done, so that an error stays the only line on stderr
         click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
+    note = guessed_spec_note(loaded, sources)
+    if note:
+        click.echo(note, err=True)
     if as_json:
         echo_json(rows)
         return

@@ -85,6 +85,7 @@ def describe(model) -> dict:
                          "logits": model.logits_output},
         "normalisation": model.notes,
         "preprocess": None if model.preprocess is None else json.loads(model.preprocess.to_json()),
+        "preprocess_source": model.preprocess_source,
         "labels": model.labels,
     }
 
@@ -124,4 +125,9 @@ def inspect_command(model, preprocess, list_tensors, as_json):
     click.echo(f"class scores: {scores['output']} ({scores['kind']}: {scores['why']})")
     if info["normalisation"]:
         click.echo("normalised: " + "; ".join(info["normalisation"]))
-    click.echo(f"preprocess: {json.dumps(info['preprocess']) if info['preprocess'] else 'none (give --preprocess or .npy inputs)'}")
+    if not info["preprocess"]:
+        click.echo("preprocess: none (give --preprocess or .npy inputs)")
+    else:
+        guessed = " (guessed from the input shape, none stored: give --preprocess if the model expects other " \
+                  "inputs)" if info["preprocess_source"] == "guessed" else ""
+        click.echo(f"preprocess: {json.dumps(info['preprocess'])}{guessed}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from onnxplain.io import load_inputs
 
-from .common import echo_json, load_model, model_argument, preprocess_option, use_labels
+from .common import echo_json, guessed_spec_note, load_model, model_argument, preprocess_option, use_labels
 
 
 def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
@@ -31,6 +31,9 @@ def predict_command(model, inputs, k, labels, preprocess, as_json):
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
     ranked = top_k(loaded, loaded.scores(x), k)
+    note = guessed_spec_note(loaded, files)
+    if note:
+        click.echo(note, err=True)
     if as_json:
         echo_json([{"input": str(f), "kind": loaded.score_kind, "top": r} for f, r in zip(files, ranked)])
         return

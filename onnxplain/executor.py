@@ -206,10 +206,26 @@ def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     if version < 13 or version > 17:
         model = version_converter.convert_version(model, min(max(version, 13), 17))
+    _clear_needless_allowzero(model)
     ensure_torchvision()
     from onnx2torch import convert
 
     return convert(model)
+
+
+def _clear_needless_allowzero(model) -> None:
+    """Reshape with allowzero=1 (what torch's dynamo exporter writes) means the same as 0 when its constant shape
+    holds no zero; onnx2torch implements only 0, so such nodes get 0."""
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    for node in model.graph.node:
+        allowzero = next((a for a in node.attribute if a.name == "allowzero"), None)
+        if node.op_type == "Reshape" and allowzero is not None and allowzero.i == 1 and node.input[1] in constants \
+                and (numpy_helper.to_array(constants[node.input[1]]) != 0).all():
+            allowzero.i = 0
 
 
 def probe_batch(model, batch: int = 2, seed: int = 0) -> np.ndarray:

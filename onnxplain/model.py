@@ -42,6 +42,7 @@ class Model:
         self.proto = self._normalise(original, verify)
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
         self.score_output, self.score_kind, self.score_reason, self.logits_output = self._find_scores()
+        self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape
         self.preprocess = self._preprocess_spec(preprocess)
         self.labels = self._labels()
 
@@ -164,6 +165,7 @@ class Model:
         return name, "logits", why, name
 
     def _preprocess_spec(self, preprocess) -> PreprocessSpec | None:
+        self.preprocess_source = "given"
         if isinstance(preprocess, PreprocessSpec):
             return preprocess
         if preprocess is not None:
@@ -173,8 +175,11 @@ class Model:
             return PreprocessSpec.from_json(path.read_text())
         stored = self.metadata.get(METADATA_KEY)
         if stored:
+            self.preprocess_source = "stored"
             return PreprocessSpec.from_json(stored)
-        return default_spec(self.input_shape)
+        guessed = default_spec(self.input_shape)
+        self.preprocess_source = "guessed" if guessed is not None else None
+        return guessed
 
     def _labels(self) -> list[str] | None:
         stored = self.metadata.get(LABELS_KEY)

@@ -165,3 +165,23 @@ def test_predict_options_are_checked(tmp_path, digits_cnn):
         result = run("predict", digits_cnn, digit, *args)
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_guessed_preprocessing_spec_is_said_so(digits_cnn, tmp_path):
+    """A model that stores no spec gets one guessed from its input shape: inspect marks it, and reading images
+    through it adds a note (after the output), while a stored spec adds none."""
+    import onnx
+
+    bare = onnx.load(digits_cnn)
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    image = str(digits_cnn.parent / "samples" / "digit3.png")
+    described = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "bare.onnx"), "--json"]).stdout)
+    assert described["preprocess_source"] == "guessed"
+    stored = json.loads(CliRunner().invoke(cli, ["inspect", str(digits_cnn), "--json"]).stdout)
+    assert stored["preprocess_source"] == "stored"
+    guessed = CliRunner().invoke(cli, ["predict", str(tmp_path / "bare.onnx"), image, "--json"])
+    assert guessed.exit_code == 0 and "stores no preprocessing spec" in guessed.stderr
+    plain = CliRunner().invoke(cli, ["predict", str(digits_cnn), image, "--json"])
+    assert plain.exit_code == 0 and plain.stderr == ""
+    assert json.loads(guessed.stdout)[0]["top"] == json.loads(plain.stdout)[0]["top"]

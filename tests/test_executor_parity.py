@@ -204,9 +204,59 @@ def test_op_outside_registry_falls_back_to_onnx2torch(tmp_path):
     assert unsupported_ops(model) and "InstanceNormalization" in unsupported_ops(model)[0]
 
 
+def test_dynamo_export_with_an_op_outside_the_registry_falls_back_to_onnx2torch(tmp_path):
+    """torch's dynamo exporter writes Reshape with allowzero=1, which onnx2torch does not implement; with a constant
+    shape that holds no zero it means allowzero=0, so the fallback still runs (here for LayerNormalization)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LayerNorm(4 * 6 * 6),
+                              torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    path = tmp_path / "layernorm.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), dynamo=True, opset_version=18,
+                          input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("N")},))
+    proto = onnx.load(path)
+    assert any(a.name == "allowzero" and a.i == 1 for n in proto.graph.node if n.op_type == "Reshape"
+               for a in n.attribute)
+    model = onnxplain.load(path)
+    executor = model.torch()
+    assert executor.graph is None and "LayerNormalization" in executor.problem
+    x = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
+    grad, _ = executor.gradient(x, Target(index=1))
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    net(inputs)[:, 1].sum().backward()
+    assert relative_error(grad, inputs.grad.numpy()) <= TOLERANCE
+
+
 def test_op_nobody_supports_is_named_in_the_error(tmp_path):
     path = tmp_path / "shrink.onnx"
     _single_op_model(path, "Shrink", lambd=0.5)
     model = onnxplain.load(path)
     with pytest.raises(OnnxplainError, match=r"Shrink \(the_node\)"):
         model.torch()
+
+
+def test_scikit_learn_scaler_runs_in_the_registry_with_its_analytic_gradient(tmp_path):
+    """StandardScaler + LogisticRegression arrive as ai.onnx.ml Scaler + LinearClassifier: both in the registry, so
+    gradients are the closed form coef / scale and LRP conserves f(x) with the scaler as an affine layer."""
+    from sklearn.datasets import load_wine
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from onnxplain.converters import convert_sklearn
+    from onnxplain.lrp import LRP
+
+    X, y = load_wine(return_X_y=True)
+    X = X.astype(np.float32)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
+    convert_sklearn(pipeline, tmp_path / "wine.onnx", samples=X[:20])
+    model = onnxplain.load(tmp_path / "wine.onnx")
+    assert "Scaler" in [node.op_type for node in model.proto.graph.node]
+    executor = model.torch()
+    assert executor.graph is not None, executor.problem
+    grad, _ = executor.gradient(X[:6], Target(index=2))
+    expected = pipeline[-1].coef_[2] / pipeline[0].scale_
+    assert np.abs(grad - expected).max() <= 1e-5 * np.abs(expected).max()
+    explanation = LRP(composite="lrp-0", progress=False).explain(model, X[:6], Target(index=2))
+    assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5

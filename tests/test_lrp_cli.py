@@ -64,3 +64,13 @@ def test_lrp_user_errors_exit_2(digits_cnn):
         assert result.exit_code == 2 and message in result.output, result.output
     result = run("explain", digits_cnn, sample, "--method", "deep-taylor", "--composite", "lrp-0", "--quiet")
     assert result.exit_code == 2 and "--composite" in result.output
+
+
+def test_json_names_the_explained_hidden_unit(digits_cnn):
+    """With --layer, the JSON target says which tensor, channel and unit were explained."""
+    sample = digits_cnn.parent / "samples" / "digit3_cnn.npy"
+    result = CliRunner().invoke(cli, ["explain", str(digits_cnn), str(sample), "--layer", "relu_1", "--target",
+                                      "3,4,5", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["target"] == {"layer": "relu_1", "channel": 3, "unit": [3, 4, 5]}

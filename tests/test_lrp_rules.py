@@ -196,6 +196,11 @@ def test_overrides_by_op_type_and_name_glob(digits_cnn):
     assert not np.allclose(plus, flat)
     glob = LRP("epsilon-plus", rules={"node_conv2d*": "epsilon"}, progress=False).explain(model, x)
     assert {layer["rule"] for layer in glob.diagnostics["layers"][0] if layer["op"] == "Conv"} == {"epsilon"}
+    # a pattern that also matches activations and max-pooling applies to the layers and passes over the rest
+    broad = LRP("epsilon-plus", rules={"node_*": "zplus"}, progress=False).explain(model, x)
+    assert {layer["rule"] for layer in broad.diagnostics["layers"][0]} == {"zplus"}
+    with pytest.raises(OnnxplainError, match="node_relu"):   # a node named exactly still must take the rule
+        LRP("epsilon-plus", rules={"node_relu": "zplus"}, progress=False).explain(model, x)
 
 
 @pytest.mark.parametrize("params, message", [

@@ -50,7 +50,8 @@ def test_cli_pda_hidden_layer_and_marginal(digits_cnn):
                  "--window", 5, "--stride", 3, "--samples", 4, "--json", "--quiet")
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
-    assert row["target"] == {"layer": "relu_1"} and row["diagnostics"]["score"] == "activation difference"
+    assert row["target"] == {"layer": "relu_1", "channel": 2}
+    assert row["diagnostics"]["score"] == "activation difference"
 
 
 def test_cli_pda_user_errors(digits_cnn):

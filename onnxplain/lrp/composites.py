@@ -96,6 +96,15 @@ def make_rule(spec: str, params: Params = Params()) -> rules.Rule:
     raise OnnxplainError(f"unknown LRP rule {spec!r}; choose one of {', '.join(RULE_NAMES)}")
 
 
+def _takes(kind: str | None, rule: rules.Rule) -> bool:
+    """Whether a node of LRP `kind` can take `rule`: layers any rule, pooling and sums the weightless ones."""
+    if kind == "linear":
+        return True
+    if kind in ("pool", "share"):
+        return rule.name in WEIGHTLESS_OK - ({"flat"} if kind == "share" else set())
+    return False
+
+
 def composite_named(name: str) -> Composite:
     if name not in COMPOSITES:
         raise OnnxplainError(f"unknown composite {name!r}; choose one of {', '.join(COMPOSITES)}")
@@ -120,7 +129,7 @@ class RuleMap:
         if kind == "linear":
             return override or self._default(op.category, first_linear, first_conv)
         if kind in ("pool", "share"):
-            if override is not None and override.name not in WEIGHTLESS_OK - ({"flat"} if kind == "share" else set()):
+            if override is not None and not _takes(kind, override):
                 raise OnnxplainError(f"rule {override.name} does not apply to {op.op_type} node {op.name!r} "
                                      f"(use z or epsilon)")
             return override or rules.Z(self.params.stabilizer)
@@ -132,6 +141,8 @@ class RuleMap:
     def _override(self, op) -> rules.Rule | None:
         for key, rule in self.overrides.items():
             if key != op.op_type and fnmatch.fnmatchcase(op.name, key):
+                if key != op.name and not _takes(op.kind, rule):
+                    continue   # a pattern passes over the nodes its rule cannot take (activations, ...)
                 self.used.add(key)
                 return rule
         if op.op_type in self.overrides:

@@ -1,4 +1,4 @@
-"""ai.onnx.ml: LinearClassifier (+ its post-transform) and Normalizer.
+"""ai.onnx.ml: Scaler, LinearClassifier (+ its post-transform) and Normalizer.
 
 The executor splits a LinearClassifier into the linear scores and a `PostTransform` node (`split_classifier`),
 so relevance starts at the raw, pre-transform score like at a pre-softmax logit. LRP: a dense layer.
@@ -49,6 +49,36 @@ class LinearClassifier(LinearOp):
     def layer(self, inputs):
         x = inputs[0]
         return rules.Layer(lambda t, w: t @ w, self.weight.to(x), self.bias.to(x), stack_axes=(-1, 0))
+
+
+@register("Scaler", domain=ML, opsets=(1, 5))
+class Scaler(LinearOp):
+    """y = (x - offset) * scale per feature (scikit-learn's StandardScaler, MinMaxScaler, ...). LRP: an affine layer
+    (the composite's rule for BatchNormalization-like maps), merged into a layer before it where there is one."""
+
+    category = "affine"
+
+    def forward(self, x):
+        factor, shift = self._affine(x)
+        return x * factor + shift
+
+    def _affine(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(factor, shift) per feature: one value broadcasts to every feature."""
+        scale = torch.tensor(self.attr("scale", [1.0]), dtype=x.dtype, device=x.device)
+        offset = torch.tensor(self.attr("offset", [0.0]), dtype=x.dtype, device=x.device)
+        return scale, -offset * scale
+
+    def channel_shape(self, inputs, channels):
+        return (channels,)
+
+    def layer(self, inputs):
+        factor, shift = self._affine(inputs[0])
+        features = inputs[0].shape[-1]
+        factor, shift = factor.expand(features), shift.expand(features)
+        return rules.Layer(lambda t, w: t * w, factor, shift)
+
+    def mergeable(self) -> bool:
+        return False
 
 
 @register("PostTransform", domain=INTERNAL)

@@ -80,9 +80,9 @@ def declared_type(parameter: inspect.Parameter) -> type | None:
     if annotation is parameter.empty:
         return type(parameter.default) if type(parameter.default) in EXPECTED else None
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    kinds = [part.strip() for part in text.split("|") if part.strip() != "None"]
     names = {kind.__name__: kind for kind in EXPECTED}
-    return names.get(kinds[0]) if len(kinds) == 1 else None
+    known = [names[part.strip()] for part in text.split("|") if part.strip() in names]
+    return known[0] if len(known) == 1 else None   # `int | tuple[int, ...]`: a spec's text is the int
 
 
 def _convert(method: str, key: str, text: str, kind: type):

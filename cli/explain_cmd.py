@@ -190,9 +190,10 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
 @click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type or node-name glob).")
 @click.option("--window", type=int, default=None,
-              help="Window size k: PDA (default 4), occlusion (default about 1/8 of the smallest axis).")
+              help="Window size k: PDA (default 4), occlusion (default about 1/8 of the smallest axis); one feature "
+                   "on a plain feature vector (tabular data).")
 @click.option("--padding", type=int, default=None,
-              help="PDA conditional-sampling padding, l = k + 2*padding (default 2).")
+              help="PDA conditional-sampling padding, l = k + 2*padding (default 2; 0 on a feature vector).")
 @click.option("--samples", type=int, default=None,
               help="Samples per window (PDA, default 10) or noisy copies (smoothgrad, default 25).")
 @click.option("--sampler", type=click.Choice(["marginal", "conditional"]), default=None,

@@ -151,7 +151,15 @@ class Model:
             if node is not None and node.op_type in PROBABILITY_OPS:
                 return name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0]
             if node is not None and node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
-                return name, "probabilities", f"output {name!r} comes from {node.op_type} (vote shares)", None
+                transform = _attribute(node, "post_transform", b"NONE").decode()
+                what = "vote shares" if transform == "NONE" else f"{transform} post-transform"
+                return name, "probabilities", f"output {name!r} comes from {node.op_type} ({what})", None
+            if node is not None and node.op_type == "SVMClassifier":
+                platt = bool(_attribute(node, "prob_a", None))
+                transform = _attribute(node, "post_transform", b"NONE").decode()
+                if platt or transform in ML_PROBABILITY_TRANSFORMS:
+                    what = "Platt-scaled probabilities" if platt else f"{transform} post-transform"
+                    return name, "probabilities", f"output {name!r} comes from SVMClassifier ({what})", None
             if node is not None and node.op_type in ("LinearClassifier", "Normalizer"):
                 transform = _attribute(node, "post_transform", b"NONE").decode()
                 if node.op_type == "Normalizer" or transform in ML_PROBABILITY_TRANSFORMS:

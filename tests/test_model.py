@@ -201,3 +201,27 @@ def test_torch_batches_on_a_gpu_take_a_share_of_its_free_memory(digits_cnn, monk
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
     monkeypatch.setattr(executor, "device", torch.device("cuda"))
     assert executor.batch_size() == model.batch_size(free // GPU_MEMORY_SHARE) > 10 * model.batch_size()
+
+
+def test_scikit_learn_probability_outputs_are_recognised(tmp_path):
+    """SVC(probability=True) gives Platt-scaled probabilities, gradient boosting a softmax post-transform: both are
+    probabilities (weight of evidence in PDA), each said why."""
+    import warnings
+
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.svm import SVC
+
+    from onnxplain.converters import convert_sklearn
+
+    X, y = load_wine(return_X_y=True)
+    X = X.astype(np.float32)
+    cases = {"svc": (SVC(probability=True, random_state=0), "Platt-scaled probabilities"),
+             "boosting": (GradientBoostingClassifier(n_estimators=5, random_state=0), "SOFTMAX post-transform")}
+    for name, (estimator, why) in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # scikit-learn 1.9 deprecates SVC(probability=True)
+            convert_sklearn(estimator.fit(X, y), tmp_path / f"{name}.onnx", samples=X[:20])
+        model = onnxplain.load(tmp_path / f"{name}.onnx")
+        assert model.score_kind == "probabilities" and why in model.score_reason, model.score_reason
+        np.testing.assert_allclose(model.scores(X[:4]).sum(1), 1, rtol=1e-5)

@@ -135,3 +135,35 @@ def test_no_bars_where_stderr_is_no_terminal(digits_cnn, monkeypatch):
     result = run("explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "pda", "--window", 4, "--samples", 2,
                  "--stride", 4, "--reference", samples / "digits_reference_cnn.npy", "--json")
     assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def test_tabular_features_get_one_window_per_feature(tmp_path):
+    """A plain feature vector (a scaled scikit-learn pipeline, no image size in any spec): PDA and occlusion window
+    one feature at a time by default, PDA's conditional model without neighbours (padding 0); a feature the model
+    ignores gets no relevance."""
+    from sklearn.datasets import load_wine
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from onnxplain.converters import convert_sklearn
+
+    X, y = load_wine(return_X_y=True)
+    X = X.astype(np.float32)
+    X[:, 4] = 7.0                                         # a constant feature: no model can use it
+    convert_sklearn(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y),
+                    tmp_path / "wine.onnx", samples=X[:20])
+    np.save(tmp_path / "x.npy", X[:1])
+    np.save(tmp_path / "reference.npy", X[::4])
+    for method in ("pda", "occlusion"):
+        result = run("explain", tmp_path / "wine.onnx", tmp_path / "x.npy", "--method", method, "--reference",
+                     tmp_path / "reference.npy", "--save-npy", tmp_path / method, "--json", "--quiet")
+        assert result.exit_code == 0, result.output
+        (row,) = json.loads(result.stdout)
+        assert row["diagnostics"]["windows"] == 13 and row["options"]["window"] == 1
+        relevance = np.load(tmp_path / method / "x.npy")
+        assert relevance.shape == (13,) and relevance[4] == 0 and np.abs(relevance).max() > 0
+    assert row["options"]["fill"] == "reference mean"
+    pda_row = json.loads(run("explain", tmp_path / "wine.onnx", tmp_path / "x.npy", "--method", "pda", "--reference",
+                             tmp_path / "reference.npy", "--json", "--quiet").stdout)[0]
+    assert pda_row["options"]["padding"] == 0

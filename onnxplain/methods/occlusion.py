@@ -16,13 +16,14 @@ from ..explanation import Explanation, Method
 from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import WindowSamples, chunk_rows, forward_passes
-from .windows import Geometry, WindowGrid
+from .windows import Geometry, WindowGrid, plain_features
 
 
 class Occlusion(Method):
     """Occlusion sensitivity: black-box, batched like prediction difference.
 
-    window: edge of the (square/cubic) window in features; None = about 1/8 of the smallest windowed axis.
+    window: edge of the (square/cubic) window in features; None = about 1/8 of the smallest windowed axis, or one
+    feature for a plain feature vector (tabular data).
     stride: step between windows; None = window // 2 (at least 1).
     fill: value written into the covered window (in model-input units).
     reference: optional batch of inputs; when given, the window is filled with their mean instead of `fill`.
@@ -54,8 +55,9 @@ class Occlusion(Method):
         target = as_target(model, target)
         x = model.check_input(x)
         n, sample_shape = len(x), x.shape[1:]
-        geometry = _geometry(model, sample_shape)
-        window = self.window or max(1, round(min(geometry.spatial) / 8))
+        geometry = Geometry.infer(model, sample_shape)
+        plain = plain_features(model, sample_shape)
+        window = self.window or (1 if plain else max(1, round(min(geometry.spatial) / 8)))
         stride = self.stride or max(1, window // 2)
         grid = WindowGrid(geometry.spatial, window, stride)
         cover = geometry.to_grid(self._baseline(model, sample_shape)[None])[0]
@@ -97,11 +99,3 @@ class Occlusion(Method):
                                    "device": self.device or "onnxruntime"},
                            diagnostics={"windows": len(grid), "forward_passes_per_input": len(grid) + 1,
                                         "forward_passes_on": name})
-
-
-def _geometry(model, sample_shape: tuple[int, ...]) -> Geometry:
-    """The input's windowed layout; a plain feature vector (no image size or volume crop) is windowed along its
-    features."""
-    spec = model.preprocess
-    plain = len(sample_shape) == 1 and (spec is None or (spec.crop is None and spec.size is None))
-    return Geometry.infer(model, sample_shape, sample_shape if plain else None)

@@ -20,7 +20,7 @@ from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
-from .windows import Geometry, WindowGrid
+from .windows import Geometry, WindowGrid, plain_features
 
 WEIGHT_OF_EVIDENCE = "weight of evidence"
 ACTIVATION_DIFFERENCE = "activation difference"
@@ -61,7 +61,9 @@ class Setup:
 class PredictionDifference(Method):
     """Prediction difference analysis with marginal or conditional (Gaussian) sampling.
 
-    window: k (int, or one size per spatial axis); padding: conditional ring width (l = k + 2·padding);
+    window: k (int, or one size per spatial axis; default 4, or 1 on a plain feature vector, whose windows run
+    along its features); padding: conditional ring width (l = k + 2·padding; default 2, or 0 on a feature vector,
+    whose neighbouring features are no neighbourhood);
     samples: S per window; sampler: 'marginal' | 'conditional' | a sampler instance; reference: batch of
     preprocessed inputs the samplers learn from (required); stride: between window starts (1 = the paper's
     overlapping windows); seed: makes every draw reproducible; training_size, classes: N and K of the Laplace
@@ -85,31 +87,32 @@ class PredictionDifference(Method):
 
     name = "pda"
 
-    def __init__(self, window=4, padding: int = 2, samples: int = 10, sampler="conditional", reference=None,
-                 stride: int = 1, seed: int = 0, training_size: int | None = None, classes: int | None = None,
-                 score: str = "auto", location_grid=None, volume_shape=None, channels: str = "independent",
-                 all_classes=False, batch_size: int | None = None, device: str | None = None,
-                 precision: str = "fp32", incremental: bool = True, progress: bool = True):
+    def __init__(self, window: int | tuple[int, ...] | None = None, padding: int | None = None, samples: int = 10,
+                 sampler="conditional", reference=None, stride: int = 1, seed: int = 0,
+                 training_size: int | None = None, classes: int | None = None, score: str = "auto",
+                 location_grid=None, volume_shape=None, channels: str = "independent", all_classes=False,
+                 batch_size: int | None = None, device: str | None = None, precision: str = "fp32",
+                 incremental: bool = True, progress: bool = True):
         if reference is None:
             raise OnnxplainError("prediction difference needs reference data (--reference: images or an .npy batch)")
-        for option, value, least in (("samples", samples, 1), ("stride", stride, 1), ("padding", padding, 0)):
-            if value < least:
+        for option, value, least in (("samples", samples, 1), ("stride", stride, 1), ("padding", padding, 0),
+                                     ("window", window, 1)):
+            if value is not None and np.min(value) < least:
                 raise OnnxplainError(f"{option} must be at least {least}, got {value}")
-        if np.min(window) < 1:
-            raise OnnxplainError(f"window must be at least 1, got {window}")
         if score not in ("auto", "probability", "logit"):
             raise OnnxplainError(f"score must be auto, probability or logit, not {score!r}")
         if precision not in PRECISIONS:
             raise OnnxplainError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if isinstance(sampler, str) and sampler not in ("marginal", "conditional"):
             raise OnnxplainError(f"sampler must be 'marginal' or 'conditional', not {sampler!r}")
-        self.window, self.padding, self.samples, self.sampler = window, int(padding), int(samples), sampler
+        self.window, self.padding, self.samples, self.sampler = window, padding, int(samples), sampler
         self.reference, self.stride, self.seed = np.asarray(reference), int(stride), int(seed)
         self.training_size, self.classes, self.score = training_size, classes, score
         self.location_grid, self.volume_shape, self.channels = location_grid, volume_shape, channels
         self.all_classes, self.batch_size, self.progress = all_classes, batch_size, progress
         self.device, self.precision, self.incremental = device, precision, incremental
-        self._sampler = self._make_sampler()
+        if sampler == "conditional" and len(self.reference) < 2:
+            raise OnnxplainError("conditional sampling needs at least 2 reference inputs")
         self._setup: tuple | None = None                   # (model, sample shape, Setup) of the last inputs
         self._passes: tuple | None = None                  # (model, SessionPasses | TorchPasses) of the last model
 
@@ -122,8 +125,10 @@ class PredictionDifference(Method):
             if reference.shape[1:] != sample_shape:
                 raise OnnxplainError(f"reference samples {reference.shape[1:]} differ from the inputs {sample_shape}")
             geometry = Geometry.infer(model, sample_shape, self.volume_shape)
-            grid = WindowGrid(geometry.spatial, self.window, self.stride)
-            setup = Setup(geometry, grid, self._sampler.fit(geometry.to_grid(reference), grid, self.seed))
+            window, padding = self.sizes(model, sample_shape)
+            grid = WindowGrid(geometry.spatial, window, self.stride)
+            sampler = self._make_sampler(padding)
+            setup = Setup(geometry, grid, sampler.fit(geometry.to_grid(reference), grid, self.seed))
             self._setup = (model, sample_shape, setup)
         return self._setup[2]
 
@@ -133,14 +138,19 @@ class PredictionDifference(Method):
             self._passes = (model, forward_passes(model, self.device, self.precision))
         return self._passes[1]
 
-    def _make_sampler(self):
+    def sizes(self, model, sample_shape: tuple[int, ...]) -> tuple:
+        """(window, padding): the given ones, else 4 and 2, or 1 and 0 on a plain feature vector."""
+        plain = plain_features(model, sample_shape, self.volume_shape)
+        window = self.window if self.window is not None else (1 if plain else 4)
+        padding = self.padding if self.padding is not None else (0 if plain else 2)
+        return window, int(padding)
+
+    def _make_sampler(self, padding: int):
         if not isinstance(self.sampler, str):
             return self.sampler
         if self.sampler == "marginal":
             return MarginalSampler()
-        if len(self.reference) < 2:
-            raise OnnxplainError("conditional sampling needs at least 2 reference inputs")
-        return ConditionalSampler(self.padding, self.channels, self.location_grid)
+        return ConditionalSampler(padding, self.channels, self.location_grid)
 
     def choose_score(self, model, target: Target) -> Score:
         """The compared quantity for this model and target (see the class docstring's `score`)."""
@@ -199,7 +209,7 @@ class PredictionDifference(Method):
             diagnostics["all_classes_index"] = tuple(kept)
         target_index = np.full(len(x), -1) if target.hidden else explained
         return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], self.name,
-                           self._params(target, score), diagnostics)
+                           self._params(target, score, *self.sizes(model, x.shape[1:])), diagnostics)
 
     def window_differences(self, model, setup: Setup, score: Score, x_sample: np.ndarray, original: np.ndarray,
                            columns: list[int], bar=None) -> tuple[np.ndarray, int, bool]:
@@ -266,9 +276,9 @@ class PredictionDifference(Method):
         shared = np.repeat(maps[:, None] / geometry.channels, geometry.channels, axis=1)
         return geometry.from_grid(shared)
 
-    def _params(self, target: Target, score: Score) -> dict:
+    def _params(self, target: Target, score: Score, window, padding: int) -> dict:
         sampler = self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__
-        return {"window": self.window, "padding": self.padding, "samples": self.samples, "sampler": sampler,
+        return {"window": window, "padding": padding, "samples": self.samples, "sampler": sampler,
                 "stride": self.stride, "seed": self.seed, "reference_size": len(self.reference),
                 "score": score.kind, "output": score.output, "location_grid": self.location_grid,
                 "channels": self.channels, "layer": target.layer, "device": self.device or "onnxruntime",

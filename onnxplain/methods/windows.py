@@ -29,7 +29,7 @@ class Geometry:
         sample_shape = tuple(int(d) for d in sample_shape)
         spec = model.preprocess
         if len(sample_shape) == 1:
-            return cls._flat(sample_shape, _flat_spatial(spec, volume_shape))
+            return cls._flat(sample_shape, _flat_spatial(spec, volume_shape, sample_shape))
         if volume_shape is not None:
             if tuple(volume_shape) not in (sample_shape, sample_shape[1:], sample_shape[:-1]):
                 raise OnnxplainError(f"volume_shape {tuple(volume_shape)} does not match the input {sample_shape}")
@@ -83,15 +83,24 @@ class Geometry:
         return np.ascontiguousarray(moved).reshape(n, *self.sample_shape)
 
 
-def _flat_spatial(spec, volume_shape) -> tuple[int, ...]:
+def _flat_spatial(spec, volume_shape, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid a flat input describes: a volume or image (given, or from the spec's crop or size), else its
+    features along one axis."""
     if volume_shape is not None:
         return tuple(int(d) for d in volume_shape)
     if spec is not None and spec.crop is not None:
         return tuple(int(b) - int(a) for a, b in spec.crop)
     if spec is not None and spec.size is not None:
         return tuple(int(d) for d in spec.size)
-    raise OnnxplainError("a flat input needs volume_shape=(D, H, W) or (H, W), or a preprocessing spec with "
-                         "'size' or 'crop', to place prediction-difference windows")
+    return sample_shape
+
+
+def plain_features(model, sample_shape: tuple[int, ...], volume_shape=None) -> bool:
+    """A feature vector that describes no image or volume (no volume_shape, no size or crop in its spec): its
+    windows run along the features, and the methods' defaults cover one feature each."""
+    spec = model.preprocess
+    return len(sample_shape) == 1 and volume_shape is None and (spec is None or (spec.crop is None
+                                                                                 and spec.size is None))
 
 
 class WindowGrid:

@@ -16,7 +16,7 @@ from onnxplain.io import load_inputs
 from onnxplain.methods.contrastive import CDeepEx, XGEMs, contrast_map
 from onnxplain.targets import parse_target
 
-from .common import echo_json, load_model, model_argument, preprocess_option, use_labels
+from .common import echo_json, guessed_spec_note, load_model, model_argument, preprocess_option, use_labels
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
@@ -127,6 +127,9 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
                 outputs["png"] = str(png)
             rows.append(row)
         staged.commit()
+    note = guessed_spec_note(loaded, sources)
+    if note:
+        click.echo(note, err=True)
     if as_json:
         echo_json(rows)
         return

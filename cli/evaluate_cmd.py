@@ -22,7 +22,7 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import load_model, model_argument, preprocess_option
+from .common import guessed_spec_note, load_model, model_argument, preprocess_option
 from .explain_cmd import read_reference
 from .outputs import StagedFiles, check_output
 
@@ -190,8 +190,9 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, r
     report = evaluation.run(loaded, x, chosen, truth, [s.name for s in sources])
     if out:
         write_outputs(report, out, title=f"Evaluation of {model.name}")
-    if note:   # said once the work is done, so that an error stays the only line on stderr
-        click.echo(note, err=True)
+    for said in (note, guessed_spec_note(loaded, sources)):   # once the work is done: an error stays alone
+        if said:
+            click.echo(said, err=True)
     if as_json:
         click.echo(json.dumps(render.as_json(report), indent=2))
     else:

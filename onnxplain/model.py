@@ -43,7 +43,7 @@ class Model:
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
         self.score_output, self.score_kind, self.score_reason, self.logits_output = self._find_scores()
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape
-        self.preprocess = self._preprocess_spec(preprocess)
+        self._preprocess = self._preprocess_spec(preprocess)
         self.labels = self._labels()
 
     # ---------------------------------------------------------------- normalisation
@@ -151,7 +151,7 @@ class Model:
             if node is not None and node.op_type in PROBABILITY_OPS:
                 return name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0]
             if node is not None and node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
-                transform = _attribute(node, "post_transform", b"NONE").decode()
+                transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
                 what = "vote shares" if transform == "NONE" else f"{transform} post-transform"
                 return name, "probabilities", f"output {name!r} comes from {node.op_type} ({what})", None
             if node is not None and node.op_type == "SVMClassifier":
@@ -171,6 +171,15 @@ class Model:
         name, node = candidates[-1]
         why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
         return name, "logits", why, name
+
+    @property
+    def preprocess(self) -> PreprocessSpec | None:
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, spec: PreprocessSpec | None) -> None:
+        """A spec set after loading counts as given."""
+        self._preprocess, self.preprocess_source = spec, ("given" if spec is not None else None)
 
     def _preprocess_spec(self, preprocess) -> PreprocessSpec | None:
         self.preprocess_source = "given"
@@ -312,6 +321,13 @@ class Model:
 
             cache[device] = TorchExecutor(self, device=device)
         return cache[device]
+
+
+def _transform_name(value) -> str:
+    """A post_transform attribute as its name: text (most ai.onnx.ml ops) or an enum (TreeEnsemble, opset 5)."""
+    if isinstance(value, int):
+        return ("NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT")[value]
+    return value.decode()
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):

@@ -263,6 +263,8 @@ def bad_cases(tmp_path, digits_cnn, samples):
         "negative unit": ([digits_cnn, good, "--method", "gradient", "--layer", "relu_1", "--target", "0,-1,-1"],
                           "must be non-negative integers"),
         "fill that is not finite": ([digits_cnn, good, *occlusion, "--fill", "nan"], "fill must be a finite"),
+        "fill and reference": ([digits_cnn, good, *occlusion, "--fill", "0.5", "--reference",
+                                samples / "digits_reference_cnn.npy"], "not both"),
         "baseline that is not finite": ([digits_cnn, good, "--method", "integrated-gradients", "--baseline", "inf"],
                                         "baseline contains NaN or Inf"),
         "negative epsilon": ([digits_cnn, good, "--rule", "Gemm=epsilon:-1"], "non-negative numbers"),
@@ -282,7 +284,8 @@ def bad_cases(tmp_path, digits_cnn, samples):
                                   "array of another rank", "reference of another shape", "unknown composite",
                                   "unknown method", "option of another method", "unknown option",
                                   "class out of range", "unknown label", "unit out of range", "negative unit",
-                                  "fill that is not finite", "baseline that is not finite", "negative epsilon",
+                                  "fill that is not finite", "fill and reference", "baseline that is not finite",
+                                  "negative epsilon",
                                   "PDA samples below 1", "unknown composite after a fallback",
                                   "missing input after a fallback"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, digits_cnn, samples):

@@ -260,3 +260,58 @@ def test_scikit_learn_scaler_runs_in_the_registry_with_its_analytic_gradient(tmp
     assert np.abs(grad - expected).max() <= 1e-5 * np.abs(expected).max()
     explanation = LRP(composite="lrp-0", progress=False).explain(model, X[:6], Target(index=2))
     assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+
+
+def _upsampling_net(mode: str, **options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Upsample(mode=mode, **options), torch.nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3)).eval()
+
+
+def _export_both_ways(net: torch.nn.Module, folder) -> list:
+    paths = []
+    for dynamo, opset in ((True, 18), (False, 13)):
+        path = folder / f"net{opset}.onnx"
+        shapes = {"dynamic_shapes": ({0: torch.export.Dim("N")},)} if dynamo else {"dynamic_axes": {"x": {0: "N"}}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.rand(2, 3, 8, 8),), str(path), dynamo=dynamo, opset_version=opset,
+                              input_names=["x"], output_names=["y"], **shapes)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("mode, options", [("nearest", {"scale_factor": 2}), ("nearest", {"size": (20, 20)}),
+                                           ("bilinear", {"scale_factor": 2, "align_corners": False}),
+                                           ("bilinear", {"scale_factor": 2, "align_corners": True})])
+def test_resize_runs_in_the_registry_with_gradients_and_lrp(tmp_path, mode, options):
+    """nn.Upsample as ONNX Resize (dynamo, opset 18; legacy, opset 13): the registry runs it (checked against
+    onnxruntime on building), gradients equal torch autograd and LRP (the z-rule on Resize) conserves."""
+    from onnxplain.lrp import LRP
+
+    net = _upsampling_net(mode, **options)
+    x = np.random.default_rng(0).random((4, 3, 8, 8)).astype(np.float32)
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    net(inputs)[:, 0].sum().backward()
+    for path in _export_both_ways(net, tmp_path):
+        model = onnxplain.load(path)
+        executor = model.torch()
+        assert executor.graph is not None, executor.problem
+        grad, _ = executor.gradient(x, Target(index=0))
+        assert relative_error(grad, inputs.grad.numpy()) <= TOLERANCE
+        errors = LRP(progress=False).explain(model, x).diagnostics["conservation_error"]
+        assert np.abs(errors).max() < 1e-5
+
+
+def test_resize_mode_torch_cannot_match_falls_back(tmp_path):
+    """Bicubic Resize has no exact torch counterpart here: the registry refuses it when the graph is built."""
+    net = _upsampling_net("bicubic", scale_factor=2, align_corners=False)
+    model = onnxplain.load(_export_both_ways(net, tmp_path)[1])
+    try:
+        executor = model.torch()
+    except OnnxplainError as error:   # onnx2torch may refuse it too: then one error names the node
+        assert "Resize" in str(error)
+        return
+    assert executor.graph is None and "Resize" in executor.problem

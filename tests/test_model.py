@@ -225,3 +225,20 @@ def test_scikit_learn_probability_outputs_are_recognised(tmp_path):
         model = onnxplain.load(tmp_path / f"{name}.onnx")
         assert model.score_kind == "probabilities" and why in model.score_reason, model.score_reason
         np.testing.assert_allclose(model.scores(X[:4]).sum(1), 1, rtol=1e-5)
+
+
+def test_tree_ensemble_opset5_post_transform_enum_is_read(tmp_path):
+    """ai.onnx.ml opset 5's TreeEnsemble stores post_transform as an enum (1 = SOFTMAX), not as text."""
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", aggregate_function=1, n_targets=2, tree_roots=[0],
+        post_transform=1, nodes_featureids=[0], nodes_splits=numpy_helper.from_array(np.array([0.5], np.float32)),
+        nodes_modes=numpy_helper.from_array(np.array([0], np.uint8)), nodes_truenodeids=[0], nodes_trueleafs=[1],
+        nodes_falsenodeids=[1], nodes_falseleafs=[1], leaf_targetids=[0, 1],
+        leaf_weights=numpy_helper.from_array(np.array([1.0, 2.0], np.float32)))
+    graph = helper.make_graph([node], "trees", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "trees.onnx")
+    loaded = onnxplain.load(tmp_path / "trees.onnx")
+    assert loaded.score_kind == "probabilities" and "SOFTMAX post-transform" in loaded.score_reason

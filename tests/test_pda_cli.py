@@ -167,3 +167,13 @@ def test_tabular_features_get_one_window_per_feature(tmp_path):
     pda_row = json.loads(run("explain", tmp_path / "wine.onnx", tmp_path / "x.npy", "--method", "pda", "--reference",
                              tmp_path / "reference.npy", "--json", "--quiet").stdout)[0]
     assert pda_row["options"]["padding"] == 0
+    # the conditional model is fitted per feature: each feature's samples stay inside that feature's own range
+    import onnxplain
+    from onnxplain.methods.pda import PredictionDifference
+
+    reference = X[::4]
+    setup = PredictionDifference(reference=reference, progress=False).prepare(onnxplain.load(tmp_path / "wine.onnx"),
+                                                                             (13,))
+    drawn = setup.sampler.sample(setup.geometry.to_grid(X[:1])[0], list(range(13)), 50, 0)   # (13, 50, 1, 1)
+    drawn = drawn.reshape(13, 50)
+    assert (drawn >= reference.min(0)[:, None] - 1e-4).all() and (drawn <= reference.max(0)[:, None] + 1e-4).all()

@@ -25,22 +25,25 @@ class Occlusion(Method):
     window: edge of the (square/cubic) window in features; None = about 1/8 of the smallest windowed axis, or one
     feature for a plain feature vector (tabular data).
     stride: step between windows; None = window // 2 (at least 1).
-    fill: value written into the covered window (in model-input units).
-    reference: optional batch of inputs; when given, the window is filled with their mean instead of `fill`.
+    fill: value written into the covered window (in model-input units; default 0).
+    reference: optional batch of inputs; when given, the window is filled with their mean (not with a `fill`).
     device: None = onnxruntime; 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (incremental passes).
     """
 
     name = "occlusion"
 
-    def __init__(self, window: int | None = None, stride: int | None = None, fill: float = 0.0,
+    def __init__(self, window: int | None = None, stride: int | None = None, fill: float | None = None,
                  reference: np.ndarray | None = None, device: str | None = None, progress: bool = True):
         if window is not None and window < 1:
             raise OnnxplainError(f"window must be at least 1, got {window}")
         if stride is not None and stride < 1:
             raise OnnxplainError(f"stride must be at least 1, got {stride}")
-        if not np.isfinite(float(fill)):
+        if fill is not None and not np.isfinite(float(fill)):
             raise OnnxplainError(f"fill must be a finite number, got {fill}")
-        self.window, self.stride, self.fill = window, stride, float(fill)
+        if fill is not None and reference is not None:
+            raise OnnxplainError("occlusion fills windows with a value (fill) or the reference mean (reference), "
+                                 "not both")
+        self.window, self.stride, self.fill = window, stride, float(fill or 0.0)
         self.reference = None if reference is None else np.asarray(reference)
         self.device, self.progress = device, progress
 

@@ -63,7 +63,7 @@ class PredictionDifference(Method):
 
     window: k (int, or one size per spatial axis; default 4, or 1 on a plain feature vector, whose windows run
     along its features); padding: conditional ring width (l = k + 2·padding; default 2, or 0 on a feature vector,
-    whose neighbouring features are no neighbourhood);
+    whose neighbouring features are no neighbourhood: its conditional model is then a Gaussian per feature);
     samples: S per window; sampler: 'marginal' | 'conditional' | a sampler instance; reference: batch of
     preprocessed inputs the samplers learn from (required); stride: between window starts (1 = the paper's
     overlapping windows); seed: makes every draw reproducible; training_size, classes: N and K of the Laplace
@@ -105,6 +105,8 @@ class PredictionDifference(Method):
             raise OnnxplainError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if isinstance(sampler, str) and sampler not in ("marginal", "conditional"):
             raise OnnxplainError(f"sampler must be 'marginal' or 'conditional', not {sampler!r}")
+        if channels not in ("independent", "joint"):
+            raise OnnxplainError(f"channels must be 'independent' or 'joint', not {channels!r}")
         self.window, self.padding, self.samples, self.sampler = window, padding, int(samples), sampler
         self.reference, self.stride, self.seed = np.asarray(reference), int(stride), int(seed)
         self.training_size, self.classes, self.score = training_size, classes, score
@@ -127,7 +129,8 @@ class PredictionDifference(Method):
             geometry = Geometry.infer(model, sample_shape, self.volume_shape)
             window, padding = self.sizes(model, sample_shape)
             grid = WindowGrid(geometry.spatial, window, self.stride)
-            sampler = self._make_sampler(padding)
+            sampler = self._make_sampler(padding, geometry if plain_features(model, sample_shape,
+                                                                              self.volume_shape) else None)
             setup = Setup(geometry, grid, sampler.fit(geometry.to_grid(reference), grid, self.seed))
             self._setup = (model, sample_shape, setup)
         return self._setup[2]
@@ -145,11 +148,15 @@ class PredictionDifference(Method):
         padding = self.padding if self.padding is not None else (0 if plain else 2)
         return window, int(padding)
 
-    def _make_sampler(self, padding: int):
+    def _make_sampler(self, padding: int, features: Geometry | None):
+        """The sampler asked for; on a plain feature vector (`features`) the conditional model is fitted per
+        feature (one location cell each, samples clipped to each feature's own range), not over all of them."""
         if not isinstance(self.sampler, str):
             return self.sampler
         if self.sampler == "marginal":
             return MarginalSampler()
+        if features is not None and self.location_grid is None:
+            return ConditionalSampler(padding, self.channels, features.spatial, clip="pixel")
         return ConditionalSampler(padding, self.channels, self.location_grid)
 
     def choose_score(self, model, target: Target) -> Score:
@@ -278,6 +285,7 @@ class PredictionDifference(Method):
 
     def _params(self, target: Target, score: Score, window, padding: int) -> dict:
         sampler = self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__
+        padding = getattr(self.sampler, "padding", padding)   # a sampler instance has its own
         return {"window": window, "padding": padding, "samples": self.samples, "sampler": sampler,
                 "stride": self.stride, "seed": self.seed, "reference_size": len(self.reference),
                 "score": score.kind, "output": score.output, "location_grid": self.location_grid,

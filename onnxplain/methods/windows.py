@@ -1,7 +1,8 @@
 """Where the windows of prediction difference analysis lie: an input's spatial geometry and its sliding windows.
 
-`Geometry` turns a model-input batch (NCHW, NHWC, 5-D volumes, or flat feature vectors that describe an image or
-a volume) into one canonical layout, (N, C, *spatial), and back. `WindowGrid` enumerates the k×k (or k×k×k)
+`Geometry` turns a model-input batch (NCHW, NHWC, 5-D volumes, flat feature vectors that describe an image or a
+volume, or plain feature vectors windowed along their features) into one canonical layout, (N, C, *spatial), and
+back. `WindowGrid` enumerates the k×k (or k×k×k)
 windows over the spatial axes; a window's id is its C-order index over the grid of start positions.
 """
 from __future__ import annotations
@@ -41,8 +42,8 @@ class Geometry:
             return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
         if len(sample_shape) in (3, 4):  # (C, H, W) images, (C, D, H, W) volumes
             return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
-        raise OnnxplainError(f"prediction difference needs image or volume inputs; got samples of shape "
-                             f"{sample_shape} (flat inputs need a volume_shape or a preprocessing size/crop)")
+        raise OnnxplainError(f"prediction difference needs feature-vector, image or volume inputs; got samples of "
+                             f"shape {sample_shape}")
 
     @classmethod
     def _flat(cls, sample_shape: tuple[int, ...], spatial: tuple[int, ...]) -> "Geometry":

@@ -1,6 +1,6 @@
 """The op registry: for each ONNX op (domain, type, opset range) one class with its torch forward and LRP role.
 
-One module per op family (conv, linear, pooling, activations, arith, shape, normalization, ml). To add an op,
+One module per op family (conv, linear, pooling, resize, activations, arith, shape, normalization, ml). To add an op,
 write a small `Op` subclass in its family's module and decorate it with `@register("Type")`.
 """
 from __future__ import annotations
@@ -32,4 +32,4 @@ def op_class(domain: str, op_type: str, opset: int) -> type[Op] | None:
     return REGISTRY[key] if low <= opset <= high else None
 
 
-from . import activations, arith, conv, linear, ml, normalization, pooling, shape  # noqa: E402,F401  (fill REGISTRY)
+from . import activations, arith, conv, linear, ml, normalization, pooling, resize, shape  # noqa: E402,F401  (fill REGISTRY)

@@ -54,7 +54,8 @@ class LinearClassifier(LinearOp):
 @register("Scaler", domain=ML, opsets=(1, 5))
 class Scaler(LinearOp):
     """y = (x - offset) * scale per feature (scikit-learn's StandardScaler, MinMaxScaler, ...). LRP: an affine layer
-    (the composite's rule for BatchNormalization-like maps), merged into a layer before it where there is one."""
+    under the composite's rule for BatchNormalization-like maps (relevance measured from raw zero: the offset acts
+    as a bias and absorbs its share)."""
 
     category = "affine"
 
@@ -67,9 +68,6 @@ class Scaler(LinearOp):
         scale = torch.tensor(self.attr("scale", [1.0]), dtype=x.dtype, device=x.device)
         offset = torch.tensor(self.attr("offset", [0.0]), dtype=x.dtype, device=x.device)
         return scale, -offset * scale
-
-    def channel_shape(self, inputs, channels):
-        return (channels,)
 
     def layer(self, inputs):
         factor, shift = self._affine(inputs[0])

@@ -141,6 +141,10 @@ def test_reductions(op, opset, attributes, extra):
     ([node("Range", ["a", "b", "c"], ["r"]), node("Cast", ["r"], ["f"], to=TensorProto.FLOAT),
       node("Add", ["x", "f"])], 13, [const("a", 0.0), const("b", 6.0), const("c", 1.0)]),
     ([node("Equal", ["x", "x"], ["e"]), node("Where", ["e", "x", "z"])], 13, [const("z", 0.0)]),
+    ([node("Abs", ["x"], ["a"]), node("Log", ["a"])], 13, []),
+    ([node("DepthToSpace", blocksize=2)], 13, []), ([node("DepthToSpace", blocksize=2, mode="CRD")], 13, []),
+    ([node("Tile", ["x", "r"], ["t"]), node("SpaceToDepth", ["t"], blocksize=2)], 13,
+     [const("r", [1, 1, 2, 2], np.int64)]),
 ])
 def test_shape_ops(nodes, opset, extra):
     outputs = tuple(o for o in nodes[-1].output)
@@ -155,7 +159,7 @@ def test_shape_ops(nodes, opset, extra):
     ("Clip", 6, dict(min=-0.5, max=0.7), []), ("Clip", 13, {}, ["", "hi"]), ("Dropout", 12, {}, []),
     ("Identity", 13, {}, []), ("Softmax", 11, dict(axis=2), []), ("Softmax", 13, dict(axis=2), []),
     ("LogSoftmax", 11, {}, []), ("LRN", 13, dict(size=3, alpha=0.01, beta=0.6, bias=2.0), []),
-    ("LRN", 13, dict(size=5), []), ("PRelu", 13, {}, ["slope"]),
+    ("LRN", 13, dict(size=5), []), ("PRelu", 13, {}, ["slope"]), ("Abs", 13, {}, []),
 ])
 def test_activations(op, opset, attributes, extra):
     inits = [const("hi", 0.3), const("slope", RNG.uniform(size=(4, 1, 1)))]

@@ -1,6 +1,6 @@
-"""Shape ops: Reshape, Flatten, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, Cast, Gather, Expand, Tile,
-and the shape arithmetic ops (Shape, Size, Constant, ConstantOfShape, Range), which the executor folds to
-constants wherever their inputs are constant.
+"""Shape ops: Reshape, Flatten, Transpose, DepthToSpace, SpaceToDepth, (Un)Squeeze, Concat, Split, Slice, Pad,
+Cast, Gather, Expand, Tile, and the shape arithmetic ops (Shape, Size, Constant, ConstantOfShape, Range), which the
+executor folds to constants wherever their inputs are constant.
 
 LRP: all of them move values without changing them, so their gradient routes relevance exactly (kind 'route');
 a constant Pad absorbs the relevance landing on its padding (reported like a bias). Integer tensors carry none.
@@ -49,6 +49,30 @@ class Transpose(Op):
     def forward(self, x):
         perm = self.attr("perm") or list(range(x.ndim))[::-1]
         return x.permute(*perm)
+
+
+@register("DepthToSpace")
+class DepthToSpace(Op):
+    """(N, C·b², H, W) -> (N, C, H·b, W·b): blocks taken depth-column-row (DCR, the default) or column-row-depth
+    (CRD, as PixelShuffle)."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        b = int(self.attr("blocksize"))
+        if self.attr("mode", "DCR") == "CRD":
+            return x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (b * b), h * b,
+                                                                                            w * b)
+        return x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c // (b * b), h * b, w * b)
+
+
+@register("SpaceToDepth")
+class SpaceToDepth(Op):
+    """(N, C, H·b, W·b) -> (N, C·b², H, W), the inverse of DepthToSpace in DCR mode."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        b = int(self.attr("blocksize"))
+        return x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4).reshape(n, c * b * b, h // b, w // b)
 
 
 @register("Squeeze")

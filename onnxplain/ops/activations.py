@@ -1,4 +1,4 @@
-"""Elementwise activations (and Abs, Log), Dropout/Identity, and Softmax.
+"""Elementwise activations, Dropout/Identity, and Softmax.
 
 LRP: activations pass relevance unchanged (zennit's Pass); Softmax/LogSoftmax end the explained network
 (relevance starts at the pre-softmax logit), so inside a network LRP cannot cross them.
@@ -18,18 +18,6 @@ from .base import Elementwise, Op
 class Relu(Elementwise):
     def forward(self, x):
         return torch.relu(x)
-
-
-@register("Abs")
-class Abs(Elementwise):
-    def forward(self, x):
-        return torch.abs(x)
-
-
-@register("Log")
-class Log(Elementwise):
-    def forward(self, x):
-        return torch.log(x)
 
 
 @register("LeakyRelu")

@@ -1,4 +1,5 @@
-"""Arithmetic: Add/Sub/Sum (sums), Mul/Div (scaling or gates), Neg, Max/Min, and a few ops of shape arithmetic.
+"""Arithmetic: Add/Sub/Sum (sums), Mul/Div (scaling or gates), Neg, Max/Min, Sqrt/Pow/Exp/Log/Abs, and a few
+ops of shape arithmetic.
 
 LRP: sums share relevance by contribution (a constant operand keeps its share, like a bias); scaling by a
 constant passes relevance; a product of two activations is a gate: the signal takes all relevance, the gate
@@ -141,10 +142,13 @@ class Pow(_Nonlinear):
         return torch.pow(x, exponent)
 
 
-@register("Exp")
-class Exp(_Nonlinear):
+@register("Exp", "Log", "Abs")
+class Elementary(_Nonlinear):
+    """exp, log, |x|: forward and gradients; LRP has no rule for them (inside norms and log-sums they are no
+    activation)."""
+
     def forward(self, x):
-        return torch.exp(x)
+        return {"Exp": torch.exp, "Log": torch.log, "Abs": torch.abs}[self.op_type](x)
 
 
 @register("Equal")

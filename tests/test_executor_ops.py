@@ -160,9 +160,11 @@ def test_shape_ops(nodes, opset, extra):
     ("Identity", 13, {}, []), ("Softmax", 11, dict(axis=2), []), ("Softmax", 13, dict(axis=2), []),
     ("LogSoftmax", 11, {}, []), ("LRN", 13, dict(size=3, alpha=0.01, beta=0.6, bias=2.0), []),
     ("LRN", 13, dict(size=5), []), ("PRelu", 13, {}, ["slope"]), ("Abs", 13, {}, []),
+    ("LayerNormalization", 17, {}, ["ln_scale", "ln_bias"]), ("LayerNormalization", 17, dict(axis=1), ["one"]),
 ])
 def test_activations(op, opset, attributes, extra):
-    inits = [const("hi", 0.3), const("slope", RNG.uniform(size=(4, 1, 1)))]
+    inits = [const("hi", 0.3), const("slope", RNG.uniform(size=(4, 1, 1))), const("ln_scale", RNG.uniform(size=6)),
+             const("ln_bias", RNG.normal(size=6)), const("one", 1.5)]
     check([node(op, ["x"] + extra, **attributes)], X4, opset, inits)
 
 

@@ -206,11 +206,11 @@ def test_op_outside_registry_falls_back_to_onnx2torch(tmp_path):
 
 def test_dynamo_export_with_an_op_outside_the_registry_falls_back_to_onnx2torch(tmp_path):
     """torch's dynamo exporter writes Reshape with allowzero=1, which onnx2torch does not implement; with a constant
-    shape that holds no zero it means allowzero=0, so the fallback still runs (here for LayerNormalization)."""
+    shape that holds no zero it means allowzero=0, so the fallback still runs (here for InstanceNormalization)."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LayerNorm(4 * 6 * 6),
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.InstanceNorm2d(4, affine=True), torch.nn.Flatten(),
                               torch.nn.Linear(4 * 6 * 6, 3)).eval()
-    path = tmp_path / "layernorm.onnx"
+    path = tmp_path / "instancenorm.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), dynamo=True, opset_version=18,
@@ -220,7 +220,7 @@ def test_dynamo_export_with_an_op_outside_the_registry_falls_back_to_onnx2torch(
                for a in n.attribute)
     model = onnxplain.load(path)
     executor = model.torch()
-    assert executor.graph is None and "LayerNormalization" in executor.problem
+    assert executor.graph is None and "InstanceNormalization" in executor.problem
     x = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
     grad, _ = executor.gradient(x, Target(index=1))
     inputs = torch.from_numpy(x).requires_grad_(True)
@@ -315,3 +315,37 @@ def test_resize_mode_torch_cannot_match_falls_back(tmp_path):
         assert "Resize" in str(error)
         return
     assert executor.graph is None and "Resize" in executor.problem
+
+
+def test_layer_normalization_runs_in_the_registry_with_gradients_and_lrp(tmp_path):
+    """LayerNormalization (opset 17+, what the dynamo exporter writes for nn.LayerNorm): gradients equal torch
+    autograd; LRP holds the standard deviation constant, so the map is linear and relevance is conserved."""
+    from onnxplain.lrp import LRP
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.LayerNorm(4 * 6 * 6), torch.nn.Linear(4 * 6 * 6, 16), torch.nn.ReLU(),
+                              torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    path = tmp_path / "layernorm.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), dynamo=True, opset_version=18,
+                          input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("N")},))
+    model = onnxplain.load(path)
+    assert "LayerNormalization" in [node.op_type for node in model.proto.graph.node]
+    executor = model.torch()
+    assert executor.graph is not None, executor.problem
+    x = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
+    grad, _ = executor.gradient(x, Target(index=1))
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    net(inputs)[:, 1].sum().backward()
+    assert relative_error(grad, inputs.grad.numpy()) <= TOLERANCE
+    for composite in ("epsilon-plus", "lrp-0"):
+        explanation = LRP(composite=composite, progress=False).explain(model, x)
+        assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+        assert "LayerNormalization" in {layer["op"] for layer in explanation.diagnostics["layers"][0]}

@@ -1,8 +1,9 @@
-"""Normalisation: BatchNormalization (inference) and LRN.
+"""Normalisation: BatchNormalization (inference), LayerNormalization and LRN.
 
 LRP: a BatchNormalization right after a Conv/Gemm is merged into it (zennit's canonizer, done by the LRP
-canonizer); elsewhere it is an affine layer (category 'affine') under the composite's rule. LRN passes relevance
-unchanged (the deep Taylor paper bypasses normalisation layers).
+canonizer); elsewhere it is an affine layer (category 'affine') under the composite's rule. LayerNormalization is
+linear once its standard deviation is held constant (Ali et al. 2022), a parameter-free map under the z-rule. LRN
+passes relevance unchanged (the deep Taylor paper bypasses normalisation layers).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from ..lrp import rules
 from . import register
-from .base import Elementwise, LinearOp
+from .base import Elementwise, LinearOp, Op
 
 
 @register("BatchNormalization")
@@ -39,6 +40,35 @@ class BatchNormalization(LinearOp):
         factor, shift = self.affine(inputs)
         shape = self.channel_shape(inputs, factor.numel())
         return rules.Layer(lambda x, w: x * w.reshape(shape), factor.reshape(-1), shift.reshape(shape))
+
+
+@register("LayerNormalization", opsets=(17, 22))
+class LayerNormalization(Op):
+    """y = (x - mean) / sqrt(var + epsilon) * scale + bias, statistics over the axes from `axis` on."""
+
+    def setup(self):
+        self.epsilon = float(self.attr("epsilon", 1e-5))
+        self.kind = "pool" if not any(self.node.output[1:]) else None   # Mean / InvStdDev outputs: no rule
+
+    def axes(self, x) -> tuple[int, ...]:
+        axis = int(self.attr("axis", -1))
+        return tuple(range(axis % x.ndim, x.ndim))
+
+    def forward(self, x, scale, bias=None):
+        axes = self.axes(x)
+        mean = x.mean(dim=axes, keepdim=True)
+        inverse = torch.rsqrt(x.var(dim=axes, unbiased=False, keepdim=True) + self.epsilon)
+        y = (x - mean) * inverse * scale + (0 if bias is None else bias)
+        return (y, mean, inverse) if any(self.node.output[1:]) else y
+
+    def relevance(self, inputs, rule):
+        """The z-rule (or epsilon) on x -> (x - mean(x)) * scale / sigma with sigma held constant: relevance is
+        conserved up to the bias's share."""
+        x, scale, bias = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
+        axes = self.axes(x)
+        inverse = torch.rsqrt(x.detach().var(dim=axes, unbiased=False, keepdim=True) + self.epsilon)
+        centred = rules.Layer(lambda t, w: (t - t.mean(dim=axes, keepdim=True)) * inverse * scale, None, bias)
+        return rule(x, centred)
 
 
 @register("LRN")

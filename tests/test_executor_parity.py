@@ -204,17 +204,22 @@ def test_op_outside_registry_falls_back_to_onnx2torch(tmp_path):
     assert unsupported_ops(model) and "InstanceNormalization" in unsupported_ops(model)[0]
 
 
+def _export_dynamo(net: torch.nn.Module, path, sample_shape: tuple[int, ...]):
+    """torch.onnx.export with the dynamo exporter at opset 18, dynamic batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, *sample_shape),), str(path), dynamo=True, opset_version=18,
+                          input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("N")},))
+    return path
+
+
 def test_dynamo_export_with_an_op_outside_the_registry_falls_back_to_onnx2torch(tmp_path):
     """torch's dynamo exporter writes Reshape with allowzero=1, which onnx2torch does not implement; with a constant
     shape that holds no zero it means allowzero=0, so the fallback still runs (here for InstanceNormalization)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.InstanceNorm2d(4, affine=True), torch.nn.Flatten(),
                               torch.nn.Linear(4 * 6 * 6, 3)).eval()
-    path = tmp_path / "instancenorm.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), dynamo=True, opset_version=18,
-                          input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("N")},))
+    path = _export_dynamo(net, tmp_path / "instancenorm.onnx", (1, 8, 8))
     proto = onnx.load(path)
     assert any(a.name == "allowzero" and a.i == 1 for n in proto.graph.node if n.op_type == "Reshape"
                for a in n.attribute)
@@ -331,11 +336,7 @@ def test_layer_normalization_runs_in_the_registry_with_gradients_and_lrp(tmp_pat
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
-    path = tmp_path / "layernorm.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), dynamo=True, opset_version=18,
-                          input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("N")},))
+    path = _export_dynamo(net, tmp_path / "layernorm.onnx", (1, 8, 8))
     model = onnxplain.load(path)
     assert "LayerNormalization" in [node.op_type for node in model.proto.graph.node]
     executor = model.torch()

@@ -174,10 +174,6 @@ def _single_op_model(path, op_type: str, **attributes) -> None:
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
     inputs, extra = ["x"], []
-    if op_type == "InstanceNormalization":
-        extra = [numpy_helper.from_array(np.ones(1, np.float32), "s"),
-                 numpy_helper.from_array(np.zeros(1, np.float32), "b")]
-        inputs = ["x3", "s", "b"]
     nodes = [helper.make_node("Unsqueeze", ["x", "axis"], ["x3"]),
              helper.make_node(op_type, inputs, ["h"], name="the_node", **attributes),
              helper.make_node("Flatten", ["h"], ["flat"]),
@@ -192,16 +188,16 @@ def _single_op_model(path, op_type: str, **attributes) -> None:
 
 
 def test_op_outside_registry_falls_back_to_onnx2torch(tmp_path):
-    path = tmp_path / "instnorm.onnx"
-    _single_op_model(path, "InstanceNormalization")
+    path = tmp_path / "sin.onnx"
+    _single_op_model(path, "Sin")
     model = onnxplain.load(path)
     executor = model.torch()
-    assert executor.graph is None and "InstanceNormalization (the_node)" in executor.problem
+    assert executor.graph is None and "Sin (the_node)" in executor.problem
     x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
     assert relative_error(executor(x).detach().numpy(), model.scores(x)) <= TOLERANCE
     grad, _ = executor.gradient(x, Target(index=0))
     assert grad.shape == x.shape and np.isfinite(grad).all()
-    assert unsupported_ops(model) and "InstanceNormalization" in unsupported_ops(model)[0]
+    assert unsupported_ops(model) and "Sin" in unsupported_ops(model)[0]
 
 
 def _export_dynamo(net: torch.nn.Module, path, sample_shape: tuple[int, ...]):
@@ -215,17 +211,22 @@ def _export_dynamo(net: torch.nn.Module, path, sample_shape: tuple[int, ...]):
 
 def test_dynamo_export_with_an_op_outside_the_registry_falls_back_to_onnx2torch(tmp_path):
     """torch's dynamo exporter writes Reshape with allowzero=1, which onnx2torch does not implement; with a constant
-    shape that holds no zero it means allowzero=0, so the fallback still runs (here for InstanceNormalization)."""
+    shape that holds no zero it means allowzero=0, so the fallback still runs (here for CumSum)."""
+
+    class CumulativeSum(torch.nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=1)
+
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.InstanceNorm2d(4, affine=True), torch.nn.Flatten(),
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), CumulativeSum(),
                               torch.nn.Linear(4 * 6 * 6, 3)).eval()
-    path = _export_dynamo(net, tmp_path / "instancenorm.onnx", (1, 8, 8))
+    path = _export_dynamo(net, tmp_path / "cumsum.onnx", (1, 8, 8))
     proto = onnx.load(path)
     assert any(a.name == "allowzero" and a.i == 1 for n in proto.graph.node if n.op_type == "Reshape"
                for a in n.attribute)
     model = onnxplain.load(path)
     executor = model.torch()
-    assert executor.graph is None and "InstanceNormalization" in executor.problem
+    assert executor.graph is None and "CumSum" in executor.problem
     x = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
     grad, _ = executor.gradient(x, Target(index=1))
     inputs = torch.from_numpy(x).requires_grad_(True)
@@ -322,23 +323,35 @@ def test_resize_mode_torch_cannot_match_falls_back(tmp_path):
     assert executor.graph is None and "Resize" in executor.problem
 
 
-def test_layer_normalization_runs_in_the_registry_with_gradients_and_lrp(tmp_path):
-    """LayerNormalization (opset 17+, what the dynamo exporter writes for nn.LayerNorm): gradients equal torch
-    autograd; LRP holds the standard deviation constant, so the map is linear and relevance is conserved."""
+NORMALISED_NETS = {  # (layers, the ONNX op they become)
+    "LayerNorm": (lambda: [torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LayerNorm(144),
+                           torch.nn.Linear(144, 16), torch.nn.ReLU(), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)],
+                  "LayerNormalization"),
+    "InstanceNorm": (lambda: [torch.nn.Conv2d(1, 4, 3), torch.nn.InstanceNorm2d(4, affine=True), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(144, 3)], "InstanceNormalization"),
+    "GroupNorm": (lambda: [torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.ReLU(), torch.nn.Flatten(),
+                           torch.nn.Linear(144, 3)], "InstanceNormalization"),
+}
+
+
+@pytest.mark.parametrize("which", NORMALISED_NETS)
+def test_normalisation_layers_run_in_the_registry_with_gradients_and_lrp(tmp_path, which):
+    """nn.LayerNorm (LayerNormalization, opset 17+), nn.InstanceNorm2d and nn.GroupNorm (InstanceNormalization
+    with reshapes): gradients equal torch autograd; LRP holds the standard deviation constant, so the map is linear
+    and relevance is conserved."""
     from onnxplain.lrp import LRP
 
+    layers, op_type = NORMALISED_NETS[which]
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.LayerNorm(4 * 6 * 6), torch.nn.Linear(4 * 6 * 6, 16), torch.nn.ReLU(),
-                              torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)).eval()
+    net = torch.nn.Sequential(*layers()).eval()
     with torch.no_grad():
         for module in net.modules():
-            if isinstance(module, torch.nn.LayerNorm):
+            if isinstance(module, (torch.nn.LayerNorm, torch.nn.InstanceNorm2d, torch.nn.GroupNorm)):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
-    path = _export_dynamo(net, tmp_path / "layernorm.onnx", (1, 8, 8))
+    path = _export_dynamo(net, tmp_path / "normalised.onnx", (1, 8, 8))
     model = onnxplain.load(path)
-    assert "LayerNormalization" in [node.op_type for node in model.proto.graph.node]
+    assert op_type in [node.op_type for node in model.proto.graph.node]
     executor = model.torch()
     assert executor.graph is not None, executor.problem
     x = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
@@ -349,4 +362,4 @@ def test_layer_normalization_runs_in_the_registry_with_gradients_and_lrp(tmp_pat
     for composite in ("epsilon-plus", "lrp-0"):
         explanation = LRP(composite=composite, progress=False).explain(model, x)
         assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
-        assert "LayerNormalization" in {layer["op"] for layer in explanation.diagnostics["layers"][0]}
+        assert op_type in {layer["op"] for layer in explanation.diagnostics["layers"][0]}

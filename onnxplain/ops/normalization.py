@@ -1,8 +1,9 @@
-"""Normalisation: BatchNormalization (inference), LayerNormalization and LRN.
+"""Normalisation: BatchNormalization (inference), LayerNormalization, InstanceNormalization and LRN.
 
 LRP: a BatchNormalization right after a Conv/Gemm is merged into it (zennit's canonizer, done by the LRP
-canonizer); elsewhere it is an affine layer (category 'affine') under the composite's rule. LayerNormalization is
-linear once its standard deviation is held constant (Ali et al. 2022), a parameter-free map under the z-rule. LRN
+canonizer); elsewhere it is an affine layer (category 'affine') under the composite's rule. Layer and instance
+normalisation are linear once the standard deviation is held constant (Ali et al. 2022): a parameter-free map
+under the z-rule. LRN
 passes relevance unchanged (the deep Taylor paper bypasses normalisation layers).
 """
 from __future__ import annotations
@@ -54,8 +55,13 @@ class LayerNormalization(Op):
         axis = int(self.attr("axis", -1))
         return tuple(range(axis % x.ndim, x.ndim))
 
+    def affine(self, x, scale, bias):
+        """scale and bias as they broadcast over x (LayerNormalization: over the normalised axes already)."""
+        return scale, bias
+
     def forward(self, x, scale, bias=None):
         axes = self.axes(x)
+        scale, bias = self.affine(x, scale, bias)
         mean = x.mean(dim=axes, keepdim=True)
         inverse = torch.rsqrt(x.var(dim=axes, unbiased=False, keepdim=True) + self.epsilon)
         y = (x - mean) * inverse * scale + (0 if bias is None else bias)
@@ -64,11 +70,29 @@ class LayerNormalization(Op):
     def relevance(self, inputs, rule):
         """The z-rule (or epsilon) on x -> (x - mean(x)) * scale / sigma with sigma held constant: relevance is
         conserved up to the bias's share."""
-        x, scale, bias = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
+        x = inputs[0]
+        scale, bias = self.affine(x, inputs[1], inputs[2] if len(inputs) > 2 else None)
         axes = self.axes(x)
         inverse = torch.rsqrt(x.detach().var(dim=axes, unbiased=False, keepdim=True) + self.epsilon)
         centred = rules.Layer(lambda t, w: (t - t.mean(dim=axes, keepdim=True)) * inverse * scale, None, bias)
         return rule(x, centred)
+
+
+@register("InstanceNormalization")
+class InstanceNormalization(LayerNormalization):
+    """y = (x - mean) / sqrt(var + epsilon) * scale + bias, statistics per sample and channel over the spatial axes,
+    scale and bias per channel; LRP as LayerNormalization's."""
+
+    def setup(self):
+        self.epsilon = float(self.attr("epsilon", 1e-5))
+        self.kind = "pool"
+
+    def axes(self, x) -> tuple[int, ...]:
+        return tuple(range(2, x.ndim))
+
+    def affine(self, x, scale, bias):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return scale.reshape(shape), bias.reshape(shape)
 
 
 @register("LRN")

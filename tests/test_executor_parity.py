@@ -280,7 +280,9 @@ def _export_both_ways(net: torch.nn.Module, folder) -> list:
     paths = []
     for dynamo, opset in ((True, 18), (False, 13)):
         path = folder / f"net{opset}.onnx"
-        shapes = {"dynamic_shapes": ({0: torch.export.Dim("N")},)} if dynamo else {"dynamic_axes": {"x": {0: "N"}}}
+        height, width = torch.export.Dim("H", min=4), torch.export.Dim("W", min=4)
+        shapes = {"dynamic_shapes": ({0: torch.export.Dim("N"), 2: height, 3: width},)} if dynamo else \
+            {"dynamic_axes": {"x": {0: "N", 2: "H", 3: "W"}}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(net, (torch.rand(2, 3, 8, 8),), str(path), dynamo=dynamo, opset_version=opset,
@@ -291,10 +293,12 @@ def _export_both_ways(net: torch.nn.Module, folder) -> list:
 
 @pytest.mark.parametrize("mode, options", [("nearest", {"scale_factor": 2}), ("nearest", {"size": (20, 20)}),
                                            ("bilinear", {"scale_factor": 2, "align_corners": False}),
-                                           ("bilinear", {"scale_factor": 2, "align_corners": True})])
+                                           ("bilinear", {"scale_factor": 2, "align_corners": True}),
+                                           ("bilinear", {"scale_factor": 1.5, "align_corners": False})])
 def test_resize_runs_in_the_registry_with_gradients_and_lrp(tmp_path, mode, options):
     """nn.Upsample as ONNX Resize (dynamo, opset 18; legacy, opset 13): the registry runs it (checked against
-    onnxruntime on building), gradients equal torch autograd and LRP (the z-rule on Resize) conserves."""
+    onnxruntime on building), gradients equal torch autograd and LRP (the z-rule on Resize) conserves; scales are
+    applied as given, so a fractional scaled size (8 x 1.5 here; 7 x 1.5 below) still matches."""
     from onnxplain.lrp import LRP
 
     net = _upsampling_net(mode, **options)
@@ -309,6 +313,9 @@ def test_resize_runs_in_the_registry_with_gradients_and_lrp(tmp_path, mode, opti
         assert relative_error(grad, inputs.grad.numpy()) <= TOLERANCE
         errors = LRP(progress=False).explain(model, x).diagnostics["conservation_error"]
         assert np.abs(errors).max() < 1e-5
+        odd = np.random.default_rng(1).random((2, 3, 7, 9)).astype(np.float32)   # a size the check did not probe
+        with torch.no_grad():
+            assert relative_error(executor(odd).numpy(), net(torch.from_numpy(odd)).numpy()) <= TOLERANCE
 
 
 def test_resize_mode_torch_cannot_match_falls_back(tmp_path):
@@ -363,3 +370,5 @@ def test_normalisation_layers_run_in_the_registry_with_gradients_and_lrp(tmp_pat
         explanation = LRP(composite=composite, progress=False).explain(model, x)
         assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
         assert op_type in {layer["op"] for layer in explanation.diagnostics["layers"][0]}
+    with pytest.raises(OnnxplainError, match="use z or epsilon"):   # flat would spread relevance over the centring
+        LRP(rules={op_type: "flat"}, progress=False).explain(model, x)

@@ -70,6 +70,8 @@ class LayerNormalization(Op):
     def relevance(self, inputs, rule):
         """The z-rule (or epsilon) on x -> (x - mean(x)) * scale / sigma with sigma held constant: relevance is
         conserved up to the bias's share."""
+        if rule.name not in ("z", "epsilon"):   # flat and the like would spread relevance over the centring
+            raise ValueError(f"rule {rule.name} does not apply to {self.op_type}: use z or epsilon")
         x = inputs[0]
         scale, bias = self.affine(x, inputs[1], inputs[2] if len(inputs) > 2 else None)
         axes = self.axes(x)

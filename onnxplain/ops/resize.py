@@ -1,13 +1,14 @@
 """Resize and Upsample: nearest and (bi/tri)linear interpolation, a parameter-free linear map.
 
 LRP: like average pooling (`kind = "pool"`, z-rule by default): an output's relevance goes to the inputs it was
-interpolated from, in proportion to their contributions. Modes torch has no exact match for (cubic, crop-and-resize,
-antialiasing, aspect-ratio policies, other rounding) are refused when the node is set up, so the model falls back
-to onnx2torch; the executor's check against onnxruntime guards the rest.
+interpolated from, in proportion to their contributions. Covered exactly: nearest with asymmetric coordinates and
+floor rounding (what torch exports), nearest with half-pixel coordinates rounding ties up, linear with half-pixel
+or aligned-corner coordinates; sizes from `sizes`, or `scales` applied as given (as onnxruntime does, also where
+the scaled size is fractional). Every other mode (cubic, other rounding, pytorch_half_pixel, crop-and-resize,
+antialiasing, axes, aspect-ratio policies, resizing the batch or channel axis) is refused when the node is set
+up, so the model falls back to onnx2torch.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -36,33 +37,39 @@ class Resize(Op):
             raise ValueError(f"Resize node {self.name!r}: antialias, axes and aspect-ratio policies are not supported")
         if self.mode == "nearest" and (transform, rounding) == ("asymmetric", "floor"):
             self.torch_mode, self.align_corners = "nearest", None
-        elif self.mode == "nearest" and transform in ("half_pixel", "pytorch_half_pixel") \
-                and rounding in ("round_prefer_ceil", "round_prefer_floor"):
-            self.torch_mode, self.align_corners = "nearest-exact", None  # equal away from ties (integer factors)
-        elif self.mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        elif self.mode == "nearest" and (transform, rounding) == ("half_pixel", "round_prefer_ceil"):
+            self.torch_mode, self.align_corners = "nearest-exact", None   # floor(x + 0.5): ties go up
+        elif self.mode == "linear" and transform in ("half_pixel", "align_corners"):
             self.torch_mode, self.align_corners = "linear", transform == "align_corners"
         else:
             raise ValueError(f"Resize node {self.name!r}: mode {self.mode!r} with {transform!r} coordinates is not "
                              "supported")
 
     def forward(self, x, *rest):
-        size = self._size(x, rest)
         mode = LINEAR[x.ndim - 2] if self.torch_mode == "linear" else self.torch_mode
-        return F.interpolate(x, size=size, mode=mode, align_corners=self.align_corners)
+        size, factors = self._target(x, rest)
+        if size is not None:
+            return F.interpolate(x, size=size, mode=mode, align_corners=self.align_corners)
+        return F.interpolate(x, scale_factor=factors, mode=mode, align_corners=self.align_corners,
+                             recompute_scale_factor=False)
 
-    def _size(self, x, rest) -> list[int]:
-        """Output size of the spatial axes from `sizes` or `scales` (opset 7-9: the `scales` attribute)."""
+    def _target(self, x, rest) -> tuple[list[int] | None, list[float] | None]:
+        """(spatial output size, None) from `sizes`, or (None, spatial scale factors) from `scales` (opset 7-9: the
+        `scales` attribute); the batch and channel axes must keep their size."""
         if self.op_type == "Upsample" or self.opset < 11:
             scales, sizes = (rest[0] if rest else self.attr("scales")), None
         else:
             scales = rest[1] if len(rest) > 1 else None
             sizes = rest[2] if len(rest) > 2 else None
         if sizes is not None and len(sizes):
-            return [int(s) for s in sizes.tolist()[2:]]
+            wanted = [int(s) for s in sizes.tolist()]
+            if wanted[:2] != list(x.shape[:2]):
+                raise ValueError(f"Resize node {self.name!r} resizes the batch or channel axis")
+            return wanted[2:], None
         factors = [float(s) for s in (scales.tolist() if hasattr(scales, "tolist") else scales)]
         if factors[:2] != [1.0, 1.0]:
             raise ValueError(f"Resize node {self.name!r} scales the batch or channel axis")
-        return [math.floor(n * f) for n, f in zip(x.shape[2:], factors[2:])]
+        return None, factors[2:]
 
     def relevance(self, inputs, rule):
         rest = inputs[1:]

@@ -372,3 +372,24 @@ def test_normalisation_layers_run_in_the_registry_with_gradients_and_lrp(tmp_pat
         assert op_type in {layer["op"] for layer in explanation.diagnostics["layers"][0]}
     with pytest.raises(OnnxplainError, match="use z or epsilon"):   # flat would spread relevance over the centring
         LRP(rules={op_type: "flat"}, progress=False).explain(model, x)
+
+
+def test_the_check_probes_a_second_size_where_the_input_leaves_sizes_open(tmp_path, monkeypatch):
+    """An op exact at the first probe size (8) but wrong at others is caught by the second (7): here a Resize that
+    turns its scales into a size (exact where 8 x 1.5 is whole, not at 7 x 1.5) falls back."""
+    import math
+
+    import onnxplain.ops.resize as resize
+
+    exact = resize.Resize._target
+
+    def rounded(self, x, rest):
+        size, factors = exact(self, x, rest)
+        return (size, None) if size is not None else ([math.floor(n * f) for n, f in zip(x.shape[2:], factors)], None)
+
+    net = _upsampling_net("bilinear", scale_factor=1.5, align_corners=False)
+    path = _export_both_ways(net, tmp_path)[1]
+    assert onnxplain.load(path).torch().graph is not None
+    monkeypatch.setattr(resize.Resize, "_target", rounded)
+    executor = onnxplain.load(path).torch()
+    assert executor.graph is None and "differs from onnxruntime" in executor.problem

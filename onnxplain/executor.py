@@ -96,14 +96,11 @@ class TorchExecutor:
         """(probe batch, onnxruntime's outputs): sizes the model leaves open set to 8, and, where it leaves any
         open, to 7 as well (an op can be exact at one size and not another); a size onnxruntime refuses is
         skipped."""
-        probes = [(probe, None) for probe in (probe_batch(self.model, batch=1),
-                                              probe_batch(self.model, batch=1, open_size=7))]
-        if probes[0][0].shape == probes[1][0].shape:
-            probes = probes[:1]
-        checked = [(probes[0][0], self.model.run(probes[0][0], names))]
-        for probe, _ in probes[1:]:
+        first, second = probe_batch(self.model, batch=1), probe_batch(self.model, batch=1, open_size=7)
+        checked = [(first, self.model.run(first, names))]
+        if second.shape != first.shape:
             try:
-                checked.append((probe, self.model.run(probe, names)))
+                checked.append((second, self.model.run(second, names)))
             except OnnxplainError:   # the graph takes only some sizes (a reshape to a fixed length, ...)
                 pass
         return checked

@@ -156,12 +156,12 @@ class Model:
                 return name, "probabilities", f"output {name!r} comes from {node.op_type} ({what})", None
             if node is not None and node.op_type == "SVMClassifier":
                 platt = bool(_attribute(node, "prob_a", None))
-                transform = _attribute(node, "post_transform", b"NONE").decode()
+                transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
                 if platt or transform in ML_PROBABILITY_TRANSFORMS:
                     what = "Platt-scaled probabilities" if platt else f"{transform} post-transform"
                     return name, "probabilities", f"output {name!r} comes from SVMClassifier ({what})", None
             if node is not None and node.op_type in ("LinearClassifier", "Normalizer"):
-                transform = _attribute(node, "post_transform", b"NONE").decode()
+                transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
                 if node.op_type == "Normalizer" or transform in ML_PROBABILITY_TRANSFORMS:
                     return (name, "probabilities",
                             f"output {name!r} comes from {node.op_type} "

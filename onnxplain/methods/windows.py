@@ -2,8 +2,8 @@
 
 `Geometry` turns a model-input batch (NCHW, NHWC, 5-D volumes, flat feature vectors that describe an image or a
 volume, or plain feature vectors windowed along their features) into one canonical layout, (N, C, *spatial), and
-back. `WindowGrid` enumerates the k×k (or k×k×k)
-windows over the spatial axes; a window's id is its C-order index over the grid of start positions.
+back. `WindowGrid` enumerates the k×k (or k×k×k) windows over the spatial axes; a window's id is its C-order index
+over the grid of start positions.
 """
 from __future__ import annotations
 

@@ -32,4 +32,5 @@ def op_class(domain: str, op_type: str, opset: int) -> type[Op] | None:
     return REGISTRY[key] if low <= opset <= high else None
 
 
-from . import activations, arith, conv, linear, ml, normalization, pooling, resize, shape  # noqa: E402,F401  (fill REGISTRY)
+# the op families fill REGISTRY as they are imported
+from . import activations, arith, conv, linear, ml, normalization, pooling, resize, shape  # noqa: E402,F401

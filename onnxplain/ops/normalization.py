@@ -3,8 +3,7 @@
 LRP: a BatchNormalization right after a Conv/Gemm is merged into it (zennit's canonizer, done by the LRP
 canonizer); elsewhere it is an affine layer (category 'affine') under the composite's rule. Layer and instance
 normalisation are linear once the standard deviation is held constant (Ali et al. 2022): a parameter-free map
-under the z-rule. LRN
-passes relevance unchanged (the deep Taylor paper bypasses normalisation layers).
+under the z-rule. LRN passes relevance unchanged (the deep Taylor paper bypasses normalisation layers).
 """
 from __future__ import annotations
 

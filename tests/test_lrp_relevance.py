@@ -1,6 +1,8 @@
 """The relevance plumbing under the rules: stacked layer calls, sums that share relevance, and the ledger's terms."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,62 @@ def test_stacked_terms_equal_one_call_per_term(case):
     want = sum(layer(t, w, use_bias=False) for t, w in terms) + bias
     assert (layer.stack_axes is None) == (case == "grouped conv")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _weighted(op_type: str, weight_shape, channels: int, **attrs) -> rules.Layer:
+    return _layer(op_type, RNG.normal(size=weight_shape).astype(np.float32),
+                  RNG.normal(size=channels).astype(np.float32), **attrs)
+
+
+TRANSPOSED = {  # layers whose op gives the rules its transpose, and an input shape
+    "conv, even pads, stride 2": (lambda: CASES["conv"][0](), (2, 3, 8, 7)),
+    "conv, uneven pads": (lambda: _weighted("Conv", (4, 3, 3, 2), 4, pads=[0, 1, 2, 0], strides=[2, 3]), (2, 3, 9, 8)),
+    "conv, SAME_UPPER, stride 2": (lambda: _weighted("Conv", (4, 3, 2, 2), 4, auto_pad="SAME_UPPER", strides=[2, 2]),
+                                   (1, 3, 6, 7)),
+    "conv, dilated": (lambda: _weighted("Conv", (4, 3, 3, 3), 4, dilations=[2, 1], pads=[2, 1, 2, 1]), (2, 3, 7, 6)),
+    "grouped conv": (lambda: CASES["grouped conv"][0](), (2, 4, 6, 6)),
+    "conv 1-D": (lambda: _weighted("Conv", (4, 3, 3), 4, pads=[1, 0]), (2, 3, 10)),
+    "conv 3-D": (lambda: _weighted("Conv", (2, 3, 2, 2, 2), 2, strides=[1, 2, 1]), (1, 3, 4, 5, 3)),
+    "gemm": (lambda: CASES["gemm"][0](), (4, 5)),
+    "gemm, alpha": (lambda: _weighted("Gemm", (5, 6), 6, alpha=0.5), (3, 5)),
+}
+
+
+@pytest.mark.parametrize("case", TRANSPOSED)
+def test_transpose_is_the_input_gradient(case):
+    make, shape = TRANSPOSED[case]
+    layer = make()
+    x = torch.from_numpy(RNG.normal(size=shape).astype(np.float32)).requires_grad_(True)
+    y = layer.fn(x, layer.weight)
+    q = torch.from_numpy(RNG.normal(size=y.shape).astype(np.float32))
+    (want,) = torch.autograd.grad(y, x, q)
+    torch.testing.assert_close(layer.transpose(q, x.detach(), layer.weight), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", [rules.Epsilon(0.25), rules.ZPlus(), rules.ZPlus().for_nonnegative_input()],
+                         ids=["epsilon", "zplus", "zplus, input >= 0"])
+@pytest.mark.parametrize("case", TRANSPOSED)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rules_by_hand_equal_the_autograd_route(rule, case, batch):
+    """The one-branch rules' own backward (with the op's transpose; z+ on one sample: one convolution over both
+    weights) gives autograd's relevance, output and ledger terms."""
+    make, shape = TRANSPOSED[case]
+    layer = make()
+    x = torch.from_numpy(RNG.normal(size=(batch,) + shape[1:]).astype(np.float32))
+    if rule.nonnegative_input:
+        x = x.clamp(min=0)
+    results = []
+    for current in (layer, dataclasses.replace(layer, transpose=None)):
+        leaf = x.clone().requires_grad_(True)
+        out, leak = rule(leaf, current)
+        r = torch.from_numpy(RNG.normal(size=out.shape).astype(np.float32)) if not results else results[0][3]
+        (grad,) = torch.autograd.grad(out, leaf, r)
+        results.append((out.detach(), grad, leak.terms(r), r))
+    (out, grad, terms, _), (want_out, want_grad, want_terms, _) = results
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-5)
+    for got, want in zip(terms, want_terms):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_fused_bias_equals_the_added_bias():

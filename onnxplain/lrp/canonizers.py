@@ -36,7 +36,8 @@ class MergedLinear(LinearOp):
         shape = self.base.channel_shape(inputs, self.factor.numel())
         factor, shift = self.factor.to(layer.weight), self.shift.to(layer.weight)
         bias = shift.reshape(shape) if layer.bias is None else layer.bias * factor.reshape(shape) + shift.reshape(shape)
-        return rules.Layer(layer.fn, layer.weight * factor.reshape(view), bias, layer.with_bias, layer.stack_axes)
+        return rules.Layer(layer.fn, layer.weight * factor.reshape(view), bias, layer.with_bias, layer.stack_axes,
+                           layer.transpose, layer.stacks_outputs, {})
 
     def channel_shape(self, inputs, channels):
         return self.base.channel_shape(inputs, channels)

@@ -1,6 +1,7 @@
 """How relevance rides on autograd, and what the conservation ledger counts.
 
-A rule's output carries its relevance as a gradient (`attach`, `relay`, `passthrough`); `stabilize` is the
+A rule's output carries its relevance as a gradient (`attach`, `relay`, `passthrough`, or `explicit` for a
+backward written out by hand); `stabilize` is the
 shared denominator guard. A `Leak` records what a denominator holds besides the input contributions (bias,
 stabiliser), so the ledger can report the relevance they absorb as separate terms.
 """
@@ -35,19 +36,6 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
             and a.dtype == b.dtype and a.device == b.device)
 
 
-class _Attach(torch.autograd.Function):
-    """Forward: `value`. Backward: the incoming gradient (divided by `division`) goes to `graph` instead."""
-
-    @staticmethod
-    def forward(ctx, value, graph, division):
-        ctx.division = division
-        return value.view_as(value)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, grad if ctx.division is None else ctx.division(grad), None
-
-
 class _Relay(torch.autograd.Function):
     """Forward: `value` (a modified copy of `source`). Backward: gradient times `value` goes to `source`."""
 
@@ -80,6 +68,29 @@ class _Share(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
+class _Explicit(torch.autograd.Function):
+    """Forward: `value`. Backward: `backward(incoming gradient)` goes to `source` instead (a division on its way
+    into a graph, or a rule's whole relevance map computed by hand)."""
+
+    @staticmethod
+    def forward(ctx, value, source, backward):
+        ctx.backward = backward
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, ctx.backward(grad), None
+
+
+def explicit(value: torch.Tensor, source: torch.Tensor, backward) -> torch.Tensor:
+    """`value`, whose gradient g reaches `source` as backward(g)."""
+    return _Explicit.apply(value.detach(), source, backward)
+
+
+def _unchanged(grad: torch.Tensor) -> torch.Tensor:
+    return grad
+
+
 def distribute(value: torch.Tensor, division: Division, operands: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
     """`value` (a sum of sign_k * operand_k), whose relevance R goes to each operand as sign_k operand_k R / z."""
     contributions = [operand.detach() if sign == 1 else sign * operand.detach() for operand, sign in operands]
@@ -89,7 +100,7 @@ def distribute(value: torch.Tensor, division: Division, operands: list[tuple[tor
 def attach(value: torch.Tensor, graph: torch.Tensor, division: Division | None = None) -> torch.Tensor:
     """`value`, whose gradient (divided by `division`'s denominator) flows into `graph`: a true output carrying
     relevance."""
-    return _Attach.apply(value.detach(), graph, division)
+    return explicit(value, graph, division if division is not None else _unchanged)
 
 
 def relay(source: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

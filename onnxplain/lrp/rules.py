@@ -3,7 +3,9 @@
 Relevance travels as the *gradient* of a modified forward pass (zennit's idea, done in the forward): a rule
 returns a tensor whose value is the layer's true output and whose gradient map, in autograd's backward, is the
 rule's relevance map. Fan-out sums, max-pool routing and reshapes then come from autograd for free, and one
-backward pass computes the whole explanation.
+backward pass computes the whole explanation. Where the op gives its transpose (convolutions, dense layers), the
+one-branch rules (z, epsilon, z+) write their backward out by hand instead: one autograd node per layer, z+'s
+weights made once per layer, and on one sample the true output and z+ from one convolution.
 
 Each rule also returns a `Leak` (`relevance.py`): what its denominator holds besides the input contributions
 (bias, stabiliser), so the conservation ledger can report the relevance they absorb as separate terms.
@@ -17,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from .relevance import Branch, BranchLeak, Division, Leak, attach, distribute, passthrough, relay, stabilize
+from .relevance import (Branch, BranchLeak, Division, Leak, attach, distribute, explicit, passthrough, relay,
+                        stabilize)
 
 
 # ---------------------------------------------------------------- the layer a rule sees
@@ -31,6 +34,11 @@ class Layer:
     bias: torch.Tensor | None   # broadcastable to the output
     with_bias: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor] | None = None
     stack_axes: tuple[int, int] | None = None  # (input axis, weight axis) of the summed-over input features
+    transpose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # transpose(q, x, w): fn(., w)'s transpose applied to q (fn's input gradient, shaped like x), where the op gives
+    # one; single-branch rules then run their backward themselves (one autograd node, no graph through fn)
+    stacks_outputs: bool = False  # fn(x, cat([w1, w2])) = cat([fn(x, w1), fn(x, w2)], 1): an ungrouped convolution
+    cache: dict | None = None     # the op's store for tensors rules derive from its weight (kept across calls)
 
     def __call__(self, x, weight=None, bias=None, use_bias=True):
         weight = self.weight if weight is None else weight
@@ -49,14 +57,27 @@ class Layer:
         """Sum of fn(x_k, w_k) over `terms`, plus `bias`: one call on the inputs and weights stacked along
         `stack_axes` where the layer has them (a first layer's thin input makes that as cheap as one term), else
         one call per term."""
-        if len(terms) > 1 and self.stack_axes is not None:
-            x_axis, w_axis = self.stack_axes
-            terms = [(torch.cat([x for x, _ in terms], x_axis), torch.cat([w for _, w in terms], w_axis))]
-        (x, weight), rest = terms[0], terms[1:]
+        (x, weight), *rest = self.stacked(terms)
         total = self(x, weight, bias, use_bias=bias is not None)
         for x, weight in rest:
             total = total + self(x, weight, use_bias=False)
         return total
+
+    def stacked(self, terms: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`terms` as one (inputs, weights) pair stacked along `stack_axes` where the layer has them."""
+        if len(terms) < 2 or self.stack_axes is None:
+            return terms
+        x_axis, w_axis = self.stack_axes
+        return [(torch.cat([x for x, _ in terms], x_axis), torch.cat([w for _, w in terms], w_axis))]
+
+    def derived(self, what: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A tensor a rule makes from the weight (w+, stacked weights): made once per op, dtype and device."""
+        if self.cache is None:
+            return make()
+        key = (what, self.weight.dtype, self.weight.device)
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
 
     def needs_weight(self, rule: str):
         if self.weight is None:
@@ -98,6 +119,10 @@ class Epsilon(Rule):
         self.epsilon = float(epsilon)
 
     def __call__(self, x, layer):
+        if layer.transpose is not None and layer.weight is not None:
+            z = layer.output(x)
+            division, leak = _divided(stabilize(z, self.epsilon), layer.bias, self.epsilon)
+            return _by_hand(z, x, layer, division, [(x, layer.weight)]), leak
         z = layer(relay(x, x))
         division, leak = _divided(stabilize(z.detach(), self.epsilon), layer.bias, self.epsilon)
         return attach(z, z, division), leak
@@ -125,11 +150,34 @@ class ZPlus(Rule):
         bias = _pos(layer.bias)
         # z >= 0 (non-negative contributions), so stabilize() would add +epsilon: added with the bias instead, the
         # stabilised denominator comes out of the layer itself (the bias does not change z's gradient)
-        shifted = self.stabilizer if bias is None else bias + self.stabilizer
-        z = _signed_part(x, layer, True, torch.as_tensor(shifted, dtype=x.dtype, device=x.device),
-                         self.nonnegative_input)
+        shifted = torch.as_tensor(self.stabilizer if bias is None else bias + self.stabilizer, dtype=x.dtype,
+                                  device=x.device)
+        if layer.transpose is not None:
+            return self._by_hand(x, layer, bias, shifted)
+        z = _signed_part(x, layer, True, shifted, self.nonnegative_input)
         division, leak = _divided(z.detach(), bias, self.stabilizer, positive=True)
         return attach(layer.output(x), z, division), leak
+
+
+    def _by_hand(self, x, layer, bias, shifted):
+        """z+ with the layer's transpose. One sample with inputs >= 0 on a convolution: the true output and z+ come
+        from one convolution over both weights stacked along the output channels (one kernel call instead of two;
+        with several samples the halves would not be contiguous, and two calls measure faster)."""
+        positive = layer.derived("w+", lambda: layer.weight.clamp(min=0))
+        with torch.no_grad():
+            if len(x) == 1 and layer.stacks_outputs and not _has_negative(x, self.nonnegative_input):
+                both = layer.derived("w, w+", lambda: torch.cat([layer.weight, positive]))
+                channels = len(positive)
+                true_bias = torch.zeros(channels, dtype=x.dtype, device=x.device) if layer.bias is None else layer.bias
+                biases = torch.cat([true_bias.reshape(-1), shifted.reshape(-1).expand(channels)])
+                y, z = layer(x, both, biases.reshape((1, -1) + (1,) * (x.ndim - 2))).split(channels, 1)
+                terms = stacked = [(x.detach(), positive)]
+            else:
+                terms = _signed_terms(x, layer.weight, positive, self.nonnegative_input)
+                stacked = layer.stacked(terms)  # x+ w+ + x- w-: one call each way on the stacked parts
+                y, z = layer(x), layer.sum_of(stacked, shifted)
+        division, leak = _divided(z, bias, self.stabilizer, positive=True)
+        return _by_hand(y, x, layer, division, stacked, len(terms) // len(stacked)), leak
 
 
 def _has_negative(x: torch.Tensor, nonnegative: bool) -> bool:
@@ -143,6 +191,31 @@ def _signed_part(x, layer, positive: bool, bias, nonnegative: bool):
         return layer.sum_of([(relay(x, x), w_for_pos(layer.weight))], bias)
     return layer.sum_of([(relay(x, x.clamp(min=0)), w_for_pos(layer.weight)),
                          (relay(x, x.clamp(max=0)), w_for_neg(layer.weight))], bias)
+
+
+def _signed_terms(x, weight, positive, nonnegative: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input part, weight part) pairs of the positive contributions, as `_signed_part` sums them (`positive`: w+)."""
+    x = x.detach()
+    if not _has_negative(x, nonnegative):
+        return [(x, positive)]
+    return [(x.clamp(min=0), positive), (x.clamp(max=0), weight.clamp(max=0))]
+
+
+def _by_hand(value, x, layer: Layer, division: Division, terms, folds: int = 1) -> torch.Tensor:
+    """`value`, whose relevance R reaches x as sum_k m_k * W_k^T (R / z): the one-branch rules' backward, run with
+    the layer's transpose (in place where the temporaries allow) instead of autograd through the layer. `folds` > 1:
+    `terms` is one pair stacked along the input axis (`Layer.stacked`), whose `folds` blocks are summed."""
+    def backward(relevance):
+        quotient = division(relevance)
+        total = None
+        for part, weight in terms:
+            share = layer.transpose(quotient, part, weight).mul_(part)
+            total = share if total is None else total.add_(share)
+        if folds > 1:
+            blocks = total.chunk(folds, layer.stack_axes[0])
+            total = blocks[0].add(blocks[1]) if folds == 2 else sum(blocks[1:], blocks[0])
+        return total
+    return explicit(value, x, backward)
 
 
 class AlphaBeta(Rule):

@@ -79,6 +79,11 @@ class LinearOp(Op):
     def relevance(self, inputs, rule):
         return rule(inputs[0], self.layer(inputs))
 
+    @property
+    def derived(self) -> dict:
+        """Where the rules keep what they make from this layer's weight (w+, ...), across calls."""
+        return self.__dict__.setdefault("_derived", {})
+
     def channel_shape(self, inputs, channels: int) -> tuple[int, ...]:
         """Shape that broadcasts a per-output-channel vector over the output (channels on axis 1 by default)."""
         return (1, channels) + (1,) * (inputs[0].ndim - 2)

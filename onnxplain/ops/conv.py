@@ -4,6 +4,7 @@ LRP: linear layers of category 'conv' (the composite picks z+, alpha-beta, gamma
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from ..lrp import rules
@@ -17,6 +18,7 @@ CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 class _ConvBase(LinearOp):
     category = "conv"
     weight_in_axis = 1  # the weight axis of input channels
+    transpose = None    # (q, x, weight) -> the input gradient at q, for the rules' explicit backward
 
     def setup(self):
         weight = self.constants.get(1)
@@ -37,7 +39,8 @@ class _ConvBase(LinearOp):
         shape = (1, -1) + (1,) * self.spatial
         return rules.Layer(lambda t, w: self.apply(t, w, None), weight, None if bias is None else bias.reshape(shape),
                            lambda t, w, b: self.apply(t, w, self.bias_vector(b, w)),
-                           (1, self.weight_in_axis) if self.groups == 1 else None)
+                           (1, self.weight_in_axis) if self.groups == 1 else None, self.transpose,
+                           self.groups == 1 and self.weight_out_axis == 0, self.derived)
 
     def bias_vector(self, bias, weight):
         """A bias broadcastable to the output (per channel, or one value) as the vector the convolution adds."""
@@ -63,6 +66,20 @@ class Conv(_ConvBase):
 
     def forward(self, x, weight, bias=None):
         return self.apply(x, weight, bias)
+
+    def transpose(self, q, x, weight):
+        """The convolution's input gradient at `q`, shaped like `x` (the kernel autograd runs; with uneven pads, the
+        transposed convolution of the padded input, cropped)."""
+        pairs = self.pads(x, weight)
+        if all(b == e for b, e in pairs):
+            return torch.ops.aten.convolution_backward(q, x, weight, None, self.strides, [b for b, _ in pairs],
+                                                       self.dilations, False, [0] * self.spatial, self.groups,
+                                                       [True, False, False])[0]
+        kernel, sizes = self.kernel(weight), x.shape[2:]
+        extra = [size + b + e - ((o - 1) * s + d * (k - 1) + 1)
+                 for size, (b, e), o, s, d, k in zip(sizes, pairs, q.shape[2:], self.strides, self.dilations, kernel)]
+        full = CONV_T[self.spatial](q, weight, None, self.strides, 0, extra, self.groups, self.dilations)
+        return full[(slice(None), slice(None)) + tuple(slice(b, b + n) for (b, _), n in zip(pairs, sizes))]
 
 
 @register("ConvTranspose")

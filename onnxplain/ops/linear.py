@@ -12,6 +12,11 @@ from . import register
 from .base import LinearOp
 
 
+def dense_transpose(q, x, weight):
+    """x @ weight's input gradient at q (weight: (in, out))."""
+    return torch.matmul(q, weight.mT)
+
+
 @register("Gemm")
 class Gemm(LinearOp):
     """Y = alpha * A' @ B' + beta * C, with A' = A^T when transA, B' = B^T when transB."""
@@ -42,7 +47,8 @@ class Gemm(LinearOp):
         bias = inputs[2] if len(inputs) > 2 else None
         if bias is not None and self.beta != 1:
             bias = bias * self.beta
-        return rules.Layer(lambda x, w: x @ w, b * self.alpha if self.alpha != 1 else b, bias, stack_axes=(-1, 0))
+        return rules.Layer(lambda x, w: x @ w, b * self.alpha if self.alpha != 1 else b, bias, stack_axes=(-1, 0),
+                           transpose=dense_transpose)
 
 
 @register("MatMul")
@@ -63,4 +69,5 @@ class MatMul(LinearOp):
         return torch.matmul(a, b)
 
     def layer(self, inputs):
-        return rules.Layer(lambda x, w: torch.matmul(x, w), inputs[1], None, stack_axes=(-1, 0))
+        return rules.Layer(lambda x, w: torch.matmul(x, w), inputs[1], None, stack_axes=(-1, 0),
+                           transpose=dense_transpose)

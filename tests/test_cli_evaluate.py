@@ -149,7 +149,7 @@ def test_default_methods_leave_out_lrp_where_it_does_not_cover_the_model(digits_
 
     assert default_methods(digits_cnn_model) == ("lrp,gradient,sensitivity,smoothgrad", None)
     nodes = [helper.make_node("Unsqueeze", ["x", "axis"], ["x3"]),
-             helper.make_node("Sin", ["x3"], ["h"]),  # onnx2torch runs it, LRP cannot
+             helper.make_node("Sin", ["x3"], ["h"]),  # the registry runs it, LRP cannot pass it
              helper.make_node("Flatten", ["h"], ["flat"]), helper.make_node("Gemm", ["flat", "w"], ["logits"])]
     constants = [numpy_helper.from_array(np.array([1], np.int64), "axis"),
                  numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w")]

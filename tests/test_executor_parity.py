@@ -188,16 +188,16 @@ def _single_op_model(path, op_type: str, **attributes) -> None:
 
 
 def test_op_outside_registry_falls_back_to_onnx2torch(tmp_path):
-    path = tmp_path / "sin.onnx"
-    _single_op_model(path, "Sin")
+    path = tmp_path / "celu.onnx"
+    _single_op_model(path, "Celu", alpha=0.7)
     model = onnxplain.load(path)
     executor = model.torch()
-    assert executor.graph is None and "Sin (the_node)" in executor.problem
+    assert executor.graph is None and "Celu (the_node)" in executor.problem
     x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
     assert relative_error(executor(x).detach().numpy(), model.scores(x)) <= TOLERANCE
     grad, _ = executor.gradient(x, Target(index=0))
     assert grad.shape == x.shape and np.isfinite(grad).all()
-    assert unsupported_ops(model) and "Sin" in unsupported_ops(model)[0]
+    assert unsupported_ops(model) and "Celu" in unsupported_ops(model)[0]
 
 
 def _export_dynamo(net: torch.nn.Module, path, sample_shape: tuple[int, ...]):
@@ -211,22 +211,17 @@ def _export_dynamo(net: torch.nn.Module, path, sample_shape: tuple[int, ...]):
 
 def test_dynamo_export_with_an_op_outside_the_registry_falls_back_to_onnx2torch(tmp_path):
     """torch's dynamo exporter writes Reshape with allowzero=1, which onnx2torch does not implement; with a constant
-    shape that holds no zero it means allowzero=0, so the fallback still runs (here for CumSum)."""
-
-    class CumulativeSum(torch.nn.Module):
-        def forward(self, x):
-            return torch.cumsum(x, dim=1)
-
+    shape that holds no zero it means allowzero=0, so the fallback still runs (here for Celu)."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), CumulativeSum(),
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.CELU(0.7),
                               torch.nn.Linear(4 * 6 * 6, 3)).eval()
-    path = _export_dynamo(net, tmp_path / "cumsum.onnx", (1, 8, 8))
+    path = _export_dynamo(net, tmp_path / "celu.onnx", (1, 8, 8))
     proto = onnx.load(path)
     assert any(a.name == "allowzero" and a.i == 1 for n in proto.graph.node if n.op_type == "Reshape"
                for a in n.attribute)
     model = onnxplain.load(path)
     executor = model.torch()
-    assert executor.graph is None and "CumSum" in executor.problem
+    assert executor.graph is None and "Celu" in executor.problem
     x = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
     grad, _ = executor.gradient(x, Target(index=1))
     inputs = torch.from_numpy(x).requires_grad_(True)

@@ -1,9 +1,12 @@
-"""Arithmetic: Add/Sub/Sum (sums), Mul/Div (scaling or gates), Neg, Max/Min, Sqrt/Pow/Exp/Log/Abs, and a few
-ops of shape arithmetic.
+"""Arithmetic: Add/Sub/Sum (sums), Mul/Div (scaling or gates), Neg, Max/Min, Sqrt/Pow/Mod, elementary functions
+(exp, log, |x|, 1/x, trigonometric and hyperbolic ones), roundings (Sign/Floor/Ceil/Round), comparisons and boolean
+logic, Where.
 
 LRP: sums share relevance by contribution (a constant operand keeps its share, like a bias); scaling by a
 constant passes relevance; a product of two activations is a gate: the signal takes all relevance, the gate
-(the operand coming from a sigmoid-like op) is held constant.
+(the operand coming from a sigmoid-like op) is held constant. Elementary functions have no rule (LRP names them
+as unsupported; gradients pass); roundings, comparisons and logic give integer or boolean values through which
+no relevance flows (kind 'data').
 """
 from __future__ import annotations
 
@@ -142,13 +145,41 @@ class Pow(_Nonlinear):
         return torch.pow(x, exponent)
 
 
-@register("Exp", "Log", "Abs")
+@register("Mod", opsets=(10, 22))
+class Mod(_Nonlinear):
+    """Remainder of a / b: with the dividend's sign when fmod=1 (C's fmod), else the divisor's (Python's %)."""
+
+    def forward(self, a, b):
+        return torch.fmod(a, b) if self.attr("fmod", 0) else torch.remainder(a, b)
+
+
+ELEMENTARY = {"Exp": torch.exp, "Log": torch.log, "Abs": torch.abs, "Reciprocal": torch.reciprocal,
+              "Sin": torch.sin, "Cos": torch.cos, "Tan": torch.tan, "Asin": torch.asin, "Acos": torch.acos,
+              "Atan": torch.atan, "Sinh": torch.sinh, "Cosh": torch.cosh, "Asinh": torch.asinh, "Acosh": torch.acosh,
+              "Atanh": torch.atanh}
+
+
+@register(*ELEMENTARY)
 class Elementary(_Nonlinear):
-    """exp, log, |x|: forward and gradients; LRP has no rule for them (inside norms and log-sums they are no
-    activation)."""
+    """exp, log, |x|, 1/x, trigonometric and hyperbolic functions and their inverses: forward and gradients; LRP has
+    no rule for them (inside norms, log-sums or periodic features they are no activation)."""
 
     def forward(self, x):
-        return {"Exp": torch.exp, "Log": torch.log, "Abs": torch.abs}[self.op_type](x)
+        return ELEMENTARY[self.op_type](x)
+
+
+ROUNDINGS = {"Sign": torch.sign, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round}
+
+
+@register(*ROUNDINGS)
+class Rounding(Op):
+    """sign, floor, ceil, round (half to even, as ONNX and torch): integer-valued steps with a zero gradient, so no
+    relevance flows (kind 'data')."""
+
+    kind = "data"
+
+    def forward(self, x):
+        return ROUNDINGS[self.op_type](x)
 
 
 @register("Equal")
@@ -157,6 +188,48 @@ class Equal(Op):
 
     def forward(self, a, b):
         return a == b
+
+
+COMPARISONS = {"Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
+               "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor}
+
+
+@register(*COMPARISONS, opsets=(7, 22))
+class Comparison(Op):
+    """Comparisons and boolean logic with numpy broadcasting (from opset 7: before, a `broadcast` attribute aligned
+    operands differently); boolean outputs carry no relevance (kind 'data')."""
+
+    kind = "data"
+
+    def forward(self, a, b):
+        return COMPARISONS[self.op_type](a, b)
+
+
+@register("Not")
+class Not(Op):
+    kind = "data"
+
+    def forward(self, x):
+        return torch.logical_not(x)
+
+
+@register("IsNaN", opsets=(9, 22))
+class IsNaN(Op):
+    kind = "data"
+
+    def forward(self, x):
+        return torch.isnan(x)
+
+
+@register("IsInf", opsets=(10, 22))
+class IsInf(Op):
+    """+inf and/or -inf, as detect_positive / detect_negative say (both by default)."""
+
+    kind = "data"
+
+    def forward(self, x):
+        positive = torch.isposinf(x) if self.attr("detect_positive", 1) else torch.zeros_like(x, dtype=torch.bool)
+        return (positive | torch.isneginf(x)) if self.attr("detect_negative", 1) else positive
 
 
 @register("Where")

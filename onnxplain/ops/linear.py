@@ -1,7 +1,7 @@
-"""Dense layers: Gemm and MatMul with a constant weight.
+"""Dense layers: Gemm, MatMul and Einsum with a constant weight.
 
-LRP: linear layers of category 'dense' (epsilon in zennit's composites). A MatMul or Gemm of two activations
-(attention) is no layer: LRP reports it as unsupported.
+LRP: linear layers of category 'dense' (epsilon in zennit's composites). A MatMul, Gemm or Einsum of two
+activations (attention) is no layer: LRP reports it as unsupported.
 """
 from __future__ import annotations
 
@@ -71,3 +71,27 @@ class MatMul(LinearOp):
     def layer(self, inputs):
         return rules.Layer(lambda x, w: torch.matmul(x, w), inputs[1], None, stack_axes=(-1, 0),
                            transpose=dense_transpose)
+
+
+@register("Einsum", opsets=(12, 22))
+class Einsum(LinearOp):
+    """torch.einsum, which reads ONNX's equations alike (implicit output in label order, '...', spaces). Data first
+    and a constant second: a linear map of the data, so a dense layer with the constant as weight. Otherwise no rule:
+    two activations, or the constant first (the walker takes a layer's input, and its z^B bounds, from input 0)."""
+
+    category = "dense"
+
+    def setup(self):
+        self.equation = self.attr("equation")
+        dense = len(self.node.input) == 2 and 1 in self.constants and 0 not in self.constants
+        self.kind = "linear" if dense else None
+
+    def forward(self, *operands):
+        return torch.einsum(self.equation, *operands)
+
+    def layer(self, inputs):
+        return rules.Layer(lambda x, w: torch.einsum(self.equation, x, w), inputs[1], None)
+
+    def mergeable(self) -> bool:
+        """No: the output axis a per-channel factor would scale depends on the equation."""
+        return False

@@ -1,7 +1,8 @@
-"""ai.onnx.ml: Scaler, LinearClassifier (+ its post-transform) and Normalizer.
+"""ai.onnx.ml: Scaler, LinearClassifier (+ its post-transform), Normalizer and ArrayFeatureExtractor.
 
 The executor splits a LinearClassifier into the linear scores and a `PostTransform` node (`split_classifier`),
-so relevance starts at the raw, pre-transform score like at a pre-softmax logit. LRP: a dense layer.
+so relevance starts at the raw, pre-transform score like at a pre-softmax logit. LRP: a dense layer; the
+ArrayFeatureExtractor gathers, so its gradient routes relevance.
 """
 from __future__ import annotations
 
@@ -136,6 +137,16 @@ class Normalizer(Op):
         else:
             scale = x.square().sum(1, keepdim=True).sqrt()
         return x / scale.clamp(min=1e-30)
+
+
+@register("ArrayFeatureExtractor", domain=ML, opsets=(1, 5))
+class ArrayFeatureExtractor(Op):
+    """X[..., Y]: the entries at indices Y (flattened) of the last axis; a 1-D X gives shape (1, len(Y)), as in
+    onnxruntime (converters pick class labels or features with it). LRP: a gather (kind 'route')."""
+
+    def forward(self, x, indices):
+        picked = x.index_select(x.ndim - 1, indices.reshape(-1).long())
+        return picked.reshape(1, -1) if x.ndim == 1 else picked
 
 
 def split_classifier(node) -> list:

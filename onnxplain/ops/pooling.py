@@ -1,7 +1,10 @@
-"""Pooling and reductions: MaxPool (winner takes all), AveragePool, GlobalAverage/MaxPool, ReduceMean/Sum/Max/Min.
+"""Pooling and reductions: MaxPool (winner takes all), AveragePool, GlobalAverage/MaxPool, ReduceMean/Sum/Max/Min,
+the nonlinear reductions (ReduceL1/L2/SumSquare/LogSum/LogSumExp/Prod), and ops along one axis: CumSum, TopK,
+ArgMax/ArgMin.
 
-LRP: max-pooling and max/min reductions route relevance to the winner (their gradient); averages and sums are
-parameter-free linear maps under the z-rule (kind 'pool').
+LRP: max-pooling, max/min reductions and TopK's values route relevance to the winners (their gradient); averages,
+sums and running sums are parameter-free linear maps under the z-rule (kind 'pool'); norms, log-sums and products
+have no rule (LRP names them as unsupported; gradients pass); indices carry no relevance.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import torch.nn.functional as F
 
 from ..lrp import rules
 from . import register
-from .base import Op, auto_pads, ints, pad_pairs, torch_pad
+from .base import Op, auto_pads, ints, normalise_axis, pad_pairs, torch_pad
 
 MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -140,8 +143,13 @@ class _Reduce(Op):
     def forward(self, x, axes=None):
         dims = self.axes(x, axes)
         if not dims:
-            return x
+            return self.unreduced(x)
         return self.reduce(x, tuple(dims), bool(self.attr("keepdims", 1)))
+
+    def unreduced(self, x):
+        """The result over an empty set of axes (noop_with_empty_axes): the reduction's elementwise part, as in
+        onnxruntime (the input itself for sums, means, extrema and products)."""
+        return x
 
 
 @register("ReduceMean")
@@ -175,3 +183,108 @@ class ReduceMin(_Reduce):
 
     def reduce(self, x, dims, keep):
         return x.amin(dim=dims, keepdim=keep)
+
+
+class _NonlinearReduce(_Reduce):
+    """Reductions LRP has no rule for: forward and gradients only."""
+
+    kind = None
+
+
+@register("ReduceL1")
+class ReduceL1(_NonlinearReduce):
+    def reduce(self, x, dims, keep):
+        return x.abs().sum(dim=dims, keepdim=keep, dtype=x.dtype)
+
+    def unreduced(self, x):
+        return x.abs()
+
+
+@register("ReduceL2")
+class ReduceL2(_NonlinearReduce):
+    def reduce(self, x, dims, keep):
+        return torch.linalg.vector_norm(x, 2, dim=dims, keepdim=keep)
+
+    def unreduced(self, x):
+        return x.abs()
+
+
+@register("ReduceSumSquare")
+class ReduceSumSquare(_NonlinearReduce):
+    def reduce(self, x, dims, keep):
+        return (x * x).sum(dim=dims, keepdim=keep, dtype=x.dtype)
+
+    def unreduced(self, x):
+        return x * x
+
+
+@register("ReduceLogSum")
+class ReduceLogSum(_NonlinearReduce):
+    def reduce(self, x, dims, keep):
+        return torch.log(x.sum(dim=dims, keepdim=keep))
+
+    def unreduced(self, x):
+        return torch.log(x)
+
+
+@register("ReduceLogSumExp")
+class ReduceLogSumExp(_NonlinearReduce):
+    def reduce(self, x, dims, keep):
+        return torch.logsumexp(x, dim=dims, keepdim=keep)
+
+
+@register("ReduceProd")
+class ReduceProd(_NonlinearReduce):
+    def reduce(self, x, dims, keep):
+        for dim in sorted(dims, reverse=True):  # torch multiplies along one axis at a time
+            x = x.prod(dim=dim, keepdim=keep, dtype=x.dtype)
+        return x
+
+
+@register("CumSum", opsets=(11, 22))
+class CumSum(Op):
+    """Running sums along `axis` (a 0-d or 1-element tensor input); `exclusive` leaves each element out of its own
+    sum, `reverse` sums from the end. LRP: a parameter-free linear map, z-rule by default (kind 'pool')."""
+
+    kind = "pool"
+
+    def forward(self, x, axis):
+        dim = normalise_axis(ints(axis)[0], x.ndim)
+        reverse = bool(self.attr("reverse", 0))
+        y = torch.cumsum(x.flip(dim) if reverse else x, dim, dtype=x.dtype)
+        if self.attr("exclusive", 0):  # shifted by one, as onnxruntime sums (not cumsum - x, which rounds apart)
+            y = torch.cat([torch.zeros_like(y.narrow(dim, 0, 1)), y.narrow(dim, 0, y.shape[dim] - 1)], dim)
+        return y.flip(dim) if reverse else y
+
+    def relevance(self, inputs, rule):
+        return rule(inputs[0], rules.Layer(lambda t, w: self.forward(t, inputs[1]), None, None))
+
+
+@register("TopK")
+class TopK(Op):
+    """The k largest (`largest`=0: smallest) values along `axis` and their int64 indices; of equal values the lower
+    index comes first (a stable sort, as ONNX specifies). k: attribute up to opset 9, input from opset 10. With
+    sorted=0 ONNX leaves the order open: it is the sorted one here (onnxruntime's heap order is not reproduced).
+    LRP: the values route relevance to the selected elements, like max-pooling (kind 'route')."""
+
+    def forward(self, x, k=None):
+        count = int(self.attr("k")) if k is None else ints(k)[0]
+        axis = normalise_axis(int(self.attr("axis", -1)), x.ndim)
+        values, indices = torch.sort(x, dim=axis, descending=bool(self.attr("largest", 1)), stable=True)
+        return values.narrow(axis, 0, count), indices.narrow(axis, 0, count)
+
+
+@register("ArgMax", "ArgMin")
+class ArgExtremum(Op):
+    """The int64 index of the largest (ArgMax) or smallest (ArgMin) element along `axis`: the first of equal ones,
+    the last with select_last_index (opset 12). Indices carry no relevance (kind 'data')."""
+
+    kind = "data"
+
+    def forward(self, x):
+        axis = normalise_axis(int(self.attr("axis", 0)), x.ndim)
+        keep = bool(self.attr("keepdims", 1))
+        find = torch.argmax if self.op_type == "ArgMax" else torch.argmin
+        if self.attr("select_last_index", 0):
+            return x.shape[axis] - 1 - find(x.flip(axis), axis, keepdim=keep)
+        return find(x, axis, keepdim=keep)

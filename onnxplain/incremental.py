@@ -26,7 +26,9 @@ MAX_GROUPS = 64   # rows written as slices per shared offset up to this many off
 SLICED_POOL = 16  # max poolings with at most this many kernel positions run as a maximum over strided slices
 POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
              "Softplus", "Softsign", "Gelu", "Erf", "Dropout", "Identity", "BatchNormalization", "LRN", "Neg",
-             "Sqrt", "Exp", "Cast"}                  # each output position reads its own position (channels too)
+             "Sqrt", "Exp", "Log", "Abs", "Reciprocal", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
+             "Asinh", "Acosh", "Atanh", "Sign", "Floor", "Ceil", "Round", "Not", "IsNaN", "IsInf",
+             "Cast"}                                 # each output position reads its own position (channels too)
 ALIGNED = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Concat"}   # operands meet position by position
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}

@@ -138,6 +138,16 @@ def test_one_and_three_spatial_axes(tmp_path, spatial, size):
     check(path, (2, *size), 3, rng, cropped_ops=("Conv", "Relu"))
 
 
+def test_elementary_functions_run_on_crops(tmp_path):
+    rng = np.random.default_rng(6)
+    first, weights = conv("c1", "x", 3, 4, (3, 3), rng, pads=[1, 1, 1, 1])
+    chain = ["Sin", "Atan", "Abs", "Cos", "Reciprocal", "Log", "Tanh"]
+    names = ["c1"] + [f"e{i}" for i in range(len(chain))]
+    nodes = [first] + [helper.make_node(op, [a], [b]) for op, a, b in zip(chain, names, names[1:])]
+    nodes.append(helper.make_node("Flatten", [names[-1]], ["flat"]))
+    path = model_file(tmp_path, nodes, weights, (3, 15, 13), "elementary")
+    check(path, (3, 15, 13), 3, rng, cropped_ops=("Conv", *chain))
+
 
 def runner_errors(path, shape, k, batches, rng):
     """Relative error of WindowRunner against onnxruntime for each batch of window starts, run as given."""

@@ -1,9 +1,9 @@
 """How relevance rides on autograd, and what the conservation ledger counts.
 
 A rule's output carries its relevance as a gradient (`attach`, `relay`, `passthrough`, or `explicit` for a
-backward written out by hand); `stabilize` is the
-shared denominator guard. A `Leak` records what a denominator holds besides the input contributions (bias,
-stabiliser), so the ledger can report the relevance they absorb as separate terms.
+backward written out by hand); `stabilize` is the shared denominator guard. A `Leak` records what a denominator
+holds besides the input contributions (bias, stabiliser), so the ledger can report the relevance they absorb as
+separate terms.
 """
 from __future__ import annotations
 

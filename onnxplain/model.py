@@ -103,7 +103,7 @@ class Model:
             if want.dtype.kind in "OSU":  # string class labels (scikit-learn classifiers with named classes)
                 same = want.shape == got.shape and bool((want == got).all())
             else:
-                same = np.allclose(want.astype(np.float64), got.astype(np.float64), rtol=1e-4, atol=1e-5)
+                same = np.allclose(want.astype(np.float64), got.astype(np.float64), rtol=1e-4, atol=1e-5, equal_nan=True)
             if not same:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 
@@ -119,7 +119,7 @@ class Model:
             return False
         return all(np.allclose(np.asarray(together[k], dtype=np.float64),
                                np.concatenate([np.asarray(a[k], dtype=np.float64) for a in apart]),
-                               rtol=1e-4, atol=1e-6) for k in range(len(together)))
+                               rtol=1e-4, atol=1e-6, equal_nan=True) for k in range(len(together)))
 
     # ---------------------------------------------------------------- description
     def _single_input(self):

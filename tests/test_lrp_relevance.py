@@ -65,6 +65,7 @@ TRANSPOSED = {  # layers whose op gives the rules its transpose, and an input sh
     "conv 3-D": (lambda: _weighted("Conv", (2, 3, 2, 2, 2), 2, strides=[1, 2, 1]), (1, 3, 4, 5, 3)),
     "gemm": (lambda: CASES["gemm"][0](), (4, 5)),
     "gemm, alpha": (lambda: _weighted("Gemm", (5, 6), 6, alpha=0.5), (3, 5)),
+    "matmul, 3-D input": (lambda: _weighted("MatMul", (5, 6), 6), (2, 4, 5)),
 }
 
 

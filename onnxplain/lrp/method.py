@@ -12,7 +12,7 @@ from ..explanation import Explanation, Method
 from ..runtime import _progress
 from ..targets import Target, as_target
 from .composites import Params, RuleMap, composite_named, make_rule
-from .walker import Result, Walker
+from .walker import Result, Walker, data_cuts, no_path_message, relevance_path
 
 HISTOGRAM_BINS = 10
 
@@ -154,12 +154,8 @@ def unsupported_ops(model) -> list[str]:
     executor = model.torch()
     if executor.graph is None:
         return [executor.problem or "the model does not run through the op registry"]
-    graph = executor.graph
-    carriers, problems = {model.input_name}, []
-    for step in graph.plan([executor.logits_name], (model.input_name,)):
-        if step.op is None or step.op.kind == "data" or not any(n in carriers for n in step.inputs if n):
-            continue
-        if step.op.kind is None:
-            problems.append(step.label)
-        carriers.update(n for n in step.outputs if n)
-    return problems
+    steps = executor.graph.plan([executor.logits_name], (model.input_name,))
+    path = relevance_path(steps, executor.logits_name, model.input_name)
+    if not path:  # relevance stops at integer data: name those ops
+        return data_cuts(steps, model.input_name) or [no_path_message(steps, executor.logits_name, model.input_name)]
+    return [step.label for step in steps if id(step) in path and step.op.kind is None]

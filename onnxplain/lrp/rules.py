@@ -5,7 +5,7 @@ returns a tensor whose value is the layer's true output and whose gradient map, 
 rule's relevance map. Fan-out sums, max-pool routing and reshapes then come from autograd for free, and one
 backward pass computes the whole explanation. Where the op gives its transpose (convolutions, dense layers), the
 one-branch rules (z, epsilon, z+) write their backward out by hand instead: one autograd node per layer, z+'s
-weights made once per layer, and on one sample the true output and z+ from one convolution.
+weights made once per convolution, and on one sample the true output and z+ from one convolution.
 
 Each rule also returns a `Leak` (`relevance.py`): what its denominator holds besides the input contributions
 (bias, stabiliser), so the conservation ledger can report the relevance they absorb as separate terms.
@@ -75,9 +75,10 @@ class Layer:
         if self.cache is None:
             return make()
         key = (what, self.weight.dtype, self.weight.device)
-        if key not in self.cache:
-            self.cache[key] = make()
-        return self.cache[key]
+        kept = self.cache.get(key)
+        if kept is None or kept[0] is not self.weight:  # made from this very weight tensor, or made again
+            kept = self.cache[key] = (self.weight, make())
+        return kept[1]
 
     def needs_weight(self, rule: str):
         if self.weight is None:

@@ -2,7 +2,8 @@
 
 Each step runs its op's `relevance` (the op registry says how relevance crosses it; rules handle the layers),
 so outputs keep their true values while their gradient map is the relevance map. Seeding the backward pass
-with f(x) at the explained unit gives the input relevance; tensor hooks collect the conservation ledger.
+with f(x) at the explained unit gives the input relevance; tensor hooks collect the conservation ledger. Steps
+off the paths relevance takes (a gate's branch, integer data: `relevance_path`) run as constants.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Result:
 class PlannedStep:
     step: Step
     rule: rules.Rule | None
+    carries: bool = True   # on a path of relevance from the explained tensor to the input (else run as a constant)
 
 
 class Walker:
@@ -60,7 +62,13 @@ class Walker:
         if start not in self._plans:
             steps = self.graph.plan([start], (self.model.input_name,))
             steps = merge_affine(steps, {start}, tensor_ranks(self.model.proto))
-            self._plans[start] = self._assign(steps)
+            planned = self._assign(steps)
+            carrying = relevance_path(steps, start, self.model.input_name)
+            if not carrying:
+                raise OnnxplainError(no_path_message(steps, start, self.model.input_name))
+            for each in planned:
+                each.carries = id(each.step) in carrying
+            self._plans[start] = planned
             self.rule_map.check_used()
         return self._plans[start]
 
@@ -101,7 +109,7 @@ class Walker:
         for planned in self.plan(start):
             step = planned.step
             inputs = [env[name] if name else None for name in step.inputs]
-            carries = step.op.kind != "data" and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+            carries = planned.carries and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
             if not carries:
                 with torch.no_grad():
                     outputs, leak = step.op.forward(*inputs), None
@@ -157,6 +165,43 @@ class Walker:
             records.append(LayerRecord(planned.step.op.name, planned.step.op.op_type, rule,
                                        relevance._per_sample(grad), bias, stabiliser))
         return record
+
+
+def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:
+    """ids of the steps relevance crosses from `start` down to `source`: a step whose output receives relevance
+    and whose relevance inputs (`Op.relevance_inputs`) depend on `source`. The others (integer data, what feeds
+    only a gate) run as constants. Empty when no relevance reaches `source`."""
+    depends = {source}
+    for step in steps:
+        if any(name in depends for name in step.inputs if name):
+            depends.update(name for name in step.outputs if name)
+    receiving, path = {start}, set()
+    for step in reversed(steps):
+        if step.op is None or not any(name in receiving for name in step.outputs if name):
+            continue
+        inputs = [step.inputs[i] for i in step.op.relevance_inputs() if i < len(step.inputs)]
+        inputs = [name for name in inputs if name in depends]
+        if inputs:
+            path.add(id(step))
+            receiving.update(inputs)
+    return path if source in receiving else set()
+
+
+def data_cuts(steps: list[Step], source: str) -> list[str]:
+    """The integer or boolean data ops (Round, Greater, ArgMax, ...) fed by `source`: where relevance stops."""
+    depends, cuts = {source}, []
+    for step in steps:
+        if any(name in depends for name in step.inputs if name):
+            depends.update(name for name in step.outputs if name)
+            if step.op is not None and step.op.kind == "data":
+                cuts.append(step.label)
+    return cuts
+
+
+def no_path_message(steps: list[Step], start: str, source: str) -> str:
+    cuts = data_cuts(steps, source)
+    through = f": its way passes only through integer or boolean data ({', '.join(cuts)})" if cuts else ""
+    return f"no relevance reaches the input from {start}{through}"
 
 
 NONNEGATIVE_OUTPUT = {"Relu", "Sigmoid", "Softmax"}

@@ -33,10 +33,12 @@ class _Sum(Op):
         return [1.0] * count
 
     def relevance(self, inputs, rule):
+        """Operands that carry no relevance (constants, integer data such as floor(x)) keep their share as a bias."""
         y = self.forward(*inputs)
         signs = self.signs(len(inputs))
-        terms = [(t, s) for i, (t, s) in enumerate(zip(inputs, signs)) if i not in self.constants]
-        constants = [s * t for i, (t, s) in enumerate(zip(inputs, signs)) if i in self.constants]
+        carried = [i not in self.constants and inputs[i].requires_grad for i in range(len(inputs))]
+        terms = [(t, s) for t, s, c in zip(inputs, signs, carried) if c]
+        constants = [s * t.detach() for t, s, c in zip(inputs, signs, carried) if not c]
         constant = sum(constants[1:], constants[0]) if constants else None
         stabilizer = getattr(rule, "epsilon", self.stabilizer)
         return rules.share(y, terms, constant, stabilizer)
@@ -83,16 +85,25 @@ class Mul(Op):
     def forward(self, a, b):
         return a * b
 
+    def relevance_inputs(self):
+        return [self.signal]
+
     def relevance(self, inputs, rule):
         return relevance.passthrough(self.forward(*inputs), inputs[self.signal]), None
 
 
 @register("Div")
 class Div(Op):
-    """x / constant scales (relevance passes); other divisions have no LRP rule. Integer division truncates."""
+    """x / constant scales (relevance passes); x / activation is a gate held constant, relevance passing to x (the
+    LN-rule of Ali et al. 2022, which holds a normalisation's standard deviation constant). Integer division
+    truncates."""
 
     def setup(self):
-        self.kind = "pass" if _dynamic(self, 2) == [0] else None
+        dynamic = _dynamic(self, 2)
+        self.kind = "pass" if dynamic == [0] else "gate" if dynamic == [0, 1] else None
+
+    def relevance_inputs(self):
+        return [0] if self.kind else super().relevance_inputs()
 
     def forward(self, a, b):
         if not a.is_floating_point() and not b.is_floating_point():
@@ -168,7 +179,8 @@ class Elementary(_Nonlinear):
         return ELEMENTARY[self.op_type](x)
 
 
-ROUNDINGS = {"Sign": torch.sign, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round}
+ROUNDINGS = {"Sign": lambda x: torch.where(torch.isnan(x), x, torch.sign(x)),  # NaN stays NaN, as in onnxruntime
+              "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round}
 
 
 @register(*ROUNDINGS)
@@ -241,13 +253,14 @@ class Where(Op):
 
 
 def gate_strength(name: str, producers: dict) -> int:
-    """How gate-like the tensor `name` is: 2 behind a sigmoid/softmax, 1 behind clip/tanh, else 0.
+    """How gate-like the tensor `name` is: 3 behind integer or boolean data (a mask), 2 behind a sigmoid/softmax,
+    1 behind clip/tanh, else 0.
 
     Shape ops and scaling/shifting by constants are looked through (hard-swish's clip(x + 3, 0, 6) / 6).
     """
     op = producers.get(name)
     while op is not None:
-        strength = getattr(op, "gate_strength", 0)
+        strength = 3 if op.kind == "data" else getattr(op, "gate_strength", 0)
         if strength:
             return strength
         dynamic = _dynamic(op, len(op.node.input))

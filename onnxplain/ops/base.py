@@ -49,6 +49,13 @@ class Op(ABC):
     def forward(self, *inputs):
         """The node's outputs (a tensor, or a tuple for several) from its inputs (None for absent ones)."""
 
+    def relevance_inputs(self) -> list[int]:
+        """Positions of the inputs that receive relevance (a gate's gate and integer data receive none): the walker
+        runs what feeds only the others as constants, so ops there (a softmax, a norm) need no rule."""
+        if self.kind == "data":
+            return []
+        return [i for i, name in enumerate(self.node.input) if name and i not in self.constants]
+
     def relevance(self, inputs: list, rule) -> tuple:
         """LRP-mode forward: (outputs, leak). Outputs carry the true values and, as their gradient, relevance.
 

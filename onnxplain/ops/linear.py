@@ -9,6 +9,7 @@ import torch
 
 from ..lrp import rules
 from . import register
+from .arith import gate_strength
 from .base import LinearOp
 
 
@@ -53,10 +54,13 @@ class Gemm(LinearOp):
 
 @register("MatMul")
 class MatMul(LinearOp):
-    """numpy-style matmul; a constant 2-D right operand makes it a dense layer (x @ W)."""
+    """numpy-style matmul; a constant 2-D right operand makes it a dense layer (x @ W). Attention, a product of
+    two activations one of which comes from a softmax or sigmoid (softmax(q k^T) @ v): a dense layer of the other
+    operand whose weight, the attention, is held constant (the AH-rule of Ali et al. 2022)."""
 
     category = "dense"
     weight_out_axis = 1
+    attention = None  # the position of the attention operand, for a product of two activations
 
     def channel_shape(self, inputs, channels):
         return (channels,)
@@ -65,10 +69,34 @@ class MatMul(LinearOp):
         weight = self.constants.get(1)
         self.kind = "linear" if weight is not None and weight.ndim == 2 and 0 not in self.constants else None
 
+    def link(self, producers):
+        if self.constants:
+            return
+        strengths = [gate_strength(name, producers) for name in self.node.input[:2]]
+        if sorted(strengths) == [0, 2]:
+            self.attention, self.kind = strengths.index(2), "linear"
+
+    def mergeable(self):
+        return self.attention is None
+
+    def relevance_inputs(self):
+        return [1 - self.attention] if self.attention is not None else super().relevance_inputs()
+
     def forward(self, a, b):
         return torch.matmul(a, b)
 
+    def relevance(self, inputs, rule):
+        if self.attention is None:
+            return super().relevance(inputs, rule)
+        return rule(inputs[1 - self.attention], self.layer(inputs))
+
     def layer(self, inputs):
+        if self.attention == 0:  # attention @ x
+            return rules.Layer(lambda x, w: torch.matmul(w, x), inputs[0].detach(), None,
+                               transpose=lambda q, x, w: torch.matmul(w.mT, q).sum_to_size(x.shape))
+        if self.attention == 1:  # x @ attention
+            return rules.Layer(lambda x, w: torch.matmul(x, w), inputs[1].detach(), None,
+                               transpose=lambda q, x, w: dense_transpose(q, x, w).sum_to_size(x.shape))
         return rules.Layer(lambda x, w: torch.matmul(x, w), inputs[1], None, stack_axes=(-1, 0),
                            transpose=dense_transpose)
 
@@ -84,7 +112,18 @@ class Einsum(LinearOp):
     def setup(self):
         self.equation = self.attr("equation")
         dense = len(self.node.input) == 2 and 1 in self.constants and 0 not in self.constants
-        self.kind = "linear" if dense else None
+        self.kind = "linear" if dense and self._batch_first() else None
+
+    def _batch_first(self) -> bool:
+        """Whether the output keeps the data's first axis (the batch) first, as the conservation ledger reads it."""
+        spec = self.equation.replace(" ", "")
+        inputs, _, output = spec.partition("->")
+        if not _:  # implicit output: '...' first, then the labels seen once, in alphabetical order
+            labels = inputs.replace("...", "").replace(",", "")
+            once = sorted(label for label in set(labels) if labels.count(label) == 1)
+            output = ("..." if "..." in inputs else "") + "".join(once)
+        data = inputs.split(",")[0]
+        return output[:3] == data[:3] if data.startswith("...") else bool(output) and output[0] == data[0]
 
     def forward(self, *operands):
         return torch.einsum(self.equation, *operands)

@@ -1,0 +1,190 @@
+"""LRP through attention and normalisations: the attention and a normalisation's scale are held constant
+(Ali et al. 2022, AH- and LN-rules), so what computes them (softmax, q k^T, the standard deviation) needs no rule.
+
+Reference: with zero biases and ReLU activations, LRP-0 of such a net equals gradient x input of the same torch net
+with the attention and the standard deviation detached (each layer's R_j / z_j is then the gradient at z_j).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.errors import OnnxplainError
+from onnxplain.lrp import LRP, unsupported_ops
+from onnxplain.targets import Target
+
+TOKENS, WIDTH, CLASSES = 5, 8, 3
+
+
+class Attention(nn.Module):
+    """One attention head, an output projection with ReLU, LayerNorm, mean over tokens, a linear head; no biases.
+    `detached`: the attention and LayerNorm's standard deviation held constant (the reference)."""
+
+    def __init__(self, detached: bool = False):
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(4))
+        self.norm = nn.LayerNorm(WIDTH, bias=False)
+        self.head = nn.Linear(WIDTH, CLASSES, bias=False)
+        self.detached = detached
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(-1, -2) / math.sqrt(WIDTH)
+        attention = torch.softmax(scores, -1)
+        h = torch.relu(self.out((attention.detach() if self.detached else attention) @ self.v(x)))
+        if self.detached:
+            spread = torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + self.norm.eps).detach()
+            h = (h - h.mean(-1, keepdim=True)) / spread * self.norm.weight
+        else:
+            h = self.norm(h)
+        return self.head(h.mean(1))
+
+
+def _export(net: nn.Module, path, dynamo: bool) -> onnxplain.Model:
+    x = torch.randn(2, TOKENS, WIDTH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:  # LayerNormalization as one op
+            torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=18, input_names=["x"],
+                              output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("N")},), verbose=False)
+        else:       # LayerNorm written out: ReduceMean, Sub, Pow, Sqrt, Div
+            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=14, input_names=["x"],
+                              output_names=["logits"], dynamic_axes={"x": {0: "N"}})
+    return onnxplain.load(path)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    net = Attention().eval()
+    with torch.no_grad():
+        net.norm.weight.uniform_(0.5, 1.5)
+    reference = Attention(detached=True).eval()
+    reference.load_state_dict(net.state_dict())
+    return net, reference
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-opset18", "legacy-opset14"])
+def test_attention_and_layer_norm_held_constant(tmp_path, nets, dynamo):
+    net, reference = nets
+    model = _export(net, tmp_path / "attention.onnx", dynamo)
+    ops = {step.node.op_type for step in model.torch().graph.steps}
+    assert {"Softmax", "MatMul"} <= ops and ("LayerNormalization" in ops) == dynamo
+    assert unsupported_ops(model) == []
+    x = torch.randn(6, TOKENS, WIDTH)
+    explanation = LRP("lrp-0", stabilizer=1e-9, progress=False).explain(model, x.numpy(), Target())
+    leaf = x.clone().requires_grad_(True)
+    scores = reference(leaf)[torch.arange(len(x)), torch.as_tensor(explanation.target)]
+    (gradient,) = torch.autograd.grad(scores.sum(), leaf)
+    want = (x * gradient).numpy()
+    assert np.abs(explanation.relevance - want).max() <= 1e-5 * np.abs(want).max()
+    for composite in ("lrp-0", "epsilon-plus", "epsilon-alpha2-beta1"):
+        report = LRP(composite, progress=False).explain(model, x.numpy(), Target()).diagnostics
+        assert np.abs(report["conservation_error"]).max() <= 1e-5, composite
+
+
+def _graph_model(path, nodes, weights) -> onnxplain.Model:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
+    return onnxplain.load(path)
+
+
+def test_division_by_a_norm_holds_the_norm_constant(tmp_path):
+    """x / ||x||_2 then a dense layer: relevance reaches x through the numerator; ReduceL2 (no rule) computes only
+    the divisor, so LRP passes."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(6, 3)).astype(np.float32)
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("ReduceL2", ["x", "axes"], ["norm"], keepdims=1),
+             helper.make_node("Div", ["x", "norm"], ["unit"]),
+             helper.make_node("MatMul", ["unit", "w"], ["logits"])]
+    model = _graph_model(tmp_path / "normalised.onnx", nodes, [numpy_helper.from_array(weight, "w"), axes])
+    assert unsupported_ops(model) == []
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    explanation = LRP("lrp-0", stabilizer=1e-9, progress=False).explain(model, x, Target())
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    want = unit * weight[:, explanation.target].T   # the z-rule on unit @ w, passed to x unchanged
+    np.testing.assert_allclose(explanation.relevance, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_product_of_two_activations_without_a_softmax_stays_unsupported(tmp_path):
+    """An outer product (x W1) x^T, a MatMul of two activations with no softmax or sigmoid behind either: no rule,
+    and named."""
+    rng = np.random.default_rng(1)
+    w1 = numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Unsqueeze", ["h", "one"], ["column"]),
+             helper.make_node("Unsqueeze", ["x", "two"], ["row"]),
+             helper.make_node("MatMul", ["column", "row"], ["outer"], name="outer_product"),
+             helper.make_node("ReduceSum", ["outer", "one"], ["summed"], keepdims=0),
+             helper.make_node("MatMul", ["summed", "w2"], ["logits"])]
+    constants = [numpy_helper.from_array(np.array([2], np.int64), "one"),
+                 numpy_helper.from_array(np.array([1], np.int64), "two")]
+    model = _graph_model(tmp_path / "outer.onnx", nodes, [w1, w2] + constants)
+    assert unsupported_ops(model) == ["MatMul (outer_product)"]
+    with pytest.raises(OnnxplainError, match="outer_product"):
+        LRP(progress=False).explain(model, rng.normal(size=(2, 6)).astype(np.float32), Target())
+
+
+def _dense_graph(tmp_path, name, middle: list, source: str, constants=()) -> onnxplain.Model:
+    """x -> `middle` nodes -> (their output `source`) MatMul -> Relu -> MatMul -> logits."""
+    rng = np.random.default_rng(2)
+    weights = [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w1"),
+               numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w2"), *constants]
+    nodes = middle + [helper.make_node("MatMul", [source, "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                      helper.make_node("MatMul", ["r", "w2"], ["logits"])]
+    return _graph_model(tmp_path / f"{name}.onnx", nodes, weights)
+
+
+def test_a_mask_multiplies_as_the_gate_in_either_order(tmp_path):
+    """x * (x > 0.5) and (x > 0.5) * x: the boolean mask is held constant, relevance goes to x."""
+    x = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
+    results = []
+    for order in (["x", "m"], ["m", "x"]):
+        middle = [helper.make_node("Greater", ["x", "half"], ["b"]), helper.make_node("Cast", ["b"], ["m"], to=1),
+                  helper.make_node("Mul", order, ["masked"])]
+        model = _dense_graph(tmp_path, "mask" + order[0], middle, "masked",
+                             [numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+        assert unsupported_ops(model) == []
+        explanation = LRP("lrp-0", progress=False).explain(model, x, Target())
+        assert np.abs(explanation.diagnostics["conservation_error"]).max() <= 1e-5
+        results.append(explanation.relevance)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)
+    assert np.all(results[0][x <= 0.5] == 0)
+
+
+def test_relevance_stopped_by_integer_data_is_named(tmp_path):
+    model = _dense_graph(tmp_path, "rounded", [helper.make_node("Round", ["x"], ["rounded"], name="to_int")],
+                         "rounded")
+    assert unsupported_ops(model) == ["Round (to_int)"]
+    with pytest.raises(OnnxplainError, match=r"no relevance reaches the input .*Round \(to_int\)"):
+        LRP(progress=False).explain(model, np.ones((2, 6), np.float32), Target())
+
+
+def test_a_sum_keeps_the_share_of_an_operand_made_of_integer_data(tmp_path):
+    """x - floor(x): floor(x)'s share stays with it, booked like a constant's (bias term); conservation holds."""
+    middle = [helper.make_node("Floor", ["x"], ["whole"]), helper.make_node("Sub", ["x", "whole"], ["fraction"])]
+    model = _dense_graph(tmp_path, "fraction", middle, "fraction")
+    rng = np.random.default_rng(4)  # fractions away from 0: no sum that nearly cancels
+    x = (rng.integers(-3, 4, size=(8, 6)) + rng.uniform(0.2, 0.8, size=(8, 6))).astype(np.float32)
+    report = LRP("lrp-0", progress=False).explain(model, x, Target()).diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5
+    assert np.abs(report["bias_relevance"]).max() > 0
+
+
+def test_einsum_that_moves_the_batch_axis_is_no_layer(tmp_path):
+    rng = np.random.default_rng(5)
+    weights = [numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Einsum", ["x", "w"], ["t"], equation="bi,ih->hb", name="moved"),
+             helper.make_node("Transpose", ["t"], ["logits"], perm=[1, 0])]
+    model = _graph_model(tmp_path / "moved.onnx", nodes, weights)
+    assert unsupported_ops(model) == ["Einsum (moved)"]

@@ -127,11 +127,12 @@ def default_methods(model) -> tuple[str, str | None]:
     names, note = [name for name in DEFAULT_METHODS if name in REGISTRY], None
     if "lrp" in names:
         from onnxplain.lrp import unsupported_ops
+        from onnxplain.lrp.walker import listed
 
         missing = unsupported_ops(model)
         if missing:
             names.remove("lrp")
-            note = (f"note: LRP does not cover {', '.join(sorted(missing)[:6])}; evaluated {', '.join(names)} "
+            note = (f"note: LRP does not cover {listed(missing)}; evaluated {', '.join(names)} "
                     "(--methods picks others)")
     if not names:
         raise OnnxplainError(f"choose --methods from: {', '.join(sorted(REGISTRY))}")

@@ -61,6 +61,7 @@ def default_method(model, given: dict) -> tuple[str, dict, str | None]:
     reason LRP was passed over."""
     if "lrp" in REGISTRY:
         from onnxplain.lrp import unsupported_ops
+        from onnxplain.lrp.walker import listed
 
         try:
             missing = unsupported_ops(model)
@@ -68,7 +69,7 @@ def default_method(model, given: dict) -> tuple[str, dict, str | None]:
             missing = [str(error).split(" (")[0].removeprefix("cannot run this model in torch: ")]
         if not missing:
             return "lrp", ({} if "composite" in given else {"composite": DEFAULT_COMPOSITE}), None
-        why = f"LRP does not cover {', '.join(sorted(missing)[:6])}"
+        why = f"LRP does not cover {listed(missing)}"
     else:
         why = "LRP is not available in this installation"
     if "pda" not in REGISTRY:

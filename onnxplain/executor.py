@@ -171,7 +171,7 @@ class TorchExecutor:
         """(d f(x) / dx shaped like x, f(x) (N,)): f is the target's logit (pre-softmax) or hidden value."""
         target = as_target(self.model, target)
         x = self.model.check_input(x)
-        size = batch_size or self.batch_size()
+        size = 1 if self.model.fixed_batch else (batch_size or self.batch_size())
         grads, values = [], []
         for start in range(0, len(x), size):
             batch = self.tensor(x[start:start + size]).requires_grad_(True)

@@ -275,6 +275,10 @@ class Model:
             raise OnnxplainError(f"{what} dtype {x.dtype} is not a real number type")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise OnnxplainError(f"{what} contains NaN or Inf values")
+        if (np.issubdtype(self.input_dtype, np.integer) and np.issubdtype(x.dtype, np.floating)
+                and not (x == np.round(x)).all()):
+            raise OnnxplainError(f"{what} has fractional values, but this model takes {self.input_dtype} "
+                                 "(token ids, categories): they would be truncated")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     def batch_size(self, budget_bytes: int | None = None) -> int:

@@ -262,3 +262,50 @@ def test_cli_explains_with_gradient_methods(digits_cnn, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["explain", str(digits_cnn), str(sample), "--method", "gradient", "--steps", "8"])
     assert result.exit_code == 2 and "do not apply" in result.stderr
+
+
+def _model_file(tmp_path, name, nodes, inits, input_type, shape, classes) -> onnxplain.Model:
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", input_type, shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], classes])],
+                              inits)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / name)
+    return onnxplain.load(tmp_path / name)
+
+
+def test_noisy_and_path_copies_respect_a_batch_fixed_at_one(tmp_path):
+    """A graph that flattens its batch axis away (Flatten at axis 0) keeps its batch fixed at 1: SmoothGrad's and integrated gradients'
+    copies go through it one at a time (a linear model: every gradient is the weight column)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=0),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    inits = [numpy_helper.from_array(weight, "w")]
+    model = _model_file(tmp_path, "fixed.onnx", nodes, inits, TensorProto.FLOAT, [1, 6], 3)
+    assert model.fixed_batch
+    x = np.random.default_rng(1).normal(size=(2, 6)).astype(np.float32)
+    for name in ("smoothgrad", "integrated-gradients"):
+        explanation = make_method(name, progress=False).explain(model, x)
+        column = weight[:, explanation.target].T
+        want = column if name == "smoothgrad" else x * column   # IG's default baseline: zeros (no spec)
+        np.testing.assert_allclose(explanation.relevance, want, rtol=1e-4, atol=1e-6)
+
+
+def test_token_models_refuse_fractions_and_lrp(tmp_path):
+    """An int64 input (token ids into an embedding): fractional values are refused rather than truncated, and LRP,
+    which needs a floating-point input like the gradients, says so."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(2).normal(size=(10, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "x"], ["vectors"]),
+             helper.make_node("ReduceMean", ["vectors"], ["logits"], axes=[1], keepdims=0)]
+    model = _model_file(tmp_path, "tokens.onnx", nodes, [numpy_helper.from_array(table, "table")],
+                        TensorProto.INT64, ["N", 4], 3)
+    with pytest.raises(OnnxplainError, match="fractional values"):
+        model.check_input(np.array([[1.5, 2, 3, 4]]))
+    tokens = np.array([[1, 2, 3, 4]], np.int64)
+    assert np.allclose(model.check_input(tokens.astype(np.float64)), tokens)
+    with pytest.raises(OnnxplainError, match="LRP needs a floating-point input"):
+        make_method("lrp", progress=False).explain(model, tokens)

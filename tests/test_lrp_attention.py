@@ -130,7 +130,7 @@ def test_a_product_of_two_activations_without_a_softmax_stays_unsupported(tmp_pa
     constants = [numpy_helper.from_array(np.array([2], np.int64), "one"),
                  numpy_helper.from_array(np.array([1], np.int64), "two")]
     model = _graph_model(tmp_path / "outer.onnx", nodes, [w1, w2] + constants)
-    assert unsupported_ops(model) == ["MatMul (outer_product)"]
+    assert unsupported_ops(model) == ["MatMul (outer_product), a product of two activations"]
     with pytest.raises(OnnxplainError, match="outer_product"):
         LRP(progress=False).explain(model, rng.normal(size=(2, 6)).astype(np.float32), Target())
 

@@ -170,6 +170,13 @@ def test_array_feature_extractor(indices):
           [const("s", [-1], np.int64), const("i", indices, np.int64)])   # 1-D data: one row
 
 
+@pytest.mark.parametrize("axis, shape", [(1, (2, 2, 5, 4)), (-1, (1, 3, 2, 6)), (0, (2, 3, 5, 1))])
+def test_gather_elements(axis, shape):
+    size = X4.shape[axis]
+    index = np.random.default_rng(7).integers(-size, size, size=shape)   # negative indices count from the end
+    check([node("GatherElements", ["x", "i"], axis=axis)], X4, 13, [const("i", index, np.int64)])
+
+
 @pytest.mark.parametrize("equation, second", [
     ("bchw,wk->bchk", (4, 3)), ("b c h w , c d -> b d h w", (3, 2)), ("...w,wk", (4, 5)), ("...hw,hw->...", (5, 4)),
     ("bchw,ck->bkw", (3, 2)), ("bchw,bchw->bc", None), ("bchw,bcvw->bchv", None), ("bcii->bc", "one"),
@@ -328,7 +335,7 @@ def test_einsum_of_two_activations_or_weight_first_is_no_layer(tmp_path):
                                                                            equation="bh,bh->bh"),
              node("Gemm", ["h", "w2"], ["logits"])]
     model = _save(tmp_path, nodes, [const("w", W1), const("w2", W_OUT.T)], 6, name="bilinear")
-    assert unsupported_ops(model) == ["Einsum (a)", "Einsum (h)"]
+    assert unsupported_ops(model) == ["Einsum (a)", "Einsum (h), a product of two activations"]
 
 
 def _through(tmp_path, op, **attributes) -> onnxplain.Model:

@@ -12,7 +12,7 @@ from ..explanation import Explanation, Method
 from ..runtime import _progress
 from ..targets import Target, as_target
 from .composites import Params, RuleMap, composite_named, make_rule
-from .walker import Result, Walker, data_cuts, no_path_message, relevance_path
+from .walker import Result, Walker, data_cuts, no_path_message, relevance_path, ruleless
 
 HISTOGRAM_BINS = 10
 
@@ -60,8 +60,10 @@ class LRP(Method):
     def _walk(self, model, x: np.ndarray, target: Target, report: bool) -> tuple[Walker, list[Result]]:
         """The walker's results batch by batch (with the ledger when `report`)."""
         x = model.check_input(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise OnnxplainError(f"LRP needs a floating-point input; this model takes {x.dtype}")
         walker = self.walker(model)
-        size = self.batch_size or max(1, walker.executor.batch_size() // 4)
+        size = 1 if model.fixed_batch else (self.batch_size or max(1, walker.executor.batch_size() // 4))
         results = []
         for start in _progress(range(0, len(x), size), self.progress and f"{self.name} ({self.composite})",
                                total=-(-len(x) // size)):
@@ -158,4 +160,4 @@ def unsupported_ops(model) -> list[str]:
     path = relevance_path(steps, executor.logits_name, model.input_name)
     if not path:  # relevance stops at integer data: name those ops
         return data_cuts(steps, model.input_name) or [no_path_message(steps, executor.logits_name, model.input_name)]
-    return [step.label for step in steps if id(step) in path and step.op.kind is None]
+    return [ruleless(step) for step in steps if id(step) in path and step.op.kind is None]

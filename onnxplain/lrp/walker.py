@@ -66,6 +66,10 @@ class Walker:
             carrying = relevance_path(steps, start, self.model.input_name)
             if not carrying:
                 raise OnnxplainError(no_path_message(steps, start, self.model.input_name))
+            blocked = [ruleless(step) for step in steps if id(step) in carrying and step.op.kind is None]
+            if blocked:
+                raise OnnxplainError(f"LRP cannot pass {listed(blocked)}: no relevance rule for "
+                                     f"{'this op' if len(blocked) == 1 else 'these ops'} here")
             for each in planned:
                 each.carries = id(each.step) in carrying
             self._plans[start] = planned
@@ -185,6 +189,18 @@ def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:
             path.add(id(step))
             receiving.update(inputs)
     return path if source in receiving else set()
+
+
+def ruleless(step: Step) -> str:
+    """A step LRP cannot pass, named, with why where it is not the op type itself."""
+    two_activations = step.op.op_type in ("MatMul", "Gemm", "Einsum") and not step.op.constants
+    return f"{step.label}, a product of two activations" if two_activations else step.label
+
+
+def listed(names: list[str], most: int = 6) -> str:
+    """The first `most` names, and how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return "; ".join(names[:most]) + more
 
 
 def data_cuts(steps: list[Step], source: str) -> list[str]:

@@ -198,6 +198,16 @@ class Gather(Op):
         return picked.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
 
 
+@register("GatherElements", opsets=(11, 22))
+class GatherElements(Op):
+    """out[i][j] = x[index[i][j]][j] along `axis` (torch.gather; negative indices count from the end)."""
+
+    def forward(self, x, indices):
+        axis = normalise_axis(int(self.attr("axis", 0)), x.ndim)
+        index = indices.long()
+        return torch.gather(x, axis, torch.where(index < 0, index + x.shape[axis], index))
+
+
 @register("Expand")
 class Expand(Op):
     def forward(self, x, shape):

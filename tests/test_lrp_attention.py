@@ -188,3 +188,47 @@ def test_einsum_that_moves_the_batch_axis_is_no_layer(tmp_path):
              helper.make_node("Transpose", ["t"], ["logits"], perm=[1, 0])]
     model = _graph_model(tmp_path / "moved.onnx", nodes, weights)
     assert unsupported_ops(model) == ["Einsum (moved)"]
+
+
+class Heads(nn.Module):
+    """torch's nn.MultiheadAttention (2 heads, batch first; inside, it runs sequence first and folds the heads into
+    the batch), then ReLU, mean over tokens and a linear head; no biases."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(WIDTH, 2, bias=False, batch_first=True)
+        self.head = nn.Linear(WIDTH, CLASSES, bias=False)
+
+    def forward(self, x):
+        h, _ = self.attention(x, x, x, need_weights=False)
+        return self.head(torch.relu(h).mean(1))
+
+    def detached(self, x):
+        """The same function with the attention held constant, written out."""
+        n, t, heads = len(x), x.shape[1], self.attention.num_heads
+        q, k, v = (x @ w.T for w in self.attention.in_proj_weight.chunk(3))
+        split = [part.reshape(n, t, heads, -1).transpose(1, 2) for part in (q, k, v)]
+        weights = torch.softmax(split[0] @ split[1].transpose(-1, -2) / math.sqrt(WIDTH // heads), -1)
+        mixed = (weights.detach() @ split[2]).transpose(1, 2).reshape(n, t, WIDTH)
+        return self.head(torch.relu(mixed @ self.attention.out_proj.weight.T).mean(1))
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-opset18", "legacy-opset14"])
+def test_multihead_attention_with_a_per_sample_ledger(tmp_path, dynamo):
+    """Layers whose tensors put the sequence first: the ledger goes sample by sample, the relevance is unchanged."""
+    torch.manual_seed(1)
+    net = Heads().eval()
+    model = _export(net, tmp_path / "heads.onnx", dynamo)
+    x = torch.randn(4, TOKENS, WIDTH)
+    method = LRP("lrp-0", stabilizer=1e-9, progress=False)
+    explanation = method.explain(model, x.numpy(), Target())
+    leaf = x.clone().requires_grad_(True)
+    scores = net.detached(leaf)[torch.arange(len(x)), torch.as_tensor(explanation.target)]
+    (gradient,) = torch.autograd.grad(scores.sum(), leaf)
+    want = (x * gradient).numpy()
+    assert np.abs(explanation.relevance - want).max() <= 1e-5 * np.abs(want).max()
+    report = explanation.diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5
+    assert all(np.isfinite(layer["relevance"]) for sample in report["layers"] for layer in sample)
+    batched = method.attribute(model, x.numpy(), Target())   # no ledger: the whole batch in one pass
+    assert np.abs(batched - explanation.relevance).max() <= 1e-6 * np.abs(want).max()

@@ -56,6 +56,7 @@ class Walker:
         self.rule_map = rule_map
         self.low, self.high = low, high
         self._plans: dict[str, list[PlannedStep]] = {}
+        self._ledger_by_sample: set[str] = set()  # explained tensors whose ledger needs one sample per pass
 
     # ---------------------------------------------------------------- planning
     def plan(self, start: str) -> list[PlannedStep]:
@@ -105,6 +106,18 @@ class Walker:
 
     # ---------------------------------------------------------------- running
     def __call__(self, x: torch.Tensor, target: Target, ledger: bool = True) -> Result:
+        """Relevance for the batch x; with `ledger`, the conservation ledger per sample. Where a layer's tensor does
+        not have the batch outermost (attention run sequence first), the batch goes one sample at a time."""
+        start = target.layer if target.hidden else self.executor.logits_name
+        if ledger and len(x) > 1 and start in self._ledger_by_sample:
+            return merged([self._walk(x[i:i + 1], target, True) for i in range(len(x))])
+        result = self._walk(x, target, ledger)
+        if ledger and len(x) > 1 and any(record.relevance.isnan().any() for record in result.layers):
+            self._ledger_by_sample.add(start)
+            return self(x, target, ledger)
+        return result
+
+    def _walk(self, x: torch.Tensor, target: Target, ledger: bool) -> Result:
         start = target.layer if target.hidden else self.executor.logits_name
         x = x.detach().requires_grad_(True)
         env = dict(self.graph.constants)
@@ -129,7 +142,7 @@ class Walker:
                 if name:
                     env[name] = value
             if ledger and leak is not None and outputs[0].requires_grad:
-                outputs[0].register_hook(self._recorder(records, planned, leak))
+                outputs[0].register_hook(self._recorder(records, planned, leak, len(x)))
         values, classes = self.executor.explained(env[start], x, target)
         seed = seed_relevance(env[start], values, classes, target)
         (relevance,) = torch.autograd.grad(env[start], x, seed)
@@ -162,13 +175,33 @@ class Walker:
         return torch.minimum(at_low, at_high), torch.maximum(at_low, at_high)
 
     @staticmethod
-    def _recorder(records: list, planned: PlannedStep, leak: relevance.Leak):
+    def _recorder(records: list, planned: PlannedStep, leak: relevance.Leak, samples: int):
         def record(grad):
             bias, stabiliser = leak.terms(grad)
             rule = planned.rule.name if planned.rule is not None else planned.step.op.kind
+            sums = (relevance._per_sample(grad), bias, stabiliser)
             records.append(LayerRecord(planned.step.op.name, planned.step.op.op_type, rule,
-                                       relevance._per_sample(grad), bias, stabiliser))
+                                       *(by_sample(s, samples) for s in sums)))
         return record
+
+
+def merged(results: list[Result]) -> Result:
+    """One result from results of consecutive parts of a batch (same plan, so the same layers in order)."""
+    layers = [LayerRecord(first.node, first.op, first.rule,
+                          *(torch.cat([getattr(r.layers[i], name) for r in results])
+                            for name in ("relevance", "bias", "stabiliser")))
+              for i, first in enumerate(results[0].layers)]
+    return Result(torch.cat([r.relevance for r in results]), torch.cat([r.values for r in results]),
+                  np.concatenate([r.classes for r in results]), layers)
+
+
+def by_sample(sums: torch.Tensor, samples: int) -> torch.Tensor:
+    """Sums along a tensor's first axis, per sample: that axis is the batch, or the batch folded with another axis
+    outermost (attention heads: N * H); one sample takes the whole sum. Other layouts (sequence first) cannot be
+    split by sample: NaN."""
+    if len(sums) % samples == 0:
+        return sums.reshape(samples, -1).sum(1)
+    return torch.full((samples,), float("nan"), dtype=sums.dtype, device=sums.device)
 
 
 def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:

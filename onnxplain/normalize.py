@@ -56,6 +56,9 @@ def _check_external_location(tensor: TensorProto, folder: Path) -> None:
     if not location or os.path.isabs(location) or ".." in Path(location).parts or not target.is_relative_to(folder):
         raise OnnxplainError(
             f"external data of tensor {tensor.name!r} points outside the model's folder ({location!r}); refused")
+    if not target.is_file():
+        raise OnnxplainError(f"the model's external data file {location!r} is missing from {folder} (tensor "
+                             f"{tensor.name!r}); keep it beside the .onnx file")
 
 
 def check_domains(model: onnx.ModelProto) -> None:

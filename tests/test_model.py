@@ -149,6 +149,9 @@ def test_external_data_outside_folder_refused(tmp_path):
     with pytest.raises(OnnxplainError, match="outside the model's folder"):
         onnxplain.load(folder / "evil.onnx")
     assert onnxplain.load(folder / "m.onnx").score_kind == "probabilities"  # inside the folder: fine
+    (folder / "weights.bin").unlink()
+    with pytest.raises(OnnxplainError, match="external data file 'weights.bin' is missing"):
+        onnxplain.load(folder / "m.onnx")
 
 
 def test_corrupt_and_missing_files(tmp_path):

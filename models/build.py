@@ -113,14 +113,15 @@ def make_cnn():
     )
 
 
-def train_classifier(x: np.ndarray, y: np.ndarray, epochs: int = 20, batch_size: int = 64):
-    """The CNN trained on (x, y): seeded Adam (lr 2e-3) on shuffled mini-batches; returns the model in eval mode.
-    Every digits classifier here (this one, the biased-8 one of build_contrastive.py) uses this recipe."""
+def train_classifier(x: np.ndarray, y: np.ndarray, epochs: int = 20, batch_size: int = 64, make=None):
+    """A classifier (the CNN, or `make()`) trained on (x, y): seeded Adam (lr 2e-3) on shuffled mini-batches; returns
+    the model in eval mode. Every digits classifier here (this one, the biased-8 one of build_contrastive.py, the
+    vision transformer of build_transformer.py) uses this recipe."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(SEED)
-    model = make_cnn()
+    model = (make or make_cnn)()
     x_train, y_train = torch.from_numpy(x), torch.from_numpy(y)
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(SEED)

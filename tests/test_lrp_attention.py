@@ -232,3 +232,26 @@ def test_multihead_attention_with_a_per_sample_ledger(tmp_path, dynamo):
     assert all(np.isfinite(layer["relevance"]) for sample in report["layers"] for layer in sample)
     batched = method.attribute(model, x.numpy(), Target())   # no ledger: the whole batch in one pass
     assert np.abs(batched - explanation.relevance).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_the_shipped_digits_transformer(tmp_path):
+    """models/digits_vit.onnx (models/build_transformer.py): runs in the registry, classifies the sample digits,
+    LRP covers every op and conserves; the CLI writes its heatmap."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from onnxplain.cli.main import cli
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    model = onnxplain.load(models / "digits_vit.onnx")
+    digits = [0, 3, 7, 8]
+    x = np.stack([np.load(models / "samples" / f"digit{d}_cnn.npy") for d in digits])
+    assert model.torch().graph is not None and unsupported_ops(model) == []
+    assert model.scores(x).argmax(1).tolist() == digits
+    report = LRP(progress=False).explain(model, x, Target()).diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5
+    result = CliRunner().invoke(cli, ["explain", str(models / "digits_vit.onnx"),
+                                      str(models / "samples" / "digit3.png"), "--out", str(tmp_path / "vit.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vit.png").stat().st_size > 0

@@ -309,3 +309,6 @@ def test_token_models_refuse_fractions_and_lrp(tmp_path):
     assert np.allclose(model.check_input(tokens.astype(np.float64)), tokens)
     with pytest.raises(OnnxplainError, match="LRP needs a floating-point input"):
         make_method("lrp", progress=False).explain(model, tokens)
+    from onnxplain.lrp import unsupported_ops
+
+    assert unsupported_ops(model) == ["the int64 input 'x' (LRP needs a floating-point input)"]  # CLI: not default

@@ -214,12 +214,14 @@ class Heads(nn.Module):
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-opset18", "legacy-opset14"])
-def test_multihead_attention_with_a_per_sample_ledger(tmp_path, dynamo):
-    """Layers whose tensors put the sequence first: the ledger goes sample by sample, the relevance is unchanged."""
+@pytest.mark.parametrize("batch", [4, TOKENS])   # TOKENS: sequence-first axes the batch divides
+def test_multihead_attention_with_a_per_sample_ledger(tmp_path, dynamo, batch):
+    """Layers whose tensors put the sequence first: the ledger goes sample by sample (each layer's terms equal the
+    sample's own explanation's), the relevance is unchanged."""
     torch.manual_seed(1)
     net = Heads().eval()
     model = _export(net, tmp_path / "heads.onnx", dynamo)
-    x = torch.randn(4, TOKENS, WIDTH)
+    x = torch.randn(batch, TOKENS, WIDTH)
     method = LRP("lrp-0", stabilizer=1e-9, progress=False)
     explanation = method.explain(model, x.numpy(), Target())
     leaf = x.clone().requires_grad_(True)
@@ -232,6 +234,10 @@ def test_multihead_attention_with_a_per_sample_ledger(tmp_path, dynamo):
     assert all(np.isfinite(layer["relevance"]) for sample in report["layers"] for layer in sample)
     batched = method.attribute(model, x.numpy(), Target())   # no ledger: the whole batch in one pass
     assert np.abs(batched - explanation.relevance).max() <= 1e-6 * np.abs(want).max()
+    for i in (0, batch - 1):
+        alone = method.explain(model, x[i:i + 1].numpy(), Target()).diagnostics["layers"][0]
+        for got, own in zip(report["layers"][i], alone):
+            assert got["relevance"] == pytest.approx(own["relevance"], rel=1e-4, abs=1e-7), got["node"]
 
 
 def test_the_shipped_digits_transformer(tmp_path):
@@ -255,3 +261,46 @@ def test_the_shipped_digits_transformer(tmp_path):
                                       str(models / "samples" / "digit3.png"), "--out", str(tmp_path / "vit.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "vit.png").stat().st_size > 0
+
+
+def test_shape_arithmetic_needs_no_rule(tmp_path):
+    """Pads computed from the input's shape (Shape, Gather, Mod): shape arithmetic receives no relevance, so Mod,
+    which has no rule, does not stop LRP."""
+    rng = np.random.default_rng(6)
+    weights = [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w1"),
+               numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "w2"),
+               numpy_helper.from_array(np.array([1], np.int64), "one"),
+               numpy_helper.from_array(np.array([4], np.int64), "four"),
+               numpy_helper.from_array(np.zeros(3, np.int64), "zeros")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Shape", ["h"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["width"]),
+             helper.make_node("Mod", ["width", "four"], ["extra"], name="remainder"),
+             helper.make_node("Concat", ["zeros", "extra"], ["pads"], axis=0),
+             helper.make_node("Pad", ["h", "pads"], ["padded"]), helper.make_node("MatMul", ["padded", "w2"], ["logits"])]
+    model = _graph_model(tmp_path / "padded.onnx", nodes, weights)
+    assert unsupported_ops(model) == []
+    report = LRP(progress=False).explain(model, rng.normal(size=(3, 6)).astype(np.float32), Target()).diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5
+
+
+def test_a_constant_joined_by_concat_keeps_its_share(tmp_path):
+    """A class token (a constant, expanded over the batch) joined to the token by Concat: its share of relevance
+    is reported as a bias."""
+    rng = np.random.default_rng(7)
+    weights = [numpy_helper.from_array(rng.uniform(0.5, 1, size=(1, 1, 6)).astype(np.float32), "token"),
+               numpy_helper.from_array(rng.uniform(-0.5, 1, size=(6, 3)).astype(np.float32), "w"),
+               numpy_helper.from_array(np.array([0], np.int64), "first"),
+               numpy_helper.from_array(np.array([1], np.int64), "second"),
+               numpy_helper.from_array(np.array([1, 6], np.int64), "rest")]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "first"], ["n"]),
+             helper.make_node("Concat", ["n", "rest"], ["size"], axis=0),
+             helper.make_node("Expand", ["token", "size"], ["tokens"]),
+             helper.make_node("Unsqueeze", ["x", "second"], ["row"]),
+             helper.make_node("Concat", ["tokens", "row"], ["joined"], axis=1, name="with_token"),
+             helper.make_node("MatMul", ["joined", "w"], ["z"]), helper.make_node("Relu", ["z"], ["r"]),
+             helper.make_node("ReduceSum", ["r", "second"], ["logits"], keepdims=0)]
+    model = _graph_model(tmp_path / "token.onnx", nodes, weights)
+    x = rng.uniform(0.5, 1, size=(3, 6)).astype(np.float32)
+    report = LRP("lrp-0", progress=False).explain(model, x, Target()).diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5
+    assert min(report["bias_relevance"]) > 0

@@ -156,6 +156,8 @@ def unsupported_ops(model) -> list[str]:
     executor = model.torch()
     if executor.graph is None:
         return [executor.problem or "the model does not run through the op registry"]
+    if not np.issubdtype(model.input_dtype, np.floating):
+        return [f"the {model.input_dtype} input {model.input_name!r} (LRP needs a floating-point input)"]
     steps = executor.graph.plan([executor.logits_name], (model.input_name,))
     path = relevance_path(steps, executor.logits_name, model.input_name)
     if not path:  # relevance stops at integer data: name those ops

@@ -56,29 +56,28 @@ class Walker:
         self.rule_map = rule_map
         self.low, self.high = low, high
         self._plans: dict[str, list[PlannedStep]] = {}
-        self._ledger_by_sample: set[str] = set()  # explained tensors whose ledger needs one sample per pass
+        self._one_sample: dict[str, bool] = {}  # explained tensor -> its ledger needs one sample per pass
 
     # ---------------------------------------------------------------- planning
     def plan(self, start: str) -> list[PlannedStep]:
         if start not in self._plans:
             steps = self.graph.plan([start], (self.model.input_name,))
             steps = merge_affine(steps, {start}, tensor_ranks(self.model.proto))
-            planned = self._assign(steps)
             carrying = relevance_path(steps, start, self.model.input_name)
+            planned = self._assign(steps, carrying)
             if not carrying:
                 raise OnnxplainError(no_path_message(steps, start, self.model.input_name))
             blocked = [ruleless(step) for step in steps if id(step) in carrying and step.op.kind is None]
             if blocked:
                 raise OnnxplainError(f"LRP cannot pass {listed(blocked)}: no relevance rule for "
                                      f"{'this op' if len(blocked) == 1 else 'these ops'} here")
-            for each in planned:
-                each.carries = id(each.step) in carrying
             self._plans[start] = planned
             self.rule_map.check_used()
         return self._plans[start]
 
-    def _assign(self, steps: list[Step]) -> list[PlannedStep]:
-        """Rules per step; 'first' layers are those with no conv/dense layer upstream."""
+    def _assign(self, steps: list[Step], carrying: set[int]) -> list[PlannedStep]:
+        """Rules for the steps relevance crosses (`carrying`); 'first' layers are those with no conv/dense layer
+        upstream."""
         after_linear, after_conv = {self.model.input_name: False}, {self.model.input_name: False}
         nonnegative: set[str] = set()
         planned = []
@@ -89,7 +88,8 @@ class Walker:
             op = step.op
             if op is None:
                 raise OnnxplainError(f"no torch forward for {step.label}")
-            rule = self.rule_map.rule_for(op, not up_linear, not up_conv)
+            carries = id(step) in carrying
+            rule = self.rule_map.rule_for(op, not up_linear, not up_conv) if carries and op.kind else None
             if isinstance(rule, rules.ZBox) and up_linear and self.low is None:
                 raise OnnxplainError(f"z^B needs box bounds of its input: it applies to first layers, not to "
                                      f"{step.label} (or give low/high)")
@@ -99,9 +99,9 @@ class Walker:
                 after_conv[name] = up_conv or (is_layer and op.category == "conv")
             if _keeps_sign(op.op_type, step.inputs, nonnegative):
                 nonnegative.update(n for n in step.outputs if n)
-            if rule is not None and step.inputs and step.inputs[0] in nonnegative:
+            if rule is not None and step.inputs and step.inputs[op.data_input] in nonnegative:
                 rule = rule.for_nonnegative_input()
-            planned.append(PlannedStep(step, rule))
+            planned.append(PlannedStep(step, rule, carries))
         return planned
 
     # ---------------------------------------------------------------- running
@@ -109,13 +109,32 @@ class Walker:
         """Relevance for the batch x; with `ledger`, the conservation ledger per sample. Where a layer's tensor does
         not have the batch outermost (attention run sequence first), the batch goes one sample at a time."""
         start = target.layer if target.hidden else self.executor.logits_name
-        if ledger and len(x) > 1 and start in self._ledger_by_sample:
-            return merged([self._walk(x[i:i + 1], target, True) for i in range(len(x))])
-        result = self._walk(x, target, ledger)
-        if ledger and len(x) > 1 and any(record.relevance.isnan().any() for record in result.layers):
-            self._ledger_by_sample.add(start)
-            return self(x, target, ledger)
-        return result
+        if ledger and len(x) > 1:
+            if start not in self._one_sample:
+                self._one_sample[start] = not self._batch_outermost(x, start)
+            if self._one_sample[start]:
+                return merged([self._walk(x[i:i + 1], target, True) for i in range(len(x))])
+        return self._walk(x, target, ledger)
+
+    def _batch_outermost(self, x: torch.Tensor, start: str) -> bool:
+        """Whether every tensor relevance crosses holds the samples outermost on its first axis (alone, or with
+        attention heads folded in), so that the ledger can sum each layer's terms per sample: a pair of different
+        inputs run together must give the first one's tensors, run alone, as the first half."""
+        names = [p.step.outputs[0] for p in self.plan(start) if p.carries and p.step.outputs[0]]
+        first = x[:1].detach()
+        pair = torch.cat([first, torch.roll(first, 1, -1) + 0.01])
+        with torch.no_grad():
+            alone = self.graph.run({self.model.input_name: first}, names)
+            together = self.graph.run({self.model.input_name: pair}, names)
+        for name in names:
+            one, two = alone[name], together[name]
+            if not two.is_floating_point() or two.ndim == 0 or tuple(two.shape[1:]) != tuple(one.shape[1:]) \
+                    or len(two) != 2 * len(one):
+                return False
+            scale = float(one.abs().max()) if one.numel() else 0.0
+            if not torch.allclose(two.reshape(2, -1)[0], one.reshape(-1), rtol=1e-4, atol=1e-6 * scale + 1e-30):
+                return False
+        return True
 
     def _walk(self, x: torch.Tensor, target: Target, ledger: bool) -> Result:
         start = target.layer if target.hidden else self.executor.logits_name
@@ -154,7 +173,7 @@ class Walker:
         rule = planned.rule
         if not isinstance(rule, rules.ZBox) or rule.low is not None:
             return rule
-        low, high = self.bounds(planned.step.inputs[0], x)
+        low, high = self.bounds(planned.step.inputs[planned.step.op.data_input], x)
         return rules.ZBox(low, high, rule.stabilizer)
 
     def bounds(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,8 +216,8 @@ def merged(results: list[Result]) -> Result:
 
 def by_sample(sums: torch.Tensor, samples: int) -> torch.Tensor:
     """Sums along a tensor's first axis, per sample: that axis is the batch, or the batch folded with another axis
-    outermost (attention heads: N * H); one sample takes the whole sum. Other layouts (sequence first) cannot be
-    split by sample: NaN."""
+    outermost (attention heads: N * H); one sample takes the whole sum. Other layouts (sequence first) go one
+    sample per pass (`Walker._batch_outermost`); a length the batch does not divide gives NaN, not a wrong split."""
     if len(sums) % samples == 0:
         return sums.reshape(samples, -1).sum(1)
     return torch.full((samples,), float("nan"), dtype=sums.dtype, device=sums.device)
@@ -226,7 +245,8 @@ def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:
 
 def ruleless(step: Step) -> str:
     """A step LRP cannot pass, named, with why where it is not the op type itself."""
-    two_activations = step.op.op_type in ("MatMul", "Gemm", "Einsum") and not step.op.constants
+    two_activations = (step.op.op_type in ("MatMul", "Gemm", "Einsum") and not step.op.constants
+                       and len([name for name in step.inputs if name]) > 1)
     return f"{step.label}, a product of two activations" if two_activations else step.label
 
 

@@ -16,7 +16,8 @@ from ..lrp import relevance, rules
 from . import register
 from .base import Elementwise, Op
 
-TRANSPARENT = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Identity", "Transpose", "Cast"}
+TRANSPARENT = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Identity", "Transpose", "Cast", "Dropout",
+               "Gather", "Slice"}
 
 
 def _dynamic(op: Op, count: int) -> list[int]:
@@ -102,6 +103,10 @@ class Div(Op):
         dynamic = _dynamic(self, 2)
         self.kind = "pass" if dynamic == [0] else "gate" if dynamic == [0, 1] else None
 
+    def link(self, producers):
+        if self.kind == "gate" and gate_strength(self.node.input[0], producers) == 3:
+            self.kind = None  # integer data over an activation: a reciprocal, no gate
+
     def relevance_inputs(self):
         return [0] if self.kind else super().relevance_inputs()
 
@@ -123,6 +128,9 @@ class Neg(Elementwise):
 @register("Max")
 class Max(Op):
     """Elementwise maximum: the winner takes the relevance (its gradient)."""
+
+    def relevance_inputs(self):
+        return [i for i, name in enumerate(self.node.input) if name and i not in self.constants]
 
     def forward(self, *operands):
         out = operands[0]
@@ -247,6 +255,9 @@ class IsInf(Op):
 @register("Where")
 class Where(Op):
     """Selection by a condition: relevance follows the chosen values (the gradient)."""
+
+    def relevance_inputs(self):
+        return [i for i in (1, 2) if i < len(self.node.input) and i not in self.constants]
 
     def forward(self, condition, a, b):
         return torch.where(condition.bool(), a, b)

@@ -49,12 +49,17 @@ class Op(ABC):
     def forward(self, *inputs):
         """The node's outputs (a tensor, or a tuple for several) from its inputs (None for absent ones)."""
 
+    data_input = 0  # the input a layer's rule takes (LinearOp), or that relevance passes to
+
     def relevance_inputs(self) -> list[int]:
-        """Positions of the inputs that receive relevance (a gate's gate and integer data receive none): the walker
-        runs what feeds only the others as constants, so ops there (a softmax, a norm) need no rule."""
+        """Positions of the inputs that receive relevance: the data input (shapes, pads, sizes, bounds and slopes
+        receive none; nor does a gate, nor integer data). Sums, and ops LRP cannot pass (so they are named), take
+        every run-time input. The walker runs what feeds only the others as constants, so ops there (a softmax, a
+        norm, shape arithmetic) need no rule."""
         if self.kind == "data":
             return []
-        return [i for i, name in enumerate(self.node.input) if name and i not in self.constants]
+        dynamic = [i for i, name in enumerate(self.node.input) if name and i not in self.constants]
+        return dynamic if self.kind in ("share", None) else [i for i in dynamic if i == self.data_input]
 
     def relevance(self, inputs: list, rule) -> tuple:
         """LRP-mode forward: (outputs, leak). Outputs carry the true values and, as their gradient, relevance.
@@ -84,7 +89,7 @@ class LinearOp(Op):
         """This node as a linear map with weight and bias, for the rules."""
 
     def relevance(self, inputs, rule):
-        return rule(inputs[0], self.layer(inputs))
+        return rule(inputs[self.data_input], self.layer(inputs))
 
     @property
     def derived(self) -> dict:

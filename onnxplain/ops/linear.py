@@ -75,20 +75,14 @@ class MatMul(LinearOp):
         strengths = [gate_strength(name, producers) for name in self.node.input[:2]]
         if sorted(strengths) == [0, 2]:
             self.attention, self.kind = strengths.index(2), "linear"
+            self.data_input = 1 - self.attention
 
     def mergeable(self):
         return self.attention is None
 
-    def relevance_inputs(self):
-        return [1 - self.attention] if self.attention is not None else super().relevance_inputs()
-
     def forward(self, a, b):
         return torch.matmul(a, b)
 
-    def relevance(self, inputs, rule):
-        if self.attention is None:
-            return super().relevance(inputs, rule)
-        return rule(inputs[1 - self.attention], self.layer(inputs))
 
     def layer(self, inputs):
         if self.attention == 0:  # attention @ x

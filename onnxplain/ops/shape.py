@@ -98,8 +98,23 @@ class Unsqueeze(Op):
 
 @register("Concat")
 class Concat(Op):
+    """Joins its operands: each gets its part of the relevance; a part that carries none (a constant such as a
+    transformer's class token) keeps its share, reported like a bias."""
+
+    def relevance_inputs(self):
+        return [i for i, name in enumerate(self.node.input) if name and i not in self.constants]
+
     def forward(self, *parts):
         return torch.cat([p for p in parts if p is not None], dim=int(self.attr("axis")))
+
+    def relevance(self, inputs, rule):
+        y = self.forward(*inputs)
+        parts = [p for p in inputs if p is not None]
+        if all(p.requires_grad for p in parts):
+            return y, None
+        mask = torch.cat([torch.zeros_like(p) if p.requires_grad else torch.ones_like(p) for p in parts],
+                         dim=int(self.attr("axis")))
+        return y, relevance.MaskLeak(mask)
 
 
 @register("Split")

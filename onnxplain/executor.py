@@ -155,6 +155,9 @@ class TorchExecutor:
     def explained(self, start: torch.Tensor, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, np.ndarray]:
         """(f(x) per sample, class per sample or -1) for `start`: the logits, or the hidden tensor of `target`."""
         if target.hidden:
+            if len(start) != len(x):
+                raise OnnxplainError(f"tensor {target.layer!r} (shape {tuple(start.shape)}) does not hold the batch "
+                                     "on its first axis: it cannot be a target")
             return hidden_values(start, target), np.full(len(start), -1)
         with torch.no_grad():
             scores = self.run(x.detach(), [self.model.score_output], {self.logits_name: start.detach()})

@@ -276,7 +276,8 @@ def test_shape_arithmetic_needs_no_rule(tmp_path):
              helper.make_node("Gather", ["shape", "one"], ["width"]),
              helper.make_node("Mod", ["width", "four"], ["extra"], name="remainder"),
              helper.make_node("Concat", ["zeros", "extra"], ["pads"], axis=0),
-             helper.make_node("Pad", ["h", "pads"], ["padded"]), helper.make_node("MatMul", ["padded", "w2"], ["logits"])]
+             helper.make_node("Pad", ["h", "pads"], ["padded"]),
+             helper.make_node("MatMul", ["padded", "w2"], ["logits"])]
     model = _graph_model(tmp_path / "padded.onnx", nodes, weights)
     assert unsupported_ops(model) == []
     report = LRP(progress=False).explain(model, rng.normal(size=(3, 6)).astype(np.float32), Target()).diagnostics
@@ -304,3 +305,57 @@ def test_a_constant_joined_by_concat_keeps_its_share(tmp_path):
     report = LRP("lrp-0", progress=False).explain(model, x, Target()).diagnostics
     assert np.abs(report["conservation_error"]).max() <= 1e-5
     assert min(report["bias_relevance"]) > 0
+
+
+@pytest.mark.parametrize("op, order", [("Where", ["positive", "c", "g"]), ("Where", ["positive", "g", "c"]),
+                                        ("Max", ["c", "g"]), ("Min", ["g", "c"])])
+def test_a_constant_operand_of_a_selection_keeps_its_share(tmp_path, op, order):
+    """Where / Max / Min with a constant operand: the positions the constant takes keep their relevance as a bias."""
+    rng = np.random.default_rng(8)
+    middle = [helper.make_node("Greater", ["x", "zero"], ["positive"]), helper.make_node(op, order, ["picked"])]
+    constants = [numpy_helper.from_array(np.float32(0.3).reshape(()), "c"),
+                 numpy_helper.from_array(np.float32(0).reshape(()), "zero")]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["g"])] + middle
+    model = _dense_graph(tmp_path, f"{op}{order[0]}", nodes, "picked",
+                         constants + [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w0")])
+    report = LRP("lrp-0", progress=False).explain(model, rng.normal(size=(5, 6)).astype(np.float32),
+                                                   Target()).diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5
+    assert np.abs(report["bias_relevance"]).max() > 0
+
+
+def test_integer_casts_stop_relevance_and_shape_scales_are_gates(tmp_path):
+    cast = [helper.make_node("Cast", ["x"], ["whole"], to=TensorProto.INT32, name="to_int"),
+            helper.make_node("Cast", ["whole"], ["back"], to=TensorProto.FLOAT)]
+    assert unsupported_ops(_dense_graph(tmp_path, "cast", cast, "back")) == ["Cast (to_int)"]
+    x = np.random.default_rng(9).normal(size=(3, 6)).astype(np.float32)
+    maps = []
+    for order in (["scale", "x"], ["x", "scale"]):   # x * sqrt(width), the scale first or second
+        middle = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "one"], ["width"]),
+                  helper.make_node("Cast", ["width"], ["float_width"], to=TensorProto.FLOAT),
+                  helper.make_node("Sqrt", ["float_width"], ["scale"]), helper.make_node("Mul", order, ["scaled"])]
+        model = _dense_graph(tmp_path, "scaled" + order[0], middle, "scaled",
+                             [numpy_helper.from_array(np.array(1, np.int64), "one")])
+        explanation = LRP("lrp-0", progress=False).explain(model, x, Target())
+        assert np.abs(explanation.diagnostics["conservation_error"]).max() <= 1e-5
+        maps.append(explanation.relevance)
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-6, atol=1e-7)
+
+
+def test_a_batch_of_one_squeezed_away_and_targets_off_the_batch_axis(tmp_path):
+    """x.squeeze() exported: the batch axis vanishes for one sample; explain still takes batches of several. A
+    hidden target must hold the batch on its first axis."""
+    rng = np.random.default_rng(10)
+    middle = [helper.make_node("Unsqueeze", ["x", "two"], ["column"]),
+              helper.make_node("Squeeze", ["column"], ["back"])]
+    model = _dense_graph(tmp_path, "squeezed", middle, "back",
+                         [numpy_helper.from_array(np.array([2], np.int64), "two")])
+    report = LRP(progress=False).explain(model, rng.normal(size=(3, 6)).astype(np.float32), Target()).diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5
+    folded = [helper.make_node("Reshape", ["x", "flat"], ["folded"]), helper.make_node("Reshape", ["folded", "rows"],
+                                                                                       ["back"])]
+    model = _dense_graph(tmp_path, "folded", folded, "back",
+                         [numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+                          numpy_helper.from_array(np.array([-1, 6], np.int64), "rows")])
+    with pytest.raises(OnnxplainError, match="does not hold the batch on its first axis"):
+        LRP(progress=False).explain(model, rng.normal(size=(3, 6)).astype(np.float32), Target(layer="folded", index=0))

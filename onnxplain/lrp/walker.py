@@ -118,14 +118,18 @@ class Walker:
 
     def _batch_outermost(self, x: torch.Tensor, start: str) -> bool:
         """Whether every tensor relevance crosses holds the samples outermost on its first axis (alone, or with
-        attention heads folded in), so that the ledger can sum each layer's terms per sample: a pair of different
-        inputs run together must give the first one's tensors, run alone, as the first half."""
+        attention heads folded in), so that the ledger can sum each layer's terms per sample: four different inputs
+        run together must give, as the first half of each tensor, the tensors of the first two run as a pair (pairs,
+        not single samples: a graph may squeeze a batch of one). A probe that fails to run keeps the batch."""
         names = [p.step.outputs[0] for p in self.plan(start) if p.carries and p.step.outputs[0]]
         first = x[:1].detach()
         pair = torch.cat([first, torch.roll(first, 1, -1) + 0.01])
-        with torch.no_grad():
-            alone = self.graph.run({self.model.input_name: first}, names)
-            together = self.graph.run({self.model.input_name: pair}, names)
+        try:
+            with torch.no_grad():
+                alone = self.graph.run({self.model.input_name: pair}, names)
+                together = self.graph.run({self.model.input_name: torch.cat([pair, pair.flip(-1) * 0.5])}, names)
+        except (RuntimeError, ValueError, IndexError):
+            return True
         for name in names:
             one, two = alone[name], together[name]
             if not two.is_floating_point() or two.ndim == 0 or tuple(two.shape[1:]) != tuple(one.shape[1:]) \

@@ -112,6 +112,8 @@ class Gelu(Elementwise):
 
 @register("Erf")
 class Erf(Elementwise):
+    gate_strength = 1  # 1 + erf(x / sqrt 2) is GELU written out: the gate of x * ...
+
     def forward(self, x):
         return torch.erf(x)
 

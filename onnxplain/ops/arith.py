@@ -125,12 +125,29 @@ class Neg(Elementwise):
         return -x
 
 
+def held_by_constants(op: Op, inputs: list, candidates: list[int]):
+    """`op`'s output and, where operands among `candidates` carry no relevance (constants, integer data), a MaskLeak
+    of the share the gradient routes to them (a bias term); else no leak."""
+    y = op.forward(*inputs)
+    held = [i for i in candidates if inputs[i] is not None and not inputs[i].requires_grad]
+    if not held:
+        return y, None
+    with torch.enable_grad():
+        copies = [t.detach().expand(y.shape).clone().requires_grad_(True) if i in held else t.detach()
+                  for i, t in enumerate(inputs)]
+        shares = torch.autograd.grad(op.forward(*copies).sum(), [copies[i] for i in held])
+    return y, relevance.MaskLeak(sum(shares[1:], shares[0]))
+
+
 @register("Max")
 class Max(Op):
-    """Elementwise maximum: the winner takes the relevance (its gradient)."""
+    """Elementwise maximum: the winner takes the relevance (its gradient); a winning constant keeps it (bias)."""
 
     def relevance_inputs(self):
         return [i for i, name in enumerate(self.node.input) if name and i not in self.constants]
+
+    def relevance(self, inputs, rule):
+        return held_by_constants(self, inputs, list(range(len(inputs))))
 
     def forward(self, *operands):
         out = operands[0]
@@ -259,8 +276,25 @@ class Where(Op):
     def relevance_inputs(self):
         return [i for i in (1, 2) if i < len(self.node.input) and i not in self.constants]
 
+    def relevance(self, inputs, rule):
+        return held_by_constants(self, inputs, [1, 2])
+
     def forward(self, condition, a, b):
         return torch.where(condition.bool(), a, b)
+
+
+def data_derived(name: str, producers: dict) -> bool:
+    """Whether tensor `name` is computed from integer or boolean data (a shape, a comparison) through ops of one
+    run-time operand each (sqrt(width), a mask cast to float): a constant as far as relevance goes."""
+    op = producers.get(name)
+    while op is not None:
+        if op.kind == "data":
+            return True
+        dynamic = _dynamic(op, len(op.node.input))
+        if len(dynamic) != 1:
+            return False
+        op = producers.get(op.node.input[dynamic[0]])
+    return False
 
 
 def gate_strength(name: str, producers: dict) -> int:
@@ -269,9 +303,11 @@ def gate_strength(name: str, producers: dict) -> int:
 
     Shape ops and scaling/shifting by constants are looked through (hard-swish's clip(x + 3, 0, 6) / 6).
     """
+    if data_derived(name, producers):
+        return 3
     op = producers.get(name)
     while op is not None:
-        strength = 3 if op.kind == "data" else getattr(op, "gate_strength", 0)
+        strength = getattr(op, "gate_strength", 0)
         if strength:
             return strength
         dynamic = _dynamic(op, len(op.node.input))

@@ -199,6 +199,12 @@ class Pad(Op):
 
 @register("Cast")
 class Cast(Op):
+    """A cast to a floating type routes relevance; one to an integer or boolean type makes data (none flows)."""
+
+    def setup(self):
+        if not torch_dtype(int(self.attr("to"))).is_floating_point:
+            self.kind = "data"
+
     def forward(self, x):
         return x.to(torch_dtype(int(self.attr("to"))))
 

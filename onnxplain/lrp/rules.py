@@ -159,7 +159,6 @@ class ZPlus(Rule):
         division, leak = _divided(z.detach(), bias, self.stabilizer, positive=True)
         return attach(layer.output(x), z, division), leak
 
-
     def _by_hand(self, x, layer, bias, shifted):
         """z+ with the layer's transpose. One sample with inputs >= 0 on a convolution: the true output and z+ come
         from one convolution over both weights stacked along the output channels (one kernel call instead of two;
@@ -214,7 +213,7 @@ def _by_hand(value, x, layer: Layer, division: Division, terms, folds: int = 1) 
             total = share if total is None else total.add_(share)
         if folds > 1:
             blocks = total.chunk(folds, layer.stack_axes[0])
-            total = blocks[0].add(blocks[1]) if folds == 2 else sum(blocks[1:], blocks[0])
+            total = sum(blocks[1:], blocks[0])
         return total
     return explicit(value, x, backward)
 

@@ -64,9 +64,9 @@ class Walker:
             steps = self.graph.plan([start], (self.model.input_name,))
             steps = merge_affine(steps, {start}, tensor_ranks(self.model.proto))
             carrying = relevance_path(steps, start, self.model.input_name)
-            planned = self._assign(steps, carrying)
             if not carrying:
                 raise OnnxplainError(no_path_message(steps, start, self.model.input_name))
+            planned = self._assign(steps, carrying)
             blocked = [ruleless(step) for step in steps if id(step) in carrying and step.op.kind is None]
             if blocked:
                 raise OnnxplainError(f"LRP cannot pass {listed(blocked)}: no relevance rule for "
@@ -231,10 +231,7 @@ def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:
     """ids of the steps relevance crosses from `start` down to `source`: a step whose output receives relevance
     and whose relevance inputs (`Op.relevance_inputs`) depend on `source`. The others (integer data, what feeds
     only a gate) run as constants. Empty when no relevance reaches `source`."""
-    depends = {source}
-    for step in steps:
-        if any(name in depends for name in step.inputs if name):
-            depends.update(name for name in step.outputs if name)
+    depends = {source} | {name for step in fed_by(steps, source) for name in step.outputs if name}
     receiving, path = {start}, set()
     for step in reversed(steps):
         if step.op is None or not any(name in receiving for name in step.outputs if name):
@@ -260,15 +257,19 @@ def listed(names: list[str], most: int = 6) -> str:
     return "; ".join(names[:most]) + more
 
 
-def data_cuts(steps: list[Step], source: str) -> list[str]:
-    """The integer or boolean data ops (Round, Greater, ArgMax, ...) fed by `source`: where relevance stops."""
-    depends, cuts = {source}, []
+def fed_by(steps: list[Step], source: str) -> list[Step]:
+    """The steps that depend on tensor `source`, in order."""
+    depends, fed = {source}, []
     for step in steps:
         if any(name in depends for name in step.inputs if name):
             depends.update(name for name in step.outputs if name)
-            if step.op is not None and step.op.kind == "data":
-                cuts.append(step.label)
-    return cuts
+            fed.append(step)
+    return fed
+
+
+def data_cuts(steps: list[Step], source: str) -> list[str]:
+    """The integer or boolean data ops (Round, Greater, ArgMax, ...) fed by `source`: where relevance stops."""
+    return [step.label for step in fed_by(steps, source) if step.op is not None and step.op.kind == "data"]
 
 
 def no_path_message(steps: list[Step], start: str, source: str) -> str:

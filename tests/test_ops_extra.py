@@ -364,3 +364,29 @@ def test_nonlinear_reductions_are_named_unsupported_by_lrp(tmp_path):
     model = _through(tmp_path, "ReduceL2", axes=[1])
     assert model.torch().graph is not None
     assert unsupported_ops(model) == ["ReduceL2 (the_node)"]
+
+
+@pytest.mark.parametrize("transform", ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel",
+                                       "tf_half_pixel_for_nn"])
+@pytest.mark.parametrize("rounding", ["floor", "ceil", "round_prefer_floor", "round_prefer_ceil"])
+def test_nearest_resize_in_every_coordinate_and_rounding_mode(transform, rounding):
+    attributes = dict(mode="nearest", coordinate_transformation_mode=transform, nearest_mode=rounding)
+    for scales in ([1, 1, 2, 3], [1, 1, 1.5, 0.6], [1, 1, 0.5, 2.5]):
+        check([node("Resize", ["x", "", "scales"], **attributes)], X4, 13, [const("scales", scales)])
+    check([node("Resize", ["x", "", "", "sizes"], **attributes)], X4, 13, [const("sizes", [2, 3, 7, 9], np.int64)])
+
+
+def test_nearest_upsample_of_opset_7_runs_in_the_registry_and_lrp_passes_it(tmp_path):
+    """Upsample at opset 7 is upgraded to a Resize with half-pixel coordinates and ties rounded down."""
+    nodes = [node("Upsample", ["x"], ["up"], mode="nearest", scales=[1.0, 1.0, 2.0, 2.0]),
+             node("Reshape", ["up", "shape"], ["flat"]), node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                              [const("shape", [0, -1], np.int64), const("w", RNG.normal(size=(4, 72))),
+                               const("b", np.zeros(4))])
+    path = tmp_path / "upsample7.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], ir_version=4), path)
+    model = onnxplain.load(path)
+    assert model.torch().graph is not None and unsupported_ops(model) == []
+    report = LRP(progress=False).explain(model, RNG.normal(size=(3, 2, 3, 3)).astype(np.float32)).diagnostics
+    assert np.abs(report["conservation_error"]).max() <= 1e-5

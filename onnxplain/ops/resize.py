@@ -1,12 +1,13 @@
 """Resize and Upsample: nearest and (bi/tri)linear interpolation, a parameter-free linear map.
 
 LRP: like average pooling (`kind = "pool"`, z-rule by default): an output's relevance goes to the inputs it was
-interpolated from, in proportion to their contributions. Covered exactly: nearest with asymmetric coordinates and
-floor rounding (what torch exports), nearest with half-pixel coordinates rounding ties up, linear with half-pixel
-or aligned-corner coordinates; sizes from `sizes`, or `scales` applied as given (as onnxruntime does, also where
-the scaled size is fractional). Every other mode (cubic, other rounding, pytorch_half_pixel, crop-and-resize,
-antialiasing, axes, aspect-ratio policies, resizing the batch or channel axis) is refused when the node is set
-up, so the model falls back to onnx2torch.
+interpolated from, in proportion to their contributions. Covered exactly: nearest with every coordinate transform
+but crop-and-resize and every rounding (asymmetric + floor, what torch exports, and half-pixel + ties up run as
+torch's own modes; the others gather the source indices ONNX's formulas give, in float32 as onnxruntime computes
+them), linear with half-pixel or aligned-corner coordinates; sizes from `sizes`, or `scales` applied as given (as
+onnxruntime does, also where the scaled size is fractional). Every other mode (cubic, other linear coordinates,
+crop-and-resize, antialiasing, axes, aspect-ratio policies, resizing the batch or channel axis) is refused when
+the node is set up, so the model falls back to onnx2torch.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from . import register
 from .base import Op
 
 LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+ROUNDING = {"floor": torch.floor, "ceil": torch.ceil, "round_prefer_floor": lambda v: torch.ceil(v - 0.5),
+            "round_prefer_ceil": lambda v: torch.floor(v + 0.5)}
+NEAREST_COORDINATES = ("asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel", "tf_half_pixel_for_nn")
 
 
 @register("Resize", "Upsample")
@@ -39,6 +43,9 @@ class Resize(Op):
             self.torch_mode, self.align_corners = "nearest", None
         elif self.mode == "nearest" and (transform, rounding) == ("half_pixel", "round_prefer_ceil"):
             self.torch_mode, self.align_corners = "nearest-exact", None   # floor(x + 0.5): ties go up
+        elif self.mode == "nearest" and transform in NEAREST_COORDINATES and rounding in ROUNDING:
+            self.torch_mode, self.align_corners = "gather", None
+            self.transform, self.rounding = transform, ROUNDING[rounding]
         elif self.mode == "linear" and transform in ("half_pixel", "align_corners"):
             self.torch_mode, self.align_corners = "linear", transform == "align_corners"
         else:
@@ -48,10 +55,34 @@ class Resize(Op):
     def forward(self, x, *rest):
         mode = LINEAR[x.ndim - 2] if self.torch_mode == "linear" else self.torch_mode
         size, factors = self._target(x, rest)
+        if self.torch_mode == "gather":
+            return self._gathered(x, size, factors)
         if size is not None:
             return F.interpolate(x, size=size, mode=mode, align_corners=self.align_corners)
         return F.interpolate(x, scale_factor=factors, mode=mode, align_corners=self.align_corners,
                              recompute_scale_factor=False)
+
+    def _gathered(self, x, size, factors):
+        """Nearest neighbours along each spatial axis: out[i] = in[round(coordinate(i))], clamped to the input."""
+        for axis in range(2, x.ndim):
+            n = x.shape[axis]
+            scale = factors[axis - 2] if size is None else size[axis - 2] / n
+            out = size[axis - 2] if size is not None else int(n * scale)
+            i = torch.arange(out, dtype=torch.float32, device=x.device)
+            scale = torch.tensor(scale, dtype=torch.float32)
+            if self.transform == "asymmetric":
+                source = i / scale
+            elif self.transform == "align_corners":
+                source = i * ((n - 1) / (out - 1)) if out > 1 else torch.zeros_like(i)
+            elif self.transform == "tf_half_pixel_for_nn":
+                source = (i + 0.5) / scale
+            elif self.transform == "pytorch_half_pixel" and out == 1:
+                source = torch.zeros_like(i)
+            else:
+                source = (i + 0.5) / scale - 0.5
+            index = self.rounding(source).clamp(0, n - 1).long()
+            x = x.index_select(axis, index)
+        return x
 
     def _target(self, x, rest) -> tuple[list[int] | None, list[float] | None]:
         """(spatial output size, None) from `sizes`, or (None, spatial scale factors) from `scales` (opset 7-9: the

@@ -103,7 +103,8 @@ class Model:
             if want.dtype.kind in "OSU":  # string class labels (scikit-learn classifiers with named classes)
                 same = want.shape == got.shape and bool((want == got).all())
             else:
-                same = np.allclose(want.astype(np.float64), got.astype(np.float64), rtol=1e-4, atol=1e-5, equal_nan=True)
+                same = np.allclose(want.astype(np.float64), got.astype(np.float64), rtol=1e-4, atol=1e-5,
+                                   equal_nan=True)
             if not same:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 

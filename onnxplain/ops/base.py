@@ -6,7 +6,8 @@ LRP kinds (how relevance crosses the node; see `Op.relevance`):
 - ``pool``    a parameter-free linear map (average pooling, ReduceMean): z-rule by default
 - ``share``   sums (residual Add, Sum, Sub): each operand by its contribution
 - ``pass``    elementwise (activations, scaling by a constant, LRN): relevance passes unchanged
-- ``gate``    a product of two activations: relevance goes to the signal, the gate is held constant
+- ``gate``    a product of two activations, or a division by one: relevance goes to the signal, the gate (the
+              divisor) is held constant
 - ``route``   the plain gradient routes relevance exactly (reshapes, concat, slices, max-pooling)
 - ``data``    integer/shape tensors: no relevance flows
 - ``None``    LRP cannot pass this node (e.g. a Softmax inside the network)

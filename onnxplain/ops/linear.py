@@ -1,7 +1,8 @@
 """Dense layers: Gemm, MatMul and Einsum with a constant weight.
 
-LRP: linear layers of category 'dense' (epsilon in zennit's composites). A MatMul, Gemm or Einsum of two
-activations (attention) is no layer: LRP reports it as unsupported.
+LRP: linear layers of category 'dense' (epsilon in zennit's composites). Attention (a MatMul of a softmax's or
+sigmoid's output and an activation) is a dense layer whose weight, the attention, is held constant; other products
+of two activations are no layer: LRP reports them as unsupported.
 """
 from __future__ import annotations
 

@@ -216,7 +216,8 @@ class Heads(nn.Module):
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-opset18", "legacy-opset14"])
 @pytest.mark.parametrize("batch", [4, TOKENS])   # TOKENS: sequence-first axes the batch divides
 def test_multihead_attention_with_a_per_sample_ledger(tmp_path, dynamo, batch):
-    """Layers whose tensors put the sequence first: the ledger goes sample by sample (each layer's terms equal the
+    """Layers whose tensors put the sequence first, or fold tokens and samples into one axis: the ledger sums each
+    layer's terms along the samples' own axis, for the whole batch in one pass (each layer's terms equal the
     sample's own explanation's), the relevance is unchanged."""
     torch.manual_seed(1)
     net = Heads().eval()
@@ -232,7 +233,9 @@ def test_multihead_attention_with_a_per_sample_ledger(tmp_path, dynamo, batch):
     report = explanation.diagnostics
     assert np.abs(report["conservation_error"]).max() <= 1e-5
     assert all(np.isfinite(layer["relevance"]) for sample in report["layers"] for layer in sample)
-    batched = method.attribute(model, x.numpy(), Target())   # no ledger: the whole batch in one pass
+    axes = set(method._walker._batch_axes[model.torch().logits_name].values())
+    assert (1, 1) in axes and any(outer > 1 for _, outer in axes)   # sequence first; tokens folded outside
+    batched = method.attribute(model, x.numpy(), Target())   # no ledger
     assert np.abs(batched - explanation.relevance).max() <= 1e-6 * np.abs(want).max()
     for i in (0, batch - 1):
         alone = method.explain(model, x[i:i + 1].numpy(), Target()).diagnostics["layers"][0]

@@ -139,8 +139,8 @@ class Leak(ABC):
     """Relevance a node does not pass to its inputs, as (bias, stabiliser) sums per sample given R at its output."""
 
     @abstractmethod
-    def terms(self, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(bias term, stabiliser term), each (N,) float64."""
+    def terms(self, relevance: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bias term, stabiliser term), each (N,) float64, N the length of the output's batch `axis`."""
 
 
 class BranchLeak(Leak):
@@ -154,24 +154,25 @@ class BranchLeak(Leak):
     def __init__(self, branches: list[Branch]):
         self.branches = branches
 
-    def terms(self, relevance):
+    def terms(self, relevance, axis=0):
         relevance = relevance.detach()
-        n = len(relevance)
+        n = relevance.shape[axis]
         bias = stabiliser = torch.zeros(n, dtype=torch.float64, device=relevance.device)
         kept = 0
         for branch in self.branches:
             weighted = relevance if _is_one(branch.coef) else relevance * branch.coef
             share = weighted / branch.denominator if branch.division is None else branch.division(weighted, True)
             if branch.positive:
-                share = _sum_along_bias(share, branch.bias)
-                stabiliser = stabiliser + branch.epsilon * _per_sample(share)
+                share = _sum_along_bias(share, branch.bias, axis)
+                stabiliser = stabiliser + branch.epsilon * _per_sample(share, axis)
             else:
-                stabiliser = stabiliser + branch.epsilon * _per_sample(torch.copysign(share, weighted))
+                stabiliser = stabiliser + branch.epsilon * _per_sample(torch.copysign(share, weighted), axis)
             if branch.bias is not None:
-                bias = bias + _per_sample(_sum_along_bias(share, branch.bias).double() * branch.bias.double())
+                bias = bias + _per_sample(_sum_along_bias(share, branch.bias, axis).double() * branch.bias.double(),
+                                          axis)
             kept = kept + branch.coef
         if not _is_one(kept):  # e.g. gamma's outputs that are exactly zero
-            stabiliser = stabiliser + _per_sample(relevance * (1 - kept))
+            stabiliser = stabiliser + _per_sample(relevance * (1 - kept), axis)
         return bias, stabiliser
 
 
@@ -181,30 +182,31 @@ class MaskLeak(Leak):
     def __init__(self, mask: torch.Tensor):
         self.mask = mask
 
-    def terms(self, relevance):
-        return _per_sample(relevance * self.mask), torch.zeros(len(relevance), dtype=torch.float64,
-                                                                device=relevance.device)
+    def terms(self, relevance, axis=0):
+        return _per_sample(relevance * self.mask, axis), torch.zeros(relevance.shape[axis], dtype=torch.float64,
+                                                                      device=relevance.device)
 
 
 def _is_one(coef) -> bool:
     return not isinstance(coef, torch.Tensor) and coef == 1
 
 
-def _per_sample(values: torch.Tensor) -> torch.Tensor:
-    """(N,) float64 per-sample sums. torch's float32 reductions sum in cascades (accurate to ~1e-7 of the values'
-    magnitude) and read any memory layout in place; converting whole tensors to float64 first would cost a copy
-    twice their size, most of the ledger's time."""
+def _per_sample(values: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """(N,) float64 sums over all axes but the batch `axis`. torch's float32 reductions sum in cascades (accurate
+    to ~1e-7 of the values' magnitude) and read any memory layout in place; converting whole tensors to float64
+    first would cost a copy twice their size, most of the ledger's time."""
     values = values.detach()
     if values.ndim == 1:
         return values.double()
-    return values.sum(dim=tuple(range(1, values.ndim))).double()
+    return values.sum(dim=tuple(a for a in range(values.ndim) if a != axis)).double()
 
 
-def _sum_along_bias(values: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _sum_along_bias(values: torch.Tensor, bias: torch.Tensor | None, axis: int = 0) -> torch.Tensor:
     """`values` summed (kept as size-1 axes) over the axes the bias is constant along (a conv's spatial axes);
-    without a bias, over all axes but the first."""
+    without a bias, over all axes but the batch `axis`."""
+    others = [a for a in range(values.ndim) if a != axis]
     if bias is None:
-        return values.sum(dim=tuple(range(1, values.ndim)), keepdim=True) if values.ndim > 1 else values
+        return values.sum(dim=tuple(others), keepdim=True) if others else values
     shape = (1,) * (values.ndim - bias.ndim) + tuple(bias.shape)
-    axes = tuple(a for a in range(1, values.ndim) if shape[a] == 1 and values.shape[a] != 1)
+    axes = tuple(a for a in others if shape[a] == 1 and values.shape[a] != 1)
     return values.sum(dim=axes, keepdim=True) if axes else values

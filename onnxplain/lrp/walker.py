@@ -56,7 +56,7 @@ class Walker:
         self.rule_map = rule_map
         self.low, self.high = low, high
         self._plans: dict[str, list[PlannedStep]] = {}
-        self._one_sample: dict[str, bool] = {}  # explained tensor -> its ledger needs one sample per pass
+        self._batch_axes: dict[str, dict[str, tuple[int, int]] | None] = {}  # explained tensor -> sample axes
 
     # ---------------------------------------------------------------- planning
     def plan(self, start: str) -> list[PlannedStep]:
@@ -106,21 +106,26 @@ class Walker:
 
     # ---------------------------------------------------------------- running
     def __call__(self, x: torch.Tensor, target: Target, ledger: bool = True) -> Result:
-        """Relevance for the batch x; with `ledger`, the conservation ledger per sample. Where a layer's tensor does
-        not have the batch outermost (attention run sequence first), the batch goes one sample at a time."""
+        """Relevance for the batch x; with `ledger`, the conservation ledger per sample, each layer's terms summed
+        along the axis that holds its samples. Where a layer's tensor has no such axis, the batch goes one sample at
+        a time."""
         start = target.layer if target.hidden else self.executor.logits_name
         if ledger and len(x) > 1:
-            if start not in self._one_sample:
-                self._one_sample[start] = not self._batch_outermost(x, start)
-            if self._one_sample[start]:
+            if start not in self._batch_axes:
+                self._batch_axes[start] = self._sample_axes(x, start)
+            axes = self._batch_axes[start]
+            if axes is None:
                 return merged([self._walk(x[i:i + 1], target, True) for i in range(len(x))])
+            return self._walk(x, target, ledger, axes)
         return self._walk(x, target, ledger)
 
-    def _batch_outermost(self, x: torch.Tensor, start: str) -> bool:
-        """Whether every tensor relevance crosses holds the samples outermost on its first axis (alone, or with
-        attention heads folded in), so that the ledger can sum each layer's terms per sample: four different inputs
-        run together must give, as the first half of each tensor, the tensors of the first two run as a pair (pairs,
-        not single samples: a graph may squeeze a batch of one). A probe that fails to run keeps the batch."""
+    def _sample_axes(self, x: torch.Tensor, start: str) -> dict[str, tuple[int, int]] | None:
+        """(axis, outer) of each tensor relevance crosses: the axis that holds the samples, alone or folded with
+        other axes (`_sample_axis`). It is the first for most graphs; attention run sequence first puts it second,
+        or folds tokens outside and heads inside the samples. Four different inputs run together must give, in
+        the first half of each sample block, the tensors of the first two run as a pair (pairs, not single
+        samples: a graph may squeeze a batch of one). None where a tensor has no such axis; a probe that fails to
+        run keeps the first axis."""
         names = [p.step.outputs[0] for p in self.plan(start) if p.carries and p.step.outputs[0]]
         first = x[:1].detach()
         pair = torch.cat([first, torch.roll(first, 1, -1) + 0.01])
@@ -129,18 +134,17 @@ class Walker:
                 alone = self.graph.run({self.model.input_name: pair}, names)
                 together = self.graph.run({self.model.input_name: torch.cat([pair, pair.flip(-1) * 0.5])}, names)
         except (RuntimeError, ValueError, IndexError):
-            return True
+            return {}
+        axes = {}
         for name in names:
-            one, two = alone[name], together[name]
-            if not two.is_floating_point() or two.ndim == 0 or tuple(two.shape[1:]) != tuple(one.shape[1:]) \
-                    or len(two) != 2 * len(one):
-                return False
-            scale = float(one.abs().max()) if one.numel() else 0.0
-            if not torch.allclose(two.reshape(2, -1)[0], one.reshape(-1), rtol=1e-4, atol=1e-6 * scale + 1e-30):
-                return False
-        return True
+            axis = _sample_axis(alone[name], together[name])
+            if axis is None:
+                return None
+            axes[name] = axis
+        return axes
 
-    def _walk(self, x: torch.Tensor, target: Target, ledger: bool) -> Result:
+    def _walk(self, x: torch.Tensor, target: Target, ledger: bool,
+              axes: dict[str, tuple[int, int]] | None = None) -> Result:
         start = target.layer if target.hidden else self.executor.logits_name
         x = x.detach().requires_grad_(True)
         env = dict(self.graph.constants)
@@ -165,7 +169,8 @@ class Walker:
                 if name:
                     env[name] = value
             if ledger and leak is not None and outputs[0].requires_grad:
-                outputs[0].register_hook(self._recorder(records, planned, leak, len(x)))
+                axis = (axes or {}).get(step.outputs[0], (0, 1))
+                outputs[0].register_hook(self._recorder(records, planned, leak, len(x), *axis))
         values, classes = self.executor.explained(env[start], x, target)
         seed = seed_relevance(env[start], values, classes, target)
         (relevance,) = torch.autograd.grad(env[start], x, seed)
@@ -198,13 +203,13 @@ class Walker:
         return torch.minimum(at_low, at_high), torch.maximum(at_low, at_high)
 
     @staticmethod
-    def _recorder(records: list, planned: PlannedStep, leak: relevance.Leak, samples: int):
+    def _recorder(records: list, planned: PlannedStep, leak: relevance.Leak, samples: int, axis: int, outer: int):
         def record(grad):
-            bias, stabiliser = leak.terms(grad)
+            bias, stabiliser = leak.terms(grad, axis)
             rule = planned.rule.name if planned.rule is not None else planned.step.op.kind
-            sums = (relevance._per_sample(grad), bias, stabiliser)
+            sums = (relevance._per_sample(grad, axis), bias, stabiliser)
             records.append(LayerRecord(planned.step.op.name, planned.step.op.op_type, rule,
-                                       *(by_sample(s, samples) for s in sums)))
+                                       *(by_sample(s, samples, outer) for s in sums)))
         return record
 
 
@@ -218,12 +223,32 @@ def merged(results: list[Result]) -> Result:
                   np.concatenate([r.classes for r in results]), layers)
 
 
-def by_sample(sums: torch.Tensor, samples: int) -> torch.Tensor:
-    """Sums along a tensor's first axis, per sample: that axis is the batch, or the batch folded with another axis
-    outermost (attention heads: N * H); one sample takes the whole sum. Other layouts (sequence first) go one
-    sample per pass (`Walker._batch_outermost`); a length the batch does not divide gives NaN, not a wrong split."""
-    if len(sums) % samples == 0:
-        return sums.reshape(samples, -1).sum(1)
+def _sample_axis(one: torch.Tensor, two: torch.Tensor) -> tuple[int, int] | None:
+    """(axis, outer): `two` (a tensor for four samples) is twice as long as `one` (for the first two of them) along
+    `axis` and equal along the others, and that axis folds (outer, samples, inner) with the samples in the middle
+    (outer = 1: samples outermost, as the batch alone or with attention heads inside; tokens x samples when
+    attention runs sequence first). None if there is none, or the tensor is no float."""
+    if not two.is_floating_point() or two.ndim == 0 or two.ndim != one.ndim:
+        return None
+    scale = float(one.abs().max()) if one.numel() else 0.0
+    for axis in range(two.ndim):
+        length = one.shape[axis]
+        if two.shape[axis] != 2 * length or any(two.shape[a] != one.shape[a] for a in range(two.ndim) if a != axis):
+            continue
+        for outer in (n for n in range(1, length // 2 + 1) if length % (2 * n) == 0):
+            inner = length // (2 * outer)
+            head = two.unflatten(axis, (outer, 4, inner)).narrow(axis + 1, 0, 2)
+            if torch.allclose(head, one.unflatten(axis, (outer, 2, inner)), rtol=1e-4, atol=1e-6 * scale + 1e-30):
+                return axis, outer
+    return None
+
+
+def by_sample(sums: torch.Tensor, samples: int, outer: int = 1) -> torch.Tensor:
+    """Sums along a tensor's sample axis (folded as (outer, samples, inner)), per sample; one sample takes the whole
+    sum. Tensors with no sample axis go one sample per pass (`Walker._sample_axes`); a length the batch does not
+    divide gives NaN, not a wrong split."""
+    if len(sums) % (samples * outer) == 0:
+        return sums.reshape(outer, samples, -1).sum((0, 2))
     return torch.full((samples,), float("nan"), dtype=sums.dtype, device=sums.device)
 
 

@@ -171,7 +171,8 @@ def _split(value: str) -> list[str]:
 @click.option("--shuffles", type=click.IntRange(1), default=10, show_default=True,
               help="Shuffled maps per image (APEM_norm).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="Reference data for methods that take it (pda): a folder of images or an .npy batch.")
+              help="Reference data for methods that take it (pda): a folder of images, or an .npy batch or single "
+                   "sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -36,13 +36,15 @@ def parse_rules(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def read_reference(path: Path, model) -> np.ndarray:
-    """--reference: a folder of images or an .npy batch of preprocessed inputs."""
+    """--reference: a folder of images, or an .npy of preprocessed inputs (a batch, or one sample without the batch
+    axis)."""
     if not path.exists():
         raise OnnxplainError(f"reference data not found: {path}")
     if path.is_file() and path.suffix == ".npy":
-        from onnxplain.io import read_npy
+        from onnxplain.io.inputs import as_batch, read_npy
 
-        return model.check_input(read_npy(path), f"--reference {path}:")
+        what = f"--reference {path}"
+        return model.check_input(as_batch(read_npy(path), model, what), f"{what}:")
     return load_inputs([path], model)[0]
 
 
@@ -200,7 +202,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--sampler", type=click.Choice(["marginal", "conditional"]), default=None,
               help="PDA sampler (default conditional).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="Reference data (a folder of images or an .npy batch): PDA samples, occlusion's fill.")
+              help="Reference data (a folder of images, or an .npy batch or single sample of preprocessed inputs): "
+                   "PDA samples, occlusion's fill.")
 @click.option("--stride", type=int, default=None,
               help="Window stride: PDA (default 1), occlusion (default window // 2).")
 @click.option("--fill", type=float, default=None, help="Occlusion fill value (model-input units; default 0).")

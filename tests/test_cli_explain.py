@@ -243,8 +243,9 @@ def bad_cases(tmp_path, digits_cnn, samples):
     return {
         "array of another rank": ([digits_cnn, good, tmp_path / "flat.npy", *occlusion],
                                   "flat.npy: an array of shape 3x5 is neither a batch"),
-        "reference of another shape": ([digits_cnn, good, *pda, "--reference", tmp_path / "wrong.npy"],
-                                       "--reference " + str(tmp_path / "wrong.npy") + ": shape 3x28x28 does not fit"),
+        "reference of another shape": (
+            [digits_cnn, good, *pda, "--reference", tmp_path / "wrong.npy"],
+            f"--reference {tmp_path / 'wrong.npy'}: one sample of shape 3x28x28 does not fit"),
         "unknown composite": ([digits_cnn, good, "--composite", "nope"], "(method lrp: this model's default"),
         "corrupt model": ([corrupt, good, *occlusion], "not a readable ONNX model"),
         "missing input": ([digits_cnn, good, tmp_path / "none.png", *occlusion], "not found"),

@@ -177,3 +177,34 @@ def test_tabular_features_get_one_window_per_feature(tmp_path):
     drawn = setup.sampler.sample(setup.geometry.to_grid(X[:1])[0], list(range(13)), 50, 0)   # (13, 50, 1, 1)
     drawn = drawn.reshape(13, 50)
     assert (drawn >= reference.min(0)[:, None] - 1e-4).all() and (drawn <= reference.max(0)[:, None] + 1e-4).all()
+
+
+def test_reference_npy_may_be_one_sample_without_its_batch_axis(digits_cnn, tmp_path):
+    """--reference x.npy holding one sample (1x28x28 for the CNN's Nx1x28x28) is that sample as a batch of one:
+    occlusion fills with it, exactly as with the array given its batch axis; an array that is neither a batch nor
+    one sample is one line and exit code 2."""
+    samples = digits_cnn.parent / "samples"
+    one = np.load(samples / "digits_reference_cnn.npy")[5]
+    assert one.shape == (1, 28, 28)
+    np.save(tmp_path / "one.npy", one)
+    np.save(tmp_path / "batch.npy", one[None])
+    np.save(tmp_path / "flat.npy", one[0])
+    maps = {}
+    for name in ("one", "batch"):
+        result = run("explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "occlusion", "--window", 7,
+                     "--reference", tmp_path / f"{name}.npy", "--save-npy", tmp_path / f"{name}_r.npy", "--quiet")
+        assert result.exit_code == 0, result.output
+        maps[name] = np.load(tmp_path / f"{name}_r.npy")
+    model = onnxplain.load(digits_cnn)
+    from onnxplain.methods import make_method
+
+    want = make_method("occlusion", window=7, reference=one[None], progress=False).explain(
+        model, np.load(samples / "digit3_cnn.npy")[None]).relevance[0]
+    np.testing.assert_array_equal(maps["one"], maps["batch"])
+    np.testing.assert_allclose(maps["one"], want, rtol=1e-6, atol=1e-7)
+    assert np.abs(want).max() > 0
+    result = run("explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "occlusion", "--reference",
+                 tmp_path / "flat.npy", "--quiet")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert f"--reference {tmp_path / 'flat.npy'}: an array of shape 28x28 is neither a batch" in line

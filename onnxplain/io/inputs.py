@@ -82,21 +82,27 @@ def volume_to_tensor(volume: np.ndarray, model) -> np.ndarray:
     return volume[None].astype(np.float32) if len(model.input_shape) == 5 else volume.astype(np.float32)
 
 
+def as_batch(array: np.ndarray, model, what: str) -> np.ndarray:
+    """An .npy array as a batch: as it is when it has the batch axis, with one added when it is one sample (its
+    rank one less and its sizes the model's per sample); else a clear error that starts with `what`."""
+    array = np.asarray(array)
+    rank = len(model.input_shape)
+    if array.ndim not in (rank, rank - 1):
+        shown = "x".join("N" if d is None else str(d) for d in model.input_shape)
+        raise OnnxplainError(f"{what}: an array of shape {'x'.join(map(str, array.shape))} is neither a batch "
+                             f"of this model's input ({shown}) nor one sample of it")
+    sample = model.input_shape[1:]
+    if array.ndim == rank - 1 and any(d is not None and d != n for d, n in zip(sample, array.shape)):
+        raise OnnxplainError(f"{what}: one sample of shape {'x'.join(map(str, array.shape))} does not fit the "
+                             f"model's {'x'.join('?' if d is None else str(d) for d in sample)} per sample")
+    return array if array.ndim == rank else array[None]
+
+
 def to_model_inputs(path: Path, model) -> np.ndarray:
     """One input file -> a batch of model inputs: one sample, or all of an .npy that has the batch axis."""
     kind = _kind(path)
     if kind == "npy":
-        array = np.asarray(read_npy(path))
-        rank = len(model.input_shape)
-        if array.ndim not in (rank, rank - 1):
-            shown = "x".join("N" if d is None else str(d) for d in model.input_shape)
-            raise OnnxplainError(f"{path}: an array of shape {'x'.join(map(str, array.shape))} is neither a batch "
-                                 f"of this model's input ({shown}) nor one sample of it")
-        sample = model.input_shape[1:]
-        if array.ndim == rank - 1 and any(d is not None and d != n for d, n in zip(sample, array.shape)):
-            raise OnnxplainError(f"{path}: one sample of shape {'x'.join(map(str, array.shape))} does not fit the "
-                                 f"model's {'x'.join('?' if d is None else str(d) for d in sample)} per sample")
-        return array if array.ndim == rank else array[None]
+        return as_batch(read_npy(path), model, str(path))
     if kind == "nifti":
         return volume_to_tensor(read_nifti(path)[0], model)[None]
     if kind == "image":

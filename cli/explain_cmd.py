@@ -206,7 +206,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
                    "PDA samples, occlusion's fill.")
 @click.option("--stride", type=int, default=None,
               help="Window stride: PDA (default 1), occlusion (default window // 2).")
-@click.option("--fill", type=float, default=None, help="Occlusion fill value (model-input units; default 0).")
+@click.option("--fill", type=float, default=None,
+              help="Occlusion fill value (model-input units; default 0; a whole number for integer inputs).")
 @click.option("--seed", type=int, default=None, help="Random seed (PDA, smoothgrad; default 0).")
 @click.option("--sigma", type=float, default=None,
               help="SmoothGrad noise, as a fraction of the input range (default 0.15).")

@@ -119,3 +119,49 @@ def test_torch_executor_with_incremental_passes_gives_the_same_map(cnn, digits_c
     assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu), incremental"
     assert np.abs(session.relevance).max() > 0.1
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))
+
+
+def test_fill_for_integer_inputs_must_be_a_whole_number(tmp_path):
+    """Token ids (int64) into an embedding averaged over 4 positions: a fill of 2 replaces token i by token 2, so
+    its relevance is (table[x_i] - table[2])[c] / 4; a fill of 2.5 (or one past int64) is refused on one line,
+    never truncated to token 2."""
+    import onnx
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.cli.main import cli
+
+    table = np.random.default_rng(3).normal(size=(10, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "x"], ["vectors"]),
+         helper.make_node("ReduceMean", ["vectors"], ["logits"], axes=[1], keepdims=0)], "tokens",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(table, "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "t.onnx")
+    tokens = np.array([[1, 5, 7, 9]], np.int64)
+    np.save(tmp_path / "x.npy", tokens)
+    model = onnxplain.load(tmp_path / "t.onnx")
+    explanation = make_method("occlusion", window=1, fill=2, progress=False).explain(model, tokens, Target(index=1))
+    want = (table[tokens[0], 1] - table[2, 1]) / 4
+    np.testing.assert_allclose(explanation.relevance[0], want, rtol=1e-5, atol=1e-7)
+    assert np.abs(want).min() > 1e-3
+    for fill, shown in (("2.5", "2.5 would be truncated"), ("1e19", "1e+19 would be out of range")):
+        result = CliRunner().invoke(cli, ["explain", str(tmp_path / "t.onnx"), str(tmp_path / "x.npy"), "--method",
+                                          "occlusion", "--fill", fill, "--save-npy", str(tmp_path / "r.npy"),
+                                          "--quiet"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert f"fill {shown}: this model takes int64 inputs" in line and "whole number" in line
+        assert not (tmp_path / "r.npy").exists()
+    result = CliRunner().invoke(cli, ["explain", str(tmp_path / "t.onnx"), str(tmp_path / "x.npy"), "--method",
+                                      "occlusion", "--window", "1", "--fill", "2", "--target", "1",
+                                      "--save-npy", str(tmp_path / "r.npy"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(OnnxplainError, match="reference mean has fractional values"):   # mean of ids 2 and 3
+        make_method("occlusion", window=1, reference=np.array([[2] * 4, [3] * 4]),
+                    progress=False).explain(model, tokens)
+    same = make_method("occlusion", window=1, reference=np.array([[1] * 4, [3] * 4]), progress=False)
+    np.testing.assert_allclose(same.explain(model, tokens, Target(index=1)).relevance[0],
+                               (table[tokens[0], 1] - table[2, 1]) / 4, rtol=1e-5, atol=1e-7)   # mean: token 2

@@ -25,7 +25,8 @@ class Occlusion(Method):
     window: edge of the (square/cubic) window in features; None = about 1/8 of the smallest windowed axis, or one
     feature for a plain feature vector (tabular data).
     stride: step between windows; None = window // 2 (at least 1).
-    fill: value written into the covered window (in model-input units; default 0).
+    fill: value written into the covered window (in model-input units; default 0); a whole number for an integer
+    input.
     reference: optional batch of inputs; when given, the window is filled with their mean (not with a `fill`).
     device: None = onnxruntime; 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (incremental passes).
     """
@@ -49,10 +50,27 @@ class Occlusion(Method):
 
     def _baseline(self, model, shape: tuple[int, ...]) -> np.ndarray:
         if self.reference is None:
-            return np.full(shape, self.fill, dtype=model.input_dtype)
+            return np.full(shape, self._fill_for(model.input_dtype), dtype=model.input_dtype)
         reference = model.check_input(self.reference if self.reference.ndim == len(shape) + 1
                                       else self.reference[None], "reference set (--reference)")
-        return reference.mean(axis=0).astype(model.input_dtype)
+        mean = reference.mean(axis=0)
+        if np.issubdtype(model.input_dtype, np.integer) and not (mean == np.round(mean)).all():
+            raise OnnxplainError(f"the reference mean has fractional values, but this model takes {model.input_dtype}"
+                                 " inputs (token ids, categories): they would be truncated; give a whole-number fill")
+        return mean.astype(model.input_dtype)
+
+    def _fill_for(self, dtype: np.dtype) -> float | int:
+        """The fill as a value of the model's input type: an integer input (token ids, categories) takes only an
+        integral fill within its range, never a silently truncated or wrapped one."""
+        if not np.issubdtype(dtype, np.integer):
+            return self.fill
+        limits = np.iinfo(dtype)
+        fractional = self.fill != round(self.fill)
+        if fractional or not limits.min <= self.fill <= limits.max:
+            raise OnnxplainError(f"fill {self.fill:g} would be {'truncated' if fractional else 'out of range'}: "
+                                 f"this model takes {dtype} inputs (token ids, categories); give a whole number "
+                                 f"from {limits.min} to {limits.max}")
+        return int(self.fill)
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         target = as_target(model, target)

@@ -9,8 +9,23 @@ import click
 import onnxplain
 from onnxplain.errors import OnnxplainError
 
-model_argument = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-preprocess_option = click.option("--preprocess", "preprocess", type=click.Path(dir_okay=False, path_type=Path),
+
+
+class NonEmptyPath(click.Path):
+    """click.Path giving a `Path`, refusing an empty string (`Path("")` is the current folder: `--out ""` from an
+    unset shell variable would quietly write there)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(path_type=Path, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path (give a file or folder name)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+model_argument = click.argument("model", type=NonEmptyPath(dir_okay=False))
+preprocess_option = click.option("--preprocess", "preprocess", type=NonEmptyPath(dir_okay=False),
                                  help="JSON preprocessing spec (overrides the one stored in the model).")
 
 

@@ -16,7 +16,8 @@ from onnxplain.io import load_inputs
 from onnxplain.methods.contrastive import CDeepEx, XGEMs, contrast_map
 from onnxplain.targets import parse_target
 
-from .common import echo_json, guessed_spec_note, load_model, model_argument, preprocess_option, use_labels
+from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
+                     use_labels)
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
@@ -76,13 +77,13 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
 
 @click.command("contrast")
 @model_argument
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--generator", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("inputs", nargs=-1, required=True, type=NonEmptyPath())
+@click.option("--generator", required=True, type=NonEmptyPath(dir_okay=False),
               help="ONNX generator: latent [N,k] -> the classifier's input.")
 @click.option("--probe", default=None, help="Class to contrast with (index or label; default: 2nd most likely).")
 @click.option("--method", type=click.Choice(sorted(METHODS)), default="cdeepex", show_default=True,
               help="cdeepex (Equation 2 with ranking constraints) or xgems (without them).")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
+@click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
 @click.option("--margin", type=click.FloatRange(0), default=0.1, show_default=True,
               help="Log-likelihood margin of true and probe over every other class.")
@@ -91,8 +92,8 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
               help="Augmented-Lagrangian multiplier updates.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent starts.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for D and G (cpu, cuda, cuda:N).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="PNG per input (a folder or a name).")
-@click.option("--save-npy", "save_npy", type=click.Path(path_type=Path), help="Write G(z0) - G(z_e) as .npy.")
+@click.option("--out", type=NonEmptyPath(), default=None, help="PNG per input (a folder or a name).")
+@click.option("--save-npy", "save_npy", type=NonEmptyPath(), help="Write G(z0) - G(z_e) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def contrast_command(model, inputs, generator, probe, method, labels, preprocess, margin, restarts, outer_steps,

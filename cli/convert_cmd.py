@@ -26,16 +26,16 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.io import read_npy
 from onnxplain.io.preprocess import PreprocessSpec
 
-from .common import read_labels
+from .common import NonEmptyPath, read_labels
 from .outputs import check_output
 
-out_option = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+out_option = click.option("--out", type=NonEmptyPath(dir_okay=False), required=True,
                           help="The .onnx file to write (only after verification passed).")
-samples_option = click.option("--samples", type=click.Path(dir_okay=False, path_type=Path),
+samples_option = click.option("--samples", type=NonEmptyPath(dir_okay=False),
                               help=".npy batch of model inputs to verify on (default: 8 random inputs).")
-spec_option = click.option("--preprocess", type=click.Path(dir_okay=False, path_type=Path),
+spec_option = click.option("--preprocess", type=NonEmptyPath(dir_okay=False),
                            help="Preprocessing spec (JSON) to embed in the model's metadata.")
-labels_option = click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+labels_option = click.option("--labels", type=NonEmptyPath(dir_okay=False),
                              help="Class names, one per line, to embed.")
 atol_option = click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
                            help="Largest output difference accepted between the source model and ONNX.")
@@ -167,7 +167,7 @@ def convert_group():
 
 @convert_group.command("pytorch")
 @click.argument("factory")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--weights", type=NonEmptyPath(dir_okay=False),
               help="state_dict file (torch.save(model.state_dict())), read with weights_only=True.")
 @click.option("--input-shape", "input_shape", help="One input's shape without the batch axis, e.g. 1,28,28.")
 @click.option("--opset", type=click.IntRange(7, onnx.defs.onnx_opset_version()), default=18, show_default=True,
@@ -215,7 +215,7 @@ def pytorch_command(factory, weights, input_shape, opset, input_name, output_nam
 
 
 @convert_group.command("sklearn")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=NonEmptyPath(dir_okay=False))
 @click.option("--trust-pickle", is_flag=True, help="Unpickle MODEL: only for files from a source you trust.")
 @click.option("--zipmap", is_flag=True, help="Keep skl2onnx's ZipMap output (a list of dicts) as well.")
 @click.option("--features", type=int, default=None, help="Number of input features (if the model does not say).")
@@ -255,7 +255,7 @@ def sklearn_command(model, trust_pickle, zipmap, features, opset, input_name, ou
 
 
 @convert_group.command("keras")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=NonEmptyPath(dir_okay=False))
 @click.option("--input-shape", "input_shape", help="One input's shape without the batch axis, if not fixed.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (tf2onnx).")
 @out_option

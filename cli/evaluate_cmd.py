@@ -22,7 +22,7 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import guessed_spec_note, load_model, model_argument, preprocess_option
+from .common import NonEmptyPath, guessed_spec_note, load_model, model_argument, preprocess_option
 from .explain_cmd import read_reference
 from .outputs import StagedFiles, check_output
 
@@ -145,15 +145,15 @@ def _split(value: str) -> list[str]:
 
 @click.command("evaluate")
 @model_argument
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=NonEmptyPath())
 @click.option("--methods", default=None,
               help="Comma-separated methods, each NAME or NAME:key=value:... (e.g. lrp:composite=epsilon-gamma-box) "
                    "[default: lrp, gradient, sensitivity, smoothgrad; lrp is left out, with a note, when it does "
                    "not cover every op of the model].")
 @click.option("--metrics", default="aopc,apem", show_default=True, help="Comma-separated: aopc, apem.")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--labels", type=NonEmptyPath(dir_okay=False),
               help="True labels: .npy (input order) or CSV 'input,label'.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=NonEmptyPath(file_okay=False),
               help="Folder for results.md/.csv/.json, per_image.csv and the plots.")
 @preprocess_option
 @click.option("--region", type=click.IntRange(1), default=None,
@@ -170,7 +170,7 @@ def _split(value: str) -> list[str]:
               help="APEM ε search limit (steps).")
 @click.option("--shuffles", type=click.IntRange(1), default=10, show_default=True,
               help="Shuffled maps per image (APEM_norm).")
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
+@click.option("--reference", type=NonEmptyPath(), default=None,
               help="Reference data for methods that take it (pda): a folder of images, or an .npy batch or single "
                    "sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, shuffles, methods).")

@@ -17,7 +17,8 @@ from onnxplain.io import load_inputs
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.targets import parse_target
 
-from .common import echo_json, guessed_spec_note, load_model, model_argument, preprocess_option, use_labels
+from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
+                     use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -182,13 +183,13 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 
 @click.command("explain")
 @model_argument
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=NonEmptyPath())
 @click.option("--method", default=None,
               help=f"Explanation method: {', '.join(method_names())} (default: lrp with the epsilon-plus composite "
                    "when LRP covers every op, else pda).")
 @click.option("--target", default=None, help="top1 (default), a class index or label; with --layer: C or C,Y,X.")
 @click.option("--layer", default=None, help="Explain a hidden tensor (by name) instead of the class scores.")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
+@click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
 @click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type or node-name glob).")
@@ -201,7 +202,7 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
               help="Samples per window (PDA, default 10) or noisy copies (smoothgrad, default 25).")
 @click.option("--sampler", type=click.Choice(["marginal", "conditional"]), default=None,
               help="PDA sampler (default conditional).")
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
+@click.option("--reference", type=NonEmptyPath(), default=None,
               help="Reference data (a folder of images, or an .npy batch or single sample of preprocessed inputs): "
                    "PDA samples, occlusion's fill.")
 @click.option("--stride", type=int, default=None,
@@ -219,13 +220,13 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--precision", type=click.Choice(["fp32", "tf32"]), default=None,
               help="pda on a CUDA device: tf32 multiplies in TensorFloat-32 (faster, ~1e-3 relative off; "
                    "default fp32).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=NonEmptyPath(), default=None,
               help="PNG per input (a folder or a name; volumes also get <name>_relevance.nii.gz).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, is_flag=False, flag_value=0.15,
               help="Show only |R| above this fraction of the max (the papers' display; 0.15 if no value).")
 @click.option("--slice-axis", "slice_axis", type=click.IntRange(0, 2), default=0, show_default=True,
               help="Volume axis the slice montage runs along.")
-@click.option("--save-npy", "save_npy", type=click.Path(path_type=Path), help="Write relevance as .npy per input.")
+@click.option("--save-npy", "save_npy", type=NonEmptyPath(), help="Write relevance as .npy per input.")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Inputs explained at once.")
 @click.option("--top", "k", type=click.IntRange(1), default=5, show_default=True, help="Classes listed in --json.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

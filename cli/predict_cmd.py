@@ -8,7 +8,8 @@ import numpy as np
 
 from onnxplain.io import load_inputs
 
-from .common import echo_json, guessed_spec_note, load_model, model_argument, preprocess_option, use_labels
+from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
+                     use_labels)
 
 
 def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
@@ -19,10 +20,10 @@ def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
 
 @click.command("predict")
 @model_argument
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=NonEmptyPath())
 @click.option("--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many classes to list.")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
+@click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict_command(model, inputs, k, labels, preprocess, as_json):

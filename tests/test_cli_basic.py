@@ -185,3 +185,25 @@ def test_a_guessed_preprocessing_spec_is_said_so(digits_cnn, tmp_path):
     plain = CliRunner().invoke(cli, ["predict", str(digits_cnn), image, "--json"])
     assert plain.exit_code == 0 and plain.stderr == ""
     assert json.loads(guessed.stdout)[0]["top"] == json.loads(plain.stdout)[0]["top"]
+
+
+@pytest.mark.parametrize("args, option", [
+    (["explain", "{model}", "{sample}", "--out", ""], "'--out'"),
+    (["explain", "{model}", "{sample}", "--save-npy", " "], "'--save-npy'"),
+    (["explain", "{model}", "", "--method", "gradient"], "'INPUTS...'"),
+    (["explain", "{model}", "{sample}", "--method", "occlusion", "--reference", ""], "'--reference'"),
+    (["predict", "", "{sample}"], "'MODEL'"),
+    (["evaluate", "{model}", "{sample}", "--out", ""], "'--out'"),
+    (["contrast", "{model}", "{sample}", "--generator", "g.onnx", "--out", ""], "'--out'"),
+    (["convert", "sklearn", "m.pkl", "--out", ""], "'--out'"),
+])
+def test_an_empty_path_is_a_one_line_error_not_the_current_folder(args, option, digits_cnn, tmp_path, monkeypatch):
+    """`--out ""` (an unset shell variable) would be Path(""), the current folder: outputs would land there under
+    the inputs' names. Every path option and argument refuses it, before any work, and nothing is written."""
+    sample = digits_cnn.parent / "samples" / "digit3_cnn.npy"
+    monkeypatch.chdir(tmp_path)
+    result = run(*[a.format(model=digits_cnn, sample=sample) for a in args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert f"Invalid value for {option}: an empty path" in line
+    assert list(tmp_path.iterdir()) == []

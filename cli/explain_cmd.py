@@ -193,6 +193,9 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @preprocess_option
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
 @click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type or node-name glob).")
+@click.option("--epsilon", type=float, default=None,
+              help="LRP: the epsilon of the composite's epsilon rules and of --rule specs that give none (default "
+                   "1e-6); a rule's own number (epsilon:0.25) wins.")
 @click.option("--window", type=int, default=None,
               help="Window size k: PDA (default 4), occlusion (default about 1/8 of the smallest axis); one feature "
                    "on a plain feature vector (tabular data).")

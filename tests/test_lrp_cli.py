@@ -74,3 +74,47 @@ def test_json_names_the_explained_hidden_unit(digits_cnn):
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
     assert row["target"] == {"layer": "relu_1", "channel": 3, "unit": [3, 4, 5]}
+
+
+def test_epsilon_option_and_truthful_options_against_a_hand_computation(tmp_path):
+    """One Gemm, z = w.x + b; the epsilon rule gives R_i = x_i w_i z / (z + eps sign z). With z = 1 and --epsilon 1
+    each R_i is half of x_i w_i; an override's own epsilon (1e-9) wins over --epsilon, and then the JSON options
+    name the rule that ran and claim no epsilon that no node used."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.array([[0.5, -0.25, 1.0], [2.0, 1.0, -1.0]], np.float32)       # (classes, features)
+    bias = np.array([-0.75, 0.0], np.float32)
+    x = np.array([1.0, 2.0, 1.75], np.float32)                                  # z_0 = 1.75 - 0.75 = 1
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["logits"], transB=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "g.onnx")
+    np.save(tmp_path / "x.npy", x)
+    z = float(weight[0] @ x + bias[0])
+    assert z == 1.0
+    contributions = x.astype(np.float64) * weight[0]
+
+    def explain(*extra):
+        result = run("explain", tmp_path / "g.onnx", tmp_path / "x.npy", "--method", "lrp", "--target", 0,
+                     "--save-npy", tmp_path / "r.npy", "--json", "--quiet", *extra)
+        assert result.exit_code == 0, result.output
+        return np.load(tmp_path / "r.npy"), json.loads(result.stdout)[0]["options"]
+
+    relevance, options = explain("--epsilon", 1)
+    np.testing.assert_allclose(relevance, contributions * z / (z + 1.0), rtol=1e-6)
+    assert options["epsilon"] == 1.0 and options["applied_rules"] == {"epsilon:1": 1}
+    assert "gamma" not in options and "stabilizer" not in options    # no gamma rule, no stabilised rule ran
+    relevance, options = explain()
+    np.testing.assert_allclose(relevance, contributions * z / (z + 1e-6), rtol=1e-6)
+    assert options["epsilon"] == 1e-6 and options["applied_rules"] == {"epsilon:1e-06": 1}
+    relevance, options = explain("--epsilon", 1, "--rule", "*=epsilon:1e-9")
+    np.testing.assert_allclose(relevance, contributions, rtol=1e-6)
+    assert options["rules"] == {"*": "epsilon:1e-9"} and options["applied_rules"] == {"epsilon:1e-09": 1}
+    assert "epsilon" not in options
+    result = run("explain", tmp_path / "g.onnx", tmp_path / "x.npy", "--method", "deep-taylor", "--epsilon", 1)
+    assert result.exit_code == 2 and "--epsilon do not apply to --method deep-taylor" in result.stderr
+    result = run("explain", tmp_path / "g.onnx", tmp_path / "x.npy", "--method", "lrp", "--epsilon", -1)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "epsilon must be a non-negative number" in result.stderr

@@ -96,6 +96,28 @@ def make_rule(spec: str, params: Params = Params()) -> rules.Rule:
     raise OnnxplainError(f"unknown LRP rule {spec!r}; choose one of {', '.join(RULE_NAMES)}")
 
 
+def rule_spec(rule: rules.Rule) -> str:
+    """The spec `make_rule` reads back as this rule's numbers: 'epsilon:1e-09', 'gamma:0.25', 'alphabeta:2,1', 'zplus'
+    (the stabiliser of gamma, alpha-beta, z+, z^B, w^2 and flat is `Params.stabilizer`, reported on its own)."""
+    fields = {"z": ("epsilon",), "epsilon": ("epsilon",), "gamma": ("gamma",), "alphabeta": ("alpha", "beta")}
+    values = [repr(float(getattr(rule, field))).removesuffix(".0") for field in fields.get(rule.name, ())]
+    return rule.name + (":" + ",".join(values) if values else "")
+
+
+def params_used(applied: list[rules.Rule], params: Params) -> dict[str, float]:
+    """The `Params` numbers some applied rule ran with: epsilon by an epsilon rule, gamma by a gamma rule, the
+    stabiliser by any other rule that takes one (z's is its epsilon)."""
+    used = {}
+    for rule in applied:
+        if rule.name == "epsilon" and rule.epsilon == params.epsilon:
+            used["epsilon"] = params.epsilon
+        if rule.name == "gamma" and rule.gamma == params.gamma:
+            used["gamma"] = params.gamma
+        if getattr(rule, "stabilizer", None if rule.name != "z" else rule.epsilon) == params.stabilizer:
+            used["stabilizer"] = params.stabilizer
+    return dict(sorted(used.items()))
+
+
 def _takes(kind: str | None, rule: rules.Rule) -> bool:
     """Whether a node of LRP `kind` can take `rule`: layers any rule, pooling and sums the weightless ones."""
     if kind == "linear":

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -11,7 +13,7 @@ from ..errors import OnnxplainError
 from ..explanation import Explanation, Method
 from ..runtime import _progress
 from ..targets import Target, as_target
-from .composites import Params, RuleMap, composite_named, make_rule
+from .composites import Params, RuleMap, composite_named, make_rule, params_used, rule_spec
 from .walker import Result, Walker, data_cuts, no_path_message, relevance_path, ruleless
 
 HISTOGRAM_BINS = 10
@@ -22,8 +24,10 @@ class LRP(Method):
 
     composite: epsilon-plus (default), epsilon-gamma-box, epsilon-alpha2-beta1, epsilon-plus-flat,
     epsilon-alpha2-beta1-flat, deep-taylor, lrp-0. rules: overrides {op type or node-name glob: rule spec}.
-    epsilon/gamma/stabilizer: the rules' numbers (zennit's defaults). low/high: z^B box bounds of the input
-    (default: the preprocessing spec's value range). Relevance starts at the pre-softmax logit.
+    epsilon/gamma/stabilizer: the rules' numbers (zennit's defaults), for the rules that take no number of their own
+    (an override 'epsilon:0.25' keeps 0.25). low/high: z^B box bounds of the input (default: the preprocessing
+    spec's value range). Relevance starts at the pre-softmax logit. The explanation's params name the rules the
+    nodes ran with (`applied_rules`, spec: count) and only those numbers some node used.
     report: `explain` adds the conservation report (a per-layer ledger read during the backward pass: 9-11% more
     time at batch 16 and 23-24% at batch 1 on benchmarks/lrp.py's nets); `attribute`, which returns relevance
     only, never computes it. The positivity statistics come either way.
@@ -79,17 +83,25 @@ class LRP(Method):
         classes = np.concatenate([r.classes for r in results])
         diagnostics = conservation_report(results, relevance, values) if report else {}
         diagnostics.update(positivity(torch.cat([r.relevance for r in results])))
-        diagnostics.update(composite=self.composite, explained_tensor=target.layer or walker.executor.logits_name,
+        explained = target.layer or walker.executor.logits_name
+        diagnostics.update(composite=self.composite, explained_tensor=explained,
                            score_kind=walker.executor.explained_kind())
-        return Explanation(relevance, classes, values, self.name, self.describe(), diagnostics)
+        applied = [p.rule for p in walker.plan(explained) if p.carries and p.rule is not None]
+        return Explanation(relevance, classes, values, self.name, self.describe(applied), diagnostics)
 
     def _attribute(self, model, x: np.ndarray, target: Target) -> np.ndarray:
         """Relevance alone: no conservation report, no positivity statistics."""
         return _relevance(self._walk(model, x, target, report=False)[1])
 
-    def describe(self) -> dict:
-        return {"composite": self.composite, "rules": self.rules, "epsilon": self.params.epsilon,
-                "gamma": self.params.gamma, "stabilizer": self.params.stabilizer}
+    def describe(self, applied: list | None = None) -> dict:
+        """The options as applied: composite, overrides, each rule spec the nodes ran with and how often, and the
+        numbers some node used (all of them while nothing has been explained)."""
+        options = {"composite": self.composite, "rules": self.rules}
+        if applied is None:
+            return options | {"epsilon": self.params.epsilon, "gamma": self.params.gamma,
+                              "stabilizer": self.params.stabilizer}
+        counts = Counter(rule_spec(rule) for rule in applied)
+        return options | {"applied_rules": dict(sorted(counts.items()))} | params_used(applied, self.params)
 
 
 class DeepTaylor(LRP):
@@ -102,8 +114,8 @@ class DeepTaylor(LRP):
         super().__init__("deep-taylor", rules, stabilizer=stabilizer, low=low, high=high, device=device,
                          batch_size=batch_size, progress=progress, report=report)
 
-    def describe(self) -> dict:
-        return {"rules": self.rules, "stabilizer": self.params.stabilizer}
+    def describe(self, applied: list | None = None) -> dict:
+        return {key: value for key, value in super().describe(applied).items() if key != "composite"}
 
 
 def _relevance(results: list[Result]) -> np.ndarray:

@@ -18,6 +18,7 @@ from .runtime import available_providers, batch_size_for, make_session, run_batc
 SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
 PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
 ML_PROBABILITY_TRANSFORMS = {"SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO"}
+SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
 
 
 def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | str | os.PathLike | None = None,
@@ -56,14 +57,16 @@ class Model:
         if note:
             self.notes.append(note)
         model = normalize.infer_shapes(model)
-        dynamic, changed = normalize.make_batch_dynamic(_copy(model))
+        if normalize.keep_batch_in_squeezes(model):
+            self.notes.append(SQUEEZE_NOTE)
+        dynamic, changed, squeezes = normalize.make_batch_dynamic(_copy(model))
         self.fixed_batch = False
         if changed:
             dynamic = normalize.infer_shapes(dynamic)
             normalize.restore_weights(dynamic, weights)
             session = self._session_or_none(dynamic)
             if session is not None and self._batch_parity(session):
-                self.notes.append("batch axis made dynamic")
+                self.notes += ["batch axis made dynamic"] + ([SQUEEZE_NOTE] if squeezes else [])
                 return self._verified(original, dynamic, session, verify)
             self.fixed_batch = True
             self.notes.append("batch axis stays fixed at 1 (dynamic batch changed the outputs)")
@@ -118,9 +121,12 @@ class Model:
             apart = [session.run(None, {name: batch[i:i + 1]}) for i in range(3)]
         except Exception:  # the dynamic graph fails to run: keep the fixed batch
             return False
-        return all(np.allclose(np.asarray(together[k], dtype=np.float64),
-                               np.concatenate([np.asarray(a[k], dtype=np.float64) for a in apart]),
-                               rtol=1e-4, atol=1e-6, equal_nan=True) for k in range(len(together)))
+        for k, joint in enumerate(together):
+            joint, parts = np.asarray(joint, dtype=np.float64), [np.asarray(a[k], dtype=np.float64) for a in apart]
+            if joint.shape[:1] != (3,) or any(p.shape != (1,) + joint.shape[1:] for p in parts) or \
+                    not np.allclose(joint, np.concatenate(parts), rtol=1e-4, atol=1e-6, equal_nan=True):
+                return False   # other values, or a batch axis that a single sample loses (a Squeeze of it)
+        return True
 
     # ---------------------------------------------------------------- description
     def _single_input(self):

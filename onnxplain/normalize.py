@@ -184,12 +184,13 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """A batch axis fixed to 1 becomes 'N'; Reshape targets that hard-code it copy it instead (0)."""
+def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int]:
+    """A batch axis fixed to 1 becomes 'N'; Reshape targets that hard-code it copy it instead (0), Squeezes without
+    axes keep it. Returns (model, whether it changed, how many Squeezes were given axes)."""
     graph = model.graph
     inputs = [i for i in graph.input]
     if not inputs or not all(_first_dim(i) == 1 for i in inputs):
-        return model, False
+        return model, False, 0
     batch_one = _tensors_with_batch_one(model)
     constants = {t.name: t for t in graph.initializer}
     constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
@@ -207,12 +208,50 @@ def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
             shape = numpy_helper.to_array(attribute.t)
             if shape.size and shape[0] == 1:
                 attribute.t.CopyFrom(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64)))
+    squeezes = keep_batch_in_squeezes(model, batch_one)
+    if squeezes:   # their outputs now keep the batch: let inference redo the shapes
+        for value in graph.output:
+            if value.name not in batch_one:
+                value.type.tensor_type.ClearField("shape")
     for value in list(graph.input) + list(graph.output):
         dims = value.type.tensor_type.shape.dim
         if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
             dims[0].dim_param = "N"
     del graph.value_info[:]
-    return model, True
+    return model, True, squeezes
+
+
+def keep_batch_in_squeezes(model: onnx.ModelProto, batch_one: set[str] | None = None) -> int:
+    """A Squeeze without axes drops every axis of size 1, the batch too for a batch of one (torch's `x.squeeze()`):
+    give it the axes of size 1 after axis 0, where its input's axis 0 is the batch (free, or in `batch_one`: fixed
+    at 1 by the exporter) and every other size is known. Returns how many Squeezes were rewritten."""
+    graph = model.graph
+    shapes = {v.name: v.type.tensor_type.shape for v in list(graph.input) + list(graph.value_info)
+              if v.type.tensor_type.HasField("shape")}
+    symbol = _first_dim(graph.input[0]) if len(graph.input) == 1 else None   # the batch's name ('N'), if any
+    count = 0
+    for node in graph.node:
+        if node.op_type != "Squeeze" or node.domain not in ("", "ai.onnx") or any(node.input[1:]) \
+                or any(a.name == "axes" for a in node.attribute) or node.input[0] not in shapes:
+            continue
+        first, *rest = shapes[node.input[0]].dim or [None]
+        batch = node.input[0] in batch_one if batch_one is not None else first is not None and \
+            not first.HasField("dim_value") and (not isinstance(symbol, str) or first.dim_param in (symbol, "")
+                                                 or not symbol)
+        if not batch or not all(d.HasField("dim_value") for d in rest):
+            continue
+        axes = [i for i, d in enumerate(rest, 1) if d.dim_value == 1]
+        del node.input[1:]
+        if not axes:
+            node.op_type = "Identity"
+        elif default_opset(model) >= 13:
+            name = f"{node.output[0]}__squeeze_axes"
+            graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+            node.input.append(name)
+        else:
+            node.attribute.append(helper.make_attribute("axes", axes))
+        count += 1
+    return count
 
 
 def _first_dim(value: onnx.ValueInfoProto):

@@ -245,3 +245,48 @@ def test_tree_ensemble_opset5_post_transform_enum_is_read(tmp_path):
     onnx.save(model, tmp_path / "trees.onnx")
     loaded = onnxplain.load(tmp_path / "trees.onnx")
     assert loaded.score_kind == "probabilities" and "SOFTMAX post-transform" in loaded.score_reason
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["batch N", "batch fixed at 1"])
+def test_a_squeeze_without_axes_keeps_the_batch_of_one(dynamic, tmp_path):
+    """torch's `pool(x).squeeze()` exports as a Squeeze without axes: a batch of one lost its batch axis (scores
+    read as 4 classes of one sample became one class of 4 samples; with the batch fixed at 1 the model did not
+    even load). Normalised, one sample gives the torch net's scores, and LRP, gradient (torch executor) and
+    occlusion (onnxruntime) give it the map it gets inside a batch of two."""
+    import torch
+
+    from onnxplain.methods import make_method
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1).squeeze()
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    path = tmp_path / "squeeze.onnx"
+    axes = {"dynamic_axes": {"x": {0: "N"}, "logits": {0: "N"}}} if dynamic else {}
+    torch.onnx.export(net, torch.rand(2 if dynamic else 1, 1, 8, 8), str(path), input_names=["x"],
+                      output_names=["logits"], dynamo=False, **axes)
+    assert [n.op_type for n in onnx.load(path).graph.node if n.op_type == "Squeeze"] == ["Squeeze"]
+    model = onnxplain.load(path)
+    assert not model.fixed_batch and any("Squeeze without axes" in note for note in model.notes)
+    x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.scores(x[:1]), want[:1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.scores(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.torch().logits(x[:1]).cpu().numpy(), want[:1], rtol=1e-5, atol=1e-6)
+    for name in ("lrp", "gradient", "occlusion"):
+        method = make_method(name, progress=False)
+        one, two = method.explain(model, x[:1]), method.explain(model, x)
+        assert one.relevance.shape == x[:1].shape and one.target[0] == want[0].argmax()
+        assert np.abs(two.relevance[0]).max() > 0
+        np.testing.assert_allclose(one.relevance[0], two.relevance[0], rtol=1e-5, atol=1e-7)
+    gradient = torch.from_numpy(x[:1]).requires_grad_(True)
+    net(gradient)[want[0].argmax()].backward()
+    np.testing.assert_allclose(make_method("gradient", progress=False).explain(model, x[:1]).relevance,
+                               gradient.grad.numpy(), rtol=1e-4, atol=1e-6)

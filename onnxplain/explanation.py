@@ -2,6 +2,7 @@
 offers."""
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -35,6 +36,18 @@ class Method(ABC):
 
     name = "method"
 
+    def __repr__(self) -> str:
+        """Constructor style, with the parameters that differ from their defaults (scikit-learn's convention:
+        each constructor parameter is kept under its own name, or in `params` for LRP's numbers)."""
+        shown = []
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            value = getattr(self, name, getattr(getattr(self, "params", None), name, parameter.default))
+            if not _same(value, parameter.default):
+                shown.append(f"{name}={_short(value)}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     @abstractmethod
     def explain(self, model, x: np.ndarray, target=None) -> Explanation:
         """Explain each sample of the batch `x` (default target: its top-1 class)."""
@@ -64,3 +77,22 @@ class Method(ABC):
 
     def _attribute(self, model, x: np.ndarray, target) -> np.ndarray:
         return self.explain(model, x, target).relevance
+
+
+def _same(value, default) -> bool:
+    """Whether a parameter holds its default (an empty dict or list kept for a default of None counts)."""
+    if value is default or (default is None and isinstance(value, (dict, list, tuple)) and not value):
+        return True
+    if isinstance(value, np.ndarray) or isinstance(default, np.ndarray) or hasattr(value, "detach"):
+        return False
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError):
+        return False
+
+
+def _short(value) -> str:
+    """A parameter as the repr shows it: arrays by shape and type, not by their values."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{type(value).__name__} {'x'.join(map(str, value.shape))} {value.dtype}>"
+    return repr(value)

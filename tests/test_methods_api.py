@@ -72,3 +72,23 @@ def test_an_empty_batch_is_refused_with_a_clear_error(name, digits_cnn):
         options["reference"] = np.load(samples / "digits_reference_cnn.npy")[:10]
     with pytest.raises(OnnxplainError, match="empty batch"):
         make_method(name, progress=False, **options).explain(model, np.zeros((0, 1, 28, 28), np.float32))
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_repr_shows_what_differs_from_the_defaults(name):
+    """scikit-learn's convention: every constructor parameter is kept (under its name, or LRP's numbers in `params`),
+    and the repr names those that differ from their defaults, arrays by shape."""
+    import inspect
+
+    cls = type(make_method(name, reference=np.zeros((3, 1, 28, 28), np.float32)) if name == "pda"
+               else make_method(name))
+    parameters = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    required = {"reference": np.zeros((3, 1, 28, 28), np.float32)} if name == "pda" else {}
+    plain = cls(**required)
+    for parameter in parameters:
+        assert hasattr(plain, parameter) or hasattr(getattr(plain, "params", None), parameter), parameter
+    shown = repr(plain)
+    assert shown.startswith(cls.__name__ + "(") and "progress" not in shown
+    assert repr(cls(**required, progress=False)) == shown[:-1] + (", " if shown[-2] != "(" else "") + "progress=False)"
+    if name == "pda":
+        assert "reference=<ndarray 3x1x28x28 float32>" in shown

@@ -2,8 +2,9 @@
 
 Each step runs its op's `relevance` (the op registry says how relevance crosses it; rules handle the layers),
 so outputs keep their true values while their gradient map is the relevance map. Seeding the backward pass
-with f(x) at the explained unit gives the input relevance; tensor hooks collect the conservation ledger. Steps
-off the paths relevance takes (a gate's branch, integer data: `relevance_path`) run as constants.
+with f(x) at the explained unit gives the input relevance; tensor hooks collect the conservation ledger, summed
+per sample along each tensor's sample axis (`layout`). Steps off the paths relevance takes (a gate's branch,
+integer data: `relevance_path`) run as constants.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..targets import Target
 from . import relevance, rules
 from .canonizers import merge_affine
 from .composites import RuleMap
+from .layout import by_sample, probe_sample_axes, shape_sample_axes
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Walker:
         self.rule_map = rule_map
         self.low, self.high = low, high
         self._plans: dict[str, list[PlannedStep]] = {}
-        self._batch_axes: dict[str, dict[str, tuple[int, int]] | None] = {}  # explained tensor -> sample axes
+        self._batch_axes: dict[tuple, dict[str, tuple[int, int]] | None] = {}  # (start, sample shape) -> axes
 
     # ---------------------------------------------------------------- planning
     def plan(self, start: str) -> list[PlannedStep]:
@@ -108,40 +110,31 @@ class Walker:
     def __call__(self, x: torch.Tensor, target: Target, ledger: bool = True) -> Result:
         """Relevance for the batch x; with `ledger`, the conservation ledger per sample, each layer's terms summed
         along the axis that holds its samples. Where a layer's tensor has no such axis, the batch goes one sample at
-        a time."""
+        a time (for a hidden target, also without the ledger); a hidden target must hold its samples first."""
         start = target.layer if target.hidden else self.executor.logits_name
-        if ledger and len(x) > 1:
-            if start not in self._batch_axes:
-                self._batch_axes[start] = self._sample_axes(x, start)
-            axes = self._batch_axes[start]
-            if axes is None:
-                return merged([self._walk(x[i:i + 1], target, True) for i in range(len(x))])
-            return self._walk(x, target, ledger, axes)
-        return self._walk(x, target, ledger)
+        if len(x) == 1 or not (ledger or target.hidden):
+            return self._walk(x, target, ledger)
+        axes = self._layout(x, start)
+        if target.hidden and axes is not None and axes.get(start, (0, 1)) != (0, 1):
+            raise OnnxplainError(f"tensor {start!r} does not hold the batch on its first axis (it holds the samples "
+                                 f"along axis {axes[start][0]}): it cannot be a target")
+        if axes is None:
+            return merged([self._walk(x[i:i + 1], target, ledger) for i in range(len(x))])
+        return self._walk(x, target, ledger, axes)
+
+    def _layout(self, x: torch.Tensor, start: str) -> dict[str, tuple[int, int]] | None:
+        """The sample axes for inputs shaped like x's samples (a fold of tokens and samples depends on the token
+        count): read off the shapes where they say it, else probed; cached."""
+        key = (start, tuple(x.shape[1:]))
+        if key not in self._batch_axes:
+            axes = shape_sample_axes(self.model.proto, self.model.input_name, self.plan(start))
+            self._batch_axes[key] = axes if axes is not None else self._sample_axes(x, start)
+        return self._batch_axes[key]
 
     def _sample_axes(self, x: torch.Tensor, start: str) -> dict[str, tuple[int, int]] | None:
-        """(axis, outer) of each tensor relevance crosses: the axis that holds the samples, alone or folded with
-        other axes (`_sample_axis`). It is the first for most graphs; attention run sequence first puts it second,
-        or folds tokens outside and heads inside the samples. Four different inputs run together must give, in
-        the first half of each sample block, the tensors of the first two run as a pair (pairs, not single
-        samples: a graph may squeeze a batch of one). None where a tensor has no such axis; a probe that fails to
-        run keeps the first axis."""
+        """The sample axes of the tensors relevance crosses, probed (`layout.probe_sample_axes`)."""
         names = [p.step.outputs[0] for p in self.plan(start) if p.carries and p.step.outputs[0]]
-        first = x[:1].detach()
-        pair = torch.cat([first, torch.roll(first, 1, -1) + 0.01])
-        try:
-            with torch.no_grad():
-                alone = self.graph.run({self.model.input_name: pair}, names)
-                together = self.graph.run({self.model.input_name: torch.cat([pair, pair.flip(-1) * 0.5])}, names)
-        except (RuntimeError, ValueError, IndexError):
-            return {}
-        axes = {}
-        for name in names:
-            axis = _sample_axis(alone[name], together[name])
-            if axis is None:
-                return None
-            axes[name] = axis
-        return axes
+        return probe_sample_axes(self.graph, self.model.input_name, names, x)
 
     def _walk(self, x: torch.Tensor, target: Target, ledger: bool,
               axes: dict[str, tuple[int, int]] | None = None) -> Result:
@@ -221,35 +214,6 @@ def merged(results: list[Result]) -> Result:
               for i, first in enumerate(results[0].layers)]
     return Result(torch.cat([r.relevance for r in results]), torch.cat([r.values for r in results]),
                   np.concatenate([r.classes for r in results]), layers)
-
-
-def _sample_axis(one: torch.Tensor, two: torch.Tensor) -> tuple[int, int] | None:
-    """(axis, outer): `two` (a tensor for four samples) is twice as long as `one` (for the first two of them) along
-    `axis` and equal along the others, and that axis folds (outer, samples, inner) with the samples in the middle
-    (outer = 1: samples outermost, as the batch alone or with attention heads inside; tokens x samples when
-    attention runs sequence first). None if there is none, or the tensor is no float."""
-    if not two.is_floating_point() or two.ndim == 0 or two.ndim != one.ndim:
-        return None
-    scale = float(one.abs().max()) if one.numel() else 0.0
-    for axis in range(two.ndim):
-        length = one.shape[axis]
-        if two.shape[axis] != 2 * length or any(two.shape[a] != one.shape[a] for a in range(two.ndim) if a != axis):
-            continue
-        for outer in (n for n in range(1, length // 2 + 1) if length % (2 * n) == 0):
-            inner = length // (2 * outer)
-            head = two.unflatten(axis, (outer, 4, inner)).narrow(axis + 1, 0, 2)
-            if torch.allclose(head, one.unflatten(axis, (outer, 2, inner)), rtol=1e-4, atol=1e-6 * scale + 1e-30):
-                return axis, outer
-    return None
-
-
-def by_sample(sums: torch.Tensor, samples: int, outer: int = 1) -> torch.Tensor:
-    """Sums along a tensor's sample axis (folded as (outer, samples, inner)), per sample; one sample takes the whole
-    sum. Tensors with no sample axis go one sample per pass (`Walker._sample_axes`); a length the batch does not
-    divide gives NaN, not a wrong split."""
-    if len(sums) % (samples * outer) == 0:
-        return sums.reshape(outer, samples, -1).sum((0, 2))
-    return torch.full((samples,), float("nan"), dtype=sums.dtype, device=sums.device)
 
 
 def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:

@@ -44,7 +44,7 @@ class Occlusion(Method):
         if fill is not None and reference is not None:
             raise OnnxplainError("occlusion fills windows with a value (fill) or the reference mean (reference), "
                                  "not both")
-        self.window, self.stride, self.fill = window, stride, float(fill or 0.0)
+        self.window, self.stride, self.fill = window, stride, None if fill is None else float(fill)
         self.reference = None if reference is None else np.asarray(reference)
         self.device, self.progress = device, progress
 
@@ -62,15 +62,16 @@ class Occlusion(Method):
     def _fill_for(self, dtype: np.dtype) -> float | int:
         """The fill as a value of the model's input type: an integer input (token ids, categories) takes only an
         integral fill within its range, never a silently truncated or wrapped one."""
+        fill = self.fill or 0.0
         if not np.issubdtype(dtype, np.integer):
-            return self.fill
+            return fill
         limits = np.iinfo(dtype)
-        fractional = self.fill != round(self.fill)
-        if fractional or not limits.min <= self.fill <= limits.max:
-            raise OnnxplainError(f"fill {self.fill:g} would be {'truncated' if fractional else 'out of range'}: "
+        fractional = fill != round(fill)
+        if fractional or not limits.min <= fill <= limits.max:
+            raise OnnxplainError(f"fill {fill:g} would be {'truncated' if fractional else 'out of range'}: "
                                  f"this model takes {dtype} inputs (token ids, categories); give a whole number "
                                  f"from {limits.min} to {limits.max}")
-        return int(self.fill)
+        return int(fill)
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         target = as_target(model, target)
@@ -116,7 +117,7 @@ class Occlusion(Method):
         name = passes.name + (", incremental" if incremental else "")
         return Explanation(relevance=relevance.astype(np.float32), target=classes, score=score, method=self.name,
                            params={"window": window, "stride": stride,
-                                   "fill": "reference mean" if self.reference is not None else self.fill,
+                                   "fill": "reference mean" if self.reference is not None else self.fill or 0.0,
                                    "device": self.device or "onnxruntime"},
                            diagnostics={"windows": len(grid), "forward_passes_per_input": len(grid) + 1,
                                         "forward_passes_on": name})

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from . import normalize
 from .errors import OnnxplainError
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec
 from .runtime import available_providers, batch_size_for, make_session, run_batched
+from .scores import find_scores
 
-SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
-PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
-ML_PROBABILITY_TRANSFORMS = {"SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO"}
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
 
 
@@ -42,7 +40,9 @@ class Model:
         self._sessions: dict[tuple[str, ...], object] = {}
         self.proto = self._normalise(original, verify)
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
-        self.score_output, self.score_kind, self.score_reason, self.logits_output = self._find_scores()
+        choice = find_scores(self.proto, self.probability_outputs)
+        self.score_output, self.score_kind, self.score_reason, self.logits_output = (
+            choice.output, choice.kind, choice.reason, choice.logits)
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape
         self._preprocess = self._preprocess_spec(preprocess)
         self.labels = self._labels()
@@ -52,6 +52,9 @@ class Model:
         """Rewrite the graph with its large weights set aside (rewrites need shapes, not bytes), then check
         the result against the original once, on the session later runs use."""
         model = normalize.unzip_classifier(normalize.drop_initializer_inputs(_copy(original)))
+        self.probability_outputs = normalize.expose_probabilities(model)
+        self.notes += [f"output {log!r} holds log-probabilities (LogSoftmax): its exp added as output {name!r}"
+                       for log, name in self.probability_outputs.items()]
         weights = normalize.set_weights_aside(model)
         model, note = normalize.upgrade_opset(model)
         if note:
@@ -87,7 +90,9 @@ class Model:
         return normalised
 
     def _verify_same_outputs(self, original: onnx.ModelProto, normalised: onnx.ModelProto, candidate) -> None:
-        names = [o.name for o in normalised.graph.output]
+        """Every normalised output the original graph computes too (not the ones normalisation added) is equal."""
+        computed = {o.name for o in original.graph.output} | {t for n in original.graph.node for t in n.output}
+        names = [o.name for o in normalised.graph.output if o.name in computed]
         feed_proto = normalize.drop_initializer_inputs(_copy(original))
         reference = make_session(_with_outputs(feed_proto, names).SerializeToString(), self.providers)
         feed = _random_feed(candidate)
@@ -139,45 +144,6 @@ class Model:
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
         return value.name, shape, np.dtype(dtype)
-
-    def _find_scores(self) -> tuple[str, str, str, str | None]:
-        """Pick the class-score output: probabilities (Softmax, a LinearClassifier post-transform) or logits."""
-        producers = {out: node for node in self.proto.graph.node for out in node.output}
-        candidates = []
-        for output in self.proto.graph.output:
-            elem = output.type.tensor_type.elem_type
-            if elem not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
-                continue
-            node = producers.get(output.name)
-            while node is not None and node.op_type in SHAPE_ONLY_OPS:  # e.g. Softmax -> Reshape (version converter)
-                node = producers.get(node.input[0])
-            candidates.append((output.name, node))
-        if not candidates:
-            raise OnnxplainError("no floating-point output to treat as class scores")
-        for name, node in candidates:
-            if node is not None and node.op_type in PROBABILITY_OPS:
-                return name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0]
-            if node is not None and node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
-                transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
-                what = "vote shares" if transform == "NONE" else f"{transform} post-transform"
-                return name, "probabilities", f"output {name!r} comes from {node.op_type} ({what})", None
-            if node is not None and node.op_type == "SVMClassifier":
-                platt = bool(_attribute(node, "prob_a", None))
-                transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
-                if platt or transform in ML_PROBABILITY_TRANSFORMS:
-                    what = "Platt-scaled probabilities" if platt else f"{transform} post-transform"
-                    return name, "probabilities", f"output {name!r} comes from SVMClassifier ({what})", None
-            if node is not None and node.op_type in ("LinearClassifier", "Normalizer"):
-                transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
-                if node.op_type == "Normalizer" or transform in ML_PROBABILITY_TRANSFORMS:
-                    return (name, "probabilities",
-                            f"output {name!r} comes from {node.op_type} "
-                            f"({_attribute(node, 'norm', transform.encode()).decode()} normalisation)",
-                            None)
-                return name, "logits", f"output {name!r} is a LinearClassifier's raw scores", name
-        name, node = candidates[-1]
-        why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
-        return name, "logits", why, name
 
     @property
     def preprocess(self) -> PreprocessSpec | None:
@@ -332,20 +298,6 @@ class Model:
 
             cache[device] = TorchExecutor(self, device=device)
         return cache[device]
-
-
-def _transform_name(value) -> str:
-    """A post_transform attribute as its name: text (most ai.onnx.ml ops) or an enum (TreeEnsemble, opset 5)."""
-    if isinstance(value, int):
-        return ("NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT")[value]
-    return value.decode()
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxplainError
+from .scores import FLOAT_TYPES, producing_op
 
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 MIN_OPSET = 13  # older default-domain opsets are upgraded to this one when onnx.version_converter can
@@ -150,6 +151,35 @@ def unzip_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
         del graph.output[:]
         graph.output.extend(outputs + [probabilities])
     return model
+
+
+def expose_probabilities(model: onnx.ModelProto) -> dict[str, str]:
+    """A graph output made by LogSoftmax holds log-probabilities, not probabilities: add its Exp as one more
+    output, for the class scores (the original outputs stay). Returns {log-probability output: added output}."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    taken = set(producers) | {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    added = {}
+    for output in list(graph.output):
+        node = producing_op(producers, output.name)
+        if node is None or node.op_type != "LogSoftmax" or output.type.tensor_type.elem_type not in FLOAT_TYPES:
+            continue
+        name = _unused_name(f"{output.name}_probabilities", taken)
+        graph.node.append(helper.make_node("Exp", [output.name], [name], name=name))
+        probabilities = onnx.ValueInfoProto()
+        probabilities.CopyFrom(output)
+        probabilities.name = name
+        graph.output.append(probabilities)
+        added[output.name] = name
+    return added
+
+
+def _unused_name(name: str, taken: set[str]) -> str:
+    candidate, count = name, 1
+    while candidate in taken:
+        candidate, count = f"{name}_{count}", count + 1
+    taken.add(candidate)
+    return candidate
 
 
 WEIGHT_FIELDS = ("raw_data", "float_data", "double_data", "int32_data", "int64_data", "uint64_data")

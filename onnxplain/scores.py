@@ -1,0 +1,92 @@
+"""Which graph output holds the class scores, what kind they are (probabilities or logits) and why."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto, helper
+
+from .errors import OnnxplainError
+
+SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
+PROBABILITY_OPS = {"Softmax", "Sigmoid"}
+ML_PROBABILITY_TRANSFORMS = {"SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO"}
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+
+
+@dataclass(frozen=True)
+class ScoreChoice:
+    output: str            # the graph output read as class scores
+    kind: str              # "probabilities" | "logits"
+    reason: str            # why, in words (inspect shows it)
+    logits: str | None     # the pre-softmax tensor, when the graph has one
+
+
+def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
+    """The node making tensor `name`, looking through shape-only ops (Softmax -> Reshape from a version converter)."""
+    node = producers.get(name)
+    while node is not None and node.op_type in SHAPE_ONLY_OPS:
+        node = producers.get(node.input[0])
+    return node
+
+
+def find_scores(proto: onnx.ModelProto, exposed: dict[str, str]) -> ScoreChoice:
+    """The class-score output: the first float output a probability op (or a classifier) makes, else the last
+    float output. `exposed` maps a log-probability output to the probability output normalisation added for it."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    floats = [o.name for o in proto.graph.output
+              if o.type.tensor_type.elem_type in FLOAT_TYPES and o.name not in exposed.values()]
+    if not floats:
+        raise OnnxplainError("no floating-point output to treat as class scores")
+    for name in floats:
+        found = _classified(name, producing_op(producers, name), exposed)
+        if found is not None:
+            return found
+    name = floats[-1]
+    node = producing_op(producers, name)
+    why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
+    return ScoreChoice(name, "logits", why, name)
+
+
+def _classified(name: str, node: onnx.NodeProto | None, exposed: dict[str, str]) -> ScoreChoice | None:
+    """Probabilities (a softmax, a LogSoftmax's exposed exp, a classifier's post-transform) or a LinearClassifier's
+    raw scores; None for any other op."""
+    if node is None:
+        return None
+    if node.op_type == "LogSoftmax" and name in exposed:
+        return ScoreChoice(exposed[name], "probabilities", f"output {name!r} comes from LogSoftmax (log-probabilities);"
+                           f" the class scores are its exp, {exposed[name]!r}", node.input[0])
+    if node.op_type in PROBABILITY_OPS:
+        return ScoreChoice(name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0])
+    if node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
+        transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
+        what = "vote shares" if transform == "NONE" else f"{transform} post-transform"
+        return ScoreChoice(name, "probabilities", f"output {name!r} comes from {node.op_type} ({what})", None)
+    if node.op_type == "SVMClassifier":
+        platt = bool(_attribute(node, "prob_a", None))
+        transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
+        if platt or transform in ML_PROBABILITY_TRANSFORMS:
+            what = "Platt-scaled probabilities" if platt else f"{transform} post-transform"
+            return ScoreChoice(name, "probabilities", f"output {name!r} comes from SVMClassifier ({what})", None)
+    if node.op_type in ("LinearClassifier", "Normalizer"):
+        transform = _transform_name(_attribute(node, "post_transform", b"NONE"))
+        if node.op_type == "Normalizer" or transform in ML_PROBABILITY_TRANSFORMS:
+            norm = _attribute(node, "norm", transform.encode()).decode()
+            return ScoreChoice(name, "probabilities", f"output {name!r} comes from {node.op_type} ({norm} "
+                               "normalisation)", None)
+        return ScoreChoice(name, "logits", f"output {name!r} is a LinearClassifier's raw scores", name)
+    return None
+
+
+def _transform_name(value) -> str:
+    """A post_transform attribute as its name: text (most ai.onnx.ml ops) or an enum (TreeEnsemble, opset 5)."""
+    if isinstance(value, int):
+        return ("NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT")[value]
+    return value.decode()
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default

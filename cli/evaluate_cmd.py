@@ -123,7 +123,10 @@ def build_methods(specs: list[str], progress: bool, options: dict) -> dict:
 
 def default_methods(model) -> tuple[str, str | None]:
     """(lrp, gradient, sensitivity and smoothgrad, note): lrp is left out, with a note, when it does not cover the
-    model."""
+    model; a model taking integers (token ids), which has no input gradients, gets occlusion."""
+    if not np.issubdtype(model.input_dtype, np.floating):
+        return "occlusion", (f"note: this model takes {model.input_dtype}, which has no gradients; evaluated "
+                             "occlusion (--methods picks others)")
     names, note = [name for name in DEFAULT_METHODS if name in REGISTRY], None
     if "lrp" in names:
         from onnxplain.lrp import unsupported_ops

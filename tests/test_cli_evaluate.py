@@ -167,3 +167,41 @@ def test_default_methods_leave_out_lrp_where_it_does_not_cover_the_model(digits_
     assert methods[:3] == ["gradient", "sensitivity", "smoothgrad"] and not any("lrp" in m for m in methods)
     failed = run("evaluate", tmp_path / "sin.onnx", tmp_path / "missing.npy", "--quiet")
     assert failed.exit_code == 2 and len(failed.stderr.strip().splitlines()) == 1   # the error alone, no note
+
+
+def test_apem_on_token_ids_is_a_one_line_error_and_aopc_runs(tmp_path):
+    """int64 token ids have no input gradient, which APEM needs: one line, exit 2, from the CLI and the library;
+    AOPC (with occlusion, the default method for such a model) still runs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.metrics import APEM, Evaluation
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["table", "x"], ["vectors"]), helper.make_node("Flatten", ["vectors"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w"], ["logits"])]
+    constants = [numpy_helper.from_array(rng.normal(size=(10, 3)).astype(np.float32), "table"),
+                 numpy_helper.from_array(rng.normal(size=(12, 4)).astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "tokens.onnx")
+    tokens = rng.integers(0, 10, size=(3, 4))
+    np.save(tmp_path / "ids.npy", tokens)
+    for metrics in (["--metrics", "apem"], []):
+        result = run("evaluate", tmp_path / "tokens.onnx", tmp_path / "ids.npy", "--methods", "occlusion",
+                     "--out", tmp_path / "out", "--quiet", *metrics)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and "APEM needs the loss gradient" in result.stderr
+        assert "int64" in result.stderr and not (tmp_path / "out").exists()
+    loaded = onnxplain.load(tmp_path / "tokens.onnx")
+    with pytest.raises(OnnxplainError, match="int64"):
+        Evaluation(["apem"], progress=False).run(loaded, tokens, {"occlusion": make_method("occlusion")})
+    with pytest.raises(OnnxplainError, match="APEM needs"):
+        APEM(progress=False).evaluate(loaded, tokens, np.ones(tokens.shape))
+    result = run("evaluate", tmp_path / "tokens.onnx", tmp_path / "ids.npy", "--metrics", "aopc", "--steps", "3",
+                 "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "evaluated occlusion" in result.stderr
+    assert [row["method"] for row in json.loads(result.stdout)["summary"]][0] == "occlusion"

@@ -64,6 +64,10 @@ def loss_gradient(model, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """grad_x of the cross-entropy of class `classes[i]` (from the torch executor), shaped like x."""
     import torch
 
+    if not np.issubdtype(model.input_dtype, np.floating):
+        raise OnnxplainError(f"APEM needs the loss gradient with respect to the input, and this model takes "
+                             f"{model.input_dtype} (token ids, categories), which has none: use AOPC alone "
+                             "(--metrics aopc)")
     executor = model.torch()
     grads = []
     size = model.batch_size()

@@ -27,10 +27,13 @@ class NonEmptyPath(click.Path):
 model_argument = click.argument("model", type=NonEmptyPath(dir_okay=False))
 preprocess_option = click.option("--preprocess", "preprocess", type=NonEmptyPath(dir_okay=False),
                                  help="JSON preprocessing spec (overrides the one stored in the model).")
+scores_option = click.option("--scores", "scores", metavar="OUTPUT",
+                             help="The output holding the class scores (default: a softmax's output, else the first "
+                                  "float output; inspect names them).")
 
 
-def load_model(path: Path, preprocess: Path | None):
-    return onnxplain.load(path, preprocess=preprocess)
+def load_model(path: Path, preprocess: Path | None, scores: str | None = None):
+    return onnxplain.load(path, preprocess=preprocess, scores=scores)
 
 
 def read_labels(path: Path | None) -> list[str] | None:

@@ -17,7 +17,7 @@ from onnxplain.methods.contrastive import CDeepEx, XGEMs, contrast_map
 from onnxplain.targets import parse_target
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
-                     use_labels)
+                     scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
@@ -85,6 +85,7 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
               help="cdeepex (Equation 2 with ranking constraints) or xgems (without them).")
 @click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
+@scores_option
 @click.option("--margin", type=click.FloatRange(0), default=0.1, show_default=True,
               help="Log-likelihood margin of true and probe over every other class.")
 @click.option("--restarts", type=click.IntRange(1), default=4, show_default=True, help="Random starts for z0.")
@@ -96,14 +97,14 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
 @click.option("--save-npy", "save_npy", type=NonEmptyPath(), help="Write G(z0) - G(z_e) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def contrast_command(model, inputs, generator, probe, method, labels, preprocess, margin, restarts, outer_steps,
-                     seed, device, out, save_npy, as_json, quiet):
+def contrast_command(model, inputs, generator, probe, method, labels, preprocess, scores, margin, restarts,
+                     outer_steps, seed, device, out, save_npy, as_json, quiet):
     """Why does MODEL choose its class and not --probe for each input? (CDeepEx, via --generator's latent space)"""
     from onnxplain import viz
 
     check_output(out, "figure")
     check_output(save_npy, "file")
-    loaded = load_model(model, preprocess)
+    loaded = load_model(model, preprocess, scores)
     use_labels(loaded, labels)
     explainer = METHODS[method](str(generator), margin=margin, restarts=restarts, outer_steps=outer_steps,
                                 seed=seed, device=device, progress=not quiet)

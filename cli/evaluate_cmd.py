@@ -22,7 +22,7 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import NonEmptyPath, guessed_spec_note, load_model, model_argument, preprocess_option
+from .common import NonEmptyPath, guessed_spec_note, load_model, model_argument, preprocess_option, scores_option
 from .explain_cmd import read_reference
 from .outputs import StagedFiles, check_output
 
@@ -159,6 +159,7 @@ def _split(value: str) -> list[str]:
 @click.option("--out", type=NonEmptyPath(file_okay=False),
               help="Folder for results.md/.csv/.json, per_image.csv and the plots.")
 @preprocess_option
+@scores_option
 @click.option("--region", type=click.IntRange(1), default=None,
               help="Region edge for perturbation [default: 9, less for small images so each axis has 8 regions; "
                    "1 for vectors].")
@@ -179,11 +180,11 @@ def _split(value: str) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, region, steps, score, stage,
+def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, scores, region, steps, score, stage,
                      epsilon_step, max_steps, shuffles, reference, seed, as_json, quiet):
     """Score explanation methods with region-perturbation AOPC and APEM on the inputs (files or folders)."""
     check_output(out, "folder")
-    loaded = load_model(model, preprocess)
+    loaded = load_model(model, preprocess, scores)
     x, sources = load_inputs(inputs, loaded)
     truth = read_true_labels(labels, sources, loaded) if labels else None
     options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None}

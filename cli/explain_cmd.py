@@ -18,7 +18,7 @@ from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.targets import parse_target
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
-                     use_labels)
+                     scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -191,6 +191,7 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--layer", default=None, help="Explain a hidden tensor (by name) instead of the class scores.")
 @click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
+@scores_option
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
 @click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type or node-name glob).")
 @click.option("--epsilon", type=float, default=None,
@@ -234,13 +235,13 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--top", "k", type=click.IntRange(1), default=5, show_default=True, help="Classes listed in --json.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def explain_command(model, inputs, method, target, layer, labels, preprocess, out, threshold, slice_axis, save_npy,
-                    batch, k, as_json, quiet, **options):
+def explain_command(model, inputs, method, target, layer, labels, preprocess, scores, out, threshold, slice_axis,
+                    save_npy, batch, k, as_json, quiet, **options):
     """Explain the model's decision on each input (images, .npy tensors, NIfTI volumes, folders of them)."""
     began = time.perf_counter()
     check_output(out, "figure")
     check_output(save_npy, "file")
-    loaded = load_model(model, preprocess)
+    loaded = load_model(model, preprocess, scores)
     use_labels(loaded, labels)
     params = method_params(options, loaded)
     chosen, why = method is None, None

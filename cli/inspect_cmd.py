@@ -8,7 +8,7 @@ import click
 import numpy as np
 from onnx import TensorProto, helper
 
-from .common import echo_json, load_model, model_argument, preprocess_option
+from .common import echo_json, load_model, model_argument, preprocess_option, scores_option
 
 
 FLOATING = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
@@ -97,12 +97,13 @@ def shape_text(shape: list | None) -> str:
 @click.command("inspect")
 @model_argument
 @preprocess_option
+@scores_option
 @click.option("--tensors", "list_tensors", is_flag=True,
               help="List every tensor the model computes (the names --layer takes; always in --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect_command(model, preprocess, list_tensors, as_json):
+def inspect_command(model, preprocess, scores, list_tensors, as_json):
     """Inputs, outputs, opsets, operators, parameters, and which output holds the class scores."""
-    info = describe(load_model(model, preprocess))
+    info = describe(load_model(model, preprocess, scores))
     if as_json:
         echo_json(info)
         return

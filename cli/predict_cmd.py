@@ -9,7 +9,7 @@ import numpy as np
 from onnxplain.io import load_inputs
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
-                     use_labels)
+                     scores_option, use_labels)
 
 
 def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
@@ -25,10 +25,11 @@ def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
               help="How many classes to list.")
 @click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
+@scores_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict_command(model, inputs, k, labels, preprocess, as_json):
+def predict_command(model, inputs, k, labels, preprocess, scores, as_json):
     """The top-K classes with their scores for each input (image, .npy or NIfTI; folders too)."""
-    loaded = load_model(model, preprocess)
+    loaded = load_model(model, preprocess, scores)
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
     ranked = top_k(loaded, loaded.scores(x), k)

@@ -20,19 +20,20 @@ SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch abov
 
 
 def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | str | os.PathLike | None = None,
-         providers: list[str] | None = None, verify: bool = True) -> "Model":
-    """Read, validate and normalise an ONNX classifier; `verify` checks every normalisation against the original."""
+         providers: list[str] | None = None, verify: bool = True, scores: str | None = None) -> "Model":
+    """Read, validate and normalise an ONNX classifier; `verify` checks every normalisation against the original;
+    `scores` names the output holding the class scores (default: a softmax's, else the first float output)."""
     original = normalize.read_model(path)
     normalize.check_domains(original)
     normalize.check_model(original)
-    return Model(original, path=Path(path), preprocess=preprocess, providers=providers, verify=verify)
+    return Model(original, path=Path(path), preprocess=preprocess, providers=providers, verify=verify, scores=scores)
 
 
 class Model:
     """An ONNX classifier: normalised graph, input spec, class-score output, batched onnxruntime forward passes."""
 
     def __init__(self, original: onnx.ModelProto, *, path: Path | None = None, preprocess=None,
-                 providers: list[str] | None = None, verify: bool = True):
+                 providers: list[str] | None = None, verify: bool = True, scores: str | None = None):
         self.path = path
         self.providers = providers or available_providers()
         self.notes: list[str] = []
@@ -40,7 +41,7 @@ class Model:
         self._sessions: dict[tuple[str, ...], object] = {}
         self.proto = self._normalise(original, verify)
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
-        choice = find_scores(self.proto, self.probability_outputs)
+        choice = find_scores(self.proto, self.probability_outputs, scores)
         self.score_output, self.score_kind, self.score_reason, self.logits_output = (
             choice.output, choice.kind, choice.reason, choice.logits)
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape

@@ -1,7 +1,7 @@
 """Which graph output holds the class scores, what kind they are (probabilities or logits) and why."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 from onnx import TensorProto, helper
@@ -30,22 +30,29 @@ def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodePr
     return node
 
 
-def find_scores(proto: onnx.ModelProto, exposed: dict[str, str]) -> ScoreChoice:
-    """The class-score output: the first float output a probability op (or a classifier) makes, else the last
-    float output. `exposed` maps a log-probability output to the probability output normalisation added for it."""
+def find_scores(proto: onnx.ModelProto, exposed: dict[str, str], chosen: str | None = None) -> ScoreChoice:
+    """The class-score output: `chosen` by name, else the first float output a probability op (or a classifier)
+    makes, else the first float output in graph order. `exposed` maps a log-probability output to the
+    probability output normalisation added for it; the user names the former."""
     producers = {out: node for node in proto.graph.node for out in node.output}
     floats = [o.name for o in proto.graph.output
               if o.type.tensor_type.elem_type in FLOAT_TYPES and o.name not in exposed.values()]
     if not floats:
         raise OnnxplainError("no floating-point output to treat as class scores")
-    for name in floats:
-        found = _classified(name, producing_op(producers, name), exposed)
-        if found is not None:
-            return found
-    name = floats[-1]
-    node = producing_op(producers, name)
-    why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
-    return ScoreChoice(name, "logits", why, name)
+    if chosen is not None:
+        if chosen not in floats:
+            known = {o.name for o in proto.graph.output}
+            problem = "is not a floating-point output" if chosen in known else "is not an output of this model"
+            raise OnnxplainError(f"{chosen!r} {problem}; class scores can come from: {', '.join(floats)}")
+        floats = [chosen]
+    found = next(filter(None, (_classified(name, producing_op(producers, name), exposed) for name in floats)), None)
+    if found is None:
+        name, node = floats[0], producing_op(producers, floats[0])
+        why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
+        if len(floats) > 1:
+            why += f"; the first of the float outputs ({', '.join(floats)}): --scores or scores= picks another"
+        found = ScoreChoice(name, "logits", why, name)
+    return replace(found, reason=f"{found.reason}; chosen by name") if chosen is not None else found
 
 
 def _classified(name: str, node: onnx.NodeProto | None, exposed: dict[str, str]) -> ScoreChoice | None:

@@ -105,3 +105,64 @@ def test_predict_shows_probabilities_of_a_log_softmax_model(twins, tmp_path):
         want = torch.softmax(net.logits(torch.from_numpy(x[:1])), 1)[0].numpy()
     assert row["kind"] == "probabilities"
     np.testing.assert_allclose(sorted(r["score"] for r in row["top"]), sorted(want), rtol=1e-5)
+
+
+def two_heads(path, softmax_on_aux=False):
+    """x (N, 4) -> logits (N, 10) first, aux (N, 2) second (through a Softmax if asked), and an int64 argmax."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    rng = np.random.default_rng(3)
+    aux = "aux_raw" if softmax_on_aux else "aux"
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["logits"]), helper.make_node("Gemm", ["x", "v"], [aux]),
+             helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)]
+    nodes += [helper.make_node("Softmax", ["aux_raw"], ["aux"], axis=1)] if softmax_on_aux else []
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in (("w", (4, 10)), ("v", (4, 2)))]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10]),
+               helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["N", 2]),
+               helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])]
+    graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              outputs, weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path, {w.name: numpy_helper.to_array(w) for w in weights}
+
+
+def test_several_float_outputs_default_to_the_first_and_scores_picks_one(tmp_path):
+    path, weights = two_heads(tmp_path / "heads.onnx")
+    x = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
+    model = onnxplain.load(path)
+    assert model.score_output == "logits" and model.class_count() == 10
+    assert "first of the float outputs (logits, aux)" in model.score_reason
+    np.testing.assert_allclose(model.scores(x), x @ weights["w"], rtol=1e-5)
+    chosen = onnxplain.load(path, scores="aux")
+    assert chosen.score_output == "aux" and chosen.class_count() == 2 and "chosen by name" in chosen.score_reason
+    np.testing.assert_allclose(chosen.scores(x), x @ weights["v"], rtol=1e-5)
+    for name, problem in (("nope", "is not an output of this model"), ("label", "is not a floating-point output")):
+        with pytest.raises(onnxplain.OnnxplainError, match=f"{problem}; class scores can come from: logits, aux"):
+            onnxplain.load(path, scores=name)
+    softmax_path, _ = two_heads(tmp_path / "softmax.onnx", softmax_on_aux=True)
+    assert onnxplain.load(softmax_path).score_output == "aux"   # a probability op still wins
+    assert onnxplain.load(softmax_path, scores="logits").score_kind == "logits"
+
+
+def test_scores_option_on_the_commands(tmp_path):
+    path, weights = two_heads(tmp_path / "heads.onnx")
+    x = np.random.default_rng(5).normal(size=(1, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    described = CliRunner().invoke(cli, ["inspect", str(path), "--scores", "aux", "--json"])
+    assert described.exit_code == 0 and json.loads(described.stdout)["class_scores"]["output"] == "aux"
+    predicted = CliRunner().invoke(cli, ["predict", str(path), str(tmp_path / "x.npy"), "--scores", "aux", "--json"])
+    (row,) = json.loads(predicted.stdout)
+    np.testing.assert_allclose(sorted(r["score"] for r in row["top"]), sorted((x @ weights["v"])[0]), rtol=1e-5)
+    explained = CliRunner().invoke(cli, ["explain", str(path), str(tmp_path / "x.npy"), "--scores", "aux", "--method",
+                                         "gradient", "--target", "1", "--save-npy", str(tmp_path / "r.npy"), "--quiet"])
+    assert explained.exit_code == 0, explained.output
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy").reshape(-1), weights["v"][:, 1], rtol=1e-5)
+    for command in ("inspect", "predict", "explain", "evaluate"):
+        failed = CliRunner().invoke(cli, [command, str(path)] + ([str(tmp_path / "x.npy")] if command != "inspect"
+                                                                  else []) + ["--scores", "label"])
+        assert failed.exit_code == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.output
+        assert "'label' is not a floating-point output; class scores can come from: logits, aux" in failed.stderr

@@ -16,6 +16,8 @@ from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spe
 from .runtime import available_providers, batch_size_for, make_session, run_batched
 from .scores import find_scores
 
+ELEMENTWISE_OPS = {"Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pad", "Relu", "Clip", "BatchNormalization",
+                   "InstanceNormalization"}   # keep (N, C, L) as it is, on the way to a first convolution
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
 
 
@@ -190,6 +192,27 @@ class Model:
     def tensor_names(self) -> list[str]:
         """Every tensor a forward pass computes, in graph order (for hidden-layer targets)."""
         return [out for node in self.proto.graph.node for out in node.output if out]
+
+    @cached_property
+    def sequence_input(self) -> bool:
+        """(N, C, L) samples that reach a 1-D convolution (a kernel with one spatial axis) through elementwise ops:
+        C channels along L positions (a Conv1d net), not a C x L gray image."""
+        if len(self.input_shape) != 3:
+            return False
+        graph = self.proto.graph
+        ranks = {t.name: len(t.dims) for t in graph.initializer}
+        ranks.update({n.output[0]: len(a.t.dims) for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                      if a.name == "value"})
+        frontier, seen = [self.input_name], set()
+        while frontier:
+            name = frontier.pop()
+            for node in (n for n in graph.node if name in n.input and id(n) not in seen):
+                seen.add(id(node))
+                if node.op_type == "Conv" and node.input[0] == name:
+                    return ranks.get(node.input[1]) == 3
+                if node.op_type in ELEMENTWISE_OPS:
+                    frontier.append(node.output[0])
+        return False
 
     def label_of(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)

@@ -26,7 +26,8 @@ class Geometry:
 
     @classmethod
     def infer(cls, model, sample_shape: tuple[int, ...], volume_shape=None) -> "Geometry":
-        """From the input's rank, the preprocessing spec (layout, size, crop) or an explicit `volume_shape`."""
+        """From the input's rank, the preprocessing spec (layout, size, crop), an explicit `volume_shape`, or a
+        1-D convolution the input feeds (channels along a sequence)."""
         sample_shape = tuple(int(d) for d in sample_shape)
         spec = model.preprocess
         if len(sample_shape) == 1:
@@ -36,6 +37,8 @@ class Geometry:
                 raise OnnxplainError(f"volume_shape {tuple(volume_shape)} does not match the input {sample_shape}")
             if tuple(volume_shape) == sample_shape:
                 return cls(sample_shape, "no_channels", 1, sample_shape)
+        if len(sample_shape) == 2 and getattr(model, "sequence_input", False):   # (C, L) into a Conv1d
+            return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
         if len(sample_shape) == 2 or (len(sample_shape) == 3 and (spec is None or spec.layout == "flat")):
             return cls(sample_shape, "no_channels", 1, sample_shape)  # (H, W) images, (D, H, W) volumes
         if len(sample_shape) == 3 and spec.layout == "NHWC":

@@ -30,8 +30,8 @@ class InputLayout:
             shape, channel_axis = (*spec.size, spec.channels), 2
         elif spec is not None and len(shape) == 3 and spec.layout in ("NCHW", "NHWC"):
             channel_axis = 0 if spec.layout == "NCHW" else 2
-        elif len(shape) >= 4:
-            channel_axis = 0  # volumes (C, D, H, W)
+        elif len(shape) >= 4 or (len(shape) == 2 and getattr(model, "sequence_input", False)):
+            channel_axis = 0  # volumes (C, D, H, W), sequences (C, L) into a Conv1d
         if channel_axis is not None and spec is not None and shape[channel_axis] == spec.channels:
             low, high = spec.value_range()
             where = [1] * len(shape)
@@ -41,8 +41,9 @@ class InputLayout:
 
     @property
     def image_like(self) -> bool:
-        """More than one spatial axis (an image or volume) rather than a feature vector."""
-        return len(self.spatial_shape) > 1
+        """More than one spatial axis (an image or volume), or channels along one (a sequence), rather than a
+        feature vector: neighbouring positions belong together."""
+        return len(self.spatial_shape) > 1 or self.channel_axis is not None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,103 @@
+"""A (C, L) sequence input into a Conv1d: windows of positions over all channels, not a C x L gray image."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import onnxplain
+from onnxplain.methods import make_method
+from onnxplain.methods.windows import Geometry
+from onnxplain.metrics.layout import InputLayout
+from onnxplain.metrics.perturbation import default_region
+from onnxplain.targets import Target
+
+CHANNELS, LENGTH = 3, 64
+
+
+class Conv1dNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = torch.nn.Conv1d(CHANNELS, 4, 5, padding=2), torch.nn.Linear(4 * LENGTH, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+class GrayMlp(torch.nn.Module):
+    """(N, 8, 8) gray images into a plain MLP: stays an H x W image."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def export(net, shape, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (torch.rand(shape),), str(path), dynamo=False, opset_version=13,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return onnxplain.load(path)
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    net = Conv1dNet()
+    model = export(net, (2, CHANNELS, LENGTH), tmp_path_factory.mktemp("seq") / "conv1d.onnx")
+    x = np.random.default_rng(0).normal(size=(2, CHANNELS, LENGTH)).astype(np.float32)
+    return net, model, x
+
+
+def literal_occlusion(net, x, target, k, stride, fill):
+    """Mean over the windows [i, i+k) covering each position of f(x) - f(x with positions [i, i+k) of every channel
+    set to `fill`), the last window flush with the end."""
+    starts = sorted(set(range(0, LENGTH - k + 1, stride)) | {LENGTH - k})
+    with torch.no_grad():
+        score = net(torch.from_numpy(x))[:, target].double().numpy()
+        total, count = np.zeros((len(x), LENGTH)), np.zeros(LENGTH)
+        for i in starts:
+            covered = x.copy()
+            covered[:, :, i:i + k] = fill
+            total[:, i:i + k] += (score - net(torch.from_numpy(covered))[:, target].double().numpy())[:, None]
+            count[i:i + k] += 1
+    return np.repeat((total / count)[:, None], CHANNELS, axis=1)
+
+
+def test_conv1d_input_is_channels_along_positions(sequence, tmp_path):
+    _, model, _ = sequence
+    assert model.sequence_input
+    geometry = Geometry.infer(model, (CHANNELS, LENGTH))
+    assert (geometry.layout, geometry.channels, geometry.spatial) == ("channels_first", CHANNELS, (LENGTH,))
+    layout = InputLayout.of(model, (CHANNELS, LENGTH))
+    assert layout.channel_axis == 0 and layout.spatial_shape == (LENGTH,) and default_region(layout) == 8
+    gray = export(GrayMlp(), (2, 8, 8), tmp_path / "gray.onnx")
+    assert not gray.sequence_input
+    assert Geometry.infer(gray, (8, 8)).spatial == (8, 8) and InputLayout.of(gray, (8, 8)).channel_axis is None
+
+
+@pytest.mark.parametrize("window, stride, fill", [(None, None, 0.0), (6, 4, 0.5), (1, 1, -1.0)])
+def test_occlusion_covers_positions_of_every_channel(sequence, window, stride, fill):
+    net, model, x = sequence
+    explanation = make_method("occlusion", window=window, stride=stride, fill=fill, progress=False).explain(
+        model, x, Target(index=2))
+    k, step = explanation.params["window"], explanation.params["stride"]
+    assert (k, step) == ((LENGTH // 8, LENGTH // 16) if window is None else (window, stride))
+    np.testing.assert_allclose(explanation.relevance, literal_occlusion(net, x, 2, k, step, fill),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_pda_windows_span_every_channel(sequence):
+    _, model, x = sequence
+    reference = np.random.default_rng(1).normal(size=(12, CHANNELS, LENGTH)).astype(np.float32)
+    for sampler in ("marginal", "conditional"):
+        explanation = make_method("pda", sampler=sampler, samples=4, window=2, stride=2, reference=reference,
+                                  progress=False).explain(model, x, Target(index=1))
+        relevance = explanation.relevance
+        assert explanation.diagnostics["windows"] == LENGTH // 2 and np.isfinite(relevance).all()
+        np.testing.assert_array_equal(relevance, np.repeat(relevance[:, :1], CHANNELS, axis=1))

@@ -40,8 +40,12 @@ def materialize(name: str, seed: int = 0, folder: Path | None = None) -> Path:
     _replace_placeholders(model, rng)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
-    onnx.save(model, str(partial))
-    partial.replace(target)
+    try:
+        onnx.save(model, str(partial))
+        partial.replace(target)
+    except BaseException:   # a full disk, an interrupt: no half-written file (VGG19's is ~550 MB) stays behind
+        partial.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -290,3 +290,20 @@ def test_a_squeeze_without_axes_keeps_the_batch_of_one(dynamic, tmp_path):
     net(gradient)[want[0].argmax()].backward()
     np.testing.assert_allclose(make_method("gradient", progress=False).explain(model, x[:1]).relevance,
                                gradient.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_zoo_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk mid-write: the error comes through and the half-written `.partial` file is removed."""
+    import errno
+
+    from onnxplain import zoo
+
+    def full_disk(model, path):
+        with open(path, "wb") as stream:
+            stream.write(b"\0" * 1024)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zoo.onnx, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        zoo.materialize("squeezenet", folder=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -46,6 +46,8 @@ class Model:
         choice = find_scores(self.proto, self.probability_outputs, scores)
         self.score_output, self.score_kind, self.score_reason, self.logits_output = (
             choice.output, choice.kind, choice.reason, choice.logits)
+        self.binary = any(added.binary and added.probabilities == self.score_output  # logits are log-odds [-z, z]
+                          for added in self.probability_outputs.values())
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape
         self._preprocess = self._preprocess_spec(preprocess)
         self.labels = self._labels()
@@ -56,8 +58,8 @@ class Model:
         the result against the original once, on the session later runs use."""
         model = normalize.unzip_classifier(normalize.drop_initializer_inputs(_copy(original)))
         self.probability_outputs = normalize.expose_probabilities(model)
-        self.notes += [f"output {log!r} holds log-probabilities (LogSoftmax): its exp added as output {name!r}"
-                       for log, name in self.probability_outputs.items()]
+        self.notes += [f"output {name!r} holds {added.what}; added as output {added.probabilities!r}"
+                       for name, added in self.probability_outputs.items()]
         weights = normalize.set_weights_aside(model)
         model, note = normalize.upgrade_opset(model)
         if note:

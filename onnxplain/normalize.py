@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxplainError
-from .scores import FLOAT_TYPES, producing_op
+from .scores import FLOAT_TYPES, Exposed, producing_op
 
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 MIN_OPSET = 13  # older default-domain opsets are upgraded to this one when onnx.version_converter can
@@ -153,24 +153,43 @@ def unzip_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def expose_probabilities(model: onnx.ModelProto) -> dict[str, str]:
-    """A graph output made by LogSoftmax holds log-probabilities, not probabilities: add its Exp as one more
-    output, for the class scores (the original outputs stay). Returns {log-probability output: added output}."""
+def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
+    """Class probabilities for outputs that are not quite them, added as one more output each (the original outputs
+    stay): the exp of a LogSoftmax output (log-probabilities); [1 - p, p] = sigmoid([-z, z]) for a single sigmoid
+    column p = sigmoid(z) of shape (N, 1) (a binary classifier), with the log-odds [-z, z] as its logits.
+    Returns {original output: Exposed}."""
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     taken = set(producers) | {v.name for v in graph.input} | {t.name for t in graph.initializer}
     added = {}
     for output in list(graph.output):
         node = producing_op(producers, output.name)
-        if node is None or node.op_type != "LogSoftmax" or output.type.tensor_type.elem_type not in FLOAT_TYPES:
+        tensor = output.type.tensor_type
+        if node is None or tensor.elem_type not in FLOAT_TYPES:
             continue
-        name = _unused_name(f"{output.name}_probabilities", taken)
-        graph.node.append(helper.make_node("Exp", [output.name], [name], name=name))
+        if node.op_type == "LogSoftmax":
+            name = _unused_name(f"{output.name}_probabilities", taken)
+            graph.node.append(helper.make_node("Exp", [output.name], [name], name=name))
+            added[output.name] = Exposed(name, node.input[0], "LogSoftmax (log-probabilities): its exp")
+        elif node.op_type == "Sigmoid" and len(tensor.shape.dim) == 2 and tensor.shape.dim[1].dim_value == 1:
+            pair, negative, log_odds, sigmoid, name = (_unused_name(f"{output.name}_{suffix}", taken) for suffix in
+                                                       ("pair_shape", "negative", "log_odds", "sigmoid", "classes"))
+            graph.initializer.append(numpy_helper.from_array(np.array([-1, 1], np.int64), pair))
+            graph.node.extend([helper.make_node("Reshape", [node.input[0], pair], [f"{pair}_z"], name=pair),
+                               helper.make_node("Neg", [f"{pair}_z"], [negative], name=negative),
+                               helper.make_node("Concat", [negative, f"{pair}_z"], [log_odds], axis=1, name=log_odds),
+                               helper.make_node("Sigmoid", [log_odds], [sigmoid], name=sigmoid),
+                               helper.make_node("Cast", [sigmoid], [name], to=tensor.elem_type, name=name)])
+            added[output.name] = Exposed(name, log_odds, "one Sigmoid probability p (a binary classifier): classes "
+                                         "[1 - p, p], class 1 the positive one, log-odds [-z, z]", binary=True)
+        else:
+            continue
         probabilities = onnx.ValueInfoProto()
         probabilities.CopyFrom(output)
-        probabilities.name = name
+        probabilities.name = added[output.name].probabilities
+        if node.op_type == "Sigmoid":
+            probabilities.type.tensor_type.shape.dim[1].dim_value = 2
         graph.output.append(probabilities)
-        added[output.name] = name
     return added
 
 

@@ -22,6 +22,17 @@ class ScoreChoice:
     logits: str | None     # the pre-softmax tensor, when the graph has one
 
 
+@dataclass(frozen=True)
+class Exposed:
+    """Class probabilities normalisation added for an output that is not quite them (see
+    `normalize.expose_probabilities`)."""
+
+    probabilities: str     # the added graph output
+    logits: str            # the tensor explained as the classes' logits
+    what: str              # what the original output holds, in words
+    binary: bool = False   # a binary classifier's [1 - p, p]: its logits are the log-odds [-z, z], not softmax's
+
+
 def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
     """The node making tensor `name`, looking through shape-only ops (Softmax -> Reshape from a version converter)."""
     node = producers.get(name)
@@ -30,13 +41,14 @@ def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodePr
     return node
 
 
-def find_scores(proto: onnx.ModelProto, exposed: dict[str, str], chosen: str | None = None) -> ScoreChoice:
+def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str | None = None) -> ScoreChoice:
     """The class-score output: `chosen` by name, else the first float output a probability op (or a classifier)
     makes, else the first float output in graph order. `exposed` maps a log-probability output to the
     probability output normalisation added for it; the user names the former."""
     producers = {out: node for node in proto.graph.node for out in node.output}
+    added = {e.probabilities for e in exposed.values()}
     floats = [o.name for o in proto.graph.output
-              if o.type.tensor_type.elem_type in FLOAT_TYPES and o.name not in exposed.values()]
+              if o.type.tensor_type.elem_type in FLOAT_TYPES and o.name not in added]
     if not floats:
         raise OnnxplainError("no floating-point output to treat as class scores")
     if chosen is not None:
@@ -55,14 +67,15 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, str], chosen: str | N
     return replace(found, reason=f"{found.reason}; chosen by name") if chosen is not None else found
 
 
-def _classified(name: str, node: onnx.NodeProto | None, exposed: dict[str, str]) -> ScoreChoice | None:
-    """Probabilities (a softmax, a LogSoftmax's exposed exp, a classifier's post-transform) or a LinearClassifier's
-    raw scores; None for any other op."""
+def _classified(name: str, node: onnx.NodeProto | None, exposed: dict[str, Exposed]) -> ScoreChoice | None:
+    """Probabilities (a softmax, those exposed for a LogSoftmax or a binary sigmoid, a classifier's post-transform)
+    or a LinearClassifier's raw scores; None for any other op."""
     if node is None:
         return None
-    if node.op_type == "LogSoftmax" and name in exposed:
-        return ScoreChoice(exposed[name], "probabilities", f"output {name!r} comes from LogSoftmax (log-probabilities);"
-                           f" the class scores are its exp, {exposed[name]!r}", node.input[0])
+    if name in exposed:
+        found = exposed[name]
+        return ScoreChoice(found.probabilities, "probabilities", f"output {name!r} holds {found.what}, as output "
+                           f"{found.probabilities!r}", found.logits)
     if node.op_type in PROBABILITY_OPS:
         return ScoreChoice(name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0])
     if node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):

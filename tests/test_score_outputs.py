@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import onnxplain
-from cli.main import cli
+from onnxplain.cli.main import cli
 from onnxplain.methods import make_method
 from onnxplain.metrics.perturbation import explained_scores
 from onnxplain.targets import Target
@@ -166,3 +166,78 @@ def test_scores_option_on_the_commands(tmp_path):
                                                                   else []) + ["--scores", "label"])
         assert failed.exit_code == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.output
         assert "'label' is not a floating-point output; class scores can come from: logits, aux" in failed.stderr
+
+
+class Binary(torch.nn.Module):
+    """(N, 6) -> sigmoid(z) of shape (N, 1): a binary classifier."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.hidden, self.out = torch.nn.Linear(6, 8), torch.nn.Linear(8, 1)
+
+    def log_odds(self, x):
+        return self.out(torch.relu(self.hidden(x)))[:, 0]
+
+    def forward(self, x):
+        return torch.sigmoid(self.out(torch.relu(self.hidden(x))))
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    net = Binary()
+    path = export(net, tmp_path_factory.mktemp("binary") / "binary.onnx")
+    x = np.random.default_rng(6).normal(size=(8, 6)).astype(np.float32) * 3
+    with torch.no_grad():
+        z = net.log_odds(torch.from_numpy(x)).double().numpy()
+    assert 0 < (z > 0).sum() < len(z)   # both classes among the inputs
+    return net, path, x, z
+
+
+def test_binary_sigmoid_is_two_classes(binary):
+    net, path, x, z = binary
+    model = onnxplain.load(path)
+    p = 1 / (1 + np.exp(-z))
+    assert model.binary and model.score_kind == "probabilities" and model.class_count() == 2
+    assert "binary classifier" in model.score_reason
+    np.testing.assert_allclose(model.scores(x), np.stack([1 - p, p], 1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.logits(x), np.stack([-z, z], 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.run(x, ["y"])["y"][:, 0], p, rtol=1e-5)   # the original output stays
+    from onnxplain.metrics.compare import cross_entropy
+
+    labels = (z > 0).astype(np.int64)[::-1].copy()
+    want = -np.log(np.where(labels == 1, p, 1 - p))
+    np.testing.assert_allclose(cross_entropy(model, x, labels), want, rtol=1e-4)
+    from onnxplain.methods.contrastive import log_likelihood
+    from onnxplain.metrics.apem import loss_gradient
+
+    batch = torch.from_numpy(x).requires_grad_(True)
+    signs = torch.from_numpy(np.where(labels == 1, 1.0, -1.0).astype(np.float32))
+    (-torch.nn.functional.logsigmoid(signs * net.log_odds(batch))).sum().backward()
+    np.testing.assert_allclose(loss_gradient(model, x, labels), batch.grad.numpy(), rtol=1e-4, atol=1e-6)
+    got = log_likelihood(model.torch(), model, torch.from_numpy(x)).detach().double().numpy()
+    np.testing.assert_allclose(got, np.log(np.stack([1 - p, p], 1)), rtol=1e-4, atol=1e-6)
+
+
+def test_binary_gradient_explains_z_for_class_1_and_minus_z_for_class_0(binary):
+    net, path, x, z = binary
+    model = onnxplain.load(path)
+    batch = torch.from_numpy(x).requires_grad_(True)
+    net.log_odds(batch).sum().backward()
+    for target, sign in ((1, 1.0), (0, -1.0)):
+        explanation = make_method("gradient", progress=False).explain(model, x, Target(index=target))
+        np.testing.assert_allclose(explanation.relevance, sign * batch.grad.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(explanation.score, sign * z, rtol=1e-5, atol=1e-6)
+    top = make_method("gradient", progress=False).explain(model, x)
+    np.testing.assert_array_equal(top.target, (z > 0).astype(int))
+    lrp = make_method("lrp", progress=False)
+    np.testing.assert_allclose(lrp.attribute(model, x, Target(index=0)), -lrp.attribute(model, x, Target(index=1)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_binary_pda_laplace_uses_two_classes(binary):
+    _, path, x, _ = binary
+    reference = np.random.default_rng(7).normal(size=(20, 6)).astype(np.float32)
+    explanation = make_method("pda", sampler="marginal", samples=4, reference=reference, progress=False).explain(
+        onnxplain.load(path), x[:2], Target(index=1))
+    assert explanation.diagnostics["laplace_classes"] == 2 and np.isfinite(explanation.relevance).all()

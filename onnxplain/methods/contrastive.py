@@ -93,9 +93,12 @@ def check_latent(proto, name: str) -> None:
 
 
 def log_likelihood(executor, model, x: torch.Tensor) -> torch.Tensor:
-    """(N, K) class log-likelihoods: log-softmax of the logits (= log of the probabilities when the graph has them)."""
+    """(N, K) class log-likelihoods: log-softmax of the logits (= log of the probabilities when the graph has them;
+    log-sigmoid of a binary classifier's log-odds)."""
     if model.score_kind == "probabilities" and executor.logits_name == model.score_output:
         return torch.log(executor(x).clamp_min(1e-30))
+    if model.binary:
+        return torch.nn.functional.logsigmoid(executor.logits(x))
     return torch.log_softmax(executor.logits(x), dim=1)
 
 

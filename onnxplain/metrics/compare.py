@@ -75,9 +75,12 @@ def pairwise(scores: dict[str, np.ndarray]) -> list[Pairwise]:
 
 
 def cross_entropy(model, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N,) loss -log p(label | x) from the model's scores (softmax of the logits when it has them)."""
+    """(N,) loss -log p(label | x) from the model's scores (softmax of the logits when it has them, sigmoid of a
+    binary classifier's log-odds)."""
     labels = np.asarray(labels, dtype=np.int64)
-    if model.logits_output is not None:
+    if model.binary:   # log-odds [-z, z]: log sigmoid of each is log [1 - p, p]
+        log_p = -np.logaddexp(0.0, -model.logits(x))
+    elif model.logits_output is not None:
         logits = model.logits(x)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

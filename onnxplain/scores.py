@@ -43,8 +43,8 @@ def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodePr
 
 def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str | None = None) -> ScoreChoice:
     """The class-score output: `chosen` by name, else the first float output a probability op (or a classifier)
-    makes, else the first float output in graph order. `exposed` maps a log-probability output to the
-    probability output normalisation added for it; the user names the former."""
+    makes, else the first float output in graph order. `exposed` maps an output to the probabilities normalisation
+    added for it (a LogSoftmax's exp, a binary sigmoid's two classes); the user names the former."""
     producers = {out: node for node in proto.graph.node for out in node.output}
     added = {e.probabilities for e in exposed.values()}
     floats = [o.name for o in proto.graph.output
@@ -53,7 +53,7 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
         raise OnnxplainError("no floating-point output to treat as class scores")
     if chosen is not None:
         if chosen not in floats:
-            known = {o.name for o in proto.graph.output}
+            known = {o.name for o in proto.graph.output} - added
             problem = "is not a floating-point output" if chosen in known else "is not an output of this model"
             raise OnnxplainError(f"{chosen!r} {problem}; class scores can come from: {', '.join(floats)}")
         floats = [chosen]

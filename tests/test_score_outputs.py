@@ -63,6 +63,9 @@ def test_log_softmax_output_is_read_through_its_exp(twins):
     classes = np.argmax(logits, 1)
     np.testing.assert_allclose(explained_scores(model, x, classes, "probability"),
                                np.exp(log_p)[np.arange(4), classes], rtol=1e-5)
+    assert onnxplain.load(log_path, scores="y").score_output == model.score_output   # named by its own output
+    with pytest.raises(onnxplain.OnnxplainError, match="'y_probabilities' is not an output of this model"):
+        onnxplain.load(log_path, scores="y_probabilities")
 
 
 def test_pda_on_log_softmax_equals_its_softmax_twin(twins):

@@ -115,9 +115,10 @@ class Model:
             want, got = np.asarray(want), np.asarray(got)
             if want.dtype.kind in "OSU":  # string class labels (scikit-learn classifiers with named classes)
                 same = want.shape == got.shape and bool((want == got).all())
-            else:
-                same = np.allclose(want.astype(np.float64), got.astype(np.float64), rtol=1e-4, atol=1e-5,
-                                   equal_nan=True)
+            else:   # same shape, or the batch axis of one a Squeeze kept (`normalize.keep_batch_in_squeezes`)
+                same = got.shape in (want.shape, (1,) + want.shape) and np.allclose(
+                    want.astype(np.float64), got.astype(np.float64).reshape(want.shape), rtol=1e-4, atol=1e-5,
+                    equal_nan=True)
             if not same:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 

@@ -278,15 +278,17 @@ def keep_batch_in_squeezes(model: onnx.ModelProto, batch_one: set[str] | None = 
     shapes = {v.name: v.type.tensor_type.shape for v in list(graph.input) + list(graph.value_info)
               if v.type.tensor_type.HasField("shape")}
     symbol = _first_dim(graph.input[0]) if len(graph.input) == 1 else None   # the batch's name ('N'), if any
-    count = 0
+    activations, count = _input_activations(graph), 0
     for node in graph.node:
         if node.op_type != "Squeeze" or node.domain not in ("", "ai.onnx") or any(node.input[1:]) \
-                or any(a.name == "axes" for a in node.attribute) or node.input[0] not in shapes:
+                or any(a.name == "axes" for a in node.attribute) or node.input[0] not in activations \
+                or not shapes.get(node.input[0], onnx.TensorShapeProto()).dim:
             continue
-        first, *rest = shapes[node.input[0]].dim or [None]
-        batch = node.input[0] in batch_one if batch_one is not None else first is not None and \
-            not first.HasField("dim_value") and (not isinstance(symbol, str) or first.dim_param in (symbol, "")
-                                                 or not symbol)
+        first, *rest = shapes[node.input[0]].dim
+        if batch_one is not None:
+            batch = node.input[0] in batch_one
+        else:   # a batch named by the input (not an unnamed or data-dependent size: a NonZero count)
+            batch = isinstance(symbol, str) and bool(symbol) and first.dim_param == symbol
         if not batch or not all(d.HasField("dim_value") for d in rest):
             continue
         axes = [i for i, d in enumerate(rest, 1) if d.dim_value == 1]
@@ -301,6 +303,18 @@ def keep_batch_in_squeezes(model: onnx.ModelProto, batch_one: set[str] | None = 
             node.attribute.append(helper.make_attribute("axes", axes))
         count += 1
     return count
+
+
+def _input_activations(graph: onnx.GraphProto) -> set[str]:
+    """Float tensors computed from the graph's inputs (not from their shapes or sizes, not from constants alone):
+    the tensors that can hold a batch axis."""
+    values = list(graph.input) + list(graph.value_info) + list(graph.output)
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    reached = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in ("Shape", "Size") and any(name in reached for name in node.input):
+            reached.update(name for name in node.output if types.get(name) in FLOAT_TYPES)
+    return reached
 
 
 def _first_dim(value: onnx.ValueInfoProto):

@@ -307,3 +307,61 @@ def test_zoo_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         zoo.materialize("squeezenet", folder=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _squeeze_graph(case: str) -> onnx.ModelProto:
+    """Squeezes without axes that hold no batch: a constant weight's (1, 4, 2); the (1,) slice [N] of a shape in a
+    written-out flatten (both models fixed at batch 1); and, with the batch unnamed, a (K, 1) tensor whose K counts
+    the inputs above 0.2 (NonZero): for K = 1 the original squeezes K away too."""
+    def ints(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    weight = np.random.default_rng(0).normal(size=(1, 4, 2)).astype(np.float32)
+    if case == "constant":
+        nodes = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight)),
+                 helper.make_node("Squeeze", ["w"], ["w2"]), helper.make_node("MatMul", ["x", "w2"], ["logits"])]
+        return _squeeze_model(nodes, [], [1, 4], [1, 2])
+    if case == "shape":
+        nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+                 helper.make_node("Slice", ["shape", "zero", "one"], ["n1"]),
+                 helper.make_node("Squeeze", ["n1"], ["n"]), helper.make_node("Unsqueeze", ["n", "zero"], ["nu"]),
+                 helper.make_node("Concat", ["nu", "minus"], ["target"], axis=0),
+                 helper.make_node("Reshape", ["x", "target"], ["flat"]),
+                 helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+        return _squeeze_model(nodes, [ints("zero", [0]), ints("one", [1]), ints("minus", [-1]),
+                                      numpy_helper.from_array(weight.reshape(4, 2), "w")], [1, 2, 2], [1, 2])
+    nodes = [helper.make_node("Greater", ["x", "low"], ["c"]), helper.make_node("NonZero", ["c"], ["nz"]),
+             helper.make_node("Transpose", ["nz"], ["tr"], perm=[1, 0]),
+             helper.make_node("Cast", ["tr"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["f", "one"], ["s"], keepdims=1), helper.make_node("Squeeze", ["s"], ["q"]),
+             helper.make_node("Shape", ["q"], ["sh"]), helper.make_node("Size", ["sh"], ["rank"]),
+             helper.make_node("Cast", ["rank"], ["rf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["rf", "unit"], ["k"]), helper.make_node("Mul", ["x", "k"], ["logits"])]
+    return _squeeze_model(nodes, [numpy_helper.from_array(np.array(0.2, np.float32), "low"), ints("one", [1]),
+                                  numpy_helper.from_array(np.array(1.0, np.float32), "unit")], [None, 4], [None, 4])
+
+
+def _squeeze_model(nodes, weights, x_shape, y_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, y_shape)], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("case", ["constant", "shape", "unnamed batch"])
+def test_squeezes_of_no_batch_stay_as_they_are(case, tmp_path):
+    """Only a Squeeze of an activation holding the input's batch first gets axes: the fixed-batch models still get
+    a dynamic batch (each row as the original computes it alone), the data-dependent count keeps the original's
+    numbers."""
+    path = tmp_path / f"{case.split()[0]}.onnx"
+    onnx.save(_squeeze_graph(case), path)
+    model = onnxplain.load(path)
+    assert not any("Squeeze" in note for note in model.notes)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if case == "unnamed batch":
+        x = np.array([[0.9, 0.1, 0.1, 0.1]], np.float32)         # one entry above 0.2: the count K is 1
+        np.testing.assert_allclose(model.scores(x), original.run(None, {"x": x})[0], rtol=1e-6)
+        return
+    assert not model.fixed_batch
+    x = np.random.default_rng(1).normal(size=(3, 2, 2) if case == "shape" else (3, 4)).astype(np.float32)
+    alone = np.concatenate([original.run(None, {"x": row[None]})[0] for row in x])
+    np.testing.assert_allclose(model.scores(x), alone, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,6 @@ import onnxplain
 from onnxplain.errors import OnnxplainError
 
 
-
 class NonEmptyPath(click.Path):
     """click.Path giving a `Path`, refusing an empty string (`Path("")` is the current folder: `--out ""` from an
     unset shell variable would quietly write there)."""

@@ -113,6 +113,10 @@ def test_epsilon_option_and_truthful_options_against_a_hand_computation(tmp_path
     np.testing.assert_allclose(relevance, contributions, rtol=1e-6)
     assert options["rules"] == {"*": "epsilon:1e-9"} and options["applied_rules"] == {"epsilon:1e-09": 1}
     assert "epsilon" not in options
+    result = run("explain", tmp_path / "g.onnx", tmp_path / "x.npy", "--composite", "lrp-0", "--epsilon", 1)
+    assert result.exit_code == 2 and "composite 'lrp-0' has no epsilon rule" in result.stderr   # not ignored
+    relevance, options = explain("--composite", "lrp-0", "--epsilon", 1, "--rule", "Gemm=epsilon")
+    np.testing.assert_allclose(relevance, contributions * z / (z + 1.0), rtol=1e-6)
     result = run("explain", tmp_path / "g.onnx", tmp_path / "x.npy", "--method", "deep-taylor", "--epsilon", 1)
     assert result.exit_code == 2 and "--epsilon do not apply to --method deep-taylor" in result.stderr
     result = run("explain", tmp_path / "g.onnx", tmp_path / "x.npy", "--method", "lrp", "--epsilon", -1)

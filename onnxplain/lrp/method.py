@@ -38,13 +38,16 @@ class LRP(Method):
     def __init__(self, composite: str = "epsilon-plus", rules: dict[str, str] | None = None, epsilon: float = 1e-6,
                  gamma: float = 0.25, stabilizer: float = 1e-6, low=None, high=None, device: str = "cpu",
                  batch_size: int | None = None, progress: bool = True, report: bool = True):
-        composite_named(composite)
+        chosen = composite_named(composite)
         self.params = Params(float(epsilon), float(gamma), float(stabilizer))
         for field, value in zip(("epsilon", "gamma", "stabilizer"), (epsilon, gamma, stabilizer)):
             if not (np.isfinite(float(value)) and float(value) >= 0):
                 raise OnnxplainError(f"{field} must be a non-negative number, got {value}")
-        for spec in (rules or {}).values():
-            make_rule(spec, self.params)
+        overrides = [make_rule(spec, self.params) for spec in (rules or {}).values()]
+        if self.params.epsilon != Params.epsilon and "epsilon" not in (chosen.conv, chosen.dense, chosen.affine) \
+                and not any(rule.name == "epsilon" and rule.epsilon == self.params.epsilon for rule in overrides):
+            raise OnnxplainError(f"epsilon {epsilon:g} would change nothing: composite {composite!r} has no epsilon "
+                                 "rule (give one by a rule, e.g. Gemm=epsilon)")
         self.composite, self.rules = composite, dict(rules or {})
         self.low, self.high = low, high
         self.device, self.batch_size, self.progress, self.report = device, batch_size, progress, report

@@ -33,6 +33,7 @@ class TorchExecutor:
         self.graph: Graph | None = None
         self.problem: str | None = None  # why the registry graph is not used, when it is not
         self._fallbacks: dict[tuple[str, ...], torch.nn.Module] = {}
+        self._layouts: dict[tuple, bool] = {}   # (hidden tensor, sample shape) -> holds the samples first
         try:
             graph = Graph(model.proto, self.device)
         except Exception as error:  # an op that cannot even be set up on its constants
@@ -155,7 +156,7 @@ class TorchExecutor:
     def explained(self, start: torch.Tensor, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, np.ndarray]:
         """(f(x) per sample, class per sample or -1) for `start`: the logits, or the hidden tensor of `target`."""
         if target.hidden:
-            if len(start) != len(x):
+            if len(start) != len(x) or (len(x) > 1 and not self._samples_first(target.layer, x)):
                 raise OnnxplainError(f"tensor {target.layer!r} (shape {tuple(start.shape)}) does not hold the batch "
                                      "on its first axis: it cannot be a target")
             return hidden_values(start, target), np.full(len(start), -1)
@@ -168,6 +169,17 @@ class TorchExecutor:
             raise OnnxplainError(f"class {classes.max()} has no logit: the pre-softmax tensor has {values.shape[1]}")
         rows = torch.arange(len(start), device=start.device)
         return values[rows, torch.as_tensor(classes, device=start.device)], classes
+
+    def _samples_first(self, name: str, x: torch.Tensor) -> bool:
+        """Whether tensor `name` holds the samples on its first axis (a length equal to the batch's may be tokens
+        when attention runs sequence first): `lrp.layout.samples_first`, cached per sample shape."""
+        from .lrp.layout import samples_first
+
+        key = (name, tuple(x.shape[1:]))
+        if key not in self._layouts:
+            self._layouts[key] = self.graph is None or samples_first(self.graph, self.model.proto,
+                                                                    self.model.input_name, name, x.detach())
+        return self._layouts[key]
 
     def gradient(self, x: np.ndarray, target: Target | None = None,
                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:

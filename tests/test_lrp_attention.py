@@ -441,5 +441,8 @@ def test_folded_samples_found_for_each_token_count_and_a_blank_first_sample(tmp_
         assert np.abs(report["conservation_error"]).max() <= 1e-5
         _each_sample_alone(method, model, x, report)
     x = rng.normal(size=(5, 5, 6)).astype(np.float32)
-    with pytest.raises(OnnxplainError, match="does not hold the batch on its first axis"):
-        method.attribute(model, x, Target(layer="tokens_first", index=0))
+    from onnxplain.methods import make_method
+
+    for explainer in (method, make_method("gradient", progress=False)):
+        with pytest.raises(OnnxplainError, match="does not hold the batch on its first axis"):
+            explainer.attribute(model, x, Target(layer="tokens_first", index=0))

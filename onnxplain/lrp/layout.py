@@ -52,6 +52,19 @@ def shape_sample_axes(proto, input_name: str, plan: list) -> dict[str, Axis] | N
     return axes
 
 
+def samples_first(graph, proto, input_name: str, name: str, x: torch.Tensor) -> bool:
+    """Whether tensor `name` holds x's samples on its first axis (a hidden target must): its inferred shape has the
+    input's batch symbol first and nowhere else, or else the probe finds them there (or cannot run)."""
+    values = list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output)
+    dims = {v.name: v.type.tensor_type.shape.dim for v in values if v.type.tensor_type.HasField("shape")}
+    symbol = dims[input_name][0].dim_param if len(dims.get(input_name, ())) else ""
+    own = dims.get(name)
+    if symbol and own and own[0].dim_param == symbol and all(d.dim_param != symbol for d in own[1:]):
+        return True
+    axes = probe_sample_axes(graph, input_name, [name], x)
+    return axes is not None and axes.get(name, (0, 1)) == (0, 1)
+
+
 def probe_sample_axes(graph, input_name: str, names: list[str], x: torch.Tensor) -> dict[str, Axis] | None:
     """(axis, outer) of each tensor `names` of `graph`, found by running it (`sample_axis`): a pair of inputs run
     between two others must give, in the middle of each sample block, the tensors of the pair run alone (pairs,

@@ -206,11 +206,14 @@ class Model:
         ranks = {t.name: len(t.dims) for t in graph.initializer}
         ranks.update({n.output[0]: len(a.t.dims) for n in graph.node if n.op_type == "Constant" for a in n.attribute
                       if a.name == "value"})
+        nodes = list(graph.node)   # one wrapper per node: protobuf may make a new one (and reuse ids) per access
         frontier, seen = [self.input_name], set()
         while frontier:
             name = frontier.pop()
-            for node in (n for n in graph.node if name in n.input and id(n) not in seen):
-                seen.add(id(node))
+            for index, node in enumerate(nodes):
+                if name not in node.input or index in seen:
+                    continue
+                seen.add(index)
                 if node.op_type == "Conv" and node.input[0] == name:
                     return ranks.get(node.input[1]) == 3
                 if node.op_type in ELEMENTWISE_OPS:

@@ -101,3 +101,19 @@ def test_pda_windows_span_every_channel(sequence):
         relevance = explanation.relevance
         assert explanation.diagnostics["windows"] == LENGTH // 2 and np.isfinite(relevance).all()
         np.testing.assert_array_equal(relevance, np.repeat(relevance[:, :1], CHANNELS, axis=1))
+
+
+class StandardisedConv1d(Conv1dNet):
+    """Per-sample standardisation before the Conv1d: the input fans out (Sub, ReduceMean, Shape, ...) on its way."""
+
+    def forward(self, x):
+        x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
+        return super().forward(x)
+
+
+def test_a_conv1d_behind_elementwise_ops_that_fan_out_is_found(tmp_path):
+    """Every consumer of the input is followed (not one in two, as when protobuf's per-access node wrappers reused
+    an id a visited set held)."""
+    model = export(StandardisedConv1d(), (2, CHANNELS, LENGTH), tmp_path / "standardised.onnx")
+    assert model.sequence_input
+    assert Geometry.infer(model, (CHANNELS, LENGTH)).layout == "channels_first"

@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxplainError
-from .scores import FLOAT_TYPES, Exposed, producing_op
+from .scores import FLOAT_TYPES, Exposed, class_shaped, producing_op
 
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 MIN_OPSET = 13  # older default-domain opsets are upgraded to this one when onnx.version_converter can
@@ -167,11 +167,13 @@ def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
         tensor = output.type.tensor_type
         if node is None or tensor.elem_type not in FLOAT_TYPES:
             continue
-        if node.op_type == "LogSoftmax":
+        dims = tensor.shape.dim
+        if node.op_type == "LogSoftmax" and class_shaped(model, node, output):
             name = _unused_name(f"{output.name}_probabilities", taken)
             graph.node.append(helper.make_node("Exp", [output.name], [name], name=name))
             added[output.name] = Exposed(name, node.input[0], "LogSoftmax (log-probabilities): its exp")
-        elif node.op_type == "Sigmoid" and len(tensor.shape.dim) == 2 and tensor.shape.dim[1].dim_value == 1:
+        elif node.op_type == "Sigmoid" and ((len(dims) == 2 and dims[1].dim_value == 1) or (
+                len(dims) == 1 and (dims[0].dim_param or dims[0].dim_value == 1))):   # (N, 1), or (N,) squeezed
             pair, negative, log_odds, sigmoid, name = (_unused_name(f"{output.name}_{suffix}", taken) for suffix in
                                                        ("pair_shape", "negative", "log_odds", "sigmoid", "classes"))
             graph.initializer.append(numpy_helper.from_array(np.array([-1, 1], np.int64), pair))
@@ -188,7 +190,8 @@ def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
         probabilities.CopyFrom(output)
         probabilities.name = added[output.name].probabilities
         if node.op_type == "Sigmoid":
-            probabilities.type.tensor_type.shape.dim[1].dim_value = 2
+            shape = probabilities.type.tensor_type.shape
+            (shape.dim.add() if len(shape.dim) == 1 else shape.dim[1]).dim_value = 2
         graph.output.append(probabilities)
     return added
 

@@ -41,6 +41,23 @@ def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodePr
     return node
 
 
+def class_shaped(proto: onnx.ModelProto, node: onnx.NodeProto, output: onnx.ValueInfoProto) -> bool:
+    """Whether probability op `node`, read at graph output `output`, gives one row of class scores per sample: an
+    (N, K) output (an (N,) one for a sigmoid: one probability per sample) normalised along its last axis (a Softmax
+    or LogSoftmax over the batch, or over one axis of a map such as an attention's, is no class distribution)."""
+    rank = len(output.type.tensor_type.shape.dim)
+    if node.op_type == "Sigmoid" or rank != 2:
+        return node.op_type == "Sigmoid" and rank in (1, 2)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    axis = _attribute(node, "axis", 1 if opset < 13 else -1)
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in list(proto.graph.value_info) + list(proto.graph.output)
+              if v.type.tensor_type.HasField("shape")}
+    own = len(shapes[node.output[0]]) if node.output[0] in shapes else None
+    if opset < 13 and axis == 1:
+        return True      # opsets before 13 normalise over all axes from `axis` on: all but the batch
+    return axis == -1 if own is None else axis % own == own - 1
+
+
 def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str | None = None) -> ScoreChoice:
     """The class-score output: `chosen` by name, else the first float output a probability op (or a classifier)
     makes, else the first float output in graph order. `exposed` maps an output to the probabilities normalisation
@@ -57,7 +74,9 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
             problem = "is not a floating-point output" if chosen in known else "is not an output of this model"
             raise OnnxplainError(f"{chosen!r} {problem}; class scores can come from: {', '.join(floats)}")
         floats = [chosen]
-    found = next(filter(None, (_classified(name, producing_op(producers, name), exposed) for name in floats)), None)
+    outputs = {o.name: o for o in proto.graph.output}
+    found = next(filter(None, (_classified(proto, outputs[name], producing_op(producers, name), exposed)
+                               for name in floats)), None)
     if found is None:
         name, node = floats[0], producing_op(producers, floats[0])
         why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
@@ -67,16 +86,18 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
     return replace(found, reason=f"{found.reason}; chosen by name") if chosen is not None else found
 
 
-def _classified(name: str, node: onnx.NodeProto | None, exposed: dict[str, Exposed]) -> ScoreChoice | None:
-    """Probabilities (a softmax, those exposed for a LogSoftmax or a binary sigmoid, a classifier's post-transform)
-    or a LinearClassifier's raw scores; None for any other op."""
+def _classified(proto: onnx.ModelProto, output: onnx.ValueInfoProto, node: onnx.NodeProto | None,
+                exposed: dict[str, Exposed]) -> ScoreChoice | None:
+    """Probabilities (a softmax over classes, those exposed for a LogSoftmax or a binary sigmoid, a classifier's
+    post-transform) or a LinearClassifier's raw scores; None for any other op."""
+    name = output.name
     if node is None:
         return None
     if name in exposed:
         found = exposed[name]
         return ScoreChoice(found.probabilities, "probabilities", f"output {name!r} holds {found.what}, as output "
                            f"{found.probabilities!r}", found.logits)
-    if node.op_type in PROBABILITY_OPS:
+    if node.op_type in PROBABILITY_OPS and class_shaped(proto, node, output):
         return ScoreChoice(name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0])
     if node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
         transform = _transform_name(_attribute(node, "post_transform", b"NONE"))

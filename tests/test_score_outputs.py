@@ -244,3 +244,49 @@ def test_binary_pda_laplace_uses_two_classes(binary):
     explanation = make_method("pda", sampler="marginal", samples=4, reference=reference, progress=False).explain(
         onnxplain.load(path), x[:2], Target(index=1))
     assert explanation.diagnostics["laplace_classes"] == 2 and np.isfinite(explanation.relevance).all()
+
+
+class Squeezed(Binary):
+    """The same binary classifier trained with BCE on an (N,) output: sigmoid(z).squeeze(1)."""
+
+    def forward(self, x):
+        return super().forward(x).squeeze(1)
+
+
+def test_a_squeezed_binary_sigmoid_is_two_classes_too(binary, tmp_path):
+    _, _, x, z = binary
+    model = onnxplain.load(export(Squeezed(), tmp_path / "squeezed.onnx"))
+    p = 1 / (1 + np.exp(-z))
+    assert model.binary and model.class_count() == 2
+    np.testing.assert_allclose(model.scores(x), np.stack([1 - p, p], 1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.logits(x), np.stack([-z, z], 1), rtol=1e-5, atol=1e-6)
+
+
+class Attending(torch.nn.Module):
+    """(N, 5, 4) tokens -> logits (N, 3) and the attention map softmax(q k^T) (N, 5, 5); or a log-softmax over the
+    batch axis as the only output."""
+
+    def __init__(self, over_batch=False):
+        super().__init__()
+        torch.manual_seed(2)
+        self.out, self.over_batch = torch.nn.Linear(4, 3), over_batch
+
+    def forward(self, x):
+        logits = self.out(x.mean(1))
+        if self.over_batch:
+            return torch.log_softmax(logits, dim=0)
+        return logits, torch.softmax(x @ x.transpose(1, 2), dim=-1)
+
+
+def test_softmaxes_that_are_no_class_scores(tmp_path):
+    """A softmax is read as class probabilities only over the last axis of an (N, K) output: an attention map output
+    after the logits leaves the logits as the class scores; a log-softmax over the batch is not log-probabilities."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Attending().eval(), (torch.rand(2, 5, 4),), str(tmp_path / "att.onnx"), dynamo=False,
+                          opset_version=13, input_names=["x"], output_names=["logits", "attention"],
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}, "attention": {0: "N"}})
+    model = onnxplain.load(tmp_path / "att.onnx")
+    assert (model.score_output, model.score_kind, model.class_count()) == ("logits", "logits", 3)
+    model = onnxplain.load(export(Attending(over_batch=True), tmp_path / "batch.onnx", shape=(2, 5, 4)))
+    assert model.score_output == "y" and model.score_kind == "logits" and not model.probability_outputs

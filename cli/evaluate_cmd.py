@@ -153,7 +153,8 @@ def _split(value: str) -> list[str]:
               help="Comma-separated methods, each NAME or NAME:key=value:... (e.g. lrp:composite=epsilon-gamma-box) "
                    "[default: lrp, gradient, sensitivity, smoothgrad; lrp is left out, with a note, when it does "
                    "not cover every op of the model].")
-@click.option("--metrics", default="aopc,apem", show_default=True, help="Comma-separated: aopc, apem.")
+@click.option("--metrics", default=None, help="Comma-separated: aopc, apem [default: aopc,apem; aopc for a model taking "
+                                             "integers, which APEM cannot perturb along a gradient].")
 @click.option("--labels", type=NonEmptyPath(dir_okay=False),
               help="True labels: .npy (input order) or CSV 'input,label'.")
 @click.option("--out", type=NonEmptyPath(file_okay=False),
@@ -189,6 +190,11 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     truth = read_true_labels(labels, sources, loaded) if labels else None
     options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None}
     methods, note = (methods, None) if methods else default_methods(loaded)
+    integers = not np.issubdtype(loaded.input_dtype, np.floating)
+    if metrics is None and integers:
+        note = " ".join(filter(None, [note, f"note: APEM needs input gradients, which {loaded.input_dtype} inputs "
+                                            "have not; evaluated aopc (--metrics picks)"]))
+    metrics = metrics or ("aopc" if integers else "aopc,apem")
     chosen = build_methods(_split(methods), not quiet, options)
     evaluation = Evaluation(_split(metrics), region=region, steps=steps, score=score, stage=stage,
                             epsilon_step=epsilon_step, max_steps=max_steps, shuffles=shuffles, seed=seed,

@@ -170,8 +170,8 @@ def test_default_methods_leave_out_lrp_where_it_does_not_cover_the_model(digits_
 
 
 def test_apem_on_token_ids_is_a_one_line_error_and_aopc_runs(tmp_path):
-    """int64 token ids have no input gradient, which APEM needs: one line, exit 2, from the CLI and the library;
-    AOPC (with occlusion, the default method for such a model) still runs."""
+    """int64 token ids have no input gradient, which APEM needs: asked for, one line, exit 2, from the CLI and the
+    library; by default such a model is evaluated by AOPC alone with occlusion, each said in a note."""
     from onnx import TensorProto, helper, numpy_helper
 
     from onnxplain.errors import OnnxplainError
@@ -189,7 +189,7 @@ def test_apem_on_token_ids_is_a_one_line_error_and_aopc_runs(tmp_path):
     onnx.save(model, tmp_path / "tokens.onnx")
     tokens = rng.integers(0, 10, size=(3, 4))
     np.save(tmp_path / "ids.npy", tokens)
-    for metrics in (["--metrics", "apem"], []):
+    for metrics in (["--metrics", "apem"], ["--metrics", "aopc,apem"]):
         result = run("evaluate", tmp_path / "tokens.onnx", tmp_path / "ids.npy", "--methods", "occlusion",
                      "--out", tmp_path / "out", "--quiet", *metrics)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
@@ -200,8 +200,9 @@ def test_apem_on_token_ids_is_a_one_line_error_and_aopc_runs(tmp_path):
         Evaluation(["apem"], progress=False).run(loaded, tokens, {"occlusion": make_method("occlusion")})
     with pytest.raises(OnnxplainError, match="APEM needs"):
         APEM(progress=False).evaluate(loaded, tokens, np.ones(tokens.shape))
-    result = run("evaluate", tmp_path / "tokens.onnx", tmp_path / "ids.npy", "--metrics", "aopc", "--steps", "3",
-                 "--json", "--quiet")
+    result = run("evaluate", tmp_path / "tokens.onnx", tmp_path / "ids.npy", "--steps", "3", "--json", "--quiet")
     assert result.exit_code == 0, result.output
+    assert "evaluated occlusion" in result.stderr and "evaluated aopc" in result.stderr
+    assert json.loads(result.stdout)["settings"]["metrics"] == ["aopc"]
     assert "evaluated occlusion" in result.stderr
     assert [row["method"] for row in json.loads(result.stdout)["summary"]][0] == "occlusion"

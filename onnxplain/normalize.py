@@ -156,7 +156,8 @@ def unzip_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
 def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
     """Class probabilities for outputs that are not quite them, added as one more output each (the original outputs
     stay): the exp of a LogSoftmax output (log-probabilities); [1 - p, p] = sigmoid([-z, z]) for a single sigmoid
-    column p = sigmoid(z) of shape (N, 1) (a binary classifier), with the log-odds [-z, z] as its logits.
+    column p = sigmoid(z) of shape (N, 1) or (N,) (a binary classifier), or for [1 - p, p] written out, with the
+    log-odds [-z, z] as its logits.
     Returns {original output: Exposed}."""
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
@@ -168,11 +169,14 @@ def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
         if node is None or tensor.elem_type not in FLOAT_TYPES:
             continue
         dims = tensor.shape.dim
+        complemented, what = _complemented_sigmoid(producers, node), "one Sigmoid probability p (a binary classifier)"
+        if complemented is not None:   # [1 - p, p] written out (scikit-learn's binary MLPClassifier): z as log-odds
+            node, what = complemented, "[1 - p, p] of one Sigmoid p (a binary classifier)"
         if node.op_type == "LogSoftmax" and class_shaped(model, node, output):
             name = _unused_name(f"{output.name}_probabilities", taken)
             graph.node.append(helper.make_node("Exp", [output.name], [name], name=name))
             added[output.name] = Exposed(name, node.input[0], "LogSoftmax (log-probabilities): its exp")
-        elif node.op_type == "Sigmoid" and ((len(dims) == 2 and dims[1].dim_value == 1) or (
+        elif node.op_type == "Sigmoid" and (complemented is not None or (len(dims) == 2 and dims[1].dim_value == 1) or (
                 len(dims) == 1 and (dims[0].dim_param or dims[0].dim_value == 1))):   # (N, 1), or (N,) squeezed
             pair, negative, log_odds, sigmoid, name = (_unused_name(f"{output.name}_{suffix}", taken) for suffix in
                                                        ("pair_shape", "negative", "log_odds", "sigmoid", "classes"))
@@ -182,18 +186,33 @@ def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
                                helper.make_node("Concat", [negative, f"{pair}_z"], [log_odds], axis=1, name=log_odds),
                                helper.make_node("Sigmoid", [log_odds], [sigmoid], name=sigmoid),
                                helper.make_node("Cast", [sigmoid], [name], to=tensor.elem_type, name=name)])
-            added[output.name] = Exposed(name, log_odds, "one Sigmoid probability p (a binary classifier): classes "
-                                         "[1 - p, p], class 1 the positive one, log-odds [-z, z]", binary=True)
+            added[output.name] = Exposed(name, log_odds, f"{what}: classes [1 - p, p], class 1 the positive one, "
+                                         "log-odds [-z, z]", binary=True)
         else:
             continue
         probabilities = onnx.ValueInfoProto()
         probabilities.CopyFrom(output)
         probabilities.name = added[output.name].probabilities
-        if node.op_type == "Sigmoid":
+        if node.op_type == "Sigmoid" and complemented is None:
             shape = probabilities.type.tensor_type.shape
             (shape.dim.add() if len(shape.dim) == 1 else shape.dim[1]).dim_value = 2
         graph.output.append(probabilities)
     return added
+
+
+def _complemented_sigmoid(producers: dict, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The Sigmoid s of Concat([1 - s, s], axis 1) (a binary classifier's two classes, written out), else None."""
+    if node.op_type != "Concat" or len(node.input) != 2 or _attribute_int(node, "axis") not in (1, -1):
+        return None
+    positive, negative = producing_op(producers, node.input[1]), producers.get(node.input[0])
+    if positive is None or positive.op_type != "Sigmoid" or negative is None or negative.op_type != "Sub" \
+            or negative.input[1] != node.input[1]:
+        return None
+    return positive
+
+
+def _attribute_int(node: onnx.NodeProto, name: str) -> int | None:
+    return next((a.i for a in node.attribute if a.name == name), None)
 
 
 def _unused_name(name: str, taken: set[str]) -> str:

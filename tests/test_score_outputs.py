@@ -290,3 +290,35 @@ def test_softmaxes_that_are_no_class_scores(tmp_path):
     assert (model.score_output, model.score_kind, model.class_count()) == ("logits", "logits", 3)
     model = onnxplain.load(export(Attending(over_batch=True), tmp_path / "batch.onnx", shape=(2, 5, 4)))
     assert model.score_output == "y" and model.score_kind == "logits" and not model.probability_outputs
+
+
+def test_scikit_learn_binary_classifiers(tmp_path):
+    """skl2onnx's binary MLPClassifier writes [1 - p, p] out (Sigmoid, Sub, Concat): a binary classifier with the
+    sigmoid's input as log-odds; a binary LogisticRegression is a LinearClassifier with a logistic post-transform,
+    whose class log-likelihoods are the log of its probabilities (not a softmax of its raw scores)."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    from onnxplain.methods.contrastive import log_likelihood
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(80, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier(hidden_layer_sizes=(6,), max_iter=400, random_state=0).fit(x, y)
+        logistic = LogisticRegression().fit(x, y)
+    for estimator in (mlp, logistic):
+        path = tmp_path / f"{type(estimator).__name__}.onnx"
+        path.write_bytes(to_onnx(estimator, x[:1], options={"zipmap": False}).SerializeToString())
+        model = onnxplain.load(path)
+        want = estimator.predict_proba(x)
+        assert model.score_kind == "probabilities" and model.class_count() == 2
+        np.testing.assert_allclose(model.scores(x), want, rtol=1e-4, atol=1e-6)
+        got = log_likelihood(model.torch(), model, torch.from_numpy(x)).detach().double().numpy()
+        np.testing.assert_allclose(got, np.log(want), rtol=1e-4, atol=1e-5)
+    model = onnxplain.load(tmp_path / "MLPClassifier.onnx")
+    z = np.log(mlp.predict_proba(x)[:, 1]) - np.log(mlp.predict_proba(x)[:, 0])
+    assert model.binary
+    np.testing.assert_allclose(model.logits(x), np.stack([-z, z], 1), rtol=1e-3, atol=1e-4)

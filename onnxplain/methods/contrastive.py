@@ -93,12 +93,13 @@ def check_latent(proto, name: str) -> None:
 
 
 def log_likelihood(executor, model, x: torch.Tensor) -> torch.Tensor:
-    """(N, K) class log-likelihoods: log-softmax of the logits (= log of the probabilities when the graph has them;
-    log-sigmoid of a binary classifier's log-odds)."""
-    if model.score_kind == "probabilities" and executor.logits_name == model.score_output:
-        return torch.log(executor(x).clamp_min(1e-30))
+    """(N, K) class log-likelihoods: log-softmax of the logits (= log of the probabilities when the graph has them);
+    log-sigmoid of a binary classifier's log-odds; the log of the probabilities where the model has no pre-softmax
+    tensor of its own (a classifier's post-transform may be logistic, not a softmax of its raw scores)."""
     if model.binary:
         return torch.nn.functional.logsigmoid(executor.logits(x))
+    if model.score_kind == "probabilities" and model.logits_output is None:
+        return torch.log(executor(x).clamp_min(1e-30))
     return torch.log_softmax(executor.logits(x), dim=1)
 
 

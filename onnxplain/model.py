@@ -43,7 +43,8 @@ class Model:
         self._sessions: dict[tuple[str, ...], object] = {}
         self.proto = self._normalise(original, verify)
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
-        choice = find_scores(self.proto, self.probability_outputs, scores)
+        zipped = {node.output[0]: node.input[0] for node in original.graph.node if node.op_type == "ZipMap"}
+        choice = find_scores(self.proto, self.probability_outputs, zipped.get(scores, scores))  # a ZipMap's name too
         self.score_output, self.score_kind, self.score_reason, self.logits_output = (
             choice.output, choice.kind, choice.reason, choice.logits)
         self.binary = any(added.binary and added.probabilities == self.score_output  # logits are log-odds [-z, z]

@@ -5,6 +5,7 @@ import json
 import warnings
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -322,3 +323,21 @@ def test_scikit_learn_binary_classifiers(tmp_path):
     z = np.log(mlp.predict_proba(x)[:, 1]) - np.log(mlp.predict_proba(x)[:, 0])
     assert model.binary
     np.testing.assert_allclose(model.logits(x), np.stack([-z, z], 1), rtol=1e-3, atol=1e-4)
+
+
+def test_scores_takes_a_zipmap_output_by_its_name(tmp_path):
+    """A scikit-learn model's probabilities behind a ZipMap (read from the tensor under it): --scores takes the
+    name the model declares."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator = LogisticRegression().fit(x, rng.integers(0, 3, 30))
+    path = tmp_path / "zipped.onnx"
+    path.write_bytes(to_onnx(estimator, x[:1]).SerializeToString())
+    assert "ZipMap" in {node.op_type for node in onnx.load(path).graph.node}
+    model = onnxplain.load(path, scores="output_probability")
+    np.testing.assert_allclose(model.scores(x), estimator.predict_proba(x), rtol=1e-4, atol=1e-6)

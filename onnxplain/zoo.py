@@ -39,7 +39,8 @@ def materialize(name: str, seed: int = 0, folder: Path | None = None) -> Path:
     rng = np.random.default_rng(seed)
     _replace_placeholders(model, rng)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    partial = target.with_suffix(f".{os.getpid()}.partial")   # one per process: two building it at once each
+    # write their own file, and the replace that lands last leaves a whole one
     try:
         onnx.save(model, str(partial))
         partial.replace(target)

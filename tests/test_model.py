@@ -293,12 +293,15 @@ def test_a_squeeze_without_axes_keeps_the_batch_of_one(dynamic, tmp_path):
 
 
 def test_zoo_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
-    """A full disk mid-write: the error comes through and the half-written `.partial` file is removed."""
+    """A full disk mid-write: the error comes through and the half-written `.partial` file is removed. The partial
+    file is this process's own (two processes building one model at once do not share it)."""
     import errno
+    import os
 
     from onnxplain import zoo
 
     def full_disk(model, path):
+        assert path.endswith(f".{os.getpid()}.partial")
         with open(path, "wb") as stream:
             stream.write(b"\0" * 1024)
         raise OSError(errno.ENOSPC, "No space left on device")

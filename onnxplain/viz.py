@@ -4,6 +4,7 @@ Arrays in, matplotlib `Figure`s out (no pyplot state); `save_figure` writes one.
   * images: `image_figure` -> input | heatmap | overlay;
   * volumes: `montage_figure` -> slices along one axis (overlay, and the input with reversed colours, as in
     Zintgraf et al. 2017, fig. 9);
+  * (C, L) sequences: `sequence_figure` -> the channels, over a channels x positions heatmap;
   * feature vectors: `bar_figure` -> the top features by |relevance|.
 `threshold` (a fraction, e.g. 0.15) shows only |R| above that fraction of the maximum, the papers' display.
 """
@@ -191,6 +192,27 @@ def bar_figure(relevance: np.ndarray, *, names: list[str] | None = None, top: in
     return fig
 
 
+def sequence_figure(sample: np.ndarray, relevance: np.ndarray, *, title: str = "", threshold: float | None = None):
+    """A (C, L) sequence: its channels as lines along the positions, above its relevance as a C x L heatmap (one row
+    per channel; red for, blue against, on a symmetric scale)."""
+    _, Figure = _mpl()
+    sample, relevance = np.asarray(sample, dtype=np.float64), np.asarray(relevance, dtype=np.float64)
+    fig = Figure(figsize=(7, 1.6 + 0.25 * len(sample)), dpi=DPI)
+    signal, heat = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, max(1, len(sample) / 4)]})
+    for channel, values in enumerate(sample):
+        signal.plot(values, linewidth=0.9, label=f"channel {channel}")
+    signal.set_title(title or "input and relevance", fontsize=10)
+    if len(sample) <= 8:
+        signal.legend(fontsize=7, loc="upper right")
+    heat.imshow(heatmap_rgb(relevance, threshold), aspect="auto", interpolation="nearest",
+                extent=(-0.5, relevance.shape[1] - 0.5, len(relevance) - 0.5, -0.5))
+    heat.set_yticks(range(len(relevance)))
+    heat.set_ylabel("channel", fontsize=8)
+    heat.set_xlabel("position", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def method_grid(images: list[np.ndarray], maps: list[list[np.ndarray]], *, row_titles: list[str],
                 column_titles: list[str], threshold: float | None = None):
     """Rows of samples, columns: the input then one heatmap per method (each scaled to its own max |R|)."""
@@ -211,7 +233,8 @@ def method_grid(images: list[np.ndarray], maps: list[list[np.ndarray]], *, row_t
 def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: str = "",
                   threshold: float | None = None, volume: np.ndarray | None = None, slice_axis: int = 0):
     """The picture of one explained input (no batch axis): a slice montage for volumes (`volume`: the full input
-    volume when it came from a NIfTI file), input | heatmap | overlay for images, else bars of the top features."""
+    volume when it came from a NIfTI file), input | heatmap | overlay for images, lines over a channels x positions
+    heatmap for (C, L) sequences, else bars of the top features."""
     from .io.nifti import is_volume_input, sample_to_volume
 
     if volume is not None or is_volume_input(model):
@@ -220,6 +243,8 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
             raise OnnxplainError(f"--slice-axis must be 0, 1 or 2, got {slice_axis}")
         return montage_figure(shown, sample_to_volume(relevance, model, shown.shape), axis=slice_axis,
                               title=title, threshold=threshold)
+    if getattr(model, "sequence_input", False) and np.ndim(sample) == 2:
+        return sequence_figure(sample, relevance, title=title, threshold=threshold)
     spec = model.preprocess
     if spec is not None and (spec.layout != "flat" or spec.size is not None):
         try:

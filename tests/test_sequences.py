@@ -117,3 +117,24 @@ def test_a_conv1d_behind_elementwise_ops_that_fan_out_is_found(tmp_path):
     model = export(StandardisedConv1d(), (2, CHANNELS, LENGTH), tmp_path / "standardised.onnx")
     assert model.sequence_input
     assert Geometry.infer(model, (CHANNELS, LENGTH)).layout == "channels_first"
+
+
+def test_a_sequence_is_drawn_as_channels_over_a_heatmap(sequence, tmp_path):
+    """The picture of a (C, L) explanation: the channels as lines, then a C x L heatmap of the relevance (not bars
+    of flattened features); the CLI writes it."""
+    from click.testing import CliRunner
+
+    from onnxplain import viz
+    from onnxplain.cli.main import cli
+
+    _, model, x = sequence
+    relevance = make_method("gradient-x-input", progress=False).attribute(model, x[:1], Target())[0]
+    figure = viz.sample_figure(model, x[0], relevance)
+    signal, heat = figure.axes
+    assert len(signal.lines) == CHANNELS
+    np.testing.assert_allclose(heat.images[0].get_array(), viz.heatmap_rgb(relevance))
+    np.save(tmp_path / "x.npy", x[0])
+    result = CliRunner().invoke(cli, ["explain", str(model.path), str(tmp_path / "x.npy"), "--method",
+                                      "gradient-x-input", "--out", str(tmp_path / "seq.png"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "seq.png").stat().st_size > 0

@@ -43,19 +43,25 @@ def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodePr
 
 def class_shaped(proto: onnx.ModelProto, node: onnx.NodeProto, output: onnx.ValueInfoProto) -> bool:
     """Whether probability op `node`, read at graph output `output`, gives one row of class scores per sample: an
-    (N, K) output (an (N,) one for a sigmoid: one probability per sample) normalised along its last axis (a Softmax
-    or LogSoftmax over the batch, or over one axis of a map such as an attention's, is no class distribution)."""
-    rank = len(output.type.tensor_type.shape.dim)
-    if node.op_type == "Sigmoid" or rank != 2:
-        return node.op_type == "Sigmoid" and rank in (1, 2)
+    output with one class axis besides the batch (others of size 1, as Caffe's (N, K, 1, 1)), normalised along it
+    (a softmax over the batch, or over one axis of a map such as an attention's, is no class distribution); for a
+    sigmoid, an (N, K) or (N,) output (one probability per sample)."""
+    dims = output.type.tensor_type.shape.dim
+    if node.op_type == "Sigmoid":
+        return len(dims) in (1, 2)
+    classes = [axis for axis in range(1, len(dims)) if dims[axis].dim_value != 1]
+    if len(classes) != 1:
+        return False
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     axis = _attribute(node, "axis", 1 if opset < 13 else -1)
+    if opset < 13 and axis == 1:
+        return True      # opsets before 13 normalise over all axes from `axis` on: all but the batch
     shapes = {v.name: v.type.tensor_type.shape.dim for v in list(proto.graph.value_info) + list(proto.graph.output)
               if v.type.tensor_type.HasField("shape")}
     own = len(shapes[node.output[0]]) if node.output[0] in shapes else None
-    if opset < 13 and axis == 1:
-        return True      # opsets before 13 normalise over all axes from `axis` on: all but the batch
-    return axis == -1 if own is None else axis % own == own - 1
+    if own is None:
+        return axis == -1
+    return axis % own == (classes[0] if own == len(dims) else own - 1)
 
 
 def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str | None = None) -> ScoreChoice:

@@ -153,8 +153,8 @@ def _split(value: str) -> list[str]:
               help="Comma-separated methods, each NAME or NAME:key=value:... (e.g. lrp:composite=epsilon-gamma-box) "
                    "[default: lrp, gradient, sensitivity, smoothgrad; lrp is left out, with a note, when it does "
                    "not cover every op of the model].")
-@click.option("--metrics", default=None, help="Comma-separated: aopc, apem [default: aopc,apem; aopc for a model taking "
-                                             "integers, which APEM cannot perturb along a gradient].")
+@click.option("--metrics", default=None, help="Comma-separated: aopc, apem [default: aopc,apem; aopc for a model "
+                                             "taking integers, which APEM cannot perturb along a gradient].")
 @click.option("--labels", type=NonEmptyPath(dir_okay=False),
               help="True labels: .npy (input order) or CSV 'input,label'.")
 @click.option("--out", type=NonEmptyPath(file_okay=False),
@@ -168,7 +168,8 @@ def _split(value: str) -> list[str]:
 @click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
               help="Score tracked by region perturbation.")
 @click.option("--stage", type=click.IntRange(1, 3), default=2, show_default=True,
-              help="APEM visualisation stage: 1 raw, 2 |R| clamped + channels summed, 3 times the input.")
+              help="APEM visualisation stage: 1 |R| with its channels, 2 |R| clamped + channels summed, 3 times "
+                   "the input.")
 @click.option("--epsilon-step", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="APEM ε grid step.")
 @click.option("--max-steps", type=click.IntRange(1), default=100_000, show_default=True,
@@ -192,7 +193,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     methods, note = (methods, None) if methods else default_methods(loaded)
     integers = not np.issubdtype(loaded.input_dtype, np.floating)
     if metrics is None and integers:
-        note = " ".join(filter(None, [note, f"note: APEM needs input gradients, which {loaded.input_dtype} inputs "
+        note = "\n".join(filter(None, [note, f"note: APEM needs input gradients, which {loaded.input_dtype} inputs "
                                             "have not; evaluated aopc (--metrics picks)"]))
     metrics = metrics or ("aopc" if integers else "aopc,apem")
     chosen = build_methods(_split(methods), not quiet, options)

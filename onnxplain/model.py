@@ -197,29 +197,39 @@ class Model:
         """Every tensor a forward pass computes, in graph order (for hidden-layer targets)."""
         return [out for node in self.proto.graph.node for out in node.output if out]
 
-    @cached_property
+    @property
     def sequence_input(self) -> bool:
-        """(N, C, L) samples that reach a 1-D convolution (a kernel with one spatial axis) through elementwise ops:
-        C channels along L positions (a Conv1d net), not a C x L gray image."""
+        """Samples of channels along positions (`sequence_layout`), not a gray image."""
+        return self.sequence_layout is not None
+
+    @cached_property
+    def sequence_layout(self) -> str | None:
+        """'channels_first': (N, C, L) samples that reach a 1-D convolution (a kernel with one spatial axis) through
+        elementwise ops, C channels along L positions (a Conv1d net); 'channels_last': (N, L, C) samples that get
+        there through a Transpose to (N, C, L) (Keras's layout); None for anything else (a 2-D sample is then an
+        H x W gray image)."""
         if len(self.input_shape) != 3:
-            return False
+            return None
         graph = self.proto.graph
         ranks = {t.name: len(t.dims) for t in graph.initializer}
         ranks.update({n.output[0]: len(a.t.dims) for n in graph.node if n.op_type == "Constant" for a in n.attribute
                       if a.name == "value"})
         nodes = list(graph.node)   # one wrapper per node: protobuf may make a new one (and reuse ids) per access
-        frontier, seen = [self.input_name], set()
+        frontier, seen = [(self.input_name, False)], set()
         while frontier:
-            name = frontier.pop()
+            name, transposed = frontier.pop()
             for index, node in enumerate(nodes):
                 if name not in node.input or index in seen:
                     continue
                 seen.add(index)
                 if node.op_type == "Conv" and node.input[0] == name:
-                    return ranks.get(node.input[1]) == 3
-                if node.op_type in ELEMENTWISE_OPS:
-                    frontier.append(node.output[0])
-        return False
+                    return None if ranks.get(node.input[1]) != 3 else "channels_last" if transposed else \
+                        "channels_first"
+                swaps = node.op_type == "Transpose" and [list(a.ints) for a in node.attribute
+                                                         if a.name == "perm"] == [[0, 2, 1]]
+                if node.op_type in ELEMENTWISE_OPS or (swaps and not transposed):
+                    frontier.append((node.output[0], transposed or swaps))
+        return None
 
     def label_of(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)

@@ -243,8 +243,10 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
             raise OnnxplainError(f"--slice-axis must be 0, 1 or 2, got {slice_axis}")
         return montage_figure(shown, sample_to_volume(relevance, model, shown.shape), axis=slice_axis,
                               title=title, threshold=threshold)
-    if getattr(model, "sequence_input", False) and np.ndim(sample) == 2:
-        return sequence_figure(sample, relevance, title=title, threshold=threshold)
+    sequence = getattr(model, "sequence_layout", None) if np.ndim(sample) == 2 else None
+    if sequence is not None:
+        flip = np.transpose if sequence == "channels_last" else np.asarray   # drawn as (C, L)
+        return sequence_figure(flip(sample), flip(relevance), title=title, threshold=threshold)
     spec = model.preprocess
     if spec is not None and (spec.layout != "flat" or spec.size is not None):
         try:

@@ -138,3 +138,28 @@ def test_a_sequence_is_drawn_as_channels_over_a_heatmap(sequence, tmp_path):
                                       "gradient-x-input", "--out", str(tmp_path / "seq.png"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "seq.png").stat().st_size > 0
+
+
+class ChannelsLast(Conv1dNet):
+    """(N, L, C) samples, transposed to (N, C, L) for the Conv1d (Keras's layout)."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2))
+
+
+def test_channels_last_sequences_window_positions_over_all_channels(tmp_path):
+    """(L, C) samples into a transposed Conv1d: occlusion windows cover positions of every channel, as the same
+    net's (C, L) twin gives on the transposed input; the picture shows C channels."""
+    from onnxplain import viz
+
+    twin = export(Conv1dNet(), (2, CHANNELS, LENGTH), tmp_path / "first.onnx")
+    model = export(ChannelsLast(), (2, LENGTH, CHANNELS), tmp_path / "last.onnx")
+    assert model.sequence_layout == "channels_last" and twin.sequence_layout == "channels_first"
+    assert Geometry.infer(model, (LENGTH, CHANNELS)).layout == "channels_last"
+    x = np.random.default_rng(3).normal(size=(2, CHANNELS, LENGTH)).astype(np.float32)
+    occlusion = make_method("occlusion", window=8, stride=4, progress=False)
+    want = occlusion.attribute(twin, x, Target(index=1))
+    got = occlusion.attribute(model, np.ascontiguousarray(x.transpose(0, 2, 1)), Target(index=1))
+    np.testing.assert_allclose(got.transpose(0, 2, 1), want, rtol=1e-5, atol=1e-6)
+    assert InputLayout.of(model, (LENGTH, CHANNELS)).channels == CHANNELS
+    assert len(viz.sample_figure(model, x[0].T, got[0]).axes[0].lines) == CHANNELS

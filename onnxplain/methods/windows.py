@@ -37,8 +37,11 @@ class Geometry:
                 raise OnnxplainError(f"volume_shape {tuple(volume_shape)} does not match the input {sample_shape}")
             if tuple(volume_shape) == sample_shape:
                 return cls(sample_shape, "no_channels", 1, sample_shape)
-        if len(sample_shape) == 2 and getattr(model, "sequence_input", False):   # (C, L) into a Conv1d
+        sequence = getattr(model, "sequence_layout", None) if len(sample_shape) == 2 else None
+        if sequence == "channels_first":   # (C, L) into a Conv1d
             return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
+        if sequence == "channels_last":    # (L, C), transposed into a Conv1d
+            return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
         if len(sample_shape) == 2 or (len(sample_shape) == 3 and (spec is None or spec.layout == "flat")):
             return cls(sample_shape, "no_channels", 1, sample_shape)  # (H, W) images, (D, H, W) volumes
         if len(sample_shape) == 3 and spec.layout == "NHWC":

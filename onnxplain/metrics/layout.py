@@ -30,8 +30,10 @@ class InputLayout:
             shape, channel_axis = (*spec.size, spec.channels), 2
         elif spec is not None and len(shape) == 3 and spec.layout in ("NCHW", "NHWC"):
             channel_axis = 0 if spec.layout == "NCHW" else 2
-        elif len(shape) >= 4 or (len(shape) == 2 and getattr(model, "sequence_input", False)):
-            channel_axis = 0  # volumes (C, D, H, W), sequences (C, L) into a Conv1d
+        elif len(shape) == 2 and getattr(model, "sequence_layout", None):
+            channel_axis = 0 if model.sequence_layout == "channels_first" else 1   # sequences (C, L) or (L, C)
+        elif len(shape) >= 4:
+            channel_axis = 0  # volumes (C, D, H, W)
         if channel_axis is not None and spec is not None and shape[channel_axis] == spec.channels:
             low, high = spec.value_range()
             where = [1] * len(shape)

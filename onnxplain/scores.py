@@ -42,26 +42,35 @@ def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodePr
 
 
 def class_shaped(proto: onnx.ModelProto, node: onnx.NodeProto, output: onnx.ValueInfoProto) -> bool:
-    """Whether probability op `node`, read at graph output `output`, gives one row of class scores per sample: an
-    output with one class axis besides the batch (others of size 1, as Caffe's (N, K, 1, 1)), normalised along it
-    (a softmax over the batch, or over one axis of a map such as an attention's, is no class distribution); for a
-    sigmoid, an (N, K) or (N,) output (one probability per sample)."""
+    """Whether probability op `node`, read at graph output `output`, gives one row of class scores per sample: the
+    op's own output has its batch axis first (not folded by a Flatten) and one class axis besides it (others of
+    size 1, as Caffe's (N, K, 1, 1)), and it normalises along that axis (a softmax over the batch, or over one axis
+    of a map such as an attention's, is no class distribution). Where the op's own shape is unknown (no shape
+    inference yet), the output's is read, with the axis the exporters write for classes (1 or -1). A sigmoid: an
+    (N, K) or (N,) output (one probability per sample)."""
     dims = output.type.tensor_type.shape.dim
     if node.op_type == "Sigmoid":
         return len(dims) in (1, 2)
-    classes = [axis for axis in range(1, len(dims)) if dims[axis].dim_value != 1]
-    if len(classes) != 1:
-        return False
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     axis = _attribute(node, "axis", 1 if opset < 13 else -1)
-    if opset < 13 and axis == 1:
-        return True      # opsets before 13 normalise over all axes from `axis` on: all but the batch
     shapes = {v.name: v.type.tensor_type.shape.dim for v in list(proto.graph.value_info) + list(proto.graph.output)
               if v.type.tensor_type.HasField("shape")}
-    own = len(shapes[node.output[0]]) if node.output[0] in shapes else None
-    if own is None:
-        return axis == -1
-    return axis % own == (classes[0] if own == len(dims) else own - 1)
+    own = shapes.get(node.output[0])
+    if own is None or not own:
+        return len(_class_axes(dims)) == 1 and axis in ((1,) if opset < 13 else (1, -1))
+    if own[0].dim_value == 1 and not (dims and dims[0].dim_value == 1):
+        return False      # the batch folded away before the op (a version converter's Flatten(axis=0))
+    classes = _class_axes(own)
+    if len(classes) != 1:
+        return False
+    if opset < 13 and axis == 1:
+        return True       # opsets before 13 normalise over all axes from `axis` on: all but the batch
+    return axis % len(own) == classes[0]
+
+
+def _class_axes(dims) -> list[int]:
+    """The axes after the batch that are not of size 1 (unknown sizes count)."""
+    return [axis for axis in range(1, len(dims)) if dims[axis].dim_value != 1]
 
 
 def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str | None = None) -> ScoreChoice:

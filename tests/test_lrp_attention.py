@@ -446,3 +446,27 @@ def test_folded_samples_found_for_each_token_count_and_a_blank_first_sample(tmp_
     for explainer in (method, make_method("gradient", progress=False)):
         with pytest.raises(OnnxplainError, match="does not hold the batch on its first axis"):
             explainer.attribute(model, x, Target(layer="tokens_first", index=0))
+
+
+def test_a_layer_norm_over_a_batch_of_scalars_goes_to_the_probe(tmp_path):
+    """LayerNormalization's default axis (-1) over an (N,) tensor normalises across the samples: the shapes alone
+    (batch symbol first) do not settle the layout, the probe does, and the ledger still conserves."""
+    rng = np.random.default_rng(11)
+    weights = [numpy_helper.from_array(rng.normal(size=(6, 1)).astype(np.float32), "w1"),
+               numpy_helper.from_array(np.array([1], np.int64), "one"),
+               numpy_helper.from_array(np.array([1.5], np.float32), "scale"),
+               numpy_helper.from_array(np.array([0.1], np.float32), "shift"),
+               numpy_helper.from_array(rng.normal(size=(1, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Squeeze", ["h", "one"], ["flat"]),
+             helper.make_node("LayerNormalization", ["flat", "scale", "shift"], ["normed"]),
+             helper.make_node("Unsqueeze", ["normed", "one"], ["column"]),
+             helper.make_node("MatMul", ["column", "w2"], ["logits"])]
+    model = _graph_model(tmp_path / "scalar_norm.onnx", nodes, weights)
+    from onnxplain.lrp.layout import shape_sample_axes
+
+    method = LRP("lrp-0", stabilizer=1e-9, progress=False)
+    x = rng.normal(size=(3, 6)).astype(np.float32)
+    report = method.explain(model, x, Target(index=1)).diagnostics
+    walker = method._walker
+    assert shape_sample_axes(model.proto, model.input_name, walker.plan("logits")) is None
+    assert np.abs(report["conservation_error"]).max() <= 1e-5

@@ -341,3 +341,36 @@ def test_scores_takes_a_zipmap_output_by_its_name(tmp_path):
     assert "ZipMap" in {node.op_type for node in onnx.load(path).graph.node}
     model = onnxplain.load(path, scores="output_probability")
     np.testing.assert_allclose(model.scores(x), estimator.predict_proba(x), rtol=1e-4, atol=1e-6)
+
+
+class Headed(torch.nn.Module):
+    """Softmax over the class axis of an (N, K, 1, 1) head, then flattened; or a log-softmax over (N, K) logits,
+    then reshaped (torch writes no shapes, so the op's own rank is unknown before inference); or, at opset 11, a
+    softmax over the batch axis."""
+
+    def __init__(self, kind):
+        super().__init__()
+        torch.manual_seed(4)
+        self.kind, self.conv, self.fc = kind, torch.nn.Conv2d(6, 5, 1), torch.nn.Linear(6, 5)
+
+    def forward(self, x):
+        if self.kind == "head":
+            return torch.softmax(self.conv(x[:, :, None, None]), dim=1).flatten(1)
+        if self.kind == "log":
+            return torch.log_softmax(self.fc(x), dim=1).view(-1, 5)
+        return torch.softmax(self.fc(x), dim=0)
+
+
+@pytest.mark.parametrize("kind, probabilities", [("head", True), ("log", True), ("batch", False)])
+def test_softmax_heads_behind_reshapes(kind, probabilities, tmp_path):
+    path = tmp_path / f"{kind}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Headed(kind).eval(), (torch.rand(2, 6),), str(path), dynamo=False,
+                          opset_version=11 if kind == "batch" else 13, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    model = onnxplain.load(path)
+    x = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
+    assert (model.score_kind == "probabilities") == probabilities, model.score_reason
+    if probabilities:
+        np.testing.assert_allclose(model.scores(x).sum(1), 1.0, rtol=1e-5)

@@ -17,6 +17,7 @@ SAMPLEWISE = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAverageP
               "Abs", "Neg", "Clip", "Dropout", "Identity", "Cast", "Flatten", "Reshape", "Transpose", "Squeeze",
               "Unsqueeze", "Concat", "Split", "Pad", "Resize", "Upsample", "Softmax", "LogSoftmax", "ReduceMean",
               "ReduceSum", "ReduceMax", "Where"}  # each sample apart, given an axis 0 that keeps its length
+DEFAULT_AXIS = {"Softmax": -1, "LogSoftmax": -1, "LayerNormalization": -1, "Split": 0, "Flatten": 1}
 
 
 def shape_sample_axes(proto, input_name: str, plan: list) -> dict[str, Axis] | None:
@@ -41,9 +42,9 @@ def shape_sample_axes(proto, input_name: str, plan: list) -> dict[str, Axis] | N
             continue
         node = planned.step.node
         rank = len(shapes.get(node.input[0], ())) if node.input else 0
-        if node.op_type not in SAMPLEWISE or any(a.name == "axis" and (a.i == 0 or a.i + rank <= 0)
-                                                 for a in node.attribute):
-            return None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), DEFAULT_AXIS.get(node.op_type))
+        if node.op_type not in SAMPLEWISE or (axis is not None and (not rank or axis % rank == 0)):
+            return None   # an axis that may be the batch's (a softmax or a LayerNorm over a rank-1 batch too)
         for name in planned.step.outputs:
             if name:
                 if not batch_first(name):

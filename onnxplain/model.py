@@ -206,8 +206,8 @@ class Model:
     def sequence_layout(self) -> str | None:
         """'channels_first': (N, C, L) samples that reach a 1-D convolution (a kernel with one spatial axis) through
         elementwise ops, C channels along L positions (a Conv1d net); 'channels_last': (N, L, C) samples that get
-        there through a Transpose to (N, C, L) (Keras's layout); None for anything else (a 2-D sample is then an
-        H x W gray image)."""
+        there through a Transpose to (N, C, L) (the order Keras keeps sequences in); None for anything else (a 2-D
+        sample is then an H x W gray image)."""
         if len(self.input_shape) != 3:
             return None
         graph = self.proto.graph

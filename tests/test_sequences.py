@@ -141,7 +141,7 @@ def test_a_sequence_is_drawn_as_channels_over_a_heatmap(sequence, tmp_path):
 
 
 class ChannelsLast(Conv1dNet):
-    """(N, L, C) samples, transposed to (N, C, L) for the Conv1d (Keras's layout)."""
+    """(N, L, C) samples (the order Keras keeps sequences in), transposed to (N, C, L) for the Conv1d."""
 
     def forward(self, x):
         return super().forward(x.transpose(1, 2))

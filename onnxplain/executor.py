@@ -170,6 +170,18 @@ class TorchExecutor:
         rows = torch.arange(len(start), device=start.device)
         return values[rows, torch.as_tensor(classes, device=start.device)], classes
 
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K) class log-likelihoods, differentiable: log-softmax of the logits (= log of the probabilities when
+        the graph has them); log-sigmoid of a binary classifier's log-odds; the log of the probabilities where the
+        model has no pre-softmax tensor of its own (a classifier's post-transform may be logistic, not a softmax of
+        its raw scores)."""
+        model = self.model
+        if model.binary:
+            return torch.nn.functional.logsigmoid(self.logits(x))
+        if model.score_kind == "probabilities" and model.logits_output is None:
+            return torch.log(self(x).reshape(len(x), -1).clamp_min(1e-30))
+        return torch.log_softmax(self.logits(x).reshape(len(x), -1), dim=1)
+
     def _samples_first(self, name: str, x: torch.Tensor) -> bool:
         """Whether tensor `name` holds the samples on its first axis (a length equal to the batch's may be tokens
         when attention runs sequence first): `lrp.layout.samples_first`, cached per sample shape."""

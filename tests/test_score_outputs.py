@@ -90,11 +90,10 @@ def test_gradient_explains_the_logit_before_log_softmax(twins):
 
 
 def test_contrastive_log_likelihood_is_the_log_softmax(twins):
-    from onnxplain.methods.contrastive import log_likelihood
 
     net, log_path, _, x = twins
     model = onnxplain.load(log_path)
-    got = log_likelihood(model.torch(), model, torch.from_numpy(x)).detach().double().numpy()
+    got = model.torch().log_likelihood(torch.from_numpy(x)).detach().double().numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
 
@@ -212,14 +211,13 @@ def test_binary_sigmoid_is_two_classes(binary):
     labels = (z > 0).astype(np.int64)[::-1].copy()
     want = -np.log(np.where(labels == 1, p, 1 - p))
     np.testing.assert_allclose(cross_entropy(model, x, labels), want, rtol=1e-4)
-    from onnxplain.methods.contrastive import log_likelihood
     from onnxplain.metrics.apem import loss_gradient
 
     batch = torch.from_numpy(x).requires_grad_(True)
     signs = torch.from_numpy(np.where(labels == 1, 1.0, -1.0).astype(np.float32))
     (-torch.nn.functional.logsigmoid(signs * net.log_odds(batch))).sum().backward()
     np.testing.assert_allclose(loss_gradient(model, x, labels), batch.grad.numpy(), rtol=1e-4, atol=1e-6)
-    got = log_likelihood(model.torch(), model, torch.from_numpy(x)).detach().double().numpy()
+    got = model.torch().log_likelihood(torch.from_numpy(x)).detach().double().numpy()
     np.testing.assert_allclose(got, np.log(np.stack([1 - p, p], 1)), rtol=1e-4, atol=1e-6)
 
 
@@ -301,7 +299,6 @@ def test_scikit_learn_binary_classifiers(tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 
-    from onnxplain.methods.contrastive import log_likelihood
 
     rng = np.random.default_rng(9)
     x = rng.normal(size=(80, 4)).astype(np.float32)
@@ -317,7 +314,7 @@ def test_scikit_learn_binary_classifiers(tmp_path):
         want = estimator.predict_proba(x)
         assert model.score_kind == "probabilities" and model.class_count() == 2
         np.testing.assert_allclose(model.scores(x), want, rtol=1e-4, atol=1e-6)
-        got = log_likelihood(model.torch(), model, torch.from_numpy(x)).detach().double().numpy()
+        got = model.torch().log_likelihood(torch.from_numpy(x)).detach().double().numpy()
         np.testing.assert_allclose(got, np.log(want), rtol=1e-4, atol=1e-5)
     model = onnxplain.load(tmp_path / "MLPClassifier.onnx")
     z = np.log(mlp.predict_proba(x)[:, 1]) - np.log(mlp.predict_proba(x)[:, 0])

@@ -92,17 +92,6 @@ def check_latent(proto, name: str) -> None:
                              f"of ONNX type {tensor.elem_type}")
 
 
-def log_likelihood(executor, model, x: torch.Tensor) -> torch.Tensor:
-    """(N, K) class log-likelihoods: log-softmax of the logits (= log of the probabilities when the graph has them);
-    log-sigmoid of a binary classifier's log-odds; the log of the probabilities where the model has no pre-softmax
-    tensor of its own (a classifier's post-transform may be logistic, not a softmax of its raw scores)."""
-    if model.binary:
-        return torch.nn.functional.logsigmoid(executor.logits(x))
-    if model.score_kind == "probabilities" and model.logits_output is None:
-        return torch.log(executor(x).clamp_min(1e-30))
-    return torch.log_softmax(executor.logits(x), dim=1)
-
-
 @dataclass
 class ContrastProblem:
     """Equation 2 for a batch: distance to z0, the equal-likelihood constraint and (if `ranked`) the ranking ones."""
@@ -245,7 +234,7 @@ class CDeepEx(Method):
         device = executor.device
         image = torch.from_numpy(x).to(device)
         true_t, probe_t = torch.as_tensor(true, device=device), torch.as_tensor(probe, device=device)
-        classify = lambda inputs: log_likelihood(executor, model, inputs)  # noqa: E731
+        classify = executor.log_likelihood
         z0, fit_loss = self.fit_latent(generator, classify, image, true_t, starts.to(device))
         with torch.no_grad():
             start = generator(z0)

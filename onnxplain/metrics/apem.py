@@ -74,15 +74,7 @@ def loss_gradient(model, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
     for start in range(0, len(x), size):
         batch = torch.tensor(np.asarray(x[start:start + size]), requires_grad=True)
         target = torch.as_tensor(classes[start:start + size], dtype=torch.long)
-        if model.binary:   # log-odds [-z, z]: log sigmoid of each is log [1 - p, p]
-            log_p = torch.nn.functional.logsigmoid(executor.logits(batch))
-            loss = -log_p[torch.arange(len(batch)), target].sum()
-        elif model.logits_output is not None:
-            loss = torch.nn.functional.cross_entropy(executor.logits(batch).reshape(len(batch), -1), target,
-                                                     reduction="sum")
-        else:  # probabilities with no pre-softmax tensor (e.g. a LinearClassifier with a Normalizer)
-            probabilities = executor(batch).reshape(len(batch), -1)
-            loss = -torch.log(probabilities[torch.arange(len(batch)), target].clamp_min(1e-30)).sum()
+        loss = -executor.log_likelihood(batch)[torch.arange(len(batch)), target].sum()
         grads.append(torch.autograd.grad(loss, batch)[0].detach().cpu().numpy())
     return np.concatenate(grads)
 

@@ -1,8 +1,6 @@
 """`onnxplain predict`: the top-K classes of each input."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import numpy as np
 

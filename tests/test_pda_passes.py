@@ -184,7 +184,6 @@ def test_incremental_batches_count_the_full_maps_they_build(tmp_path, monkeypatc
     maps built for steps without a crop rule), so the batch stays under the budget; a batch the runner cannot
     run goes whole in whole-sample batches, not in the larger incremental ones."""
     import onnx
-    import torch
     from onnx import TensorProto, helper, numpy_helper
 
     from onnxplain.incremental import WindowRunner

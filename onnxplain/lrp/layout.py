@@ -26,15 +26,8 @@ def shape_sample_axes(proto, input_name: str, plan: list) -> dict[str, Axis] | N
     step on the way treats samples apart (`SAMPLEWISE`, none with an axis 0 of its own: a softmax over the batch
     keeps its length and mixes samples). None where that cannot be read; the probe (`probe_sample_axes`) then
     decides."""
-    values = list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output)
-    shapes = {v.name: v.type.tensor_type.shape.dim for v in values if v.type.tensor_type.HasField("shape")}
-    symbol = shapes[input_name][0].dim_param if len(shapes.get(input_name, ())) else ""
-
-    def batch_first(name: str) -> bool:
-        dims = shapes.get(name)
-        return bool(dims) and dims[0].dim_param == symbol and all(d.dim_param != symbol for d in dims[1:])
-
-    if not symbol or not batch_first(input_name):
+    shapes, batch_first = _inferred(proto, input_name)
+    if not batch_first(input_name):
         return None
     axes = {}
     for planned in plan:
@@ -56,14 +49,25 @@ def shape_sample_axes(proto, input_name: str, plan: list) -> dict[str, Axis] | N
 def samples_first(graph, proto, input_name: str, name: str, x: torch.Tensor) -> bool:
     """Whether tensor `name` holds x's samples on its first axis (a hidden target must): its inferred shape has the
     input's batch symbol first and nowhere else, or else the probe finds them there (or cannot run)."""
-    values = list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output)
-    dims = {v.name: v.type.tensor_type.shape.dim for v in values if v.type.tensor_type.HasField("shape")}
-    symbol = dims[input_name][0].dim_param if len(dims.get(input_name, ())) else ""
-    own = dims.get(name)
-    if symbol and own and own[0].dim_param == symbol and all(d.dim_param != symbol for d in own[1:]):
+    if _inferred(proto, input_name)[1](name):
         return True
     axes = probe_sample_axes(graph, input_name, [name], x)
     return axes is not None and axes.get(name, (0, 1)) == (0, 1)
+
+
+def _inferred(proto, input_name: str):
+    """(inferred dims by tensor name, test): the test says whether a tensor's inferred shape holds the input's
+    batch symbol first and nowhere else (always False when the input's batch has no symbol)."""
+    values = list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output)
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in values if v.type.tensor_type.HasField("shape")}
+    symbol = shapes[input_name][0].dim_param if len(shapes.get(input_name, ())) else ""
+
+    def batch_first(name: str) -> bool:
+        dims = shapes.get(name)
+        return bool(symbol) and bool(dims) and dims[0].dim_param == symbol and \
+            all(d.dim_param != symbol for d in dims[1:])
+
+    return shapes, batch_first
 
 
 def probe_sample_axes(graph, input_name: str, names: list[str], x: torch.Tensor) -> dict[str, Axis] | None:

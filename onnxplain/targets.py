@@ -21,6 +21,10 @@ class Target:
     index: int | None = None
     unit: tuple[int, ...] | None = None
 
+    def __post_init__(self):
+        if self.layer is not None and self.index is None:
+            raise OnnxplainError(f"a target in layer {self.layer!r} needs a channel (index) or a unit")
+
     @property
     def hidden(self) -> bool:
         return self.layer is not None

@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from devices import DEVICE, on_device, to_numpy
 from onnxplain.ops.graph import Graph
 
 RNG = np.random.default_rng(0)
@@ -31,14 +32,14 @@ def run_both(nodes, x, opset, initializers=(), outputs=("y",), domain_opsets=())
     proto.ir_version = 8
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     want = session.run(list(outputs), {"x": x})
-    got = Graph(proto).run({"x": torch.from_numpy(x)}, list(outputs))
+    got = Graph(proto, DEVICE).run({"x": on_device(x)}, list(outputs))
     return [got[o] for o in outputs], want
 
 
 def check(nodes, x, opset, initializers=(), outputs=("y",), **kwargs):
     got, want = run_both(nodes, x, opset, initializers, outputs, **kwargs)
     for g, w in zip(got, want):
-        g = g.detach().numpy()
+        g = to_numpy(g)
         assert g.shape == w.shape, (g.shape, w.shape)
         if np.issubdtype(w.dtype, np.floating):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

@@ -52,6 +52,8 @@ def test_attribute_takes_a_class_index_a_label_or_one_class_per_sample(name, dig
     np.testing.assert_allclose(method.attribute(model, x, target=np.array(classes)), each, rtol=1e-5, atol=1e-7)
     with pytest.raises(OnnxplainError, match="2 targets for 4 samples"):
         method.attribute(model, x, target=[1, 2])
+    with pytest.raises(OnnxplainError, match="needs a channel"):   # a layer alone names no unit to explain
+        Target("relu")
     with pytest.raises(OnnxplainError, match="one class per sample"):
         method.explain(model, x, target=[3, 5, 1, 3])
     with pytest.raises(OnnxplainError, match="not bool"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from devices import DEVICE, on_device, to_numpy
 import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP, DeepTaylor, unsupported_ops
@@ -44,8 +45,8 @@ def check(nodes, x, opset, initializers=(), outputs=("y",), unordered_axis=None)
     proto.ir_version = 8
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     want = session.run(list(outputs), {"x": x})
-    found = Graph(proto).run({"x": torch.from_numpy(x)}, list(outputs))
-    got = [found[o].detach().numpy() for o in outputs]
+    found = Graph(proto, DEVICE).run({"x": on_device(x)}, list(outputs))
+    got = [to_numpy(found[o]) for o in outputs]
     if unordered_axis is not None:
         order = [np.argsort(got[-1], unordered_axis), np.argsort(want[-1], unordered_axis)]
         got = [np.take_along_axis(g, order[0], unordered_axis) for g in got]

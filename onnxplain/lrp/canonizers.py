@@ -133,8 +133,11 @@ def per_channel_affine(step: Step, source: str, channels: int, axis_rank) -> tup
 
 
 def _vector(constant: torch.Tensor, channels: int, axis: int, rank: int | None, flat: bool) -> torch.Tensor | None:
-    """A constant that varies only along the channel axis, as a float64 vector of `channels` values."""
-    c = constant.detach().double()
+    """A constant that varies only along the channel axis, as a float64 vector of `channels` values.
+
+    Folded on the CPU, wherever the graph's constants live: `MergedLinear` moves the result to the weight's device.
+    """
+    c = constant.detach().to("cpu", torch.float64)
     if c.numel() == 1:
         return c.reshape(1).expand(channels).clone()
     if flat and c.ndim == 1 and c.numel() == channels:

@@ -15,9 +15,8 @@ from .errors import OnnxplainError
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec
 from .runtime import available_providers, batch_size_for, make_session, run_batched
 from .scores import find_scores
+from .sequences import sequence_layout
 
-ELEMENTWISE_OPS = {"Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pad", "Relu", "Clip", "BatchNormalization",
-                   "InstanceNormalization"}   # keep (N, C, L) as it is, on the way to a first convolution
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
 
 
@@ -204,32 +203,10 @@ class Model:
 
     @cached_property
     def sequence_layout(self) -> str | None:
-        """'channels_first': (N, C, L) samples that reach a 1-D convolution (a kernel with one spatial axis) through
-        elementwise ops, C channels along L positions (a Conv1d net); 'channels_last': (N, L, C) samples that get
-        there through a Transpose to (N, C, L) (the order Keras keeps sequences in); None for anything else (a 2-D
-        sample is then an H x W gray image)."""
-        if len(self.input_shape) != 3:
-            return None
-        graph = self.proto.graph
-        ranks = {t.name: len(t.dims) for t in graph.initializer}
-        ranks.update({n.output[0]: len(a.t.dims) for n in graph.node if n.op_type == "Constant" for a in n.attribute
-                      if a.name == "value"})
-        nodes = list(graph.node)   # one wrapper per node: protobuf may make a new one (and reuse ids) per access
-        frontier, seen = [(self.input_name, False)], set()
-        while frontier:
-            name, transposed = frontier.pop()
-            for index, node in enumerate(nodes):
-                if name not in node.input or index in seen:
-                    continue
-                seen.add(index)
-                if node.op_type == "Conv" and node.input[0] == name:
-                    return None if ranks.get(node.input[1]) != 3 else "channels_last" if transposed else \
-                        "channels_first"
-                swaps = node.op_type == "Transpose" and [list(a.ints) for a in node.attribute
-                                                         if a.name == "perm"] == [[0, 2, 1]]
-                if node.op_type in ELEMENTWISE_OPS or (swaps and not transposed):
-                    frontier.append((node.output[0], transposed or swaps))
-        return None
+        """'channels_first': (N, C, L) samples, C channels along L positions (a Conv1d net); 'channels_last': (N, L, C)
+        samples (the order Keras keeps sequences in); None for anything else (a 2-D sample is then an H x W gray
+        image). Read off the path to the first convolution (`onnxplain.sequences`)."""
+        return sequence_layout(self.proto, self.input_name) if len(self.input_shape) == 3 else None
 
     def label_of(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)

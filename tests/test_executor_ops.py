@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from devices import DEVICE, on_device, to_numpy

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,66 @@ def test_channels_last_sequences_window_positions_over_all_channels(tmp_path):
     np.testing.assert_allclose(got.transpose(0, 2, 1), want, rtol=1e-5, atol=1e-6)
     assert InputLayout.of(model, (LENGTH, CHANNELS)).channels == CHANNELS
     assert len(viz.sample_figure(model, x[0].T, got[0]).axes[0].lines) == CHANNELS
+
+
+# ------------------------------------------------------------------ Keras Conv1D through tf2onnx (committed export)
+
+@pytest.fixture(scope="module")
+def keras_sequences():
+    """The committed tf2onnx export (`models/build_keras_sequence.py`) and its held-out sequences with planted bumps."""
+    models = Path(__file__).resolve().parents[1] / "models"
+    check = np.load(models / "samples" / "sequence_keras_tf_check.npz")
+    return onnxplain.load(models / "sequence_keras_tf.onnx"), check
+
+
+def test_keras_conv1d_export_is_a_channels_last_sequence(keras_sequences):
+    """tf2onnx writes Conv1D as Unsqueeze -> Transpose -> a 1 x k Conv: the (L, C) samples are sequences, and the
+    graph reproduces Keras's probabilities."""
+    model, check = keras_sequences
+    ops = [node.op_type for node in model.proto.graph.node]
+    assert ops[:3] == ["Unsqueeze", "Transpose", "Conv"] and "Conv1D" not in ops
+    assert model.sequence_layout == "channels_last" and model.labels == ["ch0", "ch1", "ch2", "ch0+ch2"]
+    np.testing.assert_allclose(model.scores(check["inputs"]), check["probabilities"], atol=1e-5)
+    assert Geometry.infer(model, check["inputs"].shape[1:]).layout == "channels_last"
+
+
+@pytest.mark.parametrize("method", ["lrp", "occlusion"])
+def test_keras_sequence_explanations_land_on_the_planted_bumps(keras_sequences, method):
+    """Each sequence's class is a bump planted at a known position: positive evidence there, over 9 of 48 positions
+    (the bump and two on each side), is above 85% on average (19% by chance). Occlusion windows span every channel
+    of their positions, so its relevance is alike across channels; LRP conserves through the Unsqueeze/Transpose."""
+    model, check = keras_sequences
+    x, classes = check["inputs"], check["labels"]
+    explanation = make_method(method, progress=False).explain(model, x)
+    relevance = explanation.relevance
+    assert (model.scores(x).argmax(1) == classes).all()
+    evidence = np.clip(relevance, 0, None).sum(2)
+    share = [row[max(start - 2, 0):start + 7].sum() / row.sum() for row, start in zip(evidence, check["starts"])]
+    assert np.mean(share) > 0.85 and np.min(share) > 0.5, share
+    if method == "occlusion":
+        np.testing.assert_array_equal(relevance[..., 0], relevance[..., 2])
+    else:
+        assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+
+
+def test_sequence_layout_reads_unsqueeze_forms_and_kernels():
+    """Opset-11 Unsqueeze (axes as an attribute, negative) into a 1 x k kernel: a sequence; a 3 x 3 kernel over the
+    same axes, or a gray image unsqueezed to one channel, is no sequence."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.sequences import sequence_layout
+
+    def graph(perm, kernel, axes=(-3,)):
+        weight = numpy_helper.from_array(np.zeros((4, CHANNELS, *kernel), np.float32), "w")
+        nodes = [helper.make_node("Unsqueeze", ["x"], ["u"], axes=list(axes)),
+                 helper.make_node("Transpose", ["u"], ["t"], perm=list(perm)),
+                 helper.make_node("Conv", ["t", "w"], ["y"])]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", LENGTH, CHANNELS])]
+        outputs = [helper.make_empty_tensor_value_info("y")]
+        return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, [weight]),
+                                 opset_imports=[helper.make_opsetid("", 11)])
+
+    assert sequence_layout(graph((0, 3, 1, 2), (1, 5)), "x") == "channels_last"
+    assert sequence_layout(graph((0, 3, 1, 2), (3, 3)), "x") is None
+    assert sequence_layout(graph((0, 1, 2, 3), (3, 3), axes=(1,)), "x") is None   # (N, 1, L, C): one gray channel
+    assert sequence_layout(graph((0, 2, 1, 3), (1, 5), axes=(1,)), "x") == "channels_first"   # (N, L, 1, C)

@@ -1,12 +1,12 @@
 """Every torch-device method on `ONNXPLAIN_TEST_DEVICE` (a GPU) against the same method on the CPU.
 
-Skipped unless that variable names a device (CI has no GPU; see `tests/devices.py`). The shipped models cover
-the exporters (torch, Keras via tf2onnx, PaddlePaddle, scikit-learn) and a vision transformer; two zoo graphs add
-BatchNorm merging (ResNet-50) and Caffe's LRN (GoogLeNet). Agreement: max |device - CPU| <= 1e-4 of max |R| on
-the shipped models. The zoo graphs carry random weights over 50+ layers: there a unit whose pre-activation is within
-rounding of 0 can switch its ReLU on one device and not the other, which moves a gradient path (forward outputs
-stay within 1e-4) and the relevance less (it is weighted by activations). There: LRP within 1e-3 of max |R|, the
-gradient within 1e-2 in the L2 norm.
+Skipped unless that variable names a device (CI has no GPU; see `tests/devices.py`). The shipped models cover the
+exporters (torch, Keras via tf2onnx, PaddlePaddle, scikit-learn), a vision transformer and 1-D sequences; two zoo
+graphs add BatchNorm merging (ResNet-50) and Caffe's LRN (GoogLeNet). Agreement: max |device - CPU| <= 1e-4 of
+max |R| on the shipped models. The zoo graphs carry random weights over 50+ layers: there a unit whose
+pre-activation is within rounding of 0 can switch its ReLU on one device and not the other, which moves a gradient
+path (forward outputs stay within 1e-4) and the relevance less (it is weighted by activations). There: LRP within
+1e-3 of max |R|, the gradient within 1e-2 in the L2 norm.
 """
 from __future__ import annotations
 
@@ -23,11 +23,15 @@ pytestmark = pytest.mark.skipif(REQUESTED is None, reason="set ONNXPLAIN_TEST_DE
 METHODS = {"lrp": {}, "deep-taylor": {}, "gradient": {}, "sensitivity": {}, "gradient-x-input": {},
            "smoothgrad": dict(samples=8), "integrated-gradients": dict(steps=16), "occlusion": dict(window=4),
            "pda": dict(window=4, samples=10, sampler="marginal")}
-SHIPPED = ["digits_cnn", "digits_vit", "digits_paddle", "digits_keras_tf", "two_digits", "digits_logreg"]
+SHIPPED = ["digits_cnn", "digits_vit", "digits_paddle", "digits_keras_tf", "two_digits", "digits_logreg",
+           "sequence_keras_tf"]
 
 
 def inputs(samples, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(four test inputs, ten reference inputs) in the model's own layout."""
+    if name == "sequence_keras_tf":
+        x = np.load(samples / "sequence_keras_tf_check.npz")["inputs"]
+        return x[:4], x[4:14]
     if name == "digits_logreg":
         x = np.load(samples / "digits_test100_logreg.npy")
         return x[:4].astype(np.float32), np.load(samples / "digits_reference_logreg.npy")[:10].astype(np.float32)

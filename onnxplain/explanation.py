@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import OnnxplainError
+
+
+def require_model(model) -> None:
+    """Methods take a loaded model; a path (Captum habits: the network itself) gets a one-line hint."""
+    if not hasattr(model, "check_input"):
+        raise OnnxplainError(f"model must be a loaded onnxplain model (onnxplain.load(path)), "
+                             f"not {type(model).__name__}")
+
 
 @dataclass
 class Explanation:
@@ -54,23 +63,21 @@ class Method(ABC):
 
     def attribute(self, model, x: np.ndarray, target=None) -> np.ndarray:
         """Relevance shaped like `x` (what `explain` returns as `relevance`), Captum-style: `target` is a Target, a
-        class index or label, or one class (index or label) per sample."""
-        from .errors import OnnxplainError
+        class index or label, or one of those per sample (a list, array or tensor)."""
         from .targets import Target, as_target
 
+        require_model(model)
         if isinstance(target, Target) or np.ndim(target) == 0:
             return self._attribute(model, x, as_target(model, target))
         x = model.check_input(x)
         values = target.tolist() if hasattr(target, "tolist") else list(target)   # numpy arrays, torch tensors
-        classes = np.array([as_target(model, t).index for t in np.asarray(values, dtype=object).reshape(-1)])
-        if any(c is None for c in classes):
-            raise OnnxplainError("one class per sample: each target must be a class index or label")
-        if len(classes) != len(x):
-            raise OnnxplainError(f"{len(classes)} targets for {len(x)} samples: give one class per sample")
+        targets = [as_target(model, t) for t in np.asarray(values, dtype=object).reshape(-1)]
+        if len(targets) != len(x):
+            raise OnnxplainError(f"{len(targets)} targets for {len(x)} samples: give one target per sample")
         relevance = None
-        for index in np.unique(classes):     # each sample's map depends on that sample alone: run class by class
-            rows = np.flatnonzero(classes == index)
-            part = self._attribute(model, x[rows], Target(index=int(index)))
+        for chosen in dict.fromkeys(targets):   # each sample's map depends on that sample alone: target by target
+            rows = np.flatnonzero([t == chosen for t in targets])
+            part = self._attribute(model, x[rows], chosen)
             relevance = np.empty((len(x),) + part.shape[1:], dtype=part.dtype) if relevance is None else relevance
             relevance[rows] = part
         return relevance

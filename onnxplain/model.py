@@ -74,8 +74,14 @@ class Model:
             normalize.restore_weights(dynamic, weights)
             session = self._session_or_none(dynamic)
             if session is not None and self._batch_parity(session):
-                self.notes += ["batch axis made dynamic"] + ([SQUEEZE_NOTE] if squeezes else [])
+                self.notes += [f"batch axis (fixed at {normalize.fixed_batch(model)}) made dynamic"] + \
+                    ([SQUEEZE_NOTE] if squeezes else [])
                 return self._verified(original, dynamic, session, verify)
+            batch = normalize.fixed_batch(model)
+            if batch > 1:   # running every batch padded to B would cost B passes per sample
+                raise OnnxplainError(f"this model was exported for batches of exactly {batch} and its batch axis "
+                                     "cannot be freed; export it with a dynamic batch axis (torch: dynamic_axes or "
+                                     "dynamic_shapes)")
             self.fixed_batch = True
             self.notes.append("batch axis stays fixed at 1 (dynamic batch changed the outputs)")
         normalize.restore_weights(model, weights)
@@ -100,7 +106,7 @@ class Model:
         names = [o.name for o in normalised.graph.output if o.name in computed]
         feed_proto = normalize.drop_initializer_inputs(_copy(original))
         reference = make_session(_with_outputs(feed_proto, names).SerializeToString(), self.providers)
-        feed = _random_feed(candidate)
+        feed = _random_feed(candidate, batch=normalize.fixed_batch(feed_proto) or 1)
         try:
             wanted = reference.run(names, feed)
         except Exception:  # the original itself cannot run on the probe (free input sizes it needs set)
@@ -255,6 +261,8 @@ class Model:
     def check_input(self, x: np.ndarray, what: str = "input") -> np.ndarray:
         """A batch the model accepts: right rank, sizes and dtype, finite; else a clear OnnxplainError that
         names `what` was checked (the input, a reference set, ...)."""
+        if hasattr(x, "detach"):   # a torch tensor (Captum habits: on a GPU, or requiring grad)
+            x = x.detach().cpu().numpy()
         x = np.asarray(x)
         expected = self.input_shape
         if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:])):

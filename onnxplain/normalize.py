@@ -255,38 +255,46 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size every graph input fixes (torch.onnx.export of a batch without dynamic axes), else None."""
+    sizes = {_first_dim(i) for i in model.graph.input}
+    size = sizes.pop() if len(sizes) == 1 else None
+    return size if isinstance(size, int) and size >= 1 else None
+
+
 def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int]:
-    """A batch axis fixed to 1 becomes 'N'; Reshape targets that hard-code it copy it instead (0), Squeezes without
-    axes keep it. Returns (model, whether it changed, how many Squeezes were given axes)."""
+    """A batch axis fixed to B becomes 'N'; Reshape targets that hard-code it copy it instead (0), Squeezes without
+    axes keep it (B = 1). Returns (model, whether it changed, how many Squeezes were given axes)."""
     graph = model.graph
-    inputs = [i for i in graph.input]
-    if not inputs or not all(_first_dim(i) == 1 for i in inputs):
+    batch = fixed_batch(model)
+    if batch is None:
         return model, False, 0
-    batch_one = _tensors_with_batch_one(model)
+    batched = _tensors_with_batch(model, batch)
     constants = {t.name: t for t in graph.initializer}
     constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in batch_one:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in batched:
             continue
-        source = node.input[1]
+        source, allowzero = node.input[1], next((a for a in node.attribute if a.name == "allowzero"), None)
         if source in constants:
-            shape = numpy_helper.to_array(constants[source])
-            if shape.size and shape[0] == 1:
-                fixed = numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), source)
-                constants[source].CopyFrom(fixed)
+            tensor = constants[source]
         elif source in constant_nodes:
-            attribute = next(a for a in constant_nodes[source].attribute if a.name == "value")
-            shape = numpy_helper.to_array(attribute.t)
-            if shape.size and shape[0] == 1:
-                attribute.t.CopyFrom(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64)))
-    squeezes = keep_batch_in_squeezes(model, batch_one)
+            tensor = next(a.t for a in constant_nodes[source].attribute if a.name == "value")
+        else:
+            continue
+        shape = numpy_helper.to_array(tensor)
+        if shape.size and shape[0] == batch and not (allowzero is not None and allowzero.i and (shape == 0).any()):
+            tensor.CopyFrom(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), tensor.name))
+            if allowzero is not None:   # allowzero=1 (dynamo writes it) would read the 0 as a size; no other is 0
+                allowzero.i = 0
+    squeezes = keep_batch_in_squeezes(model, batched) if batch == 1 else 0
     if squeezes:   # their outputs now keep the batch: let inference redo the shapes
         for value in graph.output:
-            if value.name not in batch_one:
+            if value.name not in batched:
                 value.type.tensor_type.ClearField("shape")
     for value in list(graph.input) + list(graph.output):
         dims = value.type.tensor_type.shape.dim
-        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
             dims[0].dim_param = "N"
     del graph.value_info[:]
     return model, True, squeezes
@@ -346,7 +354,7 @@ def _first_dim(value: onnx.ValueInfoProto):
     return dims[0].dim_value if dims[0].HasField("dim_value") else dims[0].dim_param
 
 
-def _tensors_with_batch_one(model: onnx.ModelProto) -> set[str]:
+def _tensors_with_batch(model: onnx.ModelProto, batch: int) -> set[str]:
     inferred = infer_shapes(model).graph
     values = list(inferred.input) + list(inferred.value_info) + list(inferred.output)
-    return {v.name for v in values if _first_dim(v) == 1}
+    return {v.name for v in values if _first_dim(v) == batch}

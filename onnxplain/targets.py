@@ -22,7 +22,16 @@ class Target:
     unit: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if self.layer is not None and self.index is None:
+        if self.layer is None:
+            return
+        if self.unit is not None:
+            unit = tuple(int(u) for u in np.ravel(self.unit))
+            if not unit or (self.index is not None and self.index != unit[0]):
+                raise OnnxplainError(f"channel {self.index} and unit {unit} disagree: a unit's first index is its "
+                                     "channel")
+            object.__setattr__(self, "unit", unit)
+            object.__setattr__(self, "index", unit[0])
+        if self.index is None:
             raise OnnxplainError(f"a target in layer {self.layer!r} needs a channel (index) or a unit")
 
     @property
@@ -33,8 +42,7 @@ class Target:
 def parse_target(model, target: str | int | None = None, layer: str | None = None) -> Target:
     """From CLI/API values: target 'top1' | index | label, or for a layer 'C' (channel) or 'C,Y,X' (unit)."""
     if layer is not None:
-        if layer not in model.tensor_names and layer not in model.output_names:
-            raise OnnxplainError(f"no tensor named {layer!r} in this model (`onnxplain inspect --tensors` lists them)")
+        check_layer(model, layer)
         if target is None or target == "top1":
             raise OnnxplainError("a --layer target needs --target CHANNEL or --target C,Y,X (a unit)")
         parts = [p for p in str(target).split(",") if p != ""]
@@ -48,9 +56,16 @@ def parse_target(model, target: str | int | None = None, layer: str | None = Non
     return Target(None, index)
 
 
+def check_layer(model, layer: str) -> None:
+    if layer not in model.tensor_names and layer not in model.output_names:
+        raise OnnxplainError(f"no tensor named {layer!r} in this model (`onnxplain inspect --tensors` lists them)")
+
+
 def as_target(model, target) -> Target:
     """A method's `target` argument as a Target: a Target, None (top-1), a class index or a class label."""
     if target is None or isinstance(target, Target):
+        if target is not None and target.hidden:
+            check_layer(model, target.layer)
         return target or Target()
     if np.ndim(target) == 0 and hasattr(target, "item"):   # a 0-d array or tensor
         target = target.item()

@@ -52,8 +52,25 @@ def test_attribute_takes_a_class_index_a_label_or_one_class_per_sample(name, dig
     np.testing.assert_allclose(method.attribute(model, x, target=np.array(classes)), each, rtol=1e-5, atol=1e-7)
     with pytest.raises(OnnxplainError, match="2 targets for 4 samples"):
         method.attribute(model, x, target=[1, 2])
+    mixed = [Target("relu_1", 2), Target("relu_1", 2), Target("relu_1", 5, (5, 3, 3)), 7]   # hidden units, a class
+    alone = np.concatenate([method.attribute(model, x[i:i + 1], t) for i, t in enumerate(mixed)])
+    np.testing.assert_allclose(method.attribute(model, x, target=mixed), alone, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(alone[0], method.attribute(model, x[:1], Target(index=2)))   # not class 2's map
     with pytest.raises(OnnxplainError, match="needs a channel"):   # a layer alone names no unit to explain
         Target("relu")
+    assert Target("relu", unit=(1, 2, 3)) == Target("relu", 1, (1, 2, 3))   # a unit's first index is its channel
+    with pytest.raises(OnnxplainError, match="channel 2 .* unit"):
+        Target("relu", 2, (1, 2, 3))
+    with pytest.raises(OnnxplainError, match="no tensor named 'block1'"):
+        method.attribute(model, x, Target("block1", 5))
+    with pytest.raises(OnnxplainError, match=r"onnxplain.load\(path\)"):
+        method.attribute(str(digits_cnn), x)
+    with pytest.raises(OnnxplainError, match=r"onnxplain.load\(path\)"):
+        method.explain(str(digits_cnn), x)
+    import torch
+
+    tensor = torch.from_numpy(x).requires_grad_(True)   # as Captum code holds its inputs
+    np.testing.assert_array_equal(method.attribute(model, tensor, Target(index=3)), by_target)
     with pytest.raises(OnnxplainError, match="one class per sample"):
         method.explain(model, x, target=[3, 5, 1, 3])
     with pytest.raises(OnnxplainError, match="not bool"):
@@ -92,3 +109,15 @@ def test_repr_shows_what_differs_from_the_defaults(name):
     shown = repr(plain)
     assert shown == (f"{cls.__name__}(reference=<ndarray 3x1x28x28 float32>)" if name == "pda" else f"{cls.__name__}()")
     assert repr(cls(**required, progress=False)) == shown[:-1] + (", " if shown[-2] != "(" else "") + "progress=False)"
+
+
+def test_an_lrp_number_no_rule_reads_is_refused():
+    """epsilon or gamma given to a composite without that rule (and no override using it) would be ignored."""
+    from onnxplain.lrp import LRP
+
+    with pytest.raises(OnnxplainError, match="gamma 0.5 would change nothing: .* 'epsilon-plus' has no gamma rule"):
+        LRP(gamma=0.5)
+    with pytest.raises(OnnxplainError, match="epsilon 0.1 would change nothing"):
+        LRP(composite="lrp-0", epsilon=0.1)
+    LRP(composite="epsilon-gamma-box", gamma=0.5)
+    LRP(gamma=0.5, rules={"Conv": "gamma"})

@@ -368,3 +368,54 @@ def test_squeezes_of_no_batch_stay_as_they_are(case, tmp_path):
     x = np.random.default_rng(1).normal(size=(3, 2, 2) if case == "shape" else (3, 4)).astype(np.float32)
     alone = np.concatenate([original.run(None, {"x": row[None]})[0] for row in x])
     np.testing.assert_allclose(model.scores(x), alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy opset 13"])
+def test_an_export_of_a_batch_of_two_takes_any_batch(dynamo, tmp_path):
+    """`torch.onnx.export(net, (x,))` with a batch of 2 and no dynamic axes fixes the batch at 2, a flatten's
+    Reshape too (dynamo writes it with allowzero=1). The batch is freed: 5 samples (and 1) give the torch net's
+    outputs, and LRP runs on them."""
+    import warnings
+
+    import torch
+
+    from onnxplain.methods import make_method
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(144, 5)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.norm(self.conv(x))).view(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    net, path = Net().eval(), tmp_path / "batch2.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 3, 8, 8),), str(path), dynamo=dynamo,
+                          **({} if dynamo else {"opset_version": 13}))
+    assert onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    model = onnxplain.load(path)
+    assert model.input_shape[0] is None and "batch axis (fixed at 2) made dynamic" in model.notes
+    x = np.random.default_rng(0).random((5, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.logits(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.logits(x[:1]), want[:1], rtol=1e-5, atol=1e-6)
+    assert make_method("lrp", progress=False).attribute(model, x).shape == x.shape
+
+
+def test_a_batch_that_cannot_be_freed_is_a_one_line_error(tmp_path):
+    """A constant holding the batch of 2 (added to the input) ties the graph to batches of exactly 2: refused at
+    load with a message that says what to do, before any work."""
+    constant = numpy_helper.from_array(np.ones((2, 4), np.float32), "c")
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    nodes = [helper.make_node("Add", ["x", "c"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [constant, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "tied.onnx")
+    with pytest.raises(OnnxplainError, match="exported for batches of exactly 2 .* dynamic batch axis"):
+        onnxplain.load(tmp_path / "tied.onnx")

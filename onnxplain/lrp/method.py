@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method
+from ..explanation import Explanation, Method, require_model
 from ..runtime import _progress
 from ..targets import Target, as_target
 from .composites import Params, RuleMap, composite_named, make_rule, params_used, rule_spec
@@ -44,10 +44,12 @@ class LRP(Method):
             if not (np.isfinite(float(value)) and float(value) >= 0):
                 raise OnnxplainError(f"{field} must be a non-negative number, got {value}")
         overrides = [make_rule(spec, self.params) for spec in (rules or {}).values()]
-        if self.params.epsilon != Params.epsilon and "epsilon" not in (chosen.conv, chosen.dense, chosen.affine) \
-                and not any(rule.name == "epsilon" and rule.epsilon == self.params.epsilon for rule in overrides):
-            raise OnnxplainError(f"epsilon {epsilon:g} would change nothing: composite {composite!r} has no epsilon "
-                                 "rule (give one by a rule, e.g. Gemm=epsilon)")
+        for field, example in (("epsilon", "Gemm=epsilon"), ("gamma", "Conv=gamma")):   # a number no rule reads
+            value = getattr(self.params, field)
+            if value != getattr(Params, field) and field not in (chosen.conv, chosen.dense, chosen.affine) \
+                    and not any(rule.name == field and getattr(rule, field) == value for rule in overrides):
+                raise OnnxplainError(f"{field} {value:g} would change nothing: composite {composite!r} has no "
+                                     f"{field} rule (give one by a rule, e.g. {example})")
         self.composite, self.rules = composite, dict(rules or {})
         self.low, self.high = low, high
         self.device, self.batch_size, self.progress, self.report = device, batch_size, progress, report
@@ -66,6 +68,7 @@ class LRP(Method):
 
     def _walk(self, model, x: np.ndarray, target: Target, report: bool) -> tuple[Walker, list[Result]]:
         """The walker's results batch by batch (with the ledger when `report`)."""
+        require_model(model)
         x = model.check_input(x)
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"LRP needs a floating-point input; this model takes {x.dtype}")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method
+from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target
 from .lagrangian import AugmentedLagrangian, Evaluation
@@ -188,6 +188,7 @@ class CDeepEx(Method):
                 "record_every": self.solver.record_every}
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        require_model(model)
         x = model.check_input(x)
         generator = self.generator if isinstance(self.generator, Generator) else \
             Generator(self.generator, model, self.device)

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import OnnxplainError
 from ..executor import input_bounds
-from ..explanation import Explanation, Method
+from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
 
@@ -44,6 +44,7 @@ class GradientMethod(Method):
         return {}
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        require_model(model)
         target = as_target(model, target)
         x = model.check_input(x)
         if not np.issubdtype(x.dtype, np.floating):

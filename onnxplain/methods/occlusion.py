@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method
+from ..explanation import Explanation, Method, require_model
 from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import WindowSamples, chunk_rows, forward_passes
@@ -74,6 +74,7 @@ class Occlusion(Method):
         return int(fill)
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        require_model(model)
         target = as_target(model, target)
         x = model.check_input(x)
         n, sample_shape = len(x), x.shape[1:]

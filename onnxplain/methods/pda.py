@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method
+from ..explanation import Explanation, Method, require_model
 from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
@@ -178,6 +178,7 @@ class PredictionDifference(Method):
 
     # ------------------------------------------------------------------ explaining
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
+        require_model(model)
         started = time.perf_counter()
         x = model.check_input(x)
         target = as_target(model, target)

@@ -282,22 +282,40 @@ def probe_batch(model, batch: int = 2, seed: int = 0, open_size: int = 8) -> np.
     return x.astype(model.input_dtype)
 
 
-def input_bounds(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-channel (low, high) of valid inputs from the preprocessing spec, broadcast to `shape`; None if unknown."""
+def input_bounds(model, shape: tuple[int, ...], x=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel (low, high) of valid inputs from the preprocessing spec, broadcast to `shape`; None if unknown.
+
+    A spec guessed from the input's shape says how onnxplain reads image files, not how arrays were made: given the
+    batch `x`, its range counts only when x lies inside it (normalised arrays, -2.1..2.6 say, get None)."""
     spec = model.preprocess
     if spec is None:
         return None
     low, high = spec.value_range()
-    if spec.layout == "NCHW" and len(shape) == 4 and shape[1] == len(low):
-        view = (1, -1, 1, 1)
-    elif spec.layout == "NHWC" and len(shape) == 4 and shape[-1] == len(low):
-        view = (1, 1, 1, -1)
-    elif len(low) == 1:
-        view = (1,) * len(shape)
-    else:
-        return None
-    return (np.broadcast_to(low.reshape(view), shape).astype(np.float64),
-            np.broadcast_to(high.reshape(view), shape).astype(np.float64))
+    if np.ptp(low) == 0 and np.ptp(high) == 0:   # one range for every channel (a default colour of a flat spec)
+        low, high = low[:1], high[:1]
+    view = [1] * len(shape)
+    if len(low) > 1:
+        axis = _channel_axis(model, spec, shape)
+        if axis is None or shape[axis] != len(low):
+            return None
+        view[axis] = -1
+    bounds = (np.broadcast_to(low.reshape(view), shape).astype(np.float64),
+              np.broadcast_to(high.reshape(view), shape).astype(np.float64))
+    if x is not None and model.preprocess_source == "guessed":
+        values = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+        slack = 1e-6 * float(np.max(bounds[1] - bounds[0]))
+        if (values < bounds[0] - slack).any() or (values > bounds[1] + slack).any():
+            return None
+    return bounds
+
+
+def _channel_axis(model, spec, shape: tuple[int, ...]) -> int | None:
+    """The batch's channel axis: an image's by the spec's layout, a sequence's by the graph (`sequence_layout`)."""
+    if len(shape) == 4 and spec.layout in ("NCHW", "NHWC"):
+        return 1 if spec.layout == "NCHW" else 3
+    if len(shape) == 3 and getattr(model, "sequence_layout", None):
+        return 1 if model.sequence_layout == "channels_first" else 2
+    return None
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:

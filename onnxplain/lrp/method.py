@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
+from ..executor import input_bounds
 from ..explanation import Explanation, Method, require_model
 from ..runtime import _progress
 from ..targets import Target, as_target
@@ -55,10 +56,11 @@ class LRP(Method):
         self.device, self.batch_size, self.progress, self.report = device, batch_size, progress, report
         self._walker: Walker | None = None  # the last model's, with its plans (explaining it again skips planning)
 
-    def walker(self, model) -> Walker:
+    def walker(self, model, x: np.ndarray) -> Walker:
+        """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""
         executor = model.torch(self.device)
-        if self._walker is None or self._walker.executor is not executor:
-            bounded = self.low is not None or model.preprocess is not None
+        bounded = self.low is not None or input_bounds(model, x.shape, x) is not None
+        if self._walker is None or self._walker.executor is not executor or self._walker.rule_map.bounded != bounded:
             rule_map = RuleMap(self.composite, self.rules, self.params, bounded=bounded)
             self._walker = Walker(executor, rule_map, self.low, self.high)
         return self._walker
@@ -72,7 +74,7 @@ class LRP(Method):
         x = model.check_input(x)
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"LRP needs a floating-point input; this model takes {x.dtype}")
-        walker = self.walker(model)
+        walker = self.walker(model, x)
         size = 1 if model.fixed_batch else (self.batch_size or max(1, walker.executor.batch_size() // 4))
         results = []
         for start in _progress(range(0, len(x), size), self.progress and f"{self.name} ({self.composite})",
@@ -93,7 +95,11 @@ class LRP(Method):
         diagnostics.update(composite=self.composite, explained_tensor=explained,
                            score_kind=walker.executor.explained_kind())
         applied = [p.rule for p in walker.plan(explained) if p.carries and p.rule is not None]
-        return Explanation(relevance, classes, values, self.name, self.describe(applied), diagnostics)
+        options = self.describe(applied)
+        if any(rule.name == "zb" for rule in applied):   # where z^B's box came from
+            options["box_bounds"] = "low/high" if self.low is not None else f"{model.preprocess_source} " \
+                "preprocessing spec"
+        return Explanation(relevance, classes, values, self.name, options, diagnostics)
 
     def _attribute(self, model, x: np.ndarray, target: Target) -> np.ndarray:
         """Relevance alone: no conservation report, no positivity statistics."""

@@ -183,9 +183,11 @@ class Walker:
         if self.low is not None and self.high is not None:
             return (torch.as_tensor(self.low, dtype=x.dtype, device=x.device),
                     torch.as_tensor(self.high, dtype=x.dtype, device=x.device))
-        bounds = input_bounds(self.model, tuple(x.shape))
+        bounds = input_bounds(self.model, tuple(x.shape), x)
         if bounds is None:
-            raise OnnxplainError("the z^B rule needs input bounds: give the model a preprocessing spec "
+            guessed = " (the inputs lie outside the range of the spec guessed from the input's shape)" \
+                if self.model.preprocess_source == "guessed" else ""
+            raise OnnxplainError(f"the z^B rule needs input bounds{guessed}: give the model a preprocessing spec "
                                  "(--preprocess) or low/high, or use w2 for unbounded inputs")
         low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in bounds)
         if name == self.model.input_name:

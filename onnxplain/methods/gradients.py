@@ -105,7 +105,8 @@ class SmoothGrad(GradientMethod):
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over `samples` noisy copies x + N(0, s^2).
 
     s = sigma * (high - low): `sigma` is a fraction of the input range, taken per channel from the preprocessing
-    spec's `value_range()`, or from each sample's own (max - min) when the model has no spec. Each sample's noise,
+    spec's `value_range()`, or from each sample's own (max - min) when the model has no spec (or only a guessed one
+    that the inputs fall outside: `input_bounds`). Each sample's noise,
     (samples, *input), is drawn from a torch generator seeded with `seed`: every input gets the same standard
     normal draws, scaled by its own s, so a sample's map depends on the seed and that sample alone (not on the batch
     size, nor on the other inputs of the call), and matches Captum's NoiseTunnel on that sample after
@@ -129,7 +130,7 @@ class SmoothGrad(GradientMethod):
 
     def noise_scale(self, model, x: np.ndarray) -> np.ndarray:
         """(N, *input) standard deviation of the noise: sigma times the input range."""
-        bounds = input_bounds(model, x.shape)
+        bounds = input_bounds(model, x.shape, x)
         if bounds is not None:
             return self.sigma * (bounds[1] - bounds[0])
         flat = x.reshape(len(x), -1).astype(np.float64)
@@ -195,7 +196,7 @@ class IntegratedGradients(GradientMethod):
         value = self.baseline
         if isinstance(value, str):
             if value == "min":
-                bounds = input_bounds(model, x.shape)
+                bounds = input_bounds(model, x.shape, x)
                 return np.zeros_like(x) if bounds is None else bounds[0].astype(x.dtype)
             if value == "zeros":
                 return np.zeros_like(x)

@@ -20,6 +20,7 @@ class InputLayout:
     channel_axis: int | None
     low: np.ndarray | None = None    # valid input range, broadcastable to view_shape (None: unknown)
     high: np.ndarray | None = None
+    guessed: bool = False            # the range of a spec guessed from the input's shape (`executor.input_bounds`)
 
     @classmethod
     def of(cls, model, sample_shape: tuple[int, ...]) -> "InputLayout":
@@ -38,7 +39,8 @@ class InputLayout:
             low, high = spec.value_range()
             where = [1] * len(shape)
             where[channel_axis] = len(low)
-            return cls(tuple(sample_shape), shape, channel_axis, low.reshape(where), high.reshape(where))
+            return cls(tuple(sample_shape), shape, channel_axis, low.reshape(where), high.reshape(where),
+                       getattr(model, "preprocess_source", None) == "guessed")
         return cls(tuple(sample_shape), shape, channel_axis)
 
     @property
@@ -74,10 +76,14 @@ class InputLayout:
         return self.unview(expanded)
 
     def value_range(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Valid (low, high) per channel from the preprocessing spec, else the range of the data, broadcastable
-        to (N, *view_shape)."""
+        """Valid (low, high) per channel from the preprocessing spec (a guessed one only when x lies inside it),
+        else the range of the data, broadcastable to (N, *view_shape)."""
         if self.low is not None:
-            return self.low[None], self.high[None]
+            low, high = self.low[None], self.high[None]
+            view = self.view(np.asarray(x, dtype=np.float64))
+            slack = 1e-6 * float(np.max(high - low))
+            if not (self.guessed and ((view < low - slack).any() or (view > high + slack).any())):
+                return low, high
         return np.asarray(np.min(x), dtype=np.float64), np.asarray(np.max(x), dtype=np.float64)
 
     def intensity(self, x: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ DEFAULT_COMPOSITE = "epsilon-plus"
 
 
 def parse_rules(pairs: tuple[str, ...]) -> dict[str, str]:
-    """--rule OP=RULE (OP an op type or a node-name glob) -> {OP: RULE}."""
+    """--rule OP=RULE (OP an op type, or a glob of node or tensor names) -> {OP: RULE}."""
     rules = {}
     for pair in pairs:
         if "=" not in pair:
@@ -193,7 +193,7 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @preprocess_option
 @scores_option
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
-@click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type or node-name glob).")
+@click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type, or a glob of node or tensor names).")
 @click.option("--epsilon", type=float, default=None,
               help="LRP: the epsilon of the composite's epsilon rules and of --rule specs that give none (default "
                    "1e-6); a rule's own number (epsilon:0.25) wins.")

@@ -234,7 +234,8 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
                   threshold: float | None = None, volume: np.ndarray | None = None, slice_axis: int = 0):
     """The picture of one explained input (no batch axis): a slice montage for volumes (`volume`: the full input
     volume when it came from a NIfTI file), input | heatmap | overlay for images, lines over a channels x positions
-    heatmap for (C, L) sequences, else bars of the top features."""
+    heatmap for (C, L) sequences, input | heatmap | overlay for any other 2-D sample (scaled to its own range),
+    else bars of the top features."""
     from .io.nifti import is_volume_input, sample_to_volume
 
     if volume is not None or is_volume_input(model):
@@ -255,6 +256,10 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
             raise OnnxplainError(f"the preprocessing spec ({spec.layout}, size {spec.size}) does not fit an input "
                                  f"of shape {tuple(np.shape(sample))}") from None
         return image_figure(image, relevance_map, title=title, threshold=threshold)
+    if np.ndim(sample) == 2:   # tokens x features, or a gray image with no spec: shown scaled to its own range
+        values = np.asarray(sample, dtype=np.float64)
+        span = float(np.ptp(values)) or 1.0
+        return image_figure((values - values.min()) / span, relevance, title=title, threshold=threshold)
     return bar_figure(relevance, title=title)
 
 

@@ -201,6 +201,13 @@ def test_overrides_by_op_type_and_name_glob(digits_cnn):
     assert {layer["rule"] for layer in broad.diagnostics["layers"][0]} == {"zplus"}
     with pytest.raises(OnnxplainError, match="does not apply to Relu node 'node_relu'"):   # an exact name is checked
         LRP("epsilon-plus", rules={"node_relu": "zplus"}, progress=False).explain(model, x)
+    # the tensor a node writes names it too (dynamo's node names, node_Conv_79, say little)
+    by_tensor = LRP("epsilon-plus", rules={"conv2d": "flat"}, progress=False).explain(model, x).relevance
+    np.testing.assert_array_equal(flat, by_tensor)
+    tensors = LRP("epsilon-plus", rules={"conv2d*": "epsilon"}, progress=False).explain(model, x)
+    assert {layer["rule"] for layer in tensors.diagnostics["layers"][0] if layer["op"] == "Conv"} == {"epsilon"}
+    with pytest.raises(OnnxplainError, match="does not apply to Relu node 'node_relu'"):
+        LRP("epsilon-plus", rules={"relu": "zplus"}, progress=False).explain(model, x)
 
 
 @pytest.mark.parametrize("params, message", [

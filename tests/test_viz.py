@@ -100,6 +100,10 @@ def test_sample_figure_picks_the_picture_for_the_input():
     assert len(viz.sample_figure(image_model, np.zeros((1, 6, 6)), np.ones((1, 6, 6))).axes) == 4  # 3 + colour bar
     features = fake_model((7,), None)
     assert len(viz.sample_figure(features, np.zeros(7), np.arange(7.0)).axes[0].patches) == 7
+    tokens = fake_model((16, 8), None)   # tokens x features: a map, not bars of flattened indices
+    fig = viz.sample_figure(tokens, np.linspace(-2, 2, 128).reshape(16, 8), np.ones((16, 8)))
+    assert len(fig.axes) == 4 and fig.axes[0].images[0].get_array().shape == (16, 8)
+    assert fig.axes[0].images[0].get_array().min() == 0 and fig.axes[0].images[0].get_array().max() == 1
     volume_model = fake_model((4 * 3 * 2,), PreprocessSpec(layout="flat", crop=((1, 5), (0, 3), (2, 4))))
     fig = viz.sample_figure(volume_model, np.zeros(24), np.ones(24), volume=np.zeros((6, 3, 5)), slice_axis=0)
     assert len(fig.axes) == 8  # the 4 slices holding relevance, two rows

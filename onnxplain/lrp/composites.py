@@ -134,7 +134,8 @@ def composite_named(name: str) -> Composite:
 
 
 class RuleMap:
-    """Assigns each LRP step its rule: overrides (node-name glob first, then op type), else the composite's."""
+    """Assigns each LRP step its rule: overrides (a glob of the node's name or of a tensor it writes first, then
+    its op type), else the composite's."""
 
     def __init__(self, composite: str = "epsilon-plus", overrides: dict[str, str] | None = None,
                  params: Params = Params(), bounded: bool = True):
@@ -161,9 +162,10 @@ class RuleMap:
         return None
 
     def _override(self, op) -> rules.Rule | None:
+        names = [op.name] + [name for name in op.node.output if name]   # the node's name or a tensor it writes
         for key, rule in self.overrides.items():
-            if key != op.op_type and fnmatch.fnmatchcase(op.name, key):
-                if key != op.name and not _takes(op.kind, rule):
+            if key != op.op_type and any(fnmatch.fnmatchcase(name, key) for name in names):
+                if key not in names and not _takes(op.kind, rule):
                     continue   # a pattern passes over the nodes its rule cannot take (activations, ...)
                 self.used.add(key)
                 return rule

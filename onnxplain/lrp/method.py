@@ -24,7 +24,7 @@ class LRP(Method):
     """Layer-wise relevance propagation on the ONNX graph, rules chosen by a zennit-named composite.
 
     composite: epsilon-plus (default), epsilon-gamma-box, epsilon-alpha2-beta1, epsilon-plus-flat,
-    epsilon-alpha2-beta1-flat, deep-taylor, lrp-0. rules: overrides {op type or node-name glob: rule spec}.
+    epsilon-alpha2-beta1-flat, deep-taylor, lrp-0. rules: overrides {op type, or a glob of node or tensor names: rule spec}.
     epsilon/gamma/stabilizer: the rules' numbers (zennit's defaults), for the rules that take no number of their own
     (an override 'epsilon:0.25' keeps 0.25). low/high: z^B box bounds of the input (default: the preprocessing
     spec's value range). Relevance starts at the pre-softmax logit. The explanation's params name the rules the

@@ -111,7 +111,7 @@ def _number(text: str):
 
 
 def build_methods(specs: list[str], progress: bool, options: dict) -> dict:
-    """{spec: method}; each also gets the shared options (reference, seed) that its constructor accepts."""
+    """{spec: method}; each also gets the shared options (reference, seed, device) that its constructor accepts."""
     methods = {}
     for spec in specs:
         name, params = parse_method(spec)
@@ -180,16 +180,21 @@ def _split(value: str) -> list[str]:
               help="Reference data for methods that take it (pda): a folder of images, or an .npy batch or single "
                    "sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
+@click.option("--device", default=None,
+              help="Torch device (cpu, cuda, cuda:N) for every method that takes one (a method's own device=... "
+                   "wins; pda and occlusion then run their forward passes in the torch executor there) and for "
+                   "APEM's loss gradient.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, scores, region, steps, score, stage,
-                     epsilon_step, max_steps, shuffles, reference, seed, as_json, quiet):
+                     epsilon_step, max_steps, shuffles, reference, seed, device, as_json, quiet):
     """Score explanation methods with region-perturbation AOPC and APEM on the inputs (files or folders)."""
     check_output(out, "folder")
     loaded = load_model(model, preprocess, scores)
     x, sources = load_inputs(inputs, loaded)
     truth = read_true_labels(labels, sources, loaded) if labels else None
-    options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None}
+    options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None,
+               "device": device}
     methods, note = (methods, None) if methods else default_methods(loaded)
     integers = not np.issubdtype(loaded.input_dtype, np.floating)
     if metrics is None and integers:
@@ -199,7 +204,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     chosen = build_methods(_split(methods), not quiet, options)
     evaluation = Evaluation(_split(metrics), region=region, steps=steps, score=score, stage=stage,
                             epsilon_step=epsilon_step, max_steps=max_steps, shuffles=shuffles, seed=seed,
-                            progress=not quiet)
+                            device=device or "cpu", progress=not quiet)
     report = evaluation.run(loaded, x, chosen, truth, [s.name for s in sources])
     if out:
         write_outputs(report, out, title=f"Evaluation of {model.name}")

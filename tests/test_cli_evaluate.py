@@ -91,6 +91,28 @@ def test_method_parameters_in_the_spec(digits_cnn, inputs):
     assert row["aopc_morf"] == pytest.approx(aopc(region_perturbation(model, x, relevance, steps=5)), rel=1e-6)
 
 
+def test_device_reaches_the_methods_and_the_loss_gradient(digits_cnn, inputs, monkeypatch):
+    """--device goes to every method that takes one (occlusion then runs in the torch executor) unless its spec
+    names its own, and to APEM's loss gradient."""
+    from onnxplain.cli import evaluate_cmd
+    from onnxplain.metrics import apem
+
+    seen = {}
+
+    def loss_gradient(model, x, classes, device="cpu"):
+        seen["apem"] = device
+        return np.ones_like(x)
+
+    monkeypatch.setattr(apem, "loss_gradient", loss_gradient)
+    methods = evaluate_cmd.build_methods(["occlusion", "gradient:device=cpu"], False, {"device": "cuda:3"})
+    assert methods["occlusion"].device == "cuda:3" and methods["gradient:device=cpu"].device == "cpu"
+    folder, _, _ = inputs
+    result = run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "gradient", "--device", "cpu",
+                 "--steps", "3", "--shuffles", "1", "--max-steps", "20", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert seen == {"apem": "cpu"}
+
+
 def test_method_specs_read_values_as_the_method_types_them():
     from onnxplain.cli.evaluate_cmd import parse_method
 
@@ -128,6 +150,7 @@ def test_method_parameter_of_the_wrong_type_is_one_line(digits_cnn, inputs, spec
     (["--steps", "0"], "'--steps': 0 is not in the range x>=1"),
     (["--shuffles", "0"], "'--shuffles': 0 is not in the range x>=1"),
     (["--epsilon-step", "0"], "'--epsilon-step': 0.0 is not in the range x>0"),
+    (["--device", "gpu0"], "device 'gpu0' is not a torch device name"),
 ])
 def test_user_errors_exit_2(digits_cnn, inputs, extra, message):
     folder, _, _ = inputs

@@ -127,7 +127,7 @@ def test_probe_must_differ_from_the_prediction_and_be_a_class(digits):
     with pytest.raises(OnnxplainError, match="already the predicted class"):
         CDeepEx(str(generator), **FAST).explain(model, x[:1], Target(index=top))
     with pytest.raises(OnnxplainError, match="hidden-layer"):
-        CDeepEx(str(generator), **FAST).explain(model, x[:1], Target("x", 0))
+        CDeepEx(str(generator), **FAST).explain(model, x[:1], Target("relu", 0))
     with pytest.raises(OnnxplainError, match="not found"):
         CDeepEx("missing.onnx", **FAST).explain(model, x[:1])
 

@@ -60,21 +60,21 @@ def directions(maps: np.ndarray, sign: np.ndarray, layout: InputLayout) -> np.nd
     return np.where(norm > 0, expanded / np.where(norm > 0, norm, 1.0), 0.0) * np.sign(sign)
 
 
-def loss_gradient(model, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """grad_x of the cross-entropy of class `classes[i]` (from the torch executor), shaped like x."""
+def loss_gradient(model, x: np.ndarray, classes: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """grad_x of the cross-entropy of class `classes[i]` (from the torch executor on `device`), shaped like x."""
     import torch
 
     if not np.issubdtype(model.input_dtype, np.floating):
         raise OnnxplainError(f"APEM needs the loss gradient with respect to the input, and this model takes "
                              f"{model.input_dtype} (token ids, categories), which has none: use AOPC alone "
                              "(--metrics aopc)")
-    executor = model.torch()
+    executor = model.torch(device)
     grads = []
-    size = model.batch_size()
+    size = 1 if model.fixed_batch else executor.batch_size()
     for start in range(0, len(x), size):
-        batch = torch.tensor(np.asarray(x[start:start + size]), requires_grad=True)
-        target = torch.as_tensor(classes[start:start + size], dtype=torch.long)
-        loss = -executor.log_likelihood(batch)[torch.arange(len(batch)), target].sum()
+        batch = executor.tensor(np.asarray(x[start:start + size])).requires_grad_(True)
+        target = torch.as_tensor(classes[start:start + size], dtype=torch.long, device=batch.device)
+        loss = -executor.log_likelihood(batch)[torch.arange(len(batch), device=batch.device), target].sum()
         grads.append(torch.autograd.grad(loss, batch)[0].detach().cpu().numpy())
     return np.concatenate(grads)
 
@@ -122,11 +122,13 @@ class APEM:
     max_steps: k beyond which a case counts as never flipping. shuffles: shuffled maps per image for APEM_norm
     (0 = none). baseline: also score shuffled maps as if they were a method, each normalised by a second,
     independent set of shuffles (their APEM_norm should be about 0: `result.shuffled`).
-    search: 'bracket' (batched bracketing) or 'linear' (the paper's scan; same answer, slower).
+    search: 'bracket' (batched bracketing) or 'linear' (the paper's scan; same answer, slower). device: the torch
+    device of the loss gradient that signs the perturbation.
     """
 
     def __init__(self, stage: int = 2, step: float = 1.0, max_steps: int = 100_000, shuffles: int = 10,
-                 baseline: bool = False, seed: int = 0, search: str = "bracket", progress: bool = True):
+                 baseline: bool = False, seed: int = 0, search: str = "bracket", device: str = "cpu",
+                 progress: bool = True):
         if stage not in STAGES:
             raise OnnxplainError(f"APEM stage must be 1, 2 or 3, not {stage!r}")
         if search not in SEARCHES:
@@ -135,7 +137,7 @@ class APEM:
             raise OnnxplainError("shuffles must be 0 or more")
         self.stage, self.step, self.max_steps = stage, float(step), int(max_steps)
         self.shuffles, self.baseline, self.seed = shuffles, baseline, seed
-        self.search, self.progress = search, progress
+        self.search, self.device, self.progress = search, device, progress
 
     def evaluate(self, model, x: np.ndarray, relevance: np.ndarray, target=None,
                  gradient: np.ndarray | None = None) -> APEMResult:
@@ -189,10 +191,9 @@ class APEM:
             raise OnnxplainError("APEM explains classes; hidden-tensor targets are not supported")
         return classes
 
-    @staticmethod
-    def sign(model, x: np.ndarray, classes: np.ndarray, gradient: np.ndarray | None) -> np.ndarray:
+    def sign(self, model, x: np.ndarray, classes: np.ndarray, gradient: np.ndarray | None) -> np.ndarray:
         if gradient is None:
-            gradient = loss_gradient(model, x, classes)
+            gradient = loss_gradient(model, x, classes, self.device)
         gradient = np.asarray(gradient)
         if gradient.shape != x.shape:
             raise OnnxplainError(f"loss gradient shape {gradient.shape} does not match the inputs {x.shape}")

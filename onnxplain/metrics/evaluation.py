@@ -72,18 +72,19 @@ class Evaluation:
 
     metrics: any of 'aopc', 'apem'. region, steps, score: region perturbation (see `region_perturbation`).
     stage, epsilon_step, max_steps, shuffles: APEM (see `APEM`); shuffled maps are also scored as a baseline.
+    device: the torch device of APEM's loss gradient (the methods take their own).
     """
 
     def __init__(self, metrics=METRICS, *, region: int | None = None, steps: int = 100, score: str = "logit",
                  stage: int = 2, epsilon_step: float = 1.0, max_steps: int = 100_000, shuffles: int = 10,
-                 seed: int = 0, progress: bool = True):
+                 seed: int = 0, device: str = "cpu", progress: bool = True):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
             raise OnnxplainError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
         self.metrics = tuple(metrics)
         self.perturbation = {"region": region, "steps": steps, "score": score, "seed": seed}
         self.apem = APEM(stage=stage, step=epsilon_step, max_steps=max_steps, shuffles=shuffles,
-                         baseline=shuffles > 0, seed=seed, progress=progress)
+                         baseline=shuffles > 0, seed=seed, device=device, progress=progress)
         self.progress = progress
 
     def run(self, model, x: np.ndarray, methods: dict, labels: np.ndarray | None = None,

@@ -34,12 +34,21 @@ class LinearClassifier(LinearOp):
         if classes == 1 and len(labels) == 2:
             weight, bias = torch.cat([-weight, weight], 1), torch.cat([-bias, bias])
         self.weight, self.bias = weight, bias
+        self._moved: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # (device, dtype) -> (weight, bias)
+
+    def _parameters(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias on x's device and dtype, copied there once (not at every forward pass)."""
+        key = (x.device, x.dtype)
+        if key not in self._moved:
+            self._moved[key] = (self.weight.to(x), self.bias.to(x))
+        return self._moved[key]
 
     def channel_shape(self, inputs, channels):
         return (channels,)
 
     def forward(self, x):
-        scores = x @ self.weight.to(x) + self.bias.to(x)
+        weight, bias = self._parameters(x)
+        scores = x @ weight + bias
         if len(self.node.output) > 1 and self.node.output[0]:
             return PostTransform.transform(scores, self.attr("post_transform", "NONE"), self.label_values())
         return scores
@@ -49,7 +58,7 @@ class LinearClassifier(LinearOp):
 
     def layer(self, inputs):
         x = inputs[0]
-        return rules.Layer(lambda t, w: t @ w, self.weight.to(x), self.bias.to(x), stack_axes=(-1, 0))
+        return rules.Layer(lambda t, w: t @ w, *self._parameters(x), stack_axes=(-1, 0))
 
 
 @register("Scaler", domain=ML, opsets=(1, 5))

@@ -184,6 +184,13 @@ def test_deep_taylor_without_bounds_uses_w2(tmp_path):
     assert [layer["rule"] for layer in explanation.diagnostics["layers"][0]] == ["w2", "zplus"]
 
 
+def test_composites_by_zennit_class_names():
+    assert LRP("EpsilonAlpha2Beta1Flat").composite == "epsilon-alpha2-beta1-flat"
+    assert LRP("EpsilonGammaBox").composite == "epsilon-gamma-box" and LRP("epsilon-plus").composite == "epsilon-plus"
+    with pytest.raises(OnnxplainError, match="unknown composite 'EpsilonMinus'"):
+        LRP("EpsilonMinus")
+
+
 def test_overrides_by_op_type_and_name_glob(digits_cnn):
     model = onnxplain.load(digits_cnn)
     x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:5]

@@ -127,10 +127,16 @@ def _takes(kind: str | None, rule: rules.Rule) -> bool:
     return False
 
 
-def composite_named(name: str) -> Composite:
-    if name not in COMPOSITES:
+def composite_key(name: str) -> str:
+    """A composite's name here, given that or zennit's class name (EpsilonPlus is epsilon-plus)."""
+    spelled = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", str(name)).lower()
+    if spelled not in COMPOSITES:
         raise OnnxplainError(f"unknown composite {name!r}; choose one of {', '.join(COMPOSITES)}")
-    return COMPOSITES[name]
+    return spelled
+
+
+def composite_named(name: str) -> Composite:
+    return COMPOSITES[composite_key(name)]
 
 
 class RuleMap:

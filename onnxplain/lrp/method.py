@@ -14,7 +14,7 @@ from ..executor import input_bounds
 from ..explanation import Explanation, Method, require_model
 from ..runtime import _progress
 from ..targets import Target, as_target
-from .composites import Params, RuleMap, composite_named, make_rule, params_used, rule_spec
+from .composites import Params, RuleMap, composite_key, composite_named, make_rule, params_used, rule_spec
 from .walker import Result, Walker, data_cuts, no_path_message, relevance_path, ruleless
 
 HISTOGRAM_BINS = 10
@@ -24,7 +24,8 @@ class LRP(Method):
     """Layer-wise relevance propagation on the ONNX graph, rules chosen by a zennit-named composite.
 
     composite: epsilon-plus (default), epsilon-gamma-box, epsilon-alpha2-beta1, epsilon-plus-flat,
-    epsilon-alpha2-beta1-flat, deep-taylor, lrp-0. rules: overrides {op type, or a glob of node or tensor names: rule spec}.
+    epsilon-alpha2-beta1-flat, deep-taylor, lrp-0 (zennit's class names, EpsilonPlus..., name them too).
+    rules: overrides {op type, or a glob of node or tensor names: rule spec}.
     epsilon/gamma/stabilizer: the rules' numbers (zennit's defaults), for the rules that take no number of their own
     (an override 'epsilon:0.25' keeps 0.25). low/high: z^B box bounds of the input (default: the preprocessing
     spec's value range). Relevance starts at the pre-softmax logit. The explanation's params name the rules the
@@ -39,6 +40,7 @@ class LRP(Method):
     def __init__(self, composite: str = "epsilon-plus", rules: dict[str, str] | None = None, epsilon: float = 1e-6,
                  gamma: float = 0.25, stabilizer: float = 1e-6, low=None, high=None, device: str = "cpu",
                  batch_size: int | None = None, progress: bool = True, report: bool = True):
+        composite = composite_key(composite)
         chosen = composite_named(composite)
         self.params = Params(float(epsilon), float(gamma), float(stabilizer))
         for field, value in zip(("epsilon", "gamma", "stabilizer"), (epsilon, gamma, stabilizer)):

@@ -162,14 +162,16 @@ class SmoothGrad(GradientMethod):
 class IntegratedGradients(GradientMethod):
     """Integrated gradients (Sundararajan et al. 2017): (x - x') * integral_0^1 df/dx (x' + a (x - x')) da.
 
-    steps: quadrature points; rule: "gausslegendre" (Captum's default) or "riemann_middle" (the midpoint rule).
+    steps: quadrature points; rule: "gausslegendre" (Captum's default), or a Riemann sum with Captum's names:
+    "riemann_middle" (midpoints), "riemann_left", "riemann_right", "riemann_trapezoid" (the trapezoid rule: n
+    points from 0 to 1 weighted 1/(n-1), ends halved; Captum weights them 1/n, which is (n-1)/n of this).
     baseline: "min" (default: the lowest valid input per channel from the preprocessing spec - a black image -,
     zeros when the model has no spec), "zeros", a number, or an array shaped like one input or the batch.
     diagnostics["completeness_gap"] = sum(relevance) - (f(x) - f(x')), the quadrature error.
     """
 
     name = "integrated-gradients"
-    RULES = ("gausslegendre", "riemann_middle")
+    RULES = ("gausslegendre", "riemann_middle", "riemann_left", "riemann_right", "riemann_trapezoid")
 
     def __init__(self, steps: int = 50, baseline="min", rule: str = "gausslegendre", device: str = "cpu",
                  batch_size: int | None = None, progress: bool = True):
@@ -187,10 +189,16 @@ class IntegratedGradients(GradientMethod):
 
     def quadrature(self) -> tuple[np.ndarray, np.ndarray]:
         """(alphas, weights) on [0, 1]."""
+        n = self.steps
         if self.rule == "gausslegendre":
-            nodes, weights = np.polynomial.legendre.leggauss(self.steps)
+            nodes, weights = np.polynomial.legendre.leggauss(n)
             return 0.5 * (nodes + 1), 0.5 * weights
-        return (np.arange(self.steps) + 0.5) / self.steps, np.full(self.steps, 1.0 / self.steps)
+        if self.rule == "riemann_trapezoid":   # n points from 0 to 1, the two ends weighted half
+            weights = np.full(n, 1.0 / (n - 1))
+            weights[[0, -1]] /= 2
+            return np.linspace(0.0, 1.0, n), weights
+        offset = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[self.rule]
+        return (np.arange(n) + offset) / n, np.full(n, 1.0 / n)
 
     def baseline_batch(self, model, x: np.ndarray) -> np.ndarray:
         value = self.baseline

@@ -38,6 +38,13 @@ class Explanation:
     def relevance_sum(self) -> np.ndarray:
         return self.relevance.reshape(len(self.relevance), -1).sum(axis=1)
 
+    def __repr__(self) -> str:
+        """One line: arrays by shape, the options, the diagnostics' names (their values can run to pages)."""
+        targets = np.unique(self.target).tolist()
+        shown = targets if len(targets) <= 5 else f"{len(targets)} classes"
+        return (f"Explanation({self.method}, relevance {_short(self.relevance)}, target {shown}, "
+                f"params {self.params}, diagnostics [{', '.join(self.diagnostics)}])")
+
 
 class Method(ABC):
     """An explanation method: parameters in `__init__`, then `explain` (relevance with the explained target, score

@@ -121,3 +121,11 @@ def test_an_lrp_number_no_rule_reads_is_refused():
         LRP(composite="lrp-0", epsilon=0.1)
     LRP(composite="epsilon-gamma-box", gamma=0.5)
     LRP(gamma=0.5, rules={"Conv": "gamma"})
+
+
+def test_an_explanation_shows_in_one_line(digits_cnn):
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:4]
+    shown = repr(make_method("lrp", progress=False).explain(model, x, Target(index=3)))
+    assert shown.startswith("Explanation(lrp, relevance <ndarray 4x1x28x28 float32>, target [3], params {")
+    assert "\n" not in shown and len(shown) < 600 and "conservation_error" in shown

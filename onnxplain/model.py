@@ -57,6 +57,7 @@ class Model:
         """Rewrite the graph with its large weights set aside (rewrites need shapes, not bytes), then check
         the result against the original once, on the session later runs use."""
         model = normalize.unzip_classifier(normalize.drop_initializer_inputs(_copy(original)))
+        _one_input(model)   # before any rewrite: they assume one input
         self.probability_outputs = normalize.expose_probabilities(model)
         self.notes += [f"output {name!r} holds {added.what}; added as output {added.probabilities!r}"
                        for name, added in self.probability_outputs.items()]
@@ -139,19 +140,20 @@ class Model:
         except Exception:  # the dynamic graph fails to run: keep the fixed batch
             return False
         for k, joint in enumerate(together):
-            joint, parts = np.asarray(joint, dtype=np.float64), [np.asarray(a[k], dtype=np.float64) for a in apart]
-            if joint.shape[:1] != (3,) or any(p.shape != (1,) + joint.shape[1:] for p in parts) or \
-                    not np.allclose(joint, np.concatenate(parts), rtol=1e-4, atol=1e-6, equal_nan=True):
-                return False   # other values, or a batch axis that a single sample loses (a Squeeze of it)
+            joint, parts = np.asarray(joint), [np.asarray(a[k]) for a in apart]
+            if joint.shape[:1] != (3,) or any(p.shape != (1,) + joint.shape[1:] for p in parts):
+                return False   # a batch axis that a single sample loses (a Squeeze of it)
+            if joint.dtype.kind in "OSU":   # string class labels (scikit-learn classifiers with named classes)
+                if not (joint == np.concatenate(parts)).all():
+                    return False
+            elif not np.allclose(joint.astype(np.float64), np.concatenate(parts).astype(np.float64), rtol=1e-4,
+                                 atol=1e-6, equal_nan=True):
+                return False
         return True
 
     # ---------------------------------------------------------------- description
     def _single_input(self):
-        inputs = list(self.proto.graph.input)
-        if len(inputs) != 1:
-            raise OnnxplainError(f"onnxplain explains models with one input; this one has {len(inputs)}: "
-                                 + ", ".join(i.name for i in inputs))
-        value = inputs[0]
+        value = _one_input(self.proto)
         tensor_type = value.type.tensor_type
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
@@ -184,9 +186,10 @@ class Model:
         return guessed
 
     def _labels(self) -> list[str] | None:
+        """The stored labels, else a scikit-learn classifier's own classes (ai.onnx.ml classlabels_*)."""
         stored = self.metadata.get(LABELS_KEY)
         if not stored:
-            return None
+            return _classifier_labels(self.proto, self.class_count())
         try:
             labels = json.loads(stored)
         except json.JSONDecodeError:
@@ -343,6 +346,22 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         else:
             copy.graph.output.append(helper.make_empty_tensor_value_info(name))
     return copy
+
+
+def _classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str] | None:
+    """The class labels of the graph's one ai.onnx.ml classifier, when they count the score columns."""
+    found = [[str(v.decode() if isinstance(v, bytes) else v) for v in helper.get_attribute_value(a)]
+             for node in model.graph.node if node.domain == "ai.onnx.ml" and node.op_type.endswith("Classifier")
+             for a in node.attribute if a.name in ("classlabels_strings", "classlabels_ints")]
+    return found[0] if len(found) == 1 and classes is not None and len(found[0]) == classes else None
+
+
+def _one_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    inputs = list(model.graph.input)
+    if len(inputs) != 1:
+        raise OnnxplainError(f"onnxplain explains models with one input; this one has {len(inputs)}: "
+                             + ", ".join(i.name for i in inputs))
+    return inputs[0]
 
 
 def _random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:

@@ -272,21 +272,21 @@ def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, i
     batched = _tensors_with_batch(model, batch)
     constants = {t.name: t for t in graph.initializer}
     constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    readers: dict[str, list[onnx.NodeProto]] = {}   # shape constant -> the Reshapes reading it (dynamo shares them)
     for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in batched:
-            continue
-        source, allowzero = node.input[1], next((a for a in node.attribute if a.name == "allowzero"), None)
-        if source in constants:
-            tensor = constants[source]
-        elif source in constant_nodes:
-            tensor = next(a.t for a in constant_nodes[source].attribute if a.name == "value")
-        else:
-            continue
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants.keys() | constant_nodes:
+            readers.setdefault(node.input[1], []).append(node)
+    for source, nodes in readers.items():
+        tensor = constants[source] if source in constants else \
+            next(a.t for a in constant_nodes[source].attribute if a.name == "value")
         shape = numpy_helper.to_array(tensor)
-        if shape.size and shape[0] == batch and not (allowzero is not None and allowzero.i and (shape == 0).any()):
-            tensor.CopyFrom(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), tensor.name))
-            if allowzero is not None:   # allowzero=1 (dynamo writes it) would read the 0 as a size; no other is 0
-                allowzero.i = 0
+        allowzero = [a for node in nodes for a in node.attribute if a.name == "allowzero" and a.i]
+        if not shape.size or shape[0] != batch or any(node.input[0] not in batched for node in nodes) \
+                or (allowzero and (shape == 0).any()):
+            continue
+        tensor.CopyFrom(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), tensor.name))
+        for attribute in allowzero:   # allowzero=1 (dynamo writes it) would read the 0 as a size; no other is 0
+            attribute.i = 0
     squeezes = keep_batch_in_squeezes(model, batched) if batch == 1 else 0
     if squeezes:   # their outputs now keep the batch: let inference redo the shapes
         for value in graph.output:

@@ -372,9 +372,9 @@ def test_squeezes_of_no_batch_stay_as_they_are(case, tmp_path):
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy opset 13"])
 def test_an_export_of_a_batch_of_two_takes_any_batch(dynamo, tmp_path):
-    """`torch.onnx.export(net, (x,))` with a batch of 2 and no dynamic axes fixes the batch at 2, a flatten's
-    Reshape too (dynamo writes it with allowzero=1). The batch is freed: 5 samples (and 1) give the torch net's
-    outputs, and LRP runs on them."""
+    """`torch.onnx.export(net, (x,))` with a batch of 2 and no dynamic axes fixes the batch at 2, the flattens'
+    Reshapes too (dynamo writes them with allowzero=1, two reading one shape constant). The batch is freed: 5
+    samples (and 1) give the torch net's outputs, and LRP runs on them."""
     import warnings
 
     import torch
@@ -385,9 +385,11 @@ def test_an_export_of_a_batch_of_two_takes_any_batch(dynamo, tmp_path):
         def __init__(self):
             super().__init__()
             self.conv, self.norm, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(144, 5)
+            self.side = torch.nn.Conv2d(3, 4, 3)
 
         def forward(self, x):
-            return self.fc(torch.relu(self.norm(self.conv(x))).view(x.shape[0], -1))
+            flat = torch.relu(self.norm(self.conv(x))).view(x.shape[0], -1)
+            return self.fc(flat + torch.relu(self.side(x)).view(x.shape[0], -1))
 
     torch.manual_seed(0)
     net, path = Net().eval(), tmp_path / "batch2.onnx"
@@ -419,3 +421,35 @@ def test_a_batch_that_cannot_be_freed_is_a_one_line_error(tmp_path):
     onnx.save(model, tmp_path / "tied.onnx")
     with pytest.raises(OnnxplainError, match="exported for batches of exactly 2 .* dynamic batch axis"):
         onnxplain.load(tmp_path / "tied.onnx")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_fixed_batch_classifier_with_string_labels_loads(batch, tmp_path):
+    """skl2onnx with initial_types [B, 4] and named classes: the batch check compares the string labels as strings
+    (it read them as numbers and failed with a raw ValueError)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4)).astype(np.float32)
+    classifier = LogisticRegression(max_iter=500).fit(x, np.array(["a", "b", "c"])[rng.integers(0, 3, 60)])
+    proto = convert_sklearn(classifier, initial_types=[("x", FloatTensorType([batch, 4]))], target_opset=13)
+    onnx.save(proto, tmp_path / "named.onnx")
+    model = onnxplain.load(tmp_path / "named.onnx")
+    assert model.input_shape == (None, 4) and model.labels == ["a", "b", "c"]
+    np.testing.assert_allclose(model.scores(x[:5]), classifier.predict_proba(x[:5]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", ["N", 1, 2])
+def test_two_inputs_are_refused_whatever_their_batch(batch, tmp_path):
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    nodes = [helper.make_node("Add", ["a", "b"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, 4]) for name in "ab"]
+    graph = helper.make_graph(nodes, "two", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+                              [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "two.onnx")
+    with pytest.raises(OnnxplainError, match="models with one input; this one has 2: a, b"):
+        onnxplain.load(tmp_path / "two.onnx")

@@ -282,11 +282,9 @@ def probe_batch(model, batch: int = 2, seed: int = 0, open_size: int = 8) -> np.
     return x.astype(model.input_dtype)
 
 
-def input_bounds(model, shape: tuple[int, ...], x=None) -> tuple[np.ndarray, np.ndarray] | None:
+def input_bounds(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel (low, high) of valid inputs from the preprocessing spec, broadcast to `shape`; None if unknown.
-
-    A spec guessed from the input's shape says how onnxplain reads image files, not how arrays were made: given the
-    batch `x`, its range counts only when x lies inside it (normalised arrays, -2.1..2.6 say, get None)."""
+    For a spec guessed from the input's shape, `spec_range_rows` says which inputs the range holds for."""
     spec = model.preprocess
     if spec is None:
         return None
@@ -299,14 +297,22 @@ def input_bounds(model, shape: tuple[int, ...], x=None) -> tuple[np.ndarray, np.
         if axis is None or shape[axis] != len(low):
             return None
         view[axis] = -1
-    bounds = (np.broadcast_to(low.reshape(view), shape).astype(np.float64),
-              np.broadcast_to(high.reshape(view), shape).astype(np.float64))
-    if x is not None and model.preprocess_source == "guessed":
-        values = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-        slack = 1e-6 * float(np.max(bounds[1] - bounds[0]))
-        if (values < bounds[0] - slack).any() or (values > bounds[1] + slack).any():
-            return None
-    return bounds
+    return (np.broadcast_to(low.reshape(view), shape).astype(np.float64),
+            np.broadcast_to(high.reshape(view), shape).astype(np.float64))
+
+
+def spec_range_rows(model, x) -> np.ndarray:
+    """(N,) whether the spec's value range holds for each input of the batch x: every input for a stored or given
+    spec; for one guessed from the input's shape, which says how onnxplain reads image files rather than how arrays
+    were made, the inputs inside it (normalised arrays, -2.1..2.6 say, are not). Decided per input, so that an
+    input's explanation does not depend on the others explained with it."""
+    values = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    bounds = input_bounds(model, values.shape)
+    if bounds is None or model.preprocess_source != "guessed":
+        return np.full(len(values), bounds is not None)
+    slack = 1e-6 * float(np.max(bounds[1] - bounds[0]))
+    outside = (values < bounds[0] - slack) | (values > bounds[1] + slack)
+    return ~outside.reshape(len(values), -1).any(axis=1)
 
 
 def _channel_axis(model, spec, shape: tuple[int, ...]) -> int | None:

@@ -19,6 +19,7 @@ from .errors import OnnxplainError
 
 CMAP = "bwr"
 PANEL_INCHES = 2.6
+MAX_ASPECT = 4   # longest side of an image panel over its shortest
 DPI = 100
 TITLE_INCHES = 0.5
 DEFAULT_THRESHOLD = 0.15
@@ -77,8 +78,9 @@ def overlay_rgb(image: np.ndarray, relevance_map: np.ndarray, threshold: float |
 
 def image_panel_boxes(height: int, width: int, panels: int = 3):
     """([axes rectangle in figure fractions per panel], (figure width, height) in inches): a fixed layout,
-    so that a reader (or a test) can find each panel in the PNG."""
-    panel_w, panel_h = PANEL_INCHES, PANEL_INCHES * height / width
+    so that a reader (or a test) can find each panel in the PNG. Panels keep the map's shape up to 1:4 or 4:1
+    (a 600 x 3 series would otherwise be drawn 200 times taller than wide)."""
+    panel_w, panel_h = PANEL_INCHES, PANEL_INCHES * min(max(height / width, 1 / MAX_ASPECT), MAX_ASPECT)
     fig_w, fig_h = panel_w * panels + 0.2 * (panels + 1) + 0.5, panel_h + TITLE_INCHES + 0.2
     return [((0.2 + i * (panel_w + 0.2)) / fig_w, 0.1 / fig_h, panel_w / fig_w, panel_h / fig_h)
             for i in range(panels)], (fig_w, fig_h)
@@ -115,11 +117,11 @@ def image_figure(image: np.ndarray, relevance_map: np.ndarray, *, title: str = "
         fig.suptitle(title, fontsize=10, y=1 - 0.12 / size[1], va="top")
     v = limit(relevance_map)
     axes = [fig.add_axes(box) for box in boxes]
-    _show(axes[0], image, "input", cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+    _show(axes[0], image, "input", cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, aspect="auto")
     shown = apply_threshold(relevance_map, threshold)
     _show(axes[1], shown, "relevance" + (f" (|R| ≥ {threshold:.0%} of max)" if threshold else ""),
-                    cmap=CMAP, vmin=-v, vmax=v)
-    _show(axes[2], overlay_rgb(image, relevance_map, threshold), "overlay")
+                    cmap=CMAP, vmin=-v, vmax=v, aspect="auto")
+    _show(axes[2], overlay_rgb(image, relevance_map, threshold), "overlay", aspect="auto")
     bar = fig.add_axes((boxes[2][0] + boxes[2][2] + 0.04 / size[0], boxes[2][1], 0.12 / size[0], boxes[2][3]))
     colorbar = fig.colorbar(axes[1].images[0], cax=bar)
     colorbar.formatter = _compact_formatter()

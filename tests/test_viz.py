@@ -104,6 +104,9 @@ def test_sample_figure_picks_the_picture_for_the_input():
     fig = viz.sample_figure(tokens, np.linspace(-2, 2, 128).reshape(16, 8), np.ones((16, 8)))
     assert len(fig.axes) == 4 and fig.axes[0].images[0].get_array().shape == (16, 8)
     assert fig.axes[0].images[0].get_array().min() == 0 and fig.axes[0].images[0].get_array().max() == 1
+    long = viz.sample_figure(fake_model((600, 3), None), np.zeros((600, 3)), np.ones((600, 3)))
+    width, height = long.get_size_inches()
+    assert height < 2 * width   # a 600 x 3 series in panels of at most 4:1, not 200:1
     volume_model = fake_model((4 * 3 * 2,), PreprocessSpec(layout="flat", crop=((1, 5), (0, 3), (2, 4))))
     fig = viz.sample_figure(volume_model, np.zeros(24), np.ones(24), volume=np.zeros((6, 3, 5)), slice_axis=0)
     assert len(fig.axes) == 8  # the 4 slices holding relevance, two rows

@@ -152,6 +152,11 @@ class RuleMap:
         self.overrides = {key: make_rule(spec, params) for key, spec in (overrides or {}).items()}
         self.used: set[str] = set()
 
+    @property
+    def uses_box(self) -> bool:
+        """Whether some node may take z^B (whose box bounds come from the input's range)."""
+        return self.composite.first in ("zb", "zb-or-w2") or any(r.name == "zb" for r in self.overrides.values())
+
     def rule_for(self, op, first_linear: bool, first_conv: bool) -> rules.Rule | None:
         override = self._override(op)
         kind = op.kind

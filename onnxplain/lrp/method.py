@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..executor import input_bounds
+from ..executor import spec_range_rows
 from ..explanation import Explanation, Method, require_model
 from ..runtime import _progress
 from ..targets import Target, as_target
@@ -61,7 +61,12 @@ class LRP(Method):
     def walker(self, model, x: np.ndarray) -> Walker:
         """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""
         executor = model.torch(self.device)
-        bounded = self.low is not None or input_bounds(model, x.shape, x) is not None
+        rows = spec_range_rows(model, x)
+        if self.low is None and 0 < rows.sum() < len(rows) and RuleMap(self.composite, self.rules).uses_box:
+            raise OnnxplainError("this batch mixes inputs inside and outside the 0..1 range of the spec guessed from "
+                                 "the input's shape, so z^B would get a box for some and none for others: explain "
+                                 "them apart, or give a preprocessing spec (--preprocess) or low/high")
+        bounded = self.low is not None or bool(rows.all())
         if self._walker is None or self._walker.executor is not executor or self._walker.rule_map.bounded != bounded:
             rule_map = RuleMap(self.composite, self.rules, self.params, bounded=bounded)
             self._walker = Walker(executor, rule_map, self.low, self.high)

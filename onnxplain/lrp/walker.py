@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..executor import input_bounds
+from ..executor import input_bounds, spec_range_rows
 from ..ops.graph import Step
 from ..targets import Target
 from . import relevance, rules
@@ -183,8 +183,8 @@ class Walker:
         if self.low is not None and self.high is not None:
             return (torch.as_tensor(self.low, dtype=x.dtype, device=x.device),
                     torch.as_tensor(self.high, dtype=x.dtype, device=x.device))
-        bounds = input_bounds(self.model, tuple(x.shape), x)
-        if bounds is None:
+        bounds = input_bounds(self.model, tuple(x.shape))
+        if bounds is None or not spec_range_rows(self.model, x).all():
             guessed = " (the inputs lie outside the range of the spec guessed from the input's shape)" \
                 if self.model.preprocess_source == "guessed" else ""
             raise OnnxplainError(f"the z^B rule needs input bounds{guessed}: give the model a preprocessing spec "

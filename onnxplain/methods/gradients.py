@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..executor import input_bounds
+from ..executor import input_bounds, spec_range_rows
 from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
@@ -130,12 +130,13 @@ class SmoothGrad(GradientMethod):
 
     def noise_scale(self, model, x: np.ndarray) -> np.ndarray:
         """(N, *input) standard deviation of the noise: sigma times the input range."""
-        bounds = input_bounds(model, x.shape, x)
-        if bounds is not None:
-            return self.sigma * (bounds[1] - bounds[0])
         flat = x.reshape(len(x), -1).astype(np.float64)
-        spread = (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (x.ndim - 1))
-        return np.broadcast_to(self.sigma * spread, x.shape)
+        spread = np.broadcast_to((flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+        bounds = input_bounds(model, x.shape)
+        if bounds is None:
+            return self.sigma * spread
+        rows = spec_range_rows(model, x).reshape((-1,) + (1,) * (x.ndim - 1))
+        return self.sigma * np.where(rows, bounds[1] - bounds[0], spread)
 
     def relevance_map(self, executor, model, x, target, classes):
         scale = self.noise_scale(model, x)
@@ -204,8 +205,11 @@ class IntegratedGradients(GradientMethod):
         value = self.baseline
         if isinstance(value, str):
             if value == "min":
-                bounds = input_bounds(model, x.shape, x)
-                return np.zeros_like(x) if bounds is None else bounds[0].astype(x.dtype)
+                bounds = input_bounds(model, x.shape)
+                if bounds is None:
+                    return np.zeros_like(x)
+                rows = spec_range_rows(model, x).reshape((-1,) + (1,) * (x.ndim - 1))
+                return np.where(rows, bounds[0], 0.0).astype(x.dtype)
             if value == "zeros":
                 return np.zeros_like(x)
             try:

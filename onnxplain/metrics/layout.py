@@ -76,15 +76,20 @@ class InputLayout:
         return self.unview(expanded)
 
     def value_range(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Valid (low, high) per channel from the preprocessing spec (a guessed one only when x lies inside it),
-        else the range of the data, broadcastable to (N, *view_shape)."""
-        if self.low is not None:
-            low, high = self.low[None], self.high[None]
-            view = self.view(np.asarray(x, dtype=np.float64))
-            slack = 1e-6 * float(np.max(high - low))
-            if not (self.guessed and ((view < low - slack).any() or (view > high + slack).any())):
-                return low, high
-        return np.asarray(np.min(x), dtype=np.float64), np.asarray(np.max(x), dtype=np.float64)
+        """Valid (low, high) per channel from the preprocessing spec, else the range of the data, broadcastable
+        to (N, *view_shape). A guessed spec's range holds only for the inputs inside it (per input, as
+        `executor.spec_range_rows` decides); the others get the data's."""
+        data = np.asarray(np.min(x), dtype=np.float64), np.asarray(np.max(x), dtype=np.float64)
+        if self.low is None:
+            return data
+        low, high = self.low[None], self.high[None]
+        if not self.guessed:
+            return low, high
+        view = self.view(np.asarray(x, dtype=np.float64))
+        slack = 1e-6 * float(np.max(high - low))
+        inside = ~((view < low - slack) | (view > high + slack)).reshape(len(view), -1).any(axis=1)
+        rows = inside.reshape((-1,) + (1,) * len(self.view_shape))
+        return np.where(rows, low, data[0]), np.where(rows, high, data[1])
 
     def intensity(self, x: np.ndarray) -> np.ndarray:
         """(N, *view_shape) in [0, 1]: the input rescaled by its valid range (pixel brightness for images)."""

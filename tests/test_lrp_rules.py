@@ -260,3 +260,52 @@ def test_positivity_statistics_match_a_per_sample_numpy_reference():
             counts, bins = np.histogram(row[row < 0] / np.abs(row).max(), bins=HISTOGRAM_BINS, range=(-1.0, 0.0))
             assert histogram["counts"] == counts.tolist() and histogram["edges"] == bins.round(3).tolist()
             assert fraction == pytest.approx(-row[row < 0].sum() / max(np.abs(row).sum(), 1e-300), rel=1e-12)
+
+
+def test_an_offset_before_the_first_layer_is_preprocessing(tmp_path):
+    """A net that normalises its raw input itself ((x / 255 - mean) / std, as Keras's Rescaling and Normalization
+    export) gives each pixel the relevance the same net gets for that pixel when normalised outside it: the offset
+    passes relevance on like the scalings around it (before, it shared R by contribution, x' / (x' - mean), which
+    blew up near the mean), and deep Taylor's box follows the normalisation."""
+    import warnings
+
+    import torch
+
+    mean, std = 0.3, 0.2
+
+    class Body(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.fc = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    class Normalising(torch.nn.Module):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return self.body((x / 255 - mean) / std)
+
+    body = Body().eval()
+    paths = {}
+    for name, net in (("inside", Normalising(body)), ("outside", body)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(paths[name]), dynamo=False, opset_version=13,
+                              input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    inside, outside = onnxplain.load(paths["inside"]), onnxplain.load(paths["outside"])
+    raw = np.random.default_rng(0).integers(0, 256, size=(3, 1, 8, 8)).astype(np.float32)
+    normalised = (raw / 255 - mean) / std
+    low, high = (0 - mean) / std, (1 - mean) / std
+    for method, given, box in ((LRP, {}, {}), (LRP, {"composite": "lrp-0"}, {}),
+                               (DeepTaylor, {"low": 0.0, "high": 255.0}, {"low": low, "high": high})):
+        ours = method(progress=False, **given).explain(inside, raw)
+        want = method(progress=False, **{k: v for k, v in given.items() if k == "composite"}, **box).explain(
+            outside, normalised)
+        np.testing.assert_allclose(ours.relevance, want.relevance, rtol=1e-4, atol=1e-6 * np.abs(want.relevance).max())
+        assert np.abs(ours.diagnostics["conservation_error"]).max() < 1e-5

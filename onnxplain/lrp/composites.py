@@ -166,6 +166,8 @@ class RuleMap:
             if override is not None and not _takes(kind, override):
                 raise OnnxplainError(f"rule {override.name} does not apply to {op.op_type} node {op.name!r} "
                                      f"(use z or epsilon)")
+            if override is None and first_linear and getattr(op, "offset", False):
+                return rules.Pass()   # input-side preprocessing (x - mean): R maps to the same pixel, no bias share
             return override or rules.Z(self.params.stabilizer)
         if override is not None:
             raise OnnxplainError(f"rule {override.name} does not apply to {op.op_type} node {op.name!r}: "

@@ -179,22 +179,23 @@ class Walker:
         return rules.ZBox(low, high, rule.stabilizer)
 
     def bounds(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Box bounds of tensor `name`: given ones, or the input's bounds carried through the steps before it."""
+        """Box bounds of tensor `name`: the input's (given low/high, else the spec's), carried through the steps
+        before it (a normalisation inside the model, say)."""
         if self.low is not None and self.high is not None:
-            return (torch.as_tensor(self.low, dtype=x.dtype, device=x.device),
-                    torch.as_tensor(self.high, dtype=x.dtype, device=x.device))
-        bounds = input_bounds(self.model, tuple(x.shape))
-        if bounds is None or not spec_range_rows(self.model, x).all():
-            guessed = " (the inputs lie outside the range of the spec guessed from the input's shape)" \
-                if self.model.preprocess_source == "guessed" else ""
-            raise OnnxplainError(f"the z^B rule needs input bounds{guessed}: give the model a preprocessing spec "
-                                 "(--preprocess) or low/high, or use w2 for unbounded inputs")
-        low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in bounds)
+            low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in (self.low, self.high))
+        else:
+            bounds = input_bounds(self.model, tuple(x.shape))
+            if bounds is None or not spec_range_rows(self.model, x).all():
+                guessed = " (the inputs lie outside the range of the spec guessed from the input's shape)" \
+                    if self.model.preprocess_source == "guessed" else ""
+                raise OnnxplainError(f"the z^B rule needs input bounds{guessed}: give the model a preprocessing "
+                                     "spec (--preprocess) or low/high, or use w2 for unbounded inputs")
+            low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in bounds)
         if name == self.model.input_name:
             return low, high
         with torch.no_grad():
-            at_low = self.graph.run({self.model.input_name: low}, [name])[name]
-            at_high = self.graph.run({self.model.input_name: high}, [name])[name]
+            at_low = self.graph.run({self.model.input_name: low.expand(x.shape)}, [name])[name]
+            at_high = self.graph.run({self.model.input_name: high.expand(x.shape)}, [name])[name]
         return torch.minimum(at_low, at_high), torch.maximum(at_low, at_high)
 
     @staticmethod

@@ -2,8 +2,9 @@
 (exp, log, |x|, 1/x, trigonometric and hyperbolic ones), roundings (Sign/Floor/Ceil/Round), comparisons and boolean
 logic, Where.
 
-LRP: sums share relevance by contribution (a constant operand keeps its share, like a bias); scaling by a
-constant passes relevance; a product of two activations is a gate: the signal takes all relevance, the gate
+LRP: sums share relevance by contribution (a constant operand keeps its share, like a bias), except an offset
+before the first layer (a mean subtracted inside the model: preprocessing, like the scaling around it), which
+passes relevance; scaling by a constant passes relevance; a product of two activations is a gate: the signal takes all relevance, the gate
 (the operand coming from a sigmoid-like op) is held constant. Elementary functions have no rule (LRP names them
 as unsupported; gradients pass); roundings, comparisons and logic give integer or boolean values through which
 no relevance flows (kind 'data').
@@ -33,9 +34,17 @@ class _Sum(Op):
     def signs(self, count: int) -> list[float]:
         return [1.0] * count
 
+    @property
+    def offset(self) -> bool:
+        """One operand shifted by constants: x + c, x - c, c - x (a mean subtracted inside the model)."""
+        return bool(self.constants) and len(_dynamic(self, len(self.node.input))) == 1
+
     def relevance(self, inputs, rule):
-        """Operands that carry no relevance (constants, integer data such as floor(x)) keep their share as a bias."""
+        """Operands that carry no relevance (constants, integer data such as floor(x)) keep their share as a bias;
+        under the pass rule (an offset before the first layer) the one operand takes it all."""
         y = self.forward(*inputs)
+        if isinstance(rule, rules.Pass):
+            return relevance.passthrough(y, inputs[_dynamic(self, len(inputs))[0]]), None
         signs = self.signs(len(inputs))
         carried = [i not in self.constants and inputs[i].requires_grad for i in range(len(inputs))]
         terms = [(t, s) for t, s, c in zip(inputs, signs, carried) if c]

@@ -76,10 +76,12 @@ def _plain(value):
 
 def guessed_spec_note(model, sources: list[Path]) -> str | None:
     """A note when images were read through a preprocessing spec guessed from the input shape (none stored, none
-    given): pixels scaled to 0..1 without mean/std, which a model trained on normalised inputs would not expect."""
+    given): pixels scaled to 0..1 (or kept 0..255 for a graph that rescales them itself) without mean/std, which a
+    model trained on normalised inputs would not expect."""
     from onnxplain.io.inputs import IMAGE_SUFFIXES
 
     if model.preprocess_source != "guessed" or not any(s.suffix.lower() in IMAGE_SUFFIXES for s in sources):
         return None
-    return ("note: the model stores no preprocessing spec; images were resized and scaled to 0..1 without mean/std "
+    scaled = "kept at 0..255 (the graph rescales them itself)" if model.preprocess.scale == 1 else "scaled to 0..1"
+    return (f"note: the model stores no preprocessing spec; images were resized and {scaled} without mean/std "
             "(give --preprocess spec.json if the model expects otherwise)")

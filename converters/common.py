@@ -93,9 +93,10 @@ def _check_spec_fits(model) -> None:
 
 
 def sample_batch(samples: np.ndarray | None, shape: tuple[int, ...], preprocess=None, count: int = 8,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, integer: bool = False) -> np.ndarray:
     """The given samples as float32, or `count` seeded random inputs of `shape` (no batch axis) spread over the
-    preprocessing spec's value range ([0, 1] without a spec)."""
+    preprocessing spec's value range ([0, 1] without a spec); for an `integer` input (token ids, categories), ids 0
+    and 1, which every vocabulary has."""
     if samples is not None:
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim == len(shape):
@@ -111,4 +112,6 @@ def sample_batch(samples: np.ndarray | None, shape: tuple[int, ...], preprocess=
         lows, highs = spec.value_range()
         low, high = float(np.min(lows)), float(np.max(highs))
     rng = np.random.default_rng(seed)
+    if integer:
+        return rng.integers(0, 2, size=(count, *shape)).astype(np.float32)
     return rng.uniform(low, high, size=(count, *shape)).astype(np.float32)

@@ -89,7 +89,8 @@ def convert_keras(model, path: str | os.PathLike, *, samples: np.ndarray | None 
             raise OnnxplainError("give the input shape (without the batch axis) or sample inputs")
         input_shape = shape
     shape = tuple(input_shape) if input_shape is not None else tuple(np.shape(samples)[1:])
-    batch = sample_batch(samples, shape, preprocess)
+    integer = "int" in str(getattr(getattr(model, "inputs", [None])[0], "dtype", ""))
+    batch = sample_batch(samples, shape, preprocess, integer=integer)
     proto, exporter = _export(model, batch, opset, input_name)
     expected = np.asarray(model.predict(batch, verbose=0))
     embed_metadata(proto, preprocess, labels)

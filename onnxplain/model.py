@@ -12,7 +12,7 @@ from onnx import helper
 
 from . import normalize
 from .errors import OnnxplainError
-from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec
+from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, run_batched
 from .scores import find_scores
 from .sequences import sequence_layout
@@ -56,7 +56,10 @@ class Model:
     def _normalise(self, original: onnx.ModelProto, verify: bool) -> onnx.ModelProto:
         """Rewrite the graph with its large weights set aside (rewrites need shapes, not bytes), then check
         the result against the original once, on the session later runs use."""
-        model = normalize.unzip_classifier(normalize.drop_initializer_inputs(_copy(original)))
+        unused = normalize.unused_inputs(original)
+        if unused:
+            self.notes.append(f"graph input(s) {', '.join(map(repr, unused))} read by no node: left out")
+        model = normalize.unzip_classifier(normalize.drop_extra_inputs(_copy(original)))
         _one_input(model)   # before any rewrite: they assume one input
         self.probability_outputs = normalize.expose_probabilities(model)
         self.notes += [f"output {name!r} holds {added.what}; added as output {added.probabilities!r}"
@@ -105,7 +108,7 @@ class Model:
         """Every normalised output the original graph computes too (not the ones normalisation added) is equal."""
         computed = {o.name for o in original.graph.output} | {t for n in original.graph.node for t in n.output}
         names = [o.name for o in normalised.graph.output if o.name in computed]
-        feed_proto = normalize.drop_initializer_inputs(_copy(original))
+        feed_proto = normalize.drop_extra_inputs(_copy(original))
         reference = make_session(_with_outputs(feed_proto, names).SerializeToString(), self.providers)
         feed = _random_feed(candidate, batch=normalize.fixed_batch(feed_proto) or 1)
         try:
@@ -181,7 +184,7 @@ class Model:
         if stored:
             self.preprocess_source = "stored"
             return PreprocessSpec.from_json(stored)
-        guessed = default_spec(self.input_shape)
+        guessed = default_spec(self.input_shape, pixel_scale(self.proto, self.input_name))
         self.preprocess_source = "guessed" if guessed is not None else None
         return guessed
 
@@ -365,9 +368,12 @@ def _one_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
 
 
 def _random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
-    """Seeded random input in [0, 1) for checks; fixed dims taken from the session, free ones set to 32."""
+    """Seeded random input in [0, 1) for checks (ids 0 and 1 for integer inputs: token ids, categories); fixed dims
+    taken from the session, free ones set to 32."""
     rng = np.random.default_rng(0)
     (value,) = [i for i in session.get_inputs()]
     shape = [batch] + [d if isinstance(d, int) and d > 0 else 32 for d in value.shape[1:]]
+    if "int" in value.type:
+        return {value.name: rng.integers(0, 2, size=shape).astype(value.type[len("tensor("):-1])}   # int32, uint8...
     dtype = np.float64 if "double" in value.type else np.float32
     return {value.name: rng.random(shape).astype(dtype)}

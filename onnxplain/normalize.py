@@ -84,9 +84,17 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """IR < 4 lists every weight as a graph input too: keep only the real inputs (and an IR version onnxruntime reads)."""
+def unused_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs that no node reads (Keras's Normalization through tf2onnx can leave its mean and variance so)."""
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     weights = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in read and i.name not in weights]
+
+
+def drop_extra_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Keep only the inputs the model needs (and an IR version onnxruntime reads): IR < 4 lists every weight as a
+    graph input too, and some exporters leave inputs that no node reads (`unused_inputs`)."""
+    weights = {t.name for t in model.graph.initializer} | set(unused_inputs(model))
     real = [i for i in model.graph.input if i.name not in weights]
     if len(real) != len(model.graph.input):
         del model.graph.input[:]

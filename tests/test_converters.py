@@ -185,6 +185,20 @@ def test_keras_round_trip(tmp_path, keras):
     np.testing.assert_allclose(ort_run(tmp_path / "k.onnx", more)[0], network.predict(more, verbose=0), atol=1e-5)
 
 
+def test_keras_token_ids_are_checked_on_ids(tmp_path, keras):
+    """An Embedding model takes integer ids: the default check inputs are ids (0 and 1), not fractions that the
+    model's own check refused; the written model loads verified (no 'not verified' note)."""
+    network = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(10, 4),
+                                keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    network.save(tmp_path / "tokens.keras")
+    result = invoke("convert", "keras", tmp_path / "tokens.keras", "--out", tmp_path / "tokens.onnx")
+    assert result.exit_code == 0, result.output
+    model = onnxplain.load(tmp_path / "tokens.onnx")
+    assert np.issubdtype(model.input_dtype, np.integer) and not any("not verified" in n for n in model.notes)
+    ids = np.random.default_rng(0).integers(0, 10, size=(3, 6))
+    np.testing.assert_allclose(model.logits(ids), network.predict(ids, verbose=0), atol=1e-5)
+
+
 def test_cli_keras_file(tmp_path, keras):
     network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     network.save(tmp_path / "m.keras")

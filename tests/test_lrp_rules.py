@@ -309,3 +309,28 @@ def test_an_offset_before_the_first_layer_is_preprocessing(tmp_path):
             outside, normalised)
         np.testing.assert_allclose(ours.relevance, want.relevance, rtol=1e-4, atol=1e-6 * np.abs(want.relevance).max())
         assert np.abs(ours.diagnostics["conservation_error"]).max() < 1e-5
+
+
+def test_a_zero_stabiliser_gives_zero_where_a_sum_is_zero(tmp_path):
+    """z:0 over a global average pool whose channel is dead (all zero) divided 0 by 0: the whole map turned NaN.
+    There a zero sum now passes no relevance, and the map is what a tiny stabiliser gives."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3)
+    with torch.no_grad():
+        conv.bias[1] = -100.0   # channel 1 never fires
+    net = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(3, 2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(tmp_path / "dead.onnx"), dynamo=False, opset_version=13,
+                          input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    model = onnxplain.load(tmp_path / "dead.onnx")
+    x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    exact = LRP("lrp-0", rules={"*": "z:0"}, progress=False).explain(model, x)
+    tiny = LRP("lrp-0", rules={"*": "z:1e-12"}, progress=False).explain(model, x)
+    assert np.isfinite(exact.relevance).all()
+    np.testing.assert_allclose(exact.relevance, tiny.relevance, rtol=1e-5, atol=1e-9)

@@ -453,3 +453,27 @@ def test_two_inputs_are_refused_whatever_their_batch(batch, tmp_path):
     onnx.save(model, tmp_path / "two.onnx")
     with pytest.raises(OnnxplainError, match="models with one input; this one has 2: a, b"):
         onnxplain.load(tmp_path / "two.onnx")
+
+
+@pytest.mark.parametrize("rescales", [True, False])
+def test_a_graph_that_rescales_pixels_itself_gets_them_raw(rescales, tmp_path):
+    """Keras's Rescaling(1/255) exports as a first Mul: the spec guessed for such a channels-last image model keeps
+    pixels at 0..255 (it divided them by 255 twice). An input no node reads (Keras's Normalization through tf2onnx
+    leaves its mean so) is left out with a note instead of making a second input."""
+    weight = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    scale = numpy_helper.from_array(np.array(1 / 255, np.float32), "s")
+    nodes = [helper.make_node("Mul", ["x", "s"], ["scaled"])] if rescales else \
+        [helper.make_node("Identity", ["x"], ["scaled"])]
+    nodes += [helper.make_node("Transpose", ["scaled"], ["t"], perm=[0, 3, 1, 2]),
+              helper.make_node("Conv", ["t", "w"], ["c"]), helper.make_node("Flatten", ["c"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 1]),
+              helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1])]
+    graph = helper.make_graph(nodes, "rescaling", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                        ["N", 72])], [weight, scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "rescaling.onnx")
+    loaded = onnxplain.load(tmp_path / "rescaling.onnx")
+    assert loaded.preprocess_source == "guessed" and loaded.preprocess.layout == "NHWC"
+    assert loaded.preprocess.scale == (1.0 if rescales else pytest.approx(1 / 255))
+    assert "graph input(s) 'mean' read by no node: left out" in loaded.notes and loaded.input_name == "x"

@@ -18,6 +18,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from ..errors import OnnxplainError
 
@@ -148,11 +150,39 @@ class PreprocessSpec:
         return array.reshape(*self.size, self.channels).sum(axis=-1)
 
 
-def default_spec(input_shape: tuple) -> PreprocessSpec | None:
+def default_spec(input_shape: tuple, scale: float = 1 / 255) -> PreprocessSpec | None:
     """A plain spec guessed from an image-like input shape (N, C, H, W) or (N, H, W, C); None otherwise."""
     dims = tuple(input_shape[1:])
     if len(dims) == 3 and dims[0] in (1, 3) and all(isinstance(d, int) for d in dims[1:]):
-        return PreprocessSpec(layout="NCHW", size=(dims[1], dims[2]), color="gray" if dims[0] == 1 else "rgb")
+        return PreprocessSpec(layout="NCHW", size=(dims[1], dims[2]), color="gray" if dims[0] == 1 else "rgb",
+                              scale=scale)
     if len(dims) == 3 and dims[2] in (1, 3) and all(isinstance(d, int) for d in dims[:2]):
-        return PreprocessSpec(layout="NHWC", size=(dims[0], dims[1]), color="gray" if dims[2] == 1 else "rgb")
+        return PreprocessSpec(layout="NHWC", size=(dims[0], dims[1]), color="gray" if dims[2] == 1 else "rgb",
+                              scale=scale)
     return None
+
+
+def pixel_scale(model: onnx.ModelProto, input_name: str) -> float:
+    """The scale a guessed spec gives pixels: 1 when the graph rescales raw 0..255 values itself (its first
+    arithmetic is a Mul by 1/255 or 1/127.5, or a Div by 255 or 127.5, as Keras's Rescaling layer exports), else
+    1/255."""
+    values = {t.name: t for t in model.graph.initializer}
+    values.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                   if a.name == "value"})
+    name = input_name
+    for node in model.graph.node:
+        if name not in node.input:
+            continue
+        if node.op_type in ("Cast", "Transpose", "Identity"):
+            name = node.output[0]
+            continue
+        other = [i for i in node.input if i != name]
+        if node.op_type in ("Mul", "Div") and len(other) == 1 and other[0] in values:
+            constant = numpy_helper.to_array(values[other[0]]).astype(np.float64)
+            if constant.size == 1:
+                divisor = float(1 / constant.item()) if node.op_type == "Mul" and constant.item() else \
+                    float(constant.item())
+                if 127 <= divisor <= 256:
+                    return 1.0
+        break
+    return 1 / 255

@@ -117,7 +117,10 @@ def passthrough(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """z + epsilon * sign(z), with sign(+0) = +1 (zennit's convention); one pass and one new tensor."""
+    """z + epsilon * sign(z), with sign(+0) = +1 (zennit's convention); one pass and one new tensor. With epsilon 0
+    a zero z becomes infinite: R / z is then 0 there (0 / 0 would fill the map with NaN)."""
+    if epsilon == 0:
+        return z.masked_fill(z == 0, float("inf"))
     return torch.copysign(torch.tensor(epsilon, dtype=z.dtype, device=z.device), z).add_(z)
 
 

@@ -69,6 +69,7 @@ class Model:
         if note:
             self.notes.append(note)
         model = normalize.infer_shapes(model)
+        normalize.drop_noop_casts(model)
         if normalize.keep_batch_in_squeezes(model):
             self.notes.append(SQUEEZE_NOTE)
         dynamic, changed, squeezes = normalize.make_batch_dynamic(_copy(model))

@@ -308,6 +308,34 @@ def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, i
     return model, True, squeezes
 
 
+def drop_noop_casts(model: onnx.ModelProto) -> int:
+    """Casts to the type their input already has (Keras's torch backend writes float-to-float ones) go: their
+    readers read the input. They would otherwise stand between a layer and its bias or BatchNorm, which LRP merges
+    into the layer. Returns how many went (their outputs are no longer tensors `--layer` can name)."""
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0   # a subgraph may read a Cast's output by name
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.value_info)
+             if v.type.HasField("tensor_type")}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    outputs, renamed, kept = {o.name for o in graph.output}, {}, []
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        target = next((a.i for a in node.attribute if a.name == "to"), None)
+        noop = node.op_type == "Cast" and target is not None and types.get(node.input[0]) == target
+        if noop and node.domain in ("", "ai.onnx") and node.output[0] not in outputs and node.input[0] not in outputs:
+            renamed[node.output[0]] = node.input[0]
+            continue
+        kept.append(node)
+    if renamed:
+        del graph.node[:]
+        graph.node.extend(kept)
+        values = [v for v in graph.value_info if v.name not in renamed]
+        del graph.value_info[:]
+        graph.value_info.extend(values)
+    return len(renamed)
+
+
 def keep_batch_in_squeezes(model: onnx.ModelProto, batch_one: set[str] | None = None) -> int:
     """A Squeeze without axes drops every axis of size 1, the batch too for a batch of one (torch's `x.squeeze()`):
     give it the axes of size 1 after axis 0, where its input's axis 0 is the batch (free, or in `batch_one`: fixed

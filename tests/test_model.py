@@ -477,3 +477,33 @@ def test_a_graph_that_rescales_pixels_itself_gets_them_raw(rescales, tmp_path):
     assert loaded.preprocess_source == "guessed" and loaded.preprocess.layout == "NHWC"
     assert loaded.preprocess.scale == (1.0 if rescales else pytest.approx(1 / 255))
     assert "graph input(s) 'mean' read by no node: left out" in loaded.notes and loaded.input_name == "x"
+
+
+def test_casts_to_the_type_a_tensor_has_go(tmp_path):
+    """Keras's torch backend writes float-to-float Casts between a MatMul and its bias Add: they go at load, so LRP
+    merges the bias into the layer as it does without them (same map and ledger), and outputs are unchanged."""
+    from onnxplain.lrp import LRP
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "w"),
+               numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "b")]
+
+    def graph(cast: bool) -> onnxplain.Model:
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"])]
+        nodes += [helper.make_node("Cast", ["m"], ["c"], to=TensorProto.FLOAT)] if cast else []
+        nodes += [helper.make_node("Add", ["c" if cast else "m", "b"], ["y"])]
+        proto = helper.make_model(helper.make_graph(
+            nodes, "cast", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], weights),
+            opset_imports=[helper.make_opsetid("", 13)])
+        proto.ir_version = 8
+        onnx.save(proto, tmp_path / f"cast_{cast}.onnx")
+        return onnxplain.load(tmp_path / f"cast_{cast}.onnx")
+
+    with_cast, without = graph(True), graph(False)
+    assert "Cast" not in [n.op_type for n in with_cast.proto.graph.node]
+    x = rng.normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(with_cast.logits(x), without.logits(x))
+    ours, want = (LRP(progress=False).explain(m, x) for m in (with_cast, without))
+    np.testing.assert_allclose(ours.relevance, want.relevance, rtol=1e-6)
+    assert [layer["op"] for layer in ours.diagnostics["layers"][0]] == ["MatMul"]   # the bias merged, no Add

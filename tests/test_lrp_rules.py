@@ -334,3 +334,41 @@ def test_a_zero_stabiliser_gives_zero_where_a_sum_is_zero(tmp_path):
     tiny = LRP("lrp-0", rules={"*": "z:1e-12"}, progress=False).explain(model, x)
     assert np.isfinite(exact.relevance).all()
     np.testing.assert_allclose(exact.relevance, tiny.relevance, rtol=1e-5, atol=1e-9)
+
+
+def test_a_bias_and_batchnorm_behind_a_transpose_merge_into_the_convolution(tmp_path):
+    """Keras on torch (onnxplain convert keras) writes Conv -> Transpose to channels last -> bias Add -> BatchNorm
+    written out (Sub, Mul, Add) -> Relu -> Transpose back. The per-channel maps merge into the convolution across
+    the Transpose, so LRP equals that of the same net with them folded into the convolution's weights (as
+    tf2onnx's export of the same Keras model has them), not a z-rule share per written-out op."""
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(2, 1, 3, 3)).astype(np.float32), rng.normal(size=2).astype(np.float32)
+    mean, scale, shift = (rng.normal(size=2).astype(np.float32) for _ in range(3))
+    dense = rng.normal(size=(32, 3)).astype(np.float32)
+
+    def save(name, nodes, initializers):
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                                  [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        proto.ir_version = 8
+        onnx.save(proto, tmp_path / f"{name}.onnx")
+        return onnxplain.load(tmp_path / f"{name}.onnx")
+
+    head = [helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+            helper.make_node("MatMul", ["f", "d"], ["y"])]
+    written = save("written", [helper.make_node("Conv", ["x", "w"], ["c"]),
+                               helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+                               helper.make_node("Add", ["t", "b"], ["a"]), helper.make_node("Sub", ["a", "m"], ["s"]),
+                               helper.make_node("Mul", ["s", "k"], ["p"]), helper.make_node("Add", ["p", "o"], ["q"]),
+                               helper.make_node("Transpose", ["q"], ["h"], perm=[0, 3, 1, 2])] + head,
+                   {"w": weight, "b": bias, "m": mean, "k": scale, "o": shift, "d": dense})
+    folded = save("folded", [helper.make_node("Conv", ["x", "w", "b"], ["h"])] + head,
+                  {"w": weight * scale[:, None, None, None], "b": (bias - mean) * scale + shift, "d": dense})
+    x = rng.random((4, 1, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(written.logits(x), folded.logits(x), rtol=1e-5, atol=1e-6)
+    for composite in ("epsilon-plus", "lrp-0", "epsilon-gamma-box"):
+        ours = LRP(composite, progress=False, low=0.0, high=1.0).explain(written, x)
+        want = LRP(composite, progress=False, low=0.0, high=1.0).explain(folded, x)
+        np.testing.assert_allclose(ours.relevance, want.relevance, rtol=1e-4, atol=1e-6 * np.abs(want.relevance).max())
+        assert [layer["op"] for layer in ours.diagnostics["layers"][0]] == ["Conv", "MatMul"]

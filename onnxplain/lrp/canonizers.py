@@ -65,10 +65,20 @@ def merge_affine(steps: list[Step], keep: set[str], ranks: dict[str, int]) -> li
             result.append(step)
             continue
         factor, shift = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
-        out = step.outputs[0]
+        out, axis_rank, moved = step.outputs[0], _channel_axis(op, ranks.get(step.outputs[0])), None
         while out not in keep and len(consumers.get(out, [])) == 1 and len([o for o in step.outputs if o]) == 1:
             follower = consumers[out][0]
-            affine = per_channel_affine(follower, out, channels, _channel_axis(op, ranks.get(out)))
+            if moved is None and _moves_channels(follower, axis_rank):   # channels first -> last (Keras on torch)
+                ahead = consumers.get(follower.outputs[0], [])
+                perm = follower.op.attr("perm")
+                after = (perm.index(axis_rank[0]), axis_rank[1])
+                if follower.outputs[0] in keep or len(ahead) != 1 or \
+                        per_channel_affine(ahead[0], follower.outputs[0], channels, after) is None:
+                    break
+                moved, axis_rank, out = follower, after, follower.outputs[0]
+                absorbed.add(id(follower))
+                continue
+            affine = per_channel_affine(follower, out, channels, axis_rank)
             if affine is None:
                 break
             factor, shift = factor * affine[0], shift * affine[0] + affine[1]
@@ -76,10 +86,23 @@ def merge_affine(steps: list[Step], keep: set[str], ranks: dict[str, int]) -> li
             out = follower.outputs[0]
         if out == step.outputs[0]:
             result.append(step)
-        else:
-            dtype = op.constants[1].dtype if 1 in op.constants else torch.float32
-            result.append(Step(MergedLinear(op, factor.to(dtype), shift.to(dtype)), step.inputs, [out], step.node))
+            continue
+        dtype = op.constants[1].dtype if 1 in op.constants else torch.float32
+        merged = MergedLinear(op, factor.to(dtype), shift.to(dtype))
+        if moved is None:
+            result.append(Step(merged, step.inputs, [out], step.node))
+        else:   # the layer with the affine maps folded in, then the Transpose, which now ends the chain
+            result += [Step(merged, step.inputs, [step.outputs[0]], step.node),
+                       Step(moved.op, [step.outputs[0]], [out], moved.node)]
     return result
+
+
+def _moves_channels(step: Step, axis_rank) -> bool:
+    """A Transpose of a layer's output with a known rank (the channel axis moves; per-channel maps may follow)."""
+    axis, rank = axis_rank
+    perm = step.op.attr("perm") if step.op is not None and step.op.op_type == "Transpose" else None
+    return rank is not None and bool(perm) and sorted(perm) == list(range(rank)) and 0 <= axis < rank \
+        and perm[0] == 0
 
 
 def out_channels(op: LinearOp) -> int | None:

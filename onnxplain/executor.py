@@ -285,6 +285,14 @@ def probe_batch(model, batch: int = 2, seed: int = 0, open_size: int = 8) -> np.
 def input_bounds(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel (low, high) of valid inputs from the preprocessing spec, broadcast to `shape`; None if unknown.
     For a spec guessed from the input's shape, `spec_range_rows` says which inputs the range holds for."""
+    ranges = _channel_ranges(model, shape)
+    if ranges is None:
+        return None
+    return tuple(np.broadcast_to(r, shape).astype(np.float64) for r in ranges)
+
+
+def _channel_ranges(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The spec's (low, high) shaped to broadcast against `shape` (one value, or one per channel), or None."""
     spec = model.preprocess
     if spec is None:
         return None
@@ -297,8 +305,7 @@ def input_bounds(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]
         if axis is None or shape[axis] != len(low):
             return None
         view[axis] = -1
-    return (np.broadcast_to(low.reshape(view), shape).astype(np.float64),
-            np.broadcast_to(high.reshape(view), shape).astype(np.float64))
+    return low.reshape(view).astype(np.float64), high.reshape(view).astype(np.float64)
 
 
 def spec_range_rows(model, x) -> np.ndarray:
@@ -306,12 +313,16 @@ def spec_range_rows(model, x) -> np.ndarray:
     spec; for one guessed from the input's shape, which says how onnxplain reads image files rather than how arrays
     were made, the inputs inside it (normalised arrays, -2.1..2.6 say, are not). Decided per input, so that an
     input's explanation does not depend on the others explained with it."""
-    values = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-    bounds = input_bounds(model, values.shape)
-    if bounds is None or model.preprocess_source != "guessed":
-        return np.full(len(values), bounds is not None)
-    slack = 1e-6 * float(np.max(bounds[1] - bounds[0]))
-    outside = (values < bounds[0] - slack) | (values > bounds[1] + slack)
+    values = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+    ranges = _channel_ranges(model, values.shape)
+    if ranges is None or model.preprocess_source != "guessed":
+        return np.full(len(values), ranges is not None)
+    low, high = ranges
+    slack = 1e-6 * float(np.max(high - low))
+    if low.size == 1:   # one range for every channel: each input's min and max tell
+        flat = values.reshape(len(values), -1)
+        return (flat.min(axis=1) >= low.item() - slack) & (flat.max(axis=1) <= high.item() + slack)
+    outside = (values < low - slack) | (values > high + slack)
     return ~outside.reshape(len(values), -1).any(axis=1)
 
 

@@ -57,16 +57,19 @@ class LRP(Method):
         self.low, self.high = low, high
         self.device, self.batch_size, self.progress, self.report = device, batch_size, progress, report
         self._walker: Walker | None = None  # the last model's, with its plans (explaining it again skips planning)
+        self._uses_box = RuleMap(composite, self.rules, self.params).uses_box
 
     def walker(self, model, x: np.ndarray) -> Walker:
         """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""
         executor = model.torch(self.device)
-        rows = spec_range_rows(model, x)
-        if self.low is None and 0 < rows.sum() < len(rows) and RuleMap(self.composite, self.rules).uses_box:
-            raise OnnxplainError("this batch mixes inputs inside and outside the 0..1 range of the spec guessed from "
-                                 "the input's shape, so z^B would get a box for some and none for others: explain "
-                                 "them apart, or give a preprocessing spec (--preprocess) or low/high")
-        bounded = self.low is not None or bool(rows.all())
+        bounded = True   # what z^B and deep Taylor's first layer need; no other rule reads it
+        if self.low is None and self._uses_box:
+            rows = spec_range_rows(model, x)
+            if 0 < rows.sum() < len(rows):
+                raise OnnxplainError("this batch mixes inputs inside and outside the 0..1 range of the spec guessed "
+                                     "from the input's shape, so z^B would get a box for some and none for others: "
+                                     "explain them apart, or give a preprocessing spec (--preprocess) or low/high")
+            bounded = bool(rows.all())
         if self._walker is None or self._walker.executor is not executor or self._walker.rule_map.bounded != bounded:
             rule_map = RuleMap(self.composite, self.rules, self.params, bounded=bounded)
             self._walker = Walker(executor, rule_map, self.low, self.high)

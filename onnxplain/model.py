@@ -69,7 +69,10 @@ class Model:
         if note:
             self.notes.append(note)
         model = normalize.infer_shapes(model)
-        normalize.drop_noop_casts(model)
+        self.aliases = normalize.drop_noop_casts(model)   # names of removed Casts' outputs -> what they equal
+        if self.aliases:
+            self.notes.append(f"{len(self.aliases)} Cast(s) to their input's own type left out (their outputs' "
+                              "names still name the values)")
         if normalize.keep_batch_in_squeezes(model):
             self.notes.append(SQUEEZE_NOTE)
         dynamic, changed, squeezes = normalize.make_batch_dynamic(_copy(model))
@@ -190,7 +193,7 @@ class Model:
         return guessed
 
     def _labels(self) -> list[str] | None:
-        """The stored labels, else a scikit-learn classifier's own classes (ai.onnx.ml classlabels_*)."""
+        """The stored labels, else a scikit-learn classifier's own class names (ai.onnx.ml classlabels_strings)."""
         stored = self.metadata.get(LABELS_KEY)
         if not stored:
             return _classifier_labels(self.proto, self.class_count())
@@ -299,7 +302,8 @@ class Model:
         """Forward passes over a batch of any size, split under a memory budget; {tensor name: array}.
         check=False skips `check_input` for batches a method built itself from an already-checked input."""
         x = self.check_input(x) if check else x
-        names = list(outputs) if outputs else self.output_names
+        asked = list(outputs) if outputs else self.output_names
+        names = list(dict.fromkeys(self.aliases.get(n, n) for n in asked))
         extra = tuple(n for n in names if n not in self.output_names)
         session = self.session(extra)
         size = 1 if self.fixed_batch else (batch_size or self.batch_size())
@@ -310,7 +314,8 @@ class Model:
             except Exception as error:  # onnxruntime raises its own untyped failures
                 raise OnnxplainError(f"onnxruntime failed on this input: {str(error).splitlines()[0][:300]}") from None
 
-        return dict(zip(names, run_batched(forward, x, size, progress)))
+        values = dict(zip(names, run_batched(forward, x, size, progress)))
+        return {name: values[self.aliases.get(name, name)] for name in asked}
 
     def scores(self, x: np.ndarray, **kwargs) -> np.ndarray:
         """Class scores (N, K) from the chosen output."""
@@ -353,10 +358,11 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def _classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str] | None:
-    """The class labels of the graph's one ai.onnx.ml classifier, when they count the score columns."""
-    found = [[str(v.decode() if isinstance(v, bytes) else v) for v in helper.get_attribute_value(a)]
+    """The class names of the graph's one ai.onnx.ml classifier, when they count the score columns. Integer classes
+    give none: a label "1" for column 0 would make `--target 1` mean another class than index 1."""
+    found = [[v.decode() if isinstance(v, bytes) else str(v) for v in helper.get_attribute_value(a)]
              for node in model.graph.node if node.domain == "ai.onnx.ml" and node.op_type.endswith("Classifier")
-             for a in node.attribute if a.name in ("classlabels_strings", "classlabels_ints")]
+             for a in node.attribute if a.name == "classlabels_strings"]
     return found[0] if len(found) == 1 and classes is not None and len(found[0]) == classes else None
 
 

@@ -85,10 +85,22 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def unused_inputs(model: onnx.ModelProto) -> list[str]:
-    """Graph inputs that no node reads (Keras's Normalization through tf2onnx can leave its mean and variance so)."""
-    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    """Graph inputs that no node reads, also inside If/Loop bodies (Keras's Normalization through tf2onnx can leave
+    its mean and variance so); none when every input is unread (nothing would be left to explain)."""
+    read = _names_read(model.graph) | {o.name for o in model.graph.output}
     weights = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in read and i.name not in weights]
+    unused = [i.name for i in model.graph.input if i.name not in read and i.name not in weights]
+    return unused if len(unused) < len([i for i in model.graph.input if i.name not in weights]) else []
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for body in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
+                names |= _names_read(body)
+    return names
 
 
 def drop_extra_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -286,7 +298,9 @@ def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, i
             readers.setdefault(node.input[1], []).append(node)
     for source, nodes in readers.items():
         tensor = constants[source] if source in constants else \
-            next(a.t for a in constant_nodes[source].attribute if a.name == "value")
+            next((a.t for a in constant_nodes[source].attribute if a.name == "value"), None)
+        if tensor is None:   # a Constant written with value_ints: left as it is
+            continue
         shape = numpy_helper.to_array(tensor)
         allowzero = [a for node in nodes for a in node.attribute if a.name == "allowzero" and a.i]
         if not shape.size or shape[0] != batch or any(node.input[0] not in batched for node in nodes) \
@@ -308,13 +322,13 @@ def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, i
     return model, True, squeezes
 
 
-def drop_noop_casts(model: onnx.ModelProto) -> int:
+def drop_noop_casts(model: onnx.ModelProto) -> dict[str, str]:
     """Casts to the type their input already has (Keras's torch backend writes float-to-float ones) go: their
     readers read the input. They would otherwise stand between a layer and its bias or BatchNorm, which LRP merges
-    into the layer. Returns how many went (their outputs are no longer tensors `--layer` can name)."""
+    into the layer. Returns {a removed Cast's output: the tensor its readers now read}, names to keep answering."""
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return 0   # a subgraph may read a Cast's output by name
+        return {}   # a subgraph may read a Cast's output by name
     types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.value_info)
              if v.type.HasField("tensor_type")}
     types.update({t.name: t.data_type for t in graph.initializer})
@@ -333,7 +347,7 @@ def drop_noop_casts(model: onnx.ModelProto) -> int:
         values = [v for v in graph.value_info if v.name not in renamed]
         del graph.value_info[:]
         graph.value_info.extend(values)
-    return len(renamed)
+    return renamed
 
 
 def keep_batch_in_squeezes(model: onnx.ModelProto, batch_one: set[str] | None = None) -> int:

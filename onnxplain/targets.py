@@ -42,7 +42,7 @@ class Target:
 def parse_target(model, target: str | int | None = None, layer: str | None = None) -> Target:
     """From CLI/API values: target 'top1' | index | label, or for a layer 'C' (channel) or 'C,Y,X' (unit)."""
     if layer is not None:
-        check_layer(model, layer)
+        layer = check_layer(model, layer)
         if target is None or target == "top1":
             raise OnnxplainError("a --layer target needs --target CHANNEL or --target C,Y,X (a unit)")
         parts = [p for p in str(target).split(",") if p != ""]
@@ -56,16 +56,19 @@ def parse_target(model, target: str | int | None = None, layer: str | None = Non
     return Target(None, index)
 
 
-def check_layer(model, layer: str) -> None:
+def check_layer(model, layer: str) -> str:
+    """The tensor `layer` names (a removed no-op Cast's output names its input), or a one-line error."""
+    layer = getattr(model, "aliases", {}).get(layer, layer)
     if layer not in model.tensor_names and layer not in model.output_names:
         raise OnnxplainError(f"no tensor named {layer!r} in this model (`onnxplain inspect --tensors` lists them)")
+    return layer
 
 
 def as_target(model, target) -> Target:
     """A method's `target` argument as a Target: a Target, None (top-1), a class index or a class label."""
     if target is None or isinstance(target, Target):
         if target is not None and target.hidden:
-            check_layer(model, target.layer)
+            return Target(check_layer(model, target.layer), target.index, target.unit)
         return target or Target()
     if np.ndim(target) == 0 and hasattr(target, "item"):   # a 0-d array or tensor
         target = target.item()

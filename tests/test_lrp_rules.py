@@ -322,6 +322,7 @@ def test_a_zero_stabiliser_gives_zero_where_a_sum_is_zero(tmp_path):
     conv = torch.nn.Conv2d(1, 3, 3)
     with torch.no_grad():
         conv.bias[1] = -100.0   # channel 1 never fires
+        conv.weight[1].clamp_(max=0)   # and has no positive part: z+ = 0 there
     net = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(3, 2)).eval()
     with warnings.catch_warnings():
@@ -334,6 +335,9 @@ def test_a_zero_stabiliser_gives_zero_where_a_sum_is_zero(tmp_path):
     tiny = LRP("lrp-0", rules={"*": "z:1e-12"}, progress=False).explain(model, x)
     assert np.isfinite(exact.relevance).all()
     np.testing.assert_allclose(exact.relevance, tiny.relevance, rtol=1e-5, atol=1e-9)
+    for batch in (x, x[:1]):   # z+ on the dead channel: no positive part, no stabiliser (both of its code paths)
+        plus = LRP(stabilizer=0, progress=False).explain(model, batch)
+        assert np.isfinite(plus.relevance).all() and np.isfinite(plus.diagnostics["conservation_error"]).all()
 
 
 def test_a_bias_and_batchnorm_behind_a_transpose_merge_into_the_convolution(tmp_path):
@@ -372,3 +376,30 @@ def test_a_bias_and_batchnorm_behind_a_transpose_merge_into_the_convolution(tmp_
         want = LRP(composite, progress=False, low=0.0, high=1.0).explain(folded, x)
         np.testing.assert_allclose(ours.relevance, want.relevance, rtol=1e-4, atol=1e-6 * np.abs(want.relevance).max())
         assert [layer["op"] for layer in ours.diagnostics["layers"][0]] == ["Conv", "MatMul"]
+
+
+def test_a_batchnorm_behind_a_transpose_keeps_its_own_axis(tmp_path):
+    """ONNX BatchNormalization normalises axis 1: behind a Transpose to channels last that is a spatial axis, not
+    the convolution's channels (here both 4 long), so it must not merge into the convolution (LRP then explained
+    another value than the model's logit)."""
+    rng = np.random.default_rng(0)
+    stats = {k: rng.uniform(0.5, 1.5, 4).astype(np.float32) for k in ("g", "bb", "mu", "var")}
+    initializers = {"w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), **stats,
+                    "d": rng.normal(size=(64, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("BatchNormalization", ["t", "g", "bb", "mu", "var"], ["n"]),
+             helper.make_node("Transpose", ["n"], ["h"], perm=[0, 3, 1, 2]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    onnx.save(proto, tmp_path / "bn.onnx")
+    model = onnxplain.load(tmp_path / "bn.onnx")
+    x = rng.random((3, 1, 4, 4)).astype(np.float32)
+    explanation = LRP(progress=False).explain(model, x)
+    logits = model.logits(x)
+    np.testing.assert_allclose(explanation.score, logits[np.arange(3), explanation.target], rtol=1e-5)
+    assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5

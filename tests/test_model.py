@@ -439,6 +439,10 @@ def test_a_fixed_batch_classifier_with_string_labels_loads(batch, tmp_path):
     model = onnxplain.load(tmp_path / "named.onnx")
     assert model.input_shape == (None, 4) and model.labels == ["a", "b", "c"]
     np.testing.assert_allclose(model.scores(x[:5]), classifier.predict_proba(x[:5]), rtol=1e-4, atol=1e-5)
+    numbered = LogisticRegression(max_iter=500).fit(x, rng.integers(1, 4, 60))   # classes 1, 2, 3: no labels, so
+    proto = convert_sklearn(numbered, initial_types=[("x", FloatTensorType([batch, 4]))], target_opset=13)
+    onnx.save(proto, tmp_path / "numbered.onnx")                                 # 1 stays the index of column 1
+    assert onnxplain.load(tmp_path / "numbered.onnx").labels is None
 
 
 @pytest.mark.parametrize("batch", ["N", 1, 2])
@@ -507,3 +511,42 @@ def test_casts_to_the_type_a_tensor_has_go(tmp_path):
     ours, want = (LRP(progress=False).explain(m, x) for m in (with_cast, without))
     np.testing.assert_allclose(ours.relevance, want.relevance, rtol=1e-6)
     assert [layer["op"] for layer in ours.diagnostics["layers"][0]] == ["MatMul"]   # the bias merged, no Add
+    np.testing.assert_array_equal(with_cast.run(x, ["c"])["c"], without.run(x, ["m"])["m"])   # the name still works
+    from onnxplain.targets import Target
+
+    np.testing.assert_allclose(LRP(progress=False).attribute(with_cast, x, Target("c", 2)),
+                               LRP(progress=False).attribute(without, x, Target("m", 2)), rtol=1e-6)
+
+
+def test_an_input_read_only_inside_a_subgraph_is_kept(tmp_path):
+    """An input an If branch reads is used: it stays (a model whose only input is read there loaded before the
+    unused-input pass and must still)."""
+    then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3])])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 3])])
+    condition = numpy_helper.from_array(np.array(True), "cond")
+    graph = helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)], "if",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [condition])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "if.onnx")
+    loaded = onnxplain.load(tmp_path / "if.onnx")
+    assert loaded.input_name == "x" and not any("read by no node" in n for n in loaded.notes)
+
+
+def test_a_shape_from_a_value_ints_constant_loads(tmp_path):
+    """A Reshape whose shape is a Constant written with value_ints (not value) left the batch rewrite with nothing
+    to read: a StopIteration escaped at load."""
+    weight = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(2, 2), "w")
+    nodes = [helper.make_node("Constant", [], ["shape"], value_ints=[4, 1]),
+             helper.make_node("Reshape", ["w", "shape"], ["column"]),
+             helper.make_node("MatMul", ["x", "column"], ["y"])]
+    graph = helper.make_graph(nodes, "ints", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "ints.onnx")
+    loaded = onnxplain.load(tmp_path / "ints.onnx")
+    np.testing.assert_allclose(loaded.run(np.ones((3, 4), np.float32))["y"], np.full((3, 1), 6.0))

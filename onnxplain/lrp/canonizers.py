@@ -139,7 +139,8 @@ def per_channel_affine(step: Step, source: str, channels: int, axis_rank) -> tup
     op, (axis, rank) = step.op, axis_rank
     if op is None or len([o for o in step.outputs if o]) != 1:
         return None
-    if op.op_type == "BatchNormalization" and op.kind == "linear" and step.inputs[0] == source:
+    if op.op_type == "BatchNormalization" and op.kind == "linear" and step.inputs[0] == source and \
+            (rank is None or axis % rank == 1):   # its channels are axis 1, wherever a Transpose put the layer's
         factor, shift = op.affine([None] + [op.constants[i] for i in (1, 2, 3, 4)])
         return _vector(factor, channels, axis, rank, True), _vector(shift, channels, axis, rank, True)
     if op.op_type not in ("Mul", "Div", "Add", "Sub") or len(op.constants) != 1 or source not in step.inputs[:2]:

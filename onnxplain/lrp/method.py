@@ -66,8 +66,8 @@ class LRP(Method):
         if self.low is None and self._uses_box:
             rows = spec_range_rows(model, x)
             if 0 < rows.sum() < len(rows):
-                raise OnnxplainError("this batch mixes inputs inside and outside the 0..1 range of the spec guessed "
-                                     "from the input's shape, so z^B would get a box for some and none for others: "
+                raise OnnxplainError("this batch mixes inputs inside and outside the range of the spec guessed from "
+                                     "the input's shape, so z^B would get a box for some and none for others: "
                                      "explain them apart, or give a preprocessing spec (--preprocess) or low/high")
             bounded = bool(rows.all())
         if self._walker is None or self._walker.executor is not executor or self._walker.rule_map.bounded != bounded:

@@ -328,7 +328,10 @@ def _uniform_input(x, layer, weight, stabilizer):
 
 
 def _divided(denominator: torch.Tensor, bias, epsilon: float, positive: bool = False) -> tuple[Division, BranchLeak]:
-    """The division of a one-branch rule and its leak, sharing R / denominator."""
+    """The division of a one-branch rule and its leak, sharing R / denominator (a zero one, possible only with no
+    stabiliser, passes nothing: 0 / 0 would fill the map with NaN)."""
+    if epsilon == 0:
+        denominator = denominator.masked_fill(denominator == 0, float("inf"))
     division = Division(denominator)
     return division, BranchLeak([Branch(1.0, denominator, bias, epsilon, division, positive)])
 

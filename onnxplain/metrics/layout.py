@@ -78,7 +78,8 @@ class InputLayout:
     def value_range(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Valid (low, high) per channel from the preprocessing spec, else the range of the data, broadcastable
         to (N, *view_shape). A guessed spec's range holds only for the inputs inside it (per input, as
-        `executor.spec_range_rows` decides); the others get the data's."""
+        `executor.spec_range_rows` decides); the others get the batch's data range (evaluate's noise is drawn for
+        the batch as a whole anyway)."""
         data = np.asarray(np.min(x), dtype=np.float64), np.asarray(np.max(x), dtype=np.float64)
         if self.low is None:
             return data

@@ -164,11 +164,15 @@ def write_outputs(staged: StagedFiles, model, x, records, sources, names, *, out
             record["outputs"]["nifti"] = str(nifti_path(png))
 
 
-def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, timings: dict) -> dict:
-    """The JSON record of one explained input."""
+def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, timings: dict,
+           asked: str | None = None) -> dict:
+    """The JSON record of one explained input; `asked`: the --layer as given (a removed Cast's output names the
+    tensor it cast, reported as `tensor`)."""
     diagnostics = record["diagnostics"]
     target = record["target"]
-    hidden = {"layer": goal.layer, "channel": goal.index} | ({"unit": list(goal.unit)} if goal.unit else {})
+    hidden = {"layer": asked or goal.layer, "channel": goal.index} | ({"unit": list(goal.unit)} if goal.unit else {})
+    if asked and asked != goal.layer:
+        hidden["tensor"] = goal.layer
     return {
         "input": str(source), "method": record["method"], "options": record["params"],
         "target": {"index": target, "label": model.label_of(target)} if target >= 0 else hidden,
@@ -270,7 +274,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     timings = {"load_s": round(loaded_s, 4), "render_s": round((time.perf_counter() - rendering) / len(x), 4),
                "total_s": round(time.perf_counter() - began, 4)}
 
-    rows = [report(loaded, r, s, t, goal, timings) for r, s, t in zip(records, sources, ranked)]
+    rows = [report(loaded, r, s, t, goal, timings, layer) for r, s, t in zip(records, sources, ranked)]
     if why:   # notes come once the work is done, so that an error stays the only line on stderr
         click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
     note = guessed_spec_note(loaded, sources)

@@ -333,11 +333,14 @@ def drop_noop_casts(model: onnx.ModelProto) -> dict[str, str]:
              if v.type.HasField("tensor_type")}
     types.update({t.name: t.data_type for t in graph.initializer})
     outputs, renamed, kept = {o.name for o in graph.output}, {}, []
+    # a Cast of an input or a weight stays: its output is the one computed tensor that names the value
+    sources = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:
         node.input[:] = [renamed.get(name, name) for name in node.input]
         target = next((a.i for a in node.attribute if a.name == "to"), None)
         noop = node.op_type == "Cast" and target is not None and types.get(node.input[0]) == target
-        if noop and node.domain in ("", "ai.onnx") and node.output[0] not in outputs and node.input[0] not in outputs:
+        if noop and node.domain in ("", "ai.onnx") and node.output[0] not in outputs and node.input[0] not in outputs \
+                and node.input[0] not in sources:
             renamed[node.output[0]] = node.input[0]
             continue
         kept.append(node)

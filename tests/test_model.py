@@ -1,6 +1,8 @@
 """The model layer: loading, normalisation, class-score detection, batched runs, intermediate tensors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -516,6 +518,22 @@ def test_casts_to_the_type_a_tensor_has_go(tmp_path):
 
     np.testing.assert_allclose(LRP(progress=False).attribute(with_cast, x, Target("c", 2)),
                                LRP(progress=False).attribute(without, x, Target("m", 2)), rtol=1e-6)
+    from click.testing import CliRunner
+
+    from onnxplain.cli.main import cli
+
+    np.save(tmp_path / "x.npy", x[0])
+    result = CliRunner().invoke(cli, ["explain", str(tmp_path / "cast_True.onnx"), str(tmp_path / "x.npy"),
+                                      "--layer", "c", "--target", "2", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)
+    assert record["target"] == {"layer": "c", "channel": 2, "tensor": "m"}   # as asked, and what it names
+    proto = onnx.load(tmp_path / "cast_True.onnx")   # a Cast of the input itself stays: its output names x
+    proto.graph.node.insert(0, helper.make_node("Cast", ["x"], ["x_float"], to=TensorProto.FLOAT))
+    proto.graph.node[1].input[0] = "x_float"
+    onnx.save(proto, tmp_path / "cast_input.onnx")
+    cast_input = onnxplain.load(tmp_path / "cast_input.onnx")
+    np.testing.assert_array_equal(cast_input.run(x, ["x_float"])["x_float"], x)
 
 
 def test_an_input_read_only_inside_a_subgraph_is_kept(tmp_path):

@@ -317,11 +317,15 @@ def spec_range_rows(model, x) -> np.ndarray:
     ranges = _channel_ranges(model, values.shape)
     if ranges is None or model.preprocess_source != "guessed":
         return np.full(len(values), ranges is not None)
-    low, high = ranges
+    return rows_inside(values, *ranges)
+
+
+def rows_inside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(N,) whether each row of `values` lies within [low, high] (broadcastable; up to rounding)."""
     slack = 1e-6 * float(np.max(high - low))
-    if low.size == 1:   # one range for every channel: each input's min and max tell
+    if np.size(low) == 1:   # one range for every channel: each row's min and max tell
         flat = values.reshape(len(values), -1)
-        return (flat.min(axis=1) >= low.item() - slack) & (flat.max(axis=1) <= high.item() + slack)
+        return (flat.min(axis=1) >= np.min(low) - slack) & (flat.max(axis=1) <= np.max(high) + slack)
     outside = (values < low - slack) | (values > high + slack)
     return ~outside.reshape(len(values), -1).any(axis=1)
 

@@ -86,10 +86,9 @@ class InputLayout:
         low, high = self.low[None], self.high[None]
         if not self.guessed:
             return low, high
-        view = self.view(np.asarray(x, dtype=np.float64))
-        slack = 1e-6 * float(np.max(high - low))
-        inside = ~((view < low - slack) | (view > high + slack)).reshape(len(view), -1).any(axis=1)
-        rows = inside.reshape((-1,) + (1,) * len(self.view_shape))
+        from ..executor import rows_inside
+
+        rows = rows_inside(self.view(np.asarray(x)), low, high).reshape((-1,) + (1,) * len(self.view_shape))
         return np.where(rows, low, data[0]), np.where(rows, high, data[1])
 
     def intensity(self, x: np.ndarray) -> np.ndarray:

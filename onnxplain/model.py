@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import normalize
+from . import batch_axis, normalize
 from .errors import OnnxplainError
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, run_batched
@@ -69,23 +69,23 @@ class Model:
         if note:
             self.notes.append(note)
         model = normalize.infer_shapes(model)
-        self.aliases = normalize.drop_noop_casts(model)   # names of removed Casts' outputs -> what they equal
+        self.aliases = normalize.drop_noops(model)   # names of removed copies' outputs -> what they equal
         if self.aliases:
-            self.notes.append(f"{len(self.aliases)} Cast(s) to their input's own type left out (their outputs' "
-                              "names still name the values)")
-        if normalize.keep_batch_in_squeezes(model):
+            self.notes.append(f"{len(self.aliases)} node(s) that copy their input (Identity, Dropout, Cast to the "
+                              "same type) left out (their outputs' names still name the values)")
+        if batch_axis.keep_batch_in_squeezes(model):
             self.notes.append(SQUEEZE_NOTE)
-        dynamic, changed, squeezes = normalize.make_batch_dynamic(_copy(model))
+        dynamic, changed, squeezes = batch_axis.make_batch_dynamic(_copy(model))
         self.fixed_batch = False
         if changed:
             dynamic = normalize.infer_shapes(dynamic)
             normalize.restore_weights(dynamic, weights)
             session = self._session_or_none(dynamic)
             if session is not None and self._batch_parity(session):
-                self.notes += [f"batch axis (fixed at {normalize.fixed_batch(model)}) made dynamic"] + \
+                self.notes += [f"batch axis (fixed at {batch_axis.fixed_batch(model)}) made dynamic"] + \
                     ([SQUEEZE_NOTE] if squeezes else [])
                 return self._verified(original, dynamic, session, verify)
-            batch = normalize.fixed_batch(model)
+            batch = batch_axis.fixed_batch(model)
             if batch > 1:   # running every batch padded to B would cost B passes per sample
                 raise OnnxplainError(f"this model was exported for batches of exactly {batch} and its batch axis "
                                      "cannot be freed; export it with a dynamic batch axis (torch: dynamic_axes or "
@@ -114,7 +114,7 @@ class Model:
         names = [o.name for o in normalised.graph.output if o.name in computed]
         feed_proto = normalize.drop_extra_inputs(_copy(original))
         reference = make_session(_with_outputs(feed_proto, names).SerializeToString(), self.providers)
-        feed = _random_feed(candidate, batch=normalize.fixed_batch(feed_proto) or 1)
+        feed = _random_feed(candidate, batch=batch_axis.fixed_batch(feed_proto) or 1)
         try:
             wanted = reference.run(names, feed)
         except Exception:  # the original itself cannot run on the probe (free input sizes it needs set)
@@ -129,7 +129,7 @@ class Model:
             want, got = np.asarray(want), np.asarray(got)
             if want.dtype.kind in "OSU":  # string class labels (scikit-learn classifiers with named classes)
                 same = want.shape == got.shape and bool((want == got).all())
-            else:   # same shape, or the batch axis of one a Squeeze kept (`normalize.keep_batch_in_squeezes`)
+            else:   # same shape, or the batch axis of one a Squeeze kept (`batch_axis.keep_batch_in_squeezes`)
                 same = got.shape in (want.shape, (1,) + want.shape) and np.allclose(
                     want.astype(np.float64), got.astype(np.float64).reshape(want.shape), rtol=1e-4, atol=1e-5,
                     equal_nan=True)

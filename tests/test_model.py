@@ -485,9 +485,14 @@ def test_a_graph_that_rescales_pixels_itself_gets_them_raw(rescales, tmp_path):
     assert "graph input(s) 'mean' read by no node: left out" in loaded.notes and loaded.input_name == "x"
 
 
-def test_casts_to_the_type_a_tensor_has_go(tmp_path):
-    """Keras's torch backend writes float-to-float Casts between a MatMul and its bias Add: they go at load, so LRP
-    merges the bias into the layer as it does without them (same map and ledger), and outputs are unchanged."""
+COPIES = {"Cast": dict(to=TensorProto.FLOAT), "Identity": {}, "Dropout": {}}
+
+
+@pytest.mark.parametrize("copy", sorted(COPIES))
+def test_nodes_that_copy_their_input_go(copy, tmp_path):
+    """Keras's torch backend writes float-to-float Casts between a MatMul and its bias Add, tf2onnx and Paddle
+    Identity, older exports Dropout: they go at load, so LRP merges the bias into the layer as it does without
+    them (same map and ledger), outputs are unchanged and their names still work."""
     from onnxplain.lrp import LRP
 
     rng = np.random.default_rng(0)
@@ -496,7 +501,7 @@ def test_casts_to_the_type_a_tensor_has_go(tmp_path):
 
     def graph(cast: bool) -> onnxplain.Model:
         nodes = [helper.make_node("MatMul", ["x", "w"], ["m"])]
-        nodes += [helper.make_node("Cast", ["m"], ["c"], to=TensorProto.FLOAT)] if cast else []
+        nodes += [helper.make_node(copy, ["m"], ["c"], **COPIES[copy])] if cast else []
         nodes += [helper.make_node("Add", ["c" if cast else "m", "b"], ["y"])]
         proto = helper.make_model(helper.make_graph(
             nodes, "cast", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
@@ -507,7 +512,7 @@ def test_casts_to_the_type_a_tensor_has_go(tmp_path):
         return onnxplain.load(tmp_path / f"cast_{cast}.onnx")
 
     with_cast, without = graph(True), graph(False)
-    assert "Cast" not in [n.op_type for n in with_cast.proto.graph.node]
+    assert copy not in [n.op_type for n in with_cast.proto.graph.node]
     x = rng.normal(size=(3, 6)).astype(np.float32)
     np.testing.assert_array_equal(with_cast.logits(x), without.logits(x))
     ours, want = (LRP(progress=False).explain(m, x) for m in (with_cast, without))
@@ -528,8 +533,8 @@ def test_casts_to_the_type_a_tensor_has_go(tmp_path):
     assert result.exit_code == 0, result.output
     (record,) = json.loads(result.stdout)
     assert record["target"] == {"layer": "c", "channel": 2, "tensor": "m"}   # as asked, and what it names
-    proto = onnx.load(tmp_path / "cast_True.onnx")   # a Cast of the input itself stays: its output names x
-    proto.graph.node.insert(0, helper.make_node("Cast", ["x"], ["x_float"], to=TensorProto.FLOAT))
+    proto = onnx.load(tmp_path / "cast_True.onnx")   # a copy of the input itself stays: its output names x
+    proto.graph.node.insert(0, helper.make_node(copy, ["x"], ["x_float"], **COPIES[copy]))
     proto.graph.node[1].input[0] = "x_float"
     onnx.save(proto, tmp_path / "cast_input.onnx")
     cast_input = onnxplain.load(tmp_path / "cast_input.onnx")

@@ -121,9 +121,15 @@ class WindowRunner:
         corners = np.array(np.meshgrid(*[[0, n - k] for n, k in zip(spatial, size)], indexing="ij"))
         starts = np.concatenate([corners.reshape(len(spatial), -1).T, ((spatial - size) // 2)[None]])
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn((len(starts), x.shape[1], *size), generator=generator).to(x.device, x.dtype)
+        noise = torch.randn((len(starts), x.shape[1], *size), generator=generator).to(x.device)
         each = np.arange(len(starts))                              # every probe window is its own site
-        values = _gather(x[0], starts, tuple(int(k) for k in size), each) + noise * (float(x.std()) or 1.0)
+        own = _gather(x[0], starts, tuple(int(k) for k in size), each)
+        if x.dtype.is_floating_point:
+            values = own + noise.to(x.dtype) * (float(x.std()) or 1.0)
+        else:   # integer inputs (uint8 images cast inside the graph): whole-number shifts within the type's range
+            info = torch.iinfo(x.dtype)
+            shifted = own.double() + noise.double() * (float(x.double().std()) or 1.0)
+            values = shifted.round().clamp(info.min, info.max).to(x.dtype)
         batch = x.expand(len(starts), *x.shape[1:]).clone()
         _write(batch, starts, Crop(values, starts, each))
         with torch.inference_mode():
@@ -152,6 +158,8 @@ class WindowRunner:
             return None       # an operand computed at full size (a gate from global pooling, ...)
         if op_type in ("Conv", "MaxPool", "AveragePool"):
             return self._windowed(step, inputs) if isinstance(inputs[0], Crop) else None
+        if op_type == "Pad":
+            return self._shifted(step, inputs) if isinstance(inputs[0], Crop) else None
         if op_type != "BatchNormalization" and any(not _spatially_constant(self.graph.constants[name], crops[0])
                                                    for name in others):
             return None       # a constant that varies over space (BatchNormalization's vectors are per channel)
@@ -176,6 +184,17 @@ class WindowRunner:
         framed = [self._reframe(name, v, origin, tuple(size)) if isinstance(v, Crop) else v
                   for name, v in zip(step.inputs, inputs)]
         return crops[0].moved(step.op.forward(*framed), origin)
+
+    def _shifted(self, step, inputs: list):
+        """A constant-mode Pad of the spatial axes: the crop's values as they are, at sites moved by the begin pads
+        (other modes read mirrored or wrapped positions, negative pads crop the map: None, whole maps)."""
+        op, crop = step.op, inputs[0]
+        if op.mode != "constant":
+            return None
+        pairs = op.pairs(crop.values, inputs[1] if len(inputs) > 1 else None, inputs[3] if len(inputs) > 3 else None)
+        if any(b or e for b, e in pairs[:2]) or any(b < 0 or e < 0 for b, e in pairs):
+            return None
+        return crop.moved(crop.values, crop.sites + np.array([b for b, _ in pairs[2:]], dtype=np.int64))
 
     def _windowed(self, step, inputs: list):
         """A convolution or pooling on the patch that feeds the zone its input crop influences."""

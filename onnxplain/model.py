@@ -15,7 +15,7 @@ from .errors import OnnxplainError
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, run_batched
 from .scores import find_scores
-from .sequences import sequence_layout
+from .sequences import channel_layout, sequence_layout
 
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
 
@@ -223,6 +223,15 @@ class Model:
         samples (the order Keras keeps sequences in); None for anything else (a 2-D sample is then an H x W gray
         image). Read off the path to the first convolution (`onnxplain.sequences`)."""
         return sequence_layout(self.proto, self.input_name) if len(self.input_shape) == 3 else None
+
+    @cached_property
+    def image_layout(self) -> str | None:
+        """For 3-D samples with no preprocessing spec (a channel count other than 1 or 3: RGBA, multispectral):
+        'channels_first' (C, H, W) or 'channels_last' (H, W, C) when a 2-D convolution reads that axis as its
+        channels, else None (a (D, H, W) volume). Read off the graph like `sequence_layout`."""
+        if len(self.input_shape) != 4 or self.preprocess is not None:
+            return None
+        return channel_layout(self.proto, self.input_name, 3)
 
     def label_of(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)

@@ -1,9 +1,11 @@
-"""Whether a model's 2-D samples are sequences (channels along positions) or gray images, read off the graph.
+"""Which axis of a model's samples holds the channels, read off the graph where no preprocessing spec says.
 
 A (N, A, B) input is a sequence when it reaches its first convolution as (N, channels, positions): through ops
 that keep the axes in place, Transposes, and Unsqueezes that add unit axes. That covers a torch Conv1d net fed
 (C, L) samples, the same net fed Keras's (L, C) order through a Transpose, and tf2onnx's Keras Conv1D (an Unsqueeze
-to (N, 1, L, C), a Transpose to (N, C, 1, L) and a 2-D convolution whose kernel is 1 along the unit axis).
+to (N, 1, L, C), a Transpose to (N, C, 1, L) and a 2-D convolution whose kernel is 1 along the unit axis). A
+(N, A, B, C) input the same way is an image of any channel count (RGBA, multispectral: the spec guessed from the
+shape knows only 1 or 3) rather than a volume, when a 2-D convolution reads A or C as its channels.
 """
 from __future__ import annotations
 
@@ -12,12 +14,18 @@ from onnx import numpy_helper
 
 KEEP_AXES = {"Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pad", "Relu", "Clip", "BatchNormalization",
              "InstanceNormalization"}   # keep every axis where it is, on the way to a first convolution
-FIRST, SECOND, UNIT = "first", "second", "unit"   # the sample's two axes, and an axis an Unsqueeze added
+UNIT = "unit"   # an axis an Unsqueeze added
 
 
 def sequence_layout(proto: onnx.ModelProto, input_name: str) -> str | None:
-    """'channels_first' when the sample's first axis becomes the first convolution's channels, 'channels_last' when
-    its second does, None when the graph does not show a 1-D convolution over the other axis (a gray image)."""
+    """'channels_first' when a 2-D sample's first axis becomes the first convolution's channels, 'channels_last'
+    when its second does, None when the graph does not show a 1-D convolution over the other axis (a gray image)."""
+    return channel_layout(proto, input_name, 2)
+
+
+def channel_layout(proto: onnx.ModelProto, input_name: str, rank: int) -> str | None:
+    """'channels_first' / 'channels_last' when the first convolution reads the sample's first / last axis as its
+    channels and the other `rank - 1` axes, in order, as its only spatial axes of extent; else None."""
     graph = proto.graph
     shapes = {t.name: list(t.dims) for t in graph.initializer}
     values = {t.name: t for t in graph.initializer}
@@ -25,8 +33,9 @@ def sequence_layout(proto: onnx.ModelProto, input_name: str) -> str | None:
         for attribute in node.attribute:
             if node.op_type == "Constant" and attribute.name == "value":
                 shapes[node.output[0]], values[node.output[0]] = list(attribute.t.dims), attribute.t
+    sample = tuple(range(rank))   # the sample's axes by position
     nodes = list(graph.node)   # one wrapper per node: protobuf may make a new one (and reuse ids) per access
-    frontier, seen = [(input_name, ("batch", FIRST, SECOND))], set()
+    frontier, seen = [(input_name, ("batch",) + sample)], set()
     while frontier:
         name, axes = frontier.pop()
         for index, node in enumerate(nodes):
@@ -34,7 +43,7 @@ def sequence_layout(proto: onnx.ModelProto, input_name: str) -> str | None:
                 continue
             seen.add(index)
             if node.op_type == "Conv" and node.input[0] == name:
-                return _convolved(axes, shapes.get(node.input[1]))
+                return _convolved(axes, shapes.get(node.input[1]), sample)
             moved = _moved(node, axes, values)
             if moved is not None:
                 frontier.append((node.output[0], moved))
@@ -63,13 +72,13 @@ def _moved(node: onnx.NodeProto, axes: tuple[str, ...], values: dict) -> tuple[s
     return None
 
 
-def _convolved(axes: tuple[str, ...], kernel: list[int] | None) -> str | None:
-    """The layout when a convolution over `axes` (batch, channels, spatial...) reads one sample axis as channels and
-    the other as its only spatial axis of extent (unit axes under a kernel of size 1)."""
-    if kernel is None or len(kernel) != len(axes) or axes[0] != "batch" or axes[1] not in (FIRST, SECOND):
+def _convolved(axes: tuple, kernel: list[int] | None, sample: tuple[int, ...]) -> str | None:
+    """The layout when a convolution over `axes` (batch, channels, spatial...) reads the sample's first or last axis
+    as channels and the others, in order, as its spatial axes of extent (unit axes under a kernel of size 1)."""
+    if kernel is None or len(kernel) != len(axes) or axes[0] != "batch" or axes[1] not in (sample[0], sample[-1]):
         return None
     spatial = list(zip(axes[2:], kernel[2:]))
-    positions = SECOND if axes[1] == FIRST else FIRST
-    if [a for a, _ in spatial if a != UNIT] != [positions] or any(k != 1 for a, k in spatial if a == UNIT):
+    others = [a for a in sample if a != axes[1]]
+    if [a for a, _ in spatial if a != UNIT] != others or any(k != 1 for a, k in spatial if a == UNIT):
         return None
-    return "channels_first" if axes[1] == FIRST else "channels_last"
+    return "channels_first" if axes[1] == sample[0] else "channels_last"

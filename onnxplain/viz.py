@@ -258,6 +258,10 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
             raise OnnxplainError(f"the preprocessing spec ({spec.layout}, size {spec.size}) does not fit an input "
                                  f"of shape {tuple(np.shape(sample))}") from None
         return image_figure(image, relevance_map, title=title, threshold=threshold)
+    image = getattr(model, "image_layout", None) if np.ndim(sample) == 3 else None
+    if image is not None:   # an image of C channels with no spec: their mean drawn, relevance summed over them
+        axis = 0 if image == "channels_first" else 2
+        sample, relevance = np.mean(sample, axis=axis), np.sum(relevance, axis=axis)
     if np.ndim(sample) == 2:   # tokens x features, or a gray image with no spec: shown scaled to its own range
         values = np.asarray(sample, dtype=np.float64)
         span = float(np.ptp(values)) or 1.0

@@ -223,3 +223,43 @@ def test_rows_that_share_windows_in_any_order(tmp_path):
     path = model_file(tmp_path, nodes, w1, (2, 40, 41), "wide_pool")
     starts = np.repeat(windows_everywhere((40, 41), 3, rng), 2, axis=0)
     assert max(runner_errors(path, (2, 40, 41), 3, [starts], rng)) <= 1e-5
+
+
+def test_a_constant_pad_moves_the_crop(tmp_path):
+    """A Pad node before a convolution (Keras's ZeroPadding2D, tf2onnx's explicit pads) keeps the rows on crops:
+    constant pads move the crop's sites by the begin pads; other modes read mirrored positions and run whole."""
+    rng = np.random.default_rng(7)
+    pads = numpy_helper.from_array(np.array([0, 0, 2, 1, 0, 0, 1, 3], np.int64), "pads")
+    fill = numpy_helper.from_array(np.array(0.5, np.float32), "fill")
+    first, weights = conv("c1", "padded", 3, 4, (3, 3), rng, strides=[2, 2])
+    for mode, inputs in (("constant", ["x", "pads", "fill"]), ("reflect", ["x", "pads"])):
+        nodes = [helper.make_node("Pad", inputs, ["padded"], mode=mode), first,
+                 helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["flat"])]
+        path = model_file(tmp_path, nodes, weights + [pads, fill], (3, 21, 18), f"pad_{mode}")
+        seen = check(path, (3, 21, 18), 3, rng)
+        assert ("Pad" in seen and "Conv" in seen) == (mode == "constant"), (mode, seen)
+
+
+def test_integer_inputs_run_incrementally(tmp_path):
+    """A uint8 image model (Cast, scaling inside the graph): the probe that checks the runner draws whole-number
+    windows in the type's range (a float noise scale of a uint8 tensor raised, and every sample ran whole)."""
+    from onnxplain.methods.passes import forward_passes
+
+    rng = np.random.default_rng(8)
+    first, weights = conv("c1", "scaled", 3, 4, (3, 3), rng, pads=[1, 1, 1, 1])
+    scale = numpy_helper.from_array(np.array(1 / 255, np.float32), "scale")
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xf", "scale"], ["scaled"]), first,
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "head"], ["logits"])]
+    head = numpy_helper.from_array(rng.normal(0, 0.1, (4 * 12 * 10, 5)).astype(np.float32), "head")
+    graph = helper.make_graph(nodes, "uint8", [helper.make_tensor_value_info("x", TensorProto.UINT8,
+                                                                             [None, 3, 12, 10])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5])],
+                              weights + [scale, head])
+    path = tmp_path / "uint8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    model = onnxplain.load(path)
+    x = rng.integers(0, 256, (3, 12, 10)).astype(np.uint8)
+    passes = forward_passes(model, "cpu")
+    assert passes.window_runner(x, "logits", (3, 3), 16) is not None

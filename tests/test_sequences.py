@@ -227,3 +227,45 @@ def test_sequence_layout_reads_unsqueeze_forms_and_kernels():
     assert sequence_layout(graph((0, 3, 1, 2), (3, 3)), "x") is None
     assert sequence_layout(graph((0, 1, 2, 3), (3, 3), axes=(1,)), "x") is None   # (N, 1, L, C): one gray channel
     assert sequence_layout(graph((0, 2, 1, 3), (1, 5), axes=(1,)), "x") == "channels_first"   # (N, L, 1, C)
+
+
+class MultispectralNet(torch.nn.Module):
+    """(N, 4, 12, 10) images (RGBA, multispectral) into a 2-D convolution; `channels_last` feeds (N, 12, 10, 4)."""
+
+    def __init__(self, channels_last: bool):
+        super().__init__()
+        torch.manual_seed(1)
+        self.channels_last = channels_last
+        self.conv, self.fc = torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.Linear(6 * 12 * 10, 5)
+
+    def forward(self, x):
+        x = x.permute(0, 3, 1, 2) if self.channels_last else x
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_image_of_four_channels_is_not_a_volume(channels_last, tmp_path):
+    """No spec is guessed for 4 channels; the 2-D convolution the input feeds says which axis holds them. Before,
+    the sample was a (D, H, W) volume: PDA slid k x k x k windows across the channels, occlusion's default window
+    shrank to 1, the picture was a slice montage and the incremental engine was never used."""
+    from onnxplain.io.nifti import is_volume_input
+    from onnxplain.viz import sample_figure
+
+    shape = (12, 10, 4) if channels_last else (4, 12, 10)
+    model = export(MultispectralNet(channels_last), (2, *shape), tmp_path / "four.onnx")
+    assert model.preprocess is None and model.image_layout == ("channels_last" if channels_last else "channels_first")
+    geometry = Geometry.infer(model, shape)
+    assert (geometry.channels, geometry.spatial) == (4, (12, 10)) and not is_volume_input(model)
+    assert InputLayout.of(model, shape).channel_axis == (2 if channels_last else 0)
+    rng = np.random.default_rng(0)
+    x, reference = rng.random((1, *shape), np.float32), rng.random((3, *shape), np.float32)
+    pda = make_method("pda", window=3, samples=3, sampler="marginal", reference=reference, progress=False,
+                      device="cpu").explain(model, x)
+    per_pixel = np.moveaxis(pda.relevance[0], -1, 0) if channels_last else pda.relevance[0]
+    assert np.allclose(per_pixel, per_pixel[:1]) and np.abs(per_pixel).max() > 0   # all channels of a window
+    assert pda.diagnostics["windows"] == 10 * 8
+    assert pda.diagnostics["forward_passes_on"].endswith("incremental") != channels_last   # channels-first only
+    occlusion = make_method("occlusion", progress=False).explain(model, x)
+    assert occlusion.params["window"] == 1 and occlusion.diagnostics["windows"] == 12 * 10
+    titles = [axis.get_title() for axis in sample_figure(model, x[0], pda.relevance[0]).axes]
+    assert titles[0] == "input"   # input | heatmap | overlay, not a slice montage

@@ -15,12 +15,13 @@ from ..errors import OnnxplainError
 
 def is_volume_input(model) -> bool:
     """True when one model input is a 3-D volume: a crop box in the spec, or a (D, H, W) / (C, D, H, W) tensor
-    that is not an image layout."""
+    that is not an image layout (by the spec, or by the convolution it feeds: `Model.image_layout`)."""
     spec = model.preprocess
     if spec is not None and spec.crop is not None:
         return True
     dims = len(model.input_shape) - 1
-    return dims == 4 or (dims == 3 and (spec is None or spec.layout == "flat"))
+    return dims == 4 or (dims == 3 and (spec is None or spec.layout == "flat")
+                         and getattr(model, "image_layout", None) is None)
 
 
 def sample_to_volume(sample: np.ndarray, model, full_shape: tuple[int, ...] | None = None) -> np.ndarray:

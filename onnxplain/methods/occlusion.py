@@ -89,7 +89,8 @@ class Occlusion(Method):
         batch = passes.batch_size(x[0])
         rows = min(len(grid), chunk_rows(batch, x[0].nbytes))
 
-        original = model.run(x, [output])[output]
+        # f(x) from the engine that runs the windows: both sides of each drop alike (as prediction difference)
+        original = passes.run(passes.array(x), output, batch)
         if target.hidden:
             classes, score = np.full(n, -1), hidden_values(original, target)
         else:
@@ -97,7 +98,7 @@ class Occlusion(Method):
             classes = class_indices(model, scores, target)
             score = scores[np.arange(n), classes]
 
-        maps, incremental = [], False
+        maps, incremental, run_windows = [], False, 0
         with optional_bar(self.progress, n * len(grid), "occlusion", "window") as bar:
             for i in range(n):
                 run = WindowSamples(passes, geometry, x[i], output, grid.size, batch, rows)
@@ -106,10 +107,15 @@ class Occlusion(Method):
                 for start in range(0, len(grid), run.rows):
                     ids = np.arange(start, min(len(grid), start + run.rows))
                     covers = np.stack([cover[(slice(None),) + grid.slices(w)] for w in ids])   # (w, C, *k)
-                    raw = run(grid.starts[ids], covers)
-                    values = (hidden_values(raw, target) if target.hidden
-                              else raw.reshape(len(ids), -1)[:, classes[i]].astype(np.float64))
-                    drops[ids] = score[i] - values
+                    own = np.stack([run.x_grid[(slice(None),) + grid.slices(w)] for w in ids])
+                    changed = (covers != own).reshape(len(ids), -1).any(axis=1)
+                    drops[ids] = 0.0               # a cover equal to x's own window changes nothing: no drop
+                    run_windows += int(changed.sum())
+                    if changed.any():
+                        raw = run(grid.starts[ids[changed]], covers[changed])
+                        values = (hidden_values(raw, target) if target.hidden
+                                  else raw.reshape(int(changed.sum()), -1)[:, classes[i]].astype(np.float64))
+                        drops[ids[changed]] = score[i] - values
                     if bar is not None:
                         bar.update(len(ids))
                 maps.append(grid.average(drops[:, None])[0])          # (*spatial): each pixel's mean drop
@@ -120,5 +126,5 @@ class Occlusion(Method):
                            params={"window": window, "stride": stride,
                                    "fill": "reference mean" if self.reference is not None else self.fill or 0.0,
                                    "device": self.device or "onnxruntime"},
-                           diagnostics={"windows": len(grid), "forward_passes_per_input": len(grid) + 1,
+                           diagnostics={"windows": len(grid), "forward_passes": n + run_windows,
                                         "forward_passes_on": name})

@@ -26,8 +26,8 @@ class Geometry:
 
     @classmethod
     def infer(cls, model, sample_shape: tuple[int, ...], volume_shape=None) -> "Geometry":
-        """From the input's rank, the preprocessing spec (layout, size, crop), an explicit `volume_shape`, or a
-        1-D convolution the input feeds (channels along a sequence)."""
+        """From the input's rank, the preprocessing spec (layout, size, crop), an explicit `volume_shape`, or the
+        first convolution the input feeds (channels along a sequence, or an image's channels where no spec says)."""
         sample_shape = tuple(int(d) for d in sample_shape)
         spec = model.preprocess
         if len(sample_shape) == 1:
@@ -41,6 +41,11 @@ class Geometry:
         if sequence == "channels_first":   # (C, L) into a Conv1d
             return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
         if sequence == "channels_last":    # (L, C), transposed into a Conv1d
+            return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
+        image = getattr(model, "image_layout", None) if len(sample_shape) == 3 else None
+        if image == "channels_first":      # (C, H, W) with C not 1 or 3, no spec: a 2-D convolution reads C
+            return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
+        if image == "channels_last":
             return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
         if len(sample_shape) == 2 or (len(sample_shape) == 3 and (spec is None or spec.layout == "flat")):
             return cls(sample_shape, "no_channels", 1, sample_shape)  # (H, W) images, (D, H, W) volumes

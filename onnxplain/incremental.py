@@ -55,10 +55,14 @@ class Crop:
 
 class WindowRunner:
     """`runner(values, starts)`: the graph's `outputs` for the rows of x with window `values` (R, C, *k) written
-    at `starts` (R, d); x is one channels-first sample (1, C, *spatial) on the executor's device."""
+    at `starts` (R, d); x is one sample as the model takes it, on the executor's device. The rows run from `entry`,
+    where the sample is channels-first (1, C, *spatial): the model input (default), or the layout change right
+    after a channels-last input (`passes.channels_first_entry`)."""
 
-    def __init__(self, executor, x: torch.Tensor, outputs: list[str]):
-        self.graph, self.input_name = executor.graph, executor.model.input_name
+    def __init__(self, executor, x: torch.Tensor, outputs: list[str], entry: str | None = None):
+        model_input = executor.model.input_name
+        self.graph, self.input_name = executor.graph, entry or model_input
+        self.channels_last = self.input_name != model_input
         self.outputs = list(outputs)
         self.steps = self.graph.plan(self.outputs, (self.input_name,))
         self.releases = self.graph.releases(self.outputs, (self.input_name,))
@@ -67,8 +71,7 @@ class WindowRunner:
         self._made: list[torch.Tensor] = []   # full maps and patches a step builds besides its outputs
         every = sorted({name for step in self.steps for name in step.outputs if name})
         with torch.inference_mode():
-            self.full = self.graph.run({self.input_name: x}, every)     # x's own activations, batch of 1
-        self.full[self.input_name] = x
+            self.full = self.graph.run({model_input: x}, every + [self.input_name])   # x's activations, batch of 1
         self._padded: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, values: torch.Tensor, starts: np.ndarray) -> dict[str, torch.Tensor]:
@@ -132,8 +135,8 @@ class WindowRunner:
             values = shifted.round().clamp(info.min, info.max).to(x.dtype)
         batch = x.expand(len(starts), *x.shape[1:]).clone()
         _write(batch, starts, Crop(values, starts, each))
-        with torch.inference_mode():
-            want = executor.run(batch, self.outputs)
+        with torch.inference_mode():   # the whole model on the probe: channels moved back last where x has them so
+            want = executor.run(batch.movedim(1, -1).contiguous() if self.channels_last else batch, self.outputs)
         errors = []
         for rows in [slice(None)] + [slice(r, r + 1) for r in range(len(starts))]:   # together, then each alone
             got = self(values[rows], starts[rows])

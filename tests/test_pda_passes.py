@@ -95,7 +95,9 @@ def test_cli_device_option(digits_cnn):
 
 @pytest.mark.parametrize("name, layout", [("digits_keras_tf", "NHWC image"), ("digits_logreg", "flat 8x8 features")])
 def test_torch_executor_in_other_input_layouts(digits_cnn, name, layout):
-    """Windows are written through the batch's (N, C, *spatial) view, which moves axes for these layouts."""
+    """Windows are written through the batch's (N, C, *spatial) view, which moves axes for these layouts; the
+    Keras image (tf2onnx's Reshape of one channel to (N, 1, H, W) right after the input) runs incrementally from
+    that Reshape's output, the flat vector whole."""
     samples = digits_cnn.parent / "samples"
     model = onnxplain.load(digits_cnn.parent / f"{name}.onnx")
     kind = "logreg" if name == "digits_logreg" else "cnn"
@@ -105,7 +107,7 @@ def test_torch_executor_in_other_input_layouts(digits_cnn, name, layout):
     params = dict(window=2 if kind == "logreg" else 4, padding=1, samples=5, reference=reference, progress=False)
     session = PredictionDifference(**params).explain(model, x)
     torch_run = PredictionDifference(device="cpu", **params).explain(model, x)
-    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)"   # not channels-first: whole samples
+    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)" + (", incremental" if kind == "cnn" else "")
     scale = np.abs(session.relevance).max()
     assert scale > 0
     # weights of evidence of near-certain probabilities: float32 rounding of p near 1 shows at ~1e-3 of the map
@@ -214,9 +216,9 @@ def test_incremental_batches_count_the_full_maps_they_build(tmp_path, monkeypatc
         assert run.batch_size * INCREMENTAL_SAFETY * run.runner.peak_row_bytes <= DEFAULT_BATCH_BYTES
     sizes = []
     monkeypatch.setattr(WindowRunner, "__call__", lambda self, v, s: (_ for _ in ()).throw(RuntimeError("no")))
-    executor_run = type(passes.executor).run
-    monkeypatch.setattr(type(passes.executor), "run",
-                        lambda self, batch, outputs: sizes.append(len(batch)) or executor_run(self, batch, outputs))
+    graph_run = type(passes.executor.graph).run
+    monkeypatch.setattr(type(passes.executor.graph), "run", lambda self, feeds, outputs: sizes.append(
+        len(next(iter(feeds.values())))) or graph_run(self, feeds, outputs))
     run = passes.window_runner(x, "logits", (4, 4), batch=64)
     starts = np.zeros((300, 2), dtype=np.int64)
     got = run(rng.random((300, 2, 4, 4)).astype(np.float32), starts)

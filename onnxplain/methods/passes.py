@@ -44,7 +44,8 @@ def forward_passes(model, device: str | None, precision: str = "fp32"):
 class WindowSamples:
     """Forward passes of rows that each differ from one input x in one window: `samples(starts, values)` gives the
     raw `output` for window values (R, C, *size) at starts (R, d). They run incrementally where the torch executor's
-    runner is usable (channels-first inputs, `incremental`), else through one reused buffer of copies of x (`rows`
+    runner is usable (channels-first inputs, or channels-last ones made channels-first right after the input;
+    `incremental`), else through one reused buffer of copies of x (`rows`
     rows) into which the windows are written and from which they are restored. `rows` afterwards: how many rows
     one call should get (an incremental runner's own batch, which its small crops make larger unless `grow_batch`
     is False: a batch size the user chose)."""
@@ -54,8 +55,8 @@ class WindowSamples:
         self.passes, self.output, self.size, self.batch = passes, output, tuple(size), batch
         self.x_grid = geometry.to_grid(x_sample[None])[0]
         self.runner, self.rows = None, rows
-        if incremental and geometry.layout == "channels_first":
-            self.runner = passes.window_runner(x_sample, output, self.size, batch, grow_batch)
+        if incremental and geometry.layout in ("channels_first", "channels_last"):
+            self.runner = passes.window_runner(x_sample, output, self.size, batch, grow_batch, geometry.layout)
         if self.runner is None:
             self.buffer = passes.buffer(x_sample, rows)
             self.view = geometry.grid_view(self.buffer)
@@ -105,7 +106,7 @@ class SessionPasses:
         return np.repeat(x_sample[None], rows, axis=0)
 
     def window_runner(self, x_sample: np.ndarray, output: str, window: tuple[int, ...], batch: int,
-                      grow_batch: bool = True):
+                      grow_batch: bool = True, layout: str = "channels_first"):
         """No incremental forward passes through onnxruntime sessions."""
         return None
 
@@ -173,9 +174,11 @@ class TorchPasses:
         return self.batches(forward, len(batch), batch_size, tuned=self.fixed_shape)
 
     def window_runner(self, x_sample: np.ndarray, output: str, window: tuple[int, ...], batch: int,
-                      grow_batch: bool = True):
+                      grow_batch: bool = True, layout: str = "channels_first"):
         """An `IncrementalPasses` for rows of x with windows of `window`; None when the model runs through
-        onnx2torch, or when the runner fails or differs from the full forward pass on a probe batch (like the
+        onnx2torch, when channels-last samples have no channels-first tensor to start from
+        (`channels_first_entry`), or when the runner fails or differs from the full forward pass on a
+        probe batch (like the
         executor is checked against onnxruntime): the samples then run whole, `batch` at a time. The check
         depends on shapes only, so it runs once per output, window and sample shape; so does the probe's measure
         of a row's memory, which sizes the incremental batches (`incremental_rows`) unless `grow_batch` is False
@@ -185,8 +188,13 @@ class TorchPasses:
         from ..executor import TOLERANCE
         from ..incremental import WindowRunner
 
+        entry = None
+        if layout == "channels_last":
+            entry = channels_first_entry(self.executor.graph, self.model.input_name, x_sample.shape)
+            if entry is None:
+                return None
         try:
-            runner = WindowRunner(self.executor, self.array(x_sample)[None], [output])
+            runner = WindowRunner(self.executor, self.array(x_sample)[None], [output], entry)
         except Exception:  # x's own activations could not be computed here: this input runs whole (not cached)
             return None
         key = (output, tuple(window), x_sample.shape)
@@ -199,7 +207,7 @@ class TorchPasses:
         if self._incremental[key] is None:
             return None
         rows = self._incremental[key] if grow_batch else batch
-        return IncrementalPasses(self, runner, x_sample.shape, tuple(window), rows, batch)
+        return IncrementalPasses(self, runner, tuple(window), rows, batch)
 
     def incremental_rows(self, runner) -> int:
         """Rows per incremental batch: what the memory budget holds at the probe's per-row peak (crops, and the
@@ -235,9 +243,8 @@ class IncrementalPasses:
     through a `WindowRunner` in batches of `batch_size` rows; a batch the runner cannot run goes whole, in
     batches of `whole_batch`."""
 
-    def __init__(self, passes: TorchPasses, runner, sample_shape: tuple[int, ...], window: tuple[int, ...],
-                 batch_size: int, whole_batch: int):
-        self.passes, self.runner, self.sample_shape = passes, runner, sample_shape
+    def __init__(self, passes: TorchPasses, runner, window: tuple[int, ...], batch_size: int, whole_batch: int):
+        self.passes, self.runner = passes, runner
         self.window, self.batch_size, self.whole_batch = window, batch_size, max(1, whole_batch)
 
     def __call__(self, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -254,13 +261,31 @@ class IncrementalPasses:
         return passes.batches(forward, len(values), self.batch_size, tuned=False)  # crop shapes vary: no tuning
 
     def whole(self, rows, where: np.ndarray):
-        """The rows run as whole samples (x with each window written in), `whole_batch` at a time."""
+        """The rows run as whole samples (x with each window written in, from the runner's channels-first entry
+        tensor on), `whole_batch` at a time."""
         from ..incremental import window_index
 
         runner, torch, output, parts = self.runner, self.passes.torch, self.runner.outputs[0], []
+        x = runner.full[runner.input_name]
         for start in range(0, len(rows), self.whole_batch):
             part, at = rows[start:start + self.whole_batch], where[start:start + self.whole_batch]
-            batch = runner.full[runner.input_name].expand(len(part), *self.sample_shape).clone()
+            batch = x.expand(len(part), *x.shape[1:]).clone()
             batch[window_index(at, self.window, batch.shape[1], device=self.passes.device)] = part
-            parts.append(self.passes.executor.run(batch, [output])[output])
+            parts.append(runner.graph.run({runner.input_name: batch}, [output])[output])
         return torch.cat(parts)
+
+
+def channels_first_entry(graph, input_name: str, sample_shape: tuple[int, ...]) -> str | None:
+    """For channels-last samples (*spatial, C): the tensor holding them channels-first (N, C, *spatial), when the
+    input's only reader makes it: a Transpose moving the last axis to 1 (tf2onnx's Keras exports), or a Reshape of
+    a one-channel input to (N, 1, *spatial). None otherwise (the samples then run whole)."""
+    readers = [step for step in graph.steps if input_name in step.inputs]
+    if len(readers) != 1 or readers[0].op is None or readers[0].inputs[0] != input_name:
+        return None
+    step, rank = readers[0], len(sample_shape) + 1
+    if step.node.op_type == "Transpose" and list(step.op.attr("perm", [])) == [0, rank - 1, *range(1, rank - 1)]:
+        return step.outputs[0]
+    shape = graph.constants.get(step.inputs[1]) if step.node.op_type == "Reshape" and len(step.inputs) > 1 else None
+    if shape is not None and sample_shape[-1] == 1 and shape.tolist()[1:] == [1, *sample_shape[:-1]]:
+        return step.outputs[0]
+    return None

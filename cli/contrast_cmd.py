@@ -91,7 +91,7 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
 @click.option("--restarts", type=click.IntRange(1), default=4, show_default=True, help="Random starts for z0.")
 @click.option("--outer-steps", "outer_steps", type=click.IntRange(1), default=30, show_default=True,
               help="Augmented-Lagrangian multiplier updates.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent starts.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the latent starts.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for D and G (cpu, cuda, cuda:N).")
 @click.option("--out", type=NonEmptyPath(), default=None, help="PNG per input (a folder or a name).")
 @click.option("--save-npy", "save_npy", type=NonEmptyPath(), help="Write G(z0) - G(z_e) as .npy.")

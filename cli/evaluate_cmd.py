@@ -179,7 +179,7 @@ def _split(value: str) -> list[str]:
 @click.option("--reference", type=NonEmptyPath(), default=None,
               help="Reference data for methods that take it (pda): a folder of images, or an .npy batch or single "
                    "sample.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
 @click.option("--device", default=None,
               help="Torch device (cpu, cuda, cuda:N) for every method that takes one (a method's own device=... "
                    "wins; pda and occlusion then run their forward passes in the torch executor there) and for "

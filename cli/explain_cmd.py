@@ -14,6 +14,7 @@ import numpy as np
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs
+from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.targets import parse_target
 
@@ -49,11 +50,22 @@ def read_reference(path: Path, model) -> np.ndarray:
     return load_inputs([path], model)[0]
 
 
+def parse_cells(text: str) -> int | tuple[int, ...]:
+    """--location-grid N or A,B,C (cells per axis) -> an int or a tuple of ints."""
+    try:
+        cells = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise OnnxplainError(f"--location-grid expects N or one count per axis (A,B,C), got {text!r}") from None
+    return cells[0] if len(cells) == 1 else cells
+
+
 def method_params(options: dict, model) -> dict:
     """The method options the user gave (None = not given), converted to library values."""
     params = {key: value for key, value in options.items() if value not in (None, ())}
     if "rules" in params:
         params["rules"] = parse_rules(params["rules"])
+    if "location_grid" in params:
+        params["location_grid"] = parse_cells(params["location_grid"])
     if "reference" in params:
         params["reference"] = read_reference(params["reference"], model)
     return params
@@ -214,10 +226,21 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
               help="Reference data (a folder of images, or an .npy batch or single sample of preprocessed inputs): "
                    "PDA samples, occlusion's fill.")
 @click.option("--stride", type=int, default=None,
-              help="Window stride: PDA (default 1), occlusion (default window // 2).")
+              help="Window stride, at most the window: PDA (default 1), occlusion (default window // 2).")
+@click.option("--location-grid", "location_grid", default=None, metavar="N|A,B,C",
+              help="PDA conditional sampler: one Gaussian per cell of this grid (cells per axis), conditioning on "
+                   "location as well (Zintgraf et al. §4.2).")
+@click.option("--channels", type=click.Choice(["independent", "joint"]), default=None,
+              help="PDA conditional sampler: a Gaussian per channel (default) or over all channels together.")
+@click.option("--pda-score", "score", type=click.Choice(["auto", "probability", "logit"]), default=None,
+              help="PDA: what is compared: auto (weight of evidence on probabilities, activation difference on "
+                   "logits), probability (softmax of a logits model), logit (the pre-softmax tensor).")
+@click.option("--training-size", "training_size", type=click.IntRange(1), default=None,
+              help="PDA weight of evidence: N of the Laplace correction (default: the reference set's size; the "
+                   "paper uses the classifier's training-set size).")
 @click.option("--fill", type=float, default=None,
               help="Occlusion fill value (model-input units; default 0; a whole number for integer inputs).")
-@click.option("--seed", type=int, default=None, help="Random seed (PDA, smoothgrad; default 0).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Random seed >= 0 (PDA, smoothgrad; default 0).")
 @click.option("--sigma", type=float, default=None,
               help="SmoothGrad noise, as a fraction of the input range (default 0.15).")
 @click.option("--steps", type=int, default=None, help="Integrated-gradients steps (default 50).")
@@ -277,9 +300,12 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     rows = [report(loaded, r, s, t, goal, timings, layer) for r, s, t in zip(records, sources, ranked)]
     if why:   # notes come once the work is done, so that an error stays the only line on stderr
         click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
-    note = guessed_spec_note(loaded, sources)
-    if note:
-        click.echo(note, err=True)
+    cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
+                                if "sampler_cache_note" in r["diagnostics"])
+    folders = [*inputs, options["reference"]] if options["reference"] else list(inputs)
+    for note in (guessed_spec_note(loaded, sources), skipped_note(folders), *cache_notes):
+        if note:
+            click.echo(note, err=True)
     if as_json:
         echo_json(rows)
         return

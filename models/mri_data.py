@@ -244,9 +244,9 @@ def cohort_slab(spec: CohortSpec = CohortSpec(), crop=SLAB, *, cache: bool = Tru
         return np.load(path), spec.labels()
     window = tuple(slice(a, b) for a, b in box)
     indices = range(spec.n_subjects)
-    if progress:
-        from tqdm import tqdm
-        indices = tqdm(indices, desc="synthetic cohort", unit="subject")
+    if progress:   # onnxplain's bar: none where stderr is no terminal (a log would collect every frame)
+        from onnxplain.runtime import progress_bar
+        indices = progress_bar(indices, desc="synthetic cohort", unit="subject")
     slab = np.stack([subject_volume(spec, i)[window] for i in indices])
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 1. a balanced subset (the first 70 patients, all 70 controls), slices 29-40 along the first axis;
 2. an L2-regularised scikit-learn `LogisticRegression`, 10-fold cross-validated accuracy;
 3. exported by skl2onnx as it comes (LinearClassifier + ZipMap) with a preprocessing spec in its metadata
-   (`layout: flat`, `crop: [[29,41],[0,109],[0,91]]`), loaded by `onnxplain.load` as is;
+   (`layout: flat`, `crop: [[29,41],[0,109],[0,91]]`, `scan_shape: [91,109,91]`), loaded by `onnxplain.load`;
 4. subjects written as NIfTI and read back through onnxplain's crop path (`onnxplain.io.load_inputs`);
 5. explained by prediction difference analysis in 3-D (k=3, l=7: marginal, conditional, and conditional with
    location), by LRP on the LinearClassifier, and compared with the classifier's weight map (the paper's Fig. 9);
@@ -72,14 +72,16 @@ def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, folds: in
     return cross_val_score(clone(LogisticRegression(C=C, max_iter=5000)), features, labels, cv=splitter)
 
 
-def export(classifier, path: Path, crop) -> Path:
-    """skl2onnx's default export (LinearClassifier + ZipMap) plus the preprocessing spec and labels in metadata."""
+def export(classifier, path: Path, crop, scan_shape) -> Path:
+    """skl2onnx's default export (LinearClassifier + ZipMap) plus the preprocessing spec (the crop box and the
+    scan grid it is cut from) and labels in metadata."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
     features = int(np.prod([b - a for a, b in crop]))
     proto = convert_sklearn(classifier, initial_types=[("input", FloatTensorType([None, features]))])
-    spec = {"layout": "flat", "color": "gray", "crop": [list(pair) for pair in crop]}
+    spec = {"layout": "flat", "color": "gray", "crop": [list(pair) for pair in crop],
+            "scan_shape": [int(n) for n in scan_shape]}
     for key, value in (("onnxplain.preprocess", json.dumps(spec)), ("onnxplain.labels", json.dumps(data.LABELS))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -203,7 +205,7 @@ def train_and_export(spec: data.CohortSpec, out: Path, timings: dict):
                 "held_out_patients": float(classifier.score(features[held_out], labels[held_out]))
                 if len(held_out) else None}
     print(f"10-fold CV accuracy {folds.mean():.3f} ± {folds.std():.3f}")
-    model = onnxplain.load(export(classifier, out / "mri_logreg.onnx", data.scaled_crop(spec)))
+    model = onnxplain.load(export(classifier, out / "mri_logreg.onnx", data.scaled_crop(spec), spec.shape))
     difference = np.abs(model.scores(features[subset]) - classifier.predict_proba(features[subset])).max()
     report = {"ops": [node.op_type for node in model.original.graph.node], "score_output": model.score_output,
               "score_kind": model.score_kind, "max_abs_diff": float(difference)}

@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     features = slab.reshape(len(slab), -1)
     classifier = demo.train(features[subset], labels[subset])
     crop = data.scaled_crop(SMALL)
-    path = demo.export(classifier, tmp_path_factory.mktemp("mri") / "mri_logreg.onnx", crop)
+    path = demo.export(classifier, tmp_path_factory.mktemp("mri") / "mri_logreg.onnx", crop, SMALL.shape)
     return classifier, path, features, labels, subset, crop
 
 

@@ -6,13 +6,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OnnxplainError
+from .preprocess import box_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def expand_paths(paths) -> list[Path]:
-    """Files as given; folders replaced by the inputs they hold (sorted)."""
+    """Files as given; folders replaced by the inputs they hold (sorted; other files are skipped, see
+    `skipped_files`)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -25,6 +27,22 @@ def expand_paths(paths) -> list[Path]:
     if not found:
         raise OnnxplainError("no inputs found in " + ", ".join(map(str, paths)))
     return found
+
+
+def skipped_files(paths) -> list[Path]:
+    """The files in the folders among `paths` that `expand_paths` skips (not images, .npy or NIfTI; sorted)."""
+    return sorted(p for raw in paths if Path(raw).is_dir() for p in Path(raw).iterdir()
+                  if p.is_file() and _kind(p) == "unknown")
+
+
+def skipped_note(paths, limit: int = 5) -> str | None:
+    """One line naming the files `expand_paths` skipped in the folders among `paths` (the first `limit`)."""
+    skipped = skipped_files(paths)
+    if not skipped:
+        return None
+    named = ", ".join(str(p) for p in skipped[:limit]) + (f" and {len(skipped) - limit} more"
+                                                           if len(skipped) > limit else "")
+    return f"note: skipped {len(skipped)} file(s) that are not images, .npy or NIfTI: {named}"
 
 
 def _kind(path: Path) -> str:
@@ -69,15 +87,27 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise OnnxplainError(f"{path} is not a readable NIfTI volume ({type(error).__name__})") from None
 
 
-def volume_to_tensor(volume: np.ndarray, model) -> np.ndarray:
-    """A 3-D volume -> one model input: the spec's crop, then flattened or given a channel axis."""
+def volume_to_tensor(volume: np.ndarray, model, source: str = "volume") -> np.ndarray:
+    """A 3-D volume -> one model input: the spec's crop, then flattened or given a channel axis. A volume on
+    another grid than the spec's `scan_shape`, or one that does not hold the crop box, is a user error that
+    names `source`."""
     spec = model.preprocess
+    shape = "x".join(map(str, volume.shape))
+    if spec is not None and spec.scan_shape is not None and tuple(volume.shape) != tuple(spec.scan_shape):
+        raise OnnxplainError(f"{source}: a volume of shape {shape} is not on the model's scan grid "
+                             f"{'x'.join(map(str, spec.scan_shape))} (its crop box {box_text(spec.crop)} is cut "
+                             "from that grid); resample the scan to it")
     if spec is not None and spec.crop is not None:
+        if volume.ndim != len(spec.crop) or any(b > n for (_, b), n in zip(spec.crop, volume.shape)):
+            raise OnnxplainError(f"{source}: a volume of shape {shape} does not hold the model's crop box "
+                                 f"{box_text(spec.crop)}")
         volume = volume[tuple(slice(a, b) for a, b in spec.crop)]
     size = int(np.prod([d for d in model.input_shape[1:] if d])) if all(model.input_shape[1:]) else None
     if len(model.input_shape) == 2:
         if size is not None and volume.size != size:
-            raise OnnxplainError(f"volume of {volume.size} voxels does not fit the model's {size} features")
+            cropped = f" (cropped to {'x'.join(map(str, volume.shape))})" if spec is not None and spec.crop else ""
+            raise OnnxplainError(f"{source}: a volume of shape {shape}{cropped} has {volume.size} voxels, not the "
+                                 f"model's {size} features")
         return volume.reshape(-1).astype(np.float32)
     return volume[None].astype(np.float32) if len(model.input_shape) == 5 else volume.astype(np.float32)
 
@@ -104,7 +134,7 @@ def to_model_inputs(path: Path, model) -> np.ndarray:
     if kind == "npy":
         return as_batch(read_npy(path), model, str(path))
     if kind == "nifti":
-        return volume_to_tensor(read_nifti(path)[0], model)[None]
+        return volume_to_tensor(read_nifti(path)[0], model, str(path))[None]
     if kind == "image":
         if model.preprocess is None:
             raise OnnxplainError(f"{path}: this model has no preprocessing spec for images; "

@@ -11,6 +11,8 @@ A spec travels inside the ONNX file (``metadata_props['onnxplain.preprocess']``,
     mean    [per channel]                  subtracted after scaling
     std     [per channel]                  divided after subtracting
     crop    [[start, stop], ...]           for volumes: the box kept before flattening
+    scan_shape  [D, H, W]                  for volumes: the grid of the scans the crop box is cut from (checked
+                                           on reading a volume; specs without it take any grid the box fits)
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class PreprocessSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     crop: tuple[tuple[int, int], ...] | None = field(default=None)
+    scan_shape: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.layout not in ("NCHW", "NHWC", "flat"):
@@ -47,6 +50,12 @@ class PreprocessSpec:
             raise OnnxplainError(f"preprocessing spec: resize must be stretch or shorter-side-crop, not {self.resize!r}")
         if any(s == 0 for s in self.std):
             raise OnnxplainError("preprocessing spec: std must not contain 0")
+        if self.scan_shape is not None:
+            if self.crop is None or len(self.scan_shape) != len(self.crop):
+                raise OnnxplainError("preprocessing spec: scan_shape needs a crop box with one [start, stop] per axis")
+            if any(not 0 <= a < b <= n for (a, b), n in zip(self.crop, self.scan_shape)):
+                raise OnnxplainError(f"preprocessing spec: the crop box {box_text(self.crop)} does not lie inside "
+                                     f"scan_shape {'x'.join(map(str, self.scan_shape))}")
 
     @property
     def channels(self) -> int:
@@ -59,7 +68,7 @@ class PreprocessSpec:
         if unknown:
             raise OnnxplainError(f"preprocessing spec: unknown field(s) {', '.join(sorted(unknown))}")
         values = dict(data)
-        for key in ("size", "mean", "std"):
+        for key in ("size", "mean", "std", "scan_shape"):
             if key in values and values[key] is not None:
                 values[key] = tuple(values[key])
         if values.get("crop") is not None:
@@ -148,6 +157,11 @@ class PreprocessSpec:
         if self.size is None:
             raise OnnxplainError("a flat input needs 'size' in its preprocessing spec to be shown as an image")
         return array.reshape(*self.size, self.channels).sum(axis=-1)
+
+
+def box_text(crop) -> str:
+    """A crop box as [29:41, 0:109, 0:91]."""
+    return "[" + ", ".join(f"{a}:{b}" for a, b in crop) + "]"
 
 
 def default_spec(input_shape: tuple, scale: float = 1 / 255) -> PreprocessSpec | None:

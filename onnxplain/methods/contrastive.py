@@ -30,6 +30,7 @@ from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target
 from .lagrangian import AugmentedLagrangian, Evaluation
+from .windows import whole_number
 
 FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16
 
@@ -178,7 +179,8 @@ class CDeepEx(Method):
         self.solver = AugmentedLagrangian(outer_steps=outer_steps, inner_steps=inner_steps,
                                           learning_rate=learning_rate, penalty=penalty, growth=growth,
                                           tolerance=tolerance)
-        self.seed, self.device, self.batch_size, self.progress = seed, device, batch_size, progress
+        self.seed = whole_number("seed", seed, 0)
+        self.device, self.batch_size, self.progress = device, batch_size, progress
 
     @property
     def params(self) -> dict:

@@ -14,6 +14,7 @@ from ..executor import input_bounds, spec_range_rows
 from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
+from .windows import whole_number
 
 
 def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarray,
@@ -122,7 +123,7 @@ class SmoothGrad(GradientMethod):
             raise OnnxplainError(f"samples must be at least 1, got {samples}")
         if not (np.isfinite(sigma) and sigma >= 0):
             raise OnnxplainError(f"sigma must be a non-negative fraction of the input range, got {sigma}")
-        self.samples, self.sigma, self.seed = samples, sigma, seed
+        self.samples, self.sigma, self.seed = samples, sigma, whole_number("seed", seed, 0)
 
     @property
     def params(self) -> dict:

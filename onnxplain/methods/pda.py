@@ -20,7 +20,7 @@ from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
-from .windows import Geometry, WindowGrid, plain_features
+from .windows import Geometry, WindowGrid, plain_features, whole_number, whole_numbers
 
 WEIGHT_OF_EVIDENCE = "weight of evidence"
 ACTIVATION_DIFFERENCE = "activation difference"
@@ -65,12 +65,12 @@ class PredictionDifference(Method):
     along its features); padding: conditional ring width (l = k + 2·padding; default 2, or 0 on a feature vector,
     whose neighbouring features are no neighbourhood: its conditional model is then a Gaussian per feature);
     samples: S per window; sampler: 'marginal' | 'conditional' | a sampler instance; reference: batch of
-    preprocessed inputs the samplers learn from (required); stride: between window starts (1 = the paper's
-    overlapping windows); seed: makes every draw reproducible; training_size, classes: N and K of the Laplace
-    correction (default len(reference) and the number of classes); score: 'auto' (weight of evidence on
+    preprocessed inputs the samplers learn from (required); stride: between window starts, at most the window
+    (1 = the paper's overlapping windows); seed (an integer >= 0): makes every draw reproducible; training_size,
+    classes: N (>= 1) and K (>= 2) of the Laplace correction (default len(reference) and the number of classes); score: 'auto' (weight of evidence on
     probabilities, activation difference on logits), 'probability' (softmax of logits when the model has no
     probabilities), 'logit' (the pre-softmax tensor); location_grid: cells per axis to condition on location
-    (§4.2); volume_shape: the (D, H, W) or (H, W) grid of a flat input; channels: conditional model per channel
+    (§4.2; conditional sampler only); volume_shape: the (D, H, W) or (H, W) grid of a flat input; channels: conditional model per channel
     ('independent') or over all channels ('joint'); all_classes: True or a list of classes whose maps are kept in
     `diagnostics['all_classes']` (N, len(classes), *input_shape), classes in `diagnostics['all_classes_index']`,
     from the same pass; batch_size: samples per forward pass (default: the model's memory budget, at most
@@ -95,20 +95,33 @@ class PredictionDifference(Method):
                  incremental: bool = True, progress: bool = True):
         if reference is None:
             raise OnnxplainError("prediction difference needs reference data (--reference: images or an .npy batch)")
-        for option, value, least in (("samples", samples, 1), ("stride", stride, 1), ("padding", padding, 0),
-                                     ("window", window, 1)):
-            if value is not None and np.min(value) < least:
-                raise OnnxplainError(f"{option} must be at least {least}, got {value}")
+        samples, stride, seed = (whole_number(name, value, least) for name, value, least in
+                                 (("samples", samples, 1), ("stride", stride, 1), ("seed", seed, 0)))
+        window, padding, location_grid, training_size, classes, batch_size = (
+            None if value is None else whole_numbers(name, value, least) for name, value, least in
+            (("window", window, 1), ("padding", padding, 0), ("location_grid", location_grid, 1),
+             ("training_size", training_size, 1), ("classes", classes, 2), ("batch_size", batch_size, 1)))
+        for name, value in (("padding", padding), ("training_size", training_size), ("classes", classes),
+                            ("batch_size", batch_size)):
+            if isinstance(value, tuple):
+                raise OnnxplainError(f"{name} must be one integer, not {value!r}")
         if score not in ("auto", "probability", "logit"):
             raise OnnxplainError(f"score must be auto, probability or logit, not {score!r}")
         if precision not in PRECISIONS:
             raise OnnxplainError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if isinstance(sampler, str) and sampler not in ("marginal", "conditional"):
             raise OnnxplainError(f"sampler must be 'marginal' or 'conditional', not {sampler!r}")
+        if not isinstance(sampler, str) and not all(callable(getattr(sampler, m, None))
+                                                    for m in ("fit", "sample", "samples_per_window")):
+            raise OnnxplainError(f"sampler must be 'marginal', 'conditional' or a sampler (fit, sample, "
+                                 f"samples_per_window), not {sampler!r}")
+        if location_grid is not None and sampler != "conditional":
+            raise OnnxplainError("location_grid applies only to the conditional sampler (sampler='conditional'; a "
+                                 "sampler instance carries its own)")
         if channels not in ("independent", "joint"):
             raise OnnxplainError(f"channels must be 'independent' or 'joint', not {channels!r}")
-        self.window, self.padding, self.samples, self.sampler = window, padding, int(samples), sampler
-        self.reference, self.stride, self.seed = np.asarray(reference), int(stride), int(seed)
+        self.window, self.padding, self.samples, self.sampler = window, padding, samples, sampler
+        self.reference, self.stride, self.seed = np.asarray(reference), stride, seed
         self.training_size, self.classes, self.score = training_size, classes, score
         self.location_grid, self.volume_shape, self.channels = location_grid, volume_shape, channels
         self.all_classes, self.batch_size, self.progress = all_classes, batch_size, progress
@@ -189,8 +202,8 @@ class PredictionDifference(Method):
         passes = self.passes(model)
         originals = score.read(passes.run(passes.array(x), score.output,
                                           int(self.batch_size or passes.batch_size(x[0]))))
-        score.training_size = int(self.training_size or len(self.reference))
-        score.classes = int(self.classes or originals.shape[1])
+        score.training_size = len(self.reference) if self.training_size is None else self.training_size
+        score.classes = originals.shape[1] if self.classes is None else self.classes
         explained = np.zeros(len(x), dtype=int) if target.hidden else class_indices(model, originals, target)
         kept = self._kept_classes(target, originals.shape[1])
         grid, geometry = setup.grid, setup.geometry
@@ -210,6 +223,9 @@ class PredictionDifference(Method):
                        "forward_passes": evaluated_total, "seconds": round(time.perf_counter() - started, 3),
                        "sampler_cache": getattr(setup.sampler, "cache_hit", None),
                        "forward_passes_on": passes.name + (", incremental" if incremental else "")}
+        for key, attribute in (("patch", "patch"), ("sampler_cache_note", "cache_note")):
+            if getattr(setup.sampler, attribute, None) is not None:
+                diagnostics[key] = getattr(setup.sampler, attribute)
         if score.kind == WEIGHT_OF_EVIDENCE:
             diagnostics.update(laplace_training_size=score.training_size, laplace_classes=score.classes)
         if kept:

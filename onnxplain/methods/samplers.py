@@ -17,6 +17,7 @@ many, and a chunk's draws are a few array operations.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OnnxplainError
-from .windows import WindowGrid
+from .windows import WindowGrid, whole_number, whole_numbers
 
 CACHE_VERSION = 2
 
@@ -100,17 +101,18 @@ class ConditionalSampler:
             raise OnnxplainError(f"channels must be 'independent' or 'joint', not {channels!r}")
         if clip not in ("channel", "pixel", None):
             raise OnnxplainError(f"clip must be 'channel', 'pixel' or None, not {clip!r}")
-        if padding < 0:
-            raise OnnxplainError("padding must be >= 0")
-        self.padding, self.channels, self.location_grid = int(padding), channels, location_grid
-        self.max_patches, self.ridge, self.clip, self.cache = int(max_patches), float(ridge), clip, cache
+        self.padding = whole_number("padding", padding, 0)
+        self.channels, self.clip, self.cache = channels, clip, cache
+        self.location_grid = None if location_grid is None else whole_numbers("location_grid", location_grid, 1)
+        self.max_patches, self.ridge = whole_number("max_patches", max_patches, 2), float(ridge)
         self.cache_hit = False
         self.cache_path: Path | None = None
+        self.cache_note: str | None = None       # why the cache was not used as it stood (refitted, not written)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, reference: np.ndarray, grid: WindowGrid, seed: int = 0) -> "ConditionalSampler":
         """Assign every window a (grid cell, offset inside its patch) configuration and fit its conditional."""
-        self.grid, self.seed, self._rings = grid, int(seed), {}
+        self.grid, self.seed, self._rings = grid, whole_number("seed", seed, 0), {}
         spatial, n_channels = grid.spatial, reference.shape[1]
         self.patch = tuple(min(k + 2 * self.padding, n) for k, n in zip(grid.size, spatial))
         self.cells = _cells(self.location_grid, spatial)
@@ -123,12 +125,10 @@ class ConditionalSampler:
         over = 0 if self.clip == "pixel" else tuple(a for a in range(reference.ndim) if a != 1)
         self.low, self.high = reference.min(axis=over), reference.max(axis=over)
         self.cache_path = _cache_file(self._key(reference)) if self.cache else None
-        if self.cache_path is not None and self.cache_path.is_file():
-            self._load(self.cache_path)
-            self.cache_hit = True
-        else:
+        self.cache_note = None
+        self.cache_hit = self.cache_path is not None and self._load(self.cache_path)
+        if not self.cache_hit:
             self._fit_configs(reference)
-            self.cache_hit = False
             if self.cache_path is not None:
                 self._save(self.cache_path)
         return self
@@ -143,13 +143,8 @@ class ConditionalSampler:
         positions = np.array(list(np.ndindex(*[n - p + 1 for n, p in zip(self.grid.spatial, self.patch)])))
         position_cells = self._cell_of(positions)
         rng = np.random.default_rng(self.seed)
-        inner_dims = [len(g) * int(np.prod(self.grid.size)) for g in self.groups]
-        outer_dims = [len(g) * int(np.prod(self.patch)) - i for g, i in zip(self.groups, inner_dims)]
-        count = len(self.configs)
-        self.gain = [np.zeros((count, i, o)) for i, o in zip(inner_dims, outer_dims)]
-        self.factor = [np.zeros((count, i, i)) for i in inner_dims]
-        self.mean_in = [np.zeros((count, i)) for i in inner_dims]
-        self.mean_out = [np.zeros((count, o)) for o in outer_dims]
+        for name, shapes in self._fitted_shapes().items():
+            setattr(self, name, [np.zeros(shape) for shape in shapes])
         for cell in np.unique(self.configs[:, :d], axis=0):
             where = positions[(position_cells == cell).all(axis=1)]
             patches = _patches(reference, where, self.patch, self.max_patches, rng)  # (M, C, prod(patch))
@@ -162,6 +157,18 @@ class ConditionalSampler:
                 precision = np.linalg.inv(cov)             # one inverse per cell serves every window offset
                 indices = np.flatnonzero((self.configs[:, :d] == cell).all(axis=1))
                 self._condition(g, indices, mean, precision, len(channels))
+
+    def _fitted_shapes(self) -> dict[str, list[tuple[int, ...]]]:
+        """Shapes of the fitted arrays, per channel group: gain (configs, inner, outer), factor (configs, inner,
+        inner), mean_in (configs, inner), mean_out (configs, outer)."""
+        count, shapes = len(self.configs), {"gain": [], "factor": [], "mean_in": [], "mean_out": []}
+        for group in self.groups:
+            inner = len(group) * int(np.prod(self.grid.size))
+            outer = len(group) * int(np.prod(self.patch)) - inner
+            for name, shape in (("gain", (count, inner, outer)), ("factor", (count, inner, inner)),
+                                ("mean_in", (count, inner)), ("mean_out", (count, outer))):
+                shapes[name].append(shape)
+        return shapes
 
     def inner_index(self, offset, n_channels: int) -> np.ndarray:
         """Indices of the window inside a flattened (channels, *patch) vector."""
@@ -241,17 +248,42 @@ class ConditionalSampler:
         return digest.hexdigest()[:24]
 
     def _save(self, path: Path) -> None:
+        """Write the fitted arrays (atomically); a cache that cannot be written is skipped, with a note."""
         arrays = {f"{name}{g}": getattr(self, name)[g] for name in ("gain", "factor", "mean_in", "mean_out")
                   for g in range(len(self.groups))}
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}.partial.npz")
-        np.savez(partial, **arrays)
-        partial.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(partial, **arrays)
+            partial.replace(path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            self.cache_note = _joined(self.cache_note, f"the fitted sampler was not cached ({path.parent}: "
+                                                       f"{error.strerror or type(error).__name__})")
 
-    def _load(self, path: Path) -> None:
-        with np.load(path) as stored:
-            for name in ("gain", "factor", "mean_in", "mean_out"):
-                setattr(self, name, [stored[f"{name}{g}"] for g in range(len(self.groups))])
+    def _load(self, path: Path) -> bool:
+        """Read the fitted arrays; False (and a note) when the entry is missing, unreadable or of other shapes,
+        so that the caller refits and rewrites it."""
+        if not path.is_file():
+            return False
+        expected = self._fitted_shapes()
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                loaded = {name: [np.asarray(stored[f"{name}{g}"], dtype=np.float64) for g in range(len(shapes))]
+                          for name, shapes in expected.items()}
+        except Exception:   # a damaged zip or npy raises several unrelated types (BadZipFile, ValueError, ...)
+            loaded = None
+        if loaded is None or any([a.shape for a in loaded[name]] != shapes for name, shapes in expected.items()):
+            self.cache_note = f"a damaged sampler cache entry was refitted ({path.name})"
+            return False
+        for name, arrays in loaded.items():
+            setattr(self, name, arrays)
+        return True
+
+
+def _joined(note: str | None, more: str) -> str:
+    return more if note is None else f"{note}; {more}"
 
 
 def _subsets(uniform: np.ndarray, population: int) -> np.ndarray:

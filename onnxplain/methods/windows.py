@@ -116,17 +116,24 @@ def plain_features(model, sample_shape: tuple[int, ...], volume_shape=None) -> b
 
 
 class WindowGrid:
-    """Every window of `size` over `spatial`, start positions `stride` apart (the last one flush with the edge,
-    so every pixel is covered)."""
+    """Every window of `size` over `spatial`, start positions `stride` apart (the last one flush with the edge).
+    A window larger than the input along an axis, or a stride larger than the window (pixels between windows would
+    be covered by none), is refused: so every pixel is covered by at least one window."""
 
     def __init__(self, spatial: tuple[int, ...], window, stride: int = 1):
         window = (window,) * len(spatial) if np.isscalar(window) else tuple(window)
         if len(window) != len(spatial):
             raise OnnxplainError(f"window {window} needs one size per spatial axis of {spatial}")
-        if min(window) < 1 or stride < 1:
-            raise OnnxplainError("window size and stride must be at least 1")
-        self.spatial = tuple(spatial)
-        self.size = tuple(min(int(k), n) for k, n in zip(window, spatial))
+        window = tuple(whole_number("window", k, 1) for k in window)
+        stride = whole_number("stride", stride, 1)
+        if any(k > n for k, n in zip(window, spatial)):
+            raise OnnxplainError(f"window {_sizes(window)} is larger than the input's {_sizes(spatial)} along an "
+                                 "axis; give a window of at most the input's size there (one size per axis)")
+        if any(stride > k for k, n in zip(window, spatial) if k < n):
+            raise OnnxplainError(f"stride {stride} is larger than the window {_sizes(window)}: pixels between "
+                                 "windows would be covered by none; give a stride of at most the window")
+        self.spatial = tuple(int(n) for n in spatial)
+        self.size = window
         self.axis_starts = [_starts(n, k, stride) for n, k in zip(self.spatial, self.size)]
         self.shape = tuple(len(s) for s in self.axis_starts)
         self.starts = np.array(list(product(*self.axis_starts)), dtype=np.int64).reshape(-1, len(spatial))
@@ -164,3 +171,26 @@ def _starts(n: int, k: int, stride: int) -> list[int]:
     if starts[-1] != n - k:
         starts.append(n - k)
     return starts
+
+
+def _sizes(sizes) -> str:
+    return "x".join(str(int(n)) for n in sizes)
+
+
+def whole_number(option: str, value, least: int) -> int:
+    """`value` as an int when it is an integer (not a bool, float or string) of at least `least`; else a user
+    error that names the option."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise OnnxplainError(f"{option} must be an integer, not {value!r}")
+    if value < least:
+        raise OnnxplainError(f"{option} must be at least {least}, got {value}")
+    return int(value)
+
+
+def whole_numbers(option: str, value, least: int) -> int | tuple[int, ...]:
+    """`whole_number` for an integer or a sequence of integers (one per axis)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) == 0:
+            raise OnnxplainError(f"{option} must be an integer or one integer per axis, not {value!r}")
+        return tuple(whole_number(option, v, least) for v in value)
+    return whole_number(option, value, least)

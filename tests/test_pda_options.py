@@ -103,6 +103,8 @@ def test_a_stride_larger_than_the_window_is_refused():
     with pytest.raises(OnnxplainError, match="stride 7 is larger than the window 3x3"):
         WindowGrid((28, 28), 3, 7)
     assert (WindowGrid((28, 28), 3, 3).counts() >= 1).all()                   # stride = window: tiled
+    sparse = WindowGrid((28, 28), 3, 7, allow_gaps=True)   # the benchmarks' subsets of windows, timed
+    assert sparse.axis_starts[0] == [0, 7, 14, 21, 25] and (sparse.counts() == 0).any()
     assert (WindowGrid((12, 28), (12, 3), 3).counts() >= 1).all()             # an axis one window covers
     with pytest.raises(OnnxplainError, match="stride 4 is larger than the window 12x3"):
         WindowGrid((12, 28), (12, 3), 4)

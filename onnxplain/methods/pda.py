@@ -67,21 +67,22 @@ class PredictionDifference(Method):
     samples: S per window; sampler: 'marginal' | 'conditional' | a sampler instance; reference: batch of
     preprocessed inputs the samplers learn from (required); stride: between window starts, at most the window
     (1 = the paper's overlapping windows); seed (an integer >= 0): makes every draw reproducible; training_size,
-    classes: N (>= 1) and K (>= 2) of the Laplace correction (default len(reference) and the number of classes); score: 'auto' (weight of evidence on
-    probabilities, activation difference on logits), 'probability' (softmax of logits when the model has no
-    probabilities), 'logit' (the pre-softmax tensor); location_grid: cells per axis to condition on location
-    (§4.2; conditional sampler only); volume_shape: the (D, H, W) or (H, W) grid of a flat input; channels: conditional model per channel
-    ('independent') or over all channels ('joint'); all_classes: True or a list of classes whose maps are kept in
-    `diagnostics['all_classes']` (N, len(classes), *input_shape), classes in `diagnostics['all_classes_index']`,
-    from the same pass; batch_size: samples per forward pass (default: the model's memory budget, at most
-    CPU_BATCH on CPU; on a GPU what its free memory holds; incremental passes, whose crops are small, take what
-    the same budget holds at their measured per-row memory, up to INCREMENTAL_ROWS); device: where the forward
-    passes run: None = onnxruntime (the model's providers), or 'cpu' / 'cuda' / 'cuda:N' = the torch executor
-    there (checked against onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or
-    'tf32' on a CUDA device (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see
-    `passes.TorchPasses`); incremental: with
-    the torch executor and channels-first inputs, compute each sample's early layers only around its window
-    (`onnxplain.incremental`: the same numbers up to float rounding, less work). Samples equal to x's own window
+    classes: N (>= 1) and K (>= 2) of the Laplace correction (default len(reference) and the number of classes);
+    score: 'auto' (weight of evidence on probabilities, activation difference on logits), 'probability' (softmax
+    of logits when the model has no probabilities), 'logit' (the pre-softmax tensor); location_grid: cells per
+    axis to condition on location (§4.2; conditional sampler only); volume_shape: the (D, H, W) or (H, W) grid of
+    a flat input; channels: conditional model per channel ('independent') or over all channels ('joint');
+    all_classes: True or a list of classes whose maps are kept in `diagnostics['all_classes']`
+    (N, len(classes), *input_shape), classes in `diagnostics['all_classes_index']`, from the same pass;
+    batch_size: samples per forward pass (default: the model's memory budget, at most CPU_BATCH on CPU; on a GPU
+    what its free memory holds; incremental passes, whose crops are small, take what the same budget holds at
+    their measured per-row memory, up to INCREMENTAL_ROWS); device: where the forward passes run: None =
+    onnxruntime (the model's providers), or 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (checked against
+    onnxruntime; on a GPU the batches stay in device memory); precision: 'fp32', or 'tf32' on a CUDA device
+    (TensorFloat-32 products: faster, outputs ~1e-3 relative off; see `passes.TorchPasses`); incremental: with the
+    torch executor, compute each sample's early layers only around its window (`onnxplain.incremental`: the same
+    numbers up to float rounding, less work); allow_gaps: let the stride exceed the window, for timing a subset of
+    the windows (pixels between them get no relevance; the benchmarks use it). Samples equal to x's own window
     (e.g. background) are not run again: their output is f(x).
     """
 
@@ -92,7 +93,7 @@ class PredictionDifference(Method):
                  training_size: int | None = None, classes: int | None = None, score: str = "auto",
                  location_grid=None, volume_shape=None, channels: str = "independent", all_classes=False,
                  batch_size: int | None = None, device: str | None = None, precision: str = "fp32",
-                 incremental: bool = True, progress: bool = True):
+                 incremental: bool = True, progress: bool = True, allow_gaps: bool = False):
         if reference is None:
             raise OnnxplainError("prediction difference needs reference data (--reference: images or an .npy batch)")
         samples, stride, seed = (whole_number(name, value, least) for name, value, least in
@@ -126,6 +127,7 @@ class PredictionDifference(Method):
         self.location_grid, self.volume_shape, self.channels = location_grid, volume_shape, channels
         self.all_classes, self.batch_size, self.progress = all_classes, batch_size, progress
         self.device, self.precision, self.incremental = device, precision, incremental
+        self.allow_gaps = bool(allow_gaps)
         if sampler == "conditional" and len(self.reference) < 2:
             raise OnnxplainError("conditional sampling needs at least 2 reference inputs")
         self._setup: tuple | None = None                   # (model, sample shape, Setup) of the last inputs
@@ -141,7 +143,7 @@ class PredictionDifference(Method):
                 raise OnnxplainError(f"reference samples {reference.shape[1:]} differ from the inputs {sample_shape}")
             geometry = Geometry.infer(model, sample_shape, self.volume_shape)
             window, padding = self.sizes(model, sample_shape)
-            grid = WindowGrid(geometry.spatial, window, self.stride)
+            grid = WindowGrid(geometry.spatial, window, self.stride, allow_gaps=self.allow_gaps)
             sampler = self._make_sampler(padding, geometry if plain_features(model, sample_shape,
                                                                               self.volume_shape) else None)
             setup = Setup(geometry, grid, sampler.fit(geometry.to_grid(reference), grid, self.seed))

@@ -118,9 +118,10 @@ def plain_features(model, sample_shape: tuple[int, ...], volume_shape=None) -> b
 class WindowGrid:
     """Every window of `size` over `spatial`, start positions `stride` apart (the last one flush with the edge).
     A window larger than the input along an axis, or a stride larger than the window (pixels between windows would
-    be covered by none), is refused: so every pixel is covered by at least one window."""
+    be covered by none), is refused: so every pixel is covered by at least one window. `allow_gaps` lets the stride
+    exceed the window, for timing a subset of the windows (pixels between them get no relevance)."""
 
-    def __init__(self, spatial: tuple[int, ...], window, stride: int = 1):
+    def __init__(self, spatial: tuple[int, ...], window, stride: int = 1, allow_gaps: bool = False):
         window = (window,) * len(spatial) if np.isscalar(window) else tuple(window)
         if len(window) != len(spatial):
             raise OnnxplainError(f"window {window} needs one size per spatial axis of {spatial}")
@@ -129,7 +130,7 @@ class WindowGrid:
         if any(k > n for k, n in zip(window, spatial)):
             raise OnnxplainError(f"window {_sizes(window)} is larger than the input's {_sizes(spatial)} along an "
                                  "axis; give a window of at most the input's size there (one size per axis)")
-        if any(stride > k for k, n in zip(window, spatial) if k < n):
+        if not allow_gaps and any(stride > k for k, n in zip(window, spatial) if k < n):
             raise OnnxplainError(f"stride {stride} is larger than the window {_sizes(window)}: pixels between "
                                  "windows would be covered by none; give a stride of at most the window")
         self.spatial = tuple(int(n) for n in spatial)

@@ -142,8 +142,44 @@ def default_methods(model) -> tuple[str, str | None]:
     return ",".join(names), note
 
 
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+def listed(value: str, option: str, same=lambda item: item) -> list[str]:
+    """A comma-separated option's items; an empty item or one listed twice (`same` says when two are) is an error."""
+    items = [part.strip() for part in value.split(",")]
+    if not all(items):
+        raise OnnxplainError(f"{option} {value!r} has an empty item: list them comma-separated, e.g. a,b")
+    keys = [same(item) for item in items]
+    twice = [item for item, key in zip(items, keys) if keys.count(key) > 1]
+    if twice:
+        raise OnnxplainError(f"{option} lists the same one more than once: {', '.join(dict.fromkeys(twice))}")
+    return items
+
+
+def default_metrics(model, x: np.ndarray) -> tuple[str, str | None]:
+    """(aopc,apem, None), or aopc with a note for a model APEM cannot measure: one taking integers (no input
+    gradient) or with one score column (its decision cannot flip)."""
+    if not np.issubdtype(model.input_dtype, np.floating):
+        return "aopc", (f"note: APEM needs input gradients, which {model.input_dtype} inputs have not; evaluated "
+                        "aopc (--metrics picks)")
+    if model.scores(x[:1]).shape[1] < 2:
+        return "aopc", ("note: APEM needs at least two classes, and this model has one score column (its decision "
+                        "cannot flip); evaluated aopc (--metrics picks)")
+    return "aopc,apem", None
+
+
+def result_notes(report) -> list[str]:
+    """Notes on what the numbers are: the score tracked when the graph has no logits, censored APEM searches."""
+    notes, settings = [], report.settings
+    if "aopc" in settings["metrics"] and settings["score"] != settings["score_asked"]:
+        notes.append("note: the graph has no logits (pre-softmax scores); region perturbation tracked the "
+                     "probability, so --score logit and --score probability give the same numbers")
+    results = [m.apem for m in report.methods if m.apem is not None]
+    censored = sum(int(r.censored.sum()) for r in results)
+    if censored:
+        notes.append(f"note: {censored} of {sum(len(r.censored) for r in results)} APEM cases (method x input) "
+                     f"never flipped within --max-steps {settings['max_steps']} (censored: their eps is only a "
+                     "lower bound); they are left out of the means, medians and comparisons and flagged in the "
+                     "per-image rows")
+    return notes
 
 
 @click.command("evaluate")
@@ -153,8 +189,9 @@ def _split(value: str) -> list[str]:
               help="Comma-separated methods, each NAME or NAME:key=value:... (e.g. lrp:composite=epsilon-gamma-box) "
                    "[default: lrp, gradient, sensitivity, smoothgrad; lrp is left out, with a note, when it does "
                    "not cover every op of the model].")
-@click.option("--metrics", default=None, help="Comma-separated: aopc, apem [default: aopc,apem; aopc for a model "
-                                             "taking integers, which APEM cannot perturb along a gradient].")
+@click.option("--metrics", default=None, help="Comma-separated: aopc, apem [default: aopc,apem; aopc, with a note, "
+                                             "for a model taking integers, which APEM cannot perturb along a "
+                                             "gradient, or with one score column, whose decision cannot flip].")
 @click.option("--labels", type=NonEmptyPath(dir_okay=False),
               help="True labels: .npy (input order) or CSV 'input,label'.")
 @click.option("--out", type=NonEmptyPath(file_okay=False),
@@ -164,9 +201,10 @@ def _split(value: str) -> list[str]:
 @click.option("--region", type=click.IntRange(1), default=None,
               help="Region edge for perturbation [default: 9, less for small images so each axis has 8 regions; "
                    "1 for vectors].")
-@click.option("--steps", type=click.IntRange(1), default=100, show_default=True, help="Perturbation steps L.")
+@click.option("--steps", type=click.IntRange(1), default=100, show_default=True,
+              help="Perturbation steps L (at most the number of regions: the report gives the L used).")
 @click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
-              help="Score tracked by region perturbation.")
+              help="Score tracked by region perturbation (a graph without logits gives the probability for both).")
 @click.option("--stage", type=click.IntRange(1, 3), default=2, show_default=True,
               help="APEM visualisation stage: 1 |R| with its channels, 2 |R| clamped + channels summed, 3 times "
                    "the input.")
@@ -190,25 +228,29 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
                      epsilon_step, max_steps, shuffles, reference, seed, device, as_json, quiet):
     """Score explanation methods with region-perturbation AOPC and APEM on the inputs (files or folders)."""
     check_output(out, "folder")
+    specs = listed(methods, "--methods", parse_method) if methods is not None else None   # before any work
+    metric_names = listed(metrics, "--metrics") if metrics is not None else None
     loaded = load_model(model, preprocess, scores)
     x, sources = load_inputs(inputs, loaded)
     truth = read_true_labels(labels, sources, loaded) if labels else None
     options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None,
                "device": device}
-    methods, note = (methods, None) if methods else default_methods(loaded)
-    integers = not np.issubdtype(loaded.input_dtype, np.floating)
-    if metrics is None and integers:
-        note = "\n".join(filter(None, [note, f"note: APEM needs input gradients, which {loaded.input_dtype} inputs "
-                                            "have not; evaluated aopc (--metrics picks)"]))
-    metrics = metrics or ("aopc" if integers else "aopc,apem")
-    chosen = build_methods(_split(methods), not quiet, options)
-    evaluation = Evaluation(_split(metrics), region=region, steps=steps, score=score, stage=stage,
+    method_note = metric_note = None
+    if specs is None:
+        names, method_note = default_methods(loaded)
+        specs = names.split(",")
+    if metric_names is None:
+        names, metric_note = default_metrics(loaded, x)
+        metric_names = names.split(",")
+    chosen = build_methods(specs, not quiet, options)
+    evaluation = Evaluation(metric_names, region=region, steps=steps, score=score, stage=stage,
                             epsilon_step=epsilon_step, max_steps=max_steps, shuffles=shuffles, seed=seed,
                             device=device or "cpu", progress=not quiet)
     report = evaluation.run(loaded, x, chosen, truth, [s.name for s in sources])
     if out:
         write_outputs(report, out, title=f"Evaluation of {model.name}")
-    for said in (note, guessed_spec_note(loaded, sources)):   # once the work is done: an error stays alone
+    notes = [method_note, metric_note, *result_notes(report), guessed_spec_note(loaded, sources)]
+    for said in notes:   # once the work is done: an error stays alone
         if said:
             click.echo(said, err=True)
     if as_json:

@@ -229,3 +229,93 @@ def test_apem_on_token_ids_is_a_one_line_error_and_aopc_runs(tmp_path):
     assert json.loads(result.stdout)["settings"]["metrics"] == ["aopc"]
     assert "evaluated occlusion" in result.stderr
     assert [row["method"] for row in json.loads(result.stdout)["summary"]][0] == "occlusion"
+
+
+def test_censored_searches_are_flagged_and_left_out_of_the_means(digits_cnn, inputs):
+    folder, _, _ = inputs
+    result = run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "gradient", "--max-steps", "60",
+                 "--steps", "3", "--shuffles", "2", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    rows = data["per_image"]
+    censored = [row["gradient_censored"] for row in rows]
+    assert 0 < sum(censored) < COUNT, censored   # ε⁺ of the digits is about 90 (docs/evaluate.md)
+    kept = [row["gradient_apem"] for row in rows if not row["gradient_censored"]]
+    summary = data["summary"][0]
+    assert summary["censored"] == sum(censored)
+    assert summary["apem_mean"] == pytest.approx(np.mean(kept))
+    assert summary["apem_median"] == pytest.approx(np.median(kept))
+    note = f"note: {sum(censored)} of {COUNT} APEM cases (method x input) never flipped within --max-steps 60"
+    assert note in result.stderr and "left out of the means" in result.stderr
+
+
+def test_apem_on_a_single_score_column(tmp_path):
+    """One score column: asked for, APEM is one line and exit 2 (nothing written); by default, AOPC with a note."""
+    from metrics_fixtures import linear_onnx
+
+    rng = np.random.default_rng(0)
+    linear_onnx(tmp_path / "one.onnx", rng.normal(size=(16, 1)), np.zeros(1), (16,))
+    np.save(tmp_path / "x.npy", rng.normal(size=(3, 16)).astype(np.float32))
+    asked = run("evaluate", tmp_path / "one.onnx", tmp_path / "x.npy", "--methods", "gradient", "--metrics", "apem",
+                "--out", tmp_path / "out", "--quiet")
+    assert asked.exit_code == 2, asked.output
+    assert asked.stderr.strip().splitlines() == [
+        "onnxplain: error: APEM needs at least two classes: the decision of a one-column score cannot flip"]
+    assert not (tmp_path / "out").exists()
+    default = run("evaluate", tmp_path / "one.onnx", tmp_path / "x.npy", "--methods", "gradient", "--steps", "3",
+                  "--json", "--quiet")
+    assert default.exit_code == 0, default.output
+    assert json.loads(default.stdout)["settings"]["metrics"] == ["aopc"]
+    assert "APEM needs at least two classes" in default.stderr and "evaluated aopc" in default.stderr
+
+
+def test_settings_say_the_score_and_steps_actually_used(digits_cnn, digits_logreg, inputs):
+    """A probability-only model tracks the probability under --score logit; L is capped at the region count."""
+    x = np.load(digits_logreg.parent / "samples" / "digits_test100_logreg.npy")[:3]
+    np.save(inputs[0] / "logreg.npy", x)
+    result = run("evaluate", digits_logreg, inputs[0] / "logreg.npy", "--methods", "gradient", "--metrics", "aopc",
+                 "--steps", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "4 steps, probability score (the graph has no logits)" in result.stdout
+    assert "note: the graph has no logits" in result.stderr
+    folder, _, _ = inputs
+    result = run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "gradient", "--metrics", "aopc",
+                 "--region", "14", "--steps", "50", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "14-wide regions, 4 steps (every region; 50 asked), logit score" in result.stdout
+    assert "no logits" not in result.stderr
+    data = json.loads(run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "gradient", "--metrics", "aopc",
+                          "--region", "14", "--steps", "50", "--json", "--quiet").stdout)
+    assert (data["settings"]["steps"], data["settings"]["steps_asked"]) == (4, 50)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", ","], "--methods ',' has an empty item"),
+    (["--methods", "gradient,,occlusion"], "--methods 'gradient,,occlusion' has an empty item"),
+    (["--methods", "gradient, gradient"], "--methods lists the same one more than once: gradient"),
+    (["--methods", "occlusion:window=7,occlusion: window=7"],
+     "--methods lists the same one more than once: occlusion:window=7, occlusion: window=7"),
+    (["--metrics", ""], "--metrics '' has an empty item"),
+    (["--metrics", "aopc,aopc"], "--metrics lists the same one more than once: aopc"),
+])
+def test_empty_or_repeated_list_items_are_one_line(digits_cnn, inputs, extra, message):
+    folder, _, _ = inputs
+    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, *extra)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"onnxplain: error: {message}"), lines
+
+
+def test_a_method_giving_non_finite_relevance_is_named(digits_cnn_model):
+    from types import SimpleNamespace
+
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.metrics import Evaluation
+
+    class Broken:
+        def explain(self, model, x, target):
+            return SimpleNamespace(relevance=np.full(x.shape, np.nan))
+
+    x = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    with pytest.raises(OnnxplainError, match="broken's relevance is not finite"):
+        Evaluation(["aopc"], progress=False).run(digits_cnn_model, x, {"broken": Broken()})

@@ -9,8 +9,9 @@ import pytest
 from metrics_fixtures import Counting, linear_onnx
 
 import onnxplain
+from onnxplain.errors import OnnxplainError
 from onnxplain.methods import make_method
-from onnxplain.metrics import APEM, bracket_search, directions, linear_search, loss_gradient, stage_maps
+from onnxplain.metrics import APEM, APEMResult, bracket_search, directions, linear_search, loss_gradient, stage_maps
 from onnxplain.metrics.layout import InputLayout
 from onnxplain.targets import Target
 
@@ -165,3 +166,45 @@ def test_loss_gradient_from_the_torch_executor(two_class, digits_logreg):
             for s in (1, -1)]
     numeric = np.stack([(loss[2 * i] - loss[2 * i + 1]) / (2 * h) for i in range(3)])
     np.testing.assert_allclose(loss_gradient(logreg, x.astype(np.float32), classes), numeric, rtol=1e-2, atol=3e-4)
+
+
+def test_censored_cases_are_left_out_of_the_means():
+    """A search that never flips (eps = limit + step) would dominate the mean: aggregates skip it, NaN when all do."""
+    result = APEMResult(np.array([1.0, 2.0, 3.0]), np.array([5.0, 101.0, 7.0]), np.zeros(3, int),
+                        np.array([False, True, False]), np.array([2.0, 2.0, 101.0]), np.array([10.0, 10.0, 10.0]),
+                        limit=100.0)
+    assert result.mean == pytest.approx(((5 - 1) + (7 - 3)) / 2)
+    # case 1 is censored, case 2's shuffles never flipped within the limit: no reference, so APEM_norm is NaN
+    np.testing.assert_allclose(result.normalized, [5 / 10 - 1 / 2, 101 / 10 - 2 / 2, np.nan])
+    assert result.norm_mean == pytest.approx(5 / 10 - 1 / 2)
+    everything = APEMResult(np.ones(2), np.full(2, 101.0), np.zeros(2, int), np.ones(2, bool), limit=100.0)
+    assert np.isnan(everything.mean)
+
+
+def test_apem_needs_two_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    model = linear_onnx(tmp_path / "one.onnx", rng.normal(size=(16, 1)), np.zeros(1), (16,))
+    x = rng.normal(size=(3, 16)).astype(np.float32)
+    for target in (None, 0):
+        with pytest.raises(OnnxplainError, match="at least two classes: the decision of a one-column score"):
+            APEM(progress=False).evaluate(model, x, np.ones(x.shape), target)
+
+
+def test_an_image_gets_the_same_numbers_in_any_batch(two_class):
+    """Shuffles come from the seed alone, not from a stream shared by the batch."""
+    model, _, _, x = two_class
+    relevance = np.random.default_rng(3).normal(size=x.shape)
+    apem = APEM(stage=1, step=0.05, shuffles=4, baseline=True, progress=False)
+    alone, batch = (apem.evaluate(model, x[rows], relevance[rows]) for rows in ([0], [5, 2, 0]))
+    for name in ("eps_minus", "eps_plus", "shuffle_minus", "shuffle_plus"):
+        assert getattr(alone, name)[0] == getattr(batch, name)[2], name
+    assert alone.shuffled.shuffle_plus[0] == batch.shuffled.shuffle_plus[2]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_relevance_is_an_error(two_class, bad):
+    model, _, _, x = two_class
+    relevance = np.ones(x.shape)
+    relevance[1, 3] = bad
+    with pytest.raises(OnnxplainError, match=r"relevance is not finite \(NaN or inf\) for input\(s\) 1"):
+        APEM(progress=False).evaluate(model, x, relevance)

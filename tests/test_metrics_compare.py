@@ -83,3 +83,9 @@ def test_cross_entropy_is_minus_log_softmax(linear):
     logits = model.logits(x)
     expected = -np.log(np.exp(logits[np.arange(4), labels]) / np.exp(logits).sum(axis=1))
     np.testing.assert_allclose(cross_entropy(model, x, labels), expected, rtol=1e-6)
+
+
+def test_pairwise_leaves_out_censored_images():
+    """Censored APEM comes as NaN: the fractions are over the images both methods measured."""
+    rows = pairwise({"a": np.array([3.0, np.nan, 1.0, 2.0]), "b": np.array([1.0, 0.0, np.nan, 2.0])})
+    assert (rows[0].better, rows[0].equal, rows[0].worse) == (0.5, 0.5, 0.0)

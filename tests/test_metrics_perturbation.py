@@ -10,6 +10,7 @@ from metrics_fixtures import linear_onnx
 import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.metrics import aopc, region_perturbation
+from onnxplain.metrics.perturbation import tracked_score
 
 IMAGE_SPEC = json.dumps({"layout": "NCHW", "size": [6, 6], "color": "gray", "scale": 1 / 255})
 
@@ -119,3 +120,30 @@ def test_user_errors(linear_vector):
         region_perturbation(model, x, x, order="best")
     with pytest.raises(OnnxplainError, match="score"):
         region_perturbation(model, x, x, score="loss")
+
+
+@pytest.mark.parametrize("order", ["morf", "random"])
+def test_an_image_gets_the_same_curve_in_any_batch(tmp_path, order):
+    """Noise and the random order come from the seed alone: image 0's curve is the same alone or with others."""
+    rng = np.random.default_rng(2)
+    model = linear_onnx(tmp_path / "image.onnx", rng.normal(size=(36, 2)), np.zeros(2), (1, 6, 6), IMAGE_SPEC)
+    x = rng.uniform(0.0, 1.0, size=(3, 1, 6, 6)).astype(np.float32)
+    relevance = rng.normal(size=x.shape)
+    alone = region_perturbation(model, x[:1], relevance[:1], 0, region=2, steps=6, order=order)
+    batch = region_perturbation(model, x[::-1], relevance[::-1], 0, region=2, steps=6, order=order)
+    np.testing.assert_array_equal(alone[0], batch[2])
+
+
+def test_logit_score_of_a_model_without_logits_is_the_probability(digits_logreg, digits_cnn):
+    assert tracked_score(onnxplain.load(digits_logreg), "logit") == "probability"
+    assert tracked_score(onnxplain.load(digits_cnn), "logit") == "logit"
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_relevance_is_an_error(linear_vector, bad):
+    model, _, _ = linear_vector
+    x = np.ones((2, 12), dtype=np.float32)
+    relevance = np.ones(x.shape)
+    relevance[0, 5] = bad
+    with pytest.raises(OnnxplainError, match=r"relevance is not finite \(NaN or inf\) for input\(s\) 0"):
+        region_perturbation(model, x, relevance)

@@ -5,7 +5,8 @@ direction R_dir = R / ||R||_1 * sign(grad_x J(x, y)) with J the cross-entropy of
 eps- is the smallest eps = k * step that flips the prediction of x + eps * R_dir; eps+ the same for the
 irrelevance 1 - R. APEM = mean(eps+ - eps-): a faithful map flips the model fast along R and slowly along 1 - R.
 APEM_norm divides each eps by the one reached by shuffled copies of the map (§5.2), so a map no better than its
-own shuffles scores about 0.
+own shuffles scores about 0. A search that never flips within max_steps is censored (its eps only a lower bound):
+means and medians leave such cases out.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxplainError
-from .layout import InputLayout
+from .layout import InputLayout, checked_relevance
 from .search import bracket_search, linear_search
 
-STAGES = {1: "raw relevance, channels kept", 2: "|R| clamped at the 99th percentile, channels summed",
+STAGES = {1: "|R|, channels kept", 2: "|R| clamped at the 99th percentile, channels summed",
           3: "stage 2 times the input intensity"}
 SEARCHES = ("bracket", "linear")
 CASE_BYTES = 256 * 2**20  # perturbation directions held at once
@@ -86,11 +87,12 @@ class APEMResult:
     eps_minus: np.ndarray
     eps_plus: np.ndarray
     classes: np.ndarray
-    censored: np.ndarray                 # (N,) a search hit max_steps without a flip (eps is then a lower bound)
+    censored: np.ndarray                 # (N,) eps- or eps+ hit max_steps without a flip (then only a lower bound)
     shuffle_minus: np.ndarray | None = None
     shuffle_plus: np.ndarray | None = None
     stage: int = 2
     shuffled: "APEMResult | None" = None  # the same metric for shuffled copies of the maps (random baseline)
+    limit: float = np.inf                # the largest eps searched (max_steps * step): beyond it, censored
 
     @property
     def scores(self) -> np.ndarray:
@@ -99,20 +101,30 @@ class APEMResult:
 
     @property
     def mean(self) -> float:
-        return float(self.scores.mean())
+        """Mean APEM over the uncensored cases (NaN when every case is censored)."""
+        return _mean(self.uncensored(self.scores))
 
     @property
     def normalized(self) -> np.ndarray:
-        """Per-image APEM_norm: eps+/eps_shuffle+ - eps-/eps_shuffle- (NaN where a shuffle flipped at eps 0)."""
+        """Per-image APEM_norm: eps+/eps_shuffle+ - eps-/eps_shuffle- (NaN where the shuffles flipped at eps 0 or
+        never flipped: no reference to divide by)."""
         if self.shuffle_minus is None:
             raise OnnxplainError("APEM_norm needs shuffles > 0")
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = self.eps_plus / self.shuffle_plus - self.eps_minus / self.shuffle_minus
-        return np.where((self.shuffle_plus > 0) & (self.shuffle_minus > 0), ratio, np.nan)
+        measured = (self.shuffle_plus > 0) & (self.shuffle_minus > 0) & \
+            (np.maximum(self.shuffle_plus, self.shuffle_minus) <= self.limit)
+        return np.where(measured, ratio, np.nan)
 
     @property
     def norm_mean(self) -> float:
-        return float(np.nanmean(self.normalized))
+        """Mean APEM_norm over the uncensored cases where it is defined (NaN when there are none)."""
+        return _mean(self.uncensored(self.normalized))
+
+    def uncensored(self, values: np.ndarray) -> np.ndarray:
+        """The per-image `values` of the cases whose searches both flipped, NaN left out: what aggregates use."""
+        kept = np.asarray(values, dtype=np.float64)[~self.censored]
+        return kept[~np.isnan(kept)]
 
 
 class APEM:
@@ -144,9 +156,7 @@ class APEM:
         """APEM of relevance (shaped like x) for class `target` ((N,), an int, or None: top-1); `gradient` is
         grad_x of the loss (computed with the torch executor when None)."""
         x = model.check_input(x)
-        relevance = np.asarray(relevance)
-        if relevance.shape != x.shape:
-            raise OnnxplainError(f"relevance shape {relevance.shape} does not match the inputs {x.shape}")
+        relevance = checked_relevance(relevance, x)
         layout = InputLayout.of(model, x.shape[1:])
         classes = self.classes(model, x, target)
         sign = self.sign(model, x, classes, gradient)
@@ -154,27 +164,31 @@ class APEM:
 
     def evaluate_maps(self, model, x: np.ndarray, maps: np.ndarray, classes: np.ndarray,
                       sign: np.ndarray) -> APEMResult:
-        """APEM of maps already in [0, 1] (the output of `stage_maps`, or shuffled / filtered ones)."""
-        rng = np.random.default_rng(self.seed)
+        """APEM of maps already in [0, 1] (the output of `stage_maps`, or shuffled / filtered ones).
+
+        Every image is shuffled by the same permutations, drawn from `seed` alone, so an image's numbers do not
+        depend on the other images evaluated with it."""
         groups = 2 if self.shuffles and self.baseline else 1 if self.shuffles else 0
         per_image = 1 + groups * self.shuffles
+        rng = np.random.default_rng(self.seed)
+        permutations = [rng.permutation(int(np.prod(maps.shape[1:]))) for _ in range(per_image - 1)]
         per_chunk = max(1, CASE_BYTES // (2 * per_image * x[0].nbytes))
         steps = []
         for start in range(0, len(x), per_chunk):
             part = slice(start, start + per_chunk)
-            variants = [maps[part]] + [shuffled(maps[part], rng) for _ in range(per_image - 1)]
+            variants = [maps[part]] + [permuted(maps[part], order) for order in permutations]
             steps.append(self._epsilons(model, x[part], np.stack(variants, axis=1), classes[part], sign[part]))
         eps = np.concatenate(steps) * self.step  # (N, variants, 2): eps for (relevance, irrelevance)
-        censored = eps[:, 0].max(axis=1) > self.max_steps * self.step
-        result = APEMResult(eps[:, 0, 0], eps[:, 0, 1], classes, censored, stage=self.stage)
+        limit = self.max_steps * self.step
+        result = APEMResult(eps[:, 0, 0], eps[:, 0, 1], classes, eps[:, 0].max(axis=1) > limit, stage=self.stage,
+                            limit=limit)
         if self.shuffles:  # §5.2: the first eps at which any of the shuffled maps flips the prediction
             first = eps[:, 1:1 + self.shuffles].min(axis=1)
             result.shuffle_minus, result.shuffle_plus = first[:, 0], first[:, 1]
         if groups == 2:  # shuffled maps scored like a method, normalised by an independent set of shuffles
             second = eps[:, 1 + self.shuffles:].min(axis=1)
-            result.shuffled = APEMResult(first[:, 0], first[:, 1], classes,
-                                         first.max(axis=1) > self.max_steps * self.step,
-                                         second[:, 0], second[:, 1], self.stage)
+            result.shuffled = APEMResult(first[:, 0], first[:, 1], classes, first.max(axis=1) > limit,
+                                         second[:, 0], second[:, 1], self.stage, limit=limit)
         return result
 
     def gaps(self, model, x: np.ndarray, maps: np.ndarray, classes: np.ndarray, sign: np.ndarray,
@@ -185,7 +199,8 @@ class APEM:
 
     def classes(self, model, x: np.ndarray, target) -> np.ndarray:
         if target is None:
-            return np.argmax(model.scores(x), axis=1)
+            return np.argmax(check_classes(model.scores(x)), axis=1)
+        check_classes(model.scores(x[:1]))
         classes = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
         if classes.min() < 0:
             raise OnnxplainError("APEM explains classes; hidden-tensor targets are not supported")
@@ -219,7 +234,23 @@ class APEM:
         return steps.reshape(2, n, count).transpose(1, 2, 0)
 
 
+def check_classes(scores: np.ndarray) -> np.ndarray:
+    """The (N, K) scores, if K >= 2: with one column the argmax never changes, so APEM has nothing to find."""
+    if scores.shape[1] < 2:
+        raise OnnxplainError("APEM needs at least two classes: the decision of a one-column score cannot flip")
+    return scores
+
+
 def shuffled(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each map with its values randomly permuted over positions (same value distribution, no structure)."""
-    flat = maps.reshape(len(maps), -1)
-    return np.stack([row[rng.permutation(row.size)] for row in flat]).reshape(maps.shape)
+    """Every map with its values moved by one random permutation of positions drawn from `rng` (the same for every
+    map: same value distribution, no structure, and a map's shuffle does not depend on the others)."""
+    return permuted(maps, rng.permutation(int(np.prod(maps.shape[1:]))))
+
+
+def permuted(maps: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Every map with its (flattened) values taken in `order`."""
+    return maps.reshape(len(maps), -1)[:, order].reshape(maps.shape)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")

@@ -60,7 +60,8 @@ class Pairwise:
 
 
 def pairwise(scores: dict[str, np.ndarray]) -> list[Pairwise]:
-    """Every pair of methods (in the given order, each pair once) compared image by image (§4.3, Fig. 4.4)."""
+    """Every pair of methods (in the given order, each pair once) compared image by image (§4.3, Fig. 4.4), over
+    the images where both scores are numbers (a censored score is NaN); NaN fractions when there are none."""
     names = list(scores)
     lengths = {len(np.asarray(v)) for v in scores.values()}
     if len(lengths) > 1:
@@ -69,8 +70,11 @@ def pairwise(scores: dict[str, np.ndarray]) -> list[Pairwise]:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             first, second = np.asarray(scores[a], float), np.asarray(scores[b], float)
-            rows.append(Pairwise(a, b, float(np.mean(first > second)), float(np.mean(first == second)),
-                                 float(np.mean(first < second))))
+            both = ~(np.isnan(first) | np.isnan(second))
+            first, second = first[both], second[both]
+            fractions = [float(np.mean(c)) if both.any() else float("nan")
+                         for c in (first > second, first == second, first < second)]
+            rows.append(Pairwise(a, b, *fractions))
     return rows
 
 

@@ -13,10 +13,10 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..targets import Target
-from .apem import APEM, APEMResult, stage_maps
+from .apem import APEM, APEMResult, check_classes, stage_maps
 from .compare import cross_entropy, loss_correlation, pairwise
-from .layout import InputLayout
-from .perturbation import aopc, default_region, region_perturbation
+from .layout import InputLayout, checked_relevance
+from .perturbation import aopc, default_region, effective_steps, region_perturbation, tracked_score
 
 METRICS = ("aopc", "apem")
 
@@ -48,7 +48,8 @@ class EvaluationReport:
     loss: np.ndarray | None = None
 
     def apem_scores(self) -> dict[str, np.ndarray]:
-        return {m.name: m.apem.scores for m in self.methods if m.apem is not None}
+        """Per-image APEM per method, NaN where censored (left out of the comparisons and correlations)."""
+        return {m.name: np.where(m.apem.censored, np.nan, m.apem.scores) for m in self.methods if m.apem is not None}
 
     def pairwise(self):
         scores = self.apem_scores()
@@ -81,6 +82,8 @@ class Evaluation:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
             raise OnnxplainError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+        if len(set(metrics)) < len(metrics):
+            raise OnnxplainError(f"metrics listed more than once: {', '.join(metrics)}")
         self.metrics = tuple(metrics)
         self.perturbation = {"region": region, "steps": steps, "score": score, "seed": seed}
         self.apem = APEM(stage=stage, step=epsilon_step, max_steps=max_steps, shuffles=shuffles,
@@ -92,17 +95,17 @@ class Evaluation:
         """methods: {name: object with explain(model, x, target)}; labels: true class per input (optional)."""
         x = model.check_input(x)
         scores = model.scores(x)
+        if "apem" in self.metrics:
+            check_classes(scores)
         classes = np.argmax(scores, axis=1)
         probabilities = _probabilities(model, x, scores)
         labels = None if labels is None else _checked_labels(labels, len(x), scores.shape[1])
         sign = self.apem.sign(model, x, classes, None) if "apem" in self.metrics else None
-        settings = {"metrics": list(self.metrics), **self.perturbation, "stage": self.apem.stage,
-                    "epsilon_step": self.apem.step, "max_steps": self.apem.max_steps, "shuffles": self.apem.shuffles}
-        settings["region"] = settings["region"] or default_region(InputLayout.of(model, x.shape[1:]))
+        settings = self._settings(model, x)
         results = []
         for name, method in methods.items():
             start = time.perf_counter()
-            relevance = method.explain(model, x, Target()).relevance
+            relevance = checked_relevance(method.explain(model, x, Target()).relevance, x, f"{name}'s relevance")
             result = MethodResult(name, time.perf_counter() - start)
             if "aopc" in self.metrics:
                 for order in ("morf", "lerf"):
@@ -118,6 +121,17 @@ class Evaluation:
         return EvaluationReport(inputs or [str(i) for i in range(len(x))], classes, probabilities, results,
                                 random_curves, settings, labels,
                                 None if labels is None else cross_entropy(model, x, labels))
+
+    def _settings(self, model, x: np.ndarray) -> dict:
+        """The settings as used: region, L (steps, capped at the number of regions) and the score actually tracked,
+        next to the steps and score asked for."""
+        layout = InputLayout.of(model, x.shape[1:])
+        region = self.perturbation["region"] or default_region(layout)
+        asked, score = self.perturbation["steps"], self.perturbation["score"]
+        return {"metrics": list(self.metrics), **self.perturbation, "region": region,
+                "steps": effective_steps(layout, region, asked), "steps_asked": asked,
+                "score": tracked_score(model, score), "score_asked": score, "stage": self.apem.stage,
+                "epsilon_step": self.apem.step, "max_steps": self.apem.max_steps, "shuffles": self.apem.shuffles}
 
     def _apem(self, model, x, relevance, classes, sign) -> APEMResult:
         maps = stage_maps(relevance, x, self.apem.stage, InputLayout.of(model, x.shape[1:]))

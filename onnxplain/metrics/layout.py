@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import OnnxplainError
+
 
 @dataclass(frozen=True)
 class InputLayout:
@@ -80,8 +82,8 @@ class InputLayout:
     def value_range(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Valid (low, high) per channel from the preprocessing spec, else the range of the data, broadcastable
         to (N, *view_shape). A guessed spec's range holds only for the inputs inside it (per input, as
-        `executor.spec_range_rows` decides); the others get the batch's data range (evaluate's noise is drawn for
-        the batch as a whole anyway)."""
+        `executor.spec_range_rows` decides); the others get the batch's data range (the one place where an input's
+        numbers depend on the other inputs of the batch)."""
         data = np.asarray(np.min(x), dtype=np.float64), np.asarray(np.max(x), dtype=np.float64)
         if self.low is None:
             return data
@@ -98,3 +100,17 @@ class InputLayout:
         low, high = self.value_range(x)
         span = np.where(high > low, high - low, 1.0)
         return np.clip((self.view(np.asarray(x, dtype=np.float64)) - low) / span, 0.0, 1.0)
+
+
+def checked_relevance(relevance, x: np.ndarray, source: str = "relevance") -> np.ndarray:
+    """`relevance` as an array shaped like the inputs `x`, all finite (a NaN or inf would make any ranking or
+    direction meaningless)."""
+    relevance = np.asarray(relevance)
+    if relevance.shape != x.shape:
+        raise OnnxplainError(f"{source} shape {relevance.shape} does not match the inputs {x.shape}")
+    finite = np.isfinite(relevance).reshape(len(relevance), -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise OnnxplainError(f"{source} is not finite (NaN or inf) for input(s) {', '.join(map(str, bad[:5]))}"
+                             f"{' ...' if len(bad) > 5 else ''}: the metrics need finite maps")
+    return relevance

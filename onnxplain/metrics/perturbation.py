@@ -4,7 +4,8 @@ The input is tiled into non-overlapping regions of r x r (x r for volumes) over 
 ranked by summed relevance (all channels); step k replaces the k-th region of the order with uniform noise over
 the valid input range (or, for plain feature vectors, sets it to a baseline) and keeps earlier replacements.
 The tracked value is the explained class's score after every step; every step of every image goes through
-`model.run` in large batches.
+`model.run` in large batches. Every image gets the same noise draws and (for the random order) the same
+permutation of regions, from the seed alone, so an image's curve does not depend on the other images.
 """
 from __future__ import annotations
 
@@ -12,18 +13,29 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..runtime import progress_bar
-from .layout import InputLayout
+from .layout import InputLayout, checked_relevance
 
 ORDERS = ("morf", "lerf", "random")
 SCORES = ("logit", "probability")
 CHUNK_BYTES = 256 * 2**20  # perturbed inputs built at once
 
 
-def explained_scores(model, x: np.ndarray, classes: np.ndarray, score: str = "logit", **run) -> np.ndarray:
-    """(N,) score of class `classes[i]` for each input: pre-softmax ('logit') or softmax ('probability')."""
+def has_logits(model) -> bool:
+    """Whether the graph has pre-softmax scores (a probability-only model, e.g. scikit-learn's, has none)."""
+    return model.logits_output is not None or model.score_kind != "probabilities"
+
+
+def tracked_score(model, score: str) -> str:
+    """The score actually tracked for `score`: 'logit' is the probability for a model without logits."""
     if score not in SCORES:
         raise OnnxplainError(f"score must be one of {', '.join(SCORES)}, not {score!r}")
-    if score == "logit":
+    return score if score == "probability" or has_logits(model) else "probability"
+
+
+def explained_scores(model, x: np.ndarray, classes: np.ndarray, score: str = "logit", **run) -> np.ndarray:
+    """(N,) score of class `classes[i]` for each input: pre-softmax ('logit') or softmax ('probability'); see
+    `tracked_score` for models without logits."""
+    if tracked_score(model, score) == "logit":
         values = model.logits(x, **run)
     elif model.score_kind == "probabilities":
         values = model.scores(x, **run)
@@ -49,9 +61,15 @@ def region_ids(layout: InputLayout, region: int) -> np.ndarray:
     return np.ravel_multi_index(grid, counts)
 
 
+def effective_steps(layout: InputLayout, region: int, steps: int) -> int:
+    """L: the steps asked for, capped at the number of regions."""
+    return min(steps, int(np.prod([-(-size // region) for size in layout.spatial_shape])))
+
+
 def region_ranks(relevance: np.ndarray, layout: InputLayout, region: int, order: str,
                  rng: np.random.Generator) -> np.ndarray:
-    """(N, *spatial_shape): the step (0-based) at which each position's region is perturbed."""
+    """(N, *spatial_shape): the step (0-based) at which each position's region is perturbed ('random': one
+    permutation drawn from `rng`, the same for every image)."""
     ids = region_ids(layout, region)
     count = int(ids.max()) + 1
     per_position = layout.sum_channels(layout.view(np.asarray(relevance, dtype=np.float64)))
@@ -62,7 +80,7 @@ def region_ranks(relevance: np.ndarray, layout: InputLayout, region: int, order:
     elif order == "lerf":
         ordered = np.argsort(sums, axis=1, kind="stable")
     else:
-        ordered = np.stack([rng.permutation(count) for _ in range(len(sums))])
+        ordered = np.tile(rng.permutation(count), (len(sums), 1))
     step_of_region = np.empty_like(ordered)
     np.put_along_axis(step_of_region, ordered, np.arange(count)[None].repeat(len(sums), 0), axis=1)
     return step_of_region[:, ids]
@@ -77,13 +95,12 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     relevance: shaped like x, from any source. target: (N,) class indices, one int, or None (top-1 of x).
     region: edge of the square regions (default: 9, or less so that each axis holds 8 regions; 1 for vectors).
     steps: L, capped at the number of regions. order: 'morf' (most relevant first), 'lerf' or 'random'.
+    score: 'logit' or 'probability' (a model without logits tracks the probability for both: `tracked_score`).
     fill: 'noise' (uniform over the valid input range; default for images) or 'baseline' (default for feature
-    vectors). The same seed gives the same noise for every order and method, so their curves pair up.
+    vectors). The same seed gives the same noise for every order, method and image, so their curves pair up.
     """
     x = model.check_input(x)
-    relevance = np.asarray(relevance)
-    if relevance.shape != x.shape:
-        raise OnnxplainError(f"relevance shape {relevance.shape} does not match the inputs {x.shape}")
+    relevance = checked_relevance(relevance, x)
     if order not in ORDERS:
         raise OnnxplainError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     layout = InputLayout.of(model, x.shape[1:])
@@ -94,7 +111,7 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     classes = _classes(model, x, target)
     order_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     ranks = region_ranks(relevance, layout, region, order, order_rng)
-    steps = min(steps, int(ranks.reshape(len(x), -1).max()) + 1)
+    steps = effective_steps(layout, region, steps)
     fills = _fills(layout, x, fill, baseline, noise_rng)
 
     per_chunk = max(1, CHUNK_BYTES // ((steps + 1) * x[0].nbytes))
@@ -124,7 +141,8 @@ def _classes(model, x: np.ndarray, target) -> np.ndarray:
 
 
 def _fills(layout: InputLayout, x: np.ndarray, fill: str, baseline, rng: np.random.Generator) -> np.ndarray:
-    """(N, *view_shape): what each position becomes once its region is perturbed."""
+    """(N, *view_shape): what each position becomes once its region is perturbed (the same draws for every image,
+    scaled to its valid range)."""
     shape = (len(x), *layout.view_shape)
     if fill == "baseline":
         values = np.asarray(baseline, dtype=np.float64)
@@ -135,7 +153,8 @@ def _fills(layout: InputLayout, x: np.ndarray, fill: str, baseline, rng: np.rand
         except ValueError:
             raise OnnxplainError(f"baseline of shape {values.shape} does not fit inputs {x.shape[1:]}") from None
     low, high = layout.value_range(x)
-    return rng.uniform(low, high, shape).astype(x.dtype)
+    unit = rng.uniform(0.0, 1.0, layout.view_shape)
+    return np.broadcast_to(low + (high - low) * unit, shape).astype(x.dtype)
 
 
 def _perturbed(layout: InputLayout, x: np.ndarray, ranks: np.ndarray, fills: np.ndarray, steps: int) -> np.ndarray:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .perturbation import aopc
 
 
@@ -50,15 +48,16 @@ def plot_curves(report, path: Path) -> Path:
 
 
 def plot_apem(report, path: Path) -> Path:
-    """Horizontal box plots per method of APEM, eps-, eps+ and APEM_norm; shuffled maps (grey) below the methods."""
+    """Horizontal box plots per method of APEM, eps-, eps+ and APEM_norm over the uncensored cases; shuffled maps
+    (grey) below the methods."""
     plt = _pyplot()
     results = [(m.name, m.apem, "tab:blue") for m in report.methods if m.apem is not None]
     results += [(f"shuffled {name}", r.shuffled, "grey") for name, r, _ in results if r.shuffled is not None]
-    panels = [("APEM = ε⁺ − ε⁻  (higher is better)", lambda r: r.scores),
-              ("ε⁻, relevance  (lower is better)", lambda r: r.eps_minus),
-              ("ε⁺, irrelevance  (higher is better)", lambda r: r.eps_plus)]
+    panels = [("APEM = ε⁺ − ε⁻  (higher is better)", lambda r: r.uncensored(r.scores)),
+              ("ε⁻, relevance  (lower is better)", lambda r: r.uncensored(r.eps_minus)),
+              ("ε⁺, irrelevance  (higher is better)", lambda r: r.uncensored(r.eps_plus))]
     if results and results[0][1].shuffle_minus is not None:
-        panels.append(("APEM_norm  (shuffled maps: about 0)", lambda r: r.normalized[np.isfinite(r.normalized)]))
+        panels.append(("APEM_norm  (shuffled maps: about 0)", lambda r: r.uncensored(r.normalized)))
     height = 1.2 + 0.32 * len(results)
     figure, axes = plt.subplots(2, 2, figsize=(11, 2 * height), sharey=True)
     for axis, (title, values) in zip(axes.ravel(), panels):

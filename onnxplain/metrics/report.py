@@ -1,4 +1,7 @@
-"""An `EvaluationReport` as a summary table (markdown, CSV, JSON) and per-image rows."""
+"""An `EvaluationReport` as a summary table (markdown, CSV, JSON) and per-image rows.
+
+APEM means and medians are over the uncensored cases (both searches flipped within max_steps); the `censored`
+column counts the others, and per-image rows flag them."""
 from __future__ import annotations
 
 import csv
@@ -41,13 +44,17 @@ def summary_rows(report) -> list[dict]:
 
 
 def _apem_columns(result) -> dict:
-    row = {"apem_mean": result.mean, "apem_median": float(np.median(result.scores)),
-           "eps_minus_median": float(np.median(result.eps_minus)), "eps_plus_median": float(np.median(result.eps_plus)),
-           "censored": int(result.censored.sum())}
+    row = {"apem_mean": result.mean, "apem_median": _median(result.uncensored(result.scores)),
+           "eps_minus_median": _median(result.uncensored(result.eps_minus)),
+           "eps_plus_median": _median(result.uncensored(result.eps_plus)), "censored": int(result.censored.sum())}
     if result.shuffle_minus is not None:
         row["apem_norm_mean"] = result.norm_mean
-        row["apem_norm_median"] = float(np.nanmedian(result.normalized))
+        row["apem_norm_median"] = _median(result.uncensored(result.normalized))
     return row
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if values.size else float("nan")
 
 
 def _cell(value) -> str:
@@ -86,8 +93,10 @@ def _settings_line(report) -> str:
     if report.accuracy is not None:
         parts.append(f"accuracy {report.accuracy:.3f}")
     if "aopc" in s["metrics"]:
-        parts.append(f"region perturbation: {s['region']}-wide regions, {s['steps']} steps, "
-                     f"{s['score']} score, seed {s['seed']}")
+        steps = f"{s['steps']} steps" + (f" (every region; {s['steps_asked']} asked)"
+                                         if s["steps"] < s["steps_asked"] else "")
+        score = f"{s['score']} score" + (" (the graph has no logits)" if s["score"] != s["score_asked"] else "")
+        parts.append(f"region perturbation: {s['region']}-wide regions, {steps}, {score}, seed {s['seed']}")
     if "apem" in s["metrics"]:
         parts.append(f"APEM: stage {s['stage']}, ε step {s['epsilon_step']:g}, {s['shuffles']} shuffles")
     return "; ".join(parts) + "."
@@ -112,6 +121,7 @@ def per_image_rows(report) -> list[dict]:
                 row[f"{method.name}_eps_minus"] = float(method.apem.eps_minus[i])
                 row[f"{method.name}_eps_plus"] = float(method.apem.eps_plus[i])
                 row[f"{method.name}_apem"] = float(method.apem.scores[i])
+                row[f"{method.name}_censored"] = bool(method.apem.censored[i])
                 if method.apem.shuffle_minus is not None:
                     row[f"{method.name}_apem_norm"] = float(method.apem.normalized[i])
         rows.append(row)

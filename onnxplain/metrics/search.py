@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..runtime import progress_bar
+from .perturbation import has_logits
 
 FIRST_PROBE = 16
 GROWTH = 8  # an extrapolated probe is at most GROWTH times the last step that did not flip
@@ -23,7 +24,7 @@ def margins(model, x: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.n
     """(margin, flipped) per input: f_y - max_{c != y} f_c on the pre-softmax scores (log-probabilities when the
     model has none: closer to linear than probabilities), and argmax != y."""
     logits = model.logits(x)
-    if model.logits_output is None and model.score_kind == "probabilities":
+    if not has_logits(model):
         logits = np.log(np.clip(logits, 1e-300, None))
     rows = np.arange(len(logits))
     own = logits[rows, classes]

@@ -124,7 +124,8 @@ def test_user_errors(linear_vector):
 
 @pytest.mark.parametrize("order", ["morf", "random"])
 def test_an_image_gets_the_same_curve_in_any_batch(tmp_path, order):
-    """Noise and the random order come from the seed alone: image 0's curve is the same alone or with others."""
+    """Noise comes from the seed alone, the random order from the seed and the image's values: image 0's curve is
+    the same alone or with others, and (random order) distinct images get distinct orders."""
     rng = np.random.default_rng(2)
     model = linear_onnx(tmp_path / "image.onnx", rng.normal(size=(36, 2)), np.zeros(2), (1, 6, 6), IMAGE_SPEC)
     x = rng.uniform(0.0, 1.0, size=(3, 1, 6, 6)).astype(np.float32)
@@ -132,6 +133,12 @@ def test_an_image_gets_the_same_curve_in_any_batch(tmp_path, order):
     alone = region_perturbation(model, x[:1], relevance[:1], 0, region=2, steps=6, order=order)
     batch = region_perturbation(model, x[::-1], relevance[::-1], 0, region=2, steps=6, order=order)
     np.testing.assert_array_equal(alone[0], batch[2])
+    if order == "random":   # one order per distinct image: the baseline averages over several orders
+        from onnxplain.metrics.layout import InputLayout
+        from onnxplain.metrics.perturbation import image_generators, region_ranks
+
+        ranks = region_ranks(relevance, InputLayout.of(model, x.shape[1:]), 2, "random", image_generators(x, 0))
+        assert not np.array_equal(ranks[0], ranks[1]) and not np.array_equal(ranks[1], ranks[2])
 
 
 def test_logit_score_of_a_model_without_logits_is_the_probability(digits_logreg, digits_cnn):

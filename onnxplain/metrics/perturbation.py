@@ -4,10 +4,13 @@ The input is tiled into non-overlapping regions of r x r (x r for volumes) over 
 ranked by summed relevance (all channels); step k replaces the k-th region of the order with uniform noise over
 the valid input range (or, for plain feature vectors, sets it to a baseline) and keeps earlier replacements.
 The tracked value is the explained class's score after every step; every step of every image goes through
-`model.run` in large batches. Every image gets the same noise draws and (for the random order) the same
-permutation of regions, from the seed alone, so an image's curve does not depend on the other images.
+`model.run` in large batches. Every image gets the same noise draws, from the seed alone, and (for the random
+order) a permutation of regions drawn from the seed and the image's own values: an image's curve does not depend
+on the other images, and the random baseline averages over as many orders as there are distinct images.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -67,9 +70,9 @@ def effective_steps(layout: InputLayout, region: int, steps: int) -> int:
 
 
 def region_ranks(relevance: np.ndarray, layout: InputLayout, region: int, order: str,
-                 rng: np.random.Generator) -> np.ndarray:
-    """(N, *spatial_shape): the step (0-based) at which each position's region is perturbed ('random': one
-    permutation drawn from `rng`, the same for every image)."""
+                 generators: list[np.random.Generator]) -> np.ndarray:
+    """(N, *spatial_shape): the step (0-based) at which each position's region is perturbed ('random': a
+    permutation drawn from each image's own generator, `image_generators`)."""
     ids = region_ids(layout, region)
     count = int(ids.max()) + 1
     per_position = layout.sum_channels(layout.view(np.asarray(relevance, dtype=np.float64)))
@@ -80,10 +83,18 @@ def region_ranks(relevance: np.ndarray, layout: InputLayout, region: int, order:
     elif order == "lerf":
         ordered = np.argsort(sums, axis=1, kind="stable")
     else:
-        ordered = np.tile(rng.permutation(count), (len(sums), 1))
+        ordered = np.stack([generator.permutation(count) for generator in generators])
     step_of_region = np.empty_like(ordered)
     np.put_along_axis(step_of_region, ordered, np.arange(count)[None].repeat(len(sums), 0), axis=1)
     return step_of_region[:, ids]
+
+
+def image_generators(x: np.ndarray, seed: int) -> list[np.random.Generator]:
+    """One generator per image, seeded by `seed` and a digest of the image's values: its draws do not depend on
+    which images share its batch, or their order, yet differ from image to image."""
+    return [np.random.default_rng([seed, int.from_bytes(hashlib.blake2b(np.ascontiguousarray(image).tobytes(),
+                                                                          digest_size=8).digest(), "little")])
+            for image in x]
 
 
 def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None, *, region: int | None = None,
@@ -109,10 +120,9 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     if region < 1 or steps < 1 or fill not in ("noise", "baseline"):
         raise OnnxplainError("region and steps must be at least 1, fill 'noise' or 'baseline'")
     classes = _classes(model, x, target)
-    order_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    ranks = region_ranks(relevance, layout, region, order, order_rng)
+    ranks = region_ranks(relevance, layout, region, order, image_generators(x, seed))
     steps = effective_steps(layout, region, steps)
-    fills = _fills(layout, x, fill, baseline, noise_rng)
+    fills = _fills(layout, x, fill, baseline, np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1]))
 
     per_chunk = max(1, CHUNK_BYTES // ((steps + 1) * x[0].nbytes))
     curves = []

@@ -121,6 +121,24 @@ def per_sample(diagnostics: dict, i: int, n: int) -> dict:
                        else value) for key, value in diagnostics.items()}
 
 
+def zero_map_note(model, records: list[dict], sources: list) -> str | None:
+    """One line for inputs whose relevance is zero everywhere, with why where it is a saturated probability (1 to
+    float32 precision: no occluded window or PDA sample moves it) and what to explain instead."""
+    zero = [(record, source) for record, source in zip(records, sources) if not np.any(record["relevance"])]
+    if not zero:
+        return None
+    names = ", ".join(str(source) for _, source in zero[:3]) + (f" and {len(zero) - 3} more" if len(zero) > 3 else "")
+    saturated = [r for r, _ in zero if r["target"] >= 0 and model.score_kind == "probabilities"
+                 and r["score"] >= 1 - 1e-6 and r["method"] in ("occlusion", "pda")]
+    if not saturated:
+        return f"note: the relevance of {names} is zero everywhere"
+    record = saturated[0]
+    instead = "--pda-score logit" if record["method"] == "pda" else \
+        f"--layer {model.logits_output} --target {record['target']}" if model.logits_output else "a logits output"
+    return (f"note: the relevance of {names} is zero everywhere: the explained probability is 1 to float32 "
+            f"precision, which no {record['method']} window changes; explain the logits instead ({instead})")
+
+
 def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int) -> list[dict]:
     """One record per input: relevance, target, score, diagnostics, explain time (the batch's time shared)."""
     records = []
@@ -303,7 +321,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
                                 if "sampler_cache_note" in r["diagnostics"])
     folders = [*inputs, options["reference"]] if options["reference"] else list(inputs)
-    for note in (guessed_spec_note(loaded, sources), skipped_note(folders), *cache_notes):
+    for note in (guessed_spec_note(loaded, sources), skipped_note(folders), zero_map_note(loaded, records, sources),
+                 *cache_notes):
         if note:
             click.echo(note, err=True)
     if as_json:

@@ -237,18 +237,28 @@ class Model:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)
 
     def class_index(self, target: str | int) -> int:
-        """A class given as index or label; an index past the classes the graph declares is refused here, before
-        any work starts."""
-        if isinstance(target, (int, np.integer)) or (str(target).lstrip("-").isdigit()
-                                                     and not (self.labels and target in self.labels)):
+        """A class given as index (an int, or a string of digits that is no label) or label; an index past the
+        classes the graph declares, a label several classes share and a string that is both one class's label and
+        another's index are refused here, before any work starts."""
+        named = [i for i, label in enumerate(self.labels or []) if label == target]
+        if len(named) > 1:
+            raise OnnxplainError(f"label {target!r} names several classes ({', '.join(map(str, named))}): give the "
+                                 "class index")
+        numeric = isinstance(target, (int, np.integer)) or str(target).lstrip("-").isdigit()
+        if numeric and named and not isinstance(target, (int, np.integer)) and named[0] != int(target):
+            raise OnnxplainError(f"{target!r} is both the label of class {named[0]} and the index of class "
+                                 f"{int(target)} ({self.label_of(int(target))!r}): give {named[0]} or "
+                                 f"{self.label_of(int(target))!r} instead")
+        if named:
+            return named[0]
+        if numeric:
             index, count = int(target), self.class_count()
             if count is not None and index >= count:
                 raise OnnxplainError(f"class {index} is out of range: the model has {count} classes")
             return index
-        if self.labels and target in self.labels:
-            return self.labels.index(target)
-        raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {', '.join(self.labels[:20])}"
-                                                            if self.labels else ""))
+        shown = ", ".join(self.labels[:20]) + (f" and {len(self.labels) - 20} more" if len(self.labels or []) > 20
+                                               else "") if self.labels else ""
+        raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {shown}" if shown else ""))
 
     def class_count(self) -> int | None:
         """Number of classes, when the class-score tensor's non-batch axes have static sizes (their product, as

@@ -55,8 +55,9 @@ def _check_external_location(tensor: TensorProto, folder: Path) -> None:
     location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
     target = (folder / location).resolve()
     if not location or os.path.isabs(location) or ".." in Path(location).parts or not target.is_relative_to(folder):
-        raise OnnxplainError(
-            f"external data of tensor {tensor.name!r} points outside the model's folder ({location!r}); refused")
+        linked = f", a link to {str(target)!r}" if location and (folder / location).is_symlink() else ""
+        raise OnnxplainError(f"external data of tensor {tensor.name!r} points outside the model's folder "
+                             f"({location!r}{linked}); refused")
     if not target.is_file():
         raise OnnxplainError(f"the model's external data file {location!r} is missing from {folder} (tensor "
                              f"{tensor.name!r}); keep it beside the .onnx file")

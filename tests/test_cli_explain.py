@@ -235,6 +235,7 @@ def bad_cases(tmp_path, digits_cnn, samples):
     onnx.save(sin_model(), tmp_path / "sin.onnx")
     np.save(tmp_path / "nan.npy", np.full((1, 28, 28), np.nan, np.float32))
     np.save(tmp_path / "flat.npy", np.zeros((3, 5), np.float32))
+    np.save(tmp_path / "scalar.npy", np.float32(3.0))
     np.save(tmp_path / "complex.npy", np.zeros((1, 28, 28), np.complex64))
     (tmp_path / "text.npy").write_text("not an array")
     good = samples / "digit3_cnn.npy"
@@ -243,6 +244,8 @@ def bad_cases(tmp_path, digits_cnn, samples):
     return {
         "array of another rank": ([digits_cnn, good, tmp_path / "flat.npy", *occlusion],
                                   "flat.npy: an array of shape 3x5 is neither a batch"),
+        "a single number": ([digits_cnn, good, tmp_path / "scalar.npy", *occlusion],
+                            "scalar.npy: an array holding a single number (shape ()) is neither"),
         "reference of another shape": (
             [digits_cnn, good, *pda, "--reference", tmp_path / "wrong.npy"],
             f"--reference {tmp_path / 'wrong.npy'}: one sample of shape 3x28x28 does not fit"),
@@ -372,3 +375,27 @@ def test_a_failed_commit_restores_what_it_replaced_and_deletes_nothing_else(tmp_
         staged.path_for(tmp_path / "old.png").write_text("new")
         staged.commit()
     assert (tmp_path / "old.png").read_text() == "new" and len(list(tmp_path.iterdir())) == 3
+
+
+def test_a_saturated_probability_gets_a_note_that_names_the_logits(tmp_path):
+    """Softmax probabilities of 1 to float32 precision: no occluded window or PDA sample changes them, so the maps
+    are zero everywhere. A note says so and names what to explain instead, which then gives a map."""
+    weight = numpy_helper.from_array(np.array([[60.0, -60.0]] * 4, np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["p"], axis=1)]
+    graph = helper.make_graph(nodes, "saturated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.save(model, tmp_path / "saturated.onnx")
+    np.save(tmp_path / "x.npy", np.ones(4, np.float32))
+    np.save(tmp_path / "reference.npy", np.random.default_rng(0).uniform(0.5, 1.5, (6, 4)).astype(np.float32))
+    common = ["explain", tmp_path / "saturated.onnx", tmp_path / "x.npy", "--json", "--quiet"]
+    pda = ["--method", "pda", "--reference", tmp_path / "reference.npy", "--sampler", "marginal", "--samples", "6"]
+    for method, instead in ((["--method", "occlusion"], ["--layer", "logits", "--target", "0"]),
+                            (pda, ["--pda-score", "logit"])):
+        result = run(*common, *method)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)[0]["relevance_sum"] == 0
+        assert f"explain the logits instead ({' '.join(instead)})" in result.stderr
+        again = run(*common, *method, *instead)
+        assert again.exit_code == 0 and json.loads(again.stdout)[0]["relevance_sum"] != 0, again.output
+        assert "zero everywhere" not in again.stderr

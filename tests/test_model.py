@@ -154,6 +154,9 @@ def test_external_data_outside_folder_refused(tmp_path):
     (folder / "weights.bin").unlink()
     with pytest.raises(OnnxplainError, match="external data file 'weights.bin' is missing"):
         onnxplain.load(folder / "m.onnx")
+    (folder / "weights.bin").symlink_to(tmp_path / "weights.bin")   # inside by name, outside by where it leads
+    with pytest.raises(OnnxplainError, match=f"'weights.bin', a link to '{tmp_path.resolve() / 'weights.bin'}'"):
+        onnxplain.load(folder / "m.onnx")
 
 
 def test_corrupt_and_missing_files(tmp_path):
@@ -573,3 +576,22 @@ def test_a_shape_from_a_value_ints_constant_loads(tmp_path):
     onnx.save(model, tmp_path / "ints.onnx")
     loaded = onnxplain.load(tmp_path / "ints.onnx")
     np.testing.assert_allclose(loaded.run(np.ones((3, 4), np.float32))["y"], np.full((3, 1), 6.0))
+
+
+def test_class_names_that_are_ambiguous_are_refused(digits_cnn):
+    """A label several classes share, and digits that are one class's label and another's index, name no one class:
+    refused with what to give instead (before, the first match or the label silently won). A long label list is
+    cut with a count, so that the message does not read as every label."""
+    model = onnxplain.load(digits_cnn)
+    model.labels = [f"c{i}" for i in range(8)] + ["dup", "dup"]
+    with pytest.raises(OnnxplainError, match=r"label 'dup' names several classes \(8, 9\)"):
+        model.class_index("dup")
+    model.labels[7] = "3"
+    with pytest.raises(OnnxplainError, match="'3' is both the label of class 7 and the index of class 3 .'c3'."):
+        model.class_index("3")
+    assert model.class_index(3) == 3 and model.class_index("c3") == 3 and model.class_index("7") == 7
+    model.labels = [str(i) for i in range(10)]   # labels that spell their own indices are no ambiguity
+    assert model.class_index("3") == 3
+    model.labels = [f"c{i}" for i in range(30)]
+    with pytest.raises(OnnxplainError, match="c19 and 10 more$"):
+        model.class_index("nope")

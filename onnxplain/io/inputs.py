@@ -119,8 +119,9 @@ def as_batch(array: np.ndarray, model, what: str) -> np.ndarray:
     rank = len(model.input_shape)
     if array.ndim not in (rank, rank - 1):
         shown = "x".join("N" if d is None else str(d) for d in model.input_shape)
-        raise OnnxplainError(f"{what}: an array of shape {'x'.join(map(str, array.shape))} is neither a batch "
-                             f"of this model's input ({shown}) nor one sample of it")
+        given = f"of shape {'x'.join(map(str, array.shape))}" if array.ndim else "holding a single number (shape ())"
+        raise OnnxplainError(f"{what}: an array {given} is neither a batch of this model's input ({shown}) nor one "
+                             "sample of it")
     sample = model.input_shape[1:]
     if array.ndim == rank - 1 and any(d is not None and d != n for d, n in zip(sample, array.shape)):
         raise OnnxplainError(f"{what}: one sample of shape {'x'.join(map(str, array.shape))} does not fit the "

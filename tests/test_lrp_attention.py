@@ -135,6 +135,24 @@ def test_a_product_of_two_activations_without_a_softmax_stays_unsupported(tmp_pa
         LRP(progress=False).explain(model, rng.normal(size=(2, 6)).astype(np.float32), Target())
 
 
+
+@pytest.mark.parametrize("operands", [("a", "b"), ("b", "a"), ("a", "a")])
+def test_an_elementwise_product_of_two_plain_activations_is_named(operands, tmp_path):
+    """(x W1) * (x W2), either order, and (x W1) * (x W1): neither operand is a gate, so no operand is the signal.
+    Before, the first operand took all the relevance: the two orders differed by 0.9 of max |R|, and both ledgers
+    balanced."""
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), name) for name in ("w1", "w2")]
+    weights.append(numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w3"))
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
+             helper.make_node("Mul", list(operands), ["product"], name="bilinear"),
+             helper.make_node("MatMul", ["product", "w3"], ["logits"])]
+    model = _graph_model(tmp_path / "bilinear.onnx", nodes, weights)
+    assert unsupported_ops(model) == ["Mul (bilinear), a product of two activations"]
+    with pytest.raises(OnnxplainError, match="bilinear"):
+        LRP(progress=False).explain(model, rng.normal(size=(2, 6)).astype(np.float32), Target())
+
+
 def _dense_graph(tmp_path, name, middle: list, source: str, constants=()) -> onnxplain.Model:
     """x -> `middle` nodes -> (their output `source`) MatMul -> Relu -> MatMul -> logits."""
     rng = np.random.default_rng(2)

@@ -238,6 +238,9 @@ def test_rules_that_cannot_apply_are_user_errors(digits_cnn, rules, message):
     x = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:2]
     with pytest.raises(OnnxplainError, match=message):
         LRP(rules=rules, progress=False).explain(model, x)
+    if "zb" in rules.values():   # given input bounds are no box of a hidden layer's input either
+        with pytest.raises(OnnxplainError, match=message):
+            LRP(rules=rules, low=0.0, high=1.0, progress=False).explain(model, x)
 
 
 def test_positivity_statistics_match_a_per_sample_numpy_reference():

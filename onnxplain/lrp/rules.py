@@ -139,7 +139,9 @@ class Z(Epsilon):
 
 
 class ZPlus(Rule):
-    """z+ = alpha1-beta0: only positive contributions x_i w_ij > 0 (and positive biases) share R_j."""
+    """z+: only positive contributions x_i w_ij > 0 (and positive biases) share R_j (zennit's ZPlus, its
+    AlphaBeta(1, 0)). onnxplain's alpha-beta 1/0 differs on a neuron whose contributions are all negative: it gives
+    that neuron's relevance to them (`AlphaBeta`), where z+ passes none (its stabiliser keeps it)."""
 
     name = "zplus"
 

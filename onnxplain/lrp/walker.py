@@ -92,9 +92,9 @@ class Walker:
                 raise OnnxplainError(f"no torch forward for {step.label}")
             carries = id(step) in carrying
             rule = self.rule_map.rule_for(op, not up_linear, not up_conv) if carries and op.kind else None
-            if isinstance(rule, rules.ZBox) and up_linear and self.low is None:
-                raise OnnxplainError(f"z^B needs box bounds of its input: it applies to first layers, not to "
-                                     f"{step.label} (or give low/high)")
+            if isinstance(rule, rules.ZBox) and up_linear:   # the input's box says nothing of a hidden layer's
+                raise OnnxplainError(f"z^B needs box bounds of its input: it applies to first layers (no conv or "
+                                     f"dense layer before them), not to {step.label}")
             is_layer = op.kind == "linear" and op.category in ("conv", "dense")
             for name in step.outputs:
                 after_linear[name] = up_linear or is_layer
@@ -238,7 +238,7 @@ def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:
 
 def ruleless(step: Step) -> str:
     """A step LRP cannot pass, named, with why where it is not the op type itself."""
-    two_activations = (step.op.op_type in ("MatMul", "Gemm", "Einsum") and not step.op.constants
+    two_activations = (step.op.op_type in ("MatMul", "Gemm", "Einsum", "Mul") and not step.op.constants
                        and len([name for name in step.inputs if name]) > 1)
     return f"{step.label}, a product of two activations" if two_activations else step.label
 

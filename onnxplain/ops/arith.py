@@ -80,7 +80,9 @@ class Sub(_Sum):
 
 @register("Mul")
 class Mul(Op):
-    """x * constant: scaling (relevance passes); activation * activation: a gate."""
+    """x * constant: scaling (relevance passes); activation * activation: a gate when one operand is more gate-like
+    (`gate_strength`) than the other, else no rule (named, like a MatMul of two activations: which operand would
+    take the relevance is no choice the graph makes)."""
 
     def setup(self):
         dynamic = _dynamic(self, 2)
@@ -90,13 +92,15 @@ class Mul(Op):
     def link(self, producers):
         if self.kind == "gate":
             strengths = [gate_strength(name, producers) for name in self.node.input[:2]]
-            self.signal = 0 if strengths[0] < strengths[1] else 1 if strengths[0] > strengths[1] else 0
+            if strengths[0] == strengths[1]:
+                self.kind = None
+            self.signal = 0 if strengths[0] <= strengths[1] else 1
 
     def forward(self, a, b):
         return a * b
 
     def relevance_inputs(self):
-        return [self.signal]
+        return [self.signal] if self.kind else super().relevance_inputs()
 
     def relevance(self, inputs, rule):
         return relevance.passthrough(self.forward(*inputs), inputs[self.signal]), None

@@ -59,18 +59,31 @@ def use_labels(model, path: Path | None) -> None:
 
 
 def echo_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=_plain))
+    click.echo(json_text(data))
 
 
-def _plain(value):
+def json_text(data) -> str:
+    """Strict JSON (what jq and other parsers read): NumPy values as plain ones, NaN and infinities as null."""
+    return json.dumps(_strict(data), indent=2, allow_nan=False)
+
+
+def _strict(value):
     import numpy as np
 
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _strict(value.tolist())
+    if isinstance(value, np.generic):
+        return _strict(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
     if isinstance(value, Path):
         return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import json
 from pathlib import Path
 
 import click
@@ -22,7 +21,8 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import NonEmptyPath, guessed_spec_note, load_model, model_argument, preprocess_option, scores_option
+from .common import (NonEmptyPath, guessed_spec_note, json_text, load_model, model_argument, preprocess_option,
+                     scores_option)
 from .explain_cmd import read_reference
 from .outputs import StagedFiles, check_output
 
@@ -254,7 +254,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
         if said:
             click.echo(said, err=True)
     if as_json:
-        click.echo(json.dumps(render.as_json(report), indent=2))
+        click.echo(json_text(render.as_json(report)))
     else:
         click.echo(render.markdown(report, title=f"Evaluation of {model.name}"))
 
@@ -262,7 +262,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
 def write_outputs(report, out: Path, title: str) -> list[Path]:
     """The report's files in folder `out` (created if missing): all of them, or none when one cannot be written."""
     written = {"results.md": render.markdown(report, title), "results.csv": render.summary_csv(report),
-               "results.json": json.dumps(render.as_json(report), indent=2),
+               "results.json": json_text(render.as_json(report)),
                "per_image.csv": render.per_image_csv(report)}
     with StagedFiles() as staged:
         for name, text in written.items():

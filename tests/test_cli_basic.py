@@ -207,3 +207,17 @@ def test_an_empty_path_is_a_one_line_error_not_the_current_folder(args, option, 
     (line,) = result.stderr.strip().splitlines()
     assert f"Invalid value for {option}: an empty path" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_output_is_strict():
+    """NaN and infinities (a censored APEM mean, a score of an empty group) are null: strict parsers (jq, JSON.parse)
+    refuse the NaN that json.dumps writes by default."""
+    from pathlib import Path
+
+    from onnxplain.cli.common import json_text
+
+    data = {"mean": float("nan"), "limit": np.float32(np.inf), "rows": [np.int64(3), (1.5, -np.inf)],
+            "array": np.array([1.0, np.nan]), "path": Path("a/b")}
+    text = json_text(data)
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict {name}")) == {
+        "mean": None, "limit": None, "rows": [3, [1.5, None]], "array": [1.0, None], "path": "a/b"}

@@ -372,3 +372,25 @@ def test_a_failed_commit_restores_what_it_replaced_and_deletes_nothing_else(tmp_
         staged.path_for(tmp_path / "old.png").write_text("new")
         staged.commit()
     assert (tmp_path / "old.png").read_text() == "new" and len(list(tmp_path.iterdir())) == 3
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_a_seed_beyond_64_bits_is_one_line(command, tmp_path, digits_cnn, samples):
+    result = run(command, digits_cnn, samples / "digit3_cnn.npy", "--seed", 2**64, "--quiet")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--seed" in lines[0] and "Traceback" not in result.output
+
+
+def test_seeds_of_the_python_api_are_64_bit(digits_cnn_model, samples):
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.methods import make_method
+    from onnxplain.methods.pda import PredictionDifference
+
+    x = np.load(samples / "digit3_cnn.npy")[None]
+    with pytest.raises(OnnxplainError, match="seed must be at most 18446744073709551615"):
+        make_method("smoothgrad", seed=2**64)
+    with pytest.raises(OnnxplainError, match="seed must be at most"):
+        PredictionDifference(reference=x, seed=2**64)
+    widest = make_method("smoothgrad", seed=2**64 - 1, samples=2).explain(digits_cnn_model, x)
+    assert np.isfinite(widest.relevance).all()

@@ -13,7 +13,8 @@ import numpy as np
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs
-from onnxplain.methods.contrastive import CDeepEx, XGEMs, contrast_map
+from onnxplain.methods.contrastive import CDeepEx, ProbeIsPrediction, XGEMs, contrast_map
+from onnxplain.methods.windows import SEED_MAX
 from onnxplain.targets import parse_target
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
@@ -22,6 +23,8 @@ from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
 CONSTRAINTS = ("equal_likelihood", "true_above_others", "probe_above_others", "all", "true_and_probe_top_two")
+IMPOSED = {"cdeepex": ("equal_likelihood", "true_above_others", "probe_above_others"),
+           "xgems": ("equal_likelihood",)}
 
 
 def contrast_figure(model, sample: np.ndarray, explanation, i: int, title: str):
@@ -47,11 +50,12 @@ def contrast_figure(model, sample: np.ndarray, explanation, i: int, title: str):
     true, probe = int(d["true_class"][i]), int(d["probe_class"][i])
     path = d["path_llh"][i]
     others = np.delete(path, [true, probe], axis=1).max(axis=1)
-    steps = np.arange(len(path)) * explanation.params["record_every"]
+    steps = np.arange(len(path))
     axes[4].plot(steps, path[:, true], color="#1f5fd6", label=f"true {model.label_of(true)}")
     axes[4].plot(steps, path[:, probe], color="#d62728", label=f"probe {model.label_of(probe)}")
     axes[4].plot(steps, others, color="gray", linestyle="--", label="best other")
-    axes[4].set_xlabel("Adam steps (augmented Lagrangian)", fontsize=8)
+    axes[4].set_xlabel("multiplier updates (augmented Lagrangian)", fontsize=8)
+    axes[4].set_xticks(steps[::max(1, len(steps) // 8)])
     axes[4].set_ylabel("log-likelihood", fontsize=8)
     axes[4].tick_params(labelsize=7)
     axes[4].legend(fontsize=7)
@@ -69,10 +73,25 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
         "probe": {"index": probe, "label": model.label_of(probe)},
         "llh_input": labelled(d["llh_input"][i]), "llh_final": labelled(d["llh_final"][i]),
         "constraints": {key: bool(d[key][i]) for key in CONSTRAINTS},
+        "constraints_imposed": list(IMPOSED[explanation.method]),
         "reconstruction_error": float(d["reconstruction_error"][i]),
         "latent_distance": float(d["latent_distance"][i]), "outer_steps": int(d["outer_steps"][i]),
+        "converged": bool(d["converged"][i]), "stationarity": float(d["stationarity"][i]),
+        "penalty": float(d["penalty"][i]),
         "explanation_l1": float(np.abs(explanation.relevance[i]).sum()), "outputs": outputs,
     }
+
+
+def outcome(row: dict) -> str:
+    """What the method reached, in its own terms: xGEMs imposes llh(A) = llh(B) only, so a third class above A and B
+    is reported as what happened, not as a violated constraint."""
+    held = row["constraints"]
+    if row["method"] != "xgems":
+        return "all constraints hold" if held["all"] else "constraints violated"
+    reached = "equal likelihood reached" if held["equal_likelihood"] else "equal likelihood not reached"
+    ranking = "true and probe the top two" if held["true_and_probe_top_two"] else \
+        "another class more likely (xgems imposes no ranking)"
+    return f"{reached}, {ranking}"
 
 
 @click.command("contrast")
@@ -91,10 +110,12 @@ def report(model, explanation, i: int, source: Path, outputs: dict) -> dict:
 @click.option("--restarts", type=click.IntRange(1), default=4, show_default=True, help="Random starts for z0.")
 @click.option("--outer-steps", "outer_steps", type=click.IntRange(1), default=30, show_default=True,
               help="Augmented-Lagrangian multiplier updates.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the latent starts.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="Seed of the latent starts.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for D and G (cpu, cuda, cuda:N).")
 @click.option("--out", type=NonEmptyPath(), default=None, help="PNG per input (a folder or a name).")
-@click.option("--save-npy", "save_npy", type=NonEmptyPath(), help="Write G(z0) - G(z_e) as .npy.")
+@click.option("--save-npy", "save_npy", type=NonEmptyPath(),
+              help="Write G(z0) - G(z_e) as .npy (a name ending in .npy, or a folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def contrast_command(model, inputs, generator, probe, method, labels, preprocess, scores, margin, restarts,
@@ -104,16 +125,21 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
 
     check_output(out, "figure")
     check_output(save_npy, "file")
+    if save_npy is not None and save_npy.suffix and not save_npy.is_dir() and save_npy.suffix.lower() != ".npy":
+        raise OnnxplainError(f"--save-npy writes .npy files: give a name ending in .npy or a folder, not {save_npy}")
     loaded = load_model(model, preprocess, scores)
     use_labels(loaded, labels)
     explainer = METHODS[method](str(generator), margin=margin, restarts=restarts, outer_steps=outer_steps,
                                 seed=seed, device=device, progress=not quiet)
     goal = parse_target(loaded, probe) if probe is not None else None
     x, sources = load_inputs(inputs, loaded)
-    explanation = explainer.explain(loaded, x, goal)
     ids = input_names(sources)
     pngs = output_paths(out, ids, ".png") if out else [None] * len(x)
     npys = output_paths(save_npy, ids, ".npy") if save_npy else [None] * len(x)
+    try:
+        explanation = explainer.explain(loaded, x, goal)
+    except ProbeIsPrediction as error:
+        raise ProbeIsPrediction(error.rows, error.label, [str(sources[i]) for i in error.rows]) from None
     rows = []
     with StagedFiles() as staged:
         for i, (source, png, npy) in enumerate(zip(sources, pngs, npys)):
@@ -124,7 +150,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
             row = report(loaded, explanation, i, source, outputs)
             if png is not None:
                 title = (f"{source.name}: why {row['true']['label']} and not {row['probe']['label']}? "
-                         f"({method}, constraints {'hold' if row['constraints']['all'] else 'violated'})")
+                         f"({method}: {outcome(row)})")
                 viz.save_figure(contrast_figure(loaded, x[i], explanation, i, title), staged.path_for(png))
                 outputs["png"] = str(png)
             rows.append(row)
@@ -136,8 +162,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
         echo_json(rows)
         return
     for row in rows:
-        state = "all constraints hold" if row["constraints"]["all"] else "constraints violated"
         written = ", ".join(row["outputs"].values())
-        click.echo(f"{row['input']}: why {row['true']['label']} and not {row['probe']['label']}: {state} "
+        click.echo(f"{row['input']}: why {row['true']['label']} and not {row['probe']['label']}: {outcome(row)} "
                    f"(llh true {row['llh_final'][row['true']['label']]:.3f}, probe "
                    f"{row['llh_final'][row['probe']['label']]:.3f})" + (f" -> {written}" if written else ""))

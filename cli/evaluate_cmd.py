@@ -17,6 +17,7 @@ import numpy as np
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs, read_npy
 from onnxplain.methods import REGISTRY, make_method, method_class
+from onnxplain.methods.windows import SEED_MAX
 from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
@@ -217,7 +218,8 @@ def result_notes(report) -> list[str]:
 @click.option("--reference", type=NonEmptyPath(), default=None,
               help="Reference data for methods that take it (pda): a folder of images, or an .npy batch or single "
                    "sample.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed (noise, shuffles, methods).")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="Random seed (noise, shuffles, methods).")
 @click.option("--device", default=None,
               help="Torch device (cpu, cuda, cuda:N) for every method that takes one (a method's own device=... "
                    "wins; pda and occlusion then run their forward passes in the torch executor there) and for "

@@ -16,6 +16,7 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs
 from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
+from onnxplain.methods.windows import SEED_MAX
 from onnxplain.targets import parse_target
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
@@ -258,7 +259,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
                    "paper uses the classifier's training-set size).")
 @click.option("--fill", type=float, default=None,
               help="Occlusion fill value (model-input units; default 0; a whole number for integer inputs).")
-@click.option("--seed", type=click.IntRange(0), default=None, help="Random seed >= 0 (PDA, smoothgrad; default 0).")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None,
+              help="Random seed, 0 to 2**64-1 (PDA, smoothgrad; default 0).")
 @click.option("--sigma", type=float, default=None,
               help="SmoothGrad noise, as a fraction of the input range (default 0.15).")
 @click.option("--steps", type=int, default=None, help="Integrated-gradients steps (default 50).")

@@ -399,3 +399,25 @@ def test_a_saturated_probability_gets_a_note_that_names_the_logits(tmp_path):
         again = run(*common, *method, *instead)
         assert again.exit_code == 0 and json.loads(again.stdout)[0]["relevance_sum"] != 0, again.output
         assert "zero everywhere" not in again.stderr
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_a_seed_beyond_64_bits_is_one_line(command, tmp_path, digits_cnn, samples):
+    result = run(command, digits_cnn, samples / "digit3_cnn.npy", "--seed", 2**64, "--quiet")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--seed" in lines[0] and "Traceback" not in result.output
+
+
+def test_seeds_of_the_python_api_are_64_bit(digits_cnn_model, samples):
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.methods import make_method
+    from onnxplain.methods.pda import PredictionDifference
+
+    x = np.load(samples / "digit3_cnn.npy")[None]
+    with pytest.raises(OnnxplainError, match="seed must be at most 18446744073709551615"):
+        make_method("smoothgrad", seed=2**64)
+    with pytest.raises(OnnxplainError, match="seed must be at most"):
+        PredictionDifference(reference=x, seed=2**64)
+    widest = make_method("smoothgrad", seed=2**64 - 1, samples=2).explain(digits_cnn_model, x)
+    assert np.isfinite(widest.relevance).all()

@@ -11,11 +11,13 @@ an input I and a probe class:
    all log-likelihoods taken of D(G(z) - Delta), so that D sees exactly I at z = z0. (The paper typesets
    "D(G(z)) + Delta"; we read it as the classifier's input G(z) corrected by the residual, and its "<= epsilon"
    ranking constraints with the sign that keeps true and probe above every other class, epsilon = -margin.)
-   Solved by the augmented Lagrangian method (`lagrangian.AugmentedLagrangian`). xGEMs drops the ranking constraints.
+   Solved by the augmented Lagrangian method (`lagrangian.AugmentedLagrangian`), each input to its own KKT
+   point. xGEMs drops the ranking constraints.
 3. The explanation G(z0) - G(z_e): positive where the input has ink the probe class would not, negative where the
    probe would need ink added (rendered red = add, blue = remove: `contrast_map`).
 
-The true class is the classifier's top-1 on I; the probe defaults to the second most likely class.
+The true class is the classifier's top-1 on I; the probe defaults to the second most likely class. Each input's
+random starts come from the seed and a digest of the input, so an input gets the same answer alone or in any batch.
 """
 from __future__ import annotations
 
@@ -24,13 +26,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from onnx import TensorProto
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method, require_model
+from ..metrics.perturbation import image_generators
 from ..runtime import progress_bar
 from ..targets import Target, as_target
 from .lagrangian import AugmentedLagrangian, Evaluation
-from .windows import whole_number
+from .windows import seed_number
 
 FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16
 
@@ -66,17 +70,29 @@ class Generator:
             raise OnnxplainError(f"generator {path}: {error}") from None
 
     def _check_output(self, classifier) -> None:
+        """Run two latents (the method runs batches): the output must be the classifier's input, per latent."""
+        size = "x".join(map(str, self.latent_shape))
         try:
-            produced = self.model.run(np.zeros((1, *self.latent_shape), self.model.input_dtype), [self.output])
+            produced = self._run(2)
         except OnnxplainError as error:
-            raise OnnxplainError(f"the generator fails on a latent of size {'x'.join(map(str, self.latent_shape))}: "
-                                 f"{error}") from None
-        got = produced[self.output].shape[1:]
+            try:
+                self._run(1)
+            except OnnxplainError:
+                raise OnnxplainError(f"the generator fails on a latent of size {size}: {error}") from None
+            raise OnnxplainError(f"the generator runs on one latent but fails on a batch of 2: it must accept a "
+                                 f"batch axis (N x {size})") from None
+        if produced.shape[0] != 2:
+            raise OnnxplainError(f"the generator turned a batch of 2 latents into {produced.shape[0]} outputs: it "
+                                 f"must keep the batch axis (N x {size} in, N x the classifier's input out)")
+        got = produced.shape[1:]
         want = classifier.input_shape[1:]
         if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
             shown = "x".join("N" if d is None else str(d) for d in want)
             raise OnnxplainError(f"the generator's output N x {'x'.join(map(str, got))} does not fit the "
                                  f"classifier's input {shown}")
+
+    def _run(self, count: int) -> np.ndarray:
+        return self.model.run(np.zeros((count, *self.latent_shape), self.model.input_dtype), [self.output])[self.output]
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.executor.run(z, [self.output])[self.output]
@@ -90,12 +106,21 @@ def check_latent(proto, name: str) -> None:
     if not dims or any(d is None or d < 1 for d in dims) or tensor.elem_type not in FLOAT_TYPES:
         shown = "x".join("?" if d is None else str(d) for d in dims) or "nothing"
         raise OnnxplainError(f"the generator's input must be a fixed-size float latent (N x k); it is N x {shown} "
-                             f"of ONNX type {tensor.elem_type}")
+                             f"of ONNX type {onnx_type_name(tensor.elem_type)}")
+
+
+def onnx_type_name(elem_type: int) -> str:
+    """'FLOAT', 'INT64', ... for an ONNX element type number."""
+    try:
+        return TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"unknown ({elem_type})"
 
 
 @dataclass
 class ContrastProblem:
-    """Equation 2 for a batch: distance to z0, the equal-likelihood constraint and (if `ranked`) the ranking ones."""
+    """Equation 2 for a batch: distance to z0, the equal-likelihood constraint and (if `ranked`) the ranking ones.
+    Called with the latents of some rows and those rows' indices."""
 
     classify: callable      # x -> (N, K) log-likelihoods
     generate: callable      # z -> x
@@ -106,20 +131,18 @@ class ContrastProblem:
     margin: float
     ranked: bool
 
-    def llh(self, z: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.generate(z) - self.residual)
+    def llh(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.generate(z) - self.residual[rows])
 
-    def __call__(self, z: torch.Tensor) -> Evaluation:
-        return self.evaluate(z, self.llh(z))
-
-    def evaluate(self, z: torch.Tensor, llh: torch.Tensor) -> Evaluation:
-        rows = torch.arange(len(z), device=z.device)
-        true, probe = llh[rows, self.true], llh[rows, self.probe]
-        distance = ((z - self.z0) ** 2).reshape(len(z), -1).sum(1)
+    def __call__(self, z: torch.Tensor, rows: torch.Tensor) -> Evaluation:
+        llh = self.llh(z, rows)
+        each = torch.arange(len(z), device=z.device)
+        true, probe = llh[each, self.true[rows]], llh[each, self.probe[rows]]
+        distance = ((z - self.z0[rows]) ** 2).reshape(len(z), -1).sum(1)
         equality = (true - probe)[:, None]
         if not self.ranked:
             return Evaluation(distance, equality, llh.new_zeros(len(z), 0))
-        others = other_classes(llh, self.true, self.probe)
+        others = other_classes(llh, self.true[rows], self.probe[rows])
         inequality = torch.cat([others - true[:, None], others - probe[:, None]], dim=1) + self.margin
         return Evaluation(distance, equality, inequality)
 
@@ -147,6 +170,15 @@ def constraint_report(llh: np.ndarray, true: np.ndarray, probe: np.ndarray, marg
             "all": equal & true_above & probe_above, "true_and_probe_top_two": top_two}
 
 
+class ProbeIsPrediction(OnnxplainError):
+    """The asked probe class is already the predicted class of some inputs (`rows`)."""
+
+    def __init__(self, rows: np.ndarray, label: str, names: list[str] | None = None):
+        self.rows, self.label = rows, label
+        shown = ", ".join(names if names is not None else [f"input {i}" for i in rows])
+        super().__init__(f"the probe class {label} is already the predicted class of {shown}; ask about another class")
+
+
 class CDeepEx(Method):
     """CDeepEx (contrastive deep explanations): why the classifier chose its top-1 class and not `target` (the probe).
 
@@ -154,13 +186,14 @@ class CDeepEx(Method):
     margin: how far (in log-likelihood) true and probe must stay above every other class (the paper's -epsilon).
     tolerance: constraint violation still counted as satisfied. kappa: weight of the misclassification cost in
     Procedure 2; restarts, fit_steps, fit_rate: its random starts, Adam steps and step size.
-    outer_steps, inner_steps, learning_rate, penalty, growth: the augmented Lagrangian's settings.
+    outer_steps, inner_steps, learning_rate, penalty, growth: the augmented Lagrangian's settings (`lagrangian`).
 
     Diagnostics (per input): true_class, probe_class, llh_input, llh_final (log-likelihoods of D(G(z_e) - Delta)),
     the constraint flags of `constraint_report`, z0, z_explanation, residual (Delta), start_image (G(z0)),
-    explanation_image (G(z_e)), reconstruction_error ||Delta||, latent_distance ||z_e - z0||, outer_steps, and
-    the optimisation path: path_z (N, T, k) and path_llh (N, T, K), a point every `record_every` Adam steps
-    (G(path_z) gives the paper's Fig. 5a pictures).
+    explanation_image (G(z_e)), reconstruction_error ||Delta||, latent_distance ||z_e - z0||, the solver's
+    outer_steps, penalty, stationarity (the KKT residual ||grad of the Lagrangian|| at z_e) and converged (feasible,
+    stationary, multipliers settled), and the optimisation path: path_z (N, T, k) and path_llh (N, T, K), the start
+    and the point after each multiplier update (G(path_z) gives the paper's Fig. 5a pictures).
     """
 
     name = "cdeepex"
@@ -168,26 +201,30 @@ class CDeepEx(Method):
 
     def __init__(self, generator, *, margin: float = 0.1, tolerance: float = 0.02, kappa: float = 1.0,
                  restarts: int = 4, fit_steps: int = 300, fit_rate: float = 0.05, outer_steps: int = 30,
-                 inner_steps: int = 40, learning_rate: float = 0.05, penalty: float = 1.0, growth: float = 4.0,
+                 inner_steps: int = 100, learning_rate: float = 0.05, penalty: float = 1.0, growth: float = 4.0,
                  seed: int = 0, device: str = "cpu", batch_size: int | None = None, progress: bool = True):
         if not (margin >= 0 and tolerance >= 0):
             raise OnnxplainError(f"margin and tolerance must be >= 0; got {margin} and {tolerance}")
-        if min(restarts, fit_steps, outer_steps, inner_steps) < 1:
-            raise OnnxplainError("restarts, fit_steps, outer_steps and inner_steps must be at least 1")
+        if min(restarts, fit_steps, outer_steps, inner_steps, 1 if batch_size is None else batch_size) < 1:
+            raise OnnxplainError("restarts, fit_steps, outer_steps, inner_steps and batch_size must be at least 1")
+        if not (penalty > 0 and learning_rate > 0 and fit_rate > 0 and growth >= 1):
+            raise OnnxplainError(f"penalty, learning_rate and fit_rate must be > 0 and growth >= 1; got {penalty}, "
+                                 f"{learning_rate}, {fit_rate} and {growth}")
         self.generator, self.margin, self.tolerance, self.kappa = generator, margin, tolerance, kappa
         self.restarts, self.fit_steps, self.fit_rate = restarts, fit_steps, fit_rate
         self.solver = AugmentedLagrangian(outer_steps=outer_steps, inner_steps=inner_steps,
                                           learning_rate=learning_rate, penalty=penalty, growth=growth,
                                           tolerance=tolerance)
-        self.seed = whole_number("seed", seed, 0)
+        self.seed = seed_number(seed)
         self.device, self.batch_size, self.progress = device, batch_size, progress
 
     @property
     def params(self) -> dict:
+        solver = self.solver
         return {"margin": self.margin, "tolerance": self.tolerance, "kappa": self.kappa, "restarts": self.restarts,
-                "fit_steps": self.fit_steps, "outer_steps": self.solver.outer_steps,
-                "inner_steps": self.solver.inner_steps, "learning_rate": self.solver.learning_rate, "seed": self.seed,
-                "record_every": self.solver.record_every}
+                "fit_steps": self.fit_steps, "fit_rate": self.fit_rate, "outer_steps": solver.outer_steps,
+                "inner_steps": solver.inner_steps, "learning_rate": solver.learning_rate, "penalty": solver.penalty,
+                "growth": solver.growth, "seed": self.seed}
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         require_model(model)
@@ -195,21 +232,20 @@ class CDeepEx(Method):
         generator = self.generator if isinstance(self.generator, Generator) else \
             Generator(self.generator, model, self.device)
         executor = model.torch(self.device)
-        llh_input = np.log(np.clip(softmax_if_logits(model, x), 1e-30, None))
-        true, probe = self.classes(llh_input, as_target(model, target))
         size = self.batch_size or max(1, executor.batch_size() // self.restarts)
-        starts = torch.randn((len(x), self.restarts, *generator.latent_shape),
-                             generator=torch.Generator().manual_seed(self.seed))
+        llh_input = log_likelihoods(executor, x, size)
+        true, probe = self.classes(model, llh_input, as_target(model, target))
+        starts = latent_starts(x, self.seed, self.restarts, generator.latent_shape)
         parts = []
-        with progress_bar(total=len(x) * (self.solver.outer_steps + 1), desc=self.name,
+        with progress_bar(total=len(x) * (self.fit_steps + self.solver.outer_steps), desc=self.name,
                           disable=not self.progress) as bar:
             for start in range(0, len(x), size):
                 rows = slice(start, start + size)
-                parts.append(self._explain_batch(executor, model, generator, x[rows], true[rows], probe[rows],
+                parts.append(self._explain_batch(executor, generator, x[rows], true[rows], probe[rows],
                                                  starts[rows], bar))
         paths = ("path_llh", "path_z")
         result = {key: np.concatenate([part[key] for part in parts]) for key in parts[0] if key not in paths}
-        result.update({key: _pad_paths(parts, key) for key in paths})
+        result.update({key: _pad_paths([part[key] for part in parts]) for key in paths})
         result.update(constraint_report(result["llh_final"], true, probe, self.margin, self.tolerance))
         rows = np.arange(len(x))
         relevance = result["start_image"] - result["explanation_image"]
@@ -217,7 +253,7 @@ class CDeepEx(Method):
         return Explanation(relevance.astype(x.dtype), probe, llh_input[rows, true] - llh_input[rows, probe],
                            self.name, self.params, diagnostics)
 
-    def classes(self, llh: np.ndarray, target: Target | None) -> tuple[np.ndarray, np.ndarray]:
+    def classes(self, model, llh: np.ndarray, target: Target | None) -> tuple[np.ndarray, np.ndarray]:
         """(true, probe) per sample: the top-1 class and the asked probe (default: the second most likely)."""
         if target is not None and target.hidden:
             raise OnnxplainError("a contrastive explanation needs a probe class, not a hidden-layer target")
@@ -229,42 +265,48 @@ class CDeepEx(Method):
             raise OnnxplainError(f"probe class {target.index} is out of range: the model has {llh.shape[1]} classes")
         probe = np.full(len(llh), target.index)
         if np.any(probe == true):
-            raise OnnxplainError(f"the probe class {target.index} is already the predicted class of input(s) "
-                                 f"{', '.join(map(str, np.flatnonzero(probe == true)))}; ask about another class")
+            raise ProbeIsPrediction(np.flatnonzero(probe == true), model.label_of(target.index))
         return true, probe
 
-    def _explain_batch(self, executor, model, generator, x, true, probe, starts, bar) -> dict[str, np.ndarray]:
+    def _explain_batch(self, executor, generator, x, true, probe, starts, bar) -> dict[str, np.ndarray]:
         device = executor.device
         image = torch.from_numpy(x).to(device)
         true_t, probe_t = torch.as_tensor(true, device=device), torch.as_tensor(probe, device=device)
         classify = executor.log_likelihood
-        z0, fit_loss = self.fit_latent(generator, classify, image, true_t, starts.to(device))
+        z0, fit_loss = self.fit_latent(generator, classify, image, true_t, starts.to(device),
+                                       on_step=lambda: bar.update(len(x)))
         with torch.no_grad():
             start = generator(z0)
+        require_finite("the generator's fit G(z0) of the input", start, fit_loss)
         problem = ContrastProblem(classify, generator, z0, start - image, true_t, probe_t, self.margin, self.ranked)
-        path_llh, path_z = [], []
+        path_llh, path_z = [[] for _ in x], [[] for _ in x]
 
-        def record(z):
+        def record(rows, z):
             with torch.no_grad():
-                path_llh.append(problem.llh(z).double().cpu().numpy())
-            path_z.append(z.cpu().numpy())
+                llh = problem.llh(z, rows).double().cpu().numpy()
+            for row, point, values in zip(rows.tolist(), z.cpu().numpy(), llh):
+                path_z[row].append(point)
+                path_llh[row].append(values)
 
-        bar.update(len(x))
-        solved = self.solver.minimize(z0, problem, record, on_step=lambda: bar.update(len(x)))
-        bar.update(len(x) * (self.solver.outer_steps - solved.outer_steps))  # stopped early: all constraints hold
+        solved = self.solver.minimize(z0, problem, record, on_step=bar.update)
+        bar.update(int((self.solver.outer_steps - solved.outer_steps).sum()))  # rows that finished early
         with torch.no_grad():
             final = generator(solved.z)
-            llh_final = problem.llh(solved.z).double().cpu().numpy()
+            llh_final = problem.llh(solved.z, torch.arange(len(x), device=device)).double().cpu().numpy()
+        require_finite("the point z_e the solver reached", solved.z, final, llh_final)
         return {"start_image": start.cpu().numpy(), "explanation_image": final.cpu().numpy(),
                 "residual": (start - image).cpu().numpy(), "z0": z0.cpu().numpy(), "z_explanation":
                 solved.z.cpu().numpy(), "reconstruction_error": fit_loss,
                 "latent_distance": np.sqrt(solved.evaluation.objective.double().cpu().numpy()),
-                "llh_final": llh_final, "outer_steps": np.full(len(x), solved.outer_steps),
-                "path_llh": np.stack(path_llh, axis=1), "path_z": np.stack(path_z, axis=1)}
+                "llh_final": llh_final, "outer_steps": solved.outer_steps.cpu().numpy(),
+                "penalty": solved.penalty.double().cpu().numpy(),
+                "stationarity": solved.stationarity.double().cpu().numpy(),
+                "converged": solved.converged.cpu().numpy(),
+                "path_llh": [np.stack(p) for p in path_llh], "path_z": [np.stack(p) for p in path_z]}
 
-    def fit_latent(self, generator, classify, image, true, starts):
+    def fit_latent(self, generator, classify, image, true, starts, on_step=None):
         """Procedure 2 for a batch: (z0 (N, k), ||G(z0) - I|| (N,)), the best Adam run per input from `starts`
-        (N, restarts, *latent) drawn from N(0, 1)."""
+        (N, restarts, *latent) drawn from N(0, 1); `on_step` follows each Adam step."""
         n, r = starts.shape[:2]
         z = starts.reshape(n * r, *generator.latent_shape).clone().requires_grad_(True)
         targets, labels = image.repeat_interleave(r, dim=0), true.repeat_interleave(r)
@@ -273,9 +315,11 @@ class CDeepEx(Method):
             optimiser.zero_grad()
             self._fit_loss(generator, classify, z, targets, labels).sum().backward()
             optimiser.step()
+            if on_step is not None:
+                on_step()
         with torch.no_grad():
             loss = self._fit_loss(generator, classify, z, targets, labels).reshape(n, r)
-            best = loss.argmin(dim=1)
+            best = torch.nan_to_num(loss, nan=float("inf")).argmin(dim=1)
             z0 = z.detach().reshape(n, r, *generator.latent_shape)[torch.arange(n), best]
             error = (generator(z0) - image).reshape(n, -1).norm(dim=1)
         return z0, error.double().cpu().numpy()
@@ -294,6 +338,30 @@ class XGEMs(CDeepEx):
     ranked = False
 
 
+def log_likelihoods(executor, x: np.ndarray, size: int) -> np.ndarray:
+    """(N, K) class log-likelihoods of the inputs by the torch executor (a log-softmax of the logits: exact for
+    confident inputs, where the log of clipped probabilities would tie every unlikely class)."""
+    with torch.no_grad():
+        return np.concatenate([executor.log_likelihood(torch.from_numpy(x[i:i + size]).to(executor.device))
+                               .double().cpu().numpy() for i in range(0, len(x), size)])
+
+
+def latent_starts(x: np.ndarray, seed: int, restarts: int, latent_shape: tuple) -> torch.Tensor:
+    """(N, restarts, *latent) N(0, 1) starts, drawn per input from `seed` and a digest of the input: an input gets
+    the same starts alone or in any batch, in any order."""
+    return torch.from_numpy(np.stack([rng.standard_normal((restarts, *latent_shape), dtype=np.float32)
+                                      for rng in image_generators(x, seed)]))
+
+
+def require_finite(what: str, *values) -> None:
+    """A user error when any of `values` (tensors or arrays) holds NaN or infinity: the generator or classifier
+    produced them, and the numbers after would be meaningless."""
+    for value in values:
+        finite = torch.isfinite(value).all() if isinstance(value, torch.Tensor) else np.isfinite(value).all()
+        if not bool(finite):
+            raise OnnxplainError(f"{what} is not finite (NaN or infinity): check the generator and the classifier")
+
+
 def softmax_if_logits(model, x: np.ndarray) -> np.ndarray:
     """(N, K) class probabilities (softmax of the logits when the model outputs logits)."""
     if model.score_kind == "probabilities":
@@ -309,9 +377,8 @@ def contrast_map(explanation: Explanation) -> np.ndarray:
     return -explanation.relevance
 
 
-def _pad_paths(parts: list[dict], key: str) -> np.ndarray:
-    """Concatenate per-batch paths (N, T, ...), repeating each batch's last point up to the longest path."""
-    length = max(part[key].shape[1] for part in parts)
-    padded = [np.concatenate([p[key], np.repeat(p[key][:, -1:], length - p[key].shape[1], axis=1)], axis=1)
-              for p in parts]
-    return np.concatenate(padded)
+def _pad_paths(paths: list[list[np.ndarray]]) -> np.ndarray:
+    """(N, T, ...) from per-input paths (T_i, ...), repeating each path's last point up to the longest."""
+    paths = [path for part in paths for path in part]
+    length = max(len(path) for path in paths)
+    return np.stack([np.concatenate([path, np.repeat(path[-1:], length - len(path), axis=0)]) for path in paths])

@@ -14,7 +14,7 @@ from ..executor import input_bounds, spec_range_rows
 from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
-from .windows import whole_number
+from .windows import seed_number, whole_number
 
 
 def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarray,
@@ -123,7 +123,7 @@ class SmoothGrad(GradientMethod):
             raise OnnxplainError(f"samples must be at least 1, got {samples}")
         if not (np.isfinite(sigma) and sigma >= 0):
             raise OnnxplainError(f"sigma must be a non-negative fraction of the input range, got {sigma}")
-        self.samples, self.sigma, self.seed = samples, sigma, whole_number("seed", seed, 0)
+        self.samples, self.sigma, self.seed = samples, sigma, seed_number(seed)
 
     @property
     def params(self) -> dict:

@@ -20,7 +20,7 @@ from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
-from .windows import Geometry, WindowGrid, plain_features, whole_number, whole_numbers
+from .windows import Geometry, WindowGrid, plain_features, seed_number, whole_number, whole_numbers
 
 WEIGHT_OF_EVIDENCE = "weight of evidence"
 ACTIVATION_DIFFERENCE = "activation difference"
@@ -96,8 +96,8 @@ class PredictionDifference(Method):
                  incremental: bool = True, progress: bool = True, allow_gaps: bool = False):
         if reference is None:
             raise OnnxplainError("prediction difference needs reference data (--reference: images or an .npy batch)")
-        samples, stride, seed = (whole_number(name, value, least) for name, value, least in
-                                 (("samples", samples, 1), ("stride", stride, 1), ("seed", seed, 0)))
+        samples, stride = (whole_number(name, value, 1) for name, value in (("samples", samples), ("stride", stride)))
+        seed = seed_number(seed)
         window, padding, location_grid, training_size, classes, batch_size = (
             None if value is None else whole_numbers(name, value, least) for name, value, least in
             (("window", window, 1), ("padding", padding, 0), ("location_grid", location_grid, 1),

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OnnxplainError
-from .windows import WindowGrid, whole_number, whole_numbers
+from .windows import WindowGrid, seed_number, whole_number, whole_numbers
 
 CACHE_VERSION = 2
 
@@ -112,7 +112,7 @@ class ConditionalSampler:
     # ------------------------------------------------------------------ fitting
     def fit(self, reference: np.ndarray, grid: WindowGrid, seed: int = 0) -> "ConditionalSampler":
         """Assign every window a (grid cell, offset inside its patch) configuration and fit its conditional."""
-        self.grid, self.seed, self._rings = grid, whole_number("seed", seed, 0), {}
+        self.grid, self.seed, self._rings = grid, seed_number(seed), {}
         spatial, n_channels = grid.spatial, reference.shape[1]
         self.patch = tuple(min(k + 2 * self.padding, n) for k, n in zip(grid.size, spatial))
         self.cells = _cells(self.location_grid, spatial)

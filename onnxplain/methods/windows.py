@@ -178,14 +178,24 @@ def _sizes(sizes) -> str:
     return "x".join(str(int(n)) for n in sizes)
 
 
-def whole_number(option: str, value, least: int) -> int:
-    """`value` as an int when it is an integer (not a bool, float or string) of at least `least`; else a user
-    error that names the option."""
+def whole_number(option: str, value, least: int, most: int | None = None) -> int:
+    """`value` as an int when it is an integer (not a bool, float or string) from `least` to `most` (if given);
+    else a user error that names the option."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise OnnxplainError(f"{option} must be an integer, not {value!r}")
     if value < least:
         raise OnnxplainError(f"{option} must be at least {least}, got {value}")
+    if most is not None and value > most:
+        raise OnnxplainError(f"{option} must be at most {most}, got {value}")
     return int(value)
+
+
+SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers (numpy and torch generators)
+
+
+def seed_number(value) -> int:
+    """`value` as a seed: an integer from 0 to 2**64 - 1."""
+    return whole_number("seed", value, 0, SEED_MAX)
 
 
 def whole_numbers(option: str, value, least: int) -> int | tuple[int, ...]:

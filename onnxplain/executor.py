@@ -340,10 +340,17 @@ def _channel_axis(model, spec, shape: tuple[int, ...]) -> int | None:
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want| / max |want| (the scale of the reference)."""
+    """max |got - want| / max |want| over the finite values (the scale of the reference). A position where both
+    hold the same non-finite value (NaN, or one infinity) agrees, so that a graph computing NaN (a generator's
+    sqrt of a negative) is not mistaken for a wrong executor; any other non-finite position is an infinite error."""
     want = np.asarray(want, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64).reshape(want.shape)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+    finite = np.isfinite(want) & np.isfinite(got)
+    if not (finite | (np.isnan(want) & np.isnan(got)) | (want == got)).all():
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    return float(np.abs(got[finite] - want[finite]).max() / max(np.abs(want[finite]).max(), 1e-12))
 
 
 def _is_float_output(model, name: str) -> bool:

@@ -388,3 +388,27 @@ def test_the_check_probes_a_second_size_where_the_input_leaves_sizes_open(tmp_pa
     monkeypatch.setattr(resize.Resize, "_target", rounded)
     executor = onnxplain.load(path).torch()
     assert executor.graph is None and "differs from onnxruntime" in executor.problem
+
+
+def test_the_same_non_finite_values_agree():
+    """A graph that computes NaN where onnxruntime does too (a sqrt of a negative probe value) is run by the registry
+    graph: before, NaN - NaN made the check's error NaN, the graph was taken for a wrong executor, and without
+    onnx2torch the model could not run in torch at all."""
+    nan, inf = float("nan"), float("inf")
+    assert relative_error(np.array([1.0, nan, inf]), np.array([1.0, nan, inf])) == 0
+    assert relative_error(np.array([1.5, nan]), np.array([1.0, nan])) == pytest.approx(0.5)
+    assert relative_error(np.array([1.0, nan]), np.array([1.0, 2.0])) == inf
+    assert relative_error(np.array([inf, 1.0]), np.array([-inf, 1.0])) == inf
+    assert relative_error(np.array([nan]), np.array([nan])) == 0
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["n"]),
+             helper.make_node("Sub", ["n", "one"], ["negative"]), helper.make_node("Sqrt", ["negative"], ["y"])]
+    graph = helper.make_graph(nodes, "sqrt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+                              [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/sqrt.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+        executor = onnxplain.load(path).torch()
+    assert executor.graph is not None and executor.problem is None

@@ -14,7 +14,7 @@ import numpy as np
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs
 from onnxplain.methods.contrastive import CDeepEx, ProbeIsPrediction, XGEMs, contrast_map
-from onnxplain.methods.windows import SEED_MAX
+from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,

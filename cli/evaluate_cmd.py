@@ -17,7 +17,7 @@ import numpy as np
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs, read_npy
 from onnxplain.methods import REGISTRY, make_method, method_class
-from onnxplain.methods.windows import SEED_MAX
+from onnxplain.numbers import SEED_MAX
 from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves

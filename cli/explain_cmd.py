@@ -16,7 +16,7 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs
 from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
-from onnxplain.methods.windows import SEED_MAX
+from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,

@@ -135,7 +135,8 @@ def test_an_image_gets_the_same_curve_in_any_batch(tmp_path, order):
     np.testing.assert_array_equal(alone[0], batch[2])
     if order == "random":   # one order per distinct image: the baseline averages over several orders
         from onnxplain.metrics.layout import InputLayout
-        from onnxplain.metrics.perturbation import image_generators, region_ranks
+        from onnxplain.metrics.perturbation import region_ranks
+        from onnxplain.numbers import image_generators
 
         ranks = region_ranks(relevance, InputLayout.of(model, x.shape[1:]), 2, "random", image_generators(x, 0))
         assert not np.array_equal(ranks[0], ranks[1]) and not np.array_equal(ranks[1], ranks[2])

@@ -30,11 +30,10 @@ from onnx import TensorProto
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method, require_model
-from ..metrics.perturbation import image_generators
+from ..numbers import image_generators, seed_number
 from ..runtime import progress_bar
 from ..targets import Target, as_target
 from .lagrangian import AugmentedLagrangian, Evaluation
-from .windows import seed_number
 
 FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16
 

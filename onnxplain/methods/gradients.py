@@ -14,7 +14,7 @@ from ..executor import input_bounds, spec_range_rows
 from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
-from .windows import seed_number, whole_number
+from ..numbers import seed_number
 
 
 def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarray,

@@ -20,7 +20,8 @@ from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
-from .windows import Geometry, WindowGrid, plain_features, seed_number, whole_number, whole_numbers
+from ..numbers import seed_number, whole_number, whole_numbers
+from .windows import Geometry, WindowGrid, plain_features
 
 WEIGHT_OF_EVIDENCE = "weight of evidence"
 ACTIVATION_DIFFERENCE = "activation difference"

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OnnxplainError
-from .windows import WindowGrid, seed_number, whole_number, whole_numbers
+from ..numbers import seed_number, whole_number, whole_numbers
+from .windows import WindowGrid
 
 CACHE_VERSION = 2
 

@@ -13,6 +13,7 @@ from itertools import product
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..numbers import whole_number
 
 
 @dataclass(frozen=True)
@@ -176,32 +177,3 @@ def _starts(n: int, k: int, stride: int) -> list[int]:
 
 def _sizes(sizes) -> str:
     return "x".join(str(int(n)) for n in sizes)
-
-
-def whole_number(option: str, value, least: int, most: int | None = None) -> int:
-    """`value` as an int when it is an integer (not a bool, float or string) from `least` to `most` (if given);
-    else a user error that names the option."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise OnnxplainError(f"{option} must be an integer, not {value!r}")
-    if value < least:
-        raise OnnxplainError(f"{option} must be at least {least}, got {value}")
-    if most is not None and value > most:
-        raise OnnxplainError(f"{option} must be at most {most}, got {value}")
-    return int(value)
-
-
-SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers (numpy and torch generators)
-
-
-def seed_number(value) -> int:
-    """`value` as a seed: an integer from 0 to 2**64 - 1."""
-    return whole_number("seed", value, 0, SEED_MAX)
-
-
-def whole_numbers(option: str, value, least: int) -> int | tuple[int, ...]:
-    """`whole_number` for an integer or a sequence of integers (one per axis)."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        if len(value) == 0:
-            raise OnnxplainError(f"{option} must be an integer or one integer per axis, not {value!r}")
-        return tuple(whole_number(option, v, least) for v in value)
-    return whole_number(option, value, least)

@@ -10,11 +10,10 @@ on the other images, and the random baseline averages over as many orders as the
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..numbers import image_generators
 from ..runtime import progress_bar
 from .layout import InputLayout, checked_relevance
 
@@ -87,14 +86,6 @@ def region_ranks(relevance: np.ndarray, layout: InputLayout, region: int, order:
     step_of_region = np.empty_like(ordered)
     np.put_along_axis(step_of_region, ordered, np.arange(count)[None].repeat(len(sums), 0), axis=1)
     return step_of_region[:, ids]
-
-
-def image_generators(x: np.ndarray, seed: int) -> list[np.random.Generator]:
-    """One generator per image, seeded by `seed` and a digest of the image's values: its draws do not depend on
-    which images share its batch, or their order, yet differ from image to image."""
-    return [np.random.default_rng([seed, int.from_bytes(hashlib.blake2b(np.ascontiguousarray(image).tobytes(),
-                                                                          digest_size=8).digest(), "little")])
-            for image in x]
 
 
 def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None, *, region: int | None = None,

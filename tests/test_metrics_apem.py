@@ -208,3 +208,20 @@ def test_non_finite_relevance_is_an_error(two_class, bad):
     relevance[1, 3] = bad
     with pytest.raises(OnnxplainError, match=r"relevance is not finite \(NaN or inf\) for input\(s\) 1"):
         APEM(progress=False).evaluate(model, x, relevance)
+
+
+@pytest.mark.parametrize("params, message", [(dict(seed=-1), "seed must be at least 0"),
+                                             (dict(seed=2**64), "seed must be at most"),
+                                             (dict(seed=1.5), "seed must be an integer"),
+                                             (dict(shuffles=2.5), "shuffles must be an integer"),
+                                             (dict(max_steps=0), "max_steps must be at least 1")])
+def test_metric_settings_are_checked_like_the_methods(params, message):
+    """Seeds and counts of the metrics' Python API are checked as the methods' are (numpy raised on a negative
+    seed, a float count was truncated)."""
+    from onnxplain.metrics.evaluation import Evaluation
+
+    with pytest.raises(OnnxplainError, match=message):
+        APEM(**params)
+    if "seed" in params:
+        with pytest.raises(OnnxplainError, match=message):
+            Evaluation(**params)

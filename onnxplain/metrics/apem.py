@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..numbers import seed_number, whole_number
 from .layout import InputLayout, checked_relevance
 from .search import bracket_search, linear_search
 
@@ -145,10 +146,9 @@ class APEM:
             raise OnnxplainError(f"APEM stage must be 1, 2 or 3, not {stage!r}")
         if search not in SEARCHES:
             raise OnnxplainError(f"search must be one of {', '.join(SEARCHES)}, not {search!r}")
-        if shuffles < 0:
-            raise OnnxplainError("shuffles must be 0 or more")
-        self.stage, self.step, self.max_steps = stage, float(step), int(max_steps)
-        self.shuffles, self.baseline, self.seed = shuffles, baseline, seed
+        self.stage, self.step = stage, float(step)
+        self.max_steps, self.shuffles = whole_number("max_steps", max_steps, 1), whole_number("shuffles", shuffles, 0)
+        self.baseline, self.seed = baseline, seed_number(seed)
         self.search, self.device, self.progress = search, device, progress
 
     def evaluate(self, model, x: np.ndarray, relevance: np.ndarray, target=None,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..numbers import seed_number, whole_number
 from ..targets import Target
 from .apem import APEM, APEMResult, check_classes, stage_maps
 from .compare import cross_entropy, loss_correlation, pairwise
@@ -85,7 +86,8 @@ class Evaluation:
         if len(set(metrics)) < len(metrics):
             raise OnnxplainError(f"metrics listed more than once: {', '.join(metrics)}")
         self.metrics = tuple(metrics)
-        self.perturbation = {"region": region, "steps": steps, "score": score, "seed": seed}
+        self.perturbation = {"region": region, "steps": whole_number("steps", steps, 1), "score": score,
+                             "seed": seed_number(seed)}
         self.apem = APEM(stage=stage, step=epsilon_step, max_steps=max_steps, shuffles=shuffles,
                          baseline=shuffles > 0, seed=seed, device=device, progress=progress)
         self.progress = progress

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..numbers import image_generators
+from ..numbers import image_generators, seed_number, whole_number
 from ..runtime import progress_bar
 from .layout import InputLayout, checked_relevance
 
@@ -103,6 +103,7 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     """
     x = model.check_input(x)
     relevance = checked_relevance(relevance, x)
+    seed, steps = seed_number(seed), whole_number("steps", steps, 1)
     if order not in ORDERS:
         raise OnnxplainError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     layout = InputLayout.of(model, x.shape[1:])

@@ -216,3 +216,22 @@ def test_cli_pda_score_explains_the_pre_softmax_tensor(digits_cnn, tmp_path):
         scores[kind] = (row["diagnostics"]["score"], row["options"]["output"])
     assert scores["auto"] == ("weight of evidence", "Identity:0")
     assert scores["logit"] == ("activation difference", "sequential_1/dense_1_2/BiasAdd:0")
+
+
+def test_settings_that_would_be_ignored_are_refused(digits_cnn):
+    """The joint-channel model belongs to the conditional sampler, and the Laplace correction's N and K to the weight
+    of evidence: given where nothing reads them (marginal sampling; logits, whose score is the activation
+    difference), they were silently ignored."""
+    model = onnxplain.load(digits_cnn)
+    x = np.load(digits_cnn.parent / "samples" / "digit3_cnn.npy")[None]
+    reference = np.load(digits_cnn.parent / "samples" / "digits_reference_cnn.npy")[:4]
+    with pytest.raises(OnnxplainError, match="channels applies only to the conditional sampler"):
+        PredictionDifference(reference=reference, sampler="marginal", channels="joint")
+    for setting in (dict(training_size=50), dict(classes=10)):
+        method = PredictionDifference(window=7, stride=7, samples=4, sampler="marginal", reference=reference,
+                                      progress=False, **setting)
+        with pytest.raises(OnnxplainError, match="Laplace correction of the weight of evidence; here the score is "
+                                                 "the activation difference"):
+            method.explain(model, x)
+        assert PredictionDifference(window=7, stride=7, samples=4, sampler="marginal", reference=reference,
+                                    score="probability", progress=False, **setting).explain(model, x).relevance.any()

@@ -117,6 +117,8 @@ class PredictionDifference(Method):
                                                     for m in ("fit", "sample", "samples_per_window")):
             raise OnnxplainError(f"sampler must be 'marginal', 'conditional' or a sampler (fit, sample, "
                                  f"samples_per_window), not {sampler!r}")
+        if channels != "independent" and sampler != "conditional":
+            raise OnnxplainError("channels applies only to the conditional sampler (sampler='conditional')")
         if location_grid is not None and sampler != "conditional":
             raise OnnxplainError("location_grid applies only to the conditional sampler (sampler='conditional'; a "
                                  "sampler instance carries its own)")
@@ -198,8 +200,12 @@ class PredictionDifference(Method):
         started = time.perf_counter()
         x = model.check_input(x)
         target = as_target(model, target)
-        setup = self.prepare(model, x.shape[1:])
         score = self.choose_score(model, target)
+        if score.kind != WEIGHT_OF_EVIDENCE and (self.training_size is not None or self.classes is not None):
+            raise OnnxplainError("training_size and classes set the Laplace correction of the weight of evidence; "
+                                 f"here the score is the {score.kind} (logits or a hidden tensor): leave them out, "
+                                 "or explain probabilities (score='probability', --pda-score probability)")
+        setup = self.prepare(model, x.shape[1:])
         # f(x) from the engine that runs the samples: both sides of each difference alike; and no onnxruntime call
         # before the torch executor's work (onnxruntime's idle threads spin for ~50 ms after a run, taking the cores)
         passes = self.passes(model)

@@ -59,8 +59,8 @@ class Model:
         unused = normalize.unused_inputs(original)
         if unused:
             self.notes.append(f"graph input(s) {', '.join(map(repr, unused))} read by no node: left out")
-        model = normalize.unzip_classifier(normalize.drop_extra_inputs(_copy(original)))
-        _one_input(model)   # before any rewrite: they assume one input
+        model = normalize.unzip_classifier(normalize.drop_extra_inputs(normalize.copy_model(original)))
+        normalize.one_input(model)   # before any rewrite: they assume one input
         self.probability_outputs = normalize.expose_probabilities(model)
         self.notes += [f"output {name!r} holds {added.what}; added as output {added.probabilities!r}"
                        for name, added in self.probability_outputs.items()]
@@ -75,7 +75,7 @@ class Model:
                               "same type) left out (their outputs' names still name the values)")
         if batch_axis.keep_batch_in_squeezes(model):
             self.notes.append(SQUEEZE_NOTE)
-        dynamic, changed, squeezes = batch_axis.make_batch_dynamic(_copy(model))
+        dynamic, changed, squeezes = batch_axis.make_batch_dynamic(normalize.copy_model(model))
         self.fixed_batch = False
         if changed:
             dynamic = normalize.infer_shapes(dynamic)
@@ -112,8 +112,8 @@ class Model:
         """Every normalised output the original graph computes too (not the ones normalisation added) is equal."""
         computed = {o.name for o in original.graph.output} | {t for n in original.graph.node for t in n.output}
         names = [o.name for o in normalised.graph.output if o.name in computed]
-        feed_proto = normalize.drop_extra_inputs(_copy(original))
-        reference = make_session(_with_outputs(feed_proto, names).SerializeToString(), self.providers)
+        feed_proto = normalize.drop_extra_inputs(normalize.copy_model(original))
+        reference = make_session(normalize.with_outputs(feed_proto, names).SerializeToString(), self.providers)
         feed = _random_feed(candidate, batch=batch_axis.fixed_batch(feed_proto) or 1)
         try:
             wanted = reference.run(names, feed)
@@ -160,7 +160,7 @@ class Model:
 
     # ---------------------------------------------------------------- description
     def _single_input(self):
-        value = _one_input(self.proto)
+        value = normalize.one_input(self.proto)
         tensor_type = value.type.tensor_type
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
@@ -279,7 +279,8 @@ class Model:
             missing = [name for name in key if name not in self.tensor_names and name not in self.output_names]
             if missing:
                 raise OnnxplainError(f"no tensor named {', '.join(map(repr, missing))} in this model")
-            proto = _with_outputs(self.proto, list(self.output_names) + [n for n in key if n not in self.output_names])
+            names = list(self.output_names) + [n for n in key if n not in self.output_names]
+            proto = normalize.with_outputs(self.proto, names)
             self._sessions[key] = make_session(proto.SerializeToString(), self.providers)
         return self._sessions[key]
 
@@ -357,25 +358,6 @@ class Model:
         return cache[device]
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy whose graph outputs are exactly `names` (intermediate tensors included)."""
-    copy = _copy(model)
-    known = {v.name: v for v in list(copy.graph.output) + list(copy.graph.value_info)}
-    del copy.graph.output[:]
-    for name in names:
-        if name in known:
-            copy.graph.output.append(known[name])
-        else:
-            copy.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return copy
-
-
 def _classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str] | None:
     """The class names of the graph's one ai.onnx.ml classifier, when they count the score columns. Integer classes
     give none: a label "1" for column 0 would make `--target 1` mean another class than index 1."""
@@ -383,14 +365,6 @@ def _classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str]
              for node in model.graph.node if node.domain == "ai.onnx.ml" and node.op_type.endswith("Classifier")
              for a in node.attribute if a.name == "classlabels_strings"]
     return found[0] if len(found) == 1 and classes is not None and len(found[0]) == classes else None
-
-
-def _one_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    inputs = list(model.graph.input)
-    if len(inputs) != 1:
-        raise OnnxplainError(f"onnxplain explains models with one input; this one has {len(inputs)}: "
-                             + ", ".join(i.name for i in inputs))
-    return inputs[0]
 
 
 def _random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:

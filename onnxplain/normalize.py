@@ -318,3 +318,32 @@ def _copies_input(node: onnx.NodeProto, types: dict[str, int]) -> bool:
             not any(a.name == "is_test" and a.i == 0 for a in node.attribute)
     target = next((a.i for a in node.attribute if a.name == "to"), None)
     return node.op_type == "Cast" and target is not None and types.get(node.input[0]) == target
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy (rewrites work on copies; the original stays the reference)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose graph outputs are exactly `names` (intermediate tensors included)."""
+    copy = copy_model(model)
+    known = {v.name: v for v in list(copy.graph.output) + list(copy.graph.value_info)}
+    del copy.graph.output[:]
+    for name in names:
+        if name in known:
+            copy.graph.output.append(known[name])
+        else:
+            copy.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return copy
+
+
+def one_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The graph's one input; more are refused, naming them."""
+    inputs = list(model.graph.input)
+    if len(inputs) != 1:
+        raise OnnxplainError(f"onnxplain explains models with one input; this one has {len(inputs)}: "
+                             + ", ".join(i.name for i in inputs))
+    return inputs[0]

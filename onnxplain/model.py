@@ -226,12 +226,13 @@ class Model:
 
     @cached_property
     def image_layout(self) -> str | None:
-        """For 3-D samples with no preprocessing spec (a channel count other than 1 or 3: RGBA, multispectral):
-        'channels_first' (C, H, W) or 'channels_last' (H, W, C) when a 2-D convolution reads that axis as its
-        channels, else None (a (D, H, W) volume). Read off the graph like `sequence_layout`."""
-        if len(self.input_shape) != 4 or self.preprocess is not None:
+        """For 3-D and 4-D samples with no preprocessing spec (images of a channel count other than 1 or 3: RGBA,
+        multispectral; volumes): 'channels_first' (C, H, W) / (C, D, H, W) or 'channels_last' (H, W, C) /
+        (D, H, W, C) when the first convolution reads that axis as its channels, else None (a 3-D sample is then
+        a (D, H, W) volume). Read off the graph like `sequence_layout`."""
+        if len(self.input_shape) not in (4, 5) or self.preprocess is not None:
             return None
-        return channel_layout(self.proto, self.input_name, 3)
+        return channel_layout(self.proto, self.input_name, len(self.input_shape) - 1)
 
     def label_of(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)

@@ -273,3 +273,37 @@ def test_an_image_of_four_channels_is_not_a_volume(channels_last, tmp_path):
     assert occlusion.params["window"] == 1 and occlusion.diagnostics["windows"] == 12 * 10
     titles = [axis.get_title() for axis in sample_figure(model, x[0], pda.relevance[0]).axes]
     assert titles[0] == "input"   # input | heatmap | overlay, not a slice montage
+
+
+class ChannelsLastVolumeNet(torch.nn.Module):
+    """(N, D, H, W, C) volumes permuted into a Conv3d (Keras's Conv3D order)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv, self.fc = torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.Linear(4 * 6 * 5 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x.permute(0, 4, 1, 2, 3))).flatten(1))
+
+
+def test_a_channels_last_volume_keeps_its_channels_together(tmp_path):
+    """(D, H, W, C) samples into a Conv3d: the channels are the last axis (read off the graph, or given by
+    volume_shape), not D. Before, D was taken for the channels: windows slid across the real channel axis, and a
+    3x3x3 window was refused as larger than the 'input' 5x4x2."""
+    from onnxplain.io.nifti import sample_to_volume
+
+    shape = (6, 5, 4, 2)
+    model = export(ChannelsLastVolumeNet(), (2, *shape), tmp_path / "volume.onnx")
+    assert model.image_layout == "channels_last"
+    for geometry in (Geometry.infer(model, shape), Geometry.infer(model, shape, volume_shape=shape[:-1])):
+        assert (geometry.layout, geometry.channels, geometry.spatial) == ("channels_last", 2, shape[:-1])
+    rng = np.random.default_rng(0)
+    x, reference = rng.random((1, *shape), np.float32), rng.random((3, *shape), np.float32)
+    params = dict(window=3, samples=3, sampler="marginal", reference=reference, progress=False)
+    session = make_method("pda", **params).explain(model, x)
+    pda = make_method("pda", device="cpu", **params).explain(model, x)
+    assert pda.diagnostics["forward_passes_on"] == "torch (cpu), incremental"
+    np.testing.assert_allclose(pda.relevance, session.relevance, atol=1e-5 * np.abs(session.relevance).max())
+    assert np.allclose(pda.relevance[0], pda.relevance[0, ..., :1])   # both channels of a voxel together
+    np.testing.assert_allclose(sample_to_volume(pda.relevance[0], model), pda.relevance[0].sum(axis=-1))

@@ -30,8 +30,8 @@ def sample_to_volume(sample: np.ndarray, model, full_shape: tuple[int, ...] | No
     spec = model.preprocess
     array = np.asarray(sample, dtype=np.float64)
     crop = spec.crop if spec is not None else None
-    if array.ndim == 4:
-        array = array.sum(axis=0)
+    if array.ndim == 4:   # channels summed: (C, D, H, W), or (D, H, W, C) where a Conv3d reads them last
+        array = array.sum(axis=-1 if getattr(model, "image_layout", None) == "channels_last" else 0)
     box_shape = tuple(b - a for a, b in crop) if crop is not None else full_shape
     if array.ndim == 1:
         if box_shape is None or int(np.prod(box_shape)) != array.size:

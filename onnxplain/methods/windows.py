@@ -38,13 +38,15 @@ class Geometry:
                 raise OnnxplainError(f"volume_shape {tuple(volume_shape)} does not match the input {sample_shape}")
             if tuple(volume_shape) == sample_shape:
                 return cls(sample_shape, "no_channels", 1, sample_shape)
+            if tuple(volume_shape) == sample_shape[:-1] != sample_shape[1:]:   # (D, H, W, C): channels last
+                return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
         sequence = getattr(model, "sequence_layout", None) if len(sample_shape) == 2 else None
         if sequence == "channels_first":   # (C, L) into a Conv1d
             return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
         if sequence == "channels_last":    # (L, C), transposed into a Conv1d
             return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
-        image = getattr(model, "image_layout", None) if len(sample_shape) == 3 else None
-        if image == "channels_first":      # (C, H, W) with C not 1 or 3, no spec: a 2-D convolution reads C
+        image = getattr(model, "image_layout", None) if len(sample_shape) in (3, 4) else None
+        if image == "channels_first":      # (C, H, W) with C not 1 or 3, or (C, D, H, W), no spec: a conv reads C
             return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
         if image == "channels_last":
             return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])

@@ -33,8 +33,8 @@ class InputLayout:
             shape, channel_axis = (*spec.size, spec.channels), 2
         elif spec is not None and len(shape) == 3 and spec.layout in ("NCHW", "NHWC"):
             channel_axis = 0 if spec.layout == "NCHW" else 2
-        elif len(shape) == 3 and getattr(model, "image_layout", None):   # no spec: channels a convolution reads
-            channel_axis = 0 if model.image_layout == "channels_first" else 2
+        elif len(shape) in (3, 4) and getattr(model, "image_layout", None):   # no spec: channels a conv reads
+            channel_axis = 0 if model.image_layout == "channels_first" else len(shape) - 1
         elif len(shape) == 2 and getattr(model, "sequence_layout", None):
             channel_axis = 0 if model.sequence_layout == "channels_first" else 1   # sequences (C, L) or (L, C)
         elif len(shape) >= 4:

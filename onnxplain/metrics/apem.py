@@ -241,12 +241,6 @@ def check_classes(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def shuffled(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Every map with its values moved by one random permutation of positions drawn from `rng` (the same for every
-    map: same value distribution, no structure, and a map's shuffle does not depend on the others)."""
-    return permuted(maps, rng.permutation(int(np.prod(maps.shape[1:]))))
-
-
 def permuted(maps: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Every map with its (flattened) values taken in `order`."""
     return maps.reshape(len(maps), -1)[:, order].reshape(maps.shape)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrp import CLASSES, COMPOSITE, INPUT_SHAPE, NETS, agreement, export, median_times, randomised, zennit_twin
+from lrp import COMPOSITE, agreement, median_times
+from lrp_nets import CLASSES, INPUT_SHAPE, NETS, export, randomised, zennit_twin
 from readme_section import README, write_section
 
 BEGIN, END = "<!-- benchmarks/lrp_gpu.py: begin -->", "<!-- benchmarks/lrp_gpu.py: end -->"

@@ -12,7 +12,7 @@ call 8, each method answers "why your class and not 8?", and we measure the shar
   the mean of the kept maps (M_1 when none is kept), and its added ink = max(0, -M).
 
 Prints the numbers (also ``docs/figures/biased8_experiment.json``) and draws ``docs/figures/biased8.png``.
-About 3 minutes on one CPU core::
+About a minute on one CPU core::
 
     python models/biased8_experiment.py [--count 50]
 """

@@ -30,6 +30,7 @@ BEGIN, END = "<!-- benchmarks/pda.py: begin -->", "<!-- benchmarks/pda.py: end -
 sys.path.insert(0, str(ROOT))
 
 import onnxplain  # noqa: E402
+from onnxplain.allocator import reuse_freed_memory  # noqa: E402
 from onnxplain.methods.pda import PredictionDifference  # noqa: E402
 from onnxplain.targets import Target, class_indices  # noqa: E402
 
@@ -88,21 +89,29 @@ def profile_engine(method, model, x, target) -> tuple[float, dict]:
     return seconds, share, explanation
 
 
-def compare(name: str, model, x, reference, target: Target, **params) -> list[dict]:
-    """One row per engine variant, each against the same literal loop (onnxruntime, one call per window)."""
+def compare(name: str, model, x, reference, target: Target, rounds: int = 1, **params) -> list[dict]:
+    """One row per engine variant, each against the same literal loop (onnxruntime, one call per window). Times are
+    medians of `rounds` interleaved rounds (literal loop, then each engine), so that load on a shared machine
+    weighs on all of them alike."""
     literal = PredictionDifference(reference=reference, progress=False, **params)
     literal.prepare(model, x.shape[1:])                # fit the sampler once, outside the timings
     model.run(x)                                        # warm the session
-    started = time.perf_counter()
-    expected = literal_loop(literal, model, x, target)
-    literal_s = time.perf_counter() - started
-    rows = []
-    for engine, options in ENGINES.items():
-        method = PredictionDifference(reference=reference, progress=False, **params, **options)
+    methods = {engine: PredictionDifference(reference=reference, progress=False, **params, **options)
+               for engine, options in ENGINES.items()}
+    for method in methods.values():
         method.prepare(model, x.shape[1:])
         method.explain(model, x, target)                # warm: sessions, executor check, x's activations
-        engine_s, share, explanation = profile_engine(method, model, x, target)
-        engine_s = min(engine_s, _timed(lambda: method.explain(model, x, target)))
+    expected = literal_loop(literal, model, x, target)
+    times: dict[str, list[float]] = {"literal": [], **{engine: [] for engine in methods}}
+    for _ in range(rounds):
+        times["literal"].append(_timed(lambda: literal_loop(literal, model, x, target)))
+        for engine, method in methods.items():
+            times[engine].append(_timed(lambda: method.explain(model, x, target)))
+    literal_s = float(np.median(times["literal"]))
+    rows = []
+    for engine, method in methods.items():
+        _, share, explanation = profile_engine(method, model, x, target)
+        engine_s = float(np.median(times[engine]))
         got = method.prepare(model, x.shape[1:]).geometry.to_grid(explanation.relevance)[0].sum(axis=0)
         rows.append({"case": name, "engine": engine, "windows": explanation.diagnostics["windows"],
                      "passes": explanation.diagnostics["forward_passes"], "engine_s": engine_s,
@@ -118,12 +127,12 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def digits_case(sampler: str) -> list[dict]:
+def digits_case(sampler: str, rounds: int) -> list[dict]:
     model = onnxplain.load(ROOT / "models" / "digits_cnn.onnx")
     samples = ROOT / "models" / "samples"
     return compare(f"digits CNN 28², {sampler}, k=4, l=8, S=10, stride 1", model,
                    np.load(samples / "digit3_cnn.npy")[None], np.load(samples / "digits_reference_cnn.npy"),
-                   Target(), window=4, padding=2, samples=10, sampler=sampler, stride=1)
+                   Target(), rounds=rounds, window=4, padding=2, samples=10, sampler=sampler, stride=1)
 
 
 def photo_inputs(model) -> tuple[np.ndarray, np.ndarray]:
@@ -200,12 +209,15 @@ def section(rows: list[dict], command: str) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo-stride", type=int, default=32, help="window stride on the zoo graphs (default 32)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved timing rounds on the digits CNN, median reported (default 7)")
     parser.add_argument("--skip-zoo", action="store_true", help="only the digits CNN")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args(argv)
     os.environ.setdefault("ONNXPLAIN_CACHE", str(ROOT / ".cache"))
+    reuse_freed_memory()   # as the CLI does: large temporaries reuse freed memory instead of fresh pages
     print(HEADER)
-    rows = digits_case("conditional") + digits_case("marginal")
+    rows = digits_case("conditional", args.rounds) + digits_case("marginal", args.rounds)
     if not args.skip_zoo:
         rows += zoo_case("squeezenet", "SqueezeNet", args.zoo_stride)
         rows += zoo_case("inception_v1", "GoogLeNet", args.zoo_stride)

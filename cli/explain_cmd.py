@@ -18,6 +18,7 @@ from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
+from onnxplain.viz import DEFAULT_THRESHOLD
 
 from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
                      scores_option, use_labels)
@@ -273,7 +274,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
                    "default fp32).")
 @click.option("--out", type=NonEmptyPath(), default=None,
               help="PNG per input (a folder or a name; volumes also get <name>_relevance.nii.gz).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None, is_flag=False, flag_value=0.15,
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, is_flag=False,
+              flag_value=DEFAULT_THRESHOLD,
               help="Show only |R| above this fraction of the max (the papers' display; 0.15 if no value).")
 @click.option("--slice-axis", "slice_axis", type=click.IntRange(0, 2), default=0, show_default=True,
               help="Volume axis the slice montage runs along.")

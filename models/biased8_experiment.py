@@ -47,15 +47,13 @@ def test_inputs(model, count: int):
 def paper_contrast(model, x: np.ndarray, relevance_true: np.ndarray, relevance_probe: np.ndarray,
                    true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(maps (N, ...), kept weights per input): the paper's weighted-difference construction (module docstring)."""
-    from onnxplain.methods.contrastive import softmax_if_logits
-
-    before = softmax_if_logits(model, x)
+    before = model.probabilities(x)
     maps, kept = np.empty_like(relevance_true, dtype=np.float64), np.zeros(len(x), dtype=int)
     for i in range(len(x)):
         candidates = relevance_true[i][None] - WEIGHTS.reshape(-1, 1, 1, 1) * relevance_probe[i][None]
         scale = np.abs(candidates).reshape(len(WEIGHTS), -1).max(axis=1).reshape(-1, 1, 1, 1)
         imposed = np.clip(x[i][None] - STRENGTH * candidates / np.maximum(scale, 1e-12), 0, 1).astype(np.float32)
-        after = softmax_if_logits(model, imposed)
+        after = model.probabilities(imposed)
         good = (after[:, true[i]] < before[i, true[i]]) & (after[:, PROBE] > before[i, PROBE])
         kept[i] = good.sum()
         maps[i] = candidates[good].mean(axis=0) if good.any() else relevance_true[i] - relevance_probe[i]

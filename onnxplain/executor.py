@@ -193,21 +193,23 @@ class TorchExecutor:
                                                                     self.model.input_name, name, x.detach())
         return self._layouts[key]
 
-    def gradient(self, x: np.ndarray, target: Target | None = None,
-                 batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(d f(x) / dx shaped like x, f(x) (N,)): f is the target's logit (pre-softmax) or hidden value."""
+    def gradient(self, x: np.ndarray, target: Target | None = None, batch_size: int | None = None,
+                 grad: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """(d f(x) / dx shaped like x, f(x) (N,)): f is the target's logit (pre-softmax) or hidden value; with
+        grad=False only f(x), from forward passes (None for the gradient)."""
         target = as_target(self.model, target)
         x = self.model.check_input(x)
         size = 1 if self.model.fixed_batch else (batch_size or self.batch_size())
+        name = target.layer if target.hidden else self.logits_name
         grads, values = [], []
         for start in range(0, len(x), size):
-            batch = self.tensor(x[start:start + size]).requires_grad_(True)
-            name = target.layer if target.hidden else self.logits_name
-            value, _ = self.explained(self.run(batch, [name])[name], batch, target)
-            (grad,) = torch.autograd.grad(value.sum(), batch)
-            grads.append(grad.detach().cpu().numpy())
+            with torch.set_grad_enabled(grad):
+                batch = self.tensor(x[start:start + size]).requires_grad_(grad)
+                value, _ = self.explained(self.run(batch, [name])[name], batch, target)
+            if grad:
+                grads.append(torch.autograd.grad(value.sum(), batch)[0].detach().cpu().numpy())
             values.append(value.detach().double().cpu().numpy())
-        return np.concatenate(grads).astype(x.dtype, copy=False), np.concatenate(values)
+        return (np.concatenate(grads).astype(x.dtype, copy=False) if grad else None), np.concatenate(values)
 
     # ---------------------------------------------------------------- onnx2torch fallback
     def _run_fallback(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -217,6 +219,18 @@ class TorchExecutor:
         outputs = self._fallbacks[key](x)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         return dict(zip(names, outputs))
+
+
+def device_key(device: str | torch.device) -> str:
+    """One name per device ("cuda" is the current GPU's "cuda:N"), for caching executors; an unknown name as
+    given (building its executor then says what is wrong with it)."""
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        return str(device)
+    if chosen.type == "cuda" and chosen.index is None and torch.cuda.is_available():
+        chosen = torch.device("cuda", torch.cuda.current_device())
+    return str(chosen)
 
 
 def usable_device(device: str | torch.device) -> torch.device:

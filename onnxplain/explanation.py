@@ -2,6 +2,7 @@
 offers."""
 from __future__ import annotations
 
+import functools
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -16,6 +17,11 @@ def require_model(model) -> None:
     if not hasattr(model, "check_input"):
         raise OnnxplainError(f"model must be a loaded onnxplain model (onnxplain.load(path)), "
                              f"not {type(model).__name__}")
+
+
+def relevance_dtype(dtype) -> np.dtype:
+    """Relevance takes the input's float type (float32 for integer inputs: token ids, uint8 images)."""
+    return np.dtype(dtype) if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
 
 
 @dataclass
@@ -34,10 +40,6 @@ class Explanation:
         self.target = np.asarray(self.target)
         self.score = np.asarray(self.score, dtype=np.float64)
 
-    @property
-    def relevance_sum(self) -> np.ndarray:
-        return self.relevance.reshape(len(self.relevance), -1).sum(axis=1)
-
     def __repr__(self) -> str:
         """One line: arrays by shape, the options, the diagnostics' names (their values can run to pages)."""
         targets = np.unique(self.target).tolist()
@@ -48,20 +50,58 @@ class Explanation:
 
 class Method(ABC):
     """An explanation method: parameters in `__init__`, then `explain` (relevance with the explained target, score
-    and diagnostics) or Captum-style `attribute` (the relevance alone)."""
+    and diagnostics) or Captum-style `attribute` (the relevance alone).
+
+    scikit-learn's convention: each constructor parameter is kept under its own name (LRP's numbers in `params`),
+    `get_params()` returns them, and assigning one later (`lrp.rules = {...}`) remakes the method through its
+    constructor: the new value is checked as at construction, and what was fitted or built for the old one (a
+    sampler, a walker) is dropped."""
 
     name = "method"
 
+    def __init_subclass__(cls, **kwargs):
+        """Wrap each constructor so that the outermost one marks the method made (later assignments remake it)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        original = cls.__init__
+
+        @functools.wraps(original)
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            if type(self).__init__ is init:
+                self.__dict__["_made"] = True
+
+        cls.__init__ = init
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+
+    def get_params(self) -> dict:
+        """The constructor's parameters as this method holds them."""
+        numbers = getattr(self, "params", None)
+        missing = object()
+        values = {}
+        for name in self.parameter_names():
+            value = self.__dict__.get(name, missing)
+            values[name] = getattr(numbers, name) if value is missing else value
+        return values
+
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_made") and name in self.parameter_names():
+            remade = type(self)(**(self.get_params() | {name: value}))
+            self.__dict__.clear()
+            self.__dict__.update(remade.__dict__)
+            return
+        object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
-        """Constructor style, with the parameters that differ from their defaults (scikit-learn's convention:
-        each constructor parameter is kept under its own name, or in `params` for LRP's numbers)."""
-        shown = []
-        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
-            if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-                continue
-            value = getattr(self, name, getattr(getattr(self, "params", None), name, parameter.default))
-            if not _same(value, parameter.default):
-                shown.append(f"{name}={_short(value)}")
+        """Constructor style, with the parameters that differ from their defaults."""
+        defaults = inspect.signature(type(self).__init__).parameters
+        shown = [f"{name}={_short(value)}" for name, value in self.get_params().items()
+                 if not _same(value, defaults[name].default)]
         return f"{type(self).__name__}({', '.join(shown)})"
 
     @abstractmethod

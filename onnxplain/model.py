@@ -14,7 +14,7 @@ from . import batch_axis, normalize
 from .errors import OnnxplainError
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, run_batched
-from .scores import find_scores
+from .scores import find_scores, softmax
 from .sequences import channel_layout, sequence_layout
 
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
@@ -349,14 +349,20 @@ class Model:
         values = self.run(x, [name], **kwargs)[name]
         return values.reshape(len(values), -1).astype(np.float64)
 
+    def probabilities(self, x: np.ndarray, **kwargs) -> np.ndarray:
+        """Class probabilities (N, K): the model's own when it outputs them, else a softmax of its logits."""
+        if self.score_kind == "probabilities":
+            return self.scores(x, **kwargs)
+        return softmax(self.logits(x, **kwargs))
+
     def torch(self, device: str = "cpu"):
         """The torch executor of this graph (built once per device), for gradients and LRP."""
-        cache = self.__dict__.setdefault("_torch", {})
-        if device not in cache:
-            from .executor import TorchExecutor
+        from .executor import TorchExecutor, device_key
 
-            cache[device] = TorchExecutor(self, device=device)
-        return cache[device]
+        cache, key = self.__dict__.setdefault("_torch", {}), device_key(device)   # "cuda" and "cuda:0" alike
+        if key not in cache:
+            cache[key] = TorchExecutor(self, device=device)
+        return cache[key]
 
 
 def _classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str] | None:

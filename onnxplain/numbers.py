@@ -1,8 +1,9 @@
 """Numbers users give (counts, sizes, seeds) checked once, and seeded draws that do not depend on the batch.
 
-Every method and metric takes its integers through `whole_number` / `whole_numbers` / `seed_number`, so a float,
-bool or string is refused with one line that names the option instead of being truncated; `image_generators`
-gives each input its own generator from the seed and the input's values.
+Every method and metric takes its integers through `whole_number` / `whole_numbers` / `seed_number` and its
+real-valued settings through `real_number`, so a float where an integer belongs, a bool, a string or a NaN is
+refused with one line that names the option instead of being truncated or failing later; `image_generators` gives
+each input its own generator from the seed and the input's values.
 """
 from __future__ import annotations
 
@@ -23,6 +24,24 @@ def whole_number(option: str, value, least: int, most: int | None = None) -> int
     if most is not None and value > most:
         raise OnnxplainError(f"{option} must be at most {most}, got {value}")
     return int(value)
+
+
+def optional_whole_number(option: str, value, least: int) -> int | None:
+    """`whole_number`, or None when `value` is None (the option's default applies)."""
+    return None if value is None else whole_number(option, value, least)
+
+
+def real_number(option: str, value, least: float | None = None, exclusive: bool = False) -> float:
+    """`value` as a finite float (an int or float, not a bool or string), at least `least` (above it when
+    `exclusive`); else a user error that names the option."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OnnxplainError(f"{option} must be a number, not {value!r}")
+    number = float(value)
+    if not np.isfinite(number):
+        raise OnnxplainError(f"{option} must be a finite number, got {value}")
+    if least is not None and (number < least or (exclusive and number == least)):
+        raise OnnxplainError(f"{option} must be {'above' if exclusive else 'at least'} {least:g}, got {value}")
+    return number
 
 
 SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers (numpy and torch generators)

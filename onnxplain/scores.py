@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -12,6 +13,12 @@ SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cas
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
 ML_PROBABILITY_TRANSFORMS = {"SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO"}
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) scores (shifted by each row's maximum: no overflow)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)

@@ -105,11 +105,17 @@ def hidden_values(values: np.ndarray, target: Target) -> np.ndarray:
     return values[:, target.index].reshape(len(values), -1).mean(axis=1)
 
 
-def hidden_mask(shape: tuple[int, ...], target: Target) -> np.ndarray:
-    """A 0/1 mask over one sample's tensor (no batch axis) marking the explained unit or feature map."""
-    mask = np.zeros(shape, dtype=np.float32)
-    if target.unit is not None:
-        mask[tuple(target.unit)] = 1.0
+def metric_classes(model, x: np.ndarray, target, scores: np.ndarray | None = None) -> np.ndarray:
+    """(N,) class per input for a metric: None (top-1), a Target, a class index or label for all inputs, or one
+    of those per input; hidden-tensor targets and classes out of range are refused in one line."""
+    scores = model.scores(x) if scores is None else scores
+    if target is None or isinstance(target, Target) or np.ndim(target) == 0:
+        chosen = [as_target(model, target)] * len(x)
     else:
-        mask[target.index] = 1.0
-    return mask
+        values = target.tolist() if hasattr(target, "tolist") else list(target)
+        chosen = [as_target(model, t) for t in values]
+        if len(chosen) != len(x):
+            raise OnnxplainError(f"{len(chosen)} targets for {len(x)} inputs: give one class per input")
+    if any(t.hidden for t in chosen):
+        raise OnnxplainError("this metric explains classes; hidden-tensor targets are not supported")
+    return np.array([class_indices(model, scores[i:i + 1], t)[0] for i, t in enumerate(chosen)], dtype=np.int64)

@@ -121,4 +121,4 @@ def test_epsilon_option_and_truthful_options_against_a_hand_computation(tmp_path
     assert result.exit_code == 2 and "--epsilon do not apply to --method deep-taylor" in result.stderr
     result = run("explain", tmp_path / "g.onnx", tmp_path / "x.npy", "--method", "lrp", "--epsilon", -1)
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "epsilon must be a non-negative number" in result.stderr
+    assert "epsilon must be at least 0" in result.stderr

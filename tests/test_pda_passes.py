@@ -146,7 +146,7 @@ def test_a_batch_the_incremental_runner_cannot_run_runs_whole(digits_cnn_model, 
 
     monkeypatch.setattr(WindowRunner, "__call__", fails_on_full_batches)
     torch_run = explain(digits_cnn_model, x, reference, sampler="marginal", device="cpu")
-    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu), incremental"
+    assert torch_run.diagnostics["forward_passes_on"] == "torch (cpu)"   # not all of it ran incrementally
     np.testing.assert_allclose(torch_run.relevance, session.relevance, atol=1e-6 * abs(float(session.score[0])))
 
 

@@ -238,11 +238,31 @@ def test_binary_gradient_explains_z_for_class_1_and_minus_z_for_class_0(binary):
 
 
 def test_binary_pda_laplace_uses_two_classes(binary):
-    _, path, x, _ = binary
+    """Weight of evidence of class 1 by hand: each feature replaced by every reference's value in turn (marginal
+    sampling with S = all references), p <- (p N + 1) / (N + 2), WE = log2 odds(x) - log2 odds(x without i)."""
+    net, path, x, _ = binary
     reference = np.random.default_rng(7).normal(size=(20, 6)).astype(np.float32)
-    explanation = make_method("pda", sampler="marginal", samples=4, reference=reference, progress=False).explain(
-        onnxplain.load(path), x[:2], Target(index=1))
-    assert explanation.diagnostics["laplace_classes"] == 2 and np.isfinite(explanation.relevance).all()
+    explanation = make_method("pda", sampler="marginal", samples=len(reference), reference=reference,
+                              progress=False).explain(onnxplain.load(path), x[:2], Target(index=1))
+    assert explanation.diagnostics["laplace_classes"] == 2
+    n = explanation.diagnostics["laplace_training_size"]
+    assert n == len(reference)
+
+    def log_odds(p):
+        p = (p * n + 1) / (n + 2)
+        return np.log2(p / (1 - p))
+
+    def probability(rows):
+        return torch.sigmoid(net.log_odds(torch.from_numpy(rows))).double().numpy()
+
+    with torch.no_grad():
+        for sample, relevance in zip(x[:2], explanation.relevance):
+            expected = []
+            for i in range(6):
+                replaced = np.repeat(sample[None], len(reference), axis=0)
+                replaced[:, i] = reference[:, i]
+                expected.append(log_odds(probability(sample[None])[0]) - log_odds(probability(replaced).mean()))
+            np.testing.assert_allclose(relevance, expected, rtol=1e-4, atol=1e-5)
 
 
 class Squeezed(Binary):

@@ -57,7 +57,7 @@ def sequence(tmp_path_factory):
 
 def literal_occlusion(net, x, target, k, stride, fill):
     """Mean over the windows [i, i+k) covering each position of f(x) - f(x with positions [i, i+k) of every channel
-    set to `fill`), the last window flush with the end."""
+    set to `fill`), the last window flush with the end, shared equally by the position's channels."""
     starts = sorted(set(range(0, LENGTH - k + 1, stride)) | {LENGTH - k})
     with torch.no_grad():
         score = net(torch.from_numpy(x))[:, target].double().numpy()
@@ -67,7 +67,7 @@ def literal_occlusion(net, x, target, k, stride, fill):
             covered[:, :, i:i + k] = fill
             total[:, i:i + k] += (score - net(torch.from_numpy(covered))[:, target].double().numpy())[:, None]
             count[i:i + k] += 1
-    return np.repeat((total / count)[:, None], CHANNELS, axis=1)
+    return np.repeat((total / count)[:, None] / CHANNELS, CHANNELS, axis=1)
 
 
 def test_conv1d_input_is_channels_along_positions(sequence, tmp_path):

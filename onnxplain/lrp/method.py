@@ -11,6 +11,7 @@ import torch
 
 from ..errors import OnnxplainError
 from ..executor import spec_range_rows
+from ..numbers import optional_whole_number, real_number
 from ..explanation import Explanation, Method, require_model
 from ..runtime import _progress
 from ..targets import Target, as_target
@@ -42,10 +43,8 @@ class LRP(Method):
                  batch_size: int | None = None, progress: bool = True, report: bool = True):
         composite = composite_key(composite)
         chosen = composite_named(composite)
-        self.params = Params(float(epsilon), float(gamma), float(stabilizer))
-        for field, value in zip(("epsilon", "gamma", "stabilizer"), (epsilon, gamma, stabilizer)):
-            if not (np.isfinite(float(value)) and float(value) >= 0):
-                raise OnnxplainError(f"{field} must be a non-negative number, got {value}")
+        self.params = Params(*(real_number(field, value, 0) for field, value in
+                               (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer))))
         overrides = [make_rule(spec, self.params) for spec in (rules or {}).values()]
         for field, example in (("epsilon", "Gemm=epsilon"), ("gamma", "Conv=gamma")):   # a number no rule reads
             value = getattr(self.params, field)
@@ -55,7 +54,8 @@ class LRP(Method):
                                      f"{field} rule (give one by a rule, e.g. {example})")
         self.composite, self.rules = composite, dict(rules or {})
         self.low, self.high = low, high
-        self.device, self.batch_size, self.progress, self.report = device, batch_size, progress, report
+        self.device, self.progress, self.report = device, progress, report
+        self.batch_size = optional_whole_number("batch_size", batch_size, 1)
         self._walker: Walker | None = None  # the last model's, with its plans (explaining it again skips planning)
         self._uses_box = RuleMap(composite, self.rules, self.params).uses_box
 
@@ -115,13 +115,10 @@ class LRP(Method):
         """Relevance alone: no conservation report, no positivity statistics."""
         return _relevance(self._walk(model, x, target, report=False)[1])
 
-    def describe(self, applied: list | None = None) -> dict:
+    def describe(self, applied: list) -> dict:
         """The options as applied: composite, overrides, each rule spec the nodes ran with and how often, and the
-        numbers some node used (all of them while nothing has been explained)."""
+        numbers some node used."""
         options = {"composite": self.composite, "rules": self.rules}
-        if applied is None:
-            return options | {"epsilon": self.params.epsilon, "gamma": self.params.gamma,
-                              "stabilizer": self.params.stabilizer}
         counts = Counter(rule_spec(rule) for rule in applied)
         return options | {"applied_rules": dict(sorted(counts.items()))} | params_used(applied, self.params)
 
@@ -136,7 +133,7 @@ class DeepTaylor(LRP):
         super().__init__("deep-taylor", rules, stabilizer=stabilizer, low=low, high=high, device=device,
                          batch_size=batch_size, progress=progress, report=report)
 
-    def describe(self, applied: list | None = None) -> dict:
+    def describe(self, applied: list) -> dict:
         return {key: value for key, value in super().describe(applied).items() if key != "composite"}
 
 

@@ -30,7 +30,7 @@ from onnx import TensorProto
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method, require_model
-from ..numbers import image_generators, seed_number
+from ..numbers import image_generators, optional_whole_number, real_number, seed_number, whole_number
 from ..runtime import progress_bar
 from ..targets import Target, as_target
 from .lagrangian import AugmentedLagrangian, Evaluation
@@ -202,41 +202,55 @@ class CDeepEx(Method):
                  restarts: int = 4, fit_steps: int = 300, fit_rate: float = 0.05, outer_steps: int = 30,
                  inner_steps: int = 100, learning_rate: float = 0.05, penalty: float = 1.0, growth: float = 4.0,
                  seed: int = 0, device: str = "cpu", batch_size: int | None = None, progress: bool = True):
-        if not (margin >= 0 and tolerance >= 0):
-            raise OnnxplainError(f"margin and tolerance must be >= 0; got {margin} and {tolerance}")
-        if min(restarts, fit_steps, outer_steps, inner_steps, 1 if batch_size is None else batch_size) < 1:
-            raise OnnxplainError("restarts, fit_steps, outer_steps, inner_steps and batch_size must be at least 1")
-        if not (penalty > 0 and learning_rate > 0 and fit_rate > 0 and growth >= 1):
-            raise OnnxplainError(f"penalty, learning_rate and fit_rate must be > 0 and growth >= 1; got {penalty}, "
-                                 f"{learning_rate}, {fit_rate} and {growth}")
+        restarts, fit_steps, outer_steps, inner_steps = (whole_number(name, value, 1) for name, value in (
+            ("restarts", restarts), ("fit_steps", fit_steps), ("outer_steps", outer_steps),
+            ("inner_steps", inner_steps)))
+        batch_size = optional_whole_number("batch_size", batch_size, 1)
+        margin, tolerance, kappa = (real_number(name, value, 0) for name, value in
+                                    (("margin", margin), ("tolerance", tolerance), ("kappa", kappa)))
+        penalty, learning_rate, fit_rate = (real_number(name, value, 0, exclusive=True) for name, value in
+                                            (("penalty", penalty), ("learning_rate", learning_rate),
+                                             ("fit_rate", fit_rate)))
+        growth = real_number("growth", growth, 1)
         self.generator, self.margin, self.tolerance, self.kappa = generator, margin, tolerance, kappa
         self.restarts, self.fit_steps, self.fit_rate = restarts, fit_steps, fit_rate
-        self.solver = AugmentedLagrangian(outer_steps=outer_steps, inner_steps=inner_steps,
-                                          learning_rate=learning_rate, penalty=penalty, growth=growth,
-                                          tolerance=tolerance)
+        self.outer_steps, self.inner_steps, self.learning_rate = outer_steps, inner_steps, learning_rate
+        self.penalty, self.growth = penalty, growth
         self.seed = seed_number(seed)
         self.device, self.batch_size, self.progress = device, batch_size, progress
+        self._generator: tuple | None = None   # (classifier, Generator) of the last classifier: checked once
+
+    @property
+    def solver(self) -> AugmentedLagrangian:
+        return AugmentedLagrangian(outer_steps=self.outer_steps, inner_steps=self.inner_steps,
+                                   learning_rate=self.learning_rate, penalty=self.penalty, growth=self.growth,
+                                   tolerance=self.tolerance)
 
     @property
     def params(self) -> dict:
-        solver = self.solver
-        return {"margin": self.margin, "tolerance": self.tolerance, "kappa": self.kappa, "restarts": self.restarts,
-                "fit_steps": self.fit_steps, "fit_rate": self.fit_rate, "outer_steps": solver.outer_steps,
-                "inner_steps": solver.inner_steps, "learning_rate": solver.learning_rate, "penalty": solver.penalty,
-                "growth": solver.growth, "seed": self.seed}
+        names = ("margin", "tolerance", "kappa", "restarts", "fit_steps", "fit_rate", "outer_steps", "inner_steps",
+                 "learning_rate", "penalty", "growth", "seed")
+        return {name: getattr(self, name) for name in names}
+
+    def generator_for(self, model) -> "Generator":
+        """The generator, checked against `model` once (loading and verifying it takes a while)."""
+        if isinstance(self.generator, Generator):
+            return self.generator
+        if self._generator is None or self._generator[0] is not model:
+            self._generator = (model, Generator(self.generator, model, self.device))
+        return self._generator[1]
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         require_model(model)
         x = model.check_input(x)
-        generator = self.generator if isinstance(self.generator, Generator) else \
-            Generator(self.generator, model, self.device)
+        generator = self.generator_for(model)
         executor = model.torch(self.device)
         size = self.batch_size or max(1, executor.batch_size() // self.restarts)
         llh_input = log_likelihoods(executor, x, size)
         true, probe = self.classes(model, llh_input, as_target(model, target))
         starts = latent_starts(x, self.seed, self.restarts, generator.latent_shape)
         parts = []
-        with progress_bar(total=len(x) * (self.fit_steps + self.solver.outer_steps), desc=self.name,
+        with progress_bar(total=len(x) * (self.fit_steps + self.outer_steps), desc=self.name,
                           disable=not self.progress) as bar:
             for start in range(0, len(x), size):
                 rows = slice(start, start + size)
@@ -288,7 +302,7 @@ class CDeepEx(Method):
                 path_llh[row].append(values)
 
         solved = self.solver.minimize(z0, problem, record, on_step=bar.update)
-        bar.update(int((self.solver.outer_steps - solved.outer_steps).sum()))  # rows that finished early
+        bar.update(int((self.outer_steps - solved.outer_steps).sum()))  # rows that finished early
         with torch.no_grad():
             final = generator(solved.z)
             llh_final = problem.llh(solved.z, torch.arange(len(x), device=device)).double().cpu().numpy()
@@ -359,15 +373,6 @@ def require_finite(what: str, *values) -> None:
         finite = torch.isfinite(value).all() if isinstance(value, torch.Tensor) else np.isfinite(value).all()
         if not bool(finite):
             raise OnnxplainError(f"{what} is not finite (NaN or infinity): check the generator and the classifier")
-
-
-def softmax_if_logits(model, x: np.ndarray) -> np.ndarray:
-    """(N, K) class probabilities (softmax of the logits when the model outputs logits)."""
-    if model.score_kind == "probabilities":
-        return model.scores(x)
-    logits = model.logits(x)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def contrast_map(explanation: Explanation) -> np.ndarray:

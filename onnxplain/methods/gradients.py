@@ -6,6 +6,8 @@ top-1 class on the *clean* input is explained, also for the noisy (SmoothGrad) a
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 import torch
 
@@ -14,31 +16,34 @@ from ..executor import input_bounds, spec_range_rows
 from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
-from ..numbers import seed_number
+from ..numbers import optional_whole_number, real_number, seed_number, whole_number
 
 
 def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarray,
-                     batch_size: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
-    """(df/dx like x, f(x) (N,)) where row i explains `classes[i]` (class targets) or `target` (hidden ones)."""
-    grads, values = np.empty_like(x), np.empty(len(x))
+                     batch_size: int, bar=None, grad: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """(df/dx like x, f(x) (N,)) where row i explains `classes[i]` (class targets) or `target` (hidden ones);
+    grad=False: f(x) alone, from forward passes (None for the gradient)."""
+    grads, values = (np.empty_like(x) if grad else None), np.empty(len(x))
     for start in range(0, len(x), batch_size):
         rows = np.arange(start, min(start + batch_size, len(x)))
         groups = [(rows, target)] if target.hidden else \
             [(rows[classes[rows] == c], Target(index=int(c))) for c in np.unique(classes[rows])]
         for group, goal in groups:
-            grads[group], values[group] = executor.gradient(x[group], goal, batch_size=len(group))
+            grads_of_group, values[group] = executor.gradient(x[group], goal, batch_size=len(group), grad=grad)
+            if grad:
+                grads[group] = grads_of_group
         if bar is not None:
             bar.update(len(rows))
     return grads, values
 
 
 class GradientMethod(Method):
-    """Shared set-up: the executor, the per-sample classes, batching, the progress bar and the Explanation."""
-
-    name = "gradient"
+    """Shared set-up: the executor, the per-sample classes, batching, the progress bar and the Explanation; each
+    method says in `relevance_map` what it makes of the gradients."""
 
     def __init__(self, device: str = "cpu", batch_size: int | None = None, progress: bool = True):
-        self.device, self.batch_size, self.progress = device, batch_size, progress
+        self.device, self.progress = device, progress
+        self.batch_size = optional_whole_number("batch_size", batch_size, 1)
 
     @property
     def params(self) -> dict:
@@ -56,10 +61,9 @@ class GradientMethod(Method):
         return Explanation(relevance.astype(x.dtype, copy=False), classes, score, self.name, self.params,
                            {"score_kind": executor.explained_kind(), **diagnostics})
 
+    @abstractmethod
     def relevance_map(self, executor, model, x, target, classes):
         """(relevance like x, f(x) (N,), diagnostics)."""
-        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
-        return grads, values, {}
 
     def gradient(self, executor, model, x, target, classes, total: int):
         size = self.batch_size or executor.batch_size()
@@ -73,6 +77,12 @@ class GradientMethod(Method):
 class Gradient(GradientMethod):
     """Signed gradient df/dx (Simonyan et al. 2013, before taking magnitudes)."""
 
+    name = "gradient"
+
+    def relevance_map(self, executor, model, x, target, classes):
+        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
+        return grads, values, {}
+
 
 class Sensitivity(GradientMethod):
     """Sensitivity analysis (Samek et al. 2017, eq. 1): R_i = ||df/dx_i||, the gradient's norm at each input position.
@@ -84,7 +94,7 @@ class Sensitivity(GradientMethod):
     name = "sensitivity"
 
     def relevance_map(self, executor, model, x, target, classes):
-        grads, values, _ = super().relevance_map(executor, model, x, target, classes)
+        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
         axis = channel_axis(model, x.ndim)
         if axis is None:
             return np.abs(grads), values, {}
@@ -98,7 +108,7 @@ class GradientXInput(GradientMethod):
     name = "gradient-x-input"
 
     def relevance_map(self, executor, model, x, target, classes):
-        grads, values, _ = super().relevance_map(executor, model, x, target, classes)
+        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
         return grads * x, values, {}
 
 
@@ -119,11 +129,8 @@ class SmoothGrad(GradientMethod):
     def __init__(self, samples: int = 25, sigma: float = 0.15, seed: int = 0, device: str = "cpu",
                  batch_size: int | None = None, progress: bool = True):
         super().__init__(device, batch_size, progress)
-        if samples < 1:
-            raise OnnxplainError(f"samples must be at least 1, got {samples}")
-        if not (np.isfinite(sigma) and sigma >= 0):
-            raise OnnxplainError(f"sigma must be a non-negative fraction of the input range, got {sigma}")
-        self.samples, self.sigma, self.seed = samples, sigma, seed_number(seed)
+        self.samples, self.seed = whole_number("samples", samples, 1), seed_number(seed)
+        self.sigma = real_number("sigma (a fraction of the input range)", sigma, 0)
 
     @property
     def params(self) -> dict:
@@ -151,7 +158,8 @@ class SmoothGrad(GradientMethod):
                 repeated = np.repeat(classes[rows], self.samples)
                 grads, _ = batched_gradient(executor, noisy, target, repeated, size, bar)
                 relevance[rows] = grads.reshape(len(rows), self.samples, *x.shape[1:]).mean(axis=1)
-        _, values = batched_gradient(executor, x, target, classes, self.batch_size or executor.batch_size())
+        _, values = batched_gradient(executor, x, target, classes, self.batch_size or executor.batch_size(),
+                                     grad=False)
         return relevance, values, {"noise_std": scale.reshape(len(x), -1).mean(axis=1)}
 
     def _noise(self, scale: np.ndarray) -> np.ndarray:
@@ -178,8 +186,7 @@ class IntegratedGradients(GradientMethod):
     def __init__(self, steps: int = 50, baseline="min", rule: str = "gausslegendre", device: str = "cpu",
                  batch_size: int | None = None, progress: bool = True):
         super().__init__(device, batch_size, progress)
-        if steps < 2:
-            raise OnnxplainError(f"steps must be at least 2, got {steps}")
+        steps = whole_number("steps", steps, 2)
         if rule not in self.RULES:
             raise OnnxplainError(f"integration rule must be one of {', '.join(self.RULES)}, not {rule!r}")
         self.steps, self.baseline, self.rule = steps, baseline, rule
@@ -241,8 +248,8 @@ class IntegratedGradients(GradientMethod):
                 grads = grads.reshape(len(rows), self.steps, *x.shape[1:]).astype(np.float64)
                 relevance[rows] = difference * np.tensordot(weights, grads, axes=([0], [1]))
         size = self.batch_size or executor.batch_size()
-        _, values = batched_gradient(executor, x, target, classes, size)
-        _, at_baseline = batched_gradient(executor, baseline, target, classes, size)
+        _, values = batched_gradient(executor, x, target, classes, size, grad=False)
+        _, at_baseline = batched_gradient(executor, baseline, target, classes, size, grad=False)
         gap = relevance.reshape(len(x), -1).sum(axis=1) - (values - at_baseline)
         return relevance, values, {"completeness_gap": gap, "baseline_score": at_baseline}
 

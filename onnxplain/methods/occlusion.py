@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method, require_model
+from ..explanation import Explanation, Method, relevance_dtype, require_model
+from ..numbers import optional_whole_number, real_number
 from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import WindowSamples, chunk_rows, forward_passes
@@ -29,22 +30,21 @@ class Occlusion(Method):
     input.
     reference: optional batch of inputs; when given, the window is filled with their mean (not with a `fill`).
     device: None = onnxruntime; 'cpu' / 'cuda' / 'cuda:N' = the torch executor there (incremental passes).
+    A pixel's relevance is the mean drop of the explained score over the windows that cover it, shared equally by
+    its channels: their sum (what the picture shows) is that drop, as prediction difference shares its evidence
+    (Captum's Occlusion gives every channel the whole drop, C times as much).
     """
 
     name = "occlusion"
 
     def __init__(self, window: int | None = None, stride: int | None = None, fill: float | None = None,
                  reference: np.ndarray | None = None, device: str | None = None, progress: bool = True):
-        if window is not None and window < 1:
-            raise OnnxplainError(f"window must be at least 1, got {window}")
-        if stride is not None and stride < 1:
-            raise OnnxplainError(f"stride must be at least 1, got {stride}")
-        if fill is not None and not np.isfinite(float(fill)):
-            raise OnnxplainError(f"fill must be a finite number, got {fill}")
+        window, stride = optional_whole_number("window", window, 1), optional_whole_number("stride", stride, 1)
+        fill = None if fill is None else real_number("fill", fill)
         if fill is not None and reference is not None:
             raise OnnxplainError("occlusion fills windows with a value (fill) or the reference mean (reference), "
                                  "not both")
-        self.window, self.stride, self.fill = window, stride, None if fill is None else float(fill)
+        self.window, self.stride, self.fill = window, stride, fill
         self.reference = None if reference is None else np.asarray(reference)
         self.device, self.progress = device, progress
 
@@ -102,7 +102,6 @@ class Occlusion(Method):
         with optional_bar(self.progress, n * len(grid), "occlusion", "window") as bar:
             for i in range(n):
                 run = WindowSamples(passes, geometry, x[i], output, grid.size, batch, rows)
-                incremental = run.incremental
                 drops = np.empty(len(grid))
                 for start in range(0, len(grid), run.rows):
                     ids = np.arange(start, min(len(grid), start + run.rows))
@@ -119,12 +118,14 @@ class Occlusion(Method):
                     if bar is not None:
                         bar.update(len(ids))
                 maps.append(grid.average(drops[:, None])[0])          # (*spatial): each pixel's mean drop
-        per_pixel = np.stack(maps)[:, None]                            # every channel of a pixel gets its value
-        relevance = geometry.from_grid(np.repeat(per_pixel, geometry.channels, axis=1)).reshape(x.shape)
+                incremental = run.incremental                          # every row of it ran incrementally
+        shared = np.stack(maps)[:, None] / geometry.channels          # a pixel's channels share its drop equally
+        relevance = geometry.from_grid(np.repeat(shared, geometry.channels, axis=1)).reshape(x.shape)
         name = passes.name + (", incremental" if incremental else "")
-        return Explanation(relevance=relevance.astype(np.float32), target=classes, score=score, method=self.name,
+        return Explanation(relevance=relevance.astype(relevance_dtype(x.dtype)), target=classes, score=score, method=self.name,
                            params={"window": window, "stride": stride,
                                    "fill": "reference mean" if self.reference is not None else self.fill or 0.0,
                                    "device": self.device or "onnxruntime"},
-                           diagnostics={"windows": len(grid), "forward_passes": n + run_windows,
+                           diagnostics={"score_kind": "hidden" if target.hidden else model.score_kind,
+                                        "windows": len(grid), "forward_passes": n + run_windows,
                                         "forward_passes_on": name})

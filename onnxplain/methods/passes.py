@@ -65,7 +65,8 @@ class WindowSamples:
 
     @property
     def incremental(self) -> bool:
-        return self.runner is not None
+        """Whether every row so far ran incrementally (a batch the runner could not run goes whole)."""
+        return self.runner is not None and self.runner.whole_rows == 0
 
     def __call__(self, starts: np.ndarray, values: np.ndarray) -> np.ndarray:
         if self.runner is not None:
@@ -246,6 +247,7 @@ class IncrementalPasses:
     def __init__(self, passes: TorchPasses, runner, window: tuple[int, ...], batch_size: int, whole_batch: int):
         self.passes, self.runner = passes, runner
         self.window, self.batch_size, self.whole_batch = window, batch_size, max(1, whole_batch)
+        self.whole_rows = 0   # rows that ran whole because the runner failed on their batch
 
     def __call__(self, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
         passes, output = self.passes, self.runner.outputs[0]
@@ -255,7 +257,8 @@ class IncrementalPasses:
             where = starts[start:start + self.batch_size]
             try:
                 return self.runner(rows, where)[output]
-            except Exception:  # a crop shape no rule foresaw, or no memory for this batch: whole samples
+            except Exception:  # a crop shape no rule foresaw, or no memory for this batch: whole samples (counted)
+                self.whole_rows += len(rows)
                 return self.whole(rows, where)
 
         return passes.batches(forward, len(values), self.batch_size, tuned=False)  # crop shapes vary: no tuning

@@ -15,8 +15,9 @@ from typing import Callable
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method, require_model
+from ..explanation import Explanation, Method, relevance_dtype, require_model
 from ..runtime import optional_bar
+from ..scores import softmax
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
@@ -191,7 +192,7 @@ class PredictionDifference(Method):
             if output is None:
                 raise OnnxplainError("this model exposes no pre-softmax scores; use score='probability'")
             return Score(output, ACTIVATION_DIFFERENCE, _matrix)
-        read = _matrix if model.score_kind == "probabilities" else (lambda raw: _softmax(_matrix(raw)))
+        read = _matrix if model.score_kind == "probabilities" else (lambda raw: softmax(_matrix(raw)))
         return Score(model.score_output, WEIGHT_OF_EVIDENCE, read)
 
     # ------------------------------------------------------------------ explaining
@@ -226,7 +227,7 @@ class PredictionDifference(Method):
                 per_class = grid.average(differences)                      # (len(columns), *spatial)
                 maps.append(per_class[0])
                 extra.append(per_class[1:])
-        relevance = self._to_input(geometry, np.stack(maps))
+        relevance = self._to_input(geometry, np.stack(maps)).astype(relevance_dtype(x.dtype))
         diagnostics = {"score": score.kind, "score_kind": SCORE_KINDS[score.kind], "windows": len(grid),
                        "window": tuple(grid.size), "samples_per_window": setup.sampler.samples_per_window(self.samples),
                        "forward_passes": evaluated_total, "seconds": round(time.perf_counter() - started, 3),
@@ -238,7 +239,7 @@ class PredictionDifference(Method):
         if score.kind == WEIGHT_OF_EVIDENCE:
             diagnostics.update(laplace_training_size=score.training_size, laplace_classes=score.classes)
         if kept:
-            diagnostics["all_classes"] = np.stack([self._to_input(geometry, m) for m in extra])
+            diagnostics["all_classes"] = np.stack([self._to_input(geometry, m) for m in extra]).astype(relevance.dtype)
             diagnostics["all_classes_index"] = tuple(kept)
         target_index = np.full(len(x), -1) if target.hidden else explained
         return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], self.name,
@@ -321,8 +322,3 @@ class PredictionDifference(Method):
 
 def _matrix(raw: np.ndarray) -> np.ndarray:
     return raw.reshape(len(raw), -1).astype(np.float64)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..numbers import seed_number, whole_number
+from ..numbers import real_number, seed_number, whole_number
+from ..targets import metric_classes
 from .layout import InputLayout, checked_relevance
 from .search import bracket_search, linear_search
 
@@ -142,11 +143,11 @@ class APEM:
     def __init__(self, stage: int = 2, step: float = 1.0, max_steps: int = 100_000, shuffles: int = 10,
                  baseline: bool = False, seed: int = 0, search: str = "bracket", device: str = "cpu",
                  progress: bool = True):
-        if stage not in STAGES:
+        if isinstance(stage, (bool, np.bool_)) or stage not in STAGES or not isinstance(stage, (int, np.integer)):
             raise OnnxplainError(f"APEM stage must be 1, 2 or 3, not {stage!r}")
         if search not in SEARCHES:
             raise OnnxplainError(f"search must be one of {', '.join(SEARCHES)}, not {search!r}")
-        self.stage, self.step = stage, float(step)
+        self.stage, self.step = stage, real_number("step", step, 0, exclusive=True)
         self.max_steps, self.shuffles = whole_number("max_steps", max_steps, 1), whole_number("shuffles", shuffles, 0)
         self.baseline, self.seed = baseline, seed_number(seed)
         self.search, self.device, self.progress = search, device, progress
@@ -198,13 +199,7 @@ class APEM:
         return steps[:, 0, 0] * self.step, steps[:, 0, 1] * self.step
 
     def classes(self, model, x: np.ndarray, target) -> np.ndarray:
-        if target is None:
-            return np.argmax(check_classes(model.scores(x)), axis=1)
-        check_classes(model.scores(x[:1]))
-        classes = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
-        if classes.min() < 0:
-            raise OnnxplainError("APEM explains classes; hidden-tensor targets are not supported")
-        return classes
+        return metric_classes(model, x, target, check_classes(model.scores(x)))
 
     def sign(self, model, x: np.ndarray, classes: np.ndarray, gradient: np.ndarray | None) -> np.ndarray:
         if gradient is None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..numbers import seed_number, whole_number
+from ..scores import softmax
 from ..targets import Target
 from .apem import APEM, APEMResult, check_classes, stage_maps
 from .compare import cross_entropy, loss_correlation, pairwise
@@ -80,12 +81,14 @@ class Evaluation:
     def __init__(self, metrics=METRICS, *, region: int | None = None, steps: int = 100, score: str = "logit",
                  stage: int = 2, epsilon_step: float = 1.0, max_steps: int = 100_000, shuffles: int = 10,
                  seed: int = 0, device: str = "cpu", progress: bool = True):
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
             raise OnnxplainError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
         if len(set(metrics)) < len(metrics):
             raise OnnxplainError(f"metrics listed more than once: {', '.join(metrics)}")
         self.metrics = tuple(metrics)
+        region = None if region is None else whole_number("region", region, 1)
         self.perturbation = {"region": region, "steps": whole_number("steps", steps, 1), "score": score,
                              "seed": seed_number(seed)}
         self.apem = APEM(stage=stage, step=epsilon_step, max_steps=max_steps, shuffles=shuffles,
@@ -94,7 +97,9 @@ class Evaluation:
 
     def run(self, model, x: np.ndarray, methods: dict, labels: np.ndarray | None = None,
             inputs: list[str] | None = None) -> EvaluationReport:
-        """methods: {name: object with explain(model, x, target)}; labels: true class per input (optional)."""
+        """methods: {name: a Method, or any object with explain(model, x, target)}; labels: true class per input
+        (optional). A method's time is that of its relevance alone (`attribute`: no diagnostics such as LRP's
+        conservation report)."""
         x = model.check_input(x)
         scores = model.scores(x)
         if "apem" in self.metrics:
@@ -107,7 +112,7 @@ class Evaluation:
         results = []
         for name, method in methods.items():
             start = time.perf_counter()
-            relevance = checked_relevance(method.explain(model, x, Target()).relevance, x, f"{name}'s relevance")
+            relevance = checked_relevance(_relevance(method, model, x), x, f"{name}'s relevance")
             result = MethodResult(name, time.perf_counter() - start)
             if "aopc" in self.metrics:
                 for order in ("morf", "lerf"):
@@ -140,12 +145,16 @@ class Evaluation:
         return self.apem.evaluate_maps(model, x, maps, classes, sign)
 
 
+def _relevance(method, model, x: np.ndarray) -> np.ndarray:
+    """Each input's top-1 map: `attribute` where the method has it, else `explain`'s relevance."""
+    if hasattr(method, "attribute"):
+        return method.attribute(model, x, Target())
+    return method.explain(model, x, Target()).relevance
+
+
 def _probabilities(model, x: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Top-1 probability per input (softmax of the logits for a logits model)."""
-    if model.score_kind == "probabilities":
-        return scores.max(axis=1)
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    return 1.0 / np.exp(shifted).sum(axis=1)
+    return (scores if model.score_kind == "probabilities" else softmax(scores)).max(axis=1)
 
 
 def _checked_labels(labels, count: int, classes: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import OnnxplainError
 from ..numbers import image_generators, seed_number, whole_number
 from ..runtime import progress_bar
+from ..targets import metric_classes
 from .layout import InputLayout, checked_relevance
 
 ORDERS = ("morf", "lerf", "random")
@@ -39,12 +40,8 @@ def explained_scores(model, x: np.ndarray, classes: np.ndarray, score: str = "lo
     `tracked_score` for models without logits."""
     if tracked_score(model, score) == "logit":
         values = model.logits(x, **run)
-    elif model.score_kind == "probabilities":
-        values = model.scores(x, **run)
     else:
-        logits = model.logits(x, **run)
-        values = np.exp(logits - logits.max(axis=1, keepdims=True))
-        values /= values.sum(axis=1, keepdims=True)
+        values = model.probabilities(x, **run)
     return values[np.arange(len(values)), classes]
 
 
@@ -107,11 +104,11 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     if order not in ORDERS:
         raise OnnxplainError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     layout = InputLayout.of(model, x.shape[1:])
-    region = region or default_region(layout)
+    region = default_region(layout) if region is None else whole_number("region", region, 1)
     fill = fill or ("noise" if layout.image_like else "baseline")
-    if region < 1 or steps < 1 or fill not in ("noise", "baseline"):
-        raise OnnxplainError("region and steps must be at least 1, fill 'noise' or 'baseline'")
-    classes = _classes(model, x, target)
+    if fill not in ("noise", "baseline"):
+        raise OnnxplainError(f"fill must be 'noise' or 'baseline', not {fill!r}")
+    classes = metric_classes(model, x, target)
     ranks = region_ranks(relevance, layout, region, order, image_generators(x, seed))
     steps = effective_steps(layout, region, steps)
     fills = _fills(layout, x, fill, baseline, np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1]))
@@ -131,15 +128,6 @@ def aopc(curves: np.ndarray, per_image: bool = False):
     curves = np.asarray(curves, dtype=np.float64)
     values = (curves[:, :1] - curves).mean(axis=1)
     return values if per_image else float(values.mean())
-
-
-def _classes(model, x: np.ndarray, target) -> np.ndarray:
-    if target is None:
-        return np.argmax(model.scores(x), axis=1)
-    classes = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
-    if classes.min() < 0:
-        raise OnnxplainError("region perturbation explains classes; hidden-tensor targets are not supported")
-    return classes
 
 
 def _fills(layout: InputLayout, x: np.ndarray, fill: str, baseline, rng: np.random.Generator) -> np.ndarray:

@@ -29,8 +29,9 @@ class Explanation:
     """Relevance shaped like the input batch, for the explained output of each sample."""
 
     relevance: np.ndarray            # (N, *input_shape)
-    target: np.ndarray               # (N,) class index, or -1 for a hidden-tensor target
-    score: np.ndarray                # (N,) the explained output value f(x)
+    target: np.ndarray               # (N,) class index, or -1 for a hidden-tensor target (CDeepEx: the probe class)
+    score: np.ndarray                # (N,) the explained output value f(x) (its kind: diagnostics["score_kind"];
+                                     # CDeepEx: log-likelihood of the true class minus the probe's)
     method: str
     params: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)

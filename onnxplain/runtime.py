@@ -85,7 +85,7 @@ def run_batched(fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, bat
     if len(x) == 0:
         raise OnnxplainError("no inputs to run")
     chunks: list[list[np.ndarray]] = []
-    for start in _progress(range(0, len(x), batch_size), progress, total=-(-len(x) // batch_size)):
+    for start in progress_iter(range(0, len(x), batch_size), progress, total=-(-len(x) // batch_size)):
         chunks.append(fn(x[start:start + batch_size]))
     return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
 
@@ -124,8 +124,9 @@ def optional_bar(enabled: bool, total: int, desc: str, unit: str):
         bar.close()
 
 
-def _progress(iterable: Iterable, progress: bool | str, total: int):
+def progress_iter(iterable: Iterable, progress: bool | str, total: int, unit: str = "batch"):
+    """`iterable` with a progress bar (see `progress_bar`) when `progress` is true (a string names the bar)."""
     if not progress:
         return iterable
     desc = progress if isinstance(progress, str) else "forward passes"
-    return progress_bar(iterable, total=total, desc=desc, unit="batch")
+    return progress_bar(iterable, total=total, desc=desc, unit=unit)

@@ -82,6 +82,16 @@ def test_conv1d_input_is_channels_along_positions(sequence, tmp_path):
     assert Geometry.infer(gray, (8, 8)).spatial == (8, 8) and InputLayout.of(gray, (8, 8)).channel_axis is None
 
 
+def test_sensitivity_takes_the_gradient_norm_over_a_positions_channels(sequence):
+    """No preprocessing spec: the channels come from the Conv1d that reads the input, as for occlusion."""
+    net, model, x = sequence
+    relevance = make_method("sensitivity", progress=False).attribute(model, x, Target(index=2))
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(inputs)[:, 2].sum(), inputs)
+    norm = grad.double().norm(dim=1, keepdim=True).numpy()
+    np.testing.assert_allclose(relevance, np.repeat(norm / CHANNELS, CHANNELS, axis=1), rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("window, stride, fill", [(None, None, 0.0), (6, 4, 0.5), (1, 1, -1.0)])
 def test_occlusion_covers_positions_of_every_channel(sequence, window, stride, fill):
     net, model, x = sequence

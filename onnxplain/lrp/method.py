@@ -13,7 +13,7 @@ from ..errors import OnnxplainError
 from ..executor import spec_range_rows
 from ..numbers import optional_whole_number, real_number
 from ..explanation import Explanation, Method, require_model
-from ..runtime import _progress
+from ..runtime import progress_iter
 from ..targets import Target, as_target
 from .composites import Params, RuleMap, composite_key, composite_named, make_rule, params_used, rule_spec
 from .walker import Result, Walker, data_cuts, no_path_message, relevance_path, ruleless
@@ -87,7 +87,7 @@ class LRP(Method):
         walker = self.walker(model, x)
         size = 1 if model.fixed_batch else (self.batch_size or max(1, walker.executor.batch_size() // 4))
         results = []
-        for start in _progress(range(0, len(x), size), self.progress and f"{self.name} ({self.composite})",
+        for start in progress_iter(range(0, len(x), size), self.progress and f"{self.name} ({self.composite})",
                                total=-(-len(x) // size)):
             batch = walker.executor.tensor(x[start:start + size])
             results.append(walker(batch, target, ledger=report))

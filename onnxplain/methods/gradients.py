@@ -14,6 +14,7 @@ import torch
 from ..errors import OnnxplainError
 from ..executor import input_bounds, spec_range_rows
 from ..explanation import Explanation, Method, require_model
+from ..metrics.layout import InputLayout
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
 from ..numbers import optional_whole_number, real_number, seed_number, whole_number
@@ -87,15 +88,18 @@ class Gradient(GradientMethod):
 class Sensitivity(GradientMethod):
     """Sensitivity analysis (Samek et al. 2017, eq. 1): R_i = ||df/dx_i||, the gradient's norm at each input position.
 
-    For a channel layout (NCHW / NHWC spec) the 2-norm runs over the channels of a position and is shared equally
-    among them, so the channel sum (what heatmaps show) is the norm; otherwise R_i = |df/dx_i|.
+    Where the input has channels (images, volumes and sequences, as `metrics.layout.InputLayout` reads them: the
+    spec's layout, else the first convolution's), the 2-norm runs over the channels of a position and is shared
+    equally among them, so the channel sum (what heatmaps show) is the norm; otherwise R_i = |df/dx_i|.
     """
 
     name = "sensitivity"
 
     def relevance_map(self, executor, model, x, target, classes):
         grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
-        axis = channel_axis(model, x.ndim)
+        layout = InputLayout.of(model, x.shape[1:])
+        same = layout.view_shape == layout.sample_shape        # a flat input viewed as an image keeps |df/dx_i|
+        axis = layout.channel_axis + 1 if layout.channel_axis is not None and same else None
         if axis is None:
             return np.abs(grads), values, {}
         norm = np.sqrt((grads.astype(np.float64) ** 2).sum(axis=axis, keepdims=True))
@@ -252,11 +256,3 @@ class IntegratedGradients(GradientMethod):
         _, at_baseline = batched_gradient(executor, baseline, target, classes, size, grad=False)
         gap = relevance.reshape(len(x), -1).sum(axis=1) - (values - at_baseline)
         return relevance, values, {"completeness_gap": gap, "baseline_score": at_baseline}
-
-
-def channel_axis(model, ndim: int) -> int | None:
-    """The channel axis of an input batch from the preprocessing spec's layout; None for flat or unknown."""
-    spec = model.preprocess
-    if spec is None or ndim != 4:
-        return None
-    return {"NCHW": 1, "NHWC": 3}.get(spec.layout)

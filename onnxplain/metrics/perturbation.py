@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..numbers import image_generators, seed_number, whole_number
-from ..runtime import progress_bar
+from ..runtime import progress_iter
 from ..targets import metric_classes
 from .layout import InputLayout, checked_relevance
 
@@ -115,7 +115,8 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
 
     per_chunk = max(1, CHUNK_BYTES // ((steps + 1) * x[0].nbytes))
     curves = []
-    for start in _progress(range(0, len(x), per_chunk), progress, -(-len(x) // per_chunk)):
+    for start in progress_iter(range(0, len(x), per_chunk), progress and "region perturbation",
+                               -(-len(x) // per_chunk), unit="chunk"):
         part = slice(start, start + per_chunk)
         batch = _perturbed(layout, x[part], ranks[part], fills[part], steps)
         values = explained_scores(model, batch, np.repeat(classes[part], steps + 1), score)
@@ -155,9 +156,3 @@ def _perturbed(layout: InputLayout, x: np.ndarray, ranks: np.ndarray, fills: np.
         covered = np.expand_dims(covered, layout.channel_axis + 2)
     batch = np.where(covered, fills[:, None], views[:, None])
     return batch.reshape(-1, *layout.sample_shape)
-
-
-def _progress(iterable, progress: bool, total: int):
-    if not progress:
-        return iterable
-    return progress_bar(iterable, total=total, desc="region perturbation", unit="chunk")

@@ -51,15 +51,15 @@ def linear_search(model, x: np.ndarray, directions: np.ndarray, classes: np.ndar
     _check(x, directions, classes, step, max_steps)
     result = np.full(len(x), max_steps + 1)
     active = np.arange(len(x))
-    bar = _bar(progress, "epsilon (linear)", len(x))
+    bar = progress_bar(total=len(x), desc="epsilon (linear)", unit="case", disable=not progress)
     for k in range(max_steps + 1):
         if not active.size:
             break
         _, flipped = _probe(model, x, directions, classes, active, np.full(active.size, k), step)
         result[active[flipped]] = k
         active = active[~flipped]
-        _advance(bar, int(flipped.sum()))
-    _close(bar)
+        bar.update(int(flipped.sum()))
+    bar.close()
     return result
 
 
@@ -77,12 +77,12 @@ def bracket_search(model, x: np.ndarray, directions: np.ndarray, classes: np.nda
     prev, m_prev = np.zeros(n, dtype=np.int64), np.zeros(n)    # the step before lo, for extrapolation
     moved = np.zeros(n, dtype=np.int8)                          # side moved last round: -1 lo, +1 hi
     bisect = np.zeros(n, dtype=bool)
-    bar = _bar(progress, "epsilon (bracketing)", n)
+    bar = progress_bar(total=n, desc="epsilon (bracketing)", unit="case", disable=not progress)
 
     m_lo[:], flipped = _probe(model, x, directions, classes, np.arange(n), np.zeros(n, dtype=np.int64), step)
     result[flipped] = 0
     active = np.flatnonzero(~flipped)
-    _advance(bar, int(flipped.sum()))
+    bar.update(int(flipped.sum()))
     k = np.clip(np.broadcast_to(np.asarray(first_probe, dtype=np.int64), (n,))[active], 1, max_steps)
     while active.size:
         margin, flipped = _probe(model, x, directions, classes, active, k, step)
@@ -98,10 +98,10 @@ def bracket_search(model, x: np.ndarray, directions: np.ndarray, classes: np.nda
         closed = (hi[active] >= 0) & (hi[active] - lo[active] <= 1)
         censored = (hi[active] < 0) & (lo[active] >= max_steps)
         result[active[closed]] = hi[active[closed]]
-        _advance(bar, int(closed.sum() + censored.sum()))
+        bar.update(int(closed.sum() + censored.sum()))
         active = active[~(closed | censored)]
         k = _next_probe(active, lo, m_lo, hi, m_hi, prev, m_prev, bisect, max_steps)
-    _close(bar)
+    bar.close()
     return result
 
 
@@ -118,19 +118,3 @@ def _next_probe(cases, lo, m_lo, hi, m_hi, prev, m_prev, bisect, max_steps: int)
     usable = np.isfinite(root) & (m_lo > m_hi) & ~bisect[cases]
     inside = np.clip(np.where(usable, np.floor(np.nan_to_num(root)), midpoint), lo + 1, hi - 1)
     return np.where(hi >= 0, inside, reach).astype(np.int64)
-
-
-def _bar(progress: bool, desc: str, total: int):
-    if not progress:
-        return None
-    return progress_bar(total=total, desc=desc, unit="case")
-
-
-def _advance(bar, count: int) -> None:
-    if bar is not None:
-        bar.update(count)
-
-
-def _close(bar) -> None:
-    if bar is not None:
-        bar.close()

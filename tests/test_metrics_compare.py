@@ -53,6 +53,10 @@ def test_filter_matches_the_literal_algorithm(linear):
         assert rounds[i] == distinct[0] - distinct[1]  # one distinct value zeroed per kept round
     minus, plus = apem.gaps(model, x, filtered, classes, sign)
     np.testing.assert_allclose(scores, plus - minus)
+    # the method form: relevance taken to stage 1 (these maps already span [0, 1]), the sign from the gradient
+    by_method = APEM(stage=1, step=0.01, shuffles=0, progress=False).filter(model, x, maps, classes, gradient=sign)
+    np.testing.assert_array_equal(by_method[0], filtered)
+    np.testing.assert_array_equal(by_method[2], rounds)
     original_minus, original_plus = apem.gaps(model, x, maps, classes, sign)
     assert np.all(scores >= original_plus - original_minus)
     assert rounds.max() >= 3

@@ -163,6 +163,18 @@ class APEM:
         sign = self.sign(model, x, classes, gradient)
         return self.evaluate_maps(model, x, stage_maps(relevance, x, self.stage, layout), classes, sign)
 
+    def filter(self, model, x: np.ndarray, relevance: np.ndarray, target=None, gradient: np.ndarray | None = None,
+               max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The explanation filter (Algorithm 2, `compare.explanation_filter`) on relevance shaped like x, taken to
+        this APEM's stage: (filtered maps, their APEM, rounds kept per image)."""
+        from .compare import explanation_filter
+
+        x = model.check_input(x)
+        relevance = checked_relevance(relevance, x)
+        classes = self.classes(model, x, target)
+        maps = stage_maps(relevance, x, self.stage, InputLayout.of(model, x.shape[1:]))
+        return explanation_filter(self, model, x, maps, classes, self.sign(model, x, classes, gradient), max_rounds)
+
     def evaluate_maps(self, model, x: np.ndarray, maps: np.ndarray, classes: np.ndarray,
                       sign: np.ndarray) -> APEMResult:
         """APEM of maps already in [0, 1] (the output of `stage_maps`, or shuffled / filtered ones).

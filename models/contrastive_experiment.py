@@ -53,7 +53,7 @@ def reference_distance(explanation, model, generator: Path, margin: float = 0.1)
     1e-6 (at most 200 updates)."""
     import torch
 
-    from onnxplain.methods.contrastive import Generator
+    from onnxplain.methods.generator import Generator
 
     d = explanation.diagnostics
     generate, classify = Generator(str(generator), model), model.torch().log_likelihood

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
-from onnxplain.methods.contrastive import CDeepEx, Generator, XGEMs, constraint_report, contrast_map
+from onnxplain.methods.contrastive import CDeepEx, XGEMs, constraint_report, contrast_map
+from onnxplain.methods.generator import Generator
 from onnxplain.methods.lagrangian import AugmentedLagrangian, Evaluation
 from onnxplain.targets import Target
 

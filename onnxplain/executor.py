@@ -50,11 +50,12 @@ class TorchExecutor:
 
     # ---------------------------------------------------------------- set-up
     def checked_outputs(self) -> list[str]:
-        """The outputs compared with onnxruntime: all graph outputs, class scores first, and the logits."""
+        """The outputs compared with onnxruntime: the float graph outputs, class scores first, and the logits (not a
+        classifier's string or integer labels, which torch cannot hold or has no gradient for)."""
         names = [self.model.score_output] + [n for n in self.model.output_names if n != self.model.score_output]
         if self.model.logits_output and self.model.logits_output not in names:
             names.append(self.model.logits_output)
-        return names
+        return [n for n in names if _is_float_output(self.model, n)]
 
     def _find_logits(self) -> str:
         """The pre-softmax tensor: the model's, or the raw scores under a LinearClassifier's post-transform."""
@@ -72,7 +73,7 @@ class TorchExecutor:
 
     def _check(self) -> None:
         """Compare with onnxruntime on probe batches; fall back to onnx2torch when the registry graph disagrees."""
-        names = [n for n in self.checked_outputs() if _is_float_output(self.model, n)]
+        names = self.checked_outputs()
         probes = self._probes(names)
         if self.graph is not None:
             try:

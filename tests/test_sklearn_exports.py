@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import onnxplain
+from onnxplain.lrp import LRP
 from onnxplain.methods.gradients import Gradient
 
 
@@ -55,3 +56,18 @@ def test_named_classes_in_a_string_table_label_the_scores_and_the_torch_executor
     for target, sign in (("dog", 1), ("cat", -1)):
         grad = Gradient(progress=False).explain(model, x[:6], target).relevance
         np.testing.assert_allclose(grad, sign * want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_linear_svm_decision_score_gets_lrp(table, tmp_path):
+    """LinearSVC's LinearClassifier has no post-transform (NONE): its scores are the logits, and LRP passes the
+    identity to them; epsilon-LRP of a linear score is w_i x_i (the intercept takes the rest)."""
+    from sklearn.svm import LinearSVC
+
+    x, names = table
+    svm = fitted(LinearSVC(), x, names)
+    model = exported(svm, x[:1], tmp_path / "svm.onnx")
+    assert model.score_kind == "logits" and model.labels == ["cat", "dog", "eel"]
+    for c in range(3):
+        explanation = LRP(progress=False).explain(model, x[:8], c)
+        np.testing.assert_allclose(explanation.score, svm.decision_function(x[:8])[:, c], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(explanation.relevance, svm.coef_[c] * x[:8], rtol=1e-4, atol=1e-5)

@@ -58,9 +58,10 @@ class TorchExecutor:
         return [n for n in names if _is_float_output(self.model, n)]
 
     def _find_logits(self) -> str:
-        """The pre-softmax tensor: the model's, or the raw scores under a LinearClassifier's post-transform."""
-        if self.model.logits_output:
-            return self.model.logits_output
+        """The pre-softmax tensor: the model's, the raw scores under a LinearClassifier's post-transform, or z of
+        normalised sigmoid(z) probabilities."""
+        if self.model.logits_output or self.model.raw_scores:
+            return self.model.logits_output or self.model.raw_scores
         if self.graph is not None:
             name = self.model.score_output
             step = self.graph.producers.get(name)

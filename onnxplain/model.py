@@ -44,8 +44,8 @@ class Model:
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
         zipped = {node.output[0]: node.input[0] for node in original.graph.node if node.op_type == "ZipMap"}
         choice = find_scores(self.proto, self.probability_outputs, zipped.get(scores, scores))  # a ZipMap's name too
-        self.score_output, self.score_kind, self.score_reason, self.logits_output = (
-            choice.output, choice.kind, choice.reason, choice.logits)
+        self.score_output, self.score_kind, self.score_reason, self.logits_output, self.raw_scores = (
+            choice.output, choice.kind, choice.reason, choice.logits, choice.raw)
         self.binary = any(added.binary and added.probabilities == self.score_output  # logits are log-odds [-z, z]
                           for added in self.probability_outputs.values())
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape

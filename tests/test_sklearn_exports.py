@@ -6,10 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import onnxplain
 from onnxplain.lrp import LRP
 from onnxplain.methods.gradients import Gradient
+from onnxplain.targets import Target
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,43 @@ def test_a_linear_svm_decision_score_gets_lrp(table, tmp_path):
     model = exported(svm, x[:1], tmp_path / "svm.onnx")
     assert model.score_kind == "logits" and model.labels == ["cat", "dog", "eel"]
     for c in range(3):
-        explanation = LRP(progress=False).explain(model, x[:8], c)
+        explanation = LRP(progress=False).explain(model, x[:8], Target(index=c))
         np.testing.assert_allclose(explanation.score, svm.decision_function(x[:8])[:, c], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(explanation.relevance, svm.coef_[c] * x[:8], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["sgd float", "sgd double", "logistic double", "one-vs-rest"])
+def test_normalised_one_vs_rest_scores_are_probabilities(case, table, tmp_path):
+    """skl2onnx writes these probabilities as T / sum(T) over the classes (SGDClassifier's log loss: sigmoids written
+    as 1 / (1 + exp(-z)); a binary LogisticRegression on doubles: Sigmoid, then an L1 norm): they are read as
+    probabilities (the log-likelihood is their log), and the gradient explains z under the sigmoids, the estimator's
+    decision function; OneVsRestClassifier's normalised vote of LinearClassifiers has no z of its own: the gradient
+    explains the probability itself."""
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.multiclass import OneVsRestClassifier
+
+    x, names = table
+    double = "double" in case
+    if case.startswith("sgd"):
+        estimator = fitted(SGDClassifier(loss="log_loss", random_state=0), x, names)
+    elif case == "logistic double":
+        estimator = fitted(LogisticRegression(max_iter=1000), x, np.where(names == "cat", "cat", "dog"))
+    else:
+        estimator = fitted(OneVsRestClassifier(LogisticRegression(max_iter=1000)), x, names)
+    rows = x[:8].astype(np.float64 if double else np.float32)
+    model = exported(estimator, rows[:1], tmp_path / "ovr.onnx", options={"zipmap": False})
+    want = estimator.predict_proba(rows)
+    assert model.score_kind == "probabilities", model.score_reason
+    np.testing.assert_allclose(model.scores(rows), want, rtol=1e-4, atol=1e-6)
+    got = model.torch().log_likelihood(torch.from_numpy(rows)).detach().double().numpy()
+    np.testing.assert_allclose(np.exp(got), want, rtol=1e-4, atol=1e-6)
+    explanation = Gradient(progress=False).explain(model, rows, Target(index=1))
+    if case == "one-vs-rest":
+        assert explanation.diagnostics["score_kind"] == "probabilities"
+        np.testing.assert_allclose(explanation.score, want[:, 1], rtol=1e-5)
+        return
+    decision = estimator.decision_function(rows)
+    z, w = (decision[:, 1], estimator.coef_[1]) if decision.ndim == 2 else (decision, estimator.coef_[0])
+    assert explanation.diagnostics["score_kind"] == "logits"
+    np.testing.assert_allclose(explanation.score, z, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(explanation.relevance, np.broadcast_to(w, rows.shape), rtol=1e-5)

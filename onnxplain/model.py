@@ -46,7 +46,7 @@ class Model:
         choice = find_scores(self.proto, self.probability_outputs, zipped.get(scores, scores))  # a ZipMap's name too
         self.score_output, self.score_kind, self.score_reason, self.logits_output, self.raw_scores = (
             choice.output, choice.kind, choice.reason, choice.logits, choice.raw)
-        self.binary = any(added.binary and added.probabilities == self.score_output  # logits are log-odds [-z, z]
+        self.binary = any(added.binary and added.output == self.score_output  # logits are log-odds [-z, z]
                           for added in self.probability_outputs.values())
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape
         self._preprocess = self._preprocess_spec(preprocess)
@@ -62,7 +62,7 @@ class Model:
         model = normalize.unzip_classifier(normalize.drop_extra_inputs(normalize.copy_model(original)))
         normalize.one_input(model)   # before any rewrite: they assume one input
         self.probability_outputs = normalize.expose_probabilities(model)
-        self.notes += [f"output {name!r} holds {added.what}; added as output {added.probabilities!r}"
+        self.notes += [f"output {name!r} holds {added.what}; added as output {added.output!r}"
                        for name, added in self.probability_outputs.items()]
         weights = normalize.set_weights_aside(model)
         model, note = normalize.upgrade_opset(model)

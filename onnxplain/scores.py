@@ -26,13 +26,13 @@ class ScoreChoice:
 
 @dataclass(frozen=True)
 class Exposed:
-    """Class probabilities normalisation added for an output that is not quite them (see
-    `normalize.expose_probabilities`)."""
+    """Class scores added for an output that is not quite them (see `normalize.expose_probabilities`)."""
 
-    probabilities: str     # the added graph output
+    output: str            # the added graph output
     logits: str            # the tensor explained as the classes' logits
     what: str              # what the original output holds, in words
     binary: bool = False   # a binary classifier's [1 - p, p]: its logits are the log-odds [-z, z], not softmax's
+    kind: str = "probabilities"   # or "logits": a binary classifier's decision scores, one column per class
 
 
 def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
@@ -80,7 +80,7 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
     makes, else the first float output in graph order. `exposed` maps an output to the probabilities normalisation
     added for it (a LogSoftmax's exp, a binary sigmoid's two classes); the user names the former."""
     producers = {out: node for node in proto.graph.node for out in node.output}
-    added = {e.probabilities for e in exposed.values()}
+    added = {e.output for e in exposed.values()}
     floats = [o.name for o in proto.graph.output
               if o.type.tensor_type.elem_type in FLOAT_TYPES and o.name not in added]
     if not floats:
@@ -112,8 +112,8 @@ def _classified(proto: onnx.ModelProto, output: onnx.ValueInfoProto, node: onnx.
         return None
     if name in exposed:
         found = exposed[name]
-        return ScoreChoice(found.probabilities, "probabilities", f"output {name!r} holds {found.what}, as output "
-                           f"{found.probabilities!r}", found.logits)
+        return ScoreChoice(found.output, found.kind, f"output {name!r} holds {found.what}, as output {found.output!r}",
+                           found.logits)
     if node.op_type in PROBABILITY_OPS and class_shaped(proto, node, output):
         return ScoreChoice(name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0])
     if node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
@@ -148,7 +148,7 @@ def _normalised_rows(proto: onnx.ModelProto, producers: dict, output: onnx.Value
     shares = {node.input[0]} | ({numerator.input[0]} if numerator is not None and numerator.op_type == "Add" else set())
     if total is not None and total.op_type == "Add":
         total = producers.get(total.input[0])
-    constants = _constants(proto)
+    constants = constant_values(proto)
     if total is None or total.op_type != "ReduceSum":
         return None
     axes = _attribute(total, "axes", constants.get(total.input[1]) if len(total.input) > 1 else None)
@@ -179,7 +179,7 @@ def _sigmoid_argument(producers: dict, constants: dict, name: str) -> str | None
     return None
 
 
-def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+def constant_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The graph's initializers and Constant nodes' tensors, by name."""
     values = {t.name: t for t in proto.graph.initializer}
     values.update({n.output[0]: a.t for n in proto.graph.node if n.op_type == "Constant"

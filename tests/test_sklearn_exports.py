@@ -110,3 +110,25 @@ def test_normalised_one_vs_rest_scores_are_probabilities(case, table, tmp_path):
     assert explanation.diagnostics["score_kind"] == "logits"
     np.testing.assert_allclose(explanation.score, z, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(explanation.relevance, np.broadcast_to(w, rows.shape), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LinearSVC", "RidgeClassifier", "SVC"])
+def test_binary_decision_scores_are_two_classes_in_label_order(kind, table, tmp_path):
+    """Two classes without probabilities: skl2onnx's LinearSVC and RidgeClassifier output the positive class's
+    decision score d alone (one column), onnxruntime's SVMClassifier writes [d, -d], against the labels it predicts;
+    both become the classes [-d, d] (logits), so top-1 is the predicted class and class 1's LRP is w_i x_i."""
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.svm import SVC, LinearSVC
+
+    x, names = table
+    binary = np.where(names == "cat", "cat", "dog")
+    estimator = fitted({"LinearSVC": LinearSVC(), "RidgeClassifier": RidgeClassifier(),
+                        "SVC": SVC(kernel="linear")}[kind], x, binary)
+    model = exported(estimator, x[:1], tmp_path / "binary.onnx", options={"zipmap": False} if kind == "SVC" else None)
+    d = estimator.decision_function(x)
+    assert (model.score_kind, model.labels) == ("logits", ["cat", "dog"]), model.score_reason
+    np.testing.assert_allclose(model.scores(x), np.stack([-d, d], 1), atol=1e-3 * np.abs(d).max())   # float32 kernels
+    assert (np.array(model.labels)[model.scores(x).argmax(1)] == estimator.predict(x)).all()
+    if kind != "SVC":   # an SVMClassifier has no torch forward: pda and occlusion explain it
+        explanation = LRP(progress=False).explain(model, x[:8], "dog")
+        np.testing.assert_allclose(explanation.relevance, estimator.coef_.reshape(-1) * x[:8], rtol=1e-4, atol=1e-5)

@@ -132,3 +132,26 @@ def test_binary_decision_scores_are_two_classes_in_label_order(kind, table, tmp_
     if kind != "SVC":   # an SVMClassifier has no torch forward: pda and occlusion explain it
         explanation = LRP(progress=False).explain(model, x[:8], "dog")
         np.testing.assert_allclose(explanation.relevance, estimator.coef_.reshape(-1) * x[:8], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_convert_takes_classifiers_without_probabilities(classes, table, tmp_path):
+    """`convert sklearn` exports a Pipeline ending in a LinearSVC (skl2onnx alone refuses it, defaulting its final
+    step to a ZipMap) and verifies its decision scores: two classes as [-d, d]."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from onnxplain.converters import convert_sklearn
+    from onnxplain.errors import OnnxplainError
+
+    x, names = table
+    names = names if classes == 3 else np.where(names == "cat", "cat", "dog")
+    pipeline = fitted(make_pipeline(StandardScaler(), LinearSVC()), x, names)
+    report = convert_sklearn(pipeline, tmp_path / "svm.onnx", samples=x)
+    model = onnxplain.load(tmp_path / "svm.onnx")
+    d = pipeline.decision_function(x)
+    assert report.score_kind == "logits" and model.labels == sorted(set(names))
+    np.testing.assert_allclose(model.scores(x), d if classes == 3 else np.stack([-d, d], 1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(OnnxplainError, match="no probabilities for a ZipMap"):
+        convert_sklearn(pipeline, tmp_path / "zipped.onnx", samples=x, zipmap=True)

@@ -257,9 +257,13 @@ class Model:
             if count is not None and index >= count:
                 raise OnnxplainError(f"class {index} is out of range: the model has {count} classes")
             return index
-        shown = ", ".join(self.labels[:20]) + (f" and {len(self.labels) - 20} more" if len(self.labels or []) > 20
-                                               else "") if self.labels else ""
+        shown = self.labels_text()
         raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {shown}" if shown else ""))
+
+    def labels_text(self, most: int = 20) -> str:
+        """The class names, the first `most` of them listed ('' without names)."""
+        labels = self.labels or []
+        return ", ".join(labels[:most]) + (f" and {len(labels) - most} more" if len(labels) > most else "")
 
     def class_count(self) -> int | None:
         """Number of classes, when the class-score tensor's non-batch axes have static sizes (their product, as

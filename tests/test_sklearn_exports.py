@@ -79,7 +79,8 @@ def test_a_linear_svm_decision_score_gets_lrp(table, tmp_path):
 def test_normalised_one_vs_rest_scores_are_probabilities(case, table, tmp_path):
     """skl2onnx writes these probabilities as T / sum(T) over the classes (SGDClassifier's log loss: sigmoids written
     as 1 / (1 + exp(-z)); a binary LogisticRegression on doubles: Sigmoid, then an L1 norm): they are read as
-    probabilities (the log-likelihood is their log), and the gradient explains z under the sigmoids, the estimator's
+    probabilities (the log-likelihood is their log, with a finite gradient where exp(-z) overflows), and the
+    gradient explains z under the sigmoids, the estimator's
     decision function; OneVsRestClassifier's normalised vote of LinearClassifiers has no z of its own: the gradient
     explains the probability itself."""
     from sklearn.linear_model import LogisticRegression, SGDClassifier
@@ -100,6 +101,9 @@ def test_normalised_one_vs_rest_scores_are_probabilities(case, table, tmp_path):
     np.testing.assert_allclose(model.scores(rows), want, rtol=1e-4, atol=1e-6)
     got = model.torch().log_likelihood(torch.from_numpy(rows)).detach().double().numpy()
     np.testing.assert_allclose(np.exp(got), want, rtol=1e-4, atol=1e-6)
+    far = torch.from_numpy(rows * 100).requires_grad_()   # exp(-z) overflows: APEM's loss gradient stays finite
+    model.torch().log_likelihood(far)[:, 0].sum().backward()
+    assert torch.isfinite(far.grad).all()
     explanation = Gradient(progress=False).explain(model, rows, Target(index=1))
     if case == "one-vs-rest":
         assert explanation.diagnostics["score_kind"] == "probabilities"

@@ -103,7 +103,8 @@ def shape_text(shape: list | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect_command(model, preprocess, scores, list_tensors, as_json):
     """Inputs, outputs, opsets, operators, parameters, and which output holds the class scores."""
-    info = describe(load_model(model, preprocess, scores))
+    model = load_model(model, preprocess, scores)
+    info = describe(model)
     if as_json:
         echo_json(info)
         return
@@ -124,6 +125,8 @@ def inspect_command(model, preprocess, scores, list_tensors, as_json):
     click.echo("operators: " + ", ".join(f"{k}×{v}" for k, v in info["operators"].items()))
     scores = info["class_scores"]
     click.echo(f"class scores: {scores['output']} ({scores['kind']}: {scores['why']})")
+    if model.labels:
+        click.echo(f"labels: {model.labels_text()}")
     if info["normalisation"]:
         click.echo("normalised: " + "; ".join(info["normalisation"]))
     if not info["preprocess"]:

@@ -7,6 +7,7 @@ when neither works, an `OnnxplainError` names each unsupported op and node.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -50,16 +51,18 @@ class TorchExecutor:
 
     # ---------------------------------------------------------------- set-up
     def checked_outputs(self) -> list[str]:
-        """The outputs compared with onnxruntime: all graph outputs, class scores first, and the logits."""
+        """The outputs compared with onnxruntime: the float graph outputs, class scores first, and the logits (not a
+        classifier's string or integer labels, which torch cannot hold or has no gradient for)."""
         names = [self.model.score_output] + [n for n in self.model.output_names if n != self.model.score_output]
         if self.model.logits_output and self.model.logits_output not in names:
             names.append(self.model.logits_output)
-        return names
+        return [n for n in names if _is_float_output(self.model, n)]
 
     def _find_logits(self) -> str:
-        """The pre-softmax tensor: the model's, or the raw scores under a LinearClassifier's post-transform."""
-        if self.model.logits_output:
-            return self.model.logits_output
+        """The pre-softmax tensor: the model's, the raw scores under a LinearClassifier's post-transform, or z of
+        normalised sigmoid(z) probabilities."""
+        if self.model.logits_output or self.model.raw_scores:
+            return self.model.logits_output or self.model.raw_scores
         if self.graph is not None:
             name = self.model.score_output
             step = self.graph.producers.get(name)
@@ -72,7 +75,7 @@ class TorchExecutor:
 
     def _check(self) -> None:
         """Compare with onnxruntime on probe batches; fall back to onnx2torch when the registry graph disagrees."""
-        names = [n for n in self.checked_outputs() if _is_float_output(self.model, n)]
+        names = self.checked_outputs()
         probes = self._probes(names)
         if self.graph is not None:
             try:
@@ -174,10 +177,17 @@ class TorchExecutor:
         """(N, K) class log-likelihoods, differentiable: log-softmax of the logits (= log of the probabilities when
         the graph has them); log-sigmoid of a binary classifier's log-odds; the log of the probabilities where the
         model has no pre-softmax tensor of its own (a classifier's post-transform may be logistic, not a softmax of
-        its raw scores)."""
+        its raw scores); for probabilities that normalise sigmoid(z), log sigmoid(z) less its log-sum-exp, which stays
+        finite where the graph's exp(-z) overflows (its gradient there would be NaN), and log 1/K where every
+        sigmoid is 0 (the graph, like scikit-learn, then gives each class 1/K)."""
         model = self.model
         if model.binary:
             return torch.nn.functional.logsigmoid(self.logits(x))
+        if model.raw_scores:
+            z = self.logits(x)
+            log_sigmoid = torch.nn.functional.logsigmoid(z)
+            vanished = (z < -math.log(torch.finfo(z.dtype).max)).all(1, keepdim=True)   # 1 / (1 + inf) = 0
+            return torch.where(vanished, -math.log(z.shape[1]), log_sigmoid - torch.logsumexp(log_sigmoid, 1, True))
         if model.score_kind == "probabilities" and model.logits_output is None:
             return torch.log(self(x).reshape(len(x), -1).clamp_min(1e-30))
         return torch.log_softmax(self.logits(x).reshape(len(x), -1), dim=1)

@@ -44,9 +44,9 @@ class Model:
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
         zipped = {node.output[0]: node.input[0] for node in original.graph.node if node.op_type == "ZipMap"}
         choice = find_scores(self.proto, self.probability_outputs, zipped.get(scores, scores))  # a ZipMap's name too
-        self.score_output, self.score_kind, self.score_reason, self.logits_output = (
-            choice.output, choice.kind, choice.reason, choice.logits)
-        self.binary = any(added.binary and added.probabilities == self.score_output  # logits are log-odds [-z, z]
+        self.score_output, self.score_kind, self.score_reason, self.logits_output, self.raw_scores = (
+            choice.output, choice.kind, choice.reason, choice.logits, choice.raw)
+        self.binary = any(added.binary and added.output == self.score_output  # logits are log-odds [-z, z]
                           for added in self.probability_outputs.values())
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape
         self._preprocess = self._preprocess_spec(preprocess)
@@ -62,7 +62,7 @@ class Model:
         model = normalize.unzip_classifier(normalize.drop_extra_inputs(normalize.copy_model(original)))
         normalize.one_input(model)   # before any rewrite: they assume one input
         self.probability_outputs = normalize.expose_probabilities(model)
-        self.notes += [f"output {name!r} holds {added.what}; added as output {added.probabilities!r}"
+        self.notes += [f"output {name!r} holds {added.what}; added as output {added.output!r}"
                        for name, added in self.probability_outputs.items()]
         weights = normalize.set_weights_aside(model)
         model, note = normalize.upgrade_opset(model)
@@ -257,9 +257,13 @@ class Model:
             if count is not None and index >= count:
                 raise OnnxplainError(f"class {index} is out of range: the model has {count} classes")
             return index
-        shown = ", ".join(self.labels[:20]) + (f" and {len(self.labels) - 20} more" if len(self.labels or []) > 20
-                                               else "") if self.labels else ""
+        shown = self.labels_text()
         raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {shown}" if shown else ""))
+
+    def labels_text(self, most: int = 20) -> str:
+        """The class names, the first `most` of them listed ('' without names)."""
+        labels = self.labels or []
+        return ", ".join(labels[:most]) + (f" and {len(labels) - most} more" if len(labels) > most else "")
 
     def class_count(self) -> int | None:
         """Number of classes, when the class-score tensor's non-batch axes have static sizes (their product, as
@@ -366,11 +370,16 @@ class Model:
 
 
 def _classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str] | None:
-    """The class names of the graph's one ai.onnx.ml classifier, when they count the score columns. Integer classes
-    give none: a label "1" for column 0 would make `--target 1` mean another class than index 1."""
+    """The class names of the graph's one ai.onnx.ml classifier, or of the one string table an ArrayFeatureExtractor
+    picks the predicted label from (skl2onnx's MLPClassifier, SGDClassifier and double-precision exports), when they
+    count the score columns. Integer classes give none: a label "1" for column 0 would make `--target 1` mean
+    another class than index 1."""
     found = [[v.decode() if isinstance(v, bytes) else str(v) for v in helper.get_attribute_value(a)]
              for node in model.graph.node if node.domain == "ai.onnx.ml" and node.op_type.endswith("Classifier")
              for a in node.attribute if a.name == "classlabels_strings"]
+    tables = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.STRING}
+    found += [[v.decode() for v in tables[node.input[0]].string_data] for node in model.graph.node
+              if node.op_type == "ArrayFeatureExtractor" and node.input[0] in tables]
     return found[0] if len(found) == 1 and classes is not None and len(found[0]) == classes else None
 
 

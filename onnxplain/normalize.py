@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxplainError
-from .scores import FLOAT_TYPES, Exposed, class_shaped, producing_op
+from .scores import FLOAT_TYPES, Exposed, class_shaped, constant_values, producing_op
 
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 MIN_OPSET = 13  # older default-domain opsets are upgraded to this one when onnx.version_converter can
@@ -209,12 +209,22 @@ def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
                                helper.make_node("Cast", [sigmoid], [name], to=tensor.elem_type, name=name)])
             added[output.name] = Exposed(name, log_odds, f"{what}: classes [1 - p, p], class 1 the positive one, "
                                          "log-odds [-z, z]", binary=True)
+        elif _binary_decision(model, producers, node):
+            name = _unused_name(f"{output.name}_classes", taken)
+            if node.op_type == "SVMClassifier":   # onnxruntime writes [d, -d], against its own labels: negated
+                graph.node.append(helper.make_node("Neg", [output.name], [name], name=name))
+            else:   # d of class 1, picked from the classifier's [-d, d]: both columns again
+                negative = _unused_name(f"{output.name}_negative", taken)
+                graph.node.extend([helper.make_node("Neg", [output.name], [negative], name=negative),
+                                   helper.make_node("Concat", [negative, output.name], [name], axis=1, name=name)])
+            added[output.name] = Exposed(name, name, "a binary classifier's decision score d: classes [-d, d], class 1 "
+                                         "the positive one", kind="logits")
         else:
             continue
         probabilities = onnx.ValueInfoProto()
         probabilities.CopyFrom(output)
-        probabilities.name = added[output.name].probabilities
-        if node.op_type == "Sigmoid" and complemented is None:
+        probabilities.name = added[output.name].output
+        if (node.op_type == "Sigmoid" and complemented is None) or node.op_type == "ArrayFeatureExtractor":
             shape = probabilities.type.tensor_type.shape
             (shape.dim.add() if len(shape.dim) == 1 else shape.dim[1]).dim_value = 2
         graph.output.append(probabilities)
@@ -230,6 +240,22 @@ def _complemented_sigmoid(producers: dict, node: onnx.NodeProto) -> onnx.NodePro
             or negative.input[1] != node.input[1]:
         return None
     return positive
+
+
+def _binary_decision(model: onnx.ModelProto, producers: dict, node: onnx.NodeProto) -> bool:
+    """Whether `node` makes a two-class linear or SVM classifier's decision scores (no post-transform, no
+    probabilities): an SVMClassifier's two columns, or the (N, 1) column 1 an ArrayFeatureExtractor picks from a
+    LinearClassifier's scores (skl2onnx's LinearSVC, RidgeClassifier; the shape it declares may say 2 columns)."""
+    if node.op_type == "ArrayFeatureExtractor":
+        index = constant_values(model).get(node.input[1])
+        node = producers.get(node.input[0])
+        if index is None or index.reshape(-1).tolist() != [1] or node is None or node.op_type != "LinearClassifier":
+            return False
+    elif node.op_type != "SVMClassifier" or any(a.name == "prob_a" and a.floats for a in node.attribute):
+        return False
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    labels = attributes.get("classlabels_strings") or attributes.get("classlabels_ints") or []
+    return len(labels) == 2 and attributes.get("post_transform", b"NONE") == b"NONE"
 
 
 def _attribute_int(node: onnx.NodeProto, name: str) -> int | None:

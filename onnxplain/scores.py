@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxplainError
 
@@ -27,17 +27,18 @@ class ScoreChoice:
     kind: str              # "probabilities" | "logits"
     reason: str            # why, in words (inspect shows it)
     logits: str | None     # the pre-softmax tensor, when the graph has one
+    raw: str | None = None  # z of probabilities that normalise sigmoid(z) (one-vs-rest): what LRP and gradients explain
 
 
 @dataclass(frozen=True)
 class Exposed:
-    """Class probabilities normalisation added for an output that is not quite them (see
-    `normalize.expose_probabilities`)."""
+    """Class scores added for an output that is not quite them (see `normalize.expose_probabilities`)."""
 
-    probabilities: str     # the added graph output
+    output: str            # the added graph output
     logits: str            # the tensor explained as the classes' logits
     what: str              # what the original output holds, in words
     binary: bool = False   # a binary classifier's [1 - p, p]: its logits are the log-odds [-z, z], not softmax's
+    kind: str = "probabilities"   # or "logits": a binary classifier's decision scores, one column per class
 
 
 def producing_op(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
@@ -85,7 +86,7 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
     makes, else the first float output in graph order. `exposed` maps an output to the probabilities normalisation
     added for it (a LogSoftmax's exp, a binary sigmoid's two classes); the user names the former."""
     producers = {out: node for node in proto.graph.node for out in node.output}
-    added = {e.probabilities for e in exposed.values()}
+    added = {e.output for e in exposed.values()}
     floats = [o.name for o in proto.graph.output
               if o.type.tensor_type.elem_type in FLOAT_TYPES and o.name not in added]
     if not floats:
@@ -98,7 +99,7 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
         floats = [chosen]
     outputs = {o.name: o for o in proto.graph.output}
     found = next(filter(None, (_classified(proto, outputs[name], producing_op(producers, name), exposed)
-                               for name in floats)), None)
+                               or _normalised_rows(proto, producers, outputs[name]) for name in floats)), None)
     if found is None:
         name, node = floats[0], producing_op(producers, floats[0])
         why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
@@ -117,8 +118,8 @@ def _classified(proto: onnx.ModelProto, output: onnx.ValueInfoProto, node: onnx.
         return None
     if name in exposed:
         found = exposed[name]
-        return ScoreChoice(found.probabilities, "probabilities", f"output {name!r} holds {found.what}, as output "
-                           f"{found.probabilities!r}", found.logits)
+        return ScoreChoice(found.output, found.kind, f"output {name!r} holds {found.what}, as output {found.output!r}",
+                           found.logits)
     if node.op_type in PROBABILITY_OPS and class_shaped(proto, node, output):
         return ScoreChoice(name, "probabilities", f"output {name!r} comes from {node.op_type}", node.input[0])
     if node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
@@ -139,6 +140,58 @@ def _classified(proto: onnx.ModelProto, output: onnx.ValueInfoProto, node: onnx.
                                "normalisation)", None)
         return ScoreChoice(name, "logits", f"output {name!r} is a LinearClassifier's raw scores", name)
     return None
+
+
+def _normalised_rows(proto: onnx.ModelProto, producers: dict, output: onnx.ValueInfoProto) -> ScoreChoice | None:
+    """Probabilities written out as T / sum(|T|) over the classes (skl2onnx's one-vs-rest normalisations: a
+    double-precision binary LogisticRegression, SGDClassifier's log and modified Huber losses, OneVsRestClassifier),
+    also with skl2onnx's guard for all-zero rows, (T + g) / (sum(T) + K g); where T is sigmoid(z), LRP and the
+    gradients explain z."""
+    node = producing_op(producers, output.name)
+    if node is None or node.op_type != "Div" or len(output.type.tensor_type.shape.dim) != 2:
+        return None
+    numerator, total = producers.get(node.input[0]), producers.get(node.input[1])
+    shares = {node.input[0]} | ({numerator.input[0]} if numerator is not None and numerator.op_type == "Add" else set())
+    if total is not None and total.op_type == "Add":
+        total = producers.get(total.input[0])
+    constants = constant_values(proto)
+    if total is None or total.op_type != "ReduceSum":
+        return None
+    axes = _attribute(total, "axes", constants.get(total.input[1]) if len(total.input) > 1 else None)
+    summed = producers.get(total.input[0])
+    shared = summed.input[0] if summed is not None and summed.op_type == "Abs" else total.input[0]
+    if axes is None or list(np.reshape(axes, -1)) not in ([1], [-1]) or shared not in shares:
+        return None
+    return ScoreChoice(output.name, "probabilities", f"output {output.name!r} divides {shared!r} by its sum over the "
+                       "classes", None, _sigmoid_argument(producers, constants, shared))
+
+
+def _sigmoid_argument(producers: dict, constants: dict, name: str) -> str | None:
+    """z where tensor `name` is sigmoid(z): a Sigmoid, or 1 / (1 + exp(-z)) written out; else None."""
+    node = producing_op(producers, name)
+    if node is not None and node.op_type == "Sigmoid":
+        return node.input[0]
+    chain = [node]
+    for op_type in ("Reciprocal", "Add", "Exp"):
+        if chain[-1] is None or chain[-1].op_type != op_type:
+            return None
+        chain.append(producers.get(chain[-1].input[0]))
+    negated, one = chain[-1], constants.get(chain[1].input[1])
+    if negated is None or one is None or not (one == 1).all():
+        return None
+    minus_one = constants.get(negated.input[1]) if negated.op_type == "Mul" else None
+    if negated.op_type == "Neg" or (minus_one is not None and (minus_one == -1).all()):
+        return negated.input[0]
+    return None
+
+
+def constant_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The graph's initializers and Constant nodes' tensors, by name."""
+    values = {t.name: t for t in proto.graph.initializer}
+    values.update({n.output[0]: a.t for n in proto.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    return {name: numpy_helper.to_array(tensor) for name, tensor in values.items()
+            if tensor.data_type != TensorProto.STRING}
 
 
 def _transform_name(value) -> str:

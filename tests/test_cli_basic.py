@@ -36,6 +36,17 @@ def test_inspect_zipmap_model(digits_logreg):
     assert "ai.onnx.ml.ZipMap" in info["operators"] and "ai.onnx.ml.LinearClassifier" in info["operators"]
 
 
+def test_inspect_names_the_classes(tmp_path):
+    """The class names also in the plain listing (only --json showed them)."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    named = LogisticRegression().fit(x, np.array(["cat", "dog"])[(x[:, 0] > 0).astype(int)])
+    (tmp_path / "named.onnx").write_bytes(to_onnx(named, x[:1]).SerializeToString())
+    assert "labels: cat, dog\n" in run("inspect", tmp_path / "named.onnx").stdout
+
+
 def test_inspect_lists_the_tensors_that_layer_takes(digits_cnn):
     import onnxplain
 

@@ -39,6 +39,8 @@ class Graph:
         self.opsets.setdefault("onnxplain", 1)
         self.constants: dict[str, torch.Tensor] = {}
         for tensor in proto.graph.initializer:
+            if tensor.data_type == onnx.TensorProto.STRING:   # class names: torch has no strings, scores need none
+                continue
             array = numpy_helper.to_array(tensor)
             array = array if array.flags.writeable else array.copy()
             self.constants[tensor.name] = torch.from_numpy(array).to(self.device)

@@ -91,9 +91,14 @@ class Scaler(LinearOp):
 
 @register("PostTransform", domain=INTERNAL)
 class PostTransform(Op):
-    """The post-transform of a LinearClassifier (NONE, SOFTMAX, LOGISTIC, SOFTMAX_ZERO, PROBIT) and its labels."""
+    """The post-transform of a LinearClassifier (NONE, SOFTMAX, LOGISTIC, SOFTMAX_ZERO, PROBIT) and its labels. LRP:
+    NONE (a linear SVM's decision scores) is the identity, which the gradient routes; the others have no rule."""
 
     kind = None
+
+    def setup(self):
+        if self.attr("post_transform") == "NONE":
+            self.kind = "route"
 
     def forward(self, scores):
         return self.transform(scores, self.attr("post_transform"), self.attr("labels"))

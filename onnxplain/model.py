@@ -180,10 +180,7 @@ class Model:
         if isinstance(preprocess, PreprocessSpec):
             return preprocess
         if preprocess is not None:
-            path = Path(preprocess)
-            if not path.is_file():
-                raise OnnxplainError(f"preprocessing spec not found: {path}")
-            return PreprocessSpec.from_json(path.read_text())
+            return PreprocessSpec.from_file(preprocess)
         stored = self.metadata.get(METADATA_KEY)
         if stored:
             self.preprocess_source = "stored"
@@ -309,6 +306,11 @@ class Model:
                 and not (x == np.round(x)).all()):
             raise OnnxplainError(f"{what} has fractional values, but this model takes {self.input_dtype} "
                                  "(token ids, categories): they would be truncated")
+        if x.dtype != self.input_dtype and np.issubdtype(self.input_dtype, np.number):
+            limits = (np.iinfo if np.issubdtype(self.input_dtype, np.integer) else np.finfo)(self.input_dtype)
+            if x.min() < limits.min or x.max() > limits.max:
+                raise OnnxplainError(f"{what} has values from {x.min():g} to {x.max():g}, beyond the range of "
+                                     f"{self.input_dtype}, which this model takes")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     def batch_size(self, budget_bytes: int | None = None) -> int:

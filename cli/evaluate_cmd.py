@@ -26,7 +26,7 @@ from onnxplain.metrics.plots import plot_apem, plot_curves
 
 from .common import (NonEmptyPath, checked_scores, guessed_spec_note, json_text, load_model, model_argument,
                      preprocess_option, scores_option)
-from .explain_cmd import read_reference
+from .explain_cmd import parse_rules, read_reference
 from .outputs import StagedFiles, check_output
 
 DEFAULT_METHODS = ("lrp", "gradient", "sensitivity", "smoothgrad")
@@ -60,9 +60,14 @@ def read_true_labels(path: Path, sources: list[Path], model) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
+NOT_IN_SPECS = {"progress": "--quiet sets it", "reference": "--reference gives it",
+                "volume_shape": "it takes a shape"}   # constructor parameters a method spec cannot give
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
     """'NAME' or 'NAME:key=value:key=value' (e.g. lrp:composite=epsilon-gamma-box) -> (name, parameters), each
-    value converted to the type the method's constructor declares for it."""
+    value converted to the type the method's constructor declares for it; `rules=OP=RULE`, repeatable, gives LRP
+    rules as explain's --rule does."""
     name, *pairs = (part.strip() for part in spec.split(":"))
     accepted = inspect.signature(method_class(name).__init__).parameters
     params = {}
@@ -71,6 +76,11 @@ def parse_method(spec: str) -> tuple[str, dict]:
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise OnnxplainError(f"method parameter {pair!r} in {spec!r} is not key=value")
+        if key in NOT_IN_SPECS and key in accepted:
+            raise OnnxplainError(f"method parameter {key} cannot be given in {spec!r}: {NOT_IN_SPECS[key]}")
+        if key == "rules" and key in accepted:
+            params.setdefault("rules", {}).update(parse_rules((value,)))
+            continue
         kind = declared_type(accepted[key]) if key in accepted else None
         params[key] = _number(value.strip()) if kind is None else _convert(name, key, value.strip(), kind)
     return name, params

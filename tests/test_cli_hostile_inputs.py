@@ -102,8 +102,8 @@ def test_values_beyond_the_input_type(tmp_path, digits_cnn):
 def test_inputs_the_model_scores_nan_for_write_nothing(tmp_path, digits_cnn):
     path = tmp_path / "huge.npy"   # finite, but the network's sums overflow
     np.save(path, np.full((1, 1, 28, 28), 3e38, np.float32))
-    for command in ("predict", "explain"):
-        result = run(command, digits_cnn, path, "--json", *(["--out", tmp_path / "x.png"] if command == "explain"
-                                                            else []))
-        one_line_error(result, "the model's scores for")
+    generator = digits_cnn.parent / "digits_generator.onnx"
+    for command, *options in (("predict",), ("explain", "--out", tmp_path / "x.png"),
+                              ("contrast", "--generator", generator, "--out", tmp_path / "x.png")):
+        one_line_error(run(command, digits_cnn, path, "--json", *options), "the model's scores for")
     assert not (tmp_path / "x.png").exists()

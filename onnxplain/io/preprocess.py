@@ -50,7 +50,7 @@ class PreprocessSpec:
             raise OnnxplainError(f"preprocessing spec: resize must be stretch or shorter-side-crop, not {self.resize!r}")
         _check_numbers("size", self.size, "two positive whole numbers [H, W]", whole=True, positive=True,
                        counts=(2,))
-        _check_numbers("scale", None if self.scale is None else (self.scale,), "a finite number", shown=self.scale)
+        _check_numbers("scale", (self.scale,), "a finite number", shown=repr(self.scale))
         for name in ("mean", "std"):
             _check_numbers(name, getattr(self, name), f"a list of 1 or {self.channels} finite numbers",
                            counts=(1, self.channels))
@@ -58,7 +58,7 @@ class PreprocessSpec:
             raise OnnxplainError("preprocessing spec: std must not contain 0")
         for pair in self.crop or ():
             _check_numbers("crop", pair, "[start, stop] pairs of whole numbers, 0 <= start < stop", whole=True,
-                           counts=(2,), shown=self.crop)
+                           counts=(2,), shown=repr(self.crop))
             if not 0 <= pair[0] < pair[1]:
                 raise OnnxplainError(f"preprocessing spec: crop box {box_text(self.crop)} has an empty or negative "
                                      "range")
@@ -180,16 +180,16 @@ class PreprocessSpec:
 
 
 def _check_numbers(name: str, values, expected: str, *, whole: bool = False, positive: bool = False,
-                   counts: tuple[int, ...] | None = None, shown=None) -> None:
+                   counts: tuple[int, ...] | None = None, shown: str | None = None) -> None:
     """Refuse spec field `name` unless it is None or a list of finite numbers (whole, positive where asked) of one
-    of the lengths `counts`; the message says what was `expected`."""
+    of the lengths `counts`; the message says what was `expected` and what was given (`shown`, else `values`)."""
     kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
     if values is None:
         return
     if not (isinstance(values, (list, tuple)) and (counts is None or len(values) in counts)
             and all(isinstance(v, kinds) and not isinstance(v, bool) and np.isfinite(v) and (v > 0 or not positive)
                     for v in values)):
-        raise OnnxplainError(f"preprocessing spec: {name} must be {expected}, not {values if shown is None else shown!r}")
+        raise OnnxplainError(f"preprocessing spec: {name} must be {expected}, not {shown or repr(values)}")
 
 
 def box_text(crop) -> str:

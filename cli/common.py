@@ -8,6 +8,7 @@ import click
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
+from onnxplain.io.text import read_text
 
 
 class NonEmptyPath(click.Path):
@@ -38,10 +39,7 @@ def load_model(path: Path, preprocess: Path | None, scores: str | None = None):
 def read_labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    if not path.is_file():
-        raise OnnxplainError(f"labels file not found: {path}" if not path.exists() else
-                             f"labels file {path} is not a regular file")
-    labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    labels = [line.strip() for line in read_text(path, "labels file").splitlines() if line.strip()]
     if not labels:
         raise OnnxplainError(f"labels file {path} is empty")
     return labels
@@ -56,6 +54,20 @@ def use_labels(model, path: Path | None) -> None:
     if count is not None and len(names) != count:
         raise OnnxplainError(f"labels file {path} names {len(names)} classes; the model has {count}")
     model.labels = names
+
+
+def checked_scores(model, x, sources: list[Path]):
+    """The class scores of inputs `x`; an input the model scores NaN or +inf (values far outside those it takes, or
+    NaN weights) is a user error that names it, before anything is explained or written."""
+    import numpy as np
+
+    scores = model.scores(x)
+    broken = [str(source) for source, row in zip(sources, scores) if np.isnan(row).any() or np.isposinf(row).any()]
+    if broken:
+        named = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise OnnxplainError(f"the model's scores for {named} are NaN or infinite: input values far outside those "
+                             "it takes, or NaN weights")
+    return scores
 
 
 def echo_json(data) -> None:

@@ -17,8 +17,8 @@ from onnxplain.methods.contrastive import CDeepEx, ProbeIsPrediction, XGEMs, con
 from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
 
-from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
-                     scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, guessed_spec_note, load_model, model_argument,
+                     preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
@@ -133,6 +133,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
                                 seed=seed, device=device, progress=not quiet)
     goal = parse_target(loaded, probe) if probe is not None else None
     x, sources = load_inputs(inputs, loaded)
+    checked_scores(loaded, x, sources)
     ids = input_names(sources)
     pngs = output_paths(out, ids, ".png") if out else [None] * len(x)
     npys = output_paths(save_npy, ids, ".npy") if save_npy else [None] * len(x)

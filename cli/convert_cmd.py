@@ -77,11 +77,7 @@ def check_out(out: Path) -> None:
 
 
 def read_spec(path: Path | None) -> PreprocessSpec | None:
-    if path is None:
-        return None
-    if not path.is_file():
-        raise OnnxplainError(f"preprocessing spec not found: {path}")
-    return PreprocessSpec.from_json(path.read_text())
+    return None if path is None else PreprocessSpec.from_file(path)
 
 
 def read_samples(path: Path | None) -> np.ndarray | None:

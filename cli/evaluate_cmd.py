@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import io
 from pathlib import Path
 
 import click
@@ -16,15 +17,16 @@ import numpy as np
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import load_inputs, read_npy
+from onnxplain.io.text import read_text
 from onnxplain.methods import REGISTRY, make_method, method_class
 from onnxplain.numbers import SEED_MAX
 from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import (NonEmptyPath, guessed_spec_note, json_text, load_model, model_argument, preprocess_option,
-                     scores_option)
-from .explain_cmd import read_reference
+from .common import (NonEmptyPath, checked_scores, guessed_spec_note, json_text, load_model, model_argument,
+                     preprocess_option, scores_option)
+from .explain_cmd import parse_rules, read_reference
 from .outputs import StagedFiles, check_output
 
 DEFAULT_METHODS = ("lrp", "gradient", "sensitivity", "smoothgrad")
@@ -39,14 +41,16 @@ def read_true_labels(path: Path, sources: list[Path], model) -> np.ndarray:
         if len(labels) != len(sources) or not np.issubdtype(labels.dtype, np.integer):
             raise OnnxplainError(f"{path}: expected {len(sources)} integer labels, one per input")
         return labels.astype(np.int64)
-    table = {}
-    with path.open(newline="") as handle:
-        for number, row in enumerate(csv.reader(handle), 1):
+    table, rows = {}, csv.reader(io.StringIO(read_text(path, "labels file"), newline=""))
+    try:
+        for number, row in enumerate(rows, 1):
             if not row or (number == 1 and [c.strip().lower() for c in row] == ["input", "label"]):
                 continue
             if len(row) != 2:
                 raise OnnxplainError(f"{path}:{number}: expected 'input,label', got {','.join(row)!r}")
             table[row[0].strip()] = model.class_index(row[1].strip())
+    except csv.Error as error:
+        raise OnnxplainError(f"{path}:{rows.line_num}: not a CSV of input,label rows ({error})") from None
     labels = []
     for source in sources:
         key = next((k for k in (source.name, str(source)) if k in table), None)
@@ -56,9 +60,14 @@ def read_true_labels(path: Path, sources: list[Path], model) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
+NOT_IN_SPECS = {"progress": "--quiet sets it", "reference": "--reference gives it",
+                "volume_shape": "it takes a shape"}   # constructor parameters a method spec cannot give
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
     """'NAME' or 'NAME:key=value:key=value' (e.g. lrp:composite=epsilon-gamma-box) -> (name, parameters), each
-    value converted to the type the method's constructor declares for it."""
+    value converted to the type the method's constructor declares for it; `rules=OP=RULE`, repeatable, gives LRP
+    rules as explain's --rule does."""
     name, *pairs = (part.strip() for part in spec.split(":"))
     accepted = inspect.signature(method_class(name).__init__).parameters
     params = {}
@@ -67,6 +76,11 @@ def parse_method(spec: str) -> tuple[str, dict]:
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise OnnxplainError(f"method parameter {pair!r} in {spec!r} is not key=value")
+        if key in NOT_IN_SPECS and key in accepted:
+            raise OnnxplainError(f"method parameter {key} cannot be given in {spec!r}: {NOT_IN_SPECS[key]}")
+        if key == "rules" and key in accepted:
+            params.setdefault("rules", {}).update(parse_rules((value,)))
+            continue
         kind = declared_type(accepted[key]) if key in accepted else None
         params[key] = _number(value.strip()) if kind is None else _convert(name, key, value.strip(), kind)
     return name, params
@@ -234,6 +248,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     metric_names = listed(metrics, "--metrics") if metrics is not None else None
     loaded = load_model(model, preprocess, scores)
     x, sources = load_inputs(inputs, loaded)
+    checked_scores(loaded, x, sources)
     truth = read_true_labels(labels, sources, loaded) if labels else None
     options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None,
                "device": device}

@@ -20,8 +20,8 @@ from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
-from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
-                     scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, guessed_spec_note, load_model, model_argument,
+                     preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -307,10 +307,11 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
             from None
     goal = parse_target(loaded, target, layer)
     x, sources = load_inputs(inputs, loaded)
+    scores = checked_scores(loaded, x, sources)
     loaded_s = time.perf_counter() - began
 
     records = explain_in_batches(explainer, loaded, x, goal, batch)
-    ranked = top_k(loaded, loaded.scores(x), k) if not goal.hidden else [None] * len(x)
+    ranked = top_k(loaded, scores, k) if not goal.hidden else [None] * len(x)
     rendering = time.perf_counter()
     with StagedFiles() as staged:
         write_outputs(staged, loaded, x, records, sources, input_names(sources), out=out, save_npy=save_npy,

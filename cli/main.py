@@ -17,18 +17,30 @@ from .inspect_cmd import inspect_command
 from .predict_cmd import predict_command
 
 
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory")   # torch's CPU and CUDA allocators say so
+
+
 class UserErrorGroup(click.Group):
-    """Runs commands so that an OnnxplainError prints one line on stderr and exits 2, with no traceback."""
+    """Runs commands so that an OnnxplainError prints one line on stderr and exits 2, with no traceback; so does
+    running out of memory (settings or inputs too large for the machine)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except OnnxplainError as error:
-            click.echo(f"onnxplain: error: {error}", err=True)
-            sys.exit(2)
+            fail(str(error))
         except click.UsageError as error:  # unknown option, missing argument: one line too
-            click.echo(f"onnxplain: error: {error.format_message()} (see --help)", err=True)
-            sys.exit(2)
+            fail(f"{error.format_message()} (see --help)")
+        except (MemoryError, RuntimeError) as error:
+            text = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            if isinstance(error, RuntimeError) and not any(s in text.lower() for s in OUT_OF_MEMORY):
+                raise
+            fail(f"out of memory ({text}): give fewer inputs at once (--batch) or smaller settings")
+
+
+def fail(message: str):
+    click.echo(f"onnxplain: error: {message}", err=True)
+    sys.exit(2)
 
 
 @click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})

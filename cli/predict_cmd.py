@@ -6,8 +6,8 @@ import numpy as np
 
 from onnxplain.io import load_inputs
 
-from .common import (NonEmptyPath, echo_json, guessed_spec_note, load_model, model_argument, preprocess_option,
-                     scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, guessed_spec_note, load_model, model_argument,
+                     preprocess_option, scores_option, use_labels)
 
 
 def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
@@ -30,7 +30,7 @@ def predict_command(model, inputs, k, labels, preprocess, scores, as_json):
     loaded = load_model(model, preprocess, scores)
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
-    ranked = top_k(loaded, loaded.scores(x), k)
+    ranked = top_k(loaded, checked_scores(loaded, x, files), k)
     note = guessed_spec_note(loaded, files)
     if note:
         click.echo(note, err=True)

@@ -70,11 +70,15 @@ def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: n
         if not diff <= atol:
             raise OnnxplainError(f"the ONNX model differs from the source model by {diff:.3g} (> {atol:g}) on "
                                  f"{len(samples)} sample inputs; not written")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")   # beside it: the rename cannot half-happen
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(staged), str(path))
+            shutil.move(str(staged), str(partial))   # a copy when /tmp is another file system
+            os.replace(partial, path)
         except OSError as error:
             raise OnnxplainError(f"cannot write {path}: {error.strerror or error}") from None
+        finally:   # a failed copy or an interrupt leaves no partial file behind
+            partial.unlink(missing_ok=True)
     return ConversionReport(path=path, exporter=exporter, samples=len(samples), max_abs_diff=diff, tolerance=atol,
                             score_output=output or model.score_output, score_kind=model.score_kind)
 

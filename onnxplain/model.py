@@ -48,6 +48,7 @@ class Model:
             choice.output, choice.kind, choice.reason, choice.logits, choice.raw)
         self.binary = any(added.binary and added.output == self.score_output  # logits are log-odds [-z, z]
                           for added in self.probability_outputs.values())
+        self._check_score_rows()
         self.preprocess_source: str | None = None  # 'given', 'stored' in the model, or 'guessed' from its input shape
         self._preprocess = self._preprocess_spec(preprocess)
         self.labels = self._labels()
@@ -136,6 +137,18 @@ class Model:
             if not same:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 
+    def _check_score_rows(self) -> None:
+        """The class scores keep the batch axis, one row per sample: a graph that sums over the batch (to one
+        number, or to K numbers whatever the batch) cannot be explained sample by sample."""
+        batch, session = (1 if self.fixed_batch else 2), self._sessions[()]
+        try:
+            (scores,) = session.run([self.score_output], _random_feed(session, batch))
+        except Exception:  # the probe's free sizes do not suit the graph: real inputs will tell
+            return
+        if np.ndim(scores) == 0 or len(scores) != batch:
+            raise OnnxplainError(f"output {self.score_output!r} must keep the batch axis (one row of scores per "
+                                 f"sample), but a batch of {batch} gives shape {np.shape(scores)}")
+
     @staticmethod
     def _batch_parity(session) -> bool:
         """A batch of 3 gives the same outputs as 3 batches of 1."""
@@ -180,10 +193,7 @@ class Model:
         if isinstance(preprocess, PreprocessSpec):
             return preprocess
         if preprocess is not None:
-            path = Path(preprocess)
-            if not path.is_file():
-                raise OnnxplainError(f"preprocessing spec not found: {path}")
-            return PreprocessSpec.from_json(path.read_text())
+            return PreprocessSpec.from_file(preprocess)
         stored = self.metadata.get(METADATA_KEY)
         if stored:
             self.preprocess_source = "stored"
@@ -200,7 +210,9 @@ class Model:
         try:
             labels = json.loads(stored)
         except json.JSONDecodeError:
-            raise OnnxplainError(f"metadata {LABELS_KEY} is not a JSON list") from None
+            labels = None
+        if not isinstance(labels, list) or not all(isinstance(label, (str, int, float)) for label in labels):
+            raise OnnxplainError(f"metadata {LABELS_KEY} is not a JSON list of class names")
         return [str(label) for label in labels]
 
     @property
@@ -313,6 +325,11 @@ class Model:
                 and not (x == np.round(x)).all()):
             raise OnnxplainError(f"{what} has fractional values, but this model takes {self.input_dtype} "
                                  "(token ids, categories): they would be truncated")
+        if x.dtype != self.input_dtype and np.issubdtype(self.input_dtype, np.number):
+            limits = (np.iinfo if np.issubdtype(self.input_dtype, np.integer) else np.finfo)(self.input_dtype)
+            if x.min() < limits.min or x.max() > limits.max:
+                raise OnnxplainError(f"{what} has values from {x.min():g} to {x.max():g}, beyond the range of "
+                                     f"{self.input_dtype}, which this model takes")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     def batch_size(self, budget_bytes: int | None = None) -> int:

@@ -29,7 +29,8 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxplainError(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise OnnxplainError(f"{path} is not a readable ONNX model (empty graph)")
-    external = [t for t in _all_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
+    graphs = [model.graph, *model.functions]   # onnx reads external data in functions' attributes too
+    external = [t for graph in graphs for t in _all_tensors(graph) if t.data_location == TensorProto.EXTERNAL]
     if external:
         folder = path.resolve().parent
         for tensor in external:
@@ -41,18 +42,24 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def _all_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
+def _all_tensors(graph: onnx.GraphProto | onnx.FunctionProto):
+    """Every tensor `onnx.external_data_helper` may read data for: initializers, attribute tensors (whatever the
+    attribute's declared type), in subgraphs too."""
+    yield from getattr(graph, "initializer", ())
     for node in graph.node:
         for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.TENSOR:
+            if attribute.HasField("t"):
                 yield attribute.t
+            yield from attribute.tensors
             for subgraph in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
                 yield from _all_tensors(subgraph)
 
 
 def _check_external_location(tensor: TensorProto, folder: Path) -> None:
     location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+    if "\0" in location:
+        raise OnnxplainError(f"external data of tensor {tensor.name!r} has a location with a NUL character "
+                             f"({location!r}); refused")
     target = (folder / location).resolve()
     if not location or os.path.isabs(location) or ".." in Path(location).parts or not target.is_relative_to(folder):
         linked = f", a link to {str(target)!r}" if location and (folder / location).is_symlink() else ""
@@ -367,9 +374,16 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def one_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    """The graph's one input; more are refused, naming them."""
+    """The graph's one input, a tensor with a batch axis; more inputs (named), or another kind, are refused."""
     inputs = list(model.graph.input)
     if len(inputs) != 1:
-        raise OnnxplainError(f"onnxplain explains models with one input; this one has {len(inputs)}: "
-                             + ", ".join(i.name for i in inputs))
-    return inputs[0]
+        names = ", ".join(value.name for value in inputs)
+        raise OnnxplainError(f"onnxplain explains models with one input; this one has {len(inputs)}"
+                             + (f": {names}" if names else ""))
+    value = inputs[0]
+    if not value.type.HasField("tensor_type"):
+        raise OnnxplainError(f"input {value.name!r} is not a tensor ({value.type.WhichOneof('value')}): onnxplain "
+                             "explains models that take one tensor")
+    if value.type.tensor_type.HasField("shape") and not value.type.tensor_type.shape.dim:
+        raise OnnxplainError(f"input {value.name!r} is a single number (rank 0): it has no batch axis")
+    return value

@@ -89,6 +89,19 @@ def test_pytorch_mismatch_is_refused_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "bad.onnx").exists()
 
 
+def test_an_interrupted_write_leaves_no_partial_model(tmp_path, monkeypatch):
+    from onnxplain.converters import common
+
+    def half_then_interrupt(source, target):   # Ctrl-C while the model is copied from /tmp
+        Path(target).write_bytes(Path(source).read_bytes()[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common.shutil, "move", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        convert_pytorch(small_net(), tmp_path / "net.onnx", input_shape=(1, 6, 6))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def digits():
     from sklearn.datasets import load_digits

@@ -1,6 +1,7 @@
 """Reading user inputs (images, .npy tensors, NIfTI volumes) into one model-input batch."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,23 +58,50 @@ def _kind(path: Path) -> str:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Pixels (HxW or HxWx3 uint8) of an image file; anything else is a clear error."""
+    """Pixels (HxW or HxWx3 uint8) of an image file, 16-bit ones scaled to 8 bits; anything else (and an image
+    past Pillow's decompression-bomb limit) is a clear error."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+        with warnings.catch_warnings():   # images up to twice Pillow's warning size are read without a word
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return _eight_bit(image, path)
+    except Image.DecompressionBombError as error:
+        raise OnnxplainError(f"{path} is too large to read: {error}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise OnnxplainError(f"{path} is not a readable image") from None
 
 
+def _eight_bit(image, path: Path) -> np.ndarray:
+    """L or RGB pixels of an open image: 16-bit gray (I;16, or I above 255) scaled to 0..255, not clipped; float
+    and 32-bit images taken as they are when they hold 0..255."""
+    if image.mode in ("L", "RGB"):
+        return np.asarray(image)
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return np.asarray(image.convert("RGB"))
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise OnnxplainError(f"{path} has NaN or Inf pixel values")
+    low, high = values.min(initial=0), values.max(initial=0)
+    top = 65535 if image.mode.startswith("I;16") or high > 255 else 255
+    if low < 0 or high > top or (image.mode == "F" and top > 255):
+        raise OnnxplainError(f"{path} holds {image.mode} pixel values from {low:g} to {high:g}, outside 0..255 and "
+                             "not 16-bit: give the preprocessed tensor as .npy")
+    return np.round(values * (255 / top)).astype(np.uint8)
+
+
 def read_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError):
+        array = np.load(path, allow_pickle=False)
+    except Exception:  # a damaged header raises ValueError, SyntaxError, tokenize.TokenError, ...
         raise OnnxplainError(f"{path} is not a readable .npy array (not an .npy file, or one holding Python "
                              "objects, which are never unpickled)") from None
+    if not isinstance(array, np.ndarray):   # np.load opens an .npz archive whatever its name
+        array.close()
+        raise OnnxplainError(f"{path} is an .npz archive, not an .npy array")
+    return array
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +168,21 @@ def to_model_inputs(path: Path, model) -> np.ndarray:
         if model.preprocess is None:
             raise OnnxplainError(f"{path}: this model has no preprocessing spec for images; "
                                  "pass --preprocess spec.json, or a preprocessed .npy tensor")
+        _check_spec_size(model, path)
         return model.preprocess.image_to_tensor(read_image(path))[None]
     raise OnnxplainError(f"{path}: unknown input type (expected an image, .npy or .nii/.nii.gz)")
+
+
+def _check_spec_size(model, path: Path) -> None:
+    """Before resizing: a spec size that cannot give the model's (static) input is an error, not a huge resize."""
+    spec, sample = model.preprocess, model.input_shape[1:]
+    if spec.size is None or not all(sample):
+        return
+    values = int(np.prod(spec.size)) * spec.channels
+    if values != int(np.prod(sample)):
+        raise OnnxplainError(f"{path}: the preprocessing spec makes images of {'x'.join(map(str, spec.size))} "
+                             f"pixels x {spec.channels} channel(s), which does not fit the model's input "
+                             f"{'x'.join(map(str, sample))} per sample")
 
 
 def load_inputs(paths, model) -> tuple[np.ndarray, list[Path]]:

@@ -48,8 +48,21 @@ class PreprocessSpec:
             raise OnnxplainError(f"preprocessing spec: color must be gray, rgb or bgr, not {self.color!r}")
         if self.resize not in ("stretch", "shorter-side-crop"):
             raise OnnxplainError(f"preprocessing spec: resize must be stretch or shorter-side-crop, not {self.resize!r}")
+        _check_numbers("size", self.size, "two positive whole numbers [H, W]", whole=True, positive=True,
+                       counts=(2,))
+        _check_numbers("scale", (self.scale,), "a finite number", shown=repr(self.scale))
+        for name in ("mean", "std"):
+            _check_numbers(name, getattr(self, name), f"a list of 1 or {self.channels} finite numbers",
+                           counts=(1, self.channels))
         if any(s == 0 for s in self.std):
             raise OnnxplainError("preprocessing spec: std must not contain 0")
+        for pair in self.crop or ():
+            _check_numbers("crop", pair, "[start, stop] pairs of whole numbers, 0 <= start < stop", whole=True,
+                           counts=(2,), shown=repr(self.crop))
+            if not 0 <= pair[0] < pair[1]:
+                raise OnnxplainError(f"preprocessing spec: crop box {box_text(self.crop)} has an empty or negative "
+                                     "range")
+        _check_numbers("scan_shape", self.scan_shape, "positive whole numbers [D, H, W]", whole=True, positive=True)
         if self.scan_shape is not None:
             if self.crop is None or len(self.scan_shape) != len(self.crop):
                 raise OnnxplainError("preprocessing spec: scan_shape needs a crop box with one [start, stop] per axis")
@@ -68,12 +81,12 @@ class PreprocessSpec:
         if unknown:
             raise OnnxplainError(f"preprocessing spec: unknown field(s) {', '.join(sorted(unknown))}")
         values = dict(data)
-        for key in ("size", "mean", "std", "scan_shape"):
-            if key in values and values[key] is not None:
-                values[key] = tuple(values[key])
-        if values.get("crop") is not None:
-            values["crop"] = tuple(tuple(pair) for pair in values["crop"])
         try:
+            for key in ("size", "mean", "std", "scan_shape"):
+                if isinstance(values.get(key), list):
+                    values[key] = tuple(values[key])
+            if isinstance(values.get("crop"), list):
+                values["crop"] = tuple(tuple(pair) if isinstance(pair, list) else pair for pair in values["crop"])
             return cls(**values)
         except TypeError as error:
             raise OnnxplainError(f"preprocessing spec: {error}") from None
@@ -87,6 +100,13 @@ class PreprocessSpec:
         if not isinstance(data, dict):
             raise OnnxplainError("preprocessing spec must be a JSON object")
         return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path) -> "PreprocessSpec":
+        """A spec from a JSON file (`--preprocess spec.json`)."""
+        from .text import read_text
+
+        return cls.from_json(read_text(path, "preprocessing spec"))
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None})
@@ -157,6 +177,19 @@ class PreprocessSpec:
         if self.size is None:
             raise OnnxplainError("a flat input needs 'size' in its preprocessing spec to be shown as an image")
         return array.reshape(*self.size, self.channels).sum(axis=-1)
+
+
+def _check_numbers(name: str, values, expected: str, *, whole: bool = False, positive: bool = False,
+                   counts: tuple[int, ...] | None = None, shown: str | None = None) -> None:
+    """Refuse spec field `name` unless it is None or a list of finite numbers (whole, positive where asked) of one
+    of the lengths `counts`; the message says what was `expected` and what was given (`shown`, else `values`)."""
+    kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
+    if values is None:
+        return
+    if not (isinstance(values, (list, tuple)) and (counts is None or len(values) in counts)
+            and all(isinstance(v, kinds) and not isinstance(v, bool) and np.isfinite(v) and (v > 0 or not positive)
+                    for v in values)):
+        raise OnnxplainError(f"preprocessing spec: {name} must be {expected}, not {shown or repr(values)}")
 
 
 def box_text(crop) -> str:

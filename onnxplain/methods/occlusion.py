@@ -60,18 +60,19 @@ class Occlusion(Method):
         return mean.astype(model.input_dtype)
 
     def _fill_for(self, dtype: np.dtype) -> float | int:
-        """The fill as a value of the model's input type: an integer input (token ids, categories) takes only an
-        integral fill within its range, never a silently truncated or wrapped one."""
+        """The fill as a value of the model's input type, within its range: an integer input (token ids,
+        categories) takes only an integral fill, never a silently truncated or wrapped one."""
         fill = self.fill or 0.0
-        if not np.issubdtype(dtype, np.integer):
-            return fill
-        limits = np.iinfo(dtype)
-        fractional = fill != round(fill)
-        if fractional or not limits.min <= fill <= limits.max:
+        whole = np.issubdtype(dtype, np.integer)
+        limits = np.iinfo(dtype) if whole else np.finfo(dtype)
+        low, high = (limits.min, limits.max) if whole else (float(limits.min), float(limits.max))
+        fractional = whole and fill != round(fill)
+        if fractional or not low <= fill <= high:
+            kind = " (token ids, categories); give a whole number" if whole else "; give a number"
+            span = f"from {low} to {high}" if whole else f"from {low:.6g} to {high:.6g}"   # integer limits exact
             raise OnnxplainError(f"fill {fill:g} would be {'truncated' if fractional else 'out of range'}: "
-                                 f"this model takes {dtype} inputs (token ids, categories); give a whole number "
-                                 f"from {limits.min} to {limits.max}")
-        return int(fill)
+                                 f"this model takes {dtype} inputs{kind} {span}")
+        return int(fill) if whole else fill
 
     def explain(self, model, x: np.ndarray, target: Target | None = None) -> Explanation:
         require_model(model)

@@ -14,7 +14,7 @@ from . import batch_axis, normalize
 from .errors import OnnxplainError
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, run_batched
-from .scores import find_scores, softmax
+from .scores import classifier_labels, find_scores, softmax
 from .sequences import channel_layout, sequence_layout
 
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
@@ -206,7 +206,7 @@ class Model:
         """The stored labels, else a scikit-learn classifier's own class names (ai.onnx.ml classlabels_strings)."""
         stored = self.metadata.get(LABELS_KEY)
         if not stored:
-            return _classifier_labels(self.proto, self.class_count())
+            return classifier_labels(self.proto, self.class_count())
         try:
             labels = json.loads(stored)
         except json.JSONDecodeError:
@@ -384,20 +384,6 @@ class Model:
         if key not in cache:
             cache[key] = TorchExecutor(self, device=device)
         return cache[key]
-
-
-def _classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str] | None:
-    """The class names of the graph's one ai.onnx.ml classifier, or of the one string table an ArrayFeatureExtractor
-    picks the predicted label from (skl2onnx's MLPClassifier, SGDClassifier and double-precision exports), when they
-    count the score columns. Integer classes give none: a label "1" for column 0 would make `--target 1` mean
-    another class than index 1."""
-    found = [[v.decode() if isinstance(v, bytes) else str(v) for v in helper.get_attribute_value(a)]
-             for node in model.graph.node if node.domain == "ai.onnx.ml" and node.op_type.endswith("Classifier")
-             for a in node.attribute if a.name == "classlabels_strings"]
-    tables = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.STRING}
-    found += [[v.decode() for v in tables[node.input[0]].string_data] for node in model.graph.node
-              if node.op_type == "ArrayFeatureExtractor" and node.input[0] in tables]
-    return found[0] if len(found) == 1 and classes is not None and len(found[0]) == classes else None
 
 
 def _random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:

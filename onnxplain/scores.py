@@ -206,3 +206,17 @@ def _attribute(node: onnx.NodeProto, name: str, default):
         if attribute.name == name:
             return helper.get_attribute_value(attribute)
     return default
+
+
+def classifier_labels(model: onnx.ModelProto, classes: int | None) -> list[str] | None:
+    """The class names of the graph's one ai.onnx.ml classifier, or of the one string table an ArrayFeatureExtractor
+    picks the predicted label from (skl2onnx's MLPClassifier, SGDClassifier and double-precision exports), when they
+    count the score columns. Integer classes give none: a label "1" for column 0 would make `--target 1` mean
+    another class than index 1."""
+    found = [[v.decode() if isinstance(v, bytes) else str(v) for v in helper.get_attribute_value(a)]
+             for node in model.graph.node if node.domain == "ai.onnx.ml" and node.op_type.endswith("Classifier")
+             for a in node.attribute if a.name == "classlabels_strings"]
+    tables = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.STRING}
+    found += [[v.decode() for v in tables[node.input[0]].string_data] for node in model.graph.node
+              if node.op_type == "ArrayFeatureExtractor" and node.input[0] in tables]
+    return found[0] if len(found) == 1 and classes is not None and len(found[0]) == classes else None

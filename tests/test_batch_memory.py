@@ -85,3 +85,39 @@ def test_smoothgrad_noise_drawn_in_chunks_is_the_noise_drawn_at_once(shape, rows
     if shape == (3, 4, 4):                   # 48 values a copy: chunks of `rows` copies (odd sizes take 16 or all)
         assert max(map(len, chunks)) == min(rows, 11)
     np.testing.assert_array_equal(np.concatenate(chunks), np.concatenate(list(method._noise(scale, 10**6))))
+
+
+def test_explain_stages_each_batchs_outputs_before_explaining_the_next(digits_cnn, tmp_path, monkeypatch):
+    """The CLI renders a batch's outputs as soon as it is explained and keeps no relevance maps: memory holds one
+    batch of maps, not one per input (the files are still moved into place only once all succeeded)."""
+    from click.testing import CliRunner
+
+    from onnxplain.cli import explain_cmd
+    from onnxplain.cli.main import cli
+    from onnxplain.methods.gradients import Gradient
+
+    events = []
+    explain, save = Gradient.explain, explain_cmd.StagedFiles.save_npy
+    monkeypatch.setattr(Gradient, "explain", lambda self, *a: events.append("explain") or explain(self, *a))
+    monkeypatch.setattr(explain_cmd.StagedFiles, "save_npy",
+                        lambda self, *a: events.append(f"save {len(list(tmp_path.iterdir()))}") or save(self, *a))
+    samples = digits_cnn.parent / "samples"
+    inputs = [samples / f"digit{d}_cnn.npy" for d in (0, 3, 7)]
+    result = CliRunner().invoke(cli, ["explain", str(digits_cnn), *map(str, inputs), "--method", "gradient",
+                                      "--batch", "2", "--save-npy", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert events == ["explain", "save 0", "save 0", "explain", "save 0"]     # staged, none in place yet
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit0_cnn.npy", "digit3_cnn.npy", "digit7_cnn.npy"]
+
+
+def test_inputs_are_joined_one_file_at_a_time_and_differing_sizes_are_a_clear_error(free_size_model, tmp_path):
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.io.inputs import joined, load_inputs
+
+    batches = [np.zeros((2, 3, 8, 8), np.float32), np.ones((1, 3, 8, 8), np.float32)]
+    out = joined(batches)
+    assert batches == [] and out.shape == (3, 3, 8, 8) and out[2].all() and not out[:2].any()
+    np.save(tmp_path / "a.npy", np.zeros((3, 32, 32), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((3, 48, 32), np.float32))
+    with pytest.raises(OnnxplainError, match="b.npy: samples of shape 3x48x32 differ from .*a.npy's 3x32x32"):
+        load_inputs([tmp_path], free_size_model)

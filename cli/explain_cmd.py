@@ -18,6 +18,7 @@ from onnxplain.io import load_inputs
 from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
+from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
@@ -315,13 +316,16 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     pngs = output_paths(out, names, ".png") if out else [None] * len(x)
     npys = output_paths(save_npy, names, ".npy") if save_npy else [None] * len(x)
     records, render_s = [], 0.0
-    with StagedFiles() as staged:
+    # with several batches, a bar over all inputs: the method's own bars count one batch each
+    with StagedFiles() as staged, optional_bar(not quiet and len(x) > batch, len(x), "inputs", "input") as bar:
         for start, done in explain_in_batches(explainer, loaded, x, goal, batch):
             rendering, end = time.perf_counter(), start + len(done)
             write_outputs(staged, loaded, x[start:end], done, sources[start:end], pngs[start:end], npys[start:end],
                           threshold=threshold, slice_axis=slice_axis, layer=layer)
             render_s += time.perf_counter() - rendering
             records += done
+            if bar is not None:
+                bar.update(len(done))
         ranked = top_k(loaded, loaded.scores(x), k) if not goal.hidden else [None] * len(x)
         staged.commit()
     timings = {"load_s": round(loaded_s, 4), "render_s": round(render_s / len(x), 4),

@@ -121,3 +121,22 @@ def test_inputs_are_joined_one_file_at_a_time_and_differing_sizes_are_a_clear_er
     np.save(tmp_path / "b.npy", np.zeros((3, 48, 32), np.float32))
     with pytest.raises(OnnxplainError, match="b.npy: samples of shape 3x48x32 differ from .*a.npy's 3x32x32"):
         load_inputs([tmp_path], free_size_model)
+
+
+def test_explain_shows_one_bar_over_all_inputs_when_they_take_several_batches(digits_cnn, monkeypatch):
+    """The method's bars restart with each --batch; the CLI's own bar counts every input, for an ETA of the run."""
+    from click.testing import CliRunner
+
+    from onnxplain import runtime
+    from onnxplain.cli.main import cli
+
+    bars, real = [], runtime.progress_bar
+    monkeypatch.setattr(runtime, "progress_bar", lambda *a, **options: bars.append(options) or real(*a, **options))
+    samples = digits_cnn.parent / "samples"
+    inputs = [str(samples / f"digit{d}_cnn.npy") for d in (0, 3, 7)]
+    for batch, wanted in (("2", [{"total": 3, "desc": "inputs", "unit": "input"}]), ("3", [])):
+        bars.clear()
+        result = CliRunner().invoke(cli, ["explain", str(digits_cnn), *inputs, "--method", "occlusion", "--batch",
+                                          batch])
+        assert result.exit_code == 0, result.output
+        assert [bar for bar in bars if bar.get("unit") == "input"] == wanted

@@ -1,7 +1,8 @@
 """`onnxplain explain`: relevance for each input, as pictures (PNG, NIfTI), .npy and JSON.
 
-Inputs are explained in batches of `--batch`; every output is written only after all inputs succeeded
-(naming scheme: `cli/outputs.py`).
+Inputs are explained in batches of `--batch`; each batch's outputs are rendered into a staging folder as it
+finishes (its relevance maps then dropped), and moved into place only after all inputs succeeded (naming scheme:
+`cli/outputs.py`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from onnxplain.io import load_inputs
 from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
+from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
@@ -126,7 +128,7 @@ def per_sample(diagnostics: dict, i: int, n: int) -> dict:
 def zero_map_note(model, records: list[dict], sources: list) -> str | None:
     """One line for inputs whose relevance is zero everywhere, with why where it is a saturated probability (1 to
     float32 precision: no occluded window or PDA sample moves it) and what to explain instead."""
-    zero = [(record, source) for record, source in zip(records, sources) if not np.any(record["relevance"])]
+    zero = [(record, source) for record, source in zip(records, sources) if record["all_zero"]]
     if not zero:
         return None
     names = ", ".join(str(source) for _, source in zero[:3]) + (f" and {len(zero) - 3} more" if len(zero) > 3 else "")
@@ -141,10 +143,11 @@ def zero_map_note(model, records: list[dict], sources: list) -> str | None:
             f"precision, which no {record['method']} window changes; explain the logits instead ({instead})")
 
 
-def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int) -> list[dict]:
-    """One record per input: relevance, target, score, diagnostics, explain time (the batch's time shared)."""
-    records = []
+def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int):
+    """(first input's index, one record per input of the batch: relevance, target, score, diagnostics, explain
+    time (the batch's time shared)) for each batch of `batch` inputs, as it is explained."""
     for start in range(0, len(x), batch):
+        records = []
         began = time.perf_counter()
         explanation = explainer.explain(model, x[start:start + batch], target)
         seconds = time.perf_counter() - began
@@ -156,7 +159,7 @@ def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int) -> l
                             "score": float(explanation.score[i]), "method": explanation.method,
                             "params": per_sample(explanation.params, i, n),
                             "diagnostics": per_sample(explanation.diagnostics, i, n), "explain_s": seconds / n})
-    return records
+        yield start, records
 
 
 def title_of(model, record: dict, layer: str | None, source: Path) -> str:
@@ -167,32 +170,32 @@ def title_of(model, record: dict, layer: str | None, source: Path) -> str:
     return f"{source.name}: {method} for {what} (score {record['score']:.4g})"
 
 
-def write_outputs(staged: StagedFiles, model, x, records, sources, names, *, out, save_npy, threshold,
-                  slice_axis, layer) -> None:
-    """Render and save every input's outputs into `staged`; fills record['outputs']."""
+def write_outputs(staged: StagedFiles, model, x, records, sources, pngs, npys, *, threshold, slice_axis,
+                  layer) -> None:
+    """Render and save the inputs' outputs (PNG and .npy paths, None for none) into `staged`; fills
+    record['outputs'], and replaces record['relevance'] by its sum and whether it is zero everywhere."""
     from onnxplain import viz
     from onnxplain.io import read_nifti
     from onnxplain.io.nifti import sample_to_volume, write_nifti
 
-    pngs = output_paths(out, names, ".png") if out else [None] * len(records)
-    npys = output_paths(save_npy, names, ".npy") if save_npy else [None] * len(records)
-    for sample, record, source, png, npy in zip(x, records, sources, pngs, npys):
-        record["outputs"] = {}
+    for sample, record, source, png, npy in zip(x, records, sources, pngs, npys, strict=True):
+        relevance = record.pop("relevance")
+        record.update(outputs={}, relevance_sum=float(np.sum(relevance, dtype=np.float64)),
+                      all_zero=not np.any(relevance))
         if npy is not None:
-            staged.save_npy(npy, record["relevance"].astype(np.float32))
+            staged.save_npy(npy, relevance.astype(np.float32))
             record["outputs"]["npy"] = str(npy)
         if png is None:
             continue
         volume = affine = None
         if source.name.lower().endswith((".nii", ".nii.gz")) and source.is_file():
             volume, affine = read_nifti(source)
-        figure = viz.sample_figure(model, sample, record["relevance"], title=title_of(model, record, layer, source),
+        figure = viz.sample_figure(model, sample, relevance, title=title_of(model, record, layer, source),
                                    threshold=threshold, volume=volume, slice_axis=slice_axis)
         viz.save_figure(figure, staged.path_for(png))
         record["outputs"]["png"] = str(png)
         if volume is not None:
-            relevance = sample_to_volume(record["relevance"], model, volume.shape)
-            write_nifti(staged.path_for(nifti_path(png)), relevance, affine)
+            write_nifti(staged.path_for(nifti_path(png)), sample_to_volume(relevance, model, volume.shape), affine)
             record["outputs"]["nifti"] = str(nifti_path(png))
 
 
@@ -210,7 +213,7 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
         "target": {"index": target, "label": model.label_of(target)} if target >= 0 else hidden,
         "score": record["score"],
         "score_kind": diagnostics.get("score_kind", model.score_kind) if target >= 0 else "hidden",
-        "top": ranked, "relevance_sum": float(np.sum(record["relevance"], dtype=np.float64)),
+        "top": ranked, "relevance_sum": record["relevance_sum"],
         "conservation_error": next((v for k, v in diagnostics.items() if "conservation" in k), None),
         "diagnostics": diagnostics, "outputs": record["outputs"],
         "timings": {**timings, "explain_s": round(record["explain_s"], 4)},
@@ -310,14 +313,23 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     scores = checked_scores(loaded, x, sources)
     loaded_s = time.perf_counter() - began
 
-    records = explain_in_batches(explainer, loaded, x, goal, batch)
-    ranked = top_k(loaded, scores, k) if not goal.hidden else [None] * len(x)
-    rendering = time.perf_counter()
-    with StagedFiles() as staged:
-        write_outputs(staged, loaded, x, records, sources, input_names(sources), out=out, save_npy=save_npy,
-                      threshold=threshold, slice_axis=slice_axis, layer=layer)
+    names = input_names(sources)
+    pngs = output_paths(out, names, ".png") if out else [None] * len(x)
+    npys = output_paths(save_npy, names, ".npy") if save_npy else [None] * len(x)
+    records, render_s = [], 0.0
+    # with several batches, a bar over all inputs: the method's own bars count one batch each
+    with StagedFiles() as staged, optional_bar(not quiet and len(x) > batch, len(x), "inputs", "input") as bar:
+        for start, done in explain_in_batches(explainer, loaded, x, goal, batch):
+            rendering, end = time.perf_counter(), start + len(done)
+            write_outputs(staged, loaded, x[start:end], done, sources[start:end], pngs[start:end], npys[start:end],
+                          threshold=threshold, slice_axis=slice_axis, layer=layer)
+            render_s += time.perf_counter() - rendering
+            records += done
+            if bar is not None:
+                bar.update(len(done))
+        ranked = top_k(loaded, scores, k) if not goal.hidden else [None] * len(x)
         staged.commit()
-    timings = {"load_s": round(loaded_s, 4), "render_s": round((time.perf_counter() - rendering) / len(x), 4),
+    timings = {"load_s": round(loaded_s, 4), "render_s": round(render_s / len(x), 4),
                "total_s": round(time.perf_counter() - began, 4)}
 
     rows = [report(loaded, r, s, t, goal, timings, layer) for r, s, t in zip(records, sources, ranked)]

@@ -118,14 +118,15 @@ class TorchExecutor:
         return max(errors)
 
     # ---------------------------------------------------------------- forward passes
-    def batch_size(self) -> int:
-        """Samples per batch: the model's CPU memory budget, or on a CUDA device a sixteenth of its free memory
-        (a GPU runs small batches at a fraction of its speed; the CPU budget would split a batch of 256 photos)."""
+    def batch_size(self, sample_shape: tuple[int, ...] | None = None) -> int:
+        """Samples (of `sample_shape`, else the declared shape: `Model.batch_size`) per batch: the model's CPU
+        memory budget, or on a CUDA device a sixteenth of its free memory (a GPU runs small batches at a fraction
+        of its speed; the CPU budget would split a batch of 256 photos)."""
         if self.device.type == "cuda":   # memory torch's allocator holds but no tensor uses counts as free
             free, _ = torch.cuda.mem_get_info(self.device)
             free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-            return self.model.batch_size(max(free // GPU_MEMORY_SHARE, DEFAULT_BATCH_BYTES))
-        return self.model.batch_size()
+            return self.model.batch_size(max(free // GPU_MEMORY_SHARE, DEFAULT_BATCH_BYTES), sample_shape)
+        return self.model.batch_size(sample_shape=sample_shape)
 
     def tensor(self, x) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
@@ -209,7 +210,7 @@ class TorchExecutor:
         grad=False only f(x), from forward passes (None for the gradient)."""
         target = as_target(self.model, target)
         x = self.model.check_input(x)
-        size = 1 if self.model.fixed_batch else (batch_size or self.batch_size())
+        size = 1 if self.model.fixed_batch else (batch_size or self.batch_size(x.shape[1:]))
         name = target.layer if target.hidden else self.logits_name
         grads, values = [], []
         for start in range(0, len(x), size):

@@ -224,11 +224,6 @@ class Model:
         """Every tensor a forward pass computes, in graph order (for hidden-layer targets)."""
         return [out for node in self.proto.graph.node for out in node.output if out]
 
-    @property
-    def sequence_input(self) -> bool:
-        """Samples of channels along positions (`sequence_layout`), not a gray image."""
-        return self.sequence_layout is not None
-
     @cached_property
     def sequence_layout(self) -> str | None:
         """'channels_first': (N, C, L) samples, C channels along L positions (a Conv1d net); 'channels_last': (N, L, C)
@@ -332,10 +327,13 @@ class Model:
                                      f"{self.input_dtype}, which this model takes")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
-    def batch_size(self, budget_bytes: int | None = None) -> int:
+    def batch_size(self, budget_bytes: int | None = None, sample_shape: tuple[int, ...] | None = None) -> int:
+        """Samples per batch under the memory budget, for samples of `sample_shape` (what is explained: a model
+        with free spatial axes takes any size) or else the declared shape, free axes counted as 1."""
         if self.fixed_batch:
             return 1
-        sample = int(np.prod([d or 1 for d in self.input_shape[1:]])) * self.input_dtype.itemsize
+        shape = sample_shape if sample_shape is not None else [d or 1 for d in self.input_shape[1:]]
+        sample = int(np.prod(shape)) * self.input_dtype.itemsize
         return batch_size_for(sample, budget_bytes) if budget_bytes else batch_size_for(sample)
 
     def run(self, x: np.ndarray, outputs: list[str] | tuple[str, ...] | None = None, *,
@@ -348,7 +346,7 @@ class Model:
         names = list(dict.fromkeys(self.aliases.get(n, n) for n in asked))
         extra = tuple(n for n in names if n not in self.output_names)
         session = self.session(extra)
-        size = 1 if self.fixed_batch else (batch_size or self.batch_size())
+        size = 1 if self.fixed_batch else (batch_size or self.batch_size(sample_shape=x.shape[1:]))
 
         def forward(batch: np.ndarray) -> list[np.ndarray]:
             try:

@@ -72,13 +72,13 @@ def literal_occlusion(net, x, target, k, stride, fill):
 
 def test_conv1d_input_is_channels_along_positions(sequence, tmp_path):
     _, model, _ = sequence
-    assert model.sequence_input
+    assert model.sequence_layout is not None
     geometry = Geometry.infer(model, (CHANNELS, LENGTH))
     assert (geometry.layout, geometry.channels, geometry.spatial) == ("channels_first", CHANNELS, (LENGTH,))
     layout = InputLayout.of(model, (CHANNELS, LENGTH))
     assert layout.channel_axis == 0 and layout.spatial_shape == (LENGTH,) and default_region(layout) == 8
     gray = export(GrayMlp(), (2, 8, 8), tmp_path / "gray.onnx")
-    assert not gray.sequence_input
+    assert gray.sequence_layout is None
     assert Geometry.infer(gray, (8, 8)).spatial == (8, 8) and InputLayout.of(gray, (8, 8)).channel_axis is None
 
 
@@ -126,7 +126,7 @@ def test_a_conv1d_behind_elementwise_ops_that_fan_out_is_found(tmp_path):
     """Every consumer of the input is followed (not one in two, as when protobuf's per-access node wrappers reused
     an id a visited set held)."""
     model = export(StandardisedConv1d(), (2, CHANNELS, LENGTH), tmp_path / "standardised.onnx")
-    assert model.sequence_input
+    assert model.sequence_layout is not None
     assert Geometry.infer(model, (CHANNELS, LENGTH)).layout == "channels_first"
 
 

@@ -195,5 +195,24 @@ def load_inputs(paths, model) -> tuple[np.ndarray, list[Path]]:
             batches.append(model.check_input(batch))
         except OnnxplainError as error:
             raise OnnxplainError(f"{path}: {error}") from None
+        if batch.shape[1:] != batches[0].shape[1:]:   # a model with free axes takes any size, but one at a time
+            shape = "x".join(map(str, batches[0].shape[1:]))
+            raise OnnxplainError(f"{path}: samples of shape {'x'.join(map(str, batch.shape[1:]))} differ from "
+                                 f"{sources[0]}'s {shape}: inputs run together share one shape (run them "
+                                 "separately, or resize them alike)")
         sources.extend([path] if len(batch) == 1 else [path.with_name(f"{path.name}[{i}]") for i in range(len(batch))])
-    return np.concatenate(batches), sources
+    return joined(batches), sources
+
+
+def joined(batches: list[np.ndarray]) -> np.ndarray:
+    """The batches as one array, each dropped from the list once copied in: memory peaks near the total plus one
+    file's inputs, not twice the total."""
+    if len(batches) == 1:
+        return batches.pop()
+    out = np.empty((sum(map(len, batches)), *batches[0].shape[1:]), batches[0].dtype)
+    start = 0
+    while batches:
+        batch = batches.pop(0)
+        out[start:start + len(batch)] = batch
+        start += len(batch)
+    return out

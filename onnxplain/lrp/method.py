@@ -85,7 +85,7 @@ class LRP(Method):
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"LRP needs a floating-point input; this model takes {x.dtype}")
         walker = self.walker(model, x)
-        size = 1 if model.fixed_batch else (self.batch_size or max(1, walker.executor.batch_size() // 4))
+        size = 1 if model.fixed_batch else (self.batch_size or max(1, walker.executor.batch_size(x.shape[1:]) // 4))
         results = []
         for start in progress_iter(range(0, len(x), size), self.progress and f"{self.name} ({self.composite})",
                                total=-(-len(x) // size)):

@@ -163,7 +163,7 @@ class CDeepEx(Method):
         x = model.check_input(x)
         generator = self.generator_for(model)
         executor = model.torch(self.device)
-        size = self.batch_size or max(1, executor.batch_size() // self.restarts)
+        size = self.batch_size or max(1, executor.batch_size(x.shape[1:]) // self.restarts)
         llh_input = log_likelihoods(executor, x, size)
         true, probe = self.classes(model, llh_input, as_target(model, target))
         starts = latent_starts(x, self.seed, self.restarts, generator.latent_shape)

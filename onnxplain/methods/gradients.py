@@ -38,6 +38,24 @@ def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarra
     return grads, values
 
 
+def packed(pieces, size: int):
+    """(owner per row, rows, weight per row) batches of at most `size` rows (a larger piece goes alone) from
+    pieces (input index, rows, weights) in order, so that S copies of a large input never sit in one batch."""
+    batch = []
+    for piece in pieces:
+        if batch and sum(len(rows) for _, rows, _ in batch) + len(piece[1]) > size:
+            yield joined(batch)
+            batch = []
+        batch.append(piece)
+    if batch:
+        yield joined(batch)
+
+
+def joined(batch: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    owners = np.concatenate([np.full(len(rows), i) for i, rows, _ in batch])
+    return owners, np.concatenate([rows for _, rows, _ in batch]), np.concatenate([w for _, _, w in batch])
+
+
 class GradientMethod(Method):
     """Shared set-up: the executor, the per-sample classes, batching, the progress bar and the Explanation; each
     method says in `relevance_map` what it makes of the gradients."""
@@ -66,10 +84,25 @@ class GradientMethod(Method):
     def relevance_map(self, executor, model, x, target, classes):
         """(relevance like x, f(x) (N,), diagnostics)."""
 
+    def rows(self, executor, x: np.ndarray) -> int:
+        """Rows per gradient batch: `batch_size`, else the memory budget for samples shaped like x's."""
+        return self.batch_size or executor.batch_size(x.shape[1:])
+
     def gradient(self, executor, model, x, target, classes, total: int):
-        size = self.batch_size or executor.batch_size()
         with self.bar(total) as bar:
-            return batched_gradient(executor, x, target, classes, size, bar)
+            return batched_gradient(executor, x, target, classes, self.rows(executor, x), bar)
+
+    def weighted_sum(self, executor, x, target, classes, pieces, total: int) -> np.ndarray:
+        """sum_j w_j df/dx (points_j) per input (float64, shaped like x) over pieces (input, points, weights) of
+        its points, run in budget-sized batches."""
+        summed = np.zeros(x.shape, np.float64)
+        with self.bar(total) as bar:
+            for owners, points, weights in packed(pieces, self.rows(executor, x)):
+                grads, _ = batched_gradient(executor, points, target, classes[owners], len(points), bar)
+                for i in np.unique(owners):
+                    mine = owners == i
+                    summed[i] += np.tensordot(weights[mine], grads[mine], axes=1)
+        return summed
 
     def bar(self, total: int):
         return progress_bar(total=total, desc=self.name, unit="sample", disable=not self.progress)
@@ -152,25 +185,26 @@ class SmoothGrad(GradientMethod):
 
     def relevance_map(self, executor, model, x, target, classes):
         scale = self.noise_scale(model, x)
-        per_batch = max(1, (self.batch_size or executor.batch_size()) // self.samples)
-        size = self.samples * per_batch
-        relevance, values = np.empty_like(x), np.empty(len(x))
-        with self.bar(len(x) * self.samples) as bar:
-            for start in range(0, len(x), per_batch):
-                rows = np.arange(start, min(start + per_batch, len(x)))
-                noisy = np.concatenate([x[i] + self._noise(scale[i]) for i in rows]).astype(x.dtype)
-                repeated = np.repeat(classes[rows], self.samples)
-                grads, _ = batched_gradient(executor, noisy, target, repeated, size, bar)
-                relevance[rows] = grads.reshape(len(rows), self.samples, *x.shape[1:]).mean(axis=1)
-        _, values = batched_gradient(executor, x, target, classes, self.batch_size or executor.batch_size(),
-                                     grad=False)
-        return relevance, values, {"noise_std": scale.reshape(len(x), -1).mean(axis=1)}
+        pieces = ((i, (x[i] + noise).astype(x.dtype, copy=False), np.full(len(noise), 1 / self.samples))
+                  for i in range(len(x)) for noise in self._noise(scale[i], self.rows(executor, x)))
+        summed = self.weighted_sum(executor, x, target, classes, pieces, len(x) * self.samples)
+        _, values = batched_gradient(executor, x, target, classes, self.rows(executor, x), grad=False)
+        return summed.astype(x.dtype), values, {"noise_std": scale.reshape(len(x), -1).mean(axis=1)}
 
-    def _noise(self, scale: np.ndarray) -> np.ndarray:
-        """One sample's noise: its own stream from `seed`."""
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn((self.samples,) + scale.shape, generator=generator, dtype=torch.float32)
-        return noise.numpy() * scale.astype(np.float32)
+    def _noise(self, scale: np.ndarray, rows: int):
+        """One sample's noise, (samples, *input), from its own stream from `seed`, in chunks of about `rows`
+        copies: each but the last a multiple of 16 values and the last at least 16 (or all), where torch's
+        normal draws cut into chunks equal the one draw of them all."""
+        generator, size = torch.Generator().manual_seed(self.seed), scale.size
+        step = 16 // np.gcd(size, 16)
+        count, done = max(step, rows // step * step), 0
+        while done < self.samples:
+            take = min(count, self.samples - done)
+            if 0 < (self.samples - done - take) * size < 16:
+                take = self.samples - done
+            noise = torch.randn((take,) + scale.shape, generator=generator, dtype=torch.float32)
+            yield noise.numpy() * scale.astype(np.float32)
+            done += take
 
 
 class IntegratedGradients(GradientMethod):
@@ -239,19 +273,17 @@ class IntegratedGradients(GradientMethod):
     def relevance_map(self, executor, model, x, target, classes):
         baseline = self.baseline_batch(model, x)
         alphas, weights = self.quadrature()
-        per_batch = max(1, (self.batch_size or executor.batch_size()) // self.steps)
-        relevance = np.empty_like(x)
-        with self.bar(len(x) * self.steps) as bar:
-            for start in range(0, len(x), per_batch):
-                rows = np.arange(start, min(start + per_batch, len(x)))
-                difference = (x[rows] - baseline[rows]).astype(np.float64)
-                path = (baseline[rows][:, None] + alphas.reshape((1, -1) + (1,) * (x.ndim - 1))
-                        * difference[:, None]).reshape((-1,) + x.shape[1:]).astype(x.dtype)
-                grads, _ = batched_gradient(executor, path, target, np.repeat(classes[rows], self.steps),
-                                            len(path), bar)
-                grads = grads.reshape(len(rows), self.steps, *x.shape[1:]).astype(np.float64)
-                relevance[rows] = difference * np.tensordot(weights, grads, axes=([0], [1]))
-        size = self.batch_size or executor.batch_size()
+        size = self.rows(executor, x)
+        difference = x.astype(np.float64) - baseline
+
+        def pieces():
+            for i in range(len(x)):
+                for start in range(0, self.steps, size):
+                    a = alphas[start:start + size].reshape((-1,) + (1,) * (x.ndim - 1))
+                    yield i, (baseline[i] + a * difference[i]).astype(x.dtype), weights[start:start + size]
+
+        summed = self.weighted_sum(executor, x, target, classes, pieces(), len(x) * self.steps)
+        relevance = (difference * summed).astype(x.dtype)
         _, values = batched_gradient(executor, x, target, classes, size, grad=False)
         _, at_baseline = batched_gradient(executor, baseline, target, classes, size, grad=False)
         gap = relevance.reshape(len(x), -1).sum(axis=1) - (values - at_baseline)

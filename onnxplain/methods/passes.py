@@ -98,7 +98,7 @@ class SessionPasses:
         assumes conv-net activations 32x the input; a linear model on 10^5 features has activations far smaller
         than its input, and onnxruntime runs such batches faster per sample). On CPU at most CPU_BATCH, while a
         GPU wants batches as large as memory allows."""
-        budget = self.model.batch_size()
+        budget = self.model.batch_size(sample_shape=x_sample.shape)
         if x_sample.ndim == 1:
             budget = max(budget, CHUNK_BYTES // max(1, x_sample.nbytes))
         return budget if "CUDAExecutionProvider" in self.model.providers else min(budget, CPU_BATCH)

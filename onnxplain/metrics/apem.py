@@ -73,7 +73,7 @@ def loss_gradient(model, x: np.ndarray, classes: np.ndarray, device: str = "cpu"
                              "(--metrics aopc)")
     executor = model.torch(device)
     grads = []
-    size = 1 if model.fixed_batch else executor.batch_size()
+    size = 1 if model.fixed_batch else executor.batch_size(np.shape(x)[1:])
     for start in range(0, len(x), size):
         batch = executor.tensor(np.asarray(x[start:start + size])).requires_grad_(True)
         target = torch.as_tensor(classes[start:start + size], dtype=torch.long, device=batch.device)

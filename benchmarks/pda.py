@@ -92,7 +92,7 @@ def profile_engine(method, model, x, target) -> tuple[float, dict]:
 def compare(name: str, model, x, reference, target: Target, rounds: int = 1, **params) -> list[dict]:
     """One row per engine variant, each against the same literal loop (onnxruntime, one call per window). Times are
     medians of `rounds` interleaved rounds (literal loop, then each engine), so that load on a shared machine
-    weighs on all of them alike."""
+    weighs on all of them alike; each timed call starts after a short pause (`SETTLE_S`)."""
     literal = PredictionDifference(reference=reference, progress=False, **params)
     literal.prepare(model, x.shape[1:])                # fit the sampler once, outside the timings
     model.run(x)                                        # warm the session
@@ -121,7 +121,12 @@ def compare(name: str, model, x, reference, target: Target, rounds: int = 1, **p
     return rows
 
 
+SETTLE_S = 0.25   # pause before each timed call: onnxruntime's worker threads spin on after a run and would slow
+                  # whatever the next contender runs (the torch engine by ~50% on the digits CNN)
+
+
 def _timed(fn) -> float:
+    time.sleep(SETTLE_S)
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
@@ -188,7 +193,11 @@ def section(rows: list[dict], command: str) -> str:
              "(`device='cpu'`) runs them through the torch executor, computing each sample's early layers only "
              "around its window (`onnxplain/incremental.py`). Same sampler and seed: max |Δ| is the largest "
              "difference between the engine's map and the literal loop's. The zoo graphs use seeded random weights "
-             "and a window stride (stated) to keep the run to minutes.", "", HEADER, *map(_format, rows), "",
+             "and a window stride (stated) to keep the run to minutes. Times: on the digits CNN the median of `--rounds` "
+             "(default 7) interleaved rounds (literal loop, then each engine), on the zoo graphs one round; each timed "
+             "call starts after a 0.25 s pause, because onnxruntime's worker threads spin on after a run and slow "
+             "whatever runs next (the torch engine by about half on the digits CNN); freed memory is kept for reuse, "
+             "as the CLI does (`onnxplain.allocator`).", "", HEADER, *map(_format, rows), "",
              "Where the time goes: forward passes take most of the engine's time (last column). On this CPU a batch "
              "of S = 10 already runs a conv net at close to its per-sample cost, so packing removes only the "
              "per-call overhead of the literal loop. Incremental passes remove work instead: each sample's early "

@@ -53,10 +53,18 @@ def _session_options():
     ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: failures raise anyway; CPU-only machines with onnxruntime-gpu stay quiet
-    threads = int(os.environ.get("ONNXPLAIN_THREADS", "0")) or (os.cpu_count() or 1)
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = session_threads()
     options.inter_op_num_threads = 1
     return options
+
+
+def session_threads() -> int:
+    """onnxruntime's threads per session: $ONNXPLAIN_THREADS when set to a whole number above 0, else every core."""
+    value = os.environ.get("ONNXPLAIN_THREADS", "").strip()
+    if value and not value.isdigit():
+        raise OnnxplainError(f"ONNXPLAIN_THREADS must be a whole number of threads (0 or unset: every core), "
+                             f"not {value!r}")
+    return int(value or 0) or (os.cpu_count() or 1)
 
 
 def make_session(model_bytes: bytes, providers: list[str] | None = None):

@@ -119,3 +119,12 @@ def test_stored_labels_that_are_no_list_of_names(stored, tmp_path):
     model.metadata_props.add(key="onnxplain.labels", value=stored)
     onnx.save(model, path)
     one_line_error(run("inspect", path), "metadata onnxplain.labels is not a JSON list of class names")
+
+
+@pytest.mark.parametrize("threads", ["abc", "-1", "1.5"])
+def test_a_thread_count_that_is_no_whole_number_is_one_line(threads, digits_cnn, monkeypatch):
+    image = digits_cnn.parent / "samples" / "digit3.png"
+    monkeypatch.setenv("ONNXPLAIN_THREADS", threads)
+    one_line_error(run("predict", digits_cnn, image), "ONNXPLAIN_THREADS must be a whole number of threads")
+    monkeypatch.setenv("ONNXPLAIN_THREADS", "1")
+    assert run("predict", digits_cnn, image).exit_code == 0

@@ -91,7 +91,7 @@ class Method(ABC):
         return values
 
     def __setattr__(self, name: str, value) -> None:
-        if self.__dict__.get("_made") and name in self.parameter_names():
+        if not name.startswith("_") and self.__dict__.get("_made") and name in self.parameter_names():
             remade = type(self)(**(self.get_params() | {name: value}))
             self.__dict__.clear()
             self.__dict__.update(remade.__dict__)

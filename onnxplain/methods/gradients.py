@@ -44,14 +44,14 @@ def packed(pieces, size: int):
     batch = []
     for piece in pieces:
         if batch and sum(len(rows) for _, rows, _ in batch) + len(piece[1]) > size:
-            yield joined(batch)
+            yield _concatenated(batch)
             batch = []
         batch.append(piece)
     if batch:
-        yield joined(batch)
+        yield _concatenated(batch)
 
 
-def joined(batch: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _concatenated(batch: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     owners = np.concatenate([np.full(len(rows), i) for i, rows, _ in batch])
     return owners, np.concatenate([rows for _, rows, _ in batch]), np.concatenate([w for _, _, w in batch])
 

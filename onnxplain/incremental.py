@@ -4,26 +4,28 @@ Prediction difference (and occlusion) runs the model on many copies of x, each w
 sample changes an early activation only inside that window's zone of influence: the window grown by each
 convolution's or pooling's kernel and shrunk by its stride. `WindowRunner` computes x's activations once, then
 runs each sample's early layers on crops around its zone only (gathered from x's activations, the sample's
-changed values written over them), and writes the crop into a full copy of x's activation where the zone covers
-most of its map or an op has no spatial rule here (reshapes, dense layers, global pooling); the rest of the graph
-runs as usual. The numbers are the full forward pass's (up to float rounding: `tests/test_incremental.py`); early
-layers, which hold most of a conv net's work, shrink to a fraction.
+changed values written over them: `crops.py`). A dense layer after a flatten reads only the crop: x's output plus
+the product of the row's change with the weights of the crop's entries. Where a zone covers most of its map, or an
+op has no rule here (global pooling, other reshapes), the crop is written into a full copy of x's activation and
+the rest of the graph runs as usual. The numbers are the full forward pass's (up to float rounding:
+`tests/test_incremental.py`); early layers, which hold most of a conv net's work, shrink to a fraction.
 
-Rows that share a window (its S samples) share a *site*: box positions are computed per site, x's activation is
-gathered once per site and copied to its rows, and crops are written into patches by one slice per distinct
-offset. Small max poolings run as a maximum over strided slices (CPU max pooling kernels are slow on small maps).
+Rows that share a window (its S samples) share a *site*: box positions are computed per site and x's activation
+is gathered once per site. Before a crop is written, its rows are sorted by where it goes in its patch, when no
+other per-row value is alive, so that the writes move slices; the runner restores the callers' row order on the
+outputs. Small max poolings run as maxima over strided slices (CPU max pooling kernels are slow on small maps).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .crops import MAX_GROUPS, Crop, FlatCrop, gather, max_pool_slices, sites_of, write
+
 MAX_SHARE = 0.5   # a zone covering more of its map than this is computed whole: crops would not save work
-MAX_GROUPS = 64   # rows written as slices per shared offset up to this many offsets, else element by element
-SLICED_POOL = 16  # max poolings with at most this many kernel positions run as a maximum over strided slices
 POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
              "Softplus", "Softsign", "Gelu", "Erf", "Dropout", "Identity", "BatchNormalization", "LRN", "Neg",
              "Sqrt", "Exp", "Log", "Abs", "Reciprocal", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
@@ -31,26 +33,7 @@ POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Ha
              "Cast"}                                 # each output position reads its own position (channels too)
 ALIGNED = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Concat"}   # operands meet position by position
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
-
-@dataclass
-class Crop:
-    """Rows of a batch that differ from x's activation only inside a box: values (R, C, *size); row r's box is at
-    `sites[row_site[r]]` (sites (U, d); every crop of one call shares `row_site`, so sites line up across crops)."""
-
-    values: torch.Tensor
-    sites: np.ndarray
-    row_site: np.ndarray
-
-    @property
-    def size(self) -> tuple[int, ...]:
-        return tuple(self.values.shape[2:])
-
-    def moved(self, values: torch.Tensor, sites: np.ndarray | None = None) -> "Crop":
-        """The same rows with new values (at new sites)."""
-        return Crop(values, self.sites if sites is None else sites, self.row_site)
 
 
 class WindowRunner:
@@ -65,7 +48,11 @@ class WindowRunner:
         self.channels_last = self.input_name != model_input
         self.outputs = list(outputs)
         self.steps = self.graph.plan(self.outputs, (self.input_name,))
-        self.releases = self.graph.releases(self.outputs, (self.input_name,))
+        releases = [list(names) for names in self.graph.releases(self.outputs, (self.input_name,))]
+        reads = [i for i, step in enumerate(self.steps) if self.input_name in step.inputs]
+        if reads and self.input_name not in self.outputs:
+            releases[reads[-1]].append(self.input_name)     # the rows' windows too, once no step reads them
+        self.releases = [tuple(names) for names in releases]
         self.peak_row_bytes = 0      # the most memory one row's tensors took at once in a call (sizes batches)
         self.largest_row_elements = 0  # the largest tensor's elements per row (keeps batches under 2^31 elements)
         self._made: list[torch.Tensor] = []   # full maps and patches a step builds besides its outputs
@@ -75,18 +62,23 @@ class WindowRunner:
         self._padded: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, values: torch.Tensor, starts: np.ndarray) -> dict[str, torch.Tensor]:
-        sites, row_site = _sites(np.asarray(starts, dtype=np.int64))
+        sites, row_site = sites_of(np.asarray(starts, dtype=np.int64))
         env: dict[str, object] = {self.input_name: Crop(values, sites, row_site)}
-        rows = len(values)
+        rows, self._order, self._entry = len(values), None, values
         with torch.inference_mode():
             try:
-                return self._run(env, rows)
+                outputs = self._run(env, rows)
             finally:
-                self._made = []          # also after a failure: what the failed batch built is freed
+                self._made, self._entry = [], None   # also after a failure: what the failed batch built is freed
+            if self._order is None:
+                return outputs
+            back = torch.as_tensor(np.argsort(self._order), device=values.device)
+            return {name: value.index_select(0, back) for name, value in outputs.items()}
 
     def _run(self, env: dict, rows: int) -> dict[str, torch.Tensor]:
         for step, dropped in zip(self.steps, self.releases):
             inputs = [self._value(env, name) for name in step.inputs]
+            self._sortable = _sole_row_value(env, step, dropped, rows)
             result = self._cropped(step, inputs)
             if result is None:   # no spatial rule, or not worth it: the step runs on full tensors
                 inputs = [self._whole(name, v, rows) if isinstance(v, Crop) else v
@@ -99,6 +91,7 @@ class WindowRunner:
             self._measure(env.values(), rows)
             for name in dropped:
                 env.pop(name, None)
+        self._sortable = False
         outputs = {name: self._whole(name, env[name], rows) if isinstance(env[name], Crop) else env[name]
                    for name in self.outputs}
         self._measure(env.values(), rows)        # the outputs made whole are among the step's builds
@@ -126,7 +119,7 @@ class WindowRunner:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((len(starts), x.shape[1], *size), generator=generator).to(x.device)
         each = np.arange(len(starts))                              # every probe window is its own site
-        own = _gather(x[0], starts, tuple(int(k) for k in size), each)
+        own = gather(x[0], starts, tuple(int(k) for k in size), each)
         if x.dtype.is_floating_point:
             values = own + noise.to(x.dtype) * (float(x.std()) or 1.0)
         else:   # integer inputs (uint8 images cast inside the graph): whole-number shifts within the type's range
@@ -134,7 +127,7 @@ class WindowRunner:
             shifted = own.double() + noise.double() * (float(x.double().std()) or 1.0)
             values = shifted.round().clamp(info.min, info.max).to(x.dtype)
         batch = x.expand(len(starts), *x.shape[1:]).clone()
-        _write(batch, starts, Crop(values, starts, each))
+        write(batch, starts, Crop(values, starts, each))
         with torch.inference_mode():   # the whole model on the probe: channels moved back last where x has them so
             want = executor.run(batch.movedim(1, -1).contiguous() if self.channels_last else batch, self.outputs)
         errors = []
@@ -159,6 +152,10 @@ class WindowRunner:
         others = [name for name, v in zip(step.inputs, inputs) if name and not isinstance(v, Crop)]
         if any(name not in self.graph.constants for name in others):
             return None       # an operand computed at full size (a gate from global pooling, ...)
+        if isinstance(crops[0], FlatCrop):
+            return self._on_rows(step, inputs, others) if len(crops) == 1 and crops[0] is inputs[0] else None
+        if op_type in ("Flatten", "Reshape") and isinstance(inputs[0], Crop):
+            return self._flattened(step, inputs[0])
         if op_type in ("Conv", "MaxPool", "AveragePool"):
             return self._windowed(step, inputs) if isinstance(inputs[0], Crop) else None
         if op_type == "Pad":
@@ -167,6 +164,8 @@ class WindowRunner:
                                                    for name in others):
             return None       # a constant that varies over space (BatchNormalization's vectors are per channel)
         if op_type in POINTWISE and len(crops) == 1 and isinstance(inputs[0], Crop):
+            if op_type == "Relu" and self._sortable and not _shares_memory(inputs[0].values, self._entry):
+                return inputs[0].moved(inputs[0].values.clamp_(min=0))   # no one else holds the values
             return inputs[0].moved(step.op.forward(*[v.values if isinstance(v, Crop) else v for v in inputs]))
         if op_type in ALIGNED and (op_type != "Concat" or _axis(step, inputs[0]) == 1):
             return self._aligned(step, inputs)
@@ -187,6 +186,52 @@ class WindowRunner:
         framed = [self._reframe(name, v, origin, tuple(size)) if isinstance(v, Crop) else v
                   for name, v in zip(step.inputs, inputs)]
         return crops[0].moved(step.op.forward(*framed), origin)
+
+    def _flattened(self, step, crop: Crop):
+        """A Flatten or Reshape of (R, C, *spatial) maps to (R, C·prod(spatial)) rows: the crop as it is, read by
+        position in the flattened map (None for any other reshape)."""
+        before, after = self.full[step.inputs[0]].shape, self.full[step.outputs[0]].shape
+        if after != (before[0], int(np.prod(before[1:]))) or step.op.attr("axis", 1) != 1:
+            return None
+        return FlatCrop(crop.values, crop.sites, crop.row_site, tuple(before[1:]))
+
+    def _on_rows(self, step, inputs: list, others: list[str]):
+        """An op on a flattened crop: a dense layer (`_dense`), or a pointwise op whose other operands are scalars
+        (per-entry vectors would meet the crop's entries in the wrong places); None for the rest."""
+        op_type = step.node.op_type
+        if op_type in ("Gemm", "MatMul"):
+            return self._dense(step, inputs)
+        if op_type in POINTWISE and op_type not in ("BatchNormalization", "LRN") and \
+                all(self.graph.constants[name].numel() == 1 for name in others):
+            return inputs[0].moved(step.op.forward(inputs[0].values, *inputs[1:]))
+        return None
+
+    def _dense(self, step, inputs: list):
+        """Gemm or MatMul of flattened maps by a constant B: x's output plus the product of each row's change,
+        which lies in its box, with B's rows for the box's entries (a fraction of the full product)."""
+        crop, b = inputs[0], inputs[1]
+        alpha = step.op.alpha if step.node.op_type == "Gemm" else 1.0
+        if step.node.op_type == "Gemm":
+            if step.op.trans_a:
+                return None
+            b = b.transpose(0, 1) if step.op.trans_b else b
+        distinct, site_box = sites_of(crop.sites)
+        if b.ndim != 2 or len(distinct) > MAX_GROUPS:
+            return None
+        crop = self._grouped(crop, crop.sites)                # each box's rows in one run, where rows may move
+        row_box = site_box[crop.row_site]
+        firsts = np.flatnonzero(np.diff(row_box, prepend=-1))
+        if len(firsts) > MAX_GROUPS:                          # rows not reordered: the product runs whole
+            return None
+        index = replace(crop, sites=distinct).flat_index()
+        x_flat, y_x = self.full[step.inputs[0]][0], self.full[step.outputs[0]]
+        out = torch.empty((len(crop.values), b.shape[1]), dtype=y_x.dtype, device=y_x.device)
+        values = crop.values.reshape(len(crop.values), -1)
+        for first, last in zip(firsts, np.append(firsts[1:], len(row_box))):
+            entries = torch.as_tensor(index[row_box[first]], device=b.device)
+            change = values[first:last] - x_flat.index_select(0, entries)
+            torch.addmm(y_x, change, b.index_select(0, entries), alpha=alpha, out=out[first:last])
+        return out
 
     def _shifted(self, step, inputs: list):
         """A constant-mode Pad of the spatial axes: the crop's values as they are, at sites moved by the begin pads
@@ -218,123 +263,79 @@ class WindowRunner:
             return None
         origin = np.minimum(low, out_spatial - size)
         span = (size - 1) * strides + reach + 1
-        patch = self._patch(step.inputs[0], crop, origin * strides - begins, span, begins, pad_value, out_spatial,
-                            strides, reach)
+        patch, crop = self._patch(step.inputs[0], crop, origin * strides - begins, span, begins, pad_value,
+                                  out_spatial, strides, reach)
         d = len(kernel)
         if step.node.op_type == "Conv":
             weight, bias = inputs[1], inputs[2] if len(inputs) > 2 else None
             values = CONV[d](patch, weight, bias, list(strides), 0, list(dilations), op.groups)
         elif step.node.op_type == "MaxPool":
-            values = _max_pool(patch, kernel, strides, dilations, tuple(int(s) for s in size))
+            values = max_pool_slices(patch, kernel, strides, dilations, tuple(int(s) for s in size))
         else:
             values = AVG_POOL[d](patch, list(kernel), list(strides), 0, False, True)
         return crop.moved(values, origin)
 
     # ---------------------------------------------------------------- gathering and writing
     def _patch(self, name: str, crop: Crop, corner: np.ndarray, span: np.ndarray, begins: np.ndarray,
-               pad_value: float, out_spatial: np.ndarray, strides: np.ndarray, reach: np.ndarray) -> torch.Tensor:
+               pad_value: float, out_spatial: np.ndarray, strides: np.ndarray, reach: np.ndarray):
         """(R, C, *span) input patches at each site's `corner` (U, d) (may start in the padding): x's padded
-        activation with the rows' crops written over it."""
+        activation with the rows' crops written over it; and the crop, its rows perhaps reordered (`_grouped`)."""
         x_full = self.full[name]
         ends = np.maximum(0, (out_spatial - 1) * strides - begins + reach + 1 - np.array(x_full.shape[2:]))
         key = (name, tuple(begins), tuple(ends), pad_value)
         if key not in self._padded:
             pads = [int(v) for pair in zip(begins[::-1], ends[::-1]) for v in pair]
             self._padded[key] = F.pad(x_full, pads, value=pad_value)[0]
-        patch = _gather(self._padded[key], corner + begins, tuple(int(s) for s in span), crop.row_site)
-        _write(patch, crop.sites - corner, crop)   # a strided op may read no part of a crop's edge
+        crop = self._grouped(crop, crop.sites - corner)
+        patch = gather(self._padded[key], corner + begins, tuple(int(s) for s in span), crop.row_site)
+        write(patch, crop.sites - corner, crop)   # a strided op may read no part of a crop's edge
         self._made.append(patch)
-        return patch
+        return patch, crop
 
     def _reframe(self, name: str, crop: Crop, origin: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
         """The rows' activation `name` on boxes (origin per site, size) that contain their crops."""
-        framed = _gather(self.full[name][0], origin, size, crop.row_site)
-        _write(framed, crop.sites - origin, crop)
+        framed = gather(self.full[name][0], origin, size, crop.row_site)
+        write(framed, crop.sites - origin, crop)
         self._made.append(framed)
         return framed
 
+    def _grouped(self, crop: Crop, offsets: np.ndarray) -> Crop:
+        """The crop with its rows sorted by the offset they are written at (`offsets` per site), so that the write
+        moves slices instead of indexed rows; where the rows may be reordered (the crop is the only per-row value
+        alive: `_sole_row_value`). The runner keeps the order and restores it on the outputs."""
+        distinct, site_group = sites_of(offsets)
+        if not self._sortable or len(distinct) == 1 or len(distinct) > MAX_GROUPS:
+            return crop
+        row_group = site_group[crop.row_site]
+        if (np.diff(row_group) >= 0).all():
+            return crop
+        order = np.argsort(row_group, kind="stable")
+        self._order = order if self._order is None else self._order[order]
+        values = crop.values.index_select(0, torch.as_tensor(order, device=crop.values.device))
+        return replace(crop, values=values, row_site=crop.row_site[order])
+
     def _whole(self, name: str, crop: Crop, rows: int) -> torch.Tensor:
         """Full rows: x's activation `name` with each row's crop written in."""
+        crop = self._grouped(crop, crop.sites)
         whole = self.full[name].expand(rows, *self.full[name].shape[1:]).clone()
-        _write(whole, crop.sites, crop)
+        write(whole.view(rows, *crop.map_shape) if isinstance(crop, FlatCrop) else whole, crop.sites, crop)
         self._made.append(whole)
         return whole
 
 
-def _sites(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct window starts (U, d) and each row's index into them."""
-    if len(starts) == 0:
-        return starts.reshape(0, starts.shape[1]), np.zeros(0, dtype=np.int64)
-    low = starts.min(axis=0)
-    keys = np.ravel_multi_index(tuple((starts - low).T), tuple(starts.max(axis=0) - low + 1))
-    _, first, row_site = np.unique(keys, return_index=True, return_inverse=True)
-    return starts[first], row_site.reshape(-1)
+def _sole_row_value(env: dict, step, dropped, rows: int) -> bool:
+    """Whether the step's one cropped input is the only per-row value alive and is released after the step: its
+    rows may then be reordered without reordering anything else."""
+    names = [name for name in step.inputs if isinstance(env.get(name), Crop)]
+    if len(names) != 1 or names[0] not in dropped:      # one input slot: the crop is reordered once
+        return False
+    return all(name == names[0] or (isinstance(value, torch.Tensor) and value.numel() < rows)
+               for name, value in env.items())
 
 
-def _gather(source: torch.Tensor, sites: np.ndarray, size: tuple[int, ...], row_site: np.ndarray) -> torch.Tensor:
-    """(R, C, *size): the boxes of `source` (C, *spatial) at each row's site (inside `source`): one copy per site
-    through a view of all boxes (blocks move whole, instead of element by element), then copied to its rows."""
-    view = source
-    for axis, k in enumerate(size):
-        view = view.unfold(1 + axis, k, 1)                  # (C, *positions, *size)
-    starts = tuple(torch.as_tensor(sites[:, a], device=source.device) for a in range(len(size)))
-    boxes = view[(slice(None),) + starts].movedim(1, 0).contiguous()
-    if len(row_site) == len(sites) and np.array_equal(row_site, np.arange(len(sites))):
-        return boxes
-    return boxes.index_select(0, torch.as_tensor(row_site, device=source.device))
-
-
-def _write(target: torch.Tensor, offsets: np.ndarray, crop: Crop) -> None:
-    """target[r, :, box at offsets[site of r]] = crop.values[r] for every row; parts of a box outside target are
-    left out.
-
-    Sites that share an offset (most of them, when the offsets are relative to each site's own patch) have their
-    rows written together as one slice; rows with offsets of their own (whole maps) by one element-wise index."""
-    values, row_site = crop.values, crop.row_site
-    size, span = np.array(values.shape[2:]), np.array(target.shape[2:])
-    distinct, site_group = _sites(offsets)
-    if len(distinct) <= MAX_GROUPS:
-        row_group = site_group[row_site]
-        for g, offset in enumerate(distinct):
-            low, high = np.maximum(offset, 0), np.minimum(offset + size, span)
-            if (high <= low).any():
-                continue
-            into = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-            part = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(low, high, offset))
-            if len(distinct) == 1:
-                target[(slice(None), slice(None)) + into] = values[(slice(None), slice(None)) + part]
-                continue
-            rows = torch.as_tensor(np.flatnonzero(row_group == g), device=target.device)
-            target[(slice(None), slice(None)) + into].index_copy_(
-                0, rows, values.index_select(0, rows)[(slice(None), slice(None)) + part])
-        return
-    origin = offsets[row_site]
-    index = window_index(origin, tuple(size), target.shape[1])
-    if (origin >= 0).all() and (origin + size <= span).all():
-        target[tuple(torch.as_tensor(i, device=target.device) for i in index)] = values
-        return
-    index = [np.broadcast_to(i, values.shape) for i in index]
-    inside = np.ones(values.shape, dtype=bool)
-    for axis, positions in enumerate(index[2:]):
-        inside &= (positions >= 0) & (positions < span[axis])
-    target[tuple(torch.as_tensor(i[inside], device=target.device) for i in index)] = \
-        values[torch.as_tensor(inside, device=values.device)]
-
-
-def _max_pool(patch: torch.Tensor, kernel, strides, dilations, size: tuple[int, ...]) -> torch.Tensor:
-    """Max pooling of an unpadded patch to `size` outputs: for small kernels the maximum over the kernel's strided
-    slices (the same numbers; several times faster than CPU pooling kernels on small maps)."""
-    d = len(kernel)
-    if int(np.prod(kernel)) > SLICED_POOL:
-        return MAX_POOL[d](patch, [int(k) for k in kernel], [int(s) for s in strides], 0,
-                           [int(v) for v in dilations])
-    result = None
-    for offset in np.ndindex(*[int(k) for k in kernel]):
-        part = patch[(slice(None), slice(None)) + tuple(
-            slice(o * int(r), o * int(r) + (n - 1) * int(s) + 1, int(s))
-            for o, r, n, s in zip(offset, dilations, size, strides))]
-        result = part.clone() if result is None else torch.maximum(result, part, out=result)
-    return result
+def _shares_memory(values: torch.Tensor, entry: torch.Tensor | None) -> bool:
+    """Whether `values` lie in the caller's window values (the entry crop, or a Pad's view of it)."""
+    return entry is not None and values.untyped_storage().data_ptr() == entry.untyped_storage().data_ptr()
 
 
 def _spatially_constant(value: torch.Tensor, crop: Crop) -> bool:
@@ -344,24 +345,6 @@ def _spatially_constant(value: torch.Tensor, crop: Crop) -> bool:
         return value.numel() == 1      # a vector broadcasts along the last axis: over space
     batch_free = value.ndim <= d + 1 or (value.ndim == d + 2 and value.shape[0] == 1)
     return batch_free and all(s == 1 for s in value.shape[-d:])
-
-
-def window_index(starts: np.ndarray, size: tuple[int, ...], channels: int, rows: bool = True, device=None):
-    """Index arrays that address, in a (rows, C, *spatial) tensor, row r's box of `size` at `starts[r]` (all
-    channels); with rows=False the same boxes in one (C, *spatial) tensor, stacked as rows. NumPy arrays, or
-    tensors on `device`: one vectorised read or write for a whole chunk of windows, on the CPU or a GPU alike."""
-    count, axes = len(starts), len(size)
-
-    def shape(axis: int, n: int) -> tuple[int, ...]:
-        return tuple(n if a == axis else 1 for a in range(axes + 2))
-
-    index = [np.arange(count).reshape(shape(0, count))] if rows else []
-    index.append(np.arange(channels).reshape(shape(1, channels)))
-    for a, k in enumerate(size):
-        index.append((np.asarray(starts)[:, a, None] + np.arange(k)).reshape((count,) + shape(a + 2, k)[1:]))
-    if device is None:
-        return tuple(index)
-    return tuple(torch.as_tensor(i, device=device) for i in index)
 
 
 def _axis(step, first) -> int:

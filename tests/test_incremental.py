@@ -16,7 +16,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.incremental import WindowRunner, window_index
+from onnxplain.crops import window_index
+from onnxplain.incremental import WindowRunner
 
 
 def conv(name, source, cin, cout, kernel, rng, **attributes):
@@ -263,3 +264,61 @@ def test_integer_inputs_run_incrementally(tmp_path):
     x = rng.integers(0, 256, (3, 12, 10)).astype(np.uint8)
     passes = forward_passes(model, "cpu")
     assert passes.window_runner(x, "logits", (3, 3), 16) is not None
+
+
+def test_dense_layers_read_only_the_crop(tmp_path):
+    """Flatten or Reshape to rows, then Gemm (transposed B, alpha, beta, bias) or MatMul, perhaps after a pointwise
+    op: the product runs on each row's change inside its box; a reshape that keeps spatial axes runs whole."""
+    rng = np.random.default_rng(9)
+    first, w1 = conv("c1", "x", 2, 4, (3, 3), rng, strides=[2, 2], pads=[1, 1, 1, 1])   # (N, 4, 10, 9)
+    weight = numpy_helper.from_array(rng.normal(0, 0.1, (6, 4 * 10 * 9)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.normal(0, 0.1, 6).astype(np.float32), "b")
+    shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
+    gemm = helper.make_node("Gemm", ["rows", "w", "b"], ["flat"], transB=1, alpha=0.5, beta=2.0)
+    for flatten, extra in ((helper.make_node("Flatten", ["c1"], ["rows"]), []),
+                           (helper.make_node("Reshape", ["c1", "shape"], ["rows"]), [shape])):
+        path = model_file(tmp_path, [first, flatten, gemm], w1 + [weight, bias] + extra, (2, 19, 17), "gemm")
+        check(path, (2, 19, 17), 3, rng, cropped_ops=("Conv", flatten.op_type, "Gemm"))
+    nodes = [first, helper.make_node("Flatten", ["c1"], ["rows"]), helper.make_node("Tanh", ["rows"], ["t"]),
+             helper.make_node("Gemm", ["t", "w", "b"], ["flat"], transB=1)]
+    path = model_file(tmp_path, nodes, w1 + [weight, bias], (2, 19, 17), "tanh_gemm")
+    check(path, (2, 19, 17), 3, rng, cropped_ops=("Flatten", "Tanh", "Gemm"))
+    planes = numpy_helper.from_array(np.array([0, 4, -1], np.int64), "planes")
+    nodes = [first, helper.make_node("Reshape", ["c1", "planes"], ["p"]), helper.make_node("Flatten", ["p"], ["flat"])]
+    path = model_file(tmp_path, nodes, w1 + [planes], (2, 19, 17), "planes")
+    assert "Reshape" not in check(path, (2, 19, 17), 3, rng)
+
+
+def test_the_callers_windows_stay_as_they_are(tmp_path):
+    """A Relu runs in place on crops no one else holds; a Pad right after the input holds the caller's windows
+    themselves, which must not change."""
+    rng = np.random.default_rng(10)
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    first, weights = conv("c1", "r0", 2, 4, (3, 3), rng)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"]), helper.make_node("Relu", ["padded"], ["r0"]),
+             first, helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["flat"])]
+    path = model_file(tmp_path, nodes, weights + [pads], (2, 15, 14), "pad_relu")
+    model = onnxplain.load(path)
+    x = torch.from_numpy(rng.random((1, 2, 15, 14)).astype(np.float32))
+    starts = np.repeat(windows_everywhere((15, 14), 3, rng), 2, axis=0)
+    values = torch.from_numpy(rng.normal(size=(len(starts), 2, 3, 3)).astype(np.float32))
+    kept = values.clone()
+    got = WindowRunner(model.torch(), x, ["logits"])(values, starts)["logits"]
+    assert torch.equal(values, kept)
+    batch = x.expand(len(starts), -1, -1, -1).clone()
+    batch[tuple(torch.as_tensor(i) for i in window_index(starts, (3, 3), 2))] = kept
+    want = torch.as_tensor(model.run(batch.numpy(), ["logits"])["logits"])
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize("kernel, strides, dilations", [((2,), (2,), (1,)), ((3, 2), (2, 1), (1, 2)),
+                                                        ((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 2), (2, 1)),
+                                                        ((2, 1, 3), (1, 2, 2), (1, 1, 2))])
+def test_max_pooling_as_slices_equals_the_pooling_kernel(kernel, strides, dilations):
+    from onnxplain.crops import max_pool_slices
+
+    d = len(kernel)
+    patch = torch.randn((5, 3) + (11,) * d, generator=torch.Generator().manual_seed(d))
+    want = getattr(torch.nn.functional, f"max_pool{d}d")(patch, kernel, strides, 0, dilations)
+    got = max_pool_slices(patch, np.array(kernel), np.array(strides), np.array(dilations), tuple(want.shape[2:]))
+    assert torch.equal(got, want) and got.data_ptr() != patch.data_ptr()

@@ -13,7 +13,8 @@ import torch
 
 import onnxplain
 from onnxplain.executor import probe_batch, relative_error
-from onnxplain.incremental import WindowRunner, window_index
+from onnxplain.crops import window_index
+from onnxplain.incremental import WindowRunner
 from onnxplain.lrp import LRP, DeepTaylor, unsupported_ops
 from onnxplain.lrp.composites import COMPOSITES
 from onnxplain.zoo import ZOO_NAMES

@@ -168,4 +168,5 @@ def test_a_runner_failure_is_not_reported_as_incremental(digits_cnn, monkeypatch
     monkeypatch.setattr(WindowRunner, "__call__", flaky)
     whole = make_method("occlusion", window=7, stride=7, device="cpu", progress=False).explain(model, x, 3)
     assert not whole.diagnostics["forward_passes_on"].endswith("incremental")
-    np.testing.assert_allclose(whole.relevance, incremental.relevance, rtol=1e-5, atol=1e-6)
+    # float32 rounding: both are about 5e-6 from the float64 drops (logits of about 20-40)
+    np.testing.assert_allclose(whole.relevance, incremental.relevance, rtol=1e-5, atol=1e-5)

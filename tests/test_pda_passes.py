@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import onnxplain
 from onnxplain.cli.main import cli
 from onnxplain.errors import OnnxplainError
-from onnxplain.incremental import window_index
+from onnxplain.crops import window_index
 from onnxplain.methods.pda import PredictionDifference
 from onnxplain.targets import Target
 

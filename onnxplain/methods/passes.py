@@ -71,7 +71,7 @@ class WindowSamples:
     def __call__(self, starts: np.ndarray, values: np.ndarray) -> np.ndarray:
         if self.runner is not None:
             return self.runner(values, starts)
-        from ..incremental import window_index
+        from ..crops import window_index
 
         passes, channels = self.passes, self.x_grid.shape[0]
         index = window_index(starts, self.size, channels, device=passes.device)
@@ -266,7 +266,7 @@ class IncrementalPasses:
     def whole(self, rows, where: np.ndarray):
         """The rows run as whole samples (x with each window written in, from the runner's channels-first entry
         tensor on), `whole_batch` at a time."""
-        from ..incremental import window_index
+        from ..crops import window_index
 
         runner, torch, output, parts = self.runner, self.passes.torch, self.runner.outputs[0], []
         x = runner.full[runner.input_name]

@@ -9,6 +9,7 @@ import click
 import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.io.text import read_text
+from onnxplain.scores import finite_scores
 
 
 class NonEmptyPath(click.Path):
@@ -57,17 +58,9 @@ def use_labels(model, path: Path | None) -> None:
 
 
 def checked_scores(model, x, sources: list[Path]):
-    """The class scores of inputs `x`; an input the model scores NaN or +inf (values far outside those it takes, or
-    NaN weights) is a user error that names it, before anything is explained or written."""
-    import numpy as np
-
-    scores = model.scores(x)
-    broken = [str(source) for source, row in zip(sources, scores) if np.isnan(row).any() or np.isposinf(row).any()]
-    if broken:
-        named = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
-        raise OnnxplainError(f"the model's scores for {named} are NaN or infinite: input values far outside those "
-                             "it takes, or NaN weights")
-    return scores
+    """The class scores of inputs `x`; an input the model scores NaN or +inf is a user error that names it, before
+    anything is explained or written (`finite_scores`)."""
+    return finite_scores(model.scores(x), [str(source) for source in sources])
 
 
 def echo_json(data) -> None:

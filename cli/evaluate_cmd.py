@@ -24,7 +24,7 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import (NonEmptyPath, checked_scores, guessed_spec_note, json_text, load_model, model_argument,
+from .common import (NonEmptyPath, guessed_spec_note, json_text, load_model, model_argument,
                      preprocess_option, scores_option)
 from .explain_cmd import parse_rules, read_reference
 from .outputs import StagedFiles, check_output
@@ -175,7 +175,8 @@ def default_metrics(model, x: np.ndarray) -> tuple[str, str | None]:
     if not np.issubdtype(model.input_dtype, np.floating):
         return "aopc", (f"note: APEM needs input gradients, which {model.input_dtype} inputs have not; evaluated "
                         "aopc (--metrics picks)")
-    if model.scores(x[:1]).shape[1] < 2:
+    classes = model.class_count()   # from the graph: scoring a sample only where its shape does not say
+    if (classes if classes is not None else model.scores(x[:1]).shape[1]) < 2:
         return "aopc", ("note: APEM needs at least two classes, and this model has one score column (its decision "
                         "cannot flip); evaluated aopc (--metrics picks)")
     return "aopc,apem", None
@@ -247,8 +248,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     specs = listed(methods, "--methods", parse_method) if methods is not None else None   # before any work
     metric_names = listed(metrics, "--metrics") if metrics is not None else None
     loaded = load_model(model, preprocess, scores)
-    x, sources = load_inputs(inputs, loaded)
-    checked_scores(loaded, x, sources)
+    x, sources = load_inputs(inputs, loaded)   # Evaluation.run scores them once and refuses NaN scores, naming them
     truth = read_true_labels(labels, sources, loaded) if labels else None
     options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None,
                "device": device}

@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
+from onnxplain.explanation import sample_values
 from onnxplain.io import load_inputs
 from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
@@ -108,21 +109,17 @@ def build_method(name: str, params: dict, quiet: bool):
     return make_method(name, progress=not quiet, **params)
 
 
-def per_sample(diagnostics: dict, i: int, n: int) -> dict:
-    """Sample i's share of a batch's diagnostics: arrays/lists of length n are indexed, the rest is shared."""
-    def plain(value):
-        if isinstance(value, np.ndarray):
-            return value.item() if value.ndim == 0 else value.tolist()
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-    return {key: plain(value[i] if isinstance(value, (list, np.ndarray)) and np.ndim(value) and len(value) == n
-                       else value) for key, value in diagnostics.items()}
+def plain(value):
+    """A value as JSON writes it: numpy arrays and numbers as lists and Python numbers, other objects as text."""
+    if isinstance(value, np.ndarray):
+        return value.item() if value.ndim == 0 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
 
 def zero_map_note(model, records: list[dict], sources: list) -> str | None:
@@ -157,8 +154,8 @@ def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int):
         for i in range(n):
             records.append({"relevance": explanation.relevance[i], "target": int(explanation.target[i]),
                             "score": float(explanation.score[i]), "method": explanation.method,
-                            "params": per_sample(explanation.params, i, n),
-                            "diagnostics": per_sample(explanation.diagnostics, i, n), "explain_s": seconds / n})
+                            "params": plain(sample_values(explanation.params, i, n)),
+                            "diagnostics": plain(explanation.input_diagnostics(i)), "explain_s": seconds / n})
         yield start, records
 
 

@@ -24,9 +24,23 @@ def relevance_dtype(dtype) -> np.dtype:
     return np.dtype(dtype) if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
 
 
+PER_INPUT = "_per_input"                   # `<name>_per_input`: each input's own share of batch total `<name>`
+BATCH_TOTALS = ("forward_passes", "seconds")  # diagnostics that count over the whole explained batch
+
+
+def sample_values(values: dict, i: int, n: int) -> dict:
+    """Sample i's values out of a batch of n's: lists and arrays of length n are indexed, the rest is shared."""
+    return {key: value[i] if isinstance(value, (list, np.ndarray)) and np.ndim(value) and len(value) == n else value
+            for key, value in values.items()}
+
+
 @dataclass
 class Explanation:
-    """Relevance shaped like the input batch, for the explained output of each sample."""
+    """Relevance shaped like the input batch, for the explained output of each sample.
+
+    diagnostics describe the batch: per-sample values are lists or arrays of length N; a count over the batch
+    (`BATCH_TOTALS`) is the total, with each input's own share as `<name>_per_input` where it splits exactly
+    (prediction difference and occlusion's `forward_passes`). `input_diagnostics(i)` gives one input's."""
 
     relevance: np.ndarray            # (N, *input_shape)
     target: np.ndarray               # (N,) class index, or -1 for a hidden-tensor target (CDeepEx: the probe class)
@@ -40,6 +54,20 @@ class Explanation:
         self.relevance = np.asarray(self.relevance)
         self.target = np.asarray(self.target)
         self.score = np.asarray(self.score, dtype=np.float64)
+
+    def input_diagnostics(self, i: int) -> dict:
+        """Input i's diagnostics: its per-sample values, its own share of each batch total under the total's name,
+        and a total that does not split by input as `batch_<name>` beside `batch_inputs` (the N it covers), so that
+        no number for the whole batch reads as the input's own."""
+        n, values, own = len(self.relevance), {}, {}
+        for key, value in self.diagnostics.items():
+            if key.endswith(PER_INPUT):
+                own[key[:-len(PER_INPUT)]] = value
+            elif key not in BATCH_TOTALS:
+                own[key] = value
+            elif key + PER_INPUT not in self.diagnostics:
+                values.update({f"batch_{key}": value, "batch_inputs": n})
+        return {**sample_values(own, i, n), **values}
 
     def __repr__(self) -> str:
         """One line: arrays by shape, the options, the diagnostics' names (their values can run to pages)."""

@@ -21,6 +21,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def finite_scores(scores: np.ndarray, names: list[str]) -> np.ndarray:
+    """The (N, K) class scores, if no row holds NaN or +inf; else a user error naming those inputs (`names`, one per
+    row): their values lie far outside those the model takes, or its weights are NaN."""
+    broken = [name for name, row in zip(names, scores) if np.isnan(row).any() or np.isposinf(row).any()]
+    if broken:
+        named = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise OnnxplainError(f"the model's scores for {named} are NaN or infinite: input values far outside those "
+                             "it takes, or NaN weights")
+    return scores
+
+
 @dataclass(frozen=True)
 class ScoreChoice:
     output: str            # the graph output read as class scores

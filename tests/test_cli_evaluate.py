@@ -319,3 +319,43 @@ def test_a_method_giving_non_finite_relevance_is_named(digits_cnn_model):
     x = np.zeros((2, 1, 28, 28), dtype=np.float32)
     with pytest.raises(OnnxplainError, match="broken's relevance is not finite"):
         Evaluation(["aopc"], progress=False).run(digits_cnn_model, x, {"broken": Broken()})
+
+
+def test_the_inputs_are_scored_once(digits_cnn, inputs, monkeypatch):
+    """The NaN check, the explained classes, the confidences, the loss and every perturbation curve's targets share
+    one forward pass over the unperturbed inputs (the methods' own passes, to pick their targets, are theirs)."""
+    from onnxplain.methods.gradients import Gradient
+    from onnxplain.model import Model
+
+    folder, x, _ = inputs
+    rows, passes, inside = {row.tobytes() for row in x}, [], []
+    run_model, attribute = Model.run, Gradient.attribute
+
+    def counted(self, batch, *args, **kwargs):
+        if not inside and len(batch) <= len(x) and all(row.tobytes() in rows for row in np.asarray(batch)):
+            passes.append(len(batch))
+        return run_model(self, batch, *args, **kwargs)
+
+    def method(self, *args, **kwargs):
+        inside.append(True)
+        try:
+            return attribute(self, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(Model, "run", counted)
+    monkeypatch.setattr(Gradient, "attribute", method)
+    result = run("evaluate", digits_cnn, folder / "batch.npy", "--labels", folder / "labels.csv", "--methods",
+                 "gradient", "--steps", "3", "--shuffles", "1", "--max-steps", "20", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert passes == [COUNT]
+
+
+def test_inputs_scored_nan_are_named_by_the_evaluation(digits_cnn_model):
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.metrics import Evaluation
+
+    x = np.zeros((3, 1, 28, 28), dtype=np.float32)
+    x[1] = 3e38   # finite, but the network's sums overflow
+    with pytest.raises(OnnxplainError, match="the model's scores for input 1 are NaN or infinite"):
+        Evaluation(["aopc"], progress=False).run(digits_cnn_model, x, {"gradient": make_method("gradient")})

@@ -104,6 +104,8 @@ def test_inputs_the_model_scores_nan_for_write_nothing(tmp_path, digits_cnn):
     np.save(path, np.full((1, 1, 28, 28), 3e38, np.float32))
     generator = digits_cnn.parent / "digits_generator.onnx"
     for command, *options in (("predict",), ("explain", "--out", tmp_path / "x.png"),
-                              ("contrast", "--generator", generator, "--out", tmp_path / "x.png")):
-        one_line_error(run(command, digits_cnn, path, "--json", *options), "the model's scores for")
-    assert not (tmp_path / "x.png").exists()
+                              ("contrast", "--generator", generator, "--out", tmp_path / "x.png"),
+                              ("evaluate", "--methods", "gradient", "--out", tmp_path / "results")):
+        named = path.name if command == "evaluate" else path   # evaluate names inputs as its report does
+        one_line_error(run(command, digits_cnn, path, "--json", *options), f"the model's scores for {named} are NaN")
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "results").exists()

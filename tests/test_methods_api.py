@@ -129,3 +129,16 @@ def test_an_explanation_shows_in_one_line(digits_cnn):
     shown = repr(make_method("lrp", progress=False).explain(model, x, Target(index=3)))
     assert shown.startswith("Explanation(lrp, relevance <ndarray 4x1x28x28 float32>, target [3], params {")
     assert "\n" not in shown and len(shown) < 600 and "conservation_error" in shown
+
+
+def test_input_diagnostics_give_each_input_its_own_numbers():
+    """Per-sample lists are indexed, a batch total's per-input split becomes the input's own, and a total that does
+    not split is named as the batch's with the number of inputs it covers."""
+    from onnxplain.explanation import Explanation
+
+    split = Explanation(np.zeros((2, 3)), [0, 1], [0.5, 0.7], "m", diagnostics={
+        "forward_passes": 9, "forward_passes_per_input": [4, 5], "seconds": 1.5, "error": [0.1, 0.2], "window": 3})
+    assert split.input_diagnostics(1) == {"forward_passes": 5, "error": 0.2, "window": 3, "batch_seconds": 1.5,
+                                          "batch_inputs": 2}
+    total = Explanation(np.zeros((2, 3)), [0, 1], [0.5, 0.7], "m", diagnostics={"forward_passes": 9})
+    assert total.input_diagnostics(0) == {"batch_forward_passes": 9, "batch_inputs": 2}

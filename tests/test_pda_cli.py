@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.cli.main import cli
+from onnxplain.methods import make_method
 from onnxplain.methods.pda import PredictionDifference
 from onnxplain.targets import Target
 
@@ -208,3 +209,37 @@ def test_reference_npy_may_be_one_sample_without_its_batch_axis(digits_cnn, tmp_
     assert result.exit_code == 2 and "Traceback" not in result.output
     (line,) = result.stderr.strip().splitlines()
     assert f"--reference {tmp_path / 'flat.npy'}: an array of shape 28x28 is neither a batch" in line
+
+
+PASS_COUNTING = {"pda": {"sampler": "marginal", "window": 4, "stride": 4, "samples": 3},
+                 "occlusion": {"window": 4, "stride": 4}}
+
+
+@pytest.mark.parametrize("method", sorted(PASS_COUNTING))
+def test_json_records_count_each_inputs_own_forward_passes(digits_cnn, tmp_path, method):
+    """Over several inputs a record's forward_passes are its input's own (as explaining it alone counts them) and a
+    time spent on the whole batch is named as the batch's, not repeated as if it were each input's."""
+    samples = digits_cnn.parent / "samples"
+    x = np.load(samples / "digits_test100_cnn.npy")[:3]
+    x[1, :, :, :14] = 0                       # fewer pixels to cover: fewer windows run than for its neighbours
+    np.save(tmp_path / "x.npy", x)
+    params = dict(PASS_COUNTING[method])
+    options = [item for key, value in params.items() for item in (f"--{key}", value)]
+    if method == "pda":
+        params["reference"] = np.load(samples / "digits_reference_cnn.npy")
+        options += ["--reference", samples / "digits_reference_cnn.npy"]
+    result = run("explain", digits_cnn, tmp_path / "x.npy", "--method", method, *options, "--batch", 2, "--json",
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    records = [row["diagnostics"] for row in json.loads(result.stdout)]
+    model = onnxplain.load(digits_cnn)
+    alone = [make_method(method, progress=False, **params).explain(model, x[i:i + 1]).diagnostics["forward_passes"]
+             for i in range(3)]
+    assert [r["forward_passes"] for r in records] == alone and len(set(alone)) > 1
+    assert all("forward_passes_per_input" not in r and "seconds" not in r for r in records)
+    if method == "pda":
+        assert [r["batch_inputs"] for r in records] == [2, 2, 1] and all(r["batch_seconds"] > 0 for r in records)
+    else:
+        assert not any("batch_seconds" in r for r in records)
+    batch = make_method(method, progress=False, **params).explain(model, x)
+    assert batch.diagnostics["forward_passes_per_input"] == alone and batch.diagnostics["forward_passes"] == sum(alone)

@@ -99,7 +99,7 @@ class Occlusion(Method):
             classes = class_indices(model, scores, target)
             score = scores[np.arange(n), classes]
 
-        maps, incremental, run_windows = [], False, 0
+        maps, incremental, ran = [], False, np.ones(n, dtype=np.int64)   # f(x): one row each
         with optional_bar(self.progress, n * len(grid), "occlusion", "window") as bar:
             for i in range(n):
                 run = WindowSamples(passes, geometry, x[i], output, grid.size, batch, rows)
@@ -110,7 +110,7 @@ class Occlusion(Method):
                     own = np.stack([run.x_grid[(slice(None),) + grid.slices(w)] for w in ids])
                     changed = (covers != own).reshape(len(ids), -1).any(axis=1)
                     drops[ids] = 0.0               # a cover equal to x's own window changes nothing: no drop
-                    run_windows += int(changed.sum())
+                    ran[i] += int(changed.sum())
                     if changed.any():
                         raw = run(grid.starts[ids[changed]], covers[changed])
                         values = (hidden_values(raw, target) if target.hidden
@@ -128,5 +128,5 @@ class Occlusion(Method):
                                    "fill": "reference mean" if self.reference is not None else self.fill or 0.0,
                                    "device": self.device or "onnxruntime"},
                            diagnostics={"score_kind": "hidden" if target.hidden else model.score_kind,
-                                        "windows": len(grid), "forward_passes": n + run_windows,
-                                        "forward_passes_on": name})
+                                        "windows": len(grid), "forward_passes": int(ran.sum()),
+                                        "forward_passes_per_input": ran.tolist(), "forward_passes_on": name})

@@ -217,20 +217,21 @@ class PredictionDifference(Method):
         explained = np.zeros(len(x), dtype=int) if target.hidden else class_indices(model, originals, target)
         kept = self._kept_classes(target, originals.shape[1])
         grid, geometry = setup.grid, setup.geometry
-        maps, extra, evaluated_total, incremental = [], [], len(x), False
+        maps, extra, evaluated, incremental = [], [], np.ones(len(x), dtype=np.int64), False   # f(x): one row each
         with optional_bar(self.progress, len(x) * len(grid), "prediction difference", "window") as bar:
             for n in range(len(x)):
                 columns = [int(explained[n])] + kept
-                differences, evaluated, incremental = self.window_differences(model, setup, score, x[n],
-                                                                              originals[n], columns, bar)
-                evaluated_total += evaluated
+                differences, ran, incremental = self.window_differences(model, setup, score, x[n], originals[n],
+                                                                        columns, bar)
+                evaluated[n] += ran
                 per_class = grid.average(differences)                      # (len(columns), *spatial)
                 maps.append(per_class[0])
                 extra.append(per_class[1:])
         relevance = self._to_input(geometry, np.stack(maps)).astype(relevance_dtype(x.dtype))
         diagnostics = {"score": score.kind, "score_kind": SCORE_KINDS[score.kind], "windows": len(grid),
                        "window": tuple(grid.size), "samples_per_window": setup.sampler.samples_per_window(self.samples),
-                       "forward_passes": evaluated_total, "seconds": round(time.perf_counter() - started, 3),
+                       "forward_passes": int(evaluated.sum()), "forward_passes_per_input": evaluated.tolist(),
+                       "seconds": round(time.perf_counter() - started, 3),
                        "sampler_cache": getattr(setup.sampler, "cache_hit", None),
                        "forward_passes_on": passes.name + (", incremental" if incremental else "")}
         for key, attribute in (("patch", "patch"), ("sampler_cache_note", "cache_note")):

@@ -81,15 +81,20 @@ def pairwise(scores: dict[str, np.ndarray]) -> list[Pairwise]:
 def cross_entropy(model, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(N,) loss -log p(label | x) from the model's scores (softmax of the logits when it has them, sigmoid of a
     binary classifier's log-odds)."""
+    return logits_loss(model, model.logits(x), labels)
+
+
+def logits_loss(model, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """`cross_entropy` from `model.logits` of the inputs (their class scores when the graph has no logits), for a
+    caller that has them already."""
     labels = np.asarray(labels, dtype=np.int64)
     if model.binary:   # log-odds [-z, z]: log sigmoid of each is log [1 - p, p]
-        log_p = -np.logaddexp(0.0, -model.logits(x))
+        log_p = -np.logaddexp(0.0, -logits)
     elif model.logits_output is not None:
-        logits = model.logits(x)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     else:
-        log_p = np.log(np.clip(model.scores(x), 1e-30, None))
+        log_p = np.log(np.clip(logits, 1e-30, None))
     if labels.min() < 0 or labels.max() >= log_p.shape[1]:
         raise OnnxplainError(f"labels must be class indices 0..{log_p.shape[1] - 1}")
     return -log_p[np.arange(len(labels)), labels]

@@ -13,10 +13,10 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..numbers import seed_number, whole_number
-from ..scores import softmax
+from ..scores import finite_scores, softmax
 from ..targets import Target
 from .apem import APEM, APEMResult, check_classes, stage_maps
-from .compare import cross_entropy, loss_correlation, pairwise
+from .compare import logits_loss, loss_correlation, pairwise
 from .layout import InputLayout, checked_relevance
 from .perturbation import aopc, default_region, effective_steps, region_perturbation, tracked_score
 
@@ -101,7 +101,8 @@ class Evaluation:
         (optional). A method's time is that of its relevance alone (`attribute`: no diagnostics such as LRP's
         conservation report)."""
         x = model.check_input(x)
-        scores = model.scores(x)
+        scores, logits = _scores_and_logits(model, x)   # the one forward pass over the inputs: every use below
+        finite_scores(scores, inputs or [f"input {i}" for i in range(len(x))])
         if "apem" in self.metrics:
             check_classes(scores)
         classes = np.argmax(scores, axis=1)
@@ -117,17 +118,18 @@ class Evaluation:
             if "aopc" in self.metrics:
                 for order in ("morf", "lerf"):
                     result.curves[order] = region_perturbation(model, x, relevance, classes, order=order,
-                                                               progress=self.progress, **self.perturbation)
+                                                               progress=self.progress, scores=scores,
+                                                               **self.perturbation)
             if "apem" in self.metrics:
                 result.apem = self._apem(model, x, relevance, classes, sign)
             results.append(result)
         random_curves = None
         if "aopc" in self.metrics:  # regions in random order: relevance is ignored
             random_curves = region_perturbation(model, x, np.zeros_like(x), classes, order="random",
-                                                progress=self.progress, **self.perturbation)
+                                                progress=self.progress, scores=scores, **self.perturbation)
         return EvaluationReport(inputs or [str(i) for i in range(len(x))], classes, probabilities, results,
                                 random_curves, settings, labels,
-                                None if labels is None else cross_entropy(model, x, labels))
+                                None if labels is None else logits_loss(model, logits, labels))
 
     def _settings(self, model, x: np.ndarray) -> dict:
         """The settings as used: region, L (steps, capped at the number of regions) and the score actually tracked,
@@ -150,6 +152,13 @@ def _relevance(method, model, x: np.ndarray) -> np.ndarray:
     if hasattr(method, "attribute"):
         return method.attribute(model, x, Target())
     return method.explain(model, x, Target()).relevance
+
+
+def _scores_and_logits(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) class scores and `model.logits` (the same for a logits model) of x, from one forward pass."""
+    names = [model.score_output, model.logits_output or model.score_output]
+    values = model.run(x, names, check=False)
+    return tuple(values[name].reshape(len(x), -1).astype(np.float64) for name in names)
 
 
 def _probabilities(model, x: np.ndarray, scores: np.ndarray) -> np.ndarray:

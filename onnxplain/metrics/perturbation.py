@@ -88,7 +88,7 @@ def region_ranks(relevance: np.ndarray, layout: InputLayout, region: int, order:
 def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None, *, region: int | None = None,
                         steps: int = 100, order: str = "morf", seed: int = 0, score: str = "logit",
                         fill: str | None = None, baseline: float | np.ndarray = 0.0,
-                        progress: bool = False) -> np.ndarray:
+                        progress: bool = False, scores: np.ndarray | None = None) -> np.ndarray:
     """Perturbation curves (N, L+1): the explained score before (column 0) and after each of L steps.
 
     relevance: shaped like x, from any source. target: (N,) class indices, one int, or None (top-1 of x).
@@ -97,6 +97,7 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     score: 'logit' or 'probability' (a model without logits tracks the probability for both: `tracked_score`).
     fill: 'noise' (uniform over the valid input range; default for images) or 'baseline' (default for feature
     vectors). The same seed gives the same noise for every order, method and image, so their curves pair up.
+    scores: the class scores of x when the caller has them (they give the top-1 classes): a forward pass fewer.
     """
     x = model.check_input(x)
     relevance = checked_relevance(relevance, x)
@@ -108,7 +109,7 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     fill = fill or ("noise" if layout.image_like else "baseline")
     if fill not in ("noise", "baseline"):
         raise OnnxplainError(f"fill must be 'noise' or 'baseline', not {fill!r}")
-    classes = metric_classes(model, x, target)
+    classes = metric_classes(model, x, target, scores)
     ranks = region_ranks(relevance, layout, region, order, image_generators(x, seed))
     steps = effective_steps(layout, region, steps)
     fills = _fills(layout, x, fill, baseline, np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1]))

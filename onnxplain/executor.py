@@ -152,9 +152,12 @@ class TorchExecutor:
         logits = self.run(x, [self.logits_name])[self.logits_name]
         return logits.reshape(len(logits), -1)
 
-    def explained_kind(self) -> str:
-        """What a class's explained value f(x) is: 'logits' when the class scores pass a softmax (or a classifier's
-        post-transform) after the tensor explained, else the scores' own kind."""
+    def explained_kind(self, target: Target) -> str:
+        """What the explained value f(x) is: 'hidden' for a hidden-tensor target; for a class, 'logits' when the
+        class scores pass a softmax (or a classifier's post-transform) after the tensor explained, else the scores'
+        own kind."""
+        if target.hidden:
+            return "hidden"
         return "logits" if self.logits_name != self.model.score_output else self.model.score_kind
 
     def explained(self, start: torch.Tensor, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, np.ndarray]:

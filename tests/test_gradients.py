@@ -161,7 +161,7 @@ def test_hidden_unit_and_feature_map_targets(cnn, unit):
     reference = captum_attr.NeuronGradient(net, net.relu).attribute(torch.from_numpy(x), neuron_selector=selector)
     for name, expected in (("gradient", reference), ("gradient-x-input", reference * torch.from_numpy(x))):
         ours = make_method(name, progress=False).explain(model, x, Target(relu, channel, unit))
-        assert (ours.target == -1).all()
+        assert (ours.target == -1).all() and ours.diagnostics["score_kind"] == "hidden"
         assert relative(ours.relevance, expected) < TOLERANCE
 
 

@@ -196,7 +196,8 @@ def test_class_target_and_hidden_target(nets):
     activations = model.run(x, [layer])[layer][:, 2]
     np.testing.assert_allclose(channel.score, activations.reshape(len(x), -1).mean(1), rtol=1e-5)
     errors = np.abs(channel.diagnostics["conservation_error"])
-    assert errors.max() < 1e-5
+    assert errors.max() < 1e-5 and channel.diagnostics["score_kind"] == "hidden"
+    assert chosen.diagnostics["score_kind"] == "logits"
     unit = LRP(progress=False).explain(model, x, Target(layer=layer, index=2, unit=(2, 3, 4)))
     np.testing.assert_allclose(unit.score, model.run(x, [layer])[layer][:, 2, 3, 4], rtol=1e-5)
     # relevance of one unit stays inside its receptive field (3x3 conv: rows 2..4, cols 3..5)

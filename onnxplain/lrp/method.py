@@ -103,7 +103,7 @@ class LRP(Method):
         diagnostics.update(positivity(torch.cat([r.relevance for r in results])))
         explained = target.layer or walker.executor.logits_name
         diagnostics.update(composite=self.composite, explained_tensor=explained,
-                           score_kind=walker.executor.explained_kind())
+                           score_kind=walker.executor.explained_kind(target))
         applied = [p.rule for p in walker.plan(explained) if p.carries and p.rule is not None]
         options = self.describe(applied)
         if any(rule.name == "zb" for rule in applied):   # where z^B's box came from

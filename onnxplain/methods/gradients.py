@@ -78,7 +78,7 @@ class GradientMethod(Method):
         classes = class_indices(model, model.scores(x), target)
         relevance, score, diagnostics = self.relevance_map(executor, model, x, target, classes)
         return Explanation(relevance.astype(x.dtype, copy=False), classes, score, self.name, self.params,
-                           {"score_kind": executor.explained_kind(), **diagnostics})
+                           {"score_kind": executor.explained_kind(target), **diagnostics})
 
     @abstractmethod
     def relevance_map(self, executor, model, x, target, classes):

@@ -203,6 +203,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
     diagnostics = record["diagnostics"]
     target = record["target"]
     hidden = {"layer": asked or goal.layer, "channel": goal.index} | ({"unit": list(goal.unit)} if goal.unit else {})
+    if goal.hidden and goal.channel_axis != 1:
+        hidden["channel_axis"] = goal.channel_axis   # a channels-last tensor: the unit is still named channel first
     if asked and asked != goal.layer:
         hidden["tensor"] = goal.layer
     return {

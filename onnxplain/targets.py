@@ -11,15 +11,26 @@ import numpy as np
 from .errors import OnnxplainError
 
 
+CHANNELS_AT_1 = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+                 "GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LRN", "DepthToSpace",
+                 "SpaceToDepth", "MaxUnpool", "MaxRoiPool", "RoiAlign"}   # ONNX puts their channels at axis 1
+KEEP_LAYOUT = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+               "Clip", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Identity", "Dropout", "Cast", "Neg", "Abs",
+               "Sqrt", "Exp", "Log", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
+               "Pad", "Resize", "Upsample", "Concat", "Where"}   # outputs hold their inputs' axes as they are
+
+
 @dataclass(frozen=True)
 class Target:
     """`layer` None: class `index` of the class scores (None = each sample's top-1).
-    `layer` set: a hidden tensor; `index` is a channel (the whole feature map, axis 1) and `unit`,
-    when given, one position inside a sample's tensor (channel first)."""
+    `layer` set: a hidden tensor; `index` is a channel (the whole feature map) and `unit`, when given, one unit
+    named channel first (C, *position). `axis`: the tensor's channel axis (samples at axis 0); None reads it off the
+    graph (`channel_axis`): 1, or where a Transpose moved a convolution's channels (a channels-last tensor)."""
 
     layer: str | None = None
     index: int | None = None
     unit: tuple[int, ...] | None = None
+    axis: int | None = None
 
     def __post_init__(self):
         if self.layer is None:
@@ -38,6 +49,48 @@ class Target:
     def hidden(self) -> bool:
         return self.layer is not None
 
+    @property
+    def channel_axis(self) -> int:
+        return 1 if self.axis is None else self.axis
+
+
+def channel_axis(model, layer: str) -> int:
+    """The axis holding tensor `layer`'s channels: traced back through ops that keep their inputs' axes and through
+    Transposes to an op that puts channels at axis 1 (a convolution, pooling, normalisation); 1 where the graph
+    does not say (dense layers, reshapes, the input)."""
+    producers = {name: node for node in model.proto.graph.node for name in node.output}
+    known: dict[str, int | None] = {}
+
+    def traced(name: str, depth: int) -> int | None:
+        node = producers.get(name)
+        if name in known or node is None or depth > 200:
+            return known.get(name)
+        axis = None
+        if node.op_type in CHANNELS_AT_1:
+            axis = 1
+        elif node.op_type == "Transpose":
+            source = traced(node.input[0], depth + 1)
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+            axis = perm.index(source) if source in perm else None
+        elif node.op_type in KEEP_LAYOUT:
+            axis = next((a for a in (traced(i, depth + 1) for i in node.input if i) if a is not None), None)
+        known[name] = axis
+        return axis
+
+    found = traced(layer, 0)
+    return 1 if found is None else found
+
+
+def channels_first(values, target: Target):
+    """(N, ...) numpy or torch values of a hidden target's tensor with its channel axis at 1 (a view)."""
+    axis = target.channel_axis
+    if axis == 1:
+        return values
+    if not 1 <= axis < values.ndim:
+        raise OnnxplainError(f"channel axis {axis} is out of range for tensor {target.layer!r} of shape "
+                             f"{tuple(values.shape[1:])} (axis 0 holds the samples)")
+    return values.movedim(axis, 1) if hasattr(values, "movedim") else np.moveaxis(values, axis, 1)
+
 
 def parse_target(model, target: str | int | None = None, layer: str | None = None) -> Target:
     """From CLI/API values: target 'top1' | index | label, or for a layer 'C' (channel) or 'C,Y,X' (unit)."""
@@ -49,7 +102,7 @@ def parse_target(model, target: str | int | None = None, layer: str | None = Non
         if not all(p.strip().isdecimal() for p in parts):
             raise OnnxplainError(f"--target for a layer must be non-negative integers, got {target!r}")
         values = tuple(int(p) for p in parts)
-        return Target(layer, values[0], values if len(values) > 1 else None)
+        return Target(layer, values[0], values if len(values) > 1 else None, channel_axis(model, layer))
     if target is None or target == "top1":
         return Target()
     index = model.class_index(target)
@@ -68,7 +121,9 @@ def as_target(model, target) -> Target:
     """A method's `target` argument as a Target: a Target, None (top-1), a class index or a class label."""
     if target is None or isinstance(target, Target):
         if target is not None and target.hidden:
-            return Target(check_layer(model, target.layer), target.index, target.unit)
+            layer = check_layer(model, target.layer)
+            axis = channel_axis(model, layer) if target.axis is None else target.axis
+            return Target(layer, target.index, target.unit, axis)
         return target or Target()
     if np.ndim(target) == 0 and hasattr(target, "item"):   # a 0-d array or tensor
         target = target.item()
@@ -92,6 +147,7 @@ def class_indices(model, scores: np.ndarray, target: Target) -> np.ndarray:
 
 def hidden_values(values: np.ndarray, target: Target) -> np.ndarray:
     """(N, ...) activations of `target.layer` -> (N,) explained value: one unit, or a channel's mean."""
+    values = channels_first(values, target) if values.ndim >= 2 else values
     if values.ndim < 2 or not 0 <= target.index < values.shape[1]:
         raise OnnxplainError(f"channel {target.index} is out of range for tensor {target.layer!r} "
                              f"of shape {tuple(values.shape[1:])}")

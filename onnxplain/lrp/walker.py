@@ -16,7 +16,7 @@ import torch
 from ..errors import OnnxplainError
 from ..executor import input_bounds, spec_range_rows
 from ..ops.graph import Step
-from ..targets import Target
+from ..targets import Target, channels_first
 from . import relevance, rules
 from .canonizers import merge_affine
 from .composites import RuleMap
@@ -294,11 +294,12 @@ def seed_relevance(start: torch.Tensor, values: torch.Tensor, classes: np.ndarra
         index = torch.as_tensor(classes, device=seed.device)
         flat[torch.arange(n, device=seed.device), index] = values.detach().to(seed.dtype)
         return flat.reshape(start.shape)
+    view, start = channels_first(seed, target), channels_first(start.detach(), target)   # seed written through view
     if target.unit is not None:
-        seed[(slice(None),) + tuple(target.unit)] = start.detach()[(slice(None),) + tuple(target.unit)]
+        view[(slice(None),) + tuple(target.unit)] = start[(slice(None),) + tuple(target.unit)]
         return seed
-    channel = start.detach()[:, target.index]
-    seed[:, target.index] = channel / max(channel[0].numel(), 1)
+    channel = start[:, target.index]
+    view[:, target.index] = channel / max(channel[0].numel(), 1)
     return seed
 
 

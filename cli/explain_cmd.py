@@ -231,7 +231,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @preprocess_option
 @scores_option
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
-@click.option("--rule", "rules", multiple=True, help="LRP override OP=RULE (op type, or a glob of node or tensor names).")
+@click.option("--rule", "rules", multiple=True,
+              help="LRP override OP=RULE (op type, or a glob of node or tensor names).")
 @click.option("--epsilon", type=float, default=None,
               help="LRP: the epsilon of the composite's epsilon rules and of --rule specs that give none (default "
                    "1e-6); a rule's own number (epsilon:0.25) wins.")

@@ -123,10 +123,11 @@ class Occlusion(Method):
         shared = np.stack(maps)[:, None] / geometry.channels          # a pixel's channels share its drop equally
         relevance = geometry.from_grid(np.repeat(shared, geometry.channels, axis=1)).reshape(x.shape)
         name = passes.name + (", incremental" if incremental else "")
-        return Explanation(relevance=relevance.astype(relevance_dtype(x.dtype)), target=classes, score=score, method=self.name,
-                           params={"window": window, "stride": stride,
-                                   "fill": "reference mean" if self.reference is not None else self.fill or 0.0,
-                                   "device": self.device or "onnxruntime"},
+        params = {"window": window, "stride": stride,
+                  "fill": "reference mean" if self.reference is not None else self.fill or 0.0,
+                  "device": self.device or "onnxruntime"}
+        return Explanation(relevance=relevance.astype(relevance_dtype(x.dtype)), target=classes, score=score,
+                           method=self.name, params=params,
                            diagnostics={"score_kind": "hidden" if target.hidden else model.score_kind,
                                         "windows": len(grid), "forward_passes": int(ran.sum()),
                                         "forward_passes_per_input": ran.tolist(), "forward_passes_on": name})

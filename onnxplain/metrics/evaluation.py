@@ -84,7 +84,8 @@ class Evaluation:
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
-            raise OnnxplainError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+            raise OnnxplainError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; "
+                                 f"choose from {', '.join(METRICS)}")
         if len(set(metrics)) < len(metrics):
             raise OnnxplainError(f"metrics listed more than once: {', '.join(metrics)}")
         self.metrics = tuple(metrics)

@@ -208,7 +208,7 @@ class PredictionDifference(Method):
                                  "or explain probabilities (score='probability', --pda-score probability)")
         setup = self.prepare(model, x.shape[1:])
         # f(x) from the engine that runs the samples: both sides of each difference alike; and no onnxruntime call
-        # before the torch executor's work (onnxruntime's idle threads spin for ~50 ms after a run, taking the cores)
+        # before the torch executor's work (onnxruntime's idle threads spin on after a run, taking the cores)
         passes = self.passes(model)
         originals = score.read(passes.run(passes.array(x), score.output,
                                           int(self.batch_size or passes.batch_size(x[0]))))

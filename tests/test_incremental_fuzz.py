@@ -1,0 +1,399 @@
+"""Random conv graphs: `WindowRunner` gives onnxruntime's outputs for windowed batches, and leaves the caller's
+window values as they are.
+
+Each seed draws a small opset-13 graph on a 1-D, 2-D or 3-D input of odd sizes (some larger): convolutions
+(kernels 1-5, strides 1-3, dilations 1-2, asymmetric or automatic pads, groups), max poolings (ceil mode, pads,
+dilations, kernels of more than 16 positions) and average poolings (padding counted or not), pointwise ops,
+constant and reflect Pads, branches joined by Add/Concat/Mul/Max (a long one keeps the other alive across its
+steps, so that rows cannot be reordered), a Relu on the input or on a Pad of it, squeeze-and-excitation gates,
+and a head (Flatten or Reshape to rows, then Gemm or MatMul, perhaps two; or global pooling first). Batches of 1,
+a few and a few hundred rows, 1-4 rows per window, shuffled, windows at corners, edges and anywhere, go through
+the runner itself (prediction difference runs whole samples when the runner raises, which would hide its
+failures) and through onnxruntime; sometimes a tensor inside the graph is an output too. Where the two differ by
+more than 1e-5 (relative), the runner must be no further from a float64 run than 4 times the further of
+onnxruntime and torch's whole pass: outputs small beside the terms they sum (a Relu before the last layer, a mean
+of values of both signs) round that much in float32.
+`ONNXPLAIN_FUZZ_SEEDS=first:stop` runs other seeds (default: the first 60).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.crops import Crop, window_index, write
+from onnxplain.incremental import WindowRunner
+from onnxplain.ops.graph import Graph
+
+FIRST, STOP = (int(v) for v in os.environ.get("ONNXPLAIN_FUZZ_SEEDS", "0:60").split(":"))
+TOLERANCE = 1e-5
+ort.set_default_logger_severity(3)
+POINTWISE = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "BatchNormalization")
+
+
+class Builder:
+    """Nodes and initializers of a graph under construction, with each tensor's (C, *spatial) shape."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, ...]):
+        self.rng, self.nodes, self.weights, self.shapes = rng, [], [], {"x": tuple(shape)}
+
+    def constant(self, array: np.ndarray) -> str:
+        name = f"k{len(self.weights)}"
+        self.weights.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def add(self, op: str, inputs: list[str], shape, output: str | None = None, **attributes) -> str:
+        output = output or f"t{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
+        self.shapes[output] = tuple(int(v) for v in shape)
+        return output
+
+    # ------------------------------------------------------------ layers
+    def conv(self, t: str, channels: int | None = None, same: bool = False, strides=None) -> str:
+        """A convolution; `same`: automatic pads, or symmetric ones at stride 1 (outputs ceil(n / stride))."""
+        rng, (c, *n) = self.rng, self.shapes[t]
+        d, n = len(n), np.array(n)
+        for _ in range(20):
+            kernel, dilations = rng.integers(1, 6, d), rng.integers(1, 3, d)
+            step = np.array(strides) if strides is not None else rng.choice([1, 1, 1, 2, 3], d)
+            span = (kernel - 1) * dilations + 1
+            attributes = {}
+            mode = rng.choice(["SAME_UPPER", "SAME_LOWER", "pads"] if same else
+                              ["pads", "pads", "pads", "SAME_UPPER", "SAME_LOWER", "VALID"])
+            if mode == "pads" and same:
+                if (step != 1).any() or (span % 2 == 0).any():
+                    continue
+                pads = np.concatenate([(span - 1) // 2, (span - 1) // 2])
+            elif mode == "pads":
+                pads = rng.integers(0, np.tile(kernel + 1, 2))
+            else:
+                attributes["auto_pad"], pads = str(mode), None
+                dilations = dilations if mode == "VALID" else np.ones(d, int)   # onnxruntime refuses SAME's
+                span = (kernel - 1) * dilations + 1
+            if mode == "VALID":
+                out = (n - span) // step + 1
+            elif mode != "pads":
+                out = -(-n // step)
+            else:
+                attributes["pads"] = [int(p) for p in pads]
+                out = (n + pads[:d] + pads[d:] - span) // step + 1
+            if (out >= 1).all():
+                break
+        else:
+            return t
+        cout = channels or int(rng.integers(1, 6))
+        divisors = [g for g in range(1, c + 1) if c % g == 0 and cout % g == 0]
+        groups = int(rng.choice(divisors)) if rng.random() < 0.4 else 1
+        weight = self.constant(rng.normal(0, 1 / np.sqrt(c // groups * np.prod(kernel)),
+                                          (cout, c // groups, *kernel)).astype(np.float32))
+        inputs = [t, weight] + ([self.constant(rng.normal(0, 0.2, cout).astype(np.float32))]
+                                if rng.random() < 0.7 else [])
+        if groups > 1:
+            attributes["group"] = groups
+        return self.add("Conv", inputs, (cout, *out), kernel_shape=[int(k) for k in kernel],
+                        strides=[int(s) for s in step], dilations=[int(v) for v in dilations], **attributes)
+
+    def pool(self, t: str, op: str, same: bool = False) -> str:
+        """MaxPool (dilations, and 1-D kernels up to 20) or AveragePool (padding counted or not); `same`: stride 1,
+        automatic pads."""
+        rng, (c, *n) = self.rng, self.shapes[t]
+        d, n = len(n), np.array(n)
+        for _ in range(20):
+            large = op == "MaxPool" and d == 1 and rng.random() < 0.3
+            kernel = rng.integers(14, 21, d) if large else rng.integers(1, 6, d)
+            dilations = rng.integers(1, 3, d) if op == "MaxPool" else np.ones(d, int)
+            step = np.ones(d, int) if same else rng.choice([1, 1, 2, 3], d)
+            span = (kernel - 1) * dilations + 1
+            attributes = {}
+            mode = rng.choice(["SAME_UPPER", "SAME_LOWER"] if same else ["pads", "pads", "SAME_UPPER", "VALID"])
+            if mode == "pads":
+                pads = rng.integers(0, np.tile(kernel, 2))       # onnxruntime: pads smaller than the kernel
+                attributes["pads"] = [int(p) for p in pads]
+                total = n + pads[:d] + pads[d:] - span
+                ceil = rng.random() < 0.35
+                out = (-(-total // step) if ceil else total // step) + 1
+                if ceil:
+                    out -= (out - 1) * step >= n + pads[:d]     # the last window starts inside
+                    attributes["ceil_mode"] = 1
+            elif mode == "VALID":
+                attributes["auto_pad"], out = "VALID", (n - span) // step + 1
+            else:   # onnxruntime pads pools for SAME as if undilated (outputs not ceil(n / stride)): undilated
+                attributes["auto_pad"], out, dilations = str(mode), -(-n // step), np.ones(d, int)
+            if (out >= 1).all():
+                break
+        else:
+            return t
+        if op == "MaxPool":
+            attributes["dilations"] = [int(v) for v in dilations]
+        elif rng.random() < 0.5:
+            attributes["count_include_pad"] = 1
+        return self.add(op, [t], (c, *out), kernel_shape=[int(k) for k in kernel], strides=[int(s) for s in step],
+                        **attributes)
+
+    def pointwise(self, t: str, op: str | None = None) -> str:
+        rng, shape = self.rng, self.shapes[t]
+        op = op or str(rng.choice(POINTWISE))
+        if op == "LeakyRelu":
+            return self.add(op, [t], shape, alpha=float(rng.uniform(0.01, 0.3)))
+        if op == "Clip":
+            low = self.constant(np.array(rng.uniform(-1, 0), np.float32)) if rng.random() < 0.7 else ""
+            high = [self.constant(np.array(rng.uniform(0.2, 1.5), np.float32))] if rng.random() < 0.7 else []
+            return self.add(op, [t, low] + high, shape)
+        if op == "BatchNormalization":
+            c = shape[0]
+            vectors = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2, c)]
+            return self.add(op, [t] + [self.constant(v.astype(np.float32)) for v in vectors], shape,
+                            epsilon=float(rng.uniform(1e-5, 1e-2)))
+        return self.add(op, [t], shape)
+
+    def pad(self, t: str) -> str:
+        """A constant Pad (any fill) or a reflect Pad of the spatial axes."""
+        rng, (c, *n) = self.rng, self.shapes[t]
+        d, n = len(n), np.array(n)
+        reflect = rng.random() < 0.3 and (n >= 2).all()
+        pads = np.minimum(rng.integers(0, 4, 2 * d), np.tile(n - 1, 2)) if reflect else rng.integers(0, 4, 2 * d)
+        full = [0, 0, *pads[:d], 0, 0, *pads[d:]]
+        inputs = [t, self.constant(np.array(full, np.int64))]
+        if not reflect and rng.random() < 0.6:
+            inputs.append(self.constant(np.array(rng.normal(0, 1), np.float32)))
+        return self.add("Pad", inputs, (c, *(n + pads[:d] + pads[d:])), mode="reflect" if reflect else "constant")
+
+    def branch(self, t: str, length: int, channels: int, strides) -> str:
+        """`length` steps that keep the map's shape but for `strides` (the first step's), ending on `channels`."""
+        for i in range(length):
+            if i == 0 or self.shapes[t][0] != channels or self.rng.random() < 0.5:
+                t = self.conv(t, channels, same=True, strides=strides if i == 0 else np.ones_like(strides))
+            elif self.rng.random() < 0.5:
+                t = self.pool(t, str(self.rng.choice(["MaxPool", "AveragePool"])), same=True)
+            else:
+                t = self.pointwise(t)
+        return t
+
+    def fork(self, t: str) -> str:
+        """Two branches of t joined by Add, Mul, Max (same channels) or Concat; a branch may be t itself, and a
+        long one keeps the other alive across its steps."""
+        rng, (c, *n) = self.rng, self.shapes[t]
+        join = str(rng.choice(["Add", "Concat", "Mul", "Max"]))
+        strides = np.ones(len(n), int) if rng.random() < 0.7 else rng.choice([1, 2], len(n))
+        channels = int(rng.integers(1, 6))
+        lengths = rng.integers(0, 5, 2)                     # both 0: the op of t with itself
+        if (strides != 1).any() or (join != "Concat" and channels != c):
+            lengths = np.maximum(lengths, 1)
+        a = self.branch(t, int(lengths[0]), channels, strides)
+        b = self.branch(t, int(lengths[1]), channels if join != "Concat" else int(rng.integers(1, 6)), strides)
+        if self.shapes[a][1:] != self.shapes[b][1:] or (join != "Concat" and self.shapes[a] != self.shapes[b]):
+            return a                                       # a conv that could not be drawn: no join
+        channels = self.shapes[a][0] + (self.shapes[b][0] if join == "Concat" else 0)
+        operands = [a, b] if rng.random() < 0.5 else [b, a]
+        extra = {"axis": 1} if join == "Concat" else {}
+        return self.add(join, operands, (channels, *self.shapes[a][1:]), **extra)
+
+    def gate(self, t: str) -> str:
+        """Squeeze-and-excitation: the map times a sigmoid of its global average (perhaps through a 1x1 conv)."""
+        c, *n = self.shapes[t]
+        pooled = self.add("GlobalAveragePool", [t], (c, *[1] * len(n)))
+        if self.rng.random() < 0.5:
+            weight = self.constant(self.rng.normal(0, 0.5, (c, c) + (1,) * len(n)).astype(np.float32))
+            pooled = self.add("Conv", [pooled, weight], self.shapes[pooled], kernel_shape=[1] * len(n))
+        return self.add("Mul", [t, self.add("Sigmoid", [pooled], self.shapes[pooled])], self.shapes[t])
+
+    def dense(self, t: str, width: int, classes: int, output: str | None = None) -> tuple[str, int]:
+        """Gemm (transB, alpha, beta, bias of any broadcastable shape or none) or MatMul of (R, width) rows."""
+        rng = self.rng
+        weight = rng.normal(0, 1 / np.sqrt(width), (width, classes)).astype(np.float32)
+        if rng.random() < 0.3:
+            return self.add("MatMul", [t, self.constant(weight)], (classes,), output), classes
+        trans_b = int(rng.integers(0, 2))
+        inputs = [t, self.constant(weight.T.copy() if trans_b else weight)]
+        bias = rng.choice(["none", "vector", "row", "scalar"])
+        if bias != "none":
+            shape = {"vector": (classes,), "row": (1, classes), "scalar": ()}[bias]
+            inputs.append(self.constant(rng.normal(0, 0.5, shape).astype(np.float32)))
+        return self.add("Gemm", inputs, (classes,), output, transA=0, transB=trans_b,
+                        alpha=float(rng.choice([1.0, rng.uniform(0.3, 2)])),
+                        beta=float(rng.choice([1.0, rng.uniform(0.3, 2)]))), classes
+
+    def head(self, t: str) -> None:
+        """'logits': rows of the map (Flatten or Reshape [0, -1]; or global pooling first), perhaps a scalar
+        pointwise op, then one or two dense layers; or the rows themselves."""
+        rng, shape = self.rng, self.shapes[t]
+        kind = rng.choice(["Flatten", "Flatten", "Reshape", "Reshape", "GlobalAveragePool", "rows"])
+        if kind == "GlobalAveragePool":
+            t = self.add(kind, [t], (shape[0],) + (1,) * (len(shape) - 1))
+        if kind == "Reshape":
+            rows = self.add("Reshape", [t, self.constant(np.array([0, -1], np.int64))], (int(np.prod(shape)),))
+        else:
+            rows = self.add("Flatten", [t], (int(np.prod(self.shapes[t])),), "logits" if kind == "rows" else None)
+        if kind == "rows":
+            return
+        width = self.shapes[rows][0]
+        if rng.random() < 0.4:
+            rows = self.pointwise(rows, str(rng.choice(["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip"])))
+        if rng.random() < 0.3:
+            rows, width = self.dense(rows, width, int(rng.integers(3, 9)))
+            rows = self.pointwise(rows, str(rng.choice(["Relu", "Tanh"])))
+        self.dense(rows, width, int(rng.integers(2, 7)), "logits")
+
+
+def draw_model(seed: int) -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """A random conv graph (opset 13) from `seed` and its sample shape (C, *spatial)."""
+    rng = np.random.default_rng(seed)
+    d = int(rng.choice([1, 2, 2, 3]))
+    high = {1: 61, 2: 25, 3: 13}[d] if rng.random() < 0.8 else {1: 151, 2: 49, 3: 19}[d]   # some larger maps
+    shape = (int(rng.integers(1, 5)), *(int(v) for v in 2 * rng.integers(2, high // 2 + 1, d) + 1))
+    g = Builder(rng, shape)
+    t, start = "x", rng.random()
+    if start < 0.15:
+        t = g.pointwise(t, "Relu")
+    elif start < 0.3:
+        t = g.pad(t)
+        t = g.pointwise(t, "Relu") if rng.random() < 0.7 else t
+    for _ in range(int(rng.integers(1, 6))):
+        kind = rng.choice(["conv", "conv", "conv", "MaxPool", "AveragePool", "pointwise", "pad", "fork", "fork",
+                           "gate"], p=[0.16, 0.16, 0.16, 0.1, 0.08, 0.1, 0.07, 0.08, 0.07, 0.02])
+        if kind == "conv":
+            t = g.conv(t)
+        elif kind in ("MaxPool", "AveragePool"):
+            t = g.pool(t, str(kind))
+        elif kind == "pointwise":
+            t = g.pointwise(t)
+        elif kind == "pad":
+            t = g.pad(t)
+        elif kind == "fork":
+            t = g.fork(t)
+        else:
+            t = g.gate(t)
+    if not any(node.op_type == "Conv" for node in g.nodes):   # a graph without weights is no classifier
+        t = g.conv(t)
+    g.head(t)
+    classes = g.shapes["logits"][0]
+    graph = helper.make_graph(g.nodes, f"fuzz{seed}",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, classes])], g.weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), shape
+
+
+def draw_batches(rng: np.random.Generator, spatial: tuple[int, ...], size: tuple[int, ...]) -> list[np.ndarray]:
+    """Window starts: one row; a few rows; a few hundred; windows at corners, on edges and anywhere, each sent
+    1-4 times, rows shuffled."""
+    last = np.array(spatial) - np.array(size)
+    corners = np.array(np.meshgrid(*[[0, n] for n in last], indexing="ij")).reshape(len(spatial), -1).T
+
+    def anywhere(count: int) -> np.ndarray:
+        starts = np.stack([rng.integers(0, n + 1, count) for n in last], axis=1)
+        edge = rng.random((count, len(spatial))) < 0.3                 # some coordinates on the map's edge
+        return np.where(edge, rng.integers(0, 2, (count, len(spatial))) * last, starts)
+
+    def rows(windows: np.ndarray) -> np.ndarray:
+        starts = np.repeat(windows, rng.integers(1, 5, len(windows)), axis=0)
+        return starts[rng.permutation(len(starts))]
+
+    one = np.concatenate([corners, anywhere(2)])[rng.integers(0, len(corners) + 2)][None]
+    few = rows(np.concatenate([corners[rng.permutation(len(corners))[:2]], anywhere(2)]))
+    many = rows(np.concatenate([corners, anywhere(int(rng.integers(60, 120)))]))
+    return [one, few, many]
+
+
+def caller_values(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window values (R, C, *k) as a caller may hold them, and the tensor that owns their memory: their own, rows
+    of a larger buffer (prediction difference's chunks), or a permuted view (channels elsewhere in memory)."""
+    layout = rng.integers(0, 3)
+    if layout == 0:
+        values = torch.from_numpy(rng.normal(0, 1.5, shape).astype(np.float32))
+        return values, values
+    if layout == 1:
+        owner = torch.from_numpy(rng.normal(0, 1.5, (shape[0] + 5, *shape[1:])).astype(np.float32))
+        return owner[2:2 + shape[0]], owner
+    owner = torch.from_numpy(rng.normal(0, 1.5, (*shape[2:], shape[1], shape[0])).astype(np.float32))
+    return owner.permute(-1, -2, *range(len(shape) - 2)), owner
+
+
+def float64_outputs(proto: onnx.ModelProto, batch: torch.Tensor, name: str) -> np.ndarray:
+    """The graph's tensor `name` in float64 (the registry's ops): a reference whose rounding is negligible, to
+    tell float32 rounding (onnxruntime's shows the output's conditioning) from a wrong number."""
+    wide = onnx.ModelProto()
+    wide.CopyFrom(proto)
+    for tensor in wide.graph.initializer:
+        if tensor.data_type == TensorProto.FLOAT:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    return Graph(wide).run({"x": batch.double()}, [name])[name].numpy()
+
+
+def fuzz_case(seed: int, tmp_path) -> str:
+    """Run seed's graph and batches through the runner and onnxruntime ('logits', and sometimes a tensor inside
+    the graph too); 'skipped' when onnxruntime rejects the graph, else 'passed' (assertions raise)."""
+    proto, shape = draw_model(seed)
+    path = tmp_path / f"fuzz{seed}.onnx"
+    onnx.save(proto, path)
+    rng = np.random.default_rng(10_000 + seed)
+    inner = [name for node in proto.graph.node for name in node.output if name != "logits"]
+    outputs = ["logits"] + ([str(rng.choice(inner))] if inner and rng.random() < 0.3 else [])
+    proto.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs[1:])
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {"x": np.zeros((1, *shape), np.float32)})
+    except Exception:      # onnxruntime rejects the graph (a shape the draw got wrong, a combination it refuses)
+        return "skipped"
+    executor = onnxplain.load(path).torch()
+    assert executor.graph is not None, executor.problem
+    outputs = [name for name in outputs if name in executor.graph.producers]   # not one loading dropped
+    x = torch.from_numpy(rng.normal(0, 1, (1, *shape)).astype(np.float32))
+    x_kept = x.clone()
+    runner = WindowRunner(executor, x, outputs)
+    size = tuple(int(v) for v in np.minimum(rng.integers(1, 5, len(shape) - 1), shape[1:]))
+    for starts in draw_batches(rng, shape[1:], size):
+        values, owner = caller_values(rng, (len(starts), shape[0], *size))
+        owner_kept, starts_kept = owner.clone(), starts.copy()
+        got = runner(values, starts)
+        assert torch.equal(owner, owner_kept) and np.array_equal(starts, starts_kept) and torch.equal(x, x_kept)
+        batch = x.expand(len(starts), *shape).clone()
+        batch[tuple(torch.as_tensor(i) for i in window_index(starts, size, shape[0]))] = values
+        wanted = dict(zip(["logits"] + [o.name for o in proto.graph.output[1:]],
+                          session.run(None, {"x": batch.numpy()})))
+        for name in outputs:
+            have, want = got[name].numpy(), wanted[name]
+            assert have.shape == want.shape, (name, have.shape, want.shape)
+            scale = max(np.abs(want).max(), 1e-12)
+            error = np.abs(have - want).max() / scale
+            where = f"seed {seed}, {name}: {len(starts)} rows, window {size}, error {error:.2g}"
+            if error > TOLERANCE:   # float32 rounding, where the outputs are small beside the terms they sum
+                exact = float64_outputs(proto, batch, name)
+                whole = executor.run(batch, [name])[name].numpy()
+                ours, theirs = (np.abs(v - exact).max() for v in (have, np.stack([want, whole])))
+                assert ours <= 4 * theirs, f"{where}: {ours:.2g} from float64, whole passes {theirs:.2g}"
+    return "passed"
+
+
+@pytest.mark.parametrize("seed", range(FIRST, STOP))
+def test_random_graphs_match_onnxruntime(seed, tmp_path):
+    if fuzz_case(seed, tmp_path) == "skipped":
+        pytest.skip("onnxruntime rejects this draw")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_writes_put_each_box_in_place(seed):
+    """`crops.write` in each of its ways (slices per run of rows, indexed copies per offset, element by element
+    for many offsets), rows in order or not, boxes partly or wholly outside the target: what a loop writes."""
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(1, 4))
+    span, size = rng.integers(3, 12, d), rng.integers(1, 5, d)
+    count, rows = int(rng.choice([1, 3, 70, 300])), int(rng.choice([1, 5, 80, 400]))
+    low = np.where(rng.random() < 0.5, 1 - size, 0)                # some boxes start before the target
+    offsets = np.unique(np.stack([rng.integers(lo, n, count) for lo, n in zip(low, span)], axis=1), axis=0)
+    row_site = rng.integers(0, len(offsets), rows)
+    row_site = np.sort(row_site) if rng.random() < 0.5 else row_site
+    values = torch.from_numpy(rng.normal(0, 1, (rows, 2, *size)).astype(np.float32))
+    got, want = torch.zeros((rows, 2, *span)), torch.zeros((rows, 2, *span))
+    write(got, offsets, Crop(values, offsets, row_site))
+    for r, offset in enumerate(offsets[row_site]):
+        start, stop = np.maximum(offset, 0), np.minimum(offset + size, span)
+        if (stop > start).all():
+            want[(r, slice(None)) + tuple(slice(a, b) for a, b in zip(start, stop))] = \
+                values[(r, slice(None)) + tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, offset))]
+    assert torch.equal(got, want)

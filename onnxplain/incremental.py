@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .crops import MAX_GROUPS, Crop, FlatCrop, gather, max_pool_slices, sites_of, write
+from .ops.pooling import lowest_for_padding
 
 MAX_SHARE = 0.5   # a zone covering more of its map than this is computed whole: crops would not save work
 POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
@@ -271,6 +272,7 @@ class WindowRunner:
             values = CONV[d](patch, weight, bias, list(strides), 0, list(dilations), op.groups)
         elif step.node.op_type == "MaxPool":
             values = max_pool_slices(patch, kernel, strides, dilations, tuple(int(s) for s in size))
+            values = lowest_for_padding(values, op.padded(op.pads(x_full)))   # as the op itself gives them
         else:
             values = AVG_POOL[d](patch, list(kernel), list(strides), 0, False, True)
         return crop.moved(values, origin)

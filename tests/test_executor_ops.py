@@ -216,3 +216,12 @@ def test_linear_classifier(transform, classes):
                               classlabels_ints=labels, post_transform=transform),
              helper.make_node("Normalizer", ["scores"], ["y"], domain="ai.onnx.ml", norm="L2")]
     check(nodes, x, 13, outputs=("label", "scores", "y"), domain_opsets=[("ai.onnx.ml", 1)])
+
+
+def test_pooling_windows_beyond_the_map():
+    """A max-pooling window that covers only padding holds the type's lowest value, as onnxruntime gives it (not
+    -inf); a 3-D average pooling over a map smaller than its kernel, made to fit by padding, runs."""
+    x1 = RNG.normal(size=(2, 3, 1)).astype(np.float32)
+    check([node("MaxPool", kernel_shape=[2], dilations=[2], pads=[1, 1])], x1, 12)
+    x3 = RNG.normal(size=(2, 1, 1, 3, 3)).astype(np.float32)
+    check([node("AveragePool", kernel_shape=[5, 1, 1], pads=[2, 0, 0, 2, 0, 0], count_include_pad=1)], x3, 11)

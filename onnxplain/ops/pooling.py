@@ -59,6 +59,10 @@ class _Window(Op):
 class MaxPool(_Window):
     kind = "route"
 
+    def padded(self, pairs) -> bool:
+        """Whether some window may reach into padding (explicit, automatic or ceil mode's)."""
+        return self.ceil or any(b or e for b, e in pairs)
+
     def forward(self, x):
         pairs = self.pads(x)
         padding = self.simple_padding(pairs)
@@ -68,15 +72,25 @@ class MaxPool(_Window):
             x = F.pad(x, torch_pad([(b, e + x2) for (b, e), x2 in zip(pairs, extra)]), value=float("-inf"))
             padding = 0
         if not (len(self.node.output) > 1 and self.node.output[1]):
-            return MAX_POOL[self.spatial](x, self.kernel, self.strides, padding, self.dilations)
+            return lowest_for_padding(MAX_POOL[self.spatial](x, self.kernel, self.strides, padding, self.dilations),
+                                      self.padded(pairs))
         if padded or self.attr("storage_order", 0):
             raise ValueError("MaxPool indices with explicit padding, ceil mode or column-major order")
         values, indices = MAX_POOL[self.spatial](x, self.kernel, self.strides, padding, self.dilations,
                                                  return_indices=True)
+        values = lowest_for_padding(values, self.padded(pairs))
         n, c = values.shape[:2]
         plane = int(torch.tensor(x.shape[2:]).prod())
         offsets = torch.arange(n * c, device=x.device).reshape(n, c, *([1] * self.spatial)) * plane
         return values, indices + offsets
+
+
+def lowest_for_padding(values: torch.Tensor, padded: bool) -> torch.Tensor:
+    """Max pooling's values as onnxruntime gives them: a window that covers only padding (or only -inf) holds the
+    type's lowest finite value, not -inf."""
+    if not padded or not values.dtype.is_floating_point:
+        return values
+    return values.clamp(min=torch.finfo(values.dtype).min)
 
 
 @register("AveragePool")
@@ -87,7 +101,8 @@ class AveragePool(_Window):
         pairs = self.pads(x)
         include_pad = bool(self.attr("count_include_pad", 0))
         padding = self.simple_padding(pairs)
-        if padding is not None and not self.ceil and set(self.dilations) == {1}:
+        fits = all(n >= k for n, k in zip(x.shape[2:], self.kernel))   # torch's 3-D kernel refuses smaller maps
+        if padding is not None and not self.ceil and set(self.dilations) == {1} and fits:
             return AVG_POOL[self.spatial](x, self.kernel, self.strides, padding, False, include_pad)
         return self.window_sums(x, pairs, include_pad)
 

@@ -343,18 +343,21 @@ class Model:
         check=False skips `check_input` for batches a method built itself from an already-checked input."""
         x = self.check_input(x) if check else x
         asked = list(outputs) if outputs else self.output_names
-        names = list(dict.fromkeys(self.aliases.get(n, n) for n in asked))
-        extra = tuple(n for n in names if n not in self.output_names)
-        session = self.session(extra)
-        size = 1 if self.fixed_batch else (batch_size or self.batch_size(sample_shape=x.shape[1:]))
+        names = [n for n in dict.fromkeys(self.aliases.get(n, n) for n in asked) if n != self.input_name]
+        values = {self.input_name: x}   # the input itself (the logits of a graph that only squashes its input)
+        if names:
+            extra = tuple(n for n in names if n not in self.output_names)
+            session = self.session(extra)
+            size = 1 if self.fixed_batch else (batch_size or self.batch_size(sample_shape=x.shape[1:]))
 
-        def forward(batch: np.ndarray) -> list[np.ndarray]:
-            try:
-                return [np.asarray(a) for a in session.run(names, {self.input_name: batch})]
-            except Exception as error:  # onnxruntime raises its own untyped failures
-                raise OnnxplainError(f"onnxruntime failed on this input: {str(error).splitlines()[0][:300]}") from None
+            def forward(batch: np.ndarray) -> list[np.ndarray]:
+                try:
+                    return [np.asarray(a) for a in session.run(names, {self.input_name: batch})]
+                except Exception as error:  # onnxruntime raises its own untyped failures
+                    raise OnnxplainError("onnxruntime failed on this input: "
+                                         f"{str(error).splitlines()[0][:300]}") from None
 
-        values = dict(zip(names, run_batched(forward, x, size, progress)))
+            values.update(zip(names, run_batched(forward, x, size, progress)))
         return {name: values[self.aliases.get(name, name)] for name in asked}
 
     def scores(self, x: np.ndarray, **kwargs) -> np.ndarray:

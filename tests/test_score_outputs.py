@@ -391,3 +391,21 @@ def test_softmax_heads_behind_reshapes(kind, probabilities, tmp_path):
     assert (model.score_kind == "probabilities") == probabilities, model.score_reason
     if probabilities:
         np.testing.assert_allclose(model.scores(x).sum(1), 1.0, rtol=1e-5)
+
+
+def test_logits_that_are_the_input_itself(tmp_path):
+    """A graph that only squashes its input (x -> Sigmoid -> Flatten): the logits are the input, which
+    onnxruntime cannot return as an output; `run` answers it with the input (was: 'no tensor named x')."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Flatten", ["s"], ["y"])],
+                              "squash", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), tmp_path / "squash.onnx")
+    model = onnxplain.load(tmp_path / "squash.onnx")
+    x = np.random.default_rng(0).random((2, 3)).astype(np.float32)
+    assert model.logits_output == "x"
+    np.testing.assert_array_equal(model.logits(x), x.astype(np.float64))
+    gradient = make_method("gradient", progress=False).explain(model, x)
+    np.testing.assert_allclose(gradient.score, x.max(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(gradient.relevance, np.eye(3, dtype=np.float32)[x.argmax(axis=1)])

@@ -25,7 +25,7 @@ class Target:
     """`layer` None: class `index` of the class scores (None = each sample's top-1).
     `layer` set: a hidden tensor; `index` is a channel (the whole feature map) and `unit`, when given, one unit
     named channel first (C, *position). `axis`: the tensor's channel axis (samples at axis 0); None reads it off the
-    graph (`channel_axis`): 1, or where a Transpose moved a convolution's channels (a channels-last tensor)."""
+    graph (`tensor_channel_axis`): 1, or where a Transpose moved a convolution's channels (a channels-last tensor)."""
 
     layer: str | None = None
     index: int | None = None
@@ -54,7 +54,7 @@ class Target:
         return 1 if self.axis is None else self.axis
 
 
-def channel_axis(model, layer: str) -> int:
+def tensor_channel_axis(model, layer: str) -> int:
     """The axis holding tensor `layer`'s channels: traced back through ops that keep their inputs' axes and through
     Transposes to an op that puts channels at axis 1 (a convolution, pooling, normalisation); 1 where the graph
     does not say (dense layers, reshapes, the input)."""
@@ -102,7 +102,7 @@ def parse_target(model, target: str | int | None = None, layer: str | None = Non
         if not all(p.strip().isdecimal() for p in parts):
             raise OnnxplainError(f"--target for a layer must be non-negative integers, got {target!r}")
         values = tuple(int(p) for p in parts)
-        return Target(layer, values[0], values if len(values) > 1 else None, channel_axis(model, layer))
+        return Target(layer, values[0], values if len(values) > 1 else None, tensor_channel_axis(model, layer))
     if target is None or target == "top1":
         return Target()
     index = model.class_index(target)
@@ -122,7 +122,7 @@ def as_target(model, target) -> Target:
     if target is None or isinstance(target, Target):
         if target is not None and target.hidden:
             layer = check_layer(model, target.layer)
-            axis = channel_axis(model, layer) if target.axis is None else target.axis
+            axis = tensor_channel_axis(model, layer) if target.axis is None else target.axis
             return Target(layer, target.index, target.unit, axis)
         return target or Target()
     if np.ndim(target) == 0 and hasattr(target, "item"):   # a 0-d array or tensor

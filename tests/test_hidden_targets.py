@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.methods import make_method
-from onnxplain.targets import Target, channel_axis, parse_target
+from onnxplain.targets import Target, parse_target, tensor_channel_axis
 
 from conftest import MODELS
 
@@ -33,9 +33,9 @@ def keras():
 
 def test_the_channel_axis_is_traced_through_transposes(keras):
     model, _ = keras
-    assert channel_axis(model, LAST) == 3 and channel_axis(model, FIRST) == 1
+    assert tensor_channel_axis(model, LAST) == 3 and tensor_channel_axis(model, FIRST) == 1
     assert parse_target(model, "5", LAST) == Target(LAST, 5, None, 3)
-    assert channel_axis(model, "sequential_1/dense_1/Relu:0") == 1              # a dense layer's features
+    assert tensor_channel_axis(model, "sequential_1/dense_1/Relu:0") == 1   # a dense layer's features
 
     weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
@@ -47,7 +47,7 @@ def test_the_channel_axis_is_traced_through_transposes(keras):
     graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 9, 9])],
                               [helper.make_tensor_value_info("back", TensorProto.FLOAT, None)], [weight])
     built = SimpleNamespace(proto=helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
-    assert [channel_axis(built, name) for name in ("c", "last", "r", "sum", "odd", "back", "x")] == \
+    assert [tensor_channel_axis(built, name) for name in ("c", "last", "r", "sum", "odd", "back", "x")] == \
         [1, 3, 3, 3, 1, 2, 1]
 
 

@@ -193,10 +193,11 @@ def section(rows: list[dict], command: str) -> str:
              "(`device='cpu'`) runs them through the torch executor, computing each sample's early layers only "
              "around its window (`onnxplain/incremental.py`). Same sampler and seed: max |Δ| is the largest "
              "difference between the engine's map and the literal loop's. The zoo graphs use seeded random weights "
-             "and a window stride (stated) to keep the run to minutes. Times: on the digits CNN the median of `--rounds` "
-             "(default 7) interleaved rounds (literal loop, then each engine), on the zoo graphs one round; each timed "
-             "call starts after a 0.25 s pause, because onnxruntime's worker threads spin on after a run and slow "
-             "whatever runs next (the torch engine by about half on the digits CNN); freed memory is kept for reuse, "
+             "and a window stride (stated) to keep the run to minutes. Times: on the digits CNN the median of "
+             "`--rounds` (default 7) interleaved rounds (literal loop, then each engine), on the zoo graphs one "
+             "round; each timed call starts after a 0.25 s pause, because onnxruntime's worker threads spin on "
+             "after a run and slow whatever runs next (the torch engine by about half on the digits CNN); freed "
+             "memory is kept for reuse, "
              "as the CLI does (`onnxplain.allocator`).", "", HEADER, *map(_format, rows), "",
              "Where the time goes: forward passes take most of the engine's time (last column). On this CPU a batch "
              "of S = 10 already runs a conv net at close to its per-sample cost, so packing removes only the "
@@ -208,10 +209,9 @@ def section(rows: list[dict], command: str) -> str:
              f"{arithmetic:.0%} of its time in convolutions and matrix products; the rest of its forward passes is "
              "moving small crops (gathering x's activation around each zone, writing the samples' crops into it) "
              "and pointwise ops: copies of many small blocks, bound by memory traffic rather than arithmetic. "
-             "Kernels that compute a crop straight from x's activation, "
-             "without materialising its patch, would be the next step. The GPU timing of the paper's GoogLeNet "
-             "setting is in the `benchmarks/pda_gpu.py` "
-"section below.", "", END]
+             "How far hand-written code for this one network gets on the same forward passes is in the "
+             "`benchmarks/pda_floor.py` section below. The GPU timing of the paper's GoogLeNet setting is in the "
+             "`benchmarks/pda_gpu.py` section below.", "", END]
     return "\n".join(lines)
 
 

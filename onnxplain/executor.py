@@ -215,15 +215,41 @@ class TorchExecutor:
         x = self.model.check_input(x)
         size = 1 if self.model.fixed_batch else (batch_size or self.batch_size(x.shape[1:]))
         name = target.layer if target.hidden else self.logits_name
+        if grad:
+            self.require_gradient(name, "gradient methods cannot explain it (occlusion and pda can)")
         grads, values = [], []
         for start in range(0, len(x), size):
             with torch.set_grad_enabled(grad):
                 batch = self.tensor(x[start:start + size]).requires_grad_(grad)
                 value, _ = self.explained(self.run(batch, [name])[name], batch, target)
             if grad:
+                if not value.requires_grad:     # the onnx2torch fallback, which the graph check cannot see into
+                    raise OnnxplainError(f"{name} does not depend differentiably on the input: gradient methods "
+                                         "cannot explain it (occlusion and pda can)")
                 grads.append(torch.autograd.grad(value.sum(), batch)[0].detach().cpu().numpy())
             values.append(value.detach().double().cpu().numpy())
         return (np.concatenate(grads).astype(x.dtype, copy=False) if grad else None), np.concatenate(values)
+
+    def require_gradient(self, name: str, advice: str) -> None:
+        """Raise, naming the ops, where every way from the input to tensor `name` passes through integer or
+        boolean data (ArgMin, Round, a comparison: an isotonic calibration's lookup, say): its gradient is zero or
+        missing, and a map of it would say nothing."""
+        if self.graph is None:
+            return
+        source = self.model.input_name
+        steps = self.graph.plan([name], (source,))
+        smooth, cuts = {source}, []
+        for step in steps:
+            if not any(n in smooth for n in step.inputs if n):
+                continue
+            if step.op is not None and step.op.kind == "data":
+                cuts.append(step.label)
+            else:
+                smooth.update(n for n in step.outputs if n)
+        if name not in smooth:
+            from .lrp.walker import listed
+            raise OnnxplainError(f"{name} does not depend differentiably on the input: every way from the input to "
+                                 f"it passes through integer or boolean data ({listed(cuts)}); {advice}")
 
     # ---------------------------------------------------------------- onnx2torch fallback
     def _run_fallback(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:

@@ -110,7 +110,8 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
         floats = [chosen]
     outputs = {o.name: o for o in proto.graph.output}
     found = next(filter(None, (_classified(proto, outputs[name], producing_op(producers, name), exposed)
-                               or _normalised_rows(proto, producers, outputs[name]) for name in floats)), None)
+                               or _normalised_rows(proto, producers, outputs[name])
+                               or _averaged_rows(proto, producers, outputs[name]) for name in floats)), None)
     if found is None:
         name, node = floats[0], producing_op(producers, floats[0])
         why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
@@ -151,6 +152,24 @@ def _classified(proto: onnx.ModelProto, output: onnx.ValueInfoProto, node: onnx.
                                "normalisation)", None)
         return ScoreChoice(name, "logits", f"output {name!r} is a LinearClassifier's raw scores", name)
     return None
+
+
+def _averaged_rows(proto: onnx.ModelProto, producers: dict, output: onnx.ValueInfoProto) -> ScoreChoice | None:
+    """Probabilities averaged over models: (P_1 + ... + P_n) / n with each P_i rows normalised as
+    `_normalised_rows` reads them (CalibratedClassifierCV's mean over its cross-validation folds). No logit lies
+    under an average of normalisations: LRP and the gradients explain the probability itself."""
+    node = producing_op(producers, output.name)
+    if node is None or node.op_type != "Div" or len(output.type.tensor_type.shape.dim) != 2:
+        return None
+    total, count = producers.get(node.input[0]), constant_values(proto).get(node.input[1])
+    if total is None or total.op_type != "Sum" or count is None or count.size != 1 or \
+            float(count.reshape(-1)[0]) != len(total.input):
+        return None
+    if not all(_normalised_rows(proto, producers, onnx.helper.make_tensor_value_info(name, 1, [None, None]))
+               for name in total.input):
+        return None
+    return ScoreChoice(output.name, "probabilities", f"output {output.name!r} is the mean of {len(total.input)} "
+                       "row-normalised probabilities", None)
 
 
 def _normalised_rows(proto: onnx.ModelProto, producers: dict, output: onnx.ValueInfoProto) -> ScoreChoice | None:

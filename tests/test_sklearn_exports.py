@@ -159,3 +159,43 @@ def test_convert_takes_classifiers_without_probabilities(classes, table, tmp_pat
     np.testing.assert_allclose(model.scores(x), d if classes == 3 else np.stack([-d, d], 1), rtol=1e-4, atol=1e-4)
     with pytest.raises(OnnxplainError, match="no probabilities for a ZipMap"):
         convert_sklearn(pipeline, tmp_path / "zipped.onnx", samples=x, zipmap=True)
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_calibrated_classifiers_are_probabilities(method, table, tmp_path):
+    """CalibratedClassifierCV averages its folds' normalised probabilities: read as probabilities (prediction
+    difference then takes weights of evidence). Sigmoid calibration is smooth: the gradient explains the probability
+    itself, equal to predict_proba's central differences. Isotonic calibration is a table lookup (ArgMin): no
+    gradient reaches the input, and gradient methods and APEM say so in one error naming the lookup, while
+    occlusion works."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.metrics.apem import loss_gradient
+    from onnxplain.methods.occlusion import Occlusion
+
+    x, names = table
+    estimator = fitted(CalibratedClassifierCV(LinearSVC(), method=method, cv=3), x, names)
+    model = exported(estimator, x[:1], tmp_path / "calibrated.onnx", options={"zipmap": False})
+    rows = x[:6]
+    assert model.score_kind == "probabilities", model.score_reason
+    assert "mean of 3" in model.score_reason
+    if method == "sigmoid":   # skl2onnx's isotonic lookup differs from scikit-learn's interpolation on some rows
+        np.testing.assert_allclose(model.scores(rows), estimator.predict_proba(rows), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.scores(rows).sum(axis=1), 1, rtol=1e-5)
+    occlusion = Occlusion(progress=False, window=1).explain(model, rows, Target(index=2))
+    assert occlusion.relevance.shape == rows.shape and np.abs(occlusion.relevance).sum() > 0
+    if method == "isotonic":
+        with pytest.raises(OnnxplainError, match=r"does not depend differentiably .*ArgMin"):
+            Gradient(progress=False).explain(model, rows, Target(index=2))
+        with pytest.raises(OnnxplainError, match=r"ArgMin.*use AOPC alone"):
+            loss_gradient(model, rows, np.zeros(len(rows), dtype=np.int64))
+        return
+    explanation = Gradient(progress=False).explain(model, rows, Target(index=2))
+    assert explanation.diagnostics["score_kind"] == "probabilities"
+    step = 1e-3 * np.abs(rows).max(axis=0)
+    want = np.stack([(estimator.predict_proba(rows + np.eye(5)[i] * step[i])[:, 2]
+                      - estimator.predict_proba(rows - np.eye(5)[i] * step[i])[:, 2]) / (2 * step[i])
+                     for i in range(5)], axis=1)
+    np.testing.assert_allclose(explanation.relevance, want, rtol=2e-2, atol=1e-3 * np.abs(want).max())

@@ -266,7 +266,7 @@ def data_cuts(steps: list[Step], source: str) -> list[str]:
 
 def no_path_message(steps: list[Step], start: str, source: str) -> str:
     cuts = data_cuts(steps, source)
-    through = f": its way passes only through integer or boolean data ({', '.join(cuts)})" if cuts else ""
+    through = f": its way passes only through integer or boolean data ({listed(cuts)})" if cuts else ""
     return f"no relevance reaches the input from {start}{through}"
 
 

@@ -72,6 +72,7 @@ def loss_gradient(model, x: np.ndarray, classes: np.ndarray, device: str = "cpu"
                              f"{model.input_dtype} (token ids, categories), which has none: use AOPC alone "
                              "(--metrics aopc)")
     executor = model.torch(device)
+    executor.require_gradient(executor.logits_name, "APEM needs its loss gradient: use AOPC alone (--metrics aopc)")
     grads = []
     size = 1 if model.fixed_batch else executor.batch_size(np.shape(x)[1:])
     for start in range(0, len(x), size):

@@ -6,7 +6,8 @@ Each seed draws a small opset-13 graph on a 1-D, 2-D or 3-D input of odd sizes (
 dilations, kernels of more than 16 positions) and average poolings (padding counted or not), pointwise ops,
 constant and reflect Pads, branches joined by Add/Concat/Mul/Max (a long one keeps the other alive across its
 steps, so that rows cannot be reordered), a Relu on the input or on a Pad of it, squeeze-and-excitation gates,
-and a head (Flatten or Reshape to rows, then Gemm or MatMul, perhaps two; or global pooling first). Batches of 1,
+and a head (Flatten or Reshape to rows, then Gemm or MatMul, perhaps two; or global pooling first); a quarter take
+their samples channels last and move them first with a Transpose (the runner then starts there). Batches of 1,
 a few and a few hundred rows, 1-4 rows per window, shuffled, windows at corners, edges and anywhere, go through
 the runner itself (prediction difference runs whole samples when the runner raises, which would hide its
 failures) and through onnxruntime; sometimes a tensor inside the graph is an output too. Where the two differ by
@@ -29,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxplain
 from onnxplain.crops import Crop, window_index, write
 from onnxplain.incremental import WindowRunner
+from onnxplain.methods.passes import channels_first_entry
 from onnxplain.ops.graph import Graph
 
 FIRST, STOP = (int(v) for v in os.environ.get("ONNXPLAIN_FUZZ_SEEDS", "0:60").split(":"))
@@ -241,14 +243,19 @@ class Builder:
         self.dense(rows, width, int(rng.integers(2, 7)), "logits")
 
 
-def draw_model(seed: int) -> tuple[onnx.ModelProto, tuple[int, ...]]:
-    """A random conv graph (opset 13) from `seed` and its sample shape (C, *spatial)."""
+def draw_model(seed: int) -> tuple[onnx.ModelProto, tuple[int, ...], bool]:
+    """A random conv graph (opset 13) from `seed`, its sample shape (C, *spatial), and whether the graph takes the
+    samples channels last (*spatial, C), moving them first with a Transpose (tf2onnx's Keras exports)."""
     rng = np.random.default_rng(seed)
     d = int(rng.choice([1, 2, 2, 3]))
     high = {1: 61, 2: 25, 3: 13}[d] if rng.random() < 0.8 else {1: 151, 2: 49, 3: 19}[d]   # some larger maps
     shape = (int(rng.integers(1, 5)), *(int(v) for v in 2 * rng.integers(2, high // 2 + 1, d) + 1))
     g = Builder(rng, shape)
-    t, start = "x", rng.random()
+    channels_last = bool(np.random.default_rng(20_000 + seed).random() < 0.25)   # a stream of its own: the
+    t, start = "x", rng.random()                                                  # other draws stay as they were
+    if channels_last:
+        g.nodes.append(helper.make_node("Transpose", ["x"], ["x_first"], perm=[0, d + 1, *range(1, d + 1)]))
+        g.shapes["x_first"], t = shape, "x_first"
     if start < 0.15:
         t = g.pointwise(t, "Relu")
     elif start < 0.3:
@@ -273,10 +280,11 @@ def draw_model(seed: int) -> tuple[onnx.ModelProto, tuple[int, ...]]:
         t = g.conv(t)
     g.head(t)
     classes = g.shapes["logits"][0]
+    taken = [*shape[1:], shape[0]] if channels_last else list(shape)
     graph = helper.make_graph(g.nodes, f"fuzz{seed}",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *shape])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *taken])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, classes])], g.weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), shape
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), shape, channels_last
 
 
 def draw_batches(rng: np.random.Generator, spatial: tuple[int, ...], size: tuple[int, ...]) -> list[np.ndarray]:
@@ -328,7 +336,8 @@ def float64_outputs(proto: onnx.ModelProto, batch: torch.Tensor, name: str) -> n
 def fuzz_case(seed: int, tmp_path) -> str:
     """Run seed's graph and batches through the runner and onnxruntime ('logits', and sometimes a tensor inside
     the graph too); 'skipped' when onnxruntime rejects the graph, else 'passed' (assertions raise)."""
-    proto, shape = draw_model(seed)
+    proto, shape, channels_last = draw_model(seed)
+    taken = (lambda batch: batch.movedim(1, -1).contiguous()) if channels_last else (lambda batch: batch)
     path = tmp_path / f"fuzz{seed}.onnx"
     onnx.save(proto, path)
     rng = np.random.default_rng(10_000 + seed)
@@ -337,7 +346,7 @@ def fuzz_case(seed: int, tmp_path) -> str:
     proto.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs[1:])
     try:
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        session.run(None, {"x": np.zeros((1, *shape), np.float32)})
+        session.run(None, {"x": taken(torch.zeros((1, *shape))).numpy()})
     except Exception:      # onnxruntime rejects the graph (a shape the draw got wrong, a combination it refuses)
         return "skipped"
     executor = onnxplain.load(path).torch()
@@ -345,7 +354,9 @@ def fuzz_case(seed: int, tmp_path) -> str:
     outputs = [name for name in outputs if name in executor.graph.producers]   # not one loading dropped
     x = torch.from_numpy(rng.normal(0, 1, (1, *shape)).astype(np.float32))
     x_kept = x.clone()
-    runner = WindowRunner(executor, x, outputs)
+    entry = channels_first_entry(executor.graph, "x", tuple(taken(x)[0].shape)) if channels_last else None
+    assert entry is not None or not channels_last
+    runner = WindowRunner(executor, taken(x), outputs, entry)
     size = tuple(int(v) for v in np.minimum(rng.integers(1, 5, len(shape) - 1), shape[1:]))
     for starts in draw_batches(rng, shape[1:], size):
         values, owner = caller_values(rng, (len(starts), shape[0], *size))
@@ -355,7 +366,7 @@ def fuzz_case(seed: int, tmp_path) -> str:
         batch = x.expand(len(starts), *shape).clone()
         batch[tuple(torch.as_tensor(i) for i in window_index(starts, size, shape[0]))] = values
         wanted = dict(zip(["logits"] + [o.name for o in proto.graph.output[1:]],
-                          session.run(None, {"x": batch.numpy()})))
+                          session.run(None, {"x": taken(batch).numpy()})))
         for name in outputs:
             have, want = got[name].numpy(), wanted[name]
             assert have.shape == want.shape, (name, have.shape, want.shape)
@@ -363,8 +374,8 @@ def fuzz_case(seed: int, tmp_path) -> str:
             error = np.abs(have - want).max() / scale
             where = f"seed {seed}, {name}: {len(starts)} rows, window {size}, error {error:.2g}"
             if error > TOLERANCE:   # float32 rounding, where the outputs are small beside the terms they sum
-                exact = float64_outputs(proto, batch, name)
-                whole = executor.run(batch, [name])[name].numpy()
+                exact = float64_outputs(proto, taken(batch), name)
+                whole = executor.run(taken(batch), [name])[name].numpy()
                 ours, theirs = (np.abs(v - exact).max() for v in (have, np.stack([want, whole])))
                 assert ours <= 4 * theirs, f"{where}: {ours:.2g} from float64, whole passes {theirs:.2g}"
     return "passed"

@@ -142,6 +142,9 @@ def default_methods(model) -> tuple[str, str | None]:
     if not np.issubdtype(model.input_dtype, np.floating):
         return "occlusion", (f"note: this model takes {model.input_dtype}, which has no gradients; evaluated "
                              "occlusion (--methods picks others)")
+    problem = gradient_problem(model)
+    if problem:
+        return "occlusion", f"note: {problem}; evaluated occlusion (--methods picks others)"
     names, note = [name for name in DEFAULT_METHODS if name in REGISTRY], None
     if "lrp" in names:
         from onnxplain.lrp import unsupported_ops
@@ -155,6 +158,17 @@ def default_methods(model) -> tuple[str, str | None]:
     if not names:
         raise OnnxplainError(f"choose --methods from: {', '.join(sorted(REGISTRY))}")
     return ",".join(names), note
+
+
+def gradient_problem(model) -> str | None:
+    """Why the model has no input gradient (it does not run in torch, or its scores pass only through integer
+    data, as an isotonic calibration's lookup does), else None."""
+    try:
+        executor = model.torch()
+        executor.require_gradient(executor.logits_name, "")
+    except OnnxplainError as error:
+        return str(error)
+    return None
 
 
 def listed(value: str, option: str, same=lambda item: item) -> list[str]:
@@ -175,6 +189,9 @@ def default_metrics(model, x: np.ndarray) -> tuple[str, str | None]:
     if not np.issubdtype(model.input_dtype, np.floating):
         return "aopc", (f"note: APEM needs input gradients, which {model.input_dtype} inputs have not; evaluated "
                         "aopc (--metrics picks)")
+    problem = gradient_problem(model)
+    if problem:
+        return "aopc", f"note: APEM needs input gradients, and {problem}; evaluated aopc (--metrics picks)"
     classes = model.class_count()   # from the graph: scoring a sample only where its shape does not say
     if (classes if classes is not None else model.scores(x[:1]).shape[1]) < 2:
         return "aopc", ("note: APEM needs at least two classes, and this model has one score column (its decision "

@@ -86,7 +86,9 @@ def default_method(model, given: dict) -> tuple[str, dict, str | None]:
         try:
             missing = unsupported_ops(model)
         except OnnxplainError as error:  # the graph does not even run in torch (ops outside the registry)
-            missing = [str(error).split(" (")[0].removeprefix("cannot run this model in torch: ")]
+            reason = str(error).removeprefix("cannot run this model in torch: ")
+            missing = [reason.split(" (")[0] if reason.startswith("ops outside") else f"this model's torch run "
+                       f"({reason})"]
         if not missing:
             return "lrp", ({} if "composite" in given else {"composite": DEFAULT_COMPOSITE}), None
         why = f"LRP does not cover {listed(missing)}"

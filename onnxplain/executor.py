@@ -110,12 +110,23 @@ class TorchExecutor:
         return checked
 
     def _error(self, probes: list[tuple[np.ndarray, dict]], names: list[str]) -> float:
+        bounded = self._probabilities(names)
         errors = []
         for probe, reference in probes:
             with torch.no_grad():
                 got = self.run(probe, names)
-            errors += [relative_error(got[n].double().cpu().numpy(), reference[n]) for n in names]
+            errors += [relative_error(got[n].double().cpu().numpy(), reference[n], 1.0 if n in bounded else 1e-12)
+                       for n in names]
         return max(errors)
+
+    def _probabilities(self, names: list[str]) -> set[str]:
+        """The outputs that hold probabilities (a Sigmoid's or Softmax's, or class scores read as probabilities):
+        their error is taken against their range, 1, not their largest value. Where a probe's probabilities are
+        tiny, onnxruntime's own sigmoid is approximate (1.19e-7 for 1.16e-7); the logits under them, where the
+        graph has them, stay checked against their own size."""
+        producers = {out: node.op_type for node in self.model.proto.graph.node for out in node.output}
+        bounded = {n for n in names if producers.get(n) in ("Sigmoid", "Softmax")}
+        return bounded | ({self.model.score_output} if self.model.score_kind == "probabilities" else set())
 
     # ---------------------------------------------------------------- forward passes
     def batch_size(self, sample_shape: tuple[int, ...] | None = None) -> int:
@@ -249,7 +260,8 @@ class TorchExecutor:
         if name not in smooth:
             from .lrp.walker import listed
             raise OnnxplainError(f"{name} does not depend differentiably on the input: every way from the input to "
-                                 f"it passes through integer or boolean data ({listed(cuts)}); {advice}")
+                                 f"it passes through integer or boolean data ({listed(cuts)})"
+                                 + (f"; {advice}" if advice else ""))
 
     # ---------------------------------------------------------------- onnx2torch fallback
     def _run_fallback(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -393,8 +405,9 @@ def _channel_axis(model, spec, shape: tuple[int, ...]) -> int | None:
     return None
 
 
-def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want| / max |want| over the finite values (the scale of the reference). A position where both
+def relative_error(got: np.ndarray, want: np.ndarray, least_scale: float = 1e-12) -> float:
+    """max |got - want| / max |want| over the finite values (the scale of the reference, at least `least_scale`:
+    1 for probabilities, measured against their range). A position where both
     hold the same non-finite value (NaN, or one infinity) agrees, so that a graph computing NaN (a generator's
     sqrt of a negative) is not mistaken for a wrong executor; any other non-finite position is an infinite error."""
     want = np.asarray(want, dtype=np.float64)
@@ -404,7 +417,7 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
         return float("inf")
     if not finite.any():
         return 0.0
-    return float(np.abs(got[finite] - want[finite]).max() / max(np.abs(want[finite]).max(), 1e-12))
+    return float(np.abs(got[finite] - want[finite]).max() / max(np.abs(want[finite]).max(), least_scale))
 
 
 def _is_float_output(model, name: str) -> bool:

@@ -359,3 +359,28 @@ def test_inputs_scored_nan_are_named_by_the_evaluation(digits_cnn_model):
     x[1] = 3e38   # finite, but the network's sums overflow
     with pytest.raises(OnnxplainError, match="the model's scores for input 1 are NaN or infinite"):
         Evaluation(["aopc"], progress=False).run(digits_cnn_model, x, {"gradient": make_method("gradient")})
+
+
+def test_a_model_torch_cannot_run_is_evaluated_by_occlusion_and_aopc(tmp_path):
+    """Shrink is outside the op registry and onnx2torch: no input gradient, so by default evaluate runs occlusion
+    and AOPC, each said in a note that names why (was: the torch error, after the user had asked for nothing that
+    needs torch but APEM)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Shrink", ["x"], ["h"], lambd=0.5, name="the_node"),
+             helper.make_node("Gemm", ["h", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "shrink", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "shrink.onnx")
+    np.save(tmp_path / "x.npy", rng.normal(size=(4, 4)).astype(np.float32))
+    result = run("evaluate", tmp_path / "shrink.onnx", tmp_path / "x.npy", "--steps", "3", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "Shrink (the_node)" in result.stderr
+    assert "evaluated occlusion" in result.stderr and "APEM needs input gradients" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["settings"]["metrics"] == ["aopc"]
+    assert [row["method"] for row in report["summary"]][0] == "occlusion"

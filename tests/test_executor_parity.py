@@ -412,3 +412,25 @@ def test_the_same_non_finite_values_agree():
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
         executor = onnxplain.load(path).torch()
     assert executor.graph is not None and executor.problem is None
+
+
+def test_tiny_sigmoid_probabilities_do_not_fail_the_check(tmp_path):
+    """A binary classifier whose probe probabilities are ~1e-7: onnxruntime's sigmoid is approximate there (3% off),
+    which divided by the output's own size refused the model in torch. Probabilities are measured against their
+    range (1) and the logits under them against theirs: the executor runs the registry graph, and the gradient of
+    the log-odds is the weight vector. A real difference in probabilities still counts against that range."""
+    weight, bias = np.full((4, 1), 0.5, np.float32), np.array([-18.0], np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    model = onnxplain.load(path)
+    executor = model.torch()
+    assert executor.graph is not None, executor.problem
+    x = np.array([[1, 2, 3, 4]], np.float32)
+    grad, value = executor.gradient(x, Target(index=1))
+    np.testing.assert_allclose(value, [-13.0], rtol=1e-6)
+    np.testing.assert_allclose(grad, weight.T, rtol=1e-6)
+    assert relative_error(np.array([1e-7 + 1e-3]), np.array([1e-7]), 1.0) > 1e-4

@@ -206,8 +206,10 @@ def test_overrides_by_op_type_and_name_glob(digits_cnn):
     # a pattern that also matches activations and max-pooling applies to the layers and passes over the rest
     broad = LRP("epsilon-plus", rules={"node_*": "zplus"}, progress=False).explain(model, x)
     assert {layer["rule"] for layer in broad.diagnostics["layers"][0]} == {"zplus"}
-    with pytest.raises(OnnxplainError, match="does not apply to Relu node 'node_relu'"):   # an exact name is checked
-        LRP("epsilon-plus", rules={"node_relu": "zplus"}, progress=False).explain(model, x)
+    with pytest.raises(OnnxplainError, match="does not apply to Relu node 'node_relu': it takes no rule"):
+        LRP("epsilon-plus", rules={"node_relu": "zplus"}, progress=False).explain(model, x)   # exact names checked
+    with pytest.raises(OnnxplainError, match=r"MaxPool node .*each window's winner\), no rule to choose"):
+        LRP("epsilon-plus", rules={"MaxPool": "z"}, progress=False).explain(model, x)
     # the tensor a node writes names it too (dynamo's node names, node_Conv_79, say little)
     by_tensor = LRP("epsilon-plus", rules={"conv2d": "flat"}, progress=False).explain(model, x).relevance
     np.testing.assert_array_equal(flat, by_tensor)

@@ -170,8 +170,10 @@ class RuleMap:
                 return rules.Pass()   # input-side preprocessing (x - mean): R maps to the same pixel, no bias share
             return override or rules.Z(self.params.stabilizer)
         if override is not None:
-            raise OnnxplainError(f"rule {override.name} does not apply to {op.op_type} node {op.name!r}: "
-                                 "only layers, pooling and sums take rules")
+            how = "it moves relevance with the values it passes on (max pooling: to each window's winner), no rule " \
+                "to choose" if kind == "route" else "it takes no rule"
+            raise OnnxplainError(f"rule {override.name} does not apply to {op.op_type} node {op.name!r}: {how}; "
+                                 "layers (Conv, Gemm, MatMul, ...), average pooling and sums take rules")
         return None
 
     def _override(self, op) -> rules.Rule | None:

@@ -185,8 +185,9 @@ def positivity(relevance: torch.Tensor) -> dict:
 def unsupported_ops(model) -> list[str]:
     """Ops on the way from the input to the explained logits that LRP cannot pass ([] when it covers them all)."""
     executor = model.torch()
-    if executor.graph is None:
-        return [executor.problem or "the model does not run through the op registry"]
+    if executor.graph is None:   # ops outside the registry are named; another problem is the torch run's
+        problem = executor.problem or "it does not run through the op registry"
+        return [problem if problem.startswith("ops outside") else f"this model's torch run ({problem})"]
     if not np.issubdtype(model.input_dtype, np.floating):
         return [f"the {model.input_dtype} input {model.input_name!r} (LRP needs a floating-point input)"]
     steps = executor.graph.plan([executor.logits_name], (model.input_name,))

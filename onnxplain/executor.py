@@ -35,6 +35,7 @@ class TorchExecutor:
         self.problem: str | None = None  # why the registry graph is not used, when it is not
         self._fallbacks: dict[tuple[str, ...], torch.nn.Module] = {}
         self._layouts: dict[tuple, bool] = {}   # (hidden tensor, sample shape) -> holds the samples first
+        self._smooth: set[str] = set()          # tensors a gradient reaches from the input (`require_gradient`)
         try:
             graph = Graph(model.proto, self.device)
         except Exception as error:  # an op that cannot even be set up on its constants
@@ -245,23 +246,16 @@ class TorchExecutor:
         """Raise, naming the ops, where every way from the input to tensor `name` passes through integer or
         boolean data (ArgMin, Round, a comparison: an isotonic calibration's lookup, say): its gradient is zero or
         missing, and a map of it would say nothing."""
-        if self.graph is None:
+        if self.graph is None or name in self._smooth:
             return
-        source = self.model.input_name
-        steps = self.graph.plan([name], (source,))
-        smooth, cuts = {source}, []
-        for step in steps:
-            if not any(n in smooth for n in step.inputs if n):
-                continue
-            if step.op is not None and step.op.kind == "data":
-                cuts.append(step.label)
-            else:
-                smooth.update(n for n in step.outputs if n)
-        if name not in smooth:
-            from .lrp.walker import listed
-            raise OnnxplainError(f"{name} does not depend differentiably on the input: every way from the input to "
-                                 f"it passes through integer or boolean data ({listed(cuts)})"
-                                 + (f"; {advice}" if advice else ""))
+        cuts = self.graph.data_cuts(name, self.model.input_name)
+        if cuts is None:
+            self._smooth.add(name)
+            return
+        from .lrp.walker import listed
+        raise OnnxplainError(f"{name} does not depend differentiably on the input: every way from the input to it "
+                             f"passes through integer or boolean data ({listed(cuts)})"
+                             + (f"; {advice}" if advice else ""))
 
     # ---------------------------------------------------------------- onnx2torch fallback
     def _run_fallback(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:

@@ -87,6 +87,19 @@ class Graph:
             self._plans[key] = chosen[::-1]
         return self._plans[key]
 
+    def data_cuts(self, name: str, source: str) -> list[str] | None:
+        """None where a gradient reaches tensor `name` from `source`; else the integer or boolean data ops (ArgMin,
+        Round, a comparison) that every way between them passes through, which stop it."""
+        smooth, cuts = {source}, []
+        for step in self.plan([name], (source,)):
+            if not any(n in smooth for n in step.inputs if n):
+                continue
+            if step.op is not None and step.op.kind == "data":
+                cuts.append(step.label)
+            else:
+                smooth.update(n for n in step.outputs if n)
+        return None if name in smooth else cuts
+
     def missing(self, outputs: list[str], fed: tuple[str, ...]) -> list[str]:
         """Nodes the registry lacks among those needed for `outputs`."""
         return [step.label for step in self.plan(outputs, fed) if step.op is None]

@@ -16,14 +16,13 @@ import numpy as np
 from onnxplain.errors import OnnxplainError
 from onnxplain.explanation import sample_values
 from onnxplain.io import load_inputs
-from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
 from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
-from .common import (NonEmptyPath, checked_scores, echo_json, guessed_spec_note, load_model, model_argument,
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, model_argument,
                      preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
@@ -337,11 +336,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
         click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
     cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
                                 if "sampler_cache_note" in r["diagnostics"])
-    folders = [*inputs, options["reference"]] if options["reference"] else list(inputs)
-    for note in (guessed_spec_note(loaded, sources), skipped_note(folders), zero_map_note(loaded, records, sources),
-                 *cache_notes):
-        if note:
-            click.echo(note, err=True)
+    echo_notes([*input_notes(loaded, inputs, sources, options["reference"]), zero_map_note(loaded, records, sources),
+                *cache_notes])
     if as_json:
         echo_json(rows)
         return

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, not_applicable
 from onnxplain.explanation import sample_values
 from onnxplain.io import load_inputs
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
@@ -106,6 +106,18 @@ def build_method(name: str, params: dict, quiet: bool):
     if required:
         raise OnnxplainError(f"--method {name} needs " + ", ".join("--" + k.replace("_", "-") for k in required))
     return make_method(name, progress=not quiet, **params)
+
+
+def check_slice_axis(slice_axis: int | None, model, x: np.ndarray, sources: list[Path]) -> None:
+    """--slice-axis picks how volumes are drawn: given for inputs that are no volumes, it is refused, not ignored."""
+    from onnxplain.io.nifti import is_volume_input
+
+    if slice_axis is None or is_volume_input(model) or any(s.name.lower().endswith((".nii", ".nii.gz"))
+                                                           for s in sources):
+        return
+    shape = "x".join(map(str, x.shape[1:]))
+    raise not_applicable(["--slice-axis"], f"inputs of shape {shape}, which are no 3-D volumes (it picks the axis "
+                                           "a volume's slice montage runs along)")
 
 
 def plain(value):
@@ -279,8 +291,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, is_flag=False,
               flag_value=DEFAULT_THRESHOLD,
               help="Show only |R| above this fraction of the max (the papers' display; 0.15 if no value).")
-@click.option("--slice-axis", "slice_axis", type=click.IntRange(0, 2), default=0, show_default=True,
-              help="Volume axis the slice montage runs along.")
+@click.option("--slice-axis", "slice_axis", type=click.IntRange(0, 2), default=None,
+              help="Volume axis the slice montage runs along (default 0; volumes only).")
 @click.option("--save-npy", "save_npy", type=NonEmptyPath(), help="Write relevance as .npy per input.")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Inputs explained at once.")
 @click.option("--top", "k", type=click.IntRange(1), default=5, show_default=True, help="Classes listed in --json.")
@@ -309,6 +321,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
             from None
     goal = parse_target(loaded, target, layer)
     x, sources = load_inputs(inputs, loaded)
+    check_slice_axis(slice_axis, loaded, x, sources)
     scores = checked_scores(loaded, x, sources)
     loaded_s = time.perf_counter() - began
 
@@ -321,7 +334,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
         for start, done in explain_in_batches(explainer, loaded, x, goal, batch):
             rendering, end = time.perf_counter(), start + len(done)
             write_outputs(staged, loaded, x[start:end], done, sources[start:end], pngs[start:end], npys[start:end],
-                          threshold=threshold, slice_axis=slice_axis, layer=layer)
+                          threshold=threshold, slice_axis=slice_axis or 0, layer=layer)
             render_s += time.perf_counter() - rendering
             records += done
             if bar is not None:

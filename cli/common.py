@@ -103,3 +103,20 @@ def guessed_spec_note(model, sources: list[Path]) -> str | None:
     scaled = "kept at 0..255 (the graph rescales them itself)" if model.preprocess.scale == 1 else "scaled to 0..1"
     return (f"note: the model stores no preprocessing spec; images were resized and {scaled} without mean/std "
             "(give --preprocess spec.json if the model expects otherwise)")
+
+
+def input_notes(model, inputs, sources: list[Path], *folders) -> list[str]:
+    """The notes every command that reads inputs gives once its work is done: images read through a guessed spec,
+    and what folders among `inputs` (and `folders`, e.g. --reference) held that was skipped: files that are no
+    inputs, and subfolders (not searched)."""
+    from onnxplain.io.inputs import skipped_note
+
+    notes = (guessed_spec_note(model, sources), skipped_note([*inputs, *filter(None, folders)]))
+    return [note for note in notes if note]
+
+
+def echo_notes(notes) -> None:
+    """Each note on its own line of stderr, the empty ones (None) left out."""
+    for note in notes:
+        if note:
+            click.echo(note, err=True)

@@ -17,7 +17,7 @@ from onnxplain.methods.contrastive import CDeepEx, ProbeIsPrediction, XGEMs, con
 from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
 
-from .common import (NonEmptyPath, checked_scores, echo_json, guessed_spec_note, load_model, model_argument,
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, model_argument,
                      preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
@@ -156,9 +156,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
                 outputs["png"] = str(png)
             rows.append(row)
         staged.commit()
-    note = guessed_spec_note(loaded, sources)
-    if note:
-        click.echo(note, err=True)
+    echo_notes(input_notes(loaded, inputs, sources))
     if as_json:
         echo_json(rows)
         return

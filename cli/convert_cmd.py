@@ -206,6 +206,9 @@ def pytorch_command(factory, weights, input_shape, opset, input_name, output_nam
         except OnnxplainError as error:
             raise without_onnxscript(error) from None
     echo_report(report)
+    if weights is None:   # a factory may load trained weights itself: say what was exported, not that it is untrained
+        click.echo(f"note: no --weights given: exported the weights {factory}() returned (freshly initialised "
+                   "ones, unless it loads trained weights itself)", err=True)
     if not has_module("onnxscript"):
         click.echo(f"note: written by the TorchScript exporter: {DYNAMO_NEEDS_ONNXSCRIPT}", err=True)
 

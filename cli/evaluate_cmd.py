@@ -24,7 +24,7 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import (NonEmptyPath, guessed_spec_note, json_text, load_model, model_argument,
+from .common import (NonEmptyPath, echo_notes, input_notes, json_text, load_model, model_argument,
                      preprocess_option, scores_option)
 from .explain_cmd import parse_rules, read_reference
 from .outputs import StagedFiles, check_output
@@ -283,10 +283,8 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     report = evaluation.run(loaded, x, chosen, truth, [s.name for s in sources])
     if out:
         write_outputs(report, out, title=f"Evaluation of {model.name}")
-    notes = [method_note, metric_note, *result_notes(report), guessed_spec_note(loaded, sources)]
-    for said in notes:   # once the work is done: an error stays alone
-        if said:
-            click.echo(said, err=True)
+    # once the work is done: an error stays alone
+    echo_notes([method_note, metric_note, *result_notes(report), *input_notes(loaded, inputs, sources, reference)])
     if as_json:
         click.echo(json_text(render.as_json(report)))
     else:

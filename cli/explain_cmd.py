@@ -13,17 +13,16 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, not_applicable
 from onnxplain.explanation import sample_values
 from onnxplain.io import load_inputs
-from onnxplain.io.inputs import skipped_note
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
 from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
-from .common import (NonEmptyPath, checked_scores, echo_json, guessed_spec_note, load_model, model_argument,
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, model_argument,
                      preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
@@ -109,6 +108,18 @@ def build_method(name: str, params: dict, quiet: bool):
     if required:
         raise OnnxplainError(f"--method {name} needs " + ", ".join("--" + k.replace("_", "-") for k in required))
     return make_method(name, progress=not quiet, **params)
+
+
+def check_slice_axis(slice_axis: int | None, model, x: np.ndarray, sources: list[Path]) -> None:
+    """--slice-axis picks how volumes are drawn: given for inputs that are no volumes, it is refused, not ignored."""
+    from onnxplain.io.nifti import is_volume_input
+
+    if slice_axis is None or is_volume_input(model) or any(s.name.lower().endswith((".nii", ".nii.gz"))
+                                                           for s in sources):
+        return
+    shape = "x".join(map(str, x.shape[1:]))
+    raise not_applicable(["--slice-axis"], f"inputs of shape {shape}, which are no 3-D volumes (it picks the axis "
+                                           "a volume's slice montage runs along)")
 
 
 def plain(value):
@@ -282,8 +293,8 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, is_flag=False,
               flag_value=DEFAULT_THRESHOLD,
               help="Show only |R| above this fraction of the max (the papers' display; 0.15 if no value).")
-@click.option("--slice-axis", "slice_axis", type=click.IntRange(0, 2), default=0, show_default=True,
-              help="Volume axis the slice montage runs along.")
+@click.option("--slice-axis", "slice_axis", type=click.IntRange(0, 2), default=None,
+              help="Volume axis the slice montage runs along (default 0; volumes only).")
 @click.option("--save-npy", "save_npy", type=NonEmptyPath(), help="Write relevance as .npy per input.")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Inputs explained at once.")
 @click.option("--top", "k", type=click.IntRange(1), default=5, show_default=True, help="Classes listed in --json.")
@@ -312,6 +323,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
             from None
     goal = parse_target(loaded, target, layer)
     x, sources = load_inputs(inputs, loaded)
+    check_slice_axis(slice_axis, loaded, x, sources)
     scores = checked_scores(loaded, x, sources)
     loaded_s = time.perf_counter() - began
 
@@ -324,7 +336,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
         for start, done in explain_in_batches(explainer, loaded, x, goal, batch):
             rendering, end = time.perf_counter(), start + len(done)
             write_outputs(staged, loaded, x[start:end], done, sources[start:end], pngs[start:end], npys[start:end],
-                          threshold=threshold, slice_axis=slice_axis, layer=layer)
+                          threshold=threshold, slice_axis=slice_axis or 0, layer=layer)
             render_s += time.perf_counter() - rendering
             records += done
             if bar is not None:
@@ -339,11 +351,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
         click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
     cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
                                 if "sampler_cache_note" in r["diagnostics"])
-    folders = [*inputs, options["reference"]] if options["reference"] else list(inputs)
-    for note in (guessed_spec_note(loaded, sources), skipped_note(folders), zero_map_note(loaded, records, sources),
-                 *cache_notes):
-        if note:
-            click.echo(note, err=True)
+    echo_notes([*input_notes(loaded, inputs, sources, options["reference"]), zero_map_note(loaded, records, sources),
+                *cache_notes])
     if as_json:
         echo_json(rows)
         return

@@ -46,7 +46,19 @@ def value_row(value) -> dict:
     if tensor.HasField("shape"):
         shape = [d.dim_value if d.HasField("dim_value") else ("N" if d.dim_param and axis == 0 else "?")
                  for axis, d in enumerate(tensor.shape.dim)]
-    return {"name": value.name, "type": helper.tensor_dtype_to_string(tensor.elem_type), "shape": shape}
+    return {"name": value.name, "type": element_type(tensor.elem_type), "shape": shape}
+
+
+def element_type(elem_type: int) -> str:
+    """A tensor element type as numpy names it (float32, int64, bfloat16, ...), not TensorProto.FLOAT; 'string'
+    for text (numpy's object), and ONNX's own name, lower case, where numpy has none ('undefined')."""
+    if elem_type == TensorProto.STRING:
+        return "string"
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, ValueError, TypeError):
+        names = {number: name.lower() for name, number in TensorProto.DataType.items()}
+        return names.get(elem_type, f"type {elem_type}")
 
 
 def tensors(proto) -> list[dict]:

@@ -6,7 +6,7 @@ import numpy as np
 
 from onnxplain.io import load_inputs
 
-from .common import (NonEmptyPath, checked_scores, echo_json, guessed_spec_note, load_model, model_argument,
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, model_argument,
                      preprocess_option, scores_option, use_labels)
 
 
@@ -31,9 +31,7 @@ def predict_command(model, inputs, k, labels, preprocess, scores, as_json):
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
     ranked = top_k(loaded, checked_scores(loaded, x, files), k)
-    note = guessed_spec_note(loaded, files)
-    if note:
-        click.echo(note, err=True)
+    echo_notes(input_notes(loaded, inputs, files))
     if as_json:
         echo_json([{"input": str(f), "kind": loaded.score_kind, "top": r} for f, r in zip(files, ranked)])
         return

@@ -81,11 +81,18 @@ def check_domains(model: onnx.ModelProto) -> None:
 
 
 def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker's verdict as one line: its message's lines joined, since the node it names (or the context
+    after a blank line) sits on lines after the first."""
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0]
-        raise OnnxplainError(f"invalid ONNX model: {first}") from None
+        raise OnnxplainError(f"invalid ONNX model: {one_line(str(error))}") from None
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """`text` on one line: its lines joined and every run of whitespace one space, cut to `limit` characters."""
+    joined = " ".join(text.split())
+    return joined if len(joined) <= limit else joined[:limit - 3] + "..."
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -68,11 +68,13 @@ def session_threads() -> int:
 
 
 def make_session(model_bytes: bytes, providers: list[str] | None = None):
-    """An inference session for serialized ONNX bytes on the chosen providers."""
+    """An inference session for serialized ONNX bytes on the chosen providers. The options are read first: a bad
+    $ONNXPLAIN_THREADS is its own error, not one of the model's."""
     import onnxruntime as ort
 
+    options, providers = _session_options(), providers or available_providers()
     try:
-        return ort.InferenceSession(model_bytes, _session_options(), providers=providers or available_providers())
+        return ort.InferenceSession(model_bytes, options, providers=providers)
     except Exception as error:  # onnxruntime has no public exception hierarchy
         raise OnnxplainError(f"onnxruntime cannot run this model: {_first_line(error)}") from None
 

@@ -36,6 +36,16 @@ def test_inspect_zipmap_model(digits_logreg):
     assert "ai.onnx.ml.ZipMap" in info["operators"] and "ai.onnx.ml.LinearClassifier" in info["operators"]
 
 
+def test_inspect_names_element_types_as_numpy_does(digits_logreg):
+    """float32, int64: numpy's names in the listing and in --json (was TensorProto.FLOAT)."""
+    info = json.loads(run("inspect", digits_logreg, "--json").stdout)
+    assert [(row["name"], row["type"]) for row in info["inputs"] + info["outputs"]] == [
+        ("input", "float32"), ("output_label", "int64"), ("output_probability", "sequence_type")]
+    plain = run("inspect", digits_logreg).stdout
+    assert re.search(r"^  input +float32 +\?x64$", plain, re.MULTILINE), plain
+    assert re.search(r"^  output_label +int64 +\?$", plain, re.MULTILINE) and "TensorProto" not in plain
+
+
 def test_inspect_names_the_classes(tmp_path):
     """The class names also in the plain listing (only --json showed them)."""
     from skl2onnx import to_onnx
@@ -53,7 +63,7 @@ def test_inspect_lists_the_tensors_that_layer_takes(digits_cnn):
     info = json.loads(run("inspect", digits_cnn, "--json").stdout)
     assert [row["name"] for row in info["tensors"]] == onnxplain.load(digits_cnn).tensor_names
     relu = next(row for row in info["tensors"] if row["name"] == "relu_1")
-    assert relu == {"name": "relu_1", "type": "TensorProto.FLOAT", "shape": ["N", 16, 14, 14], "op": "Relu"}
+    assert relu == {"name": "relu_1", "type": "float32", "shape": ["N", 16, 14, 14], "op": "Relu"}
     plain = run("inspect", digits_cnn)
     assert plain.exit_code == 0 and "tensors: 10 (inspect --tensors" in plain.stdout and "relu_1" not in plain.stdout
     listed = run("inspect", digits_cnn, "--tensors")

@@ -158,6 +158,18 @@ def test_user_errors_exit_2(digits_cnn, inputs, extra, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_a_region_larger_than_the_input_is_refused_naming_its_size(digits_cnn, inputs):
+    """--region 100 on 28 x 28 inputs made one region (1 step) and went on; 28 still tiles the input."""
+    folder, _, _ = inputs
+    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, "--region", "100", "--metrics", "aopc")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr.strip().splitlines() == [
+        "onnxplain: error: region 100 is larger than the input, whose spatial size is 28x28: give a region of at "
+        "most 28"]
+    assert run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, "--region", "28", "--metrics", "aopc",
+               "--steps", "1").exit_code == 0
+
+
 def test_labels_missing_an_input_is_a_user_error(digits_cnn, inputs, tmp_path):
     folder, _, _ = inputs
     (tmp_path / "partial.csv").write_text("batch.npy[0],3\n")

@@ -167,8 +167,9 @@ def test_volume_gives_montage_and_nifti_on_the_input_grid(tmp_path):
     volume = np.random.default_rng(0).random((6, 5, 7)).astype(np.float32) + 0.5
     nibabel.save(nibabel.Nifti1Image(volume, affine), str(tmp_path / "subject.nii.gz"))
     result = run("explain", model, tmp_path / "subject.nii.gz", "--method", "occlusion", "--window", "1",
-                 "--target", "0", "--out", tmp_path / "s.png", "--save-npy", tmp_path / "s.npy", "--quiet")
-    assert result.exit_code == 0, result.output
+                 "--target", "0", "--out", tmp_path / "s.png", "--save-npy", tmp_path / "s.npy", "--slice-axis", "2",
+                 "--quiet")
+    assert result.exit_code == 0, result.output   # --slice-axis applies to volumes (refused for images)
     written = nibabel.load(str(tmp_path / "s_relevance.nii.gz"))
     np.testing.assert_allclose(written.affine, affine)
     relevance = written.get_fdata()
@@ -260,6 +261,9 @@ def bad_cases(tmp_path, digits_cnn, samples):
         "unknown method": ([digits_cnn, good, "--method", "magic"], "unknown method 'magic'"),
         "option of another method": ([digits_cnn, good, *occlusion, "--steps", "3"], "--steps do not apply"),
         "unknown option": ([digits_cnn, good, *occlusion, "--bogus", "1"], "No such option"),
+        "slice axis of an image": ([digits_cnn, samples / "digit3.png", *occlusion, "--slice-axis", "2"],
+                                   "option(s) --slice-axis do not apply to inputs of shape 1x28x28, which are no "
+                                   "3-D volumes"),
         "class out of range": ([digits_cnn, good, *occlusion, "--target", "42"], "out of range"),
         "unknown label": ([digits_cnn, good, *occlusion, "--target", "cat"], "unknown class 'cat'"),
         "unit out of range": ([digits_cnn, good, *occlusion, "--layer", "relu_1", "--target", "0,99,99"],
@@ -287,6 +291,7 @@ def bad_cases(tmp_path, digits_cnn, samples):
                                   "complex numbers", "text as .npy",
                                   "array of another rank", "reference of another shape", "unknown composite",
                                   "unknown method", "option of another method", "unknown option",
+                                  "slice axis of an image",
                                   "class out of range", "unknown label", "unit out of range", "negative unit",
                                   "fill that is not finite", "fill and reference", "baseline that is not finite",
                                   "negative epsilon",

@@ -123,8 +123,20 @@ def test_stored_labels_that_are_no_list_of_names(stored, tmp_path):
 
 @pytest.mark.parametrize("threads", ["abc", "-1", "1.5"])
 def test_a_thread_count_that_is_no_whole_number_is_one_line(threads, digits_cnn, monkeypatch):
+    """The variable is blamed, not the model (the error once came as 'onnxruntime cannot run this model: ...')."""
     image = digits_cnn.parent / "samples" / "digit3.png"
     monkeypatch.setenv("ONNXPLAIN_THREADS", threads)
-    one_line_error(run("predict", digits_cnn, image), "ONNXPLAIN_THREADS must be a whole number of threads")
+    result = run("predict", digits_cnn, image)
+    one_line_error(result, "onnxplain: error: ONNXPLAIN_THREADS must be a whole number of threads")
+    assert "model" not in result.stderr
     monkeypatch.setenv("ONNXPLAIN_THREADS", "1")
     assert run("predict", digits_cnn, image).exit_code == 0
+
+
+def test_an_invalid_model_names_the_node_in_one_line(tmp_path):
+    """onnx.checker puts the node it blames on the lines after the first: they are joined, not cut."""
+    path = save(tmp_path / "m.onnx", [helper.make_node("Add", ["x", "missing"], ["y"], name="add_1")], [x_of("N", 3)],
+                [SCORES])
+    one_line_error(run("inspect", path), "invalid ONNX model: Nodes in a graph must be topologically sorted, however "
+                                         "input 'missing' of node: name: add_1 OpType: Add is not output of any "
+                                         "previous nodes.")

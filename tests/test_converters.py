@@ -342,7 +342,13 @@ def test_cli_pytorch_without_onnxscript_says_so(tmp_path, without_onnxscript, ca
     done = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6",
                   "--out", tmp_path / "net.onnx")
     assert done.exit_code == 0 and "(TorchScript)" in done.stdout, done.output
-    assert done.stderr.strip() == f"note: written by the TorchScript exporter: {NEEDS_ONNXSCRIPT}"
+    assert done.stderr.strip().splitlines() == [no_weights_note(tmp_path / "net.py"),
+                                                f"note: written by the TorchScript exporter: {NEEDS_ONNXSCRIPT}"]
+
+
+def no_weights_note(module) -> str:
+    return (f"note: no --weights given: exported the weights {module}:make() returned (freshly initialised ones, "
+            "unless it loads trained weights itself)")
 
 
 def test_cli_pytorch_factory_and_state_dict(tmp_path):
@@ -353,11 +359,22 @@ def test_cli_pytorch_factory_and_state_dict(tmp_path):
     result = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--weights", tmp_path / "w.pt",
                     "--input-shape", "1,6,6", "--labels", tmp_path / "labels.txt", "--out", tmp_path / "n.onnx")
     assert result.exit_code == 0, result.output
+    assert "--weights" not in result.stderr   # the no-weights note only where none were given
     x = np.random.default_rng(0).random((3, 1, 6, 6), dtype=np.float32)
     with torch.no_grad():
         expected = trained(torch.from_numpy(x)).numpy()  # the loaded weights, not make()'s fresh ones
     np.testing.assert_allclose(ort_run(tmp_path / "n.onnx", x)[0], expected, rtol=1e-5, atol=1e-5)
     assert onnxplain.load(tmp_path / "n.onnx").labels == ["x", "y", "z"]
+
+
+def test_cli_pytorch_without_weights_says_which_were_exported(tmp_path):
+    """No --weights: the note says the factory's own weights were exported (it may load trained ones itself)."""
+    (tmp_path / "net.py").write_text(NET_SOURCE)
+    result = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6",
+                    "--out", tmp_path / "n.onnx")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines()[0] == no_weights_note(tmp_path / "net.py")
+    assert (tmp_path / "n.onnx").is_file()
 
 
 def test_cli_pytorch_refuses_pickled_objects_as_weights(tmp_path):

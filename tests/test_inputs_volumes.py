@@ -20,6 +20,7 @@ from onnxplain.io.inputs import skipped_files
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
+MODELS = Path(__file__).resolve().parents[1] / "models"
 SCAN, CROP = (8, 7, 5), [[1, 7], [0, 7], [0, 5]]
 
 
@@ -129,3 +130,49 @@ def test_the_cohort_bar_stays_out_of_a_redirected_stderr(capfd):
 
     data.cohort_slab(data.CohortSpec(shape=(12, 14, 12), n_patients=3, n_controls=3), cache=False, progress=True)
     assert capfd.readouterr().err == ""
+
+
+def folder_with_a_subfolder(digits_cnn, tmp_path) -> Path:
+    """A folder holding one input, a file that is no input and a subfolder of inputs (not searched)."""
+    folder = tmp_path / "f"
+    (folder / "sub").mkdir(parents=True)
+    np.save(folder / "digit3.npy", np.load(digits_cnn.parent / "samples" / "digit3_cnn.npy"))
+    np.save(folder / "sub" / "digit7.npy", np.load(digits_cnn.parent / "samples" / "digit7_cnn.npy"))
+    (folder / "notes.txt").write_text("not an input")
+    return folder
+
+
+def skipped_line(folder: Path) -> str:
+    return (f"note: skipped 1 file(s) that are not images, .npy or NIfTI: {folder / 'notes.txt'}; skipped 1 "
+            f"subfolder(s) (inputs are not searched for recursively; name a subfolder to read it): {folder / 'sub'}")
+
+
+COMMANDS_READING_FOLDERS = {
+    "explain": ["--method", "gradient", "--quiet"],
+    "predict": ["--top", "1"],
+    "evaluate": ["--methods", "gradient", "--metrics", "aopc", "--region", "7", "--steps", "3", "--quiet"],
+    "contrast": ["--generator", MODELS / "digits_generator.onnx", "--restarts", "1", "--outer-steps", "1",
+                 "--quiet"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_READING_FOLDERS))
+def test_every_command_names_skipped_files_and_subfolders(command, digits_cnn, tmp_path):
+    """explain, predict, evaluate and contrast read the folder's own inputs only, and say what they left: the same
+    note, once the work is done."""
+    folder = folder_with_a_subfolder(digits_cnn, tmp_path)
+    result = run(command, digits_cnn, folder, *COMMANDS_READING_FOLDERS[command])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [skipped_line(folder)]
+    read = "1 input;" if command == "evaluate" else str(folder / "digit3.npy")   # evaluate reports a count
+    assert read in result.stdout and "digit7" not in result.stdout
+
+
+def test_a_folder_whose_inputs_are_all_in_subfolders_says_so(digits_cnn, tmp_path):
+    folder = folder_with_a_subfolder(digits_cnn, tmp_path)
+    (folder / "digit3.npy").unlink()
+    result = run("predict", digits_cnn, folder)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"onnxplain: error: no inputs found in {folder} (folders are not searched recursively: {folder / 'sub'} not "
+        "read)"]

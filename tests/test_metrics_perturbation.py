@@ -120,6 +120,9 @@ def test_user_errors(linear_vector):
         region_perturbation(model, x, x, order="best")
     with pytest.raises(OnnxplainError, match="score"):
         region_perturbation(model, x, x, score="loss")
+    with pytest.raises(OnnxplainError, match="region 13 is larger than the input, whose spatial size is 12"):
+        region_perturbation(model, x, x, region=13)
+    assert region_perturbation(model, x, x, region=12).shape == (2, 2)   # the whole vector: one region, one step
 
 
 @pytest.mark.parametrize("order", ["morf", "random"])

@@ -14,8 +14,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def expand_paths(paths) -> list[Path]:
-    """Files as given; folders replaced by the inputs they hold (sorted; other files are skipped, see
-    `skipped_files`)."""
+    """Files as given; folders replaced by the inputs they hold (sorted; other files and subfolders are skipped, see
+    `skipped_note`: folders are not searched recursively)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -26,7 +26,9 @@ def expand_paths(paths) -> list[Path]:
         else:
             raise OnnxplainError(f"input not found: {path}")
     if not found:
-        raise OnnxplainError("no inputs found in " + ", ".join(map(str, paths)))
+        nested = skipped_folders(paths)
+        hint = f" (folders are not searched recursively: {_named(nested, 3)} not read)" if nested else ""
+        raise OnnxplainError("no inputs found in " + ", ".join(map(str, paths)) + hint)
     return found
 
 
@@ -36,14 +38,28 @@ def skipped_files(paths) -> list[Path]:
                   if p.is_file() and _kind(p) == "unknown")
 
 
+def skipped_folders(paths) -> list[Path]:
+    """The subfolders of the folders among `paths` (sorted): `expand_paths` does not look inside them."""
+    return sorted(p for raw in paths if Path(raw).is_dir() for p in Path(raw).iterdir() if p.is_dir())
+
+
 def skipped_note(paths, limit: int = 5) -> str | None:
-    """One line naming the files `expand_paths` skipped in the folders among `paths` (the first `limit`)."""
-    skipped = skipped_files(paths)
-    if not skipped:
-        return None
-    named = ", ".join(str(p) for p in skipped[:limit]) + (f" and {len(skipped) - limit} more"
-                                                           if len(skipped) > limit else "")
-    return f"note: skipped {len(skipped)} file(s) that are not images, .npy or NIfTI: {named}"
+    """One line naming what `expand_paths` skipped in the folders among `paths` (the first `limit` of each kind):
+    files that are no inputs, and subfolders, whose inputs are not read (no recursive search)."""
+    files, folders = skipped_files(paths), skipped_folders(paths)
+    parts = []
+    if files:
+        parts.append(f"skipped {len(files)} file(s) that are not images, .npy or NIfTI: {_named(files, limit)}")
+    if folders:
+        parts.append(f"skipped {len(folders)} subfolder(s) (inputs are not searched for recursively; name a "
+                     f"subfolder to read it): {_named(folders, limit)}")
+    return "note: " + "; ".join(parts) if parts else None
+
+
+def _named(paths: list[Path], limit: int) -> str:
+    """The first `limit` of `paths`, comma-separated, and how many more there are."""
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(str(p) for p in paths[:limit]) + more
 
 
 def _kind(path: Path) -> str:

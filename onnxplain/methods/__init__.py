@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from ..errors import OnnxplainError
+from ..errors import OnnxplainError, not_applicable
 
 # name -> "module:Class" (module relative to the onnxplain package); one line per method
 REGISTRY: dict[str, str] = {}
@@ -40,6 +40,5 @@ def make_method(name: str, **params):
     accepted = inspect.signature(cls.__init__).parameters
     unknown = [key for key in params if key not in accepted]
     if unknown:
-        options = ", ".join("--" + key.replace("_", "-") for key in unknown)
-        raise OnnxplainError(f"option(s) {options} do not apply to --method {name}")
+        raise not_applicable(["--" + key.replace("_", "-") for key in unknown], f"--method {name}")
     return cls(**params)

@@ -18,7 +18,7 @@ from ..targets import Target
 from .apem import APEM, APEMResult, check_classes, stage_maps
 from .compare import logits_loss, loss_correlation, pairwise
 from .layout import InputLayout, checked_relevance
-from .perturbation import aopc, default_region, effective_steps, region_perturbation, tracked_score
+from .perturbation import aopc, checked_region, effective_steps, region_perturbation, tracked_score
 
 METRICS = ("aopc", "apem")
 
@@ -136,7 +136,7 @@ class Evaluation:
         """The settings as used: region, L (steps, capped at the number of regions) and the score actually tracked,
         next to the steps and score asked for."""
         layout = InputLayout.of(model, x.shape[1:])
-        region = self.perturbation["region"] or default_region(layout)
+        region = checked_region(layout, self.perturbation["region"])
         asked, score = self.perturbation["steps"], self.perturbation["score"]
         return {"metrics": list(self.metrics), **self.perturbation, "region": region,
                 "steps": effective_steps(layout, region, asked), "steps_asked": asked,

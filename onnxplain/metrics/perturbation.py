@@ -52,6 +52,20 @@ def default_region(layout: InputLayout) -> int:
     return max(1, min(9, min(layout.spatial_shape) // 8))
 
 
+def checked_region(layout: InputLayout, region: int | None) -> int:
+    """The region edge to use: the default for None, else a whole number no larger than the input's largest spatial
+    axis (a larger one makes the whole input one region: a single step, nothing ranked)."""
+    if region is None:
+        return default_region(layout)
+    region = whole_number("region", region, 1)
+    largest = max(layout.spatial_shape, default=1)
+    if region > largest:
+        size = "x".join(map(str, layout.spatial_shape))
+        raise OnnxplainError(f"region {region} is larger than the input, whose spatial size is {size}: give a "
+                             f"region of at most {largest}")
+    return region
+
+
 def region_ids(layout: InputLayout, region: int) -> np.ndarray:
     """(spatial_shape) int: the id of the non-overlapping r x r region each position belongs to."""
     blocks = [np.arange(size) // region for size in layout.spatial_shape]
@@ -105,7 +119,7 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
     if order not in ORDERS:
         raise OnnxplainError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     layout = InputLayout.of(model, x.shape[1:])
-    region = default_region(layout) if region is None else whole_number("region", region, 1)
+    region = checked_region(layout, region)
     fill = fill or ("noise" if layout.image_like else "baseline")
     if fill not in ("noise", "baseline"):
         raise OnnxplainError(f"fill must be 'noise' or 'baseline', not {fill!r}")

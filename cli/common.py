@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
@@ -105,14 +106,54 @@ def guessed_spec_note(model, sources: list[Path]) -> str | None:
             "(give --preprocess spec.json if the model expects otherwise)")
 
 
-def input_notes(model, inputs, sources: list[Path], *folders) -> list[str]:
-    """The notes every command that reads inputs gives once its work is done: images read through a guessed spec,
-    and what folders among `inputs` (and `folders`, e.g. --reference) held that was skipped: files that are no
-    inputs, and subfolders (not searched)."""
+def input_notes(model, inputs, sources: list[Path], *folders, x: np.ndarray | None = None) -> list[str]:
+    """The notes every command that reads inputs gives once its work is done: a model whose layer weights are
+    placeholders, images read through a guessed spec, arrays `x` outside the stored spec's range, and what folders
+    among `inputs` (and `folders`, e.g. --reference) held that was skipped: files that are no inputs, and
+    subfolders (not searched)."""
     from onnxplain.io.inputs import skipped_note
 
-    notes = (guessed_spec_note(model, sources), skipped_note([*inputs, *filter(None, folders)]))
+    notes = (placeholder_note(model), guessed_spec_note(model, sources), range_note(model, x, sources),
+             skipped_note([*inputs, *filter(None, folders)]))
     return [note for note in notes if note]
+
+
+def placeholder_note(model) -> str | None:
+    """A note when ConstantOfShape fills the layer weights with one value each (the onnx wheel's test graphs):
+    the explanation is of that graph, not of a trained network."""
+    from onnxplain.zoo import placeholder_weights
+
+    filled = placeholder_weights(model.proto)
+    if not filled:
+        return None
+    return (f"note: the weights of {len(filled)} layers ({', '.join(filled[:3])}{', ...' if len(filled) > 3 else ''}) "
+            "are placeholders that ConstantOfShape fills with one value each (the onnx wheel's test graphs): what "
+            "comes out describes that graph, not a trained network (onnxplain.zoo.materialize gives such graphs "
+            "seeded random weights)")
+
+
+def range_note(model, x: np.ndarray | None, sources: list[Path]) -> str | None:
+    """A note when arrays (.npy, NIfTI: images are read through the spec) lie outside the value range that the
+    model's stored or given preprocessing spec gives its inputs: arrays go to the model as they are, and raw pixels
+    (0..255 for a 0..1 spec) are an easy slip."""
+    from onnxplain.executor import input_bounds, rows_inside
+    from onnxplain.io.inputs import IMAGE_SUFFIXES
+
+    if x is None or model.preprocess_source not in ("stored", "given") or not np.issubdtype(x.dtype, np.number):
+        return None
+    arrays = [i for i, source in enumerate(sources) if source.suffix.lower() not in IMAGE_SUFFIXES]
+    bounds = input_bounds(model, (1, *x.shape[1:])) if arrays else None
+    if bounds is None:
+        return None
+    outside = [i for i, inside in zip(arrays, rows_inside(x[arrays], *bounds)) if not inside]
+    if not outside:
+        return None
+    names = ", ".join(str(sources[i]) for i in outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3
+                                                                else "")
+    low, high = float(bounds[0].min()), float(bounds[1].max())
+    reach = f"{float(x[outside].min()):.4g}..{float(x[outside].max()):.4g}"
+    return (f"note: {names}: values {reach} lie outside the range the model's preprocessing spec gives its inputs "
+            f"({low:.4g}..{high:.4g}); arrays go to the model as they are, so give them preprocessed")
 
 
 def echo_notes(notes) -> None:

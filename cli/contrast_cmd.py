@@ -156,7 +156,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
                 outputs["png"] = str(png)
             rows.append(row)
         staged.commit()
-    echo_notes(input_notes(loaded, inputs, sources))
+    echo_notes(input_notes(loaded, inputs, sources, x=x))
     if as_json:
         echo_json(rows)
         return

@@ -284,7 +284,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     if out:
         write_outputs(report, out, title=f"Evaluation of {model.name}")
     # once the work is done: an error stays alone
-    echo_notes([method_note, metric_note, *result_notes(report), *input_notes(loaded, inputs, sources, reference)])
+    echo_notes([method_note, metric_note, *result_notes(report), *input_notes(loaded, inputs, sources, reference, x=x)])
     if as_json:
         click.echo(json_text(render.as_json(report)))
     else:

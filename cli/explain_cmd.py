@@ -351,8 +351,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
         click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
     cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
                                 if "sampler_cache_note" in r["diagnostics"])
-    echo_notes([*input_notes(loaded, inputs, sources, options["reference"]), zero_map_note(loaded, records, sources),
-                *cache_notes])
+    echo_notes([*input_notes(loaded, inputs, sources, options["reference"], x=x),
+                zero_map_note(loaded, records, sources), *cache_notes])
     if as_json:
         echo_json(rows)
         return

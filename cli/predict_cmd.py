@@ -31,7 +31,7 @@ def predict_command(model, inputs, k, labels, preprocess, scores, as_json):
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
     ranked = top_k(loaded, checked_scores(loaded, x, files), k)
-    echo_notes(input_notes(loaded, inputs, files))
+    echo_notes(input_notes(loaded, inputs, files, x=x))
     if as_json:
         echo_json([{"input": str(f), "kind": loaded.score_kind, "top": r} for f, r in zip(files, ranked)])
         return

@@ -50,6 +50,14 @@ def materialize(name: str, seed: int = 0, folder: Path | None = None) -> Path:
     return target
 
 
+def placeholder_weights(model: onnx.ModelProto) -> list[str]:
+    """The layer weights (Conv, Gemm, ConvTranspose) that a ConstantOfShape fills with one value: the wheel's test
+    graphs' placeholders, which no trained model has. An explanation of such a graph says nothing of a trained
+    network (`materialize` gives it seeded random weights, for fixtures)."""
+    filled = {n.output[0] for n in model.graph.node if n.op_type == "ConstantOfShape"}
+    return [name for name, role in _roles(model.graph).items() if role.startswith("weight") and name in filled]
+
+
 def _replace_placeholders(model: onnx.ModelProto, rng: np.random.Generator) -> None:
     graph = model.graph
     shapes = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
 from onnxplain.cli.main import cli
+
+from conftest import SAMPLES
 
 
 def run(*args):
@@ -242,3 +245,27 @@ def test_json_output_is_strict():
     text = json_text(data)
     assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict {name}")) == {
         "mean": None, "limit": None, "rows": [3, [1.5, None]], "array": [1.0, None], "path": "a/b"}
+
+
+def test_arrays_outside_the_stored_spec_and_placeholder_weights_get_notes(digits_cnn, tmp_path):
+    """Raw 0..255 pixels in an .npy for a model whose stored spec gives 0..1 inputs: a note names the file and the
+    range (arrays go to the model as they are); the same digit preprocessed gets none. A graph whose layer weights
+    ConstantOfShape fills (the onnx wheel's test graphs) gets a note pointing to zoo.materialize, the runnable
+    version none."""
+    from PIL import Image
+
+    from onnxplain import zoo
+
+    digit = np.load(SAMPLES / "digit3_cnn.npy")
+    np.save(tmp_path / "raw.npy", (digit * 255).round().astype(np.int64))
+    np.save(tmp_path / "ok.npy", digit)
+    result = run("predict", digits_cnn, tmp_path / "raw.npy", tmp_path / "ok.npy")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"note: \S*raw\.npy: values 0\.\.2\d\d lie outside .*\(0\.\.1\)", result.stderr)
+    assert "ok.npy" not in result.stderr
+    assert "outside" not in run("predict", digits_cnn, tmp_path / "ok.npy").stderr
+    Image.new("RGB", (224, 224), (120, 80, 40)).save(tmp_path / "flat.png")
+    placeholders = run("predict", zoo.source_path("squeezenet"), tmp_path / "flat.png")
+    assert placeholders.exit_code == 0 and "placeholders that ConstantOfShape fills" in placeholders.stderr
+    assert "zoo.materialize" in placeholders.stderr
+    assert zoo.placeholder_weights(onnx.load(zoo.materialize("squeezenet", folder=tmp_path))) == []

@@ -306,6 +306,9 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     began = time.perf_counter()
     check_output(out, "figure")
     check_output(save_npy, "file")
+    unused = [name for name, value in (("--threshold", threshold), ("--slice-axis", slice_axis)) if value is not None]
+    if unused and out is None:   # they shape the pictures: without --out there are none
+        raise not_applicable(unused, "a run that draws no pictures (they shape those --out writes)")
     loaded = load_model(model, preprocess, scores)
     use_labels(loaded, labels)
     params = method_params(options, loaded)

@@ -306,6 +306,18 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, digi
     assert not (tmp_path / "out").exists() and not (tmp_path / "npy").exists()
 
 
+def test_picture_options_without_a_picture_are_refused(tmp_path, digits_cnn, samples):
+    """--threshold and --slice-axis shape the pictures --out writes: without --out they would do nothing, so they
+    are refused (one line, exit 2, nothing written), as other options that do not apply are."""
+    for given in (["--threshold", "0.2"], ["--slice-axis", "1"], ["--threshold"]):
+        result = run("explain", digits_cnn, samples / "digit3_cnn.npy", "--method", "gradient", *given,
+                     "--save-npy", tmp_path / "r.npy", "--quiet")
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{given[0]} do not apply to a run that draws no pictures" in lines[0]
+        assert not (tmp_path / "r.npy").exists()
+
+
 def test_staged_files_are_dropped_on_error(tmp_path):
     from onnxplain.cli.outputs import StagedFiles
 

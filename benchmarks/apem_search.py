@@ -63,6 +63,7 @@ def measure(name: str, model, x: np.ndarray, step: float) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="APEM epsilon search: linear scan vs bracketing")
     parser.add_argument("--images", type=int, default=50)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args(argv)
     import torch
 
@@ -73,8 +74,8 @@ def main(argv=None) -> None:
     rows.append(measure("digits_cnn, ε step 1", cnn, x, 1.0))
     rows.append(measure("digits_cnn, ε step 0.25", cnn, x, 0.25))
     logreg = onnxplain.load(ROOT / "models" / "digits_logreg.onnx")
-    rows.append(measure("digits_logreg, ε step 1", logreg, np.load(SAMPLES / "digits_test100_logreg.npy")[:args.images],
-                        1.0))
+    logreg_x = np.load(SAMPLES / "digits_test100_logreg.npy")[:args.images]
+    rows.append(measure("digits_logreg, ε step 1", logreg, logreg_x, 1.0))
     lines = [MARK, "## APEM ε search (`benchmarks/apem_search.py`)", "",
              f"`python benchmarks/apem_search.py --images {args.images}`: gradient maps (stage 2) of the first "
              f"{args.images} test digits; each case is one image's relevance or irrelevance direction. Forward passes "
@@ -83,10 +84,12 @@ def main(argv=None) -> None:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']}: {r['cases']} | {r['median_k']:.0f} | {r['agree']}/{r['cases']} | "
-                     f"{r['linear_passes']} | {r['bracket_passes']} | {r['linear_passes'] / r['bracket_passes']:.1f}× | "
-                     f"{r['linear_s']:.2f} | {r['bracket_s']:.2f} |")
+                     f"{r['linear_passes']} | {r['bracket_passes']} | "
+                     f"{r['linear_passes'] / r['bracket_passes']:.1f}× | {r['linear_s']:.2f} | {r['bracket_s']:.2f} |")
     section = "\n".join(lines) + "\n" + MARK + "\n"
     print(section)
+    if args.no_write:
+        return
     readme = ROOT / "benchmarks" / "README.md"
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(MARK) + ".*?" + re.escape(MARK) + "\n", re.S)

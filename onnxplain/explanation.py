@@ -20,7 +20,8 @@ def require_model(model) -> None:
 
 
 def relevance_dtype(dtype) -> np.dtype:
-    """Relevance takes the input's float type (float32 for integer inputs: token ids, uint8 images)."""
+    """Relevance takes the float type of the inputs as the model takes them (float64 arrays given to a float32 model
+    are converted, so float32; float32 for integer inputs too: token ids, uint8 images)."""
     return np.dtype(dtype) if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
 
 

@@ -31,9 +31,9 @@ class LRP(Method):
     (an override 'epsilon:0.25' keeps 0.25). low/high: z^B box bounds of the input (default: the preprocessing
     spec's value range). Relevance starts at the pre-softmax logit. The explanation's params name the rules the
     nodes ran with (`applied_rules`, spec: count) and only those numbers some node used.
-    report: `explain` adds the conservation report (a per-layer ledger read during the backward pass: 9-11% more
-    time at batch 16 and 23-24% at batch 1 on benchmarks/lrp.py's nets); `attribute`, which returns relevance
-    only, never computes it. The positivity statistics come either way.
+    report: `explain` adds the conservation report (a per-layer ledger read during the backward pass) and the
+    positivity statistics: 7-12% more time at batch 16 and 24-28% at batch 1 on benchmarks/lrp.py's nets;
+    `attribute`, which returns relevance only, computes neither.
     """
 
     name = "lrp"

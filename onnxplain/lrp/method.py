@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -45,14 +46,14 @@ class LRP(Method):
         chosen = composite_named(composite)
         self.params = Params(*(real_number(field, value, 0) for field, value in
                                (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer))))
-        overrides = [make_rule(spec, self.params) for spec in (rules or {}).values()]
+        overrides = [make_rule(spec, self.params) for spec in checked_rules(rules).values()]
         for field, example in (("epsilon", "Gemm=epsilon"), ("gamma", "Conv=gamma")):   # a number no rule reads
             value = getattr(self.params, field)
             if value != getattr(Params, field) and field not in (chosen.conv, chosen.dense, chosen.affine) \
                     and not any(rule.name == field and getattr(rule, field) == value for rule in overrides):
                 raise OnnxplainError(f"{field} {value:g} would change nothing: composite {composite!r} has no "
                                      f"{field} rule (give one by a rule, e.g. {example})")
-        self.composite, self.rules = composite, dict(rules or {})
+        self.composite, self.rules = composite, checked_rules(rules)
         self.low, self.high = low, high
         self.device, self.progress, self.report = device, progress, report
         self.batch_size = optional_whole_number("batch_size", batch_size, 1)
@@ -135,6 +136,17 @@ class DeepTaylor(LRP):
 
     def describe(self, applied: list) -> dict:
         return {key: value for key, value in super().describe(applied).items() if key != "composite"}
+
+
+def checked_rules(rules) -> dict[str, str]:
+    """`rules` (None or a mapping of str to str) as a dict; anything else is refused here rather than deep in
+    the rule map."""
+    if rules is None:
+        return {}
+    if not isinstance(rules, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rules.items()):
+        raise OnnxplainError(f"rules must be a mapping of op type or node-name pattern (str) to rule spec (str), "
+                             f"e.g. {{'Conv': 'zplus'}}; got {rules!r}")
+    return dict(rules)
 
 
 def _relevance(results: list[Result]) -> np.ndarray:

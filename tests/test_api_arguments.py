@@ -27,3 +27,22 @@ def test_lrp_rules_must_map_names_to_rule_specs(rules):
     method = LRP(rules={"Conv": "zplus"})
     _refused("rules must be a mapping", lambda: setattr(method, "rules", rules))
     assert method.rules == {"Conv": "zplus"}
+
+
+@pytest.mark.parametrize("low, high, match", [
+    (1, 0, "low must be below high everywhere"), (np.zeros(3), np.array([1, 1, 0]), "below high"),
+    (0, None, "high is missing"), (None, 1, "low is missing"), ("a", 1, "low must be a finite number"),
+    (0, np.inf, "high must be a finite number"), (np.zeros(3), np.ones(2), "do not broadcast together"),
+])
+def test_lrp_box_bounds_are_checked_when_given(low, high, match):
+    _refused(match, lambda: LRP(composite="epsilon-gamma-box", low=low, high=high))
+
+
+def test_lrp_box_bounds_must_fit_one_sample(digits_cnn_model, digit):
+    method = LRP(composite="epsilon-gamma-box", low=np.zeros(5), high=np.ones(5), progress=False)
+    _refused(r"low of shape \(5,\) does not broadcast against one input sample of shape \(1, 28, 28\)",
+             lambda: method.attribute(digits_cnn_model, digit))
+    per_channel = LRP(composite="epsilon-gamma-box", low=np.zeros((1, 1, 1)), high=np.ones((1, 28, 28)),
+                      progress=False).attribute(digits_cnn_model, digit)
+    np.testing.assert_allclose(per_channel, LRP(composite="epsilon-gamma-box", low=0, high=1, progress=False)
+                               .attribute(digits_cnn_model, digit))

@@ -261,8 +261,9 @@ class Model:
             return named[0]
         if numeric:
             index, count = int(target), self.class_count()
-            if count is not None and index >= count:
-                raise OnnxplainError(f"class {index} is out of range: the model has {count} classes")
+            if index < 0 or (count is not None and index >= count):
+                raise OnnxplainError(f"class {index} is out of range: " + (f"the model has {count} classes"
+                                     if count is not None else "class indices start at 0"))
             return index
         shown = self.labels_text()
         raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {shown}" if shown else ""))

@@ -7,6 +7,7 @@ import pytest
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP
+from onnxplain.targets import Target, as_target
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +47,18 @@ def test_lrp_box_bounds_must_fit_one_sample(digits_cnn_model, digit):
                       progress=False).attribute(digits_cnn_model, digit)
     np.testing.assert_allclose(per_channel, LRP(composite="epsilon-gamma-box", low=0, high=1, progress=False)
                                .attribute(digits_cnn_model, digit))
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"index": "3"}, "Target index must be an integer, not '3' .*target='3'"), ({"index": 1.5}, "Target index"),
+    ({"index": -1}, "Target index must be at least 0"), ({"index": True}, "Target index"),
+    ({"layer": "relu", "unit": ("1", 2)}, "Target unit must be an integer"), ({"layer": 3, "index": 0}, "layer"),
+])
+def test_target_indices_are_integers_from_zero(fields, match):
+    _refused(match, lambda: Target(**fields))
+
+
+def test_a_class_given_as_a_string_or_a_negative_number_is_read_with_the_model(digits_cnn_model, digit):
+    assert Target(index=np.int64(3)).index == 3 and type(Target(index=np.int64(3)).index) is int
+    assert as_target(digits_cnn_model, "3") == Target(index=3)
+    _refused("class -1 is out of range: the model has 10 classes", lambda: as_target(digits_cnn_model, -1))

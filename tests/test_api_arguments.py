@@ -7,6 +7,7 @@ import pytest
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP
+from onnxplain.metrics import aopc, loss_correlation
 from onnxplain.targets import Target, as_target
 
 
@@ -62,3 +63,13 @@ def test_a_class_given_as_a_string_or_a_negative_number_is_read_with_the_model(d
     assert Target(index=np.int64(3)).index == 3 and type(Target(index=np.int64(3)).index) is int
     assert as_target(digits_cnn_model, "3") == Target(index=3)
     _refused("class -1 is out of range: the model has 10 classes", lambda: as_target(digits_cnn_model, -1))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: aopc(np.arange(5.0)), r"curves must be a 2-D array \(images, steps \+ 1\).*got shape \(5,\)"),
+    (lambda: aopc([["a"]]), "curves must be an array of numbers"),
+    (lambda: loss_correlation(np.arange(4.0), np.arange(3.0)), r"same length .* shapes \(4,\) and \(3,\)"),
+    (lambda: loss_correlation(np.ones((4, 2)), np.ones((4, 2))), "values and loss must be 1-D"),
+])
+def test_metric_helpers_check_their_arrays(call, match):
+    _refused(match, call)

@@ -7,7 +7,8 @@ import pytest
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP
-from onnxplain.metrics import aopc, loss_correlation
+from onnxplain.methods import make_method
+from onnxplain.metrics import Evaluation, aopc, loss_correlation
 from onnxplain.targets import Target, as_target
 
 
@@ -73,3 +74,15 @@ def test_a_class_given_as_a_string_or_a_negative_number_is_read_with_the_model(d
 ])
 def test_metric_helpers_check_their_arrays(call, match):
     _refused(match, call)
+
+
+def test_an_evaluation_takes_a_list_of_methods_named_by_their_names(digits_cnn_model, digit):
+    evaluation = Evaluation(["aopc"], steps=5, region=3, progress=False)
+    gradient = make_method("gradient", progress=False)
+    listed = evaluation.run(digits_cnn_model, digit, [gradient])
+    assert [result.name for result in listed.methods] == ["gradient"]
+    np.testing.assert_array_equal(listed.methods[0].curves["morf"], evaluation.run(
+        digits_cnn_model, digit, {"gradient": gradient}).methods[0].curves["morf"])
+    for methods, match in (([gradient, gradient], r"methods named alike \(gradient\)"), ([], "non-empty"),
+                           ("gradient", "must be a non-empty dict"), ({"a": 3}, "method 'a' has neither")):
+        _refused(match, lambda: evaluation.run(digits_cnn_model, digit, methods))

@@ -96,11 +96,11 @@ class Evaluation:
                          baseline=shuffles > 0, seed=seed, device=device, progress=progress)
         self.progress = progress
 
-    def run(self, model, x: np.ndarray, methods: dict, labels: np.ndarray | None = None,
-            inputs: list[str] | None = None) -> EvaluationReport:
-        """methods: {name: a Method, or any object with explain(model, x, target)}; labels: true class per input
-        (optional). A method's time is that of its relevance alone (`attribute`: no diagnostics such as LRP's
-        conservation report)."""
+    def run(self, model, x: np.ndarray, methods, labels=None, inputs: list[str] | None = None) -> EvaluationReport:
+        """methods: {name: a Method, or any object with explain(model, x, target)}, or a list of methods named by
+        their `name`; labels: true class per input, an index or a class name (optional). A method's time is that
+        of its relevance alone (`attribute`: no diagnostics such as LRP's conservation report)."""
+        methods = _named_methods(methods)
         x = model.check_input(x)
         scores, logits = _scores_and_logits(model, x)   # the one forward pass over the inputs: every use below
         finite_scores(scores, inputs or [f"input {i}" for i in range(len(x))])
@@ -146,6 +146,26 @@ class Evaluation:
     def _apem(self, model, x, relevance, classes, sign) -> APEMResult:
         maps = stage_maps(relevance, x, self.apem.stage, InputLayout.of(model, x.shape[1:]))
         return self.apem.evaluate_maps(model, x, maps, classes, sign)
+
+
+def _named_methods(methods) -> dict:
+    """{name: method} from a dict, or from a list or tuple of methods named by their `name` attribute."""
+    given = methods
+    if isinstance(methods, (list, tuple)):
+        names = [getattr(method, "name", None) for method in methods]
+        if not all(isinstance(name, str) for name in names):
+            raise OnnxplainError("methods in a list need a `name` (str); give {name: method} instead")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise OnnxplainError(f"methods named alike ({', '.join(repeated)}): give {{name: method}} to tell "
+                                 "them apart")
+        methods = dict(zip(names, methods))
+    if not isinstance(methods, dict) or not methods:
+        raise OnnxplainError(f"methods must be a non-empty dict {{name: method}} or list of methods, not {given!r}")
+    for name, method in methods.items():
+        if not any(callable(getattr(method, how, None)) for how in ("attribute", "explain")):
+            raise OnnxplainError(f"method {name!r} has neither attribute(model, x, target) nor explain(...)")
+    return methods
 
 
 def _relevance(method, model, x: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP
 from onnxplain.methods import make_method
@@ -86,3 +87,17 @@ def test_an_evaluation_takes_a_list_of_methods_named_by_their_names(digits_cnn_m
     for methods, match in (([gradient, gradient], r"methods named alike \(gradient\)"), ([], "non-empty"),
                            ("gradient", "must be a non-empty dict"), ({"a": 3}, "method 'a' has neither")):
         _refused(match, lambda: evaluation.run(digits_cnn_model, digit, methods))
+
+
+def test_an_evaluation_reads_labels_given_as_class_names(digits_cnn, digit):
+    model = onnxplain.load(digits_cnn)
+    model.labels = [f"digit {i}" for i in range(10)]
+    evaluation = Evaluation(["aopc"], steps=2, region=7, progress=False)
+    gradient = {"gradient": make_method("gradient", progress=False)}
+    x = np.concatenate([digit, digit])
+    named = evaluation.run(model, x, gradient, labels=["digit 8", "digit 3"])
+    assert named.labels.tolist() == [8, 3] and named.loss.tolist() == evaluation.run(
+        model, x, gradient, labels=np.array([8, 3])).loss.tolist()
+    assert evaluation.run(model, x, gradient, labels=np.array(["3", "3"])).labels.tolist() == [3, 3]
+    _refused("unknown class 'seven'", lambda: evaluation.run(model, x, gradient, labels=["seven", "digit 3"]))
+    _refused("labels must be 2 class indices or class names", lambda: evaluation.run(model, x, gradient, [1.0, 2.0]))

@@ -108,7 +108,7 @@ class Evaluation:
             check_classes(scores)
         classes = np.argmax(scores, axis=1)
         probabilities = _probabilities(model, x, scores)
-        labels = None if labels is None else _checked_labels(labels, len(x), scores.shape[1])
+        labels = None if labels is None else _checked_labels(model, labels, len(x), scores.shape[1])
         sign = self.apem.sign(model, x, classes, None) if "apem" in self.metrics else None
         settings = self._settings(model, x)
         results = []
@@ -187,10 +187,14 @@ def _probabilities(model, x: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (scores if model.score_kind == "probabilities" else softmax(scores)).max(axis=1)
 
 
-def _checked_labels(labels, count: int, classes: int) -> np.ndarray:
+def _checked_labels(model, labels, count: int, classes: int) -> np.ndarray:
+    """One class index per input; class names (and strings of digits) read as the CLI's labels CSV reads them."""
     labels = np.asarray(labels)
+    if labels.shape == (count,) and labels.dtype.kind in "USO":
+        labels = np.array([model.class_index(label if isinstance(label, (int, np.integer)) else str(label))
+                           for label in labels.tolist()], dtype=np.int64)
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
-        raise OnnxplainError(f"labels must be {count} class indices, one per input")
+        raise OnnxplainError(f"labels must be {count} class indices or class names, one per input")
     if labels.min() < 0 or labels.max() >= classes:
         raise OnnxplainError(f"labels must be class indices 0..{classes - 1}")
     return labels.astype(np.int64)

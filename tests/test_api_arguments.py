@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import onnxplain
+from onnxplain import zoo
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP
 from onnxplain.methods import make_method
@@ -101,3 +102,10 @@ def test_an_evaluation_reads_labels_given_as_class_names(digits_cnn, digit):
     assert evaluation.run(model, x, gradient, labels=np.array(["3", "3"])).labels.tolist() == [3, 3]
     _refused("unknown class 'seven'", lambda: evaluation.run(model, x, gradient, labels=["seven", "digit 3"]))
     _refused("labels must be 2 class indices or class names", lambda: evaluation.run(model, x, gradient, [1.0, 2.0]))
+
+
+@pytest.mark.parametrize("seed, match", [(-1, "seed must be at least 0"), (1.5, "seed must be an integer"),
+                                         ("1", "seed must be an integer")])
+def test_zoo_seeds_are_checked_as_the_methods_check_theirs(seed, match, tmp_path):
+    _refused(match, lambda: zoo.materialize("squeezenet", seed=seed, folder=tmp_path))
+    assert not list(tmp_path.iterdir())

@@ -306,7 +306,11 @@ class Model:
         names `what` was checked (the input, a reference set, ...)."""
         if hasattr(x, "detach"):   # a torch tensor (Captum habits: on a GPU, or requiring grad)
             x = x.detach().cpu().numpy()
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except ValueError:   # nested lists of unequal lengths (numpy: "inhomogeneous shape")
+            raise OnnxplainError(f"{what} is ragged: its nested lists differ in length, so it is no array; give "
+                                 "samples of one shape") from None
         expected = self.input_shape
         if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:])):
             shown = "x".join("N" if d is None else str(d) for d in expected)

@@ -109,3 +109,10 @@ def test_an_evaluation_reads_labels_given_as_class_names(digits_cnn, digit):
 def test_zoo_seeds_are_checked_as_the_methods_check_theirs(seed, match, tmp_path):
     _refused(match, lambda: zoo.materialize("squeezenet", seed=seed, folder=tmp_path))
     assert not list(tmp_path.iterdir())
+
+
+def test_a_ragged_nested_list_is_refused_as_input(digits_cnn_model, digit):
+    ragged = [digit[0].tolist(), [[1, 2]]]
+    _refused("input is ragged: its nested lists differ in length",
+             lambda: make_method("gradient", progress=False).attribute(digits_cnn_model, ragged))
+    _refused("reference set .* is ragged", lambda: digits_cnn_model.check_input(ragged, "reference set (--reference)"))

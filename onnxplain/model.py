@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -20,10 +21,11 @@ from .sequences import channel_layout, sequence_layout
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
 
 
-def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | str | os.PathLike | None = None,
+def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | dict | str | os.PathLike | None = None,
          providers: list[str] | None = None, verify: bool = True, scores: str | None = None) -> "Model":
     """Read, validate and normalise an ONNX classifier; `verify` checks every normalisation against the original;
-    `scores` names the output holding the class scores (default: a softmax's, else the first float output)."""
+    `scores` names the output holding the class scores (default: a softmax's, else the first float output);
+    `preprocess`: a PreprocessSpec, a dict of its fields (a JSON spec's content) or a JSON spec's path."""
     original = normalize.read_model(path)
     normalize.check_domains(original)
     normalize.check_model(original)
@@ -192,8 +194,13 @@ class Model:
         self.preprocess_source = "given"
         if isinstance(preprocess, PreprocessSpec):
             return preprocess
-        if preprocess is not None:
+        if isinstance(preprocess, Mapping):   # the JSON spec's content
+            return PreprocessSpec.from_dict(dict(preprocess))
+        if isinstance(preprocess, (str, os.PathLike)):
             return PreprocessSpec.from_file(preprocess)
+        if preprocess is not None:
+            raise OnnxplainError("preprocess must be a PreprocessSpec, a dict of its fields (the JSON spec's "
+                                 f"content) or the path of a JSON spec, not {type(preprocess).__name__}")
         stored = self.metadata.get(METADATA_KEY)
         if stored:
             self.preprocess_source = "stored"

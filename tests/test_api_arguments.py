@@ -2,6 +2,8 @@
 trial: each case here once failed deep inside with a raw TypeError, IndexError or numpy/torch error)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,14 @@ def test_a_ragged_nested_list_is_refused_as_input(digits_cnn_model, digit):
     _refused("input is ragged: its nested lists differ in length",
              lambda: make_method("gradient", progress=False).attribute(digits_cnn_model, ragged))
     _refused("reference set .* is ragged", lambda: digits_cnn_model.check_input(ragged, "reference set (--reference)"))
+
+
+def test_load_takes_a_preprocessing_spec_as_a_dict(digits_cnn, tmp_path):
+    fields = {"layout": "NCHW", "color": "gray", "size": [28, 28], "scale": 1.0}
+    model = onnxplain.load(digits_cnn, preprocess=fields)
+    (tmp_path / "spec.json").write_text(json.dumps(fields))
+    assert model.preprocess == onnxplain.load(digits_cnn, preprocess=tmp_path / "spec.json").preprocess
+    assert model.preprocess.scale == 1.0 and model.preprocess_source == "given"
+    _refused("layout must be NCHW, NHWC or flat", lambda: onnxplain.load(digits_cnn, preprocess={"layout": "CHW"}))
+    _refused("preprocess must be a PreprocessSpec, a dict of its fields .* not int",
+             lambda: onnxplain.load(digits_cnn, preprocess=3))

@@ -79,7 +79,7 @@ class PreprocessSpec:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
-            raise OnnxplainError(f"preprocessing spec: unknown field(s) {', '.join(sorted(unknown))}")
+            raise OnnxplainError(f"preprocessing spec: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         values = dict(data)
         try:
             for key in ("size", "mean", "std", "scan_shape"):

@@ -12,6 +12,8 @@ from onnxplain import zoo
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP
 from onnxplain.methods import make_method
+from onnxplain.methods.pda import PredictionDifference
+from onnxplain.methods.samplers import ConditionalSampler, MarginalSampler
 from onnxplain.metrics import Evaluation, aopc, loss_correlation
 from onnxplain.targets import Target, as_target
 
@@ -129,3 +131,10 @@ def test_load_takes_a_preprocessing_spec_as_a_dict(digits_cnn, tmp_path):
     _refused("layout must be NCHW, NHWC or flat", lambda: onnxplain.load(digits_cnn, preprocess={"layout": "CHW"}))
     _refused("preprocess must be a PreprocessSpec, a dict of its fields .* not int",
              lambda: onnxplain.load(digits_cnn, preprocess=3))
+
+
+@pytest.mark.parametrize("ridge, match", [(-1, "ridge must be above 0, got -1"), (0, "ridge must be above 0"),
+                                          ("1e-3", "ridge must be a number")])
+def test_the_conditional_sampler_needs_a_positive_ridge(ridge, match):
+    _refused(match, lambda: ConditionalSampler(ridge=ridge))
+

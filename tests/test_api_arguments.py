@@ -138,3 +138,11 @@ def test_load_takes_a_preprocessing_spec_as_a_dict(digits_cnn, tmp_path):
 def test_the_conditional_sampler_needs_a_positive_ridge(ridge, match):
     _refused(match, lambda: ConditionalSampler(ridge=ridge))
 
+
+def test_padding_given_next_to_a_sampler_instance_must_agree_with_it():
+    reference = np.zeros((3, 1, 28, 28), np.float32)
+    assert PredictionDifference(sampler=ConditionalSampler(padding=2), padding=2, reference=reference).padding == 2
+    _refused(r"padding 1 conflicts with the sampler instance's padding 2 \(it carries its own",
+             lambda: PredictionDifference(sampler=ConditionalSampler(padding=2), padding=1, reference=reference))
+    _refused(r"padding 1 does not apply to MarginalSampler \(it takes none",
+             lambda: PredictionDifference(sampler=MarginalSampler(), padding=1, reference=reference))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -192,15 +191,8 @@ class Model:
 
     def _preprocess_spec(self, preprocess) -> PreprocessSpec | None:
         self.preprocess_source = "given"
-        if isinstance(preprocess, PreprocessSpec):
-            return preprocess
-        if isinstance(preprocess, Mapping):   # the JSON spec's content
-            return PreprocessSpec.from_dict(dict(preprocess))
-        if isinstance(preprocess, (str, os.PathLike)):
-            return PreprocessSpec.from_file(preprocess)
         if preprocess is not None:
-            raise OnnxplainError("preprocess must be a PreprocessSpec, a dict of its fields (the JSON spec's "
-                                 f"content) or the path of a JSON spec, not {type(preprocess).__name__}")
+            return PreprocessSpec.given(preprocess)
         stored = self.metadata.get(METADATA_KEY)
         if stored:
             self.preprocess_source = "stored"

@@ -20,10 +20,11 @@ from .sequences import channel_layout, sequence_layout
 SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch above one (a batch of one keeps its axis)"
 
 
-def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | str | os.PathLike | None = None,
+def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | dict | str | os.PathLike | None = None,
          providers: list[str] | None = None, verify: bool = True, scores: str | None = None) -> "Model":
     """Read, validate and normalise an ONNX classifier; `verify` checks every normalisation against the original;
-    `scores` names the output holding the class scores (default: a softmax's, else the first float output)."""
+    `scores` names the output holding the class scores (default: a softmax's, else the first float output);
+    `preprocess`: a PreprocessSpec, a dict of its fields (a JSON spec's content) or a JSON spec's path."""
     original = normalize.read_model(path)
     normalize.check_domains(original)
     normalize.check_model(original)
@@ -190,10 +191,8 @@ class Model:
 
     def _preprocess_spec(self, preprocess) -> PreprocessSpec | None:
         self.preprocess_source = "given"
-        if isinstance(preprocess, PreprocessSpec):
-            return preprocess
         if preprocess is not None:
-            return PreprocessSpec.from_file(preprocess)
+            return PreprocessSpec.given(preprocess)
         stored = self.metadata.get(METADATA_KEY)
         if stored:
             self.preprocess_source = "stored"
@@ -261,8 +260,9 @@ class Model:
             return named[0]
         if numeric:
             index, count = int(target), self.class_count()
-            if count is not None and index >= count:
-                raise OnnxplainError(f"class {index} is out of range: the model has {count} classes")
+            if index < 0 or (count is not None and index >= count):
+                raise OnnxplainError(f"class {index} is out of range: " + (f"the model has {count} classes"
+                                     if count is not None else "class indices start at 0"))
             return index
         shown = self.labels_text()
         raise OnnxplainError(f"unknown class {target!r}" + (f"; labels are {shown}" if shown else ""))
@@ -305,7 +305,11 @@ class Model:
         names `what` was checked (the input, a reference set, ...)."""
         if hasattr(x, "detach"):   # a torch tensor (Captum habits: on a GPU, or requiring grad)
             x = x.detach().cpu().numpy()
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except ValueError:   # nested lists of unequal lengths (numpy: "inhomogeneous shape")
+            raise OnnxplainError(f"{what} is ragged: its nested lists differ in length, so it is no array; give "
+                                 "samples of one shape") from None
         expected = self.input_shape
         if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:])):
             shown = "x".join("N" if d is None else str(d) for d in expected)

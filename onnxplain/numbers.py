@@ -44,6 +44,19 @@ def real_number(option: str, value, least: float | None = None, exclusive: bool 
     return number
 
 
+def number_array(option: str, value) -> np.ndarray:
+    """`value` as a float64 array (of any shape), or a user error naming the option (strings, ragged lists)."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise OnnxplainError(f"{option} must be an array of numbers, not {_short(value)}") from None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers (numpy and torch generators)
 
 

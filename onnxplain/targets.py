@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import OnnxplainError
+from .numbers import whole_number
 
 
 CHANNELS_AT_1 = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
@@ -33,10 +34,18 @@ class Target:
     axis: int | None = None
 
     def __post_init__(self):
+        """Indices are integers from 0 (a class label is the methods' `target='name'`, read with the model)."""
+        if self.layer is not None and not isinstance(self.layer, str):
+            raise OnnxplainError(f"Target layer must be a tensor name (str), not {self.layer!r}")
+        if isinstance(self.index, str):
+            raise OnnxplainError(f"Target index must be an integer, not {self.index!r} (a class label or a string "
+                                 "of digits goes to the method's target argument: explain(model, x, target='3'))")
+        if self.index is not None:
+            object.__setattr__(self, "index", whole_number("Target index", self.index, 0))
         if self.layer is None:
             return
         if self.unit is not None:
-            unit = tuple(int(u) for u in np.ravel(self.unit))
+            unit = tuple(whole_number("Target unit", u, 0) for u in np.ravel(self.unit))
             if not unit or (self.index is not None and self.index != unit[0]):
                 raise OnnxplainError(f"channel {self.index} and unit {unit} disagree: a unit's first index is its "
                                      "channel")

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxplainError
+from .numbers import seed_number
 
 ZOO_NAMES = ("bvlc_alexnet", "inception_v1", "vgg19", "resnet50", "squeezenet", "densenet121",
              "inception_v2", "shufflenet", "zfnet512")
@@ -32,6 +33,7 @@ def cache_dir() -> Path:
 
 def materialize(name: str, seed: int = 0, folder: Path | None = None) -> Path:
     """Path of the runnable model `name` with weights drawn from `seed`; built once, then read from the cache."""
+    seed = seed_number(seed)
     target = (folder or cache_dir()) / f"{name}_seed{seed}.onnx"
     if target.is_file():
         return target

@@ -17,6 +17,8 @@ A spec travels inside the ONNX file (``metadata_props['onnxplain.preprocess']``,
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -79,7 +81,7 @@ class PreprocessSpec:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
-            raise OnnxplainError(f"preprocessing spec: unknown field(s) {', '.join(sorted(unknown))}")
+            raise OnnxplainError(f"preprocessing spec: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         values = dict(data)
         try:
             for key in ("size", "mean", "std", "scan_shape"):
@@ -100,6 +102,18 @@ class PreprocessSpec:
         if not isinstance(data, dict):
             raise OnnxplainError("preprocessing spec must be a JSON object")
         return cls.from_dict(data)
+
+    @classmethod
+    def given(cls, value) -> "PreprocessSpec":
+        """A spec given to `load`: a PreprocessSpec, a dict of its fields (a JSON spec's content) or a JSON path."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(dict(value))
+        if isinstance(value, (str, os.PathLike)):
+            return cls.from_file(value)
+        raise OnnxplainError("preprocess must be a PreprocessSpec, a dict of its fields (the JSON spec's content) "
+                             f"or the path of a JSON spec, not {type(value).__name__}")
 
     @classmethod
     def from_file(cls, path) -> "PreprocessSpec":

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -45,14 +46,15 @@ class LRP(Method):
         chosen = composite_named(composite)
         self.params = Params(*(real_number(field, value, 0) for field, value in
                                (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer))))
-        overrides = [make_rule(spec, self.params) for spec in (rules or {}).values()]
+        overrides = [make_rule(spec, self.params) for spec in checked_rules(rules).values()]
         for field, example in (("epsilon", "Gemm=epsilon"), ("gamma", "Conv=gamma")):   # a number no rule reads
             value = getattr(self.params, field)
             if value != getattr(Params, field) and field not in (chosen.conv, chosen.dense, chosen.affine) \
                     and not any(rule.name == field and getattr(rule, field) == value for rule in overrides):
                 raise OnnxplainError(f"{field} {value:g} would change nothing: composite {composite!r} has no "
                                      f"{field} rule (give one by a rule, e.g. {example})")
-        self.composite, self.rules = composite, dict(rules or {})
+        self.composite, self.rules = composite, checked_rules(rules)
+        check_box(low, high)
         self.low, self.high = low, high
         self.device, self.progress, self.report = device, progress, report
         self.batch_size = optional_whole_number("batch_size", batch_size, 1)
@@ -84,6 +86,8 @@ class LRP(Method):
         x = model.check_input(x)
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"LRP needs a floating-point input; this model takes {x.dtype}")
+        if self.low is not None:
+            check_box_fits(self.low, self.high, x.shape[1:])
         walker = self.walker(model, x)
         size = 1 if model.fixed_batch else (self.batch_size or max(1, walker.executor.batch_size(x.shape[1:]) // 4))
         results = []
@@ -135,6 +139,59 @@ class DeepTaylor(LRP):
 
     def describe(self, applied: list) -> dict:
         return {key: value for key, value in super().describe(applied).items() if key != "composite"}
+
+
+def checked_rules(rules) -> dict[str, str]:
+    """`rules` (None or a mapping of str to str) as a dict; anything else is refused here rather than deep in
+    the rule map."""
+    if rules is None:
+        return {}
+    if not isinstance(rules, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rules.items()):
+        raise OnnxplainError(f"rules must be a mapping of op type or node-name pattern (str) to rule spec (str), "
+                             f"e.g. {{'Conv': 'zplus'}}; got {rules!r}")
+    return dict(rules)
+
+
+def _bound(name: str, value) -> np.ndarray:
+    """One z^B bound as a float array of finite numbers, or a user error naming it."""
+    try:
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.size == 0 or not np.isfinite(array).all():
+        raise OnnxplainError(f"{name} must be a finite number or an array of them, not {value!r}")
+    return array
+
+
+def check_box(low, high) -> None:
+    """z^B's box bounds: both or neither, finite, broadcasting together, low < high everywhere."""
+    if low is None and high is None:
+        return
+    if low is None or high is None:
+        raise OnnxplainError(f"low and high go together (z^B's box): {'low' if low is None else 'high'} is missing")
+    low, high = _bound("low", low), _bound("high", high)
+    try:
+        below = np.all(low < high)
+    except ValueError:
+        raise OnnxplainError(f"low of shape {low.shape} and high of shape {high.shape} do not broadcast "
+                             "together") from None
+    if not below:
+        raise OnnxplainError("low must be below high everywhere (z^B's box [low, high])")
+
+
+def check_box_fits(low, high, sample_shape: tuple[int, ...]) -> None:
+    """Refuse box bounds that do not broadcast against one input sample (with or without its batch axis)."""
+    full = (1, *sample_shape)
+    for name, value in (("low", low), ("high", high)):
+        shape = np.shape(value.detach().cpu() if hasattr(value, "detach") else value)
+        try:
+            fits = np.broadcast_shapes(shape, full) == full
+        except ValueError:
+            fits = False
+        if not fits:
+            raise OnnxplainError(f"{name} of shape {shape} does not broadcast against one input sample of shape "
+                                 f"{sample_shape}: give one number, one per channel (e.g. shape (C, 1, 1)) or the "
+                                 "sample's shape")
 
 
 def _relevance(results: list[Result]) -> np.ndarray:

@@ -123,6 +123,11 @@ class PredictionDifference(Method):
         if location_grid is not None and sampler != "conditional":
             raise OnnxplainError("location_grid applies only to the conditional sampler (sampler='conditional'; a "
                                  "sampler instance carries its own)")
+        own = getattr(sampler, "padding", None)   # a sampler instance carries its own padding (or none)
+        if padding is not None and not isinstance(sampler, str) and own != padding:
+            raise OnnxplainError(f"padding {padding} " + (f"conflicts with the sampler instance's padding {own} (it "
+                                 "carries its own" if own is not None else f"does not apply to "
+                                 f"{type(sampler).__name__} (it takes none") + ": leave padding out)")
         if channels not in ("independent", "joint"):
             raise OnnxplainError(f"channels must be 'independent' or 'joint', not {channels!r}")
         self.window, self.padding, self.samples, self.sampler = window, padding, samples, sampler

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..numbers import seed_number, whole_number, whole_numbers
+from ..numbers import real_number, seed_number, whole_number, whole_numbers
 from .windows import WindowGrid
 
 CACHE_VERSION = 2
@@ -105,7 +105,8 @@ class ConditionalSampler:
         self.padding = whole_number("padding", padding, 0)
         self.channels, self.clip, self.cache = channels, clip, cache
         self.location_grid = None if location_grid is None else whole_numbers("location_grid", location_grid, 1)
-        self.max_patches, self.ridge = whole_number("max_patches", max_patches, 2), float(ridge)
+        self.max_patches = whole_number("max_patches", max_patches, 2)
+        self.ridge = real_number("ridge", ridge, 0, exclusive=True)   # > 0: the covariance is inverted
         self.cache_hit = False
         self.cache_path: Path | None = None
         self.cache_note: str | None = None       # why the cache was not used as it stood (refitted, not written)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..numbers import number_array
 
 
 def explanation_filter(apem, model, x: np.ndarray, maps: np.ndarray, classes: np.ndarray, sign: np.ndarray,
@@ -104,7 +105,10 @@ def loss_correlation(values: np.ndarray, loss: np.ndarray) -> tuple[float, float
     """Spearman's rank correlation (rho, two-sided p-value) of per-image APEM (or confidence) with the loss."""
     from scipy.stats import spearmanr
 
-    values, loss = np.asarray(values, float), np.asarray(loss, float)
+    values, loss = number_array("values", values), number_array("loss", loss)
+    if values.ndim != 1 or values.shape != loss.shape:
+        raise OnnxplainError(f"values and loss must be 1-D arrays of the same length (one per image), got shapes "
+                             f"{values.shape} and {loss.shape}")
     keep = np.isfinite(values) & np.isfinite(loss)
     if keep.sum() < 3:
         return float("nan"), float("nan")

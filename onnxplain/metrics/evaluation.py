@@ -96,11 +96,11 @@ class Evaluation:
                          baseline=shuffles > 0, seed=seed, device=device, progress=progress)
         self.progress = progress
 
-    def run(self, model, x: np.ndarray, methods: dict, labels: np.ndarray | None = None,
-            inputs: list[str] | None = None) -> EvaluationReport:
-        """methods: {name: a Method, or any object with explain(model, x, target)}; labels: true class per input
-        (optional). A method's time is that of its relevance alone (`attribute`: no diagnostics such as LRP's
-        conservation report)."""
+    def run(self, model, x: np.ndarray, methods, labels=None, inputs: list[str] | None = None) -> EvaluationReport:
+        """methods: {name: a Method, or any object with explain(model, x, target)}, or a list of methods named by
+        their `name`; labels: true class per input, an index or a class name (optional). A method's time is that
+        of its relevance alone (`attribute`: no diagnostics such as LRP's conservation report)."""
+        methods = _named_methods(methods)
         x = model.check_input(x)
         scores, logits = _scores_and_logits(model, x)   # the one forward pass over the inputs: every use below
         finite_scores(scores, inputs or [f"input {i}" for i in range(len(x))])
@@ -108,7 +108,7 @@ class Evaluation:
             check_classes(scores)
         classes = np.argmax(scores, axis=1)
         probabilities = _probabilities(model, x, scores)
-        labels = None if labels is None else _checked_labels(labels, len(x), scores.shape[1])
+        labels = None if labels is None else _checked_labels(model, labels, len(x), scores.shape[1])
         sign = self.apem.sign(model, x, classes, None) if "apem" in self.metrics else None
         settings = self._settings(model, x)
         results = []
@@ -148,6 +148,26 @@ class Evaluation:
         return self.apem.evaluate_maps(model, x, maps, classes, sign)
 
 
+def _named_methods(methods) -> dict:
+    """{name: method} from a dict, or from a list or tuple of methods named by their `name` attribute."""
+    given = methods
+    if isinstance(methods, (list, tuple)):
+        names = [getattr(method, "name", None) for method in methods]
+        if not all(isinstance(name, str) for name in names):
+            raise OnnxplainError("methods in a list need a `name` (str); give {name: method} instead")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise OnnxplainError(f"methods named alike ({', '.join(repeated)}): give {{name: method}} to tell "
+                                 "them apart")
+        methods = dict(zip(names, methods))
+    if not isinstance(methods, dict) or not methods:
+        raise OnnxplainError(f"methods must be a non-empty dict {{name: method}} or list of methods, not {given!r}")
+    for name, method in methods.items():
+        if not any(callable(getattr(method, how, None)) for how in ("attribute", "explain")):
+            raise OnnxplainError(f"method {name!r} has neither attribute(model, x, target) nor explain(...)")
+    return methods
+
+
 def _relevance(method, model, x: np.ndarray) -> np.ndarray:
     """Each input's top-1 map: `attribute` where the method has it, else `explain`'s relevance."""
     if hasattr(method, "attribute"):
@@ -167,10 +187,14 @@ def _probabilities(model, x: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (scores if model.score_kind == "probabilities" else softmax(scores)).max(axis=1)
 
 
-def _checked_labels(labels, count: int, classes: int) -> np.ndarray:
+def _checked_labels(model, labels, count: int, classes: int) -> np.ndarray:
+    """One class index per input; class names (and strings of digits) read as the CLI's labels CSV reads them."""
     labels = np.asarray(labels)
+    if labels.shape == (count,) and labels.dtype.kind in "USO":
+        labels = np.array([model.class_index(label if isinstance(label, (int, np.integer)) else str(label))
+                           for label in labels.tolist()], dtype=np.int64)
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
-        raise OnnxplainError(f"labels must be {count} class indices, one per input")
+        raise OnnxplainError(f"labels must be {count} class indices or class names, one per input")
     if labels.min() < 0 or labels.max() >= classes:
         raise OnnxplainError(f"labels must be class indices 0..{classes - 1}")
     return labels.astype(np.int64)

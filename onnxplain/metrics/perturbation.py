@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..numbers import image_generators, seed_number, whole_number
+from ..numbers import image_generators, number_array, seed_number, whole_number
 from ..runtime import progress_iter
 from ..targets import metric_classes
 from .layout import InputLayout, checked_relevance
@@ -141,7 +141,10 @@ def region_perturbation(model, x: np.ndarray, relevance: np.ndarray, target=None
 
 def aopc(curves: np.ndarray, per_image: bool = False):
     """AOPC = 1/(L+1) * sum_k (f(x^0) - f(x^k)), averaged over images (or per image)."""
-    curves = np.asarray(curves, dtype=np.float64)
+    curves = number_array("curves", curves)
+    if curves.ndim != 2 or 0 in curves.shape:
+        raise OnnxplainError(f"curves must be a 2-D array (images, steps + 1), as region_perturbation returns; got "
+                             f"shape {curves.shape}")
     values = (curves[:, :1] - curves).mean(axis=1)
     return values if per_image else float(values.mean())
 

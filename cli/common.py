@@ -136,7 +136,7 @@ def range_note(model, x: np.ndarray | None, sources: list[Path]) -> str | None:
     """A note when arrays (.npy, NIfTI: images are read through the spec) lie outside the value range that the
     model's stored or given preprocessing spec gives its inputs: arrays go to the model as they are, and raw pixels
     (0..255 for a 0..1 spec) are an easy slip."""
-    from onnxplain.executor import input_bounds, rows_inside
+    from onnxplain.bounds import input_bounds, rows_inside
     from onnxplain.io.inputs import IMAGE_SUFFIXES
 
     if x is None or model.preprocess_source not in ("stored", "given") or not np.issubdtype(x.dtype, np.number):

@@ -11,7 +11,7 @@ import torch
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
-from onnxplain.executor import input_bounds, spec_range_rows
+from onnxplain.bounds import input_bounds, spec_range_rows
 from onnxplain.methods import make_method
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..executor import spec_range_rows
+from ..bounds import spec_range_rows
 from ..numbers import optional_whole_number, real_number
 from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_iter

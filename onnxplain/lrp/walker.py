@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..executor import input_bounds, spec_range_rows
+from ..bounds import input_bounds, spec_range_rows
 from ..ops.graph import Step
 from ..targets import Target, channels_first
 from . import relevance, rules

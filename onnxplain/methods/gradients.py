@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..executor import input_bounds, spec_range_rows
+from ..bounds import input_bounds, spec_range_rows
 from ..explanation import Explanation, Method, require_model
 from ..metrics.layout import InputLayout
 from ..runtime import progress_bar

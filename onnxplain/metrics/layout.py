@@ -22,7 +22,7 @@ class InputLayout:
     channel_axis: int | None
     low: np.ndarray | None = None    # valid input range, broadcastable to view_shape (None: unknown)
     high: np.ndarray | None = None
-    guessed: bool = False            # the range of a spec guessed from the input's shape (`executor.input_bounds`)
+    guessed: bool = False            # the range of a spec guessed from the input's shape (`bounds.input_bounds`)
 
     @classmethod
     def of(cls, model, sample_shape: tuple[int, ...]) -> "InputLayout":
@@ -82,7 +82,7 @@ class InputLayout:
     def value_range(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Valid (low, high) per channel from the preprocessing spec, else the range of the data, broadcastable
         to (N, *view_shape). A guessed spec's range holds only for the inputs inside it (per input, as
-        `executor.spec_range_rows` decides); the others get the batch's data range (the one place where an input's
+        `bounds.spec_range_rows` decides); the others get the batch's data range (the one place where an input's
         numbers depend on the other inputs of the batch)."""
         data = np.asarray(np.min(x), dtype=np.float64), np.asarray(np.max(x), dtype=np.float64)
         if self.low is None:
@@ -90,7 +90,7 @@ class InputLayout:
         low, high = self.low[None], self.high[None]
         if not self.guessed:
             return low, high
-        from ..executor import rows_inside
+        from ..bounds import rows_inside
 
         rows = rows_inside(self.view(np.asarray(x)), low, high).reshape((-1,) + (1,) * len(self.view_shape))
         return np.where(rows, low, data[0]), np.where(rows, high, data[1])

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 import onnxplain
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, named_list
 from onnxplain.io.text import read_text
 from onnxplain.scores import finite_scores
 
@@ -126,7 +126,7 @@ def placeholder_note(model) -> str | None:
     filled = placeholder_weights(model.proto)
     if not filled:
         return None
-    return (f"note: the weights of {len(filled)} layers ({', '.join(filled[:3])}{', ...' if len(filled) > 3 else ''}) "
+    return (f"note: the weights of {len(filled)} layers ({named_list(filled)}) "
             "are placeholders that ConstantOfShape fills with one value each (the onnx wheel's test graphs): what "
             "comes out describes that graph, not a trained network (onnxplain.zoo.materialize gives such graphs "
             "seeded random weights)")
@@ -148,12 +148,11 @@ def range_note(model, x: np.ndarray | None, sources: list[Path]) -> str | None:
     outside = [i for i, inside in zip(arrays, rows_inside(x[arrays], *bounds)) if not inside]
     if not outside:
         return None
-    names = ", ".join(str(sources[i]) for i in outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3
-                                                                else "")
     low, high = float(bounds[0].min()), float(bounds[1].max())
     reach = f"{float(x[outside].min()):.4g}..{float(x[outside].max()):.4g}"
-    return (f"note: {names}: values {reach} lie outside the range the model's preprocessing spec gives its inputs "
-            f"({low:.4g}..{high:.4g}); arrays go to the model as they are, so give them preprocessed")
+    return (f"note: {named_list(sources[i] for i in outside)}: values {reach} lie outside the range the model's "
+            f"preprocessing spec gives its inputs ({low:.4g}..{high:.4g}); arrays go to the model as they are, so "
+            "give them preprocessed")
 
 
 def echo_notes(notes) -> None:

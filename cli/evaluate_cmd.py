@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, named_list
 from onnxplain.io import load_inputs, read_npy
 from onnxplain.io.text import read_text
 from onnxplain.methods import REGISTRY, make_method, method_class
@@ -148,12 +148,11 @@ def default_methods(model) -> tuple[str, str | None]:
     names, note = [name for name in DEFAULT_METHODS if name in REGISTRY], None
     if "lrp" in names:
         from onnxplain.lrp import unsupported_ops
-        from onnxplain.lrp.walker import listed
 
         missing = unsupported_ops(model)
         if missing:
             names.remove("lrp")
-            note = (f"note: LRP does not cover {listed(missing)}; evaluated {', '.join(names)} "
+            note = (f"note: LRP does not cover {named_list(missing, 6, '; ')}; evaluated {', '.join(names)} "
                     "(--methods picks others)")
     if not names:
         raise OnnxplainError(f"choose --methods from: {', '.join(sorted(REGISTRY))}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxplain.errors import OnnxplainError, not_applicable
+from onnxplain.errors import OnnxplainError, named_list, not_applicable
 from onnxplain.explanation import sample_values
 from onnxplain.io import load_inputs
 from onnxplain.methods import REGISTRY, make_method, method_class, method_names
@@ -80,7 +80,6 @@ def default_method(model, given: dict) -> tuple[str, dict, str | None]:
     reason LRP was passed over."""
     if "lrp" in REGISTRY:
         from onnxplain.lrp import unsupported_ops
-        from onnxplain.lrp.walker import listed
 
         try:
             missing = unsupported_ops(model)
@@ -90,7 +89,7 @@ def default_method(model, given: dict) -> tuple[str, dict, str | None]:
                        f"({reason})"]
         if not missing:
             return "lrp", ({} if "composite" in given else {"composite": DEFAULT_COMPOSITE}), None
-        why = f"LRP does not cover {listed(missing)}"
+        why = f"LRP does not cover {named_list(missing, 6, '; ')}"
     else:
         why = "LRP is not available in this installation"
     if "pda" not in REGISTRY:
@@ -141,7 +140,7 @@ def zero_map_note(model, records: list[dict], sources: list) -> str | None:
     zero = [(record, source) for record, source in zip(records, sources) if record["all_zero"]]
     if not zero:
         return None
-    names = ", ".join(str(source) for _, source in zero[:3]) + (f" and {len(zero) - 3} more" if len(zero) > 3 else "")
+    names = named_list([source for _, source in zero])
     saturated = [r for r, _ in zero if r["target"] >= 0 and model.score_kind == "probabilities"
                  and r["score"] >= 1 - 1e-6 and r["method"] in ("occlusion", "pda")]
     if not saturated:

@@ -5,6 +5,13 @@ class OnnxplainError(Exception):
     """Bad input from the user (file, model, tensor, option); never a bug in onnxplain."""
 
 
+def named_list(items, most: int = 3, separator: str = ", ") -> str:
+    """The first `most` items (as text), and how many more: the lists that messages and notes name."""
+    items = [str(item) for item in items]
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return separator.join(items[:most]) + more
+
+
 def not_applicable(options: list[str], where: str) -> OnnxplainError:
     """The error for options given where they do nothing (refused rather than ignored): `where` says what they do
     not apply to, e.g. '--method gradient'."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .bounds import input_bounds
-from .errors import OnnxplainError
+from .errors import OnnxplainError, named_list
 from .ops.graph import Graph
 from .runtime import DEFAULT_BATCH_BYTES
 from .targets import Target, as_target, class_indices, hidden_values
@@ -253,9 +253,8 @@ class TorchExecutor:
         if cuts is None:
             self._smooth.add(name)
             return
-        from .lrp.walker import listed
         raise OnnxplainError(f"{name} does not depend differentiably on the input: every way from the input to it "
-                             f"passes through integer or boolean data ({listed(cuts)})"
+                             f"passes through integer or boolean data ({named_list(cuts, 6, '; ')})"
                              + (f"; {advice}" if advice else ""))
 
     # ---------------------------------------------------------------- onnx2torch fallback

@@ -11,7 +11,7 @@ import onnx
 from onnx import helper
 
 from . import batch_axis, normalize
-from .errors import OnnxplainError
+from .errors import OnnxplainError, named_list
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, run_batched
 from .scores import classifier_labels, find_scores, softmax
@@ -270,7 +270,7 @@ class Model:
     def labels_text(self, most: int = 20) -> str:
         """The class names, the first `most` of them listed ('' without names)."""
         labels = self.labels or []
-        return ", ".join(labels[:most]) + (f" and {len(labels) - most} more" if len(labels) > most else "")
+        return named_list(labels, most)
 
     def class_count(self) -> int | None:
         """Number of classes, when the class-score tensor's non-batch axes have static sizes (their product, as

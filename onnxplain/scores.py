@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import OnnxplainError
+from .errors import OnnxplainError, named_list
 
 SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
@@ -26,9 +26,8 @@ def finite_scores(scores: np.ndarray, names: list[str]) -> np.ndarray:
     row): their values lie far outside those the model takes, or its weights are NaN."""
     broken = [name for name, row in zip(names, scores) if np.isnan(row).any() or np.isposinf(row).any()]
     if broken:
-        named = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
-        raise OnnxplainError(f"the model's scores for {named} are NaN or infinite: input values far outside those "
-                             "it takes, or NaN weights")
+        raise OnnxplainError(f"the model's scores for {named_list(broken)} are NaN or infinite: input values far "
+                             "outside those it takes, or NaN weights")
     return scores
 
 

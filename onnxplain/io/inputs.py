@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OnnxplainError
+from ..errors import OnnxplainError, named_list
 from .preprocess import box_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -27,7 +27,7 @@ def expand_paths(paths) -> list[Path]:
             raise OnnxplainError(f"input not found: {path}")
     if not found:
         nested = skipped_folders(paths)
-        hint = f" (folders are not searched recursively: {_named(nested, 3)} not read)" if nested else ""
+        hint = f" (folders are not searched recursively: {named_list(nested)} not read)" if nested else ""
         raise OnnxplainError("no inputs found in " + ", ".join(map(str, paths)) + hint)
     return found
 
@@ -49,17 +49,12 @@ def skipped_note(paths, limit: int = 5) -> str | None:
     files, folders = skipped_files(paths), skipped_folders(paths)
     parts = []
     if files:
-        parts.append(f"skipped {len(files)} file(s) that are not images, .npy or NIfTI: {_named(files, limit)}")
+        parts.append(f"skipped {len(files)} file(s) that are not images, .npy or NIfTI: {named_list(files, limit)}")
     if folders:
         parts.append(f"skipped {len(folders)} subfolder(s) (inputs are not searched for recursively; name a "
-                     f"subfolder to read it): {_named(folders, limit)}")
+                     f"subfolder to read it): {named_list(folders, limit)}")
     return "note: " + "; ".join(parts) if parts else None
 
-
-def _named(paths: list[Path], limit: int) -> str:
-    """The first `limit` of `paths`, comma-separated, and how many more there are."""
-    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
-    return ", ".join(str(p) for p in paths[:limit]) + more
 
 
 def _kind(path: Path) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import OnnxplainError
 from ..bounds import input_bounds, spec_range_rows
+from ..errors import OnnxplainError, named_list
 from ..ops.graph import Step
 from ..targets import Target, channels_first
 from . import relevance, rules
@@ -71,7 +71,7 @@ class Walker:
             planned = self._assign(steps, carrying)
             blocked = [ruleless(step) for step in steps if id(step) in carrying and step.op.kind is None]
             if blocked:
-                raise OnnxplainError(f"LRP cannot pass {listed(blocked)}: no relevance rule for "
+                raise OnnxplainError(f"LRP cannot pass {named_list(blocked, 6, '; ')}: no relevance rule for "
                                      f"{'this op' if len(blocked) == 1 else 'these ops'} here")
             self._plans[start] = planned
             self.rule_map.check_used()
@@ -243,12 +243,6 @@ def ruleless(step: Step) -> str:
     return f"{step.label}, a product of two activations" if two_activations else step.label
 
 
-def listed(names: list[str], most: int = 6) -> str:
-    """The first `most` names, and how many more."""
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return "; ".join(names[:most]) + more
-
-
 def fed_by(steps: list[Step], source: str) -> list[Step]:
     """The steps that depend on tensor `source`, in order."""
     depends, fed = {source}, []
@@ -266,7 +260,7 @@ def data_cuts(steps: list[Step], source: str) -> list[str]:
 
 def no_path_message(steps: list[Step], start: str, source: str) -> str:
     cuts = data_cuts(steps, source)
-    through = f": its way passes only through integer or boolean data ({listed(cuts)})" if cuts else ""
+    through = f": its way passes only through integer or boolean data ({named_list(cuts, 6, '; ')})" if cuts else ""
     return f"no relevance reaches the input from {start}{through}"
 
 

@@ -257,12 +257,14 @@ def sklearn_command(model, trust_pickle, zipmap, features, opset, input_name, ou
 @click.argument("model", type=NonEmptyPath(dir_okay=False))
 @click.option("--input-shape", "input_shape", help="One input's shape without the batch axis, if not fixed.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (tf2onnx).")
+@click.option("--input-name", default="input", show_default=True)
+@click.option("--output-name", default="output", show_default=True)
 @out_option
 @samples_option
 @spec_option
 @labels_option
 @atol_option
-def keras_command(model, input_shape, opset, out, samples, preprocess, labels, atol):
+def keras_command(model, input_shape, opset, input_name, output_name, out, samples, preprocess, labels, atol):
     """A Keras model into ONNX.
 
     MODEL is a .keras (or .h5) file; needs tf2onnx + tensorflow, or Keras 3 (on torch without TensorFlow)."""
@@ -287,7 +289,8 @@ def keras_command(model, input_shape, opset, out, samples, preprocess, labels, a
         except Exception as error:  # keras raises many types for bad files
             raise OnnxplainError(f"{model} is not a loadable Keras model: {str(error).splitlines()[0][:200]}") from None
         report = convert_keras(network, out, samples=read_samples(samples), input_shape=parse_shape(input_shape),
-                               opset=opset, preprocess=read_spec(preprocess), labels=read_labels(labels), atol=atol)
+                               opset=opset, input_name=input_name, output_name=output_name,
+                               preprocess=read_spec(preprocess), labels=read_labels(labels), atol=atol)
     echo_report(report)
 
 

@@ -45,6 +45,42 @@ def embed_metadata(proto: onnx.ModelProto, preprocess: PreprocessSpec | dict | N
     return proto
 
 
+def rename_io(proto: onnx.ModelProto, input_name: str, output_name: str) -> onnx.ModelProto:
+    """Give the graph's one input and first output the names asked for (exporters pick names such as
+    'keras_tensor' or '23'), everywhere they are read or written, subgraphs included."""
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    feeds = [v for v in graph.input if v.name not in initializers]
+    renames = {old: new for old, new in ((feeds[0].name, input_name), (graph.output[0].name, output_name))
+               if old != new}
+    taken = _tensor_names(graph) - set(renames)
+    clash = [new for new in renames.values() if new in taken]
+    if clash:
+        raise OnnxplainError(f"the exported graph already has a tensor named {clash[0]!r}: choose another name")
+    _rename(graph, renames)
+    return proto
+
+
+def _tensor_names(graph: onnx.GraphProto) -> set[str]:
+    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+    names |= {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+def _rename(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+        for attribute in node.attribute:
+            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                _rename(body, renames)
+
+
 def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: np.ndarray, expected: np.ndarray, *,
                      exporter: str, output: str | None = None, atol: float = 1e-4) -> ConversionReport:
     """Load `proto` as onnxplain would, compare its output on `samples` with the source model's `expected`

@@ -10,7 +10,7 @@ import numpy as np
 
 from onnxplain.errors import OnnxplainError
 
-from .common import ConversionReport, embed_metadata, sample_batch, verify_and_write
+from .common import ConversionReport, embed_metadata, rename_io, sample_batch, verify_and_write
 
 MISSING = ("converting a Keras model needs tf2onnx (pip install tf2onnx tensorflow) or Keras 3 with ONNX export "
            "(pip install 'keras>=3.6' onnx); neither is installed")
@@ -81,8 +81,10 @@ def _exporting(exporter: str, export):
 
 def convert_keras(model, path: str | os.PathLike, *, samples: np.ndarray | None = None,
                   input_shape: tuple[int, ...] | None = None, opset: int | None = None, input_name: str = "input",
-                  preprocess=None, labels: list | None = None, atol: float = 1e-4) -> ConversionReport:
-    """Export a Keras model with one input and one output of class scores to `path`."""
+                  output_name: str = "output", preprocess=None, labels: list | None = None,
+                  atol: float = 1e-4) -> ConversionReport:
+    """Export a Keras model with one input and one output of class scores to `path`; the graph's input and output
+    are named `input_name` and `output_name` (the exporters' own names, such as '23', say nothing)."""
     if input_shape is None and samples is None:
         shape = tuple(getattr(model, "input_shape", (None,))[1:])
         if not shape or None in shape:
@@ -93,6 +95,5 @@ def convert_keras(model, path: str | os.PathLike, *, samples: np.ndarray | None 
     batch = sample_batch(samples, shape, preprocess, integer=integer)
     proto, exporter = _export(model, batch, opset, input_name)
     expected = np.asarray(model.predict(batch, verbose=0))
-    embed_metadata(proto, preprocess, labels)
-    return verify_and_write(proto, path, batch, expected, exporter=exporter,
-                            output=proto.graph.output[0].name, atol=atol)
+    embed_metadata(rename_io(proto, input_name, output_name), preprocess, labels)
+    return verify_and_write(proto, path, batch, expected, exporter=exporter, output=output_name, atol=atol)

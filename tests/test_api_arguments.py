@@ -144,5 +144,8 @@ def test_padding_given_next_to_a_sampler_instance_must_agree_with_it():
     assert PredictionDifference(sampler=ConditionalSampler(padding=2), padding=2, reference=reference).padding == 2
     _refused(r"padding 1 conflicts with the sampler instance's padding 2 \(it carries its own",
              lambda: PredictionDifference(sampler=ConditionalSampler(padding=2), padding=1, reference=reference))
-    _refused(r"padding 1 does not apply to MarginalSampler \(it takes none",
+    _refused(r"padding 1 applies only to the conditional sampler \(MarginalSampler draws the window alone",
              lambda: PredictionDifference(sampler=MarginalSampler(), padding=1, reference=reference))
+    _refused(r"padding 2 applies only to the conditional sampler \(marginal sampling draws the window alone",
+             lambda: PredictionDifference(sampler="marginal", padding=2, reference=reference))
+    assert PredictionDifference(sampler="marginal", padding=0, reference=reference).padding == 0

@@ -11,10 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.cli.main import cli
 from onnxplain.converters import convert_keras, convert_pytorch, convert_sklearn
+from onnxplain.converters.common import rename_io
 from onnxplain.errors import OnnxplainError
 from onnxplain.io.preprocess import LABELS_KEY, METADATA_KEY
 
@@ -219,6 +221,35 @@ def test_cli_keras_file(tmp_path, keras):
     assert result.exit_code == 0, result.output
     x = np.random.default_rng(2).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(ort_run(tmp_path / "m.onnx", x)[0], network.predict(x, verbose=0), atol=1e-5)
+    graph = onnx.load(tmp_path / "m.onnx").graph   # the exporter's own names ('keras_tensor', '23') are replaced
+    assert ([v.name for v in graph.input], [v.name for v in graph.output]) == (["input"], ["output"])
+    result = invoke("convert", "keras", tmp_path / "m.keras", "--out", tmp_path / "n.onnx", "--input-name", "pixels",
+                    "--output-name", "probabilities")
+    assert result.exit_code == 0 and "probabilities" in result.output, result.output
+    graph = onnx.load(tmp_path / "n.onnx").graph
+    assert ([v.name for v in graph.input], [v.name for v in graph.output]) == (["pixels"], ["probabilities"])
+
+
+def test_renaming_the_input_and_output_reaches_subgraphs_and_refuses_a_taken_name():
+    then = helper.make_graph([helper.make_node("Identity", ["t"], ["u"])], "then", [],
+                             [helper.make_tensor_value_info("u", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["v"])], "else", [],
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, [2])])
+    nodes = [helper.make_node("Relu", ["x"], ["t"]), helper.make_node("ReduceMax", ["t"], ["m"], keepdims=0),
+             helper.make_node("Greater", ["m", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                              [numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    renamed = rename_io(onnx.ModelProto.FromString(proto.SerializeToString()), "input", "output")
+    x = np.array([-1.0, 2.0], np.float32)
+    for sign in (1, -1):
+        expected = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": sign * x})[0]
+        got = ort.InferenceSession(renamed.SerializeToString()).run(["output"], {"input": sign * x})[0]
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(OnnxplainError, match="already has a tensor named 't'"):
+        rename_io(proto, "t", "output")
 
 
 def test_tf_keras_round_trip_through_tf2onnx(tmp_path):

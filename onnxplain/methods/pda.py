@@ -124,10 +124,13 @@ class PredictionDifference(Method):
             raise OnnxplainError("location_grid applies only to the conditional sampler (sampler='conditional'; a "
                                  "sampler instance carries its own)")
         own = getattr(sampler, "padding", None)   # a sampler instance carries its own padding (or none)
-        if padding is not None and not isinstance(sampler, str) and own != padding:
-            raise OnnxplainError(f"padding {padding} " + (f"conflicts with the sampler instance's padding {own} (it "
-                                 "carries its own" if own is not None else f"does not apply to "
-                                 f"{type(sampler).__name__} (it takes none") + ": leave padding out)")
+        if padding and (sampler == "marginal" or own is None and not isinstance(sampler, str)):
+            raise OnnxplainError(f"padding {padding} applies only to the conditional sampler ("
+                                 f"{'marginal sampling' if sampler == 'marginal' else type(sampler).__name__} draws "
+                                 "the window alone, with no ring to condition on)")
+        if padding is not None and own is not None and own != padding:
+            raise OnnxplainError(f"padding {padding} conflicts with the sampler instance's padding {own} (it carries "
+                                 "its own: leave padding out)")
         if channels not in ("independent", "joint"):
             raise OnnxplainError(f"channels must be 'independent' or 'joint', not {channels!r}")
         self.window, self.padding, self.samples, self.sampler = window, padding, samples, sampler
@@ -318,7 +321,7 @@ class PredictionDifference(Method):
 
     def _params(self, target: Target, score: Score, window, padding: int) -> dict:
         sampler = self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__
-        padding = getattr(self.sampler, "padding", padding)   # a sampler instance has its own
+        padding = 0 if self.sampler == "marginal" else getattr(self.sampler, "padding", padding)  # an instance: its own
         return {"window": window, "padding": padding, "samples": self.samples, "sampler": sampler,
                 "stride": self.stride, "seed": self.seed, "reference_size": len(self.reference),
                 "score": score.kind, "output": score.output, "location_grid": self.location_grid,

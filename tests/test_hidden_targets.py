@@ -98,3 +98,21 @@ def test_the_json_record_names_the_axis(tmp_path):
     assert records[0][0] == {"layer": LAST, "channel": 5, "unit": [5, 2, 3], "channel_axis": 3}
     assert records[1][0] == {"layer": FIRST, "channel": 5, "unit": [5, 2, 3]}
     np.testing.assert_array_equal(records[0][1], records[1][1])
+
+
+@pytest.mark.parametrize("target, named", [("5", "relu_1 channel 5"), ("5,2,3", "relu_1 unit 5,2,3")])
+def test_lines_and_titles_name_the_channel_or_unit(target, named, tmp_path, monkeypatch):
+    """Two channels of one layer gave the same line and picture title ('for relu_1'), though the score differs."""
+    from click.testing import CliRunner
+
+    from onnxplain import viz
+    from onnxplain.cli.main import cli
+
+    titles, figure = [], viz.sample_figure
+    monkeypatch.setattr(viz, "sample_figure", lambda *a, title="", **k: titles.append(title) or figure(*a, **k))
+    result = CliRunner().invoke(cli, ["explain", str(MODELS / "digits_cnn.onnx"), str(MODELS / "samples" /
+                                      "digit3.png"), "--method", "gradient", "--layer", "relu_1", "--target", target,
+                                      "--quiet", "--out", str(tmp_path / "r.png")])
+    assert result.exit_code == 0, result.output
+    assert f"gradient for layer {named} (score " in result.stdout
+    assert len(titles) == 1 and titles[0].startswith(f"digit3.png: gradient for {named} (score ")

@@ -319,16 +319,18 @@ def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:
 def _write_out_gelu(model) -> None:
     """Gelu (opset 20) has no earlier version to convert to and no onnx2torch converter: each is written out as
     exporters did before, 0.5 x (1 + erf(x / sqrt 2)) or 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.value_info]}
     nodes = []
     for node in model.graph.node:
         if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
             nodes.append(node)
             continue
         x, p = node.input[0], f"{node.output[0]}/gelu_"
+        dtype = helper.tensor_dtype_to_np_dtype(types.get(x) or TensorProto.FLOAT)
         constants = {"half": 0.5, "one": 1.0, "root2": math.sqrt(2), "c": 0.044715, "root2pi": math.sqrt(2 / math.pi)}
-        model.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), p + k)
+        model.graph.initializer.extend(numpy_helper.from_array(np.array(v, dtype), p + k)
                                        for k, v in constants.items())
         if any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute):
             steps = [("Mul", [x, x], "sq"), ("Mul", [p + "sq", x], "cube"), ("Mul", [p + "cube", p + "c"], "k"),

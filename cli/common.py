@@ -118,6 +118,18 @@ def input_notes(model, inputs, sources: list[Path], *folders, x: np.ndarray | No
     return [note for note in notes if note]
 
 
+def map_scores_note(model) -> str | None:
+    """A note where the class scores are a map (a segmentation net's): 'class 37' is one of its units."""
+    from onnxplain.scores import score_map
+
+    shape, count = score_map(next(o for o in model.proto.graph.output if o.name == model.score_output))
+    if shape is None:
+        return None
+    return (f"note: output {model.score_output!r} holds a {shape} map per sample, read as {count} class scores "
+            f"(flattened: a class is one unit of the map); --layer {model.score_output} --target C (or C,Y,X) "
+            "explains one channel's map (or one unit)")
+
+
 def placeholder_note(model) -> str | None:
     """A note when ConstantOfShape fills the layer weights with one value each (the onnx wheel's test graphs):
     the explanation is of that graph, not of a trained network."""

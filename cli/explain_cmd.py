@@ -22,8 +22,8 @@ from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, model_argument,
-                     preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, map_scores_note,
+                     model_argument, preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -171,8 +171,15 @@ def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int):
         yield start, records
 
 
-def title_of(model, record: dict, layer: str | None, source: Path) -> str:
-    what = layer if record["target"] < 0 else f"class {model.label_of(record['target'])}"
+def hidden_name(layer: str | None, goal) -> str | None:
+    """A hidden target as lines and titles name it: the tensor and its channel or unit (as --target takes them)."""
+    if layer is None:
+        return None
+    return f"{layer} unit {','.join(map(str, goal.unit))}" if goal.unit else f"{layer} channel {goal.index}"
+
+
+def title_of(model, record: dict, hidden: str | None, source: Path) -> str:
+    what = hidden if record["target"] < 0 else f"class {model.label_of(record['target'])}"
     composite = record["params"].get("composite")
     method = record["method"] + (f" {composite}" if isinstance(composite, str) and composite != record["method"]
                                  else "")
@@ -180,7 +187,7 @@ def title_of(model, record: dict, layer: str | None, source: Path) -> str:
 
 
 def write_outputs(staged: StagedFiles, model, x, records, sources, pngs, npys, *, threshold, slice_axis,
-                  layer) -> None:
+                  hidden) -> None:
     """Render and save the inputs' outputs (PNG and .npy paths, None for none) into `staged`; fills
     record['outputs'], and replaces record['relevance'] by its sum and whether it is zero everywhere."""
     from onnxplain import viz
@@ -199,7 +206,7 @@ def write_outputs(staged: StagedFiles, model, x, records, sources, pngs, npys, *
         volume = affine = None
         if source.name.lower().endswith((".nii", ".nii.gz")) and source.is_file():
             volume, affine = read_nifti(source)
-        figure = viz.sample_figure(model, sample, relevance, title=title_of(model, record, layer, source),
+        figure = viz.sample_figure(model, sample, relevance, title=title_of(model, record, hidden, source),
                                    threshold=threshold, volume=volume, slice_axis=slice_axis)
         viz.save_figure(figure, staged.path_for(png))
         record["outputs"]["png"] = str(png)
@@ -338,7 +345,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
         for start, done in explain_in_batches(explainer, loaded, x, goal, batch):
             rendering, end = time.perf_counter(), start + len(done)
             write_outputs(staged, loaded, x[start:end], done, sources[start:end], pngs[start:end], npys[start:end],
-                          threshold=threshold, slice_axis=slice_axis or 0, layer=layer)
+                          threshold=threshold, slice_axis=slice_axis or 0, hidden=hidden_name(layer, goal))
             render_s += time.perf_counter() - rendering
             records += done
             if bar is not None:
@@ -353,13 +360,14 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
         click.echo(f"note: {why}; explained with prediction difference (--method pda) instead", err=True)
     cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
                                 if "sampler_cache_note" in r["diagnostics"])
-    echo_notes([*input_notes(loaded, inputs, sources, options["reference"], x=x),
-                zero_map_note(loaded, records, sources), *cache_notes])
+    notes = input_notes(loaded, inputs, sources, options["reference"], x=x)
+    echo_notes([None if layer else map_scores_note(loaded), *notes, zero_map_note(loaded, records, sources),
+                *cache_notes])
     if as_json:
         echo_json(rows)
         return
     for row in rows:
-        what = f"class {row['target']['label']}" if "label" in row["target"] else f"layer {layer}"
+        what = f"class {row['target']['label']}" if "label" in row["target"] else f"layer {hidden_name(layer, goal)}"
         written = ", ".join(row["outputs"].values())
         click.echo(f"{row['input']}: {row['method']} for {what} (score {row['score']:.4g}, "
                    f"relevance sum {row['relevance_sum']:.4g})" + (f" -> {written}" if written else ""))

@@ -307,12 +307,41 @@ def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:
     model.graph.output.extend(known.get(n) or helper.make_empty_tensor_value_info(n) for n in outputs)
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     if version < 13 or version > 17:
+        _write_out_gelu(model)
         model = version_converter.convert_version(model, min(max(version, 13), 17))
     _clear_needless_allowzero(model)
     ensure_torchvision()
     from onnx2torch import convert
 
     return convert(model)
+
+
+def _write_out_gelu(model) -> None:
+    """Gelu (opset 20) has no earlier version to convert to and no onnx2torch converter: each is written out as
+    exporters did before, 0.5 x (1 + erf(x / sqrt 2)) or 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.value_info]}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        x, p = node.input[0], f"{node.output[0]}/gelu_"
+        dtype = helper.tensor_dtype_to_np_dtype(types.get(x) or TensorProto.FLOAT)
+        constants = {"half": 0.5, "one": 1.0, "root2": math.sqrt(2), "c": 0.044715, "root2pi": math.sqrt(2 / math.pi)}
+        model.graph.initializer.extend(numpy_helper.from_array(np.array(v, dtype), p + k)
+                                       for k, v in constants.items())
+        if any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute):
+            steps = [("Mul", [x, x], "sq"), ("Mul", [p + "sq", x], "cube"), ("Mul", [p + "cube", p + "c"], "k"),
+                     ("Add", [x, p + "k"], "s"), ("Mul", [p + "s", p + "root2pi"], "t"), ("Tanh", [p + "t"], "phi")]
+        else:
+            steps = [("Div", [x, p + "root2"], "t"), ("Erf", [p + "t"], "phi")]
+        steps += [("Add", [p + "phi", p + "one"], "a"), ("Mul", [x, p + "a"], "m")]
+        nodes += [helper.make_node(op, inputs, [p + out]) for op, inputs, out in steps]
+        nodes.append(helper.make_node("Mul", [p + "m", p + "half"], [node.output[0]]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _clear_needless_allowzero(model) -> None:

@@ -28,6 +28,7 @@ def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | dict | str | o
     original = normalize.read_model(path)
     normalize.check_domains(original)
     normalize.check_model(original)
+    normalize.check_inference_mode(original)
     return Model(original, path=Path(path), preprocess=preprocess, providers=providers, verify=verify, scores=scores)
 
 

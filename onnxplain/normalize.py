@@ -80,6 +80,18 @@ def check_domains(model: onnx.ModelProto) -> None:
                              + (f"; nodes: {', '.join(nodes)}" if nodes else ""))
 
 
+def check_inference_mode(model: onnx.ModelProto) -> None:
+    """A BatchNormalization in training mode normalises by each batch's own statistics: one sample's scores would
+    depend on the samples run with it (torch.onnx.export with training=TrainingMode.TRAINING writes it)."""
+    node = next((n for n in model.graph.node if n.op_type == "BatchNormalization"
+                 and any(a.name == "training_mode" and a.i for a in n.attribute)), None)
+    if node is not None:
+        raise OnnxplainError(f"BatchNormalization node {node.name or node.output[0]!r} is in training mode "
+                             "(training_mode=1): it normalises by each batch's own statistics, so a sample's scores "
+                             "depend on the others in its batch; export the model in eval mode (torch: model.eval() "
+                             "and training=torch.onnx.TrainingMode.EVAL)")
+
+
 def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker's verdict as one line: its message's lines joined, since the node it names (or the context
     after a blank line) sits on lines after the first."""

@@ -86,6 +86,17 @@ def class_shaped(proto: onnx.ModelProto, node: onnx.NodeProto, output: onnx.Valu
     return axis % len(own) == classes[0]
 
 
+def score_map(output: onnx.ValueInfoProto) -> tuple[str | None, str]:
+    """('3×32×32', '3,072') where an output holds several axes of values per sample (a segmentation net's
+    N × C × H × W), read as class scores only flattened; (None, '') for one row of scores."""
+    dims = output.type.tensor_type.shape.dim
+    if len(_class_axes(dims)) < 2:
+        return None, ""
+    sizes = [d.dim_value or None for d in dims[1:]]
+    count = f"{int(np.prod(sizes)):,}" if None not in sizes else "all its"
+    return "×".join(str(size or "?") for size in sizes), count
+
+
 def _class_axes(dims) -> list[int]:
     """The axes after the batch that are not of size 1 (unknown sizes count)."""
     return [axis for axis in range(1, len(dims)) if dims[axis].dim_value != 1]
@@ -114,6 +125,10 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
     if found is None:
         name, node = floats[0], producing_op(producers, floats[0])
         why = f"output {name!r} comes from {node.op_type if node is not None else 'the input'}, no softmax after it"
+        shape, count = score_map(outputs[name])
+        if shape:
+            why += (f"; a {shape} map per sample, read flattened as {count} scores (--layer {name} --target C or "
+                    "C,Y,X explains one channel's map or one unit)")
         if len(floats) > 1:
             why += f"; the first of the float outputs ({', '.join(floats)}): --scores or scores= picks another"
         found = ScoreChoice(name, "logits", why, name)

@@ -18,7 +18,7 @@ CHANNELS_AT_1 = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "G
 KEEP_LAYOUT = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                "Clip", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Identity", "Dropout", "Cast", "Neg", "Abs",
                "Sqrt", "Exp", "Log", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
-               "Pad", "Resize", "Upsample", "Concat", "Where"}   # outputs hold their inputs' axes as they are
+               "Pad", "Resize", "Upsample", "Concat", "Where", "LayerNormalization"}   # outputs hold their inputs' axes
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,10 @@ class Target:
 
 
 def tensor_channel_axis(model, layer: str) -> int:
-    """The axis holding tensor `layer`'s channels: traced back through ops that keep their inputs' axes and through
-    Transposes to an op that puts channels at axis 1 (a convolution, pooling, normalisation); 1 where the graph
-    does not say (dense layers, reshapes, the input)."""
+    """The axis holding tensor `layer`'s channels: traced back through ops that keep their inputs' axes (a MatMul
+    its data's: ConvNeXt's dense layers over channels-last maps), and through Transposes, to an op that puts
+    channels at axis 1 (a convolution, pooling, normalisation); 1 where the graph does not say (dense layers on
+    features, reshapes, the input)."""
     producers = {name: node for node in model.proto.graph.node for name in node.output}
     known: dict[str, int | None] = {}
 
@@ -83,6 +84,8 @@ def tensor_channel_axis(model, layer: str) -> int:
             axis = perm.index(source) if source in perm else None
         elif node.op_type in KEEP_LAYOUT:
             axis = next((a for a in (traced(i, depth + 1) for i in node.input if i) if a is not None), None)
+        elif node.op_type == "MatMul":   # x W: a dense layer's features replace x's channels on the same axis
+            axis = traced(node.input[0], depth + 1)
         known[name] = axis
         return axis
 

@@ -155,7 +155,7 @@ def test_shape_ops(nodes, opset, extra):
     ("Relu", 13, {}, []), ("LeakyRelu", 13, dict(alpha=0.2), []), ("Elu", 13, dict(alpha=0.7), []),
     ("Selu", 13, {}, []), ("Sigmoid", 13, {}, []), ("Tanh", 13, {}, []), ("Softplus", 13, {}, []),
     ("Softsign", 13, {}, []), ("HardSigmoid", 13, dict(alpha=0.3, beta=0.4), []), ("HardSwish", 14, {}, []),
-    ("Gelu", 20, dict(approximate="tanh"), []), ("Erf", 13, {}, []), ("Neg", 13, {}, []),
+    ("Gelu", 20, dict(approximate="tanh"), []), ("Mish", 18, {}, []), ("Erf", 13, {}, []), ("Neg", 13, {}, []),
     ("Clip", 6, dict(min=-0.5, max=0.7), []), ("Clip", 13, {}, ["", "hi"]), ("Dropout", 12, {}, []),
     ("Identity", 13, {}, []), ("Softmax", 11, dict(axis=2), []), ("Softmax", 13, dict(axis=2), []),
     ("LogSoftmax", 11, {}, []), ("LRN", 13, dict(size=3, alpha=0.01, beta=0.6, bias=2.0), []),

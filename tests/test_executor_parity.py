@@ -229,6 +229,28 @@ def test_dynamo_export_with_an_op_outside_the_registry_falls_back_to_onnx2torch(
     assert relative_error(grad, inputs.grad.numpy()) <= TOLERANCE
 
 
+def test_dynamo_export_at_opset_20_with_gelu_falls_back_too(tmp_path):
+    """Today's dynamo exporter writes opset 20, where GELU is one Gelu node: onnx.version_converter cannot take it
+    below 20 and onnx2torch has no converter for it, so a ConvNeXt-style net with one op outside the registry (Celu
+    here) had no torch run at all ('No Previous Version of Gelu exists'). The fallback writes Gelu out first."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GELU(), torch.nn.Conv2d(4, 4, 3),
+                              torch.nn.GELU(approximate="tanh"), torch.nn.Flatten(), torch.nn.CELU(0.7),
+                              torch.nn.Linear(4 * 4 * 4, 3)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(tmp_path / "gelu.onnx"), dynamo=True, opset_version=20,
+                          input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("N")},))
+    assert {"Gelu", "Celu"} <= {node.op_type for node in onnx.load(tmp_path / "gelu.onnx").graph.node}
+    executor = onnxplain.load(tmp_path / "gelu.onnx").torch()
+    assert executor.graph is None and "Celu" in executor.problem
+    x = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
+    grad, _ = executor.gradient(x, Target(index=1))
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    net(inputs)[:, 1].sum().backward()
+    assert relative_error(grad, inputs.grad.numpy()) <= TOLERANCE
+
+
 def test_op_nobody_supports_is_named_in_the_error(tmp_path):
     path = tmp_path / "shrink.onnx"
     _single_op_model(path, "Shrink", lambd=0.5)

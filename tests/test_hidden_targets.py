@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
@@ -98,3 +99,51 @@ def test_the_json_record_names_the_axis(tmp_path):
     assert records[0][0] == {"layer": LAST, "channel": 5, "unit": [5, 2, 3], "channel_axis": 3}
     assert records[1][0] == {"layer": FIRST, "channel": 5, "unit": [5, 2, 3]}
     np.testing.assert_array_equal(records[0][1], records[1][1])
+
+
+@pytest.mark.parametrize("target, named", [("5", "relu_1 channel 5"), ("5,2,3", "relu_1 unit 5,2,3")])
+def test_lines_and_titles_name_the_channel_or_unit(target, named, tmp_path, monkeypatch):
+    """Two channels of one layer gave the same line and picture title ('for relu_1'), though the score differs."""
+    from click.testing import CliRunner
+
+    from onnxplain import viz
+    from onnxplain.cli.main import cli
+
+    titles, figure = [], viz.sample_figure
+    monkeypatch.setattr(viz, "sample_figure", lambda *a, title="", **k: titles.append(title) or figure(*a, **k))
+    result = CliRunner().invoke(cli, ["explain", str(MODELS / "digits_cnn.onnx"), str(MODELS / "samples" /
+                                      "digit3.png"), "--method", "gradient", "--layer", "relu_1", "--target", target,
+                                      "--quiet", "--out", str(tmp_path / "r.png")])
+    assert result.exit_code == 0, result.output
+    assert f"gradient for layer {named} (score " in result.stdout
+    assert len(titles) == 1 and titles[0].startswith(f"digit3.png: gradient for {named} (score ")
+
+
+def test_channels_last_through_layer_norm_and_dense_layers(tmp_path):
+    """A ConvNeXt block runs channels-last: Transpose, LayerNormalization over the channels, a dense layer (MatMul,
+    Add), Transpose back. Channel 2 of the dense layer's (N, 6, 6, 4) output is channel 2 of the map it is
+    transposed back to; it was read as row 2 (the trace stopped at LayerNormalization and MatMul)."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in [("k", (4, 2, 3, 3)), ("scale", (4,)), ("shift", (4,)), ("w", (4, 4)), ("b", (4,)),
+                                   ("head", (144, 3))]]
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "scale", "shift"], ["ln"]),
+             helper.make_node("MatMul", ["ln", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["dense"]),
+             helper.make_node("Transpose", ["dense"], ["back"], perm=[0, 3, 1, 2]),
+             helper.make_node("Flatten", ["back"], ["flat"]), helper.make_node("MatMul", ["flat", "head"], ["y"])]
+    graph = helper.make_graph(nodes, "convnext", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], weights)
+    path = tmp_path / "block.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    model = onnxplain.load(path)
+    assert [tensor_channel_axis(model, name) for name in ("t", "ln", "mm", "dense", "back")] == [3, 3, 3, 3, 1]
+    x = rng.random((2, 2, 6, 6)).astype(np.float32)
+    gradient = make_method("gradient", progress=False)
+    for channel, unit in ((2, None), (2, (2, 1, 3))):
+        last = gradient.explain(model, x, Target("dense", channel, unit))
+        first = gradient.explain(model, x, Target("back", channel, unit))
+        np.testing.assert_allclose(last.score, first.score, rtol=1e-6)
+        np.testing.assert_allclose(last.relevance, first.relevance, rtol=1e-5, atol=1e-7)

@@ -409,3 +409,28 @@ def test_logits_that_are_the_input_itself(tmp_path):
     gradient = make_method("gradient", progress=False).explain(model, x)
     np.testing.assert_allclose(gradient.score, x.max(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(gradient.relevance, np.eye(3, dtype=np.float32)[x.argmax(axis=1)])
+
+
+def test_a_map_output_is_named_a_map_of_flattened_scores(tmp_path):
+    """A segmentation net's (N, 3, 4, 4) output is read as 48 scores, flattened: inspect said only 'logits', and
+    predict and explain listed 'class 37' with no word that it is one unit of the map."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 2, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["seg"])], "segmenter",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+                              [helper.make_tensor_value_info("seg", TensorProto.FLOAT, ["N", 3, 4, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "seg.onnx")
+    np.save(tmp_path / "x.npy", np.ones((2, 4, 4), np.float32))
+    note = "output 'seg' holds a 3×4×4 map per sample, read as 48 class scores"
+    described = CliRunner().invoke(cli, ["inspect", str(tmp_path / "seg.onnx")])
+    assert described.exit_code == 0 and "a 3×4×4 map per sample, read flattened as 48 scores" in described.stdout
+    for command in (["predict"], ["explain", "--method", "gradient", "--quiet"]):
+        result = CliRunner().invoke(cli, [command[0], str(tmp_path / "seg.onnx"), str(tmp_path / "x.npy"),
+                                          *command[1:]])
+        assert result.exit_code == 0 and note in result.stderr, result.output
+    hidden = CliRunner().invoke(cli, ["explain", str(tmp_path / "seg.onnx"), str(tmp_path / "x.npy"), "--method",
+                                      "gradient", "--layer", "seg", "--target", "1", "--quiet"])
+    assert hidden.exit_code == 0 and not hidden.stderr, hidden.output

@@ -110,6 +110,12 @@ class Gelu(Elementwise):
         return F.gelu(x, approximate="tanh" if self.attr("approximate", "none") == "tanh" else "none")
 
 
+@register("Mish", opsets=(18, 22))
+class Mish(Elementwise):
+    def forward(self, x):
+        return F.mish(x)
+
+
 @register("Erf")
 class Erf(Elementwise):
     gate_strength = 1  # 1 + erf(x / sqrt 2) is GELU written out: the gate of x * ...

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxplain.errors import OnnxplainError, named_list
+from onnxplain.errors import OnnxplainError, named_list, not_applicable
 from onnxplain.io import load_inputs, read_npy
 from onnxplain.io.text import read_text
 from onnxplain.methods import REGISTRY, make_method, method_class
@@ -247,7 +247,7 @@ def result_notes(report) -> list[str]:
 @click.option("--shuffles", type=click.IntRange(1), default=10, show_default=True,
               help="Shuffled maps per image (APEM_norm).")
 @click.option("--reference", type=NonEmptyPath(), default=None,
-              help="Reference data for methods that take it (pda): a folder of images, or an .npy batch or single "
+              help="Reference data for methods that take it (pda, occlusion): a folder of images, or an .npy batch or single "
                    "sample.")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
               help="Random seed (noise, shuffles, methods).")
@@ -266,8 +266,6 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     loaded = load_model(model, preprocess, scores)
     x, sources = load_inputs(inputs, loaded)   # Evaluation.run scores them once and refuses NaN scores, naming them
     truth = read_true_labels(labels, sources, loaded) if labels else None
-    options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None,
-               "device": device}
     method_note = metric_note = None
     if specs is None:
         names, method_note = default_methods(loaded)
@@ -275,6 +273,9 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     if metric_names is None:
         names, metric_note = default_metrics(loaded, x)
         metric_names = names.split(",")
+    refuse_unread_options(metric_names if metric_note is None else METRIC_OPTIONS, specs, reference)
+    options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None,
+               "device": device}
     chosen = build_methods(specs, not quiet, options)
     evaluation = Evaluation(metric_names, region=region, steps=steps, score=score, stage=stage,
                             epsilon_step=epsilon_step, max_steps=max_steps, shuffles=shuffles, seed=seed,
@@ -288,6 +289,24 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
         click.echo(json_text(render.as_json(report)))
     else:
         click.echo(render.markdown(report, title=f"Evaluation of {model.name}"))
+
+
+METRIC_OPTIONS = {"aopc": ("region", "steps", "score"), "apem": ("stage", "epsilon_step", "max_steps", "shuffles")}
+
+
+def refuse_unread_options(metrics: list[str], specs: list[str], reference) -> None:
+    """Options given on the command line that no chosen metric or method reads are refused, not ignored (where
+    the defaults left APEM out with a note, its options pass: `metrics` is then every metric)."""
+    context = click.get_current_context()
+    unread = [name for metric, names in METRIC_OPTIONS.items() if metric not in metrics for name in names
+              if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+              and set(metrics) <= set(METRIC_OPTIONS)]   # an unknown metric is Evaluation's error to name
+    if unread:
+        raise not_applicable([f"--{name.replace('_', '-')}" for name in unread], f"--metrics {','.join(metrics)}")
+    takers = [spec for spec in specs
+              if "reference" in inspect.signature(method_class(parse_method(spec)[0]).__init__).parameters]
+    if reference is not None and not takers:
+        raise not_applicable(["--reference"], f"--methods {','.join(specs)} (none of them reads reference data)")
 
 
 def write_outputs(report, out: Path, title: str) -> list[Path]:

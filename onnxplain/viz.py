@@ -175,11 +175,14 @@ def montage_figure(volume: np.ndarray, relevance: np.ndarray, *, axis: int = 0, 
     return fig
 
 
-def bar_figure(relevance: np.ndarray, *, names: list[str] | None = None, top: int = 20, title: str = ""):
-    """Horizontal bars of the `top` features by |relevance|, largest first; red for, blue against."""
+def bar_figure(relevance: np.ndarray, *, names: list[str] | None = None, top: int = 20, title: str = "",
+               threshold: float | None = None):
+    """Horizontal bars of the `top` features by |relevance|, largest first; red for, blue against; with a
+    `threshold`, only features whose |R| reaches that fraction of the largest."""
     _, Figure = _mpl()
     relevance = np.asarray(relevance, dtype=np.float64).reshape(-1)
     order = np.argsort(-np.abs(relevance), kind="stable")[:top]
+    order = order[np.abs(relevance[order]) >= (threshold or 0) * np.abs(relevance).max(initial=0)]
     labels = [names[i] if names and i < len(names) else f"feature {i}" for i in order]
     fig = Figure(figsize=(6, 0.28 * len(order) + 1.2), dpi=DPI)
     ax = fig.add_subplot()
@@ -188,7 +191,7 @@ def bar_figure(relevance: np.ndarray, *, names: list[str] | None = None, top: in
     ax.set_yticks(range(len(order)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("relevance")
+    ax.set_xlabel("relevance" + (f" (features with |R| ≥ {threshold:.0%} of max)" if threshold else ""))
     ax.set_title(title or f"top {len(order)} features by |relevance|", fontsize=10)
     fig.tight_layout()
     return fig
@@ -266,7 +269,7 @@ def sample_figure(model, sample: np.ndarray, relevance: np.ndarray, *, title: st
         values = np.asarray(sample, dtype=np.float64)
         span = float(np.ptp(values)) or 1.0
         return image_figure((values - values.min()) / span, relevance, title=title, threshold=threshold)
-    return bar_figure(relevance, title=title)
+    return bar_figure(relevance, title=title, threshold=threshold)
 
 
 FIGURE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg", "tif", "tiff", "webp")

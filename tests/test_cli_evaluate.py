@@ -74,7 +74,7 @@ def test_markdown_to_stdout_and_npy_labels(digits_cnn, inputs, tmp_path):
     folder, _, labels = inputs
     np.save(tmp_path / "labels.npy", labels)
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--labels", tmp_path / "labels.npy",
-                 "--metrics", "aopc", *COMMON)
+                 "--metrics", "aopc", *COMMON[:-3], "--quiet")
     assert result.exit_code == 0, result.output
     assert "| occlusion |" in result.stdout and "| random order |" in result.stdout and "APEM" not in result.stdout
 
@@ -151,6 +151,9 @@ def test_method_parameter_of_the_wrong_type_is_one_line(digits_cnn, inputs, spec
     (["--shuffles", "0"], "'--shuffles': 0 is not in the range x>=1"),
     (["--epsilon-step", "0"], "'--epsilon-step': 0.0 is not in the range x>0"),
     (["--device", "gpu0"], "device 'gpu0' is not a torch device name"),
+    (["--metrics", "aopc", "--stage", "3"], "option(s) --stage, --shuffles do not apply to --metrics aopc"),
+    (["--metrics", "apem", "--max-steps", "5"], "option(s) --region, --steps do not apply to --metrics apem"),
+    (["--methods", "gradient", "--reference", "x.npy"], "option(s) --reference do not apply to --methods gradient"),
 ])
 def test_user_errors_exit_2(digits_cnn, inputs, extra, message):
     folder, _, _ = inputs
@@ -161,12 +164,12 @@ def test_user_errors_exit_2(digits_cnn, inputs, extra, message):
 def test_a_region_larger_than_the_input_is_refused_naming_its_size(digits_cnn, inputs):
     """--region 100 on 28 x 28 inputs made one region (1 step) and went on; 28 still tiles the input."""
     folder, _, _ = inputs
-    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, "--region", "100", "--metrics", "aopc")
+    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON[:-3], "--region", "100", "--metrics", "aopc")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert result.stderr.strip().splitlines() == [
         "onnxplain: error: region 100 is larger than the input, whose spatial size is 28x28: give a region of at "
         "most 28"]
-    assert run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, "--region", "28", "--metrics", "aopc",
+    assert run("evaluate", digits_cnn, folder / "batch.npy", *COMMON[:-3], "--region", "28", "--metrics", "aopc",
                "--steps", "1").exit_code == 0
 
 

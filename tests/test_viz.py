@@ -91,6 +91,14 @@ def test_bar_chart_lists_top_features_largest_first():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["b", "c", "e"]
 
 
+def test_a_threshold_keeps_the_bars_that_reach_its_share_of_the_largest():
+    relevance = np.array([0.1, -3.0, 2.0, 0.0, -0.5])
+    features = SimpleNamespace(input_shape=(None, 5), preprocess=None)   # a feature vector is drawn as bars
+    fig = viz.sample_figure(features, np.zeros(5), relevance, threshold=0.5)
+    assert [round(b.get_width(), 6) for b in fig.axes[0].patches] == [-3.0, 2.0]
+    assert "50% of max" in fig.axes[0].get_xlabel()
+
+
 def fake_model(shape, spec):
     return SimpleNamespace(input_shape=(None, *shape), preprocess=spec)
 

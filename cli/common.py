@@ -74,10 +74,10 @@ def json_text(data) -> str:
 
 
 def _strict(value):
-    import numpy as np
-
+    """`value` as JSON writes it: numpy arrays and numbers as lists and Python numbers, NaN and infinities as
+    None, keys and other objects (a sampler instance among a method's parameters) as text."""
     if isinstance(value, dict):
-        return {key: _strict(item) for key, item in value.items()}
+        return {str(key): _strict(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_strict(item) for item in value]
     if isinstance(value, np.ndarray):
@@ -88,9 +88,7 @@ def _strict(value):
         return None
     if isinstance(value, Path):
         return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def guessed_spec_note(model, sources: list[Path]) -> str | None:

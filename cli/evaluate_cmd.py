@@ -18,7 +18,7 @@ import numpy as np
 from onnxplain.errors import OnnxplainError, named_list, not_applicable
 from onnxplain.io import load_inputs, read_npy
 from onnxplain.io.text import read_text
-from onnxplain.methods import REGISTRY, make_method, method_class
+from onnxplain.methods import make_method, method_class
 from onnxplain.numbers import SEED_MAX
 from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
@@ -145,17 +145,13 @@ def default_methods(model) -> tuple[str, str | None]:
     problem = gradient_problem(model)
     if problem:
         return "occlusion", f"note: {problem}; evaluated occlusion (--methods picks others)"
-    names, note = [name for name in DEFAULT_METHODS if name in REGISTRY], None
-    if "lrp" in names:
-        from onnxplain.lrp import unsupported_ops
+    from onnxplain.lrp import unsupported_ops
 
-        missing = unsupported_ops(model)
-        if missing:
-            names.remove("lrp")
-            note = (f"note: LRP does not cover {named_list(missing, 6, '; ')}; evaluated {', '.join(names)} "
-                    "(--methods picks others)")
-    if not names:
-        raise OnnxplainError(f"choose --methods from: {', '.join(sorted(REGISTRY))}")
+    names, note, missing = list(DEFAULT_METHODS), None, unsupported_ops(model)
+    if missing:
+        names.remove("lrp")
+        note = (f"note: LRP does not cover {named_list(missing, 6, '; ')}; evaluated {', '.join(names)} "
+                "(--methods picks others)")
     return ",".join(names), note
 
 
@@ -247,8 +243,8 @@ def result_notes(report) -> list[str]:
 @click.option("--shuffles", type=click.IntRange(1), default=10, show_default=True,
               help="Shuffled maps per image (APEM_norm).")
 @click.option("--reference", type=NonEmptyPath(), default=None,
-              help="Reference data for methods that take it (pda, occlusion): a folder of images, or an .npy batch or single "
-                   "sample.")
+              help="Reference data for methods that take it (pda, occlusion): a folder of images, or an .npy "
+                   "batch or single sample.")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
               help="Random seed (noise, shuffles, methods).")
 @click.option("--device", default=None,

@@ -16,7 +16,7 @@ import numpy as np
 from onnxplain.errors import OnnxplainError, named_list, not_applicable
 from onnxplain.explanation import sample_values
 from onnxplain.io import load_inputs
-from onnxplain.methods import REGISTRY, make_method, method_class, method_names
+from onnxplain.methods import make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
 from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
@@ -78,23 +78,17 @@ def method_params(options: dict, model) -> dict:
 def default_method(model, given: dict) -> tuple[str, dict, str | None]:
     """(method, extra parameters, why): LRP epsilon-plus when it covers every op, else prediction difference and the
     reason LRP was passed over."""
-    if "lrp" in REGISTRY:
-        from onnxplain.lrp import unsupported_ops
+    from onnxplain.lrp import unsupported_ops
 
-        try:
-            missing = unsupported_ops(model)
-        except OnnxplainError as error:  # the graph does not even run in torch (ops outside the registry)
-            reason = str(error).removeprefix("cannot run this model in torch: ")
-            missing = [reason.split(" (")[0] if reason.startswith("ops outside") else f"this model's torch run "
-                       f"({reason})"]
-        if not missing:
-            return "lrp", ({} if "composite" in given else {"composite": DEFAULT_COMPOSITE}), None
-        why = f"LRP does not cover {named_list(missing, 6, '; ')}"
-    else:
-        why = "LRP is not available in this installation"
-    if "pda" not in REGISTRY:
-        raise OnnxplainError(f"{why}, and prediction difference is not available: choose --method "
-                             f"({', '.join(method_names())})")
+    try:
+        missing = unsupported_ops(model)
+    except OnnxplainError as error:  # the graph does not even run in torch (ops outside the registry)
+        reason = str(error).removeprefix("cannot run this model in torch: ")
+        missing = [reason.split(" (")[0] if reason.startswith("ops outside") else f"this model's torch run "
+                   f"({reason})"]
+    if not missing:
+        return "lrp", ({} if "composite" in given else {"composite": DEFAULT_COMPOSITE}), None
+    why = f"LRP does not cover {named_list(missing, 6, '; ')}"
     return "pda", {}, why
 
 
@@ -119,19 +113,6 @@ def check_slice_axis(slice_axis: int | None, model, x: np.ndarray, sources: list
     shape = "x".join(map(str, x.shape[1:]))
     raise not_applicable(["--slice-axis"], f"inputs of shape {shape}, which are no 3-D volumes (it picks the axis "
                                            "a volume's slice montage runs along)")
-
-
-def plain(value):
-    """A value as JSON writes it: numpy arrays and numbers as lists and Python numbers, other objects as text."""
-    if isinstance(value, np.ndarray):
-        return value.item() if value.ndim == 0 else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
 
 def zero_map_note(model, records: list[dict], sources: list) -> str | None:
@@ -166,8 +147,8 @@ def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int):
         for i in range(n):
             records.append({"relevance": explanation.relevance[i], "target": int(explanation.target[i]),
                             "score": float(explanation.score[i]), "method": explanation.method,
-                            "params": plain(sample_values(explanation.params, i, n)),
-                            "diagnostics": plain(explanation.input_diagnostics(i)), "explain_s": seconds / n})
+                            "params": sample_values(explanation.params, i, n),
+                            "diagnostics": explanation.input_diagnostics(i), "explain_s": seconds / n})
         yield start, records
 
 

@@ -1,8 +1,9 @@
-"""The one error type for a user's mistakes: the CLI prints its message on one line and exits with code 2."""
+"""The one error type the CLI reports as a message: one line on stderr and exit code 2, no traceback."""
 
 
 class OnnxplainError(Exception):
-    """Bad input from the user (file, model, tensor, option); never a bug in onnxplain."""
+    """Bad input from the user (file, model, tensor, option), or a model onnxplain cannot handle; the few that a
+    bug of onnxplain's would raise (a normalisation that changed the model) say "please report it"."""
 
 
 def named_list(items, most: int = 3, separator: str = ", ") -> str:

@@ -26,7 +26,7 @@ SCORE_TAIL = {"Normalizer", "Cast", "Identity", "Reshape", "Flatten", "Squeeze"}
 class TorchExecutor:
     """`executor(x)` class scores, `.run(x, outputs)`, `.logits(x)`, `.gradient(x, target)`; x batch first."""
 
-    def __init__(self, model, device: str = "cpu", check: bool = True):
+    def __init__(self, model, device: str = "cpu"):
         self.model = model
         self.device = usable_device(device)
         if self.device.type == "cuda":  # fp32 as checked: TF32 convolutions (torch's default) drift by ~1e-3
@@ -48,8 +48,7 @@ class TorchExecutor:
             else:
                 self.graph = graph
         self.logits_name = self._find_logits()
-        if check:
-            self._check()
+        self._check()
 
     # ---------------------------------------------------------------- set-up
     def checked_outputs(self) -> list[str]:
@@ -183,7 +182,7 @@ class TorchExecutor:
         with torch.no_grad():
             scores = self.run(x.detach(), [self.model.score_output], {self.logits_name: start.detach()})
         scores = scores[self.model.score_output].reshape(len(start), -1).double().cpu().numpy()
-        classes = class_indices(self.model, scores, target)
+        classes = class_indices(scores, target)
         values = start.reshape(len(start), -1)
         if classes.max() >= values.shape[1]:
             raise OnnxplainError(f"class {classes.max()} has no logit: the pre-softmax tensor has {values.shape[1]}")

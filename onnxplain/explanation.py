@@ -82,7 +82,7 @@ class Method(ABC):
     """An explanation method: parameters in `__init__`, then `explain` (relevance with the explained target, score
     and diagnostics) or Captum-style `attribute` (the relevance alone).
 
-    scikit-learn's convention: each constructor parameter is kept under its own name (LRP's numbers in `params`),
+    scikit-learn's convention: each constructor parameter is kept under its own name (LRP's numbers in `numbers`),
     `get_params()` returns them, and assigning one later (`lrp.rules = {...}`) remakes the method through its
     constructor: the new value is checked as at construction, and what was fitted or built for the old one (a
     sampler, a walker) is dropped."""
@@ -111,7 +111,7 @@ class Method(ABC):
 
     def get_params(self) -> dict:
         """The constructor's parameters as this method holds them."""
-        numbers = getattr(self, "params", None)
+        numbers = getattr(self, "numbers", None)   # LRP's rule numbers (Params)
         missing = object()
         values = {}
         for name in self.parameter_names():

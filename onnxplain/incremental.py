@@ -28,7 +28,7 @@ from .ops.pooling import lowest_for_padding
 
 MAX_SHARE = 0.5   # a zone covering more of its map than this is computed whole: crops would not save work
 POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
-             "Softplus", "Softsign", "Gelu", "Erf", "Dropout", "Identity", "BatchNormalization", "LRN", "Neg",
+             "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Dropout", "Identity", "BatchNormalization", "LRN", "Neg",
              "Sqrt", "Exp", "Log", "Abs", "Reciprocal", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
              "Asinh", "Acosh", "Atanh", "Sign", "Floor", "Ceil", "Round", "Not", "IsNaN", "IsInf",
              "Cast"}                                 # each output position reads its own position (channels too)

@@ -76,10 +76,11 @@ def make_session(model_bytes: bytes, providers: list[str] | None = None):
     try:
         return ort.InferenceSession(model_bytes, options, providers=providers)
     except Exception as error:  # onnxruntime has no public exception hierarchy
-        raise OnnxplainError(f"onnxruntime cannot run this model: {_first_line(error)}") from None
+        raise OnnxplainError(f"onnxruntime cannot run this model: {_last_line(error)}") from None
 
 
-def _first_line(error: Exception) -> str:
+def _last_line(error: Exception) -> str:
+    """The message's last line: where onnxruntime's multi-line errors (a stack of contexts) state the cause."""
     text = str(error).strip().splitlines()
     return text[-1] if text else type(error).__name__
 

@@ -18,7 +18,8 @@ CHANNELS_AT_1 = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "G
 KEEP_LAYOUT = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                "Clip", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Identity", "Dropout", "Cast", "Neg", "Abs",
                "Sqrt", "Exp", "Log", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
-               "Pad", "Resize", "Upsample", "Concat", "Where", "LayerNormalization"}   # outputs hold their inputs' axes
+               "Pad", "Resize", "Upsample", "Concat", "Where", "LayerNormalization",
+               "LRN"}   # outputs hold their inputs' axes as they are
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def as_target(model, target) -> Target:
                          "(one class per sample: attribute(model, x, target=[...]))")
 
 
-def class_indices(model, scores: np.ndarray, target: Target) -> np.ndarray:
+def class_indices(scores: np.ndarray, target: Target) -> np.ndarray:
     """Per-sample class index: the fixed one, or each sample's top-1; -1 for hidden targets."""
     n = len(scores)
     if target.hidden:
@@ -186,4 +187,4 @@ def metric_classes(model, x: np.ndarray, target, scores: np.ndarray | None = Non
             raise OnnxplainError(f"{len(chosen)} targets for {len(x)} inputs: give one class per input")
     if any(t.hidden for t in chosen):
         raise OnnxplainError("this metric explains classes; hidden-tensor targets are not supported")
-    return np.array([class_indices(model, scores[i:i + 1], t)[0] for i, t in enumerate(chosen)], dtype=np.int64)
+    return np.array([class_indices(scores[i:i + 1], t)[0] for i, t in enumerate(chosen)], dtype=np.int64)

@@ -26,9 +26,16 @@ def source_path(name: str) -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """onnxplain's cache folder ($ONNXPLAIN_CACHE, else $XDG_CACHE_HOME/onnxplain): materialised zoo models under
+    zoo/, fitted PDA samplers under pda/."""
     root = os.environ.get("ONNXPLAIN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "onnxplain")
-    return Path(root).expanduser() / "zoo"
+    return Path(root).expanduser()
+
+
+def cache_dir() -> Path:
+    """Where materialised zoo models are kept."""
+    return cache_root() / "zoo"
 
 
 def materialize(name: str, seed: int = 0, folder: Path | None = None) -> Path:

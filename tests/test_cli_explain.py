@@ -14,7 +14,7 @@ from PIL import Image
 from onnxplain import viz
 from onnxplain.cli.main import cli
 from onnxplain.io.preprocess import METADATA_KEY
-from onnxplain.methods import REGISTRY, method_names
+from onnxplain.methods import method_names
 
 
 def run(*args):
@@ -51,8 +51,6 @@ def centres(panel: np.ndarray, size: int) -> np.ndarray:
 
 def test_default_explain_of_a_shipped_digit_shows_its_strokes(tmp_path, digits_cnn, samples):
     """Done-when 1: `onnxplain explain models/digits_cnn.onnx models/samples/digit3.png --out x.png`."""
-    if "lrp" not in REGISTRY:
-        pytest.xfail("LRP is not registered yet: the default method needs it")
     result = run("explain", digits_cnn, samples / "digit3.png", "--out", tmp_path / "x.png",
                  "--save-npy", tmp_path / "r.npy", "--quiet")
     assert result.exit_code == 0, result.output
@@ -210,8 +208,7 @@ def test_default_falls_back_to_prediction_difference_with_a_note(tmp_path, sampl
     assert missing.exit_code == 2 and "--reference" in missing.stderr
     result = run(*args, "--reference", samples / "digits_reference_logreg.npy", "--window", "2", "--samples", "2")
     assert result.exit_code == 0, result.output
-    why = "TreeEnsembleClassifier" if "lrp" in REGISTRY else "LRP is not available"
-    assert "prediction difference" in result.stderr and why in result.stderr
+    assert "prediction difference" in result.stderr and "TreeEnsembleClassifier" in result.stderr
     assert json.loads(result.stdout)[0]["method"] == "pda"
 
 

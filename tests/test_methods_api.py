@@ -95,7 +95,7 @@ def test_an_empty_batch_is_refused_with_a_clear_error(name, digits_cnn):
 
 @pytest.mark.parametrize("name", method_names())
 def test_repr_shows_what_differs_from_the_defaults(name):
-    """scikit-learn's convention: every constructor parameter is kept (under its name, or LRP's numbers in `params`),
+    """scikit-learn's convention: every constructor parameter is kept (under its name, or LRP's numbers in `numbers`),
     and the repr names those that differ from their defaults, arrays by shape."""
     import inspect
 
@@ -105,7 +105,7 @@ def test_repr_shows_what_differs_from_the_defaults(name):
     required = {"reference": np.zeros((3, 1, 28, 28), np.float32)} if name == "pda" else {}
     plain = cls(**required)
     for parameter in parameters:
-        assert hasattr(plain, parameter) or hasattr(getattr(plain, "params", None), parameter), parameter
+        assert hasattr(plain, parameter) or hasattr(getattr(plain, "numbers", None), parameter), parameter
     shown = repr(plain)
     assert shown == (f"{cls.__name__}(reference=<ndarray 3x1x28x28 float32>)" if name == "pda" else f"{cls.__name__}()")
     assert repr(cls(**required, progress=False)) == shown[:-1] + (", " if shown[-2] != "(" else "") + "progress=False)"

@@ -59,7 +59,7 @@ def test_a_changed_lrp_rule_changes_the_map(digits_cnn):
     taylor = DeepTaylor(progress=False)
     taylor.attribute(model, x, 3)
     taylor.stabilizer = 1e-2
-    assert taylor.params.stabilizer == 1e-2
+    assert taylor.numbers.stabilizer == 1e-2
 
 
 def test_a_changed_pda_reference_is_fitted_again(digits_cnn):

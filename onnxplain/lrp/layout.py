@@ -13,8 +13,8 @@ Axis = tuple[int, int]   # (axis, outer): the samples along `axis`, folded as (o
 SAMPLEWISE = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
               "LRN", "BatchNormalization", "InstanceNormalization", "LayerNormalization", "Gemm", "MatMul", "Add",
               "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu",
-              "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Erf", "Exp", "Sqrt",
-              "Abs", "Neg", "Clip", "Dropout", "Identity", "Cast", "Flatten", "Reshape", "Transpose", "Squeeze",
+              "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Exp",
+              "Sqrt", "Abs", "Neg", "Clip", "Dropout", "Identity", "Cast", "Flatten", "Reshape", "Transpose", "Squeeze",
               "Unsqueeze", "Concat", "Split", "Pad", "Resize", "Upsample", "Softmax", "LogSoftmax", "ReduceMean",
               "ReduceSum", "ReduceMax", "Where"}  # each sample apart, given an axis 0 that keeps its length
 DEFAULT_AXIS = {"Softmax": -1, "LogSoftmax": -1, "LayerNormalization": -1, "Split": 0, "Flatten": 1}

@@ -44,11 +44,11 @@ class LRP(Method):
                  batch_size: int | None = None, progress: bool = True, report: bool = True):
         composite = composite_key(composite)
         chosen = composite_named(composite)
-        self.params = Params(*(real_number(field, value, 0) for field, value in
-                               (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer))))
-        overrides = [make_rule(spec, self.params) for spec in checked_rules(rules).values()]
+        self.numbers = Params(*(real_number(field, value, 0) for field, value in
+                                (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer))))
+        overrides = [make_rule(spec, self.numbers) for spec in checked_rules(rules).values()]
         for field, example in (("epsilon", "Gemm=epsilon"), ("gamma", "Conv=gamma")):   # a number no rule reads
-            value = getattr(self.params, field)
+            value = getattr(self.numbers, field)
             if value != getattr(Params, field) and field not in (chosen.conv, chosen.dense, chosen.affine) \
                     and not any(rule.name == field and getattr(rule, field) == value for rule in overrides):
                 raise OnnxplainError(f"{field} {value:g} would change nothing: composite {composite!r} has no "
@@ -59,7 +59,7 @@ class LRP(Method):
         self.device, self.progress, self.report = device, progress, report
         self.batch_size = optional_whole_number("batch_size", batch_size, 1)
         self._walker: Walker | None = None  # the last model's, with its plans (explaining it again skips planning)
-        self._uses_box = RuleMap(composite, self.rules, self.params).uses_box
+        self._uses_box = RuleMap(composite, self.rules, self.numbers).uses_box
 
     def walker(self, model, x: np.ndarray) -> Walker:
         """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""
@@ -73,7 +73,7 @@ class LRP(Method):
                                      "explain them apart, or give a preprocessing spec (--preprocess) or low/high")
             bounded = bool(rows.all())
         if self._walker is None or self._walker.executor is not executor or self._walker.rule_map.bounded != bounded:
-            rule_map = RuleMap(self.composite, self.rules, self.params, bounded=bounded)
+            rule_map = RuleMap(self.composite, self.rules, self.numbers, bounded=bounded)
             self._walker = Walker(executor, rule_map, self.low, self.high)
         return self._walker
 
@@ -124,7 +124,7 @@ class LRP(Method):
         numbers some node used."""
         options = {"composite": self.composite, "rules": self.rules}
         counts = Counter(rule_spec(rule) for rule in applied)
-        return options | {"applied_rules": dict(sorted(counts.items()))} | params_used(applied, self.params)
+        return options | {"applied_rules": dict(sorted(counts.items()))} | params_used(applied, self.numbers)
 
 
 class DeepTaylor(LRP):

@@ -150,11 +150,9 @@ class Walker:
             if not carries:
                 with torch.no_grad():
                     outputs, leak = step.op.forward(*inputs), None
-            else:
-                if step.op.kind is None:
-                    raise OnnxplainError(f"LRP cannot pass {step.label}: no relevance rule for this op here")
+            else:   # plan() refused any carrying step without a rule
                 try:
-                    outputs, leak = step.op.relevance(inputs, self._bounded(planned, inputs, x))
+                    outputs, leak = step.op.relevance(inputs, self._bounded(planned, x))
                 except ValueError as error:  # a rule that cannot apply to this layer
                     raise OnnxplainError(f"{step.label}: {error}") from None
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -170,7 +168,7 @@ class Walker:
         records.reverse()  # hooks fire from the output down; report in graph order
         return Result(relevance.detach(), values.detach(), classes, records)
 
-    def _bounded(self, planned: PlannedStep, inputs: list, x: torch.Tensor) -> rules.Rule | None:
+    def _bounded(self, planned: PlannedStep, x: torch.Tensor) -> rules.Rule | None:
         """The step's rule, with z^B's box bounds for this batch filled in."""
         rule = planned.rule
         if not isinstance(rule, rules.ZBox) or rule.low is not None:

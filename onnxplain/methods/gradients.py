@@ -75,7 +75,7 @@ class GradientMethod(Method):
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"gradients need a floating-point input; this model takes {x.dtype}")
         executor = model.torch(self.device)
-        classes = class_indices(model, model.scores(x), target)
+        classes = class_indices(model.scores(x), target)
         relevance, score, diagnostics = self.relevance_map(executor, model, x, target, classes)
         return Explanation(relevance.astype(x.dtype, copy=False), classes, score, self.name, self.params,
                            {"score_kind": executor.explained_kind(target), **diagnostics})
@@ -88,7 +88,7 @@ class GradientMethod(Method):
         """Rows per gradient batch: `batch_size`, else the memory budget for samples shaped like x's."""
         return self.batch_size or executor.batch_size(x.shape[1:])
 
-    def gradient(self, executor, model, x, target, classes, total: int):
+    def gradient(self, executor, x, target, classes, total: int):
         with self.bar(total) as bar:
             return batched_gradient(executor, x, target, classes, self.rows(executor, x), bar)
 
@@ -114,7 +114,7 @@ class Gradient(GradientMethod):
     name = "gradient"
 
     def relevance_map(self, executor, model, x, target, classes):
-        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
+        grads, values = self.gradient(executor, x, target, classes, total=len(x))
         return grads, values, {}
 
 
@@ -129,7 +129,7 @@ class Sensitivity(GradientMethod):
     name = "sensitivity"
 
     def relevance_map(self, executor, model, x, target, classes):
-        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
+        grads, values = self.gradient(executor, x, target, classes, total=len(x))
         layout = InputLayout.of(model, x.shape[1:])
         same = layout.view_shape == layout.sample_shape        # a flat input viewed as an image keeps |df/dx_i|
         axis = layout.channel_axis + 1 if layout.channel_axis is not None and same else None
@@ -145,7 +145,7 @@ class GradientXInput(GradientMethod):
     name = "gradient-x-input"
 
     def relevance_map(self, executor, model, x, target, classes):
-        grads, values = self.gradient(executor, model, x, target, classes, total=len(x))
+        grads, values = self.gradient(executor, x, target, classes, total=len(x))
         return grads * x, values, {}
 
 

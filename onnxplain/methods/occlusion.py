@@ -96,10 +96,10 @@ class Occlusion(Method):
             classes, score = np.full(n, -1), hidden_values(original, target)
         else:
             scores = original.reshape(n, -1).astype(np.float64)
-            classes = class_indices(model, scores, target)
+            classes = class_indices(scores, target)
             score = scores[np.arange(n), classes]
 
-        maps, incremental, ran = [], False, np.ones(n, dtype=np.int64)   # f(x): one row each
+        maps, incremental, ran = [], True, np.ones(n, dtype=np.int64)   # f(x): one row each
         with optional_bar(self.progress, n * len(grid), "occlusion", "window") as bar:
             for i in range(n):
                 run = WindowSamples(passes, geometry, x[i], output, grid.size, batch, rows)
@@ -119,7 +119,7 @@ class Occlusion(Method):
                     if bar is not None:
                         bar.update(len(ids))
                 maps.append(grid.average(drops[:, None])[0])          # (*spatial): each pixel's mean drop
-                incremental = run.incremental                          # every row of it ran incrementally
+                incremental = incremental and run.incremental         # every input's rows ran incrementally
         shared = np.stack(maps)[:, None] / geometry.channels          # a pixel's channels share its drop equally
         relevance = geometry.from_grid(np.repeat(shared, geometry.channels, axis=1)).reshape(x.shape)
         name = passes.name + (", incremental" if incremental else "")

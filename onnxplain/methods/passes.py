@@ -42,11 +42,11 @@ def forward_passes(model, device: str | None, precision: str = "fp32"):
 
 
 class WindowSamples:
-    """Forward passes of rows that each differ from one input x in one window: `samples(starts, values)` gives the
-    raw `output` for window values (R, C, *size) at starts (R, d). They run incrementally where the torch executor's
-    runner is usable (channels-first inputs, or channels-last ones made channels-first right after the input;
-    `incremental`), else through one reused buffer of copies of x (`rows`
-    rows) into which the windows are written and from which they are restored. `rows` afterwards: how many rows
+    """Forward passes of rows that each differ from one input x in one window: a call `(starts, values)` gives the
+    raw `output` for window values (R, C, *size) at starts (R, d). They run incrementally where the torch
+    executor's runner is usable (channels-first inputs, or channels-last ones made channels-first right after the
+    input; `incremental`), else through one reused buffer of copies of x (`rows` rows) into which the windows are
+    written and from which they are restored. `rows` afterwards: how many rows
     one call should get (an incremental runner's own batch, which its small crops make larger unless `grow_batch`
     is False: a batch size the user chose)."""
 

@@ -222,15 +222,16 @@ class PredictionDifference(Method):
                                           int(self.batch_size or passes.batch_size(x[0]))))
         score.training_size = len(self.reference) if self.training_size is None else self.training_size
         score.classes = originals.shape[1] if self.classes is None else self.classes
-        explained = np.zeros(len(x), dtype=int) if target.hidden else class_indices(model, originals, target)
+        explained = np.zeros(len(x), dtype=int) if target.hidden else class_indices(originals, target)
         kept = self._kept_classes(target, originals.shape[1])
         grid, geometry = setup.grid, setup.geometry
-        maps, extra, evaluated, incremental = [], [], np.ones(len(x), dtype=np.int64), False   # f(x): one row each
+        maps, extra, evaluated, incremental = [], [], np.ones(len(x), dtype=np.int64), True   # f(x): one row each
         with optional_bar(self.progress, len(x) * len(grid), "prediction difference", "window") as bar:
             for n in range(len(x)):
                 columns = [int(explained[n])] + kept
-                differences, ran, incremental = self.window_differences(model, setup, score, x[n], originals[n],
-                                                                        columns, bar)
+                differences, ran, cropped = self.window_differences(model, setup, score, x[n], originals[n],
+                                                                    columns, bar)
+                incremental = incremental and cropped                      # every input's rows ran on crops
                 evaluated[n] += ran
                 per_class = grid.average(differences)                      # (len(columns), *spatial)
                 maps.append(per_class[0])

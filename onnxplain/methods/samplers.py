@@ -265,8 +265,8 @@ class ConditionalSampler:
                                                        f"{error.strerror or type(error).__name__})")
 
     def _load(self, path: Path) -> bool:
-        """Read the fitted arrays; False (and a note) when the entry is missing, unreadable or of other shapes,
-        so that the caller refits and rewrites it."""
+        """Read the fitted arrays; False when the entry is missing, or (with a note) unreadable or of other
+        shapes, so that the caller refits and rewrites it."""
         if not path.is_file():
             return False
         expected = self._fitted_shapes()
@@ -345,6 +345,6 @@ def _patches(reference: np.ndarray, positions: np.ndarray, patch: tuple[int, ...
 
 
 def _cache_file(key: str) -> Path:
-    from ..zoo import cache_dir
+    from ..zoo import cache_root
 
-    return cache_dir().parent / "pda" / f"conditional_{key}.npz"
+    return cache_root() / "pda" / f"conditional_{key}.npz"

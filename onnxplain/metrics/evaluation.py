@@ -107,7 +107,7 @@ class Evaluation:
         if "apem" in self.metrics:
             check_classes(scores)
         classes = np.argmax(scores, axis=1)
-        probabilities = _probabilities(model, x, scores)
+        probabilities = _probabilities(model, scores)
         labels = None if labels is None else _checked_labels(model, labels, len(x), scores.shape[1])
         sign = self.apem.sign(model, x, classes, None) if "apem" in self.metrics else None
         settings = self._settings(model, x)
@@ -182,7 +182,7 @@ def _scores_and_logits(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tuple(values[name].reshape(len(x), -1).astype(np.float64) for name in names)
 
 
-def _probabilities(model, x: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _probabilities(model, scores: np.ndarray) -> np.ndarray:
     """Top-1 probability per input (softmax of the logits for a logits model)."""
     return (scores if model.score_kind == "probabilities" else softmax(scores)).max(axis=1)
 

@@ -31,7 +31,7 @@ def contrast_figure(model, sample: np.ndarray, explanation, i: int, title: str):
     """input | G(z0) | G(z_e) - Delta | contrast over the input | log-likelihood path (true, probe, best other)."""
     from onnxplain import viz
 
-    _, Figure = viz._mpl()
+    _, Figure = viz.matplotlib_parts()
     d = explanation.diagnostics
     spec = model.preprocess
     if spec is None or (spec.layout == "flat" and spec.size is None):
@@ -45,8 +45,8 @@ def contrast_figure(model, sample: np.ndarray, explanation, i: int, title: str):
     axes = fig.subplots(1, 5, gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.6]})
     for ax, picture, name in zip(axes, (show(sample), show(d["start_image"][i]), show(boundary)),
                                  ("input", "G(z0)", "G(z_e) - Δ (boundary)")):
-        viz._show(ax, picture, name, cmap="gray" if np.ndim(picture) == 2 else None, vmin=0, vmax=1)
-    viz._show(axes[3], viz.overlay_rgb(show(sample), contrast), "red: add, blue: remove")
+        viz.show_picture(ax, picture, name, cmap="gray" if np.ndim(picture) == 2 else None, vmin=0, vmax=1)
+    viz.show_picture(axes[3], viz.overlay_rgb(show(sample), contrast), "red: add, blue: remove")
     true, probe = int(d["true_class"][i]), int(d["probe_class"][i])
     path = d["path_llh"][i]
     others = np.delete(path, [true, probe], axis=1).max(axis=1)

@@ -8,10 +8,11 @@ import click
 import numpy as np
 from onnx import TensorProto, helper
 
+from onnxplain.scores import FLOAT_TYPES
+
 from .common import echo_json, load_model, model_argument, preprocess_option, scores_option
 
 
-FLOATING = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 ML_WEIGHTS = ("coefficients", "intercepts", "nodes_values", "class_weights", "target_weights", "support_vectors",
               "rho", "scale", "offset")
 
@@ -19,7 +20,7 @@ ML_WEIGHTS = ("coefficients", "intercepts", "nodes_values", "class_weights", "ta
 def count_parameters(proto) -> int:
     """Floating-point weights: initializers, `Constant` nodes (paddle2onnx keeps weights there) and the
     attributes in which ai.onnx.ml ops keep theirs. Integer tensors (shapes, axes) are not parameters."""
-    tensors = [t for t in proto.graph.initializer if t.data_type in FLOATING]
+    tensors = [t for t in proto.graph.initializer if t.data_type in FLOAT_TYPES]
     tensors += [a.t for n in proto.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
                 for a in n.attribute if a.name == "value" and a.t.data_type in FLOATING]
     return sum(int(np.prod(t.dims)) for t in tensors) + sum(

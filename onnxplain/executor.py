@@ -16,6 +16,7 @@ from .bounds import input_bounds
 from .errors import OnnxplainError, named_list
 from .ops.graph import Graph
 from .runtime import DEFAULT_BATCH_BYTES
+from .scores import FLOAT_TYPES
 from .targets import Target, as_target, class_indices, hidden_values
 
 GPU_MEMORY_SHARE = 16  # a batch's budget on a CUDA device: this fraction of its free memory
@@ -390,4 +391,4 @@ def _is_float_output(model, name: str) -> bool:
     value = known.get(name)
     if value is None:
         return True
-    return value.type.tensor_type.elem_type in (1, 10, 11, 16)  # float, float16, double, bfloat16
+    return value.type.tensor_type.elem_type in FLOAT_TYPES

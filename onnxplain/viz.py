@@ -25,7 +25,7 @@ TITLE_INCHES = 0.5
 DEFAULT_THRESHOLD = 0.15
 
 
-def _mpl():
+def matplotlib_parts():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -50,7 +50,7 @@ def heatmap_rgb(relevance_map: np.ndarray, threshold: float | None = None, scale
     """HxW relevance -> HxWx3 colours in [0, 1]: white at 0, red for positive, blue for negative.
 
     `scale` is the |R| that saturates (default: this map's max |R|); the threshold is a fraction of it."""
-    colormaps, _ = _mpl()
+    colormaps, _ = matplotlib_parts()
     v = scale or limit(relevance_map)
     shown = _masked(relevance_map, threshold, v)
     return colormaps[CMAP]((np.clip(shown / v, -1, 1) + 1) / 2)[..., :3]
@@ -99,7 +99,7 @@ def read_panel(png: str | os.PathLike, height: int, width: int, panel: int) -> n
     return pixels[top_px: top_px + int(round(h * rows)), left_px: left_px + int(round(w * cols))]
 
 
-def _show(ax, picture, title: str, **kwargs):
+def show_picture(ax, picture, title: str, **kwargs):
     ax.imshow(picture, interpolation="nearest", **kwargs)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -109,7 +109,7 @@ def _show(ax, picture, title: str, **kwargs):
 def image_figure(image: np.ndarray, relevance_map: np.ndarray, *, title: str = "",
                  threshold: float | None = None):
     """input | heatmap | overlay, with a colour bar for the heatmap's symmetric scale."""
-    _, Figure = _mpl()
+    _, Figure = matplotlib_parts()
     image, relevance_map = np.asarray(image), np.asarray(relevance_map, dtype=np.float64)
     boxes, size = image_panel_boxes(*relevance_map.shape)
     fig = Figure(figsize=size, dpi=DPI)
@@ -117,11 +117,11 @@ def image_figure(image: np.ndarray, relevance_map: np.ndarray, *, title: str = "
         fig.suptitle(title, fontsize=10, y=1 - 0.12 / size[1], va="top")
     v = limit(relevance_map)
     axes = [fig.add_axes(box) for box in boxes]
-    _show(axes[0], image, "input", cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, aspect="auto")
+    show_picture(axes[0], image, "input", cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, aspect="auto")
     shown = apply_threshold(relevance_map, threshold)
-    _show(axes[1], shown, "relevance" + (f" (|R| ≥ {threshold:.0%} of max)" if threshold else ""),
+    show_picture(axes[1], shown, "relevance" + (f" (|R| ≥ {threshold:.0%} of max)" if threshold else ""),
                     cmap=CMAP, vmin=-v, vmax=v, aspect="auto")
-    _show(axes[2], overlay_rgb(image, relevance_map, threshold), "overlay", aspect="auto")
+    show_picture(axes[2], overlay_rgb(image, relevance_map, threshold), "overlay", aspect="auto")
     bar = fig.add_axes((boxes[2][0] + boxes[2][2] + 0.04 / size[0], boxes[2][1], 0.12 / size[0], boxes[2][3]))
     colorbar = fig.colorbar(axes[1].images[0], cax=bar)
     colorbar.formatter = _compact_formatter()
@@ -153,7 +153,7 @@ def montage_figure(volume: np.ndarray, relevance: np.ndarray, *, axis: int = 0, 
                    title: str = "", threshold: float | None = None):
     """Two rows of slices along `axis`: overlay on the volume, and on the volume in reversed colours.
     Colours and the threshold are relative to the whole volume's max |R|, so slices compare."""
-    _, Figure = _mpl()
+    _, Figure = matplotlib_parts()
     volume, relevance = np.asarray(volume, dtype=np.float64), np.asarray(relevance, dtype=np.float64)
     low, high = np.percentile(volume, [1, 99]) if volume.size else (0.0, 1.0)
     scaled = np.clip((volume - low) / (high - low if high > low else 1.0), 0, 1)
@@ -170,7 +170,7 @@ def montage_figure(volume: np.ndarray, relevance: np.ndarray, *, axis: int = 0, 
         image = np.rot90(np.take(scaled, index, axis=axis))
         rel = np.rot90(np.take(relevance, index, axis=axis))
         for row, base in enumerate((image, 1 - image)):
-            _show(grid[row][column], overlay_rgb(base, rel, threshold, scale=v, dim=False),
+            show_picture(grid[row][column], overlay_rgb(base, rel, threshold, scale=v, dim=False),
                   f"slice {index}" if row == 0 else "")
     return fig
 
@@ -179,7 +179,7 @@ def bar_figure(relevance: np.ndarray, *, names: list[str] | None = None, top: in
                threshold: float | None = None):
     """Horizontal bars of the `top` features by |relevance|, largest first; red for, blue against; with a
     `threshold`, only features whose |R| reaches that fraction of the largest."""
-    _, Figure = _mpl()
+    _, Figure = matplotlib_parts()
     relevance = np.asarray(relevance, dtype=np.float64).reshape(-1)
     order = np.argsort(-np.abs(relevance), kind="stable")[:top]
     order = order[np.abs(relevance[order]) >= (threshold or 0) * np.abs(relevance).max(initial=0)]
@@ -200,7 +200,7 @@ def bar_figure(relevance: np.ndarray, *, names: list[str] | None = None, top: in
 def sequence_figure(sample: np.ndarray, relevance: np.ndarray, *, title: str = "", threshold: float | None = None):
     """A (C, L) sequence: its channels as lines along the positions, above its relevance as a C x L heatmap (one row
     per channel; red for, blue against, on a symmetric scale)."""
-    _, Figure = _mpl()
+    _, Figure = matplotlib_parts()
     sample, relevance = np.asarray(sample, dtype=np.float64), np.asarray(relevance, dtype=np.float64)
     fig = Figure(figsize=(7, 1.6 + 0.25 * len(sample)), dpi=DPI)
     signal, heat = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, max(1, len(sample) / 4)]})
@@ -221,16 +221,16 @@ def sequence_figure(sample: np.ndarray, relevance: np.ndarray, *, title: str = "
 def method_grid(images: list[np.ndarray], maps: list[list[np.ndarray]], *, row_titles: list[str],
                 column_titles: list[str], threshold: float | None = None):
     """Rows of samples, columns: the input then one heatmap per method (each scaled to its own max |R|)."""
-    _, Figure = _mpl()
+    _, Figure = matplotlib_parts()
     rows, columns = len(images), 1 + len(column_titles)
     fig = Figure(figsize=(1.6 * columns, 1.6 * rows + 0.3), dpi=DPI)
     grid = fig.subplots(rows, columns, squeeze=False)
     for r, (image, row_maps) in enumerate(zip(images, maps)):
-        _show(grid[r][0], image, "input" if r == 0 else "", cmap="gray" if np.ndim(image) == 2 else None,
+        show_picture(grid[r][0], image, "input" if r == 0 else "", cmap="gray" if np.ndim(image) == 2 else None,
               vmin=0, vmax=1)
         grid[r][0].set_ylabel(row_titles[r], fontsize=9)
         for c, relevance_map in enumerate(row_maps, start=1):
-            _show(grid[r][c], heatmap_rgb(relevance_map, threshold), column_titles[c - 1] if r == 0 else "")
+            show_picture(grid[r][c], heatmap_rgb(relevance_map, threshold), column_titles[c - 1] if r == 0 else "")
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.93, wspace=0.05, hspace=0.08)
     return fig
 

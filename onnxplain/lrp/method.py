@@ -17,7 +17,7 @@ from ..explanation import Explanation, Method, require_model
 from ..runtime import progress_iter
 from ..targets import Target, as_target
 from .composites import Params, RuleMap, composite_key, composite_named, make_rule, params_used, rule_spec
-from .walker import Result, Walker, data_cuts, no_path_message, relevance_path, ruleless
+from .walker import Result, Walker, no_path_message, relevance_path, ruleless
 
 HISTOGRAM_BINS = 10
 
@@ -250,5 +250,6 @@ def unsupported_ops(model) -> list[str]:
     steps = executor.graph.plan([executor.logits_name], (model.input_name,))
     path = relevance_path(steps, executor.logits_name, model.input_name)
     if not path:  # relevance stops at integer data: name those ops
-        return data_cuts(steps, model.input_name) or [no_path_message(steps, executor.logits_name, model.input_name)]
+        return (executor.graph.data_cuts(executor.logits_name, model.input_name)
+                or [no_path_message(executor.graph, executor.logits_name, model.input_name)])
     return [ruleless(step) for step in steps if id(step) in path and step.op.kind is None]

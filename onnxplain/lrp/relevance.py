@@ -167,15 +167,15 @@ class BranchLeak(Leak):
             share = weighted / branch.denominator if branch.division is None else branch.division(weighted, True)
             if branch.positive:
                 share = _sum_along_bias(share, branch.bias, axis)
-                stabiliser = stabiliser + branch.epsilon * _per_sample(share, axis)
+                stabiliser = stabiliser + branch.epsilon * per_sample(share, axis)
             else:
-                stabiliser = stabiliser + branch.epsilon * _per_sample(torch.copysign(share, weighted), axis)
+                stabiliser = stabiliser + branch.epsilon * per_sample(torch.copysign(share, weighted), axis)
             if branch.bias is not None:
-                bias = bias + _per_sample(_sum_along_bias(share, branch.bias, axis).double() * branch.bias.double(),
+                bias = bias + per_sample(_sum_along_bias(share, branch.bias, axis).double() * branch.bias.double(),
                                           axis)
             kept = kept + branch.coef
         if not _is_one(kept):  # e.g. gamma's outputs that are exactly zero
-            stabiliser = stabiliser + _per_sample(relevance * (1 - kept), axis)
+            stabiliser = stabiliser + per_sample(relevance * (1 - kept), axis)
         return bias, stabiliser
 
 
@@ -186,7 +186,7 @@ class MaskLeak(Leak):
         self.mask = mask
 
     def terms(self, relevance, axis=0):
-        return _per_sample(relevance * self.mask, axis), torch.zeros(relevance.shape[axis], dtype=torch.float64,
+        return per_sample(relevance * self.mask, axis), torch.zeros(relevance.shape[axis], dtype=torch.float64,
                                                                       device=relevance.device)
 
 
@@ -194,7 +194,7 @@ def _is_one(coef) -> bool:
     return not isinstance(coef, torch.Tensor) and coef == 1
 
 
-def _per_sample(values: torch.Tensor, axis: int = 0) -> torch.Tensor:
+def per_sample(values: torch.Tensor, axis: int = 0) -> torch.Tensor:
     """(N,) float64 sums over all axes but the batch `axis`. torch's float32 reductions sum in cascades (accurate
     to ~1e-7 of the values' magnitude) and read any memory layout in place; converting whole tensors to float64
     first would cost a copy twice their size, most of the ledger's time."""

@@ -67,7 +67,7 @@ class Walker:
             steps = merge_affine(steps, {start}, tensor_ranks(self.model.proto))
             carrying = relevance_path(steps, start, self.model.input_name)
             if not carrying:
-                raise OnnxplainError(no_path_message(steps, start, self.model.input_name))
+                raise OnnxplainError(no_path_message(self.graph, start, self.model.input_name))
             planned = self._assign(steps, carrying)
             blocked = [ruleless(step) for step in steps if id(step) in carrying and step.op.kind is None]
             if blocked:
@@ -201,7 +201,7 @@ class Walker:
         def record(grad):
             bias, stabiliser = leak.terms(grad, axis)
             rule = planned.rule.name if planned.rule is not None else planned.step.op.kind
-            sums = (relevance._per_sample(grad, axis), bias, stabiliser)
+            sums = (relevance.per_sample(grad, axis), bias, stabiliser)
             records.append(LayerRecord(planned.step.op.name, planned.step.op.op_type, rule,
                                        *(by_sample(s, samples, outer) for s in sums)))
         return record
@@ -251,13 +251,10 @@ def fed_by(steps: list[Step], source: str) -> list[Step]:
     return fed
 
 
-def data_cuts(steps: list[Step], source: str) -> list[str]:
-    """The integer or boolean data ops (Round, Greater, ArgMax, ...) fed by `source`: where relevance stops."""
-    return [step.label for step in fed_by(steps, source) if step.op is not None and step.op.kind == "data"]
-
-
-def no_path_message(steps: list[Step], start: str, source: str) -> str:
-    cuts = data_cuts(steps, source)
+def no_path_message(graph, start: str, source: str) -> str:
+    """Why no relevance reaches `source` from `start`, naming the integer or boolean data ops (Round, Greater,
+    ArgMax, ...) that cut every way between them (`Graph.data_cuts`)."""
+    cuts = graph.data_cuts(start, source)
     through = f": its way passes only through integer or boolean data ({named_list(cuts, 6, '; ')})" if cuts else ""
     return f"no relevance reaches the input from {start}{through}"
 

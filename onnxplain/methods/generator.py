@@ -9,8 +9,8 @@ import torch
 from onnx import TensorProto
 
 from ..errors import OnnxplainError
+from ..scores import FLOAT_TYPES
 
-FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16
 
 
 class Generator:

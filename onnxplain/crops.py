@@ -11,12 +11,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .ops.base import MAX_POOL
 
 MAX_GROUPS = 64   # rows written per shared offset up to this many offsets, else element by element
 MAX_RUNS = 256    # rows sharing an offset written as slices up to this many runs of consecutive rows
 SLICED_POOL = 16  # max poolings with at most this many kernel positions run as a maximum over strided slices
-MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
 @dataclass

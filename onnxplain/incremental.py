@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .crops import MAX_GROUPS, Crop, FlatCrop, gather, max_pool_slices, sites_of, write
+from .ops.base import AVG_POOL, CONV
 from .ops.pooling import lowest_for_padding
 
 MAX_SHARE = 0.5   # a zone covering more of its map than this is computed whole: crops would not save work
@@ -33,8 +34,6 @@ POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Ha
              "Asinh", "Acosh", "Atanh", "Sign", "Floor", "Ceil", "Round", "Not", "IsNaN", "IsInf",
              "Cast"}                                 # each output position reads its own position (channels too)
 ALIGNED = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Concat"}   # operands meet position by position
-CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class WindowRunner:

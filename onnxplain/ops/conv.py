@@ -9,10 +9,8 @@ import torch.nn.functional as F
 
 from ..lrp import rules
 from . import register
-from .base import LinearOp, auto_pads, pad_pairs, torch_pad
+from .base import CONV, CONV_T, LinearOp, auto_pads, pad_pairs, torch_pad
 
-CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class _ConvBase(LinearOp):

@@ -13,11 +13,8 @@ import torch.nn.functional as F
 
 from ..lrp import rules
 from . import register
-from .base import Op, auto_pads, ints, normalise_axis, pad_pairs, torch_pad
+from .base import AVG_POOL, CONV, MAX_POOL, Op, auto_pads, ints, normalise_axis, pad_pairs, torch_pad
 
-MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 class _Window(Op):

@@ -27,8 +27,6 @@ from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
-DEFAULT_COMPOSITE = "epsilon-plus"
-
 
 def parse_rules(pairs: tuple[str, ...]) -> dict[str, str]:
     """--rule OP=RULE (OP an op type, or a glob of node or tensor names) -> {OP: RULE}."""
@@ -75,9 +73,9 @@ def method_params(options: dict, model) -> dict:
     return params
 
 
-def default_method(model, given: dict) -> tuple[str, dict, str | None]:
-    """(method, extra parameters, why): LRP epsilon-plus when it covers every op, else prediction difference and the
-    reason LRP was passed over."""
+def default_method(model) -> tuple[str, str | None]:
+    """(method, why): LRP (its default composite, epsilon-plus) when it covers every op, else prediction difference
+    and the reason LRP was passed over."""
     from onnxplain.lrp import unsupported_ops
 
     try:
@@ -87,9 +85,9 @@ def default_method(model, given: dict) -> tuple[str, dict, str | None]:
         missing = [reason.split(" (")[0] if reason.startswith("ops outside") else f"this model's torch run "
                    f"({reason})"]
     if not missing:
-        return "lrp", ({} if "composite" in given else {"composite": DEFAULT_COMPOSITE}), None
+        return "lrp", None
     why = f"LRP does not cover {named_list(missing, 6, '; ')}"
-    return "pda", {}, why
+    return "pda", why
 
 
 def build_method(name: str, params: dict, quiet: bool):
@@ -301,8 +299,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     params = method_params(options, loaded)
     chosen, why = method is None, None
     if chosen:
-        method, extra, why = default_method(loaded, params)
-        params.update(extra)
+        method, why = default_method(loaded)
     try:
         explainer = build_method(method, params, quiet)
     except OnnxplainError as error:

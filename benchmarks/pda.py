@@ -135,9 +135,10 @@ def _timed(fn) -> float:
 def digits_case(sampler: str, rounds: int) -> list[dict]:
     model = onnxplain.load(ROOT / "models" / "digits_cnn.onnx")
     samples = ROOT / "models" / "samples"
-    return compare(f"digits CNN 28², {sampler}, k=4, l=8, S=10, stride 1", model,
+    ring = dict(padding=2) if sampler == "conditional" else {}   # l = k + 2 padding: the conditional's patch
+    return compare(f"digits CNN 28², {sampler}, k=4{', l=8' if ring else ''}, S=10, stride 1", model,
                    np.load(samples / "digit3_cnn.npy")[None], np.load(samples / "digits_reference_cnn.npy"),
-                   Target(), rounds=rounds, window=4, padding=2, samples=10, sampler=sampler, stride=1)
+                   Target(), rounds=rounds, window=4, samples=10, sampler=sampler, stride=1, **ring)
 
 
 def photo_inputs(model) -> tuple[np.ndarray, np.ndarray]:

@@ -123,8 +123,8 @@ def pda_methods(settings: Settings, reference: np.ndarray, crop) -> dict:
         return ConditionalSampler(settings.padding, location_grid=grid, clip="pixel",
                                   max_patches=settings.max_patches)
 
-    common = dict(window=settings.window, padding=settings.padding, samples=settings.samples,
-                  stride=settings.stride, seed=settings.seed, reference=reference, progress=True)
+    common = dict(window=settings.window, samples=settings.samples, stride=settings.stride, seed=settings.seed,
+                  reference=reference, progress=True)   # the padding: the conditional samplers' own
     return {"pda-marginal": make_method("pda", sampler="marginal", **common),
             "pda-conditional": make_method("pda", sampler=conditional(None), **common),
             "pda-location": make_method("pda", sampler=conditional(location_cells(crop, settings.location_cell)),

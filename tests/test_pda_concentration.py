@@ -62,9 +62,10 @@ def test_conditional_sampling_concentrates_relevance_in_the_known_region(planted
     assert accuracy > 0.8
     reference, explained = images[1000:1100], images[1400:1410]
     shares = {}
-    for name, params in (("marginal", dict(sampler="marginal")), ("conditional", dict(sampler="conditional")),
-                         ("conditional + location", dict(sampler="conditional", location_grid=4))):
-        method = PredictionDifference(window=2, padding=2, samples=10, reference=reference,
+    for name, params in (("marginal", dict(sampler="marginal")),
+                         ("conditional", dict(sampler="conditional", padding=2)),
+                         ("conditional + location", dict(sampler="conditional", padding=2, location_grid=4))):
+        method = PredictionDifference(window=2, samples=10, reference=reference,
                                       volume_shape=(CANVAS, CANVAS), progress=False, **params)
         shares[name] = share_in_box(method.explain(model, explained).relevance)
     print(f"\nplanted digits, LDA (test accuracy {accuracy:.3f}), k=2, l=6, S=10, 10 images; box = "

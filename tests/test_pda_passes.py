@@ -29,8 +29,9 @@ def data(digits_cnn):
 
 
 def explain(model, x, reference, gpu_paths=False, **params):
-    method = PredictionDifference(window=4, padding=2, samples=6, reference=reference, stride=2, batch_size=32,
-                                  all_classes=True, progress=False, **params)
+    ring = {} if params.get("sampler") == "marginal" else {"padding": 2}   # a conditional sampler's ring
+    method = PredictionDifference(window=4, samples=6, reference=reference, stride=2, batch_size=32,
+                                  all_classes=True, progress=False, **ring, **params)
     if gpu_paths:
         passes = method.passes(model)
         passes.fixed_shape = passes.overlaps_host = True
@@ -162,7 +163,7 @@ def test_incremental_passes_are_checked_once_and_take_larger_batches(digits_cnn_
     check, run = WindowRunner.error, WindowRunner.__call__
     monkeypatch.setattr(WindowRunner, "error", lambda self, *a, **k: checks.append(1) or check(self, *a, **k))
     monkeypatch.setattr(WindowRunner, "__call__", lambda self, v, s: calls.append(len(v)) or run(self, v, s))
-    method = PredictionDifference(window=4, padding=2, samples=6, reference=reference, stride=2, progress=False,
+    method = PredictionDifference(window=4, samples=6, reference=reference, stride=2, progress=False,
                                   sampler="marginal", device="cpu")
     method.explain(digits_cnn_model, x, Target())
     sessions = []
@@ -176,7 +177,7 @@ def test_incremental_passes_are_checked_once_and_take_larger_batches(digits_cnn_
     monkeypatch.undo()
     calls.clear()
     monkeypatch.setattr(WindowRunner, "__call__", lambda self, v, s: calls.append(len(v)) or run(self, v, s))
-    PredictionDifference(window=4, padding=2, samples=6, reference=reference, stride=2, progress=False,
+    PredictionDifference(window=4, samples=6, reference=reference, stride=2, progress=False,
                          sampler="marginal", device="cpu", batch_size=32).explain(digits_cnn_model, x, Target())
     assert max(calls[1:]) == 32                                           # after the probe: the user's batch
 

@@ -106,8 +106,7 @@ class Occlusion(Method):
                 drops = np.empty(len(grid))
                 for start in range(0, len(grid), run.rows):
                     ids = np.arange(start, min(len(grid), start + run.rows))
-                    covers = np.stack([cover[(slice(None),) + grid.slices(w)] for w in ids])   # (w, C, *k)
-                    own = np.stack([run.x_grid[(slice(None),) + grid.slices(w)] for w in ids])
+                    covers, own = grid.windows(cover, ids), grid.windows(run.x_grid, ids)   # (w, C, *k) each
                     changed = (covers != own).reshape(len(ids), -1).any(axis=1)
                     drops[ids] = 0.0               # a cover equal to x's own window changes nothing: no drop
                     ran[i] += int(changed.sum())
@@ -120,8 +119,7 @@ class Occlusion(Method):
                         bar.update(len(ids))
                 maps.append(grid.average(drops[:, None])[0])          # (*spatial): each pixel's mean drop
                 incremental = incremental and run.incremental         # every input's rows ran incrementally
-        shared = np.stack(maps)[:, None] / geometry.channels          # a pixel's channels share its drop equally
-        relevance = geometry.from_grid(np.repeat(shared, geometry.channels, axis=1)).reshape(x.shape)
+        relevance = geometry.shared_over_channels(np.stack(maps)).reshape(x.shape)   # a pixel's channels share it
         name = passes.name + (", incremental" if incremental else "")
         params = {"window": window, "stride": stride,
                   "fill": "reference mean" if self.reference is not None else self.fill or 0.0,

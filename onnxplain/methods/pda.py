@@ -236,7 +236,7 @@ class PredictionDifference(Method):
                 per_class = grid.average(differences)                      # (len(columns), *spatial)
                 maps.append(per_class[0])
                 extra.append(per_class[1:])
-        relevance = self._to_input(geometry, np.stack(maps)).astype(relevance_dtype(x.dtype))
+        relevance = geometry.shared_over_channels(np.stack(maps)).astype(relevance_dtype(x.dtype))
         diagnostics = {"score": score.kind, "score_kind": SCORE_KINDS[score.kind], "windows": len(grid),
                        "window": tuple(grid.size), "samples_per_window": setup.sampler.samples_per_window(self.samples),
                        "forward_passes": int(evaluated.sum()), "forward_passes_per_input": evaluated.tolist(),
@@ -249,7 +249,7 @@ class PredictionDifference(Method):
         if score.kind == WEIGHT_OF_EVIDENCE:
             diagnostics.update(laplace_training_size=score.training_size, laplace_classes=score.classes)
         if kept:
-            diagnostics["all_classes"] = np.stack([self._to_input(geometry, m) for m in extra]).astype(relevance.dtype)
+            diagnostics["all_classes"] = np.stack([geometry.shared_over_channels(m) for m in extra]).astype(relevance.dtype)
             diagnostics["all_classes_index"] = tuple(kept)
         target_index = np.full(len(x), -1) if target.hidden else explained
         return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], self.name,
@@ -291,7 +291,7 @@ class PredictionDifference(Method):
         chunk is drawn in a thread while the caller's forward passes run (on a GPU the host is idle meanwhile)."""
         def draw(ids):
             values = setup.sampler.sample(x_grid, ids, self.samples, self.seed).astype(x_grid.dtype, copy=False)
-            return ids, values, np.stack([x_grid[(slice(None),) + setup.grid.slices(w)] for w in ids])
+            return ids, values, setup.grid.windows(x_grid, ids)
 
         if not ahead:
             yield from map(draw, chunks)
@@ -312,13 +312,6 @@ class PredictionDifference(Method):
         if any(not 0 <= c < n_classes for c in kept):
             raise OnnxplainError(f"all_classes lists a class outside 0..{n_classes - 1}")
         return kept
-
-    @staticmethod
-    def _to_input(geometry: Geometry, maps: np.ndarray) -> np.ndarray:
-        """(N, *spatial) pixel relevance -> (N, *sample_shape): shared equally by a pixel's channels, so that
-        summing over channels gives the paper's map."""
-        shared = np.repeat(maps[:, None] / geometry.channels, geometry.channels, axis=1)
-        return geometry.from_grid(shared)
 
     def _params(self, target: Target, score: Score, window, padding: int) -> dict:
         sampler = self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__

@@ -234,8 +234,7 @@ class ConditionalSampler:
             shape = (1, 1, n_channels) + (1,) * len(k)
             out = np.clip(out, self.low.reshape(shape), self.high.reshape(shape))
         elif self.clip == "pixel":
-            boxes = [(slice(None),) + self.grid.slices(w) for w in window_ids]
-            low, high = np.stack([self.low[b] for b in boxes]), np.stack([self.high[b] for b in boxes])
+            low, high = self.grid.windows(self.low, window_ids), self.grid.windows(self.high, window_ids)
             out = np.clip(out, low[:, None], high[:, None])
         return out.astype(x.dtype, copy=False)
 

@@ -97,6 +97,11 @@ class Geometry:
         moved = np.moveaxis(grid, 1, -1)
         return np.ascontiguousarray(moved).reshape(n, *self.sample_shape)
 
+    def shared_over_channels(self, maps: np.ndarray) -> np.ndarray:
+        """(N, *spatial) pixel relevance -> (N, *sample_shape): shared equally by a pixel's channels, so that
+        summing over channels gives the pixel's map back."""
+        return self.from_grid(np.repeat(maps[:, None] / self.channels, self.channels, axis=1))
+
 
 def _flat_spatial(spec, volume_shape, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The grid a flat input describes: a volume or image (given, or from the spec's crop or size), else its
@@ -148,6 +153,10 @@ class WindowGrid:
 
     def slices(self, window_id: int) -> tuple[slice, ...]:
         return self._slices[window_id]
+
+    def windows(self, values: np.ndarray, window_ids) -> np.ndarray:
+        """(len(window_ids), C, *size): the windows' contents of `values` (C, *spatial)."""
+        return np.stack([values[(slice(None),) + self._slices[w]] for w in window_ids])
 
     def counts(self) -> np.ndarray:
         """How many windows cover each pixel."""

@@ -22,7 +22,7 @@ def count_parameters(proto) -> int:
     attributes in which ai.onnx.ml ops keep theirs. Integer tensors (shapes, axes) are not parameters."""
     tensors = [t for t in proto.graph.initializer if t.data_type in FLOAT_TYPES]
     tensors += [a.t for n in proto.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
-                for a in n.attribute if a.name == "value" and a.t.data_type in FLOATING]
+                for a in n.attribute if a.name == "value" and a.t.data_type in FLOAT_TYPES]
     return sum(int(np.prod(t.dims)) for t in tensors) + sum(
         len(a.floats) + len(a.ints) for n in proto.graph.node if n.domain == "ai.onnx.ml" for a in n.attribute
         if a.name in ML_WEIGHTS)

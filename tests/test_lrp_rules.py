@@ -408,3 +408,28 @@ def test_a_batchnorm_behind_a_transpose_keeps_its_own_axis(tmp_path):
     logits = model.logits(x)
     np.testing.assert_allclose(explanation.score, logits[np.arange(3), explanation.target], rtol=1e-5)
     assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+
+
+def test_zb_passes_no_relevance_to_a_constant_padding(tmp_path):
+    """z^B on a convolution after a Pad with a fill of 0.7: there the box is the one point x = low = high, whose
+    contributions x w - l w+ - h w- are zero. Computed as three products, float32 left a residue that R / (z + eps)
+    magnified (windows over the padding alone have z = 0): conservation was off by 150%. As (x - l) w+ + (x - h) w-
+    they are exactly zero, and such a window's relevance goes to the stabiliser, as the ledger says."""
+    rng = np.random.default_rng(0)
+    initializers = {"p": np.array([0, 0, 3, 3, 0, 0, 3, 3], np.int64), "v": np.array(0.7, np.float32),
+                    "w": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+                    "b": rng.normal(0, 0.1, size=4).astype(np.float32),
+                    "d": rng.normal(size=(4 * 10 * 10, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Pad", ["x", "p", "v"], ["padded"]), helper.make_node("Conv", ["padded", "w", "b"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "p.onnx")
+    model = onnxplain.load(tmp_path / "p.onnx")
+    x = rng.uniform(-1, 1, (4, 2, 6, 6)).astype(np.float32)
+    explanation = LRP("epsilon-gamma-box", low=-1.0, high=1.0, progress=False).explain(model, x)
+    assert explanation.diagnostics["layers"][0][1]["rule"] == "zb"
+    assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+

@@ -38,8 +38,12 @@ class BatchNormalization(LinearOp):
 
     def layer(self, inputs):
         factor, shift = self.affine(inputs)
-        shape = self.channel_shape(inputs, factor.numel())
+        shape = (1, *factor.shape) + (1,) * (inputs[0].ndim - 1 - factor.ndim)   # per channel, or per value
         return rules.Layer(lambda x, w: x * w.reshape(shape), factor.reshape(-1), shift.reshape(shape))
+
+    def mergeable(self) -> bool:
+        """Statistics per value (opset < 9, spatial=0) have no per-channel vector to fold a follower into."""
+        return self.constants[1].ndim == 1
 
 
 @register("LayerNormalization", opsets=(17, 22))

@@ -24,6 +24,9 @@ class BatchNormalization(LinearOp):
     def setup(self):
         self.epsilon = float(self.attr("epsilon", 1e-5))
         self.kind = "linear" if all(i in self.constants for i in (1, 2, 3, 4)) else None
+        training = self.attr("training_mode", 0) if self.opset >= 14 else len([o for o in self.node.output if o]) > 1
+        if training:   # onnxruntime then normalises by the batch's own statistics: no per-sample map
+            raise ValueError(f"BatchNormalization node {self.name!r} is in training mode (batch statistics)")
 
     def forward(self, x, scale, bias, mean, var, *unused):
         if x.ndim == 2 or scale.ndim == 1:

@@ -170,7 +170,10 @@ def runtime_max_ir_version() -> int:
 
 
 def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """Convert old default-domain opsets to MIN_OPSET; returns (model, note) and keeps the original on failure."""
+    """Convert old default-domain opsets to MIN_OPSET; returns (model, note). The original stays where conversion
+    fails, and where the converted graph fails shape inference that the original passes: ONNX counts a ceil-mode
+    pooling window that onnxruntime drops, and only at the new opset does the Gemm after it object (onnxruntime,
+    inferring shapes too, then refused a graph it runs at its own opset)."""
     version = default_opset(model)
     if version >= MIN_OPSET:
         return model, None
@@ -178,9 +181,19 @@ def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         from onnx import version_converter
 
         converted = version_converter.convert_version(model, MIN_OPSET)
-        return converted, f"opset {version} -> {MIN_OPSET}"
     except Exception as error:
         return model, f"opset {version} kept (version converter: {type(error).__name__})"
+    if not _infers_strictly(converted) and _infers_strictly(model):
+        return model, f"opset {version} kept (shape inference fails at opset {MIN_OPSET})"
+    return converted, f"opset {version} -> {MIN_OPSET}"
+
+
+def _infers_strictly(model: onnx.ModelProto) -> bool:
+    try:
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        return True
+    except Exception:   # onnx raises InferenceError, ValidationError and others
+        return False
 
 
 def unzip_classifier(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -204,6 +204,16 @@ def test_batch_normalization(opset):
     check([node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)], X4, opset, inits)
 
 
+@pytest.mark.parametrize("opset, outputs, attributes", [(9, ["y", "mean", "var", "saved_mean", "saved_var"], {}),
+                                                       (15, ["y", "mean", "var"], {"training_mode": 1})])
+def test_batch_normalization_in_training_mode_is_refused(opset, outputs, attributes):
+    """With its training outputs (before opset 14) or training_mode=1, onnxruntime normalises by the batch's own
+    statistics; the registry normalised by the running ones whatever the mode (other numbers): it refuses the node."""
+    inits = [const(n, RNG.uniform(0.5, 1.5, size=4)) for n in ("s", "b", "m", "v")]
+    with pytest.raises(ValueError, match="training mode"):
+        check([node("BatchNormalization", ["x", "s", "b", "m", "v"], outputs, **attributes)], X4, opset, inits)
+
+
 @pytest.mark.parametrize("transform, classes", [("NONE", 3), ("SOFTMAX", 3), ("LOGISTIC", 1), ("SOFTMAX_ZERO", 3),
                                                 ("PROBIT", 3), ("LOGISTIC", 3)])
 def test_linear_classifier(transform, classes):

@@ -408,3 +408,55 @@ def test_a_batchnorm_behind_a_transpose_keeps_its_own_axis(tmp_path):
     logits = model.logits(x)
     np.testing.assert_allclose(explanation.score, logits[np.arange(3), explanation.target], rtol=1e-5)
     assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+
+
+def test_zb_passes_no_relevance_to_a_constant_padding(tmp_path):
+    """z^B on a convolution after a Pad with a fill of 0.7: there the box is the one point x = low = high, whose
+    contributions x w - l w+ - h w- are zero. Computed as three products, float32 left a residue that R / (z + eps)
+    magnified (windows over the padding alone have z = 0): conservation was off by 150%. As (x - l) w+ + (x - h) w-
+    they are exactly zero, and such a window's relevance goes to the stabiliser, as the ledger says."""
+    rng = np.random.default_rng(0)
+    initializers = {"p": np.array([0, 0, 3, 3, 0, 0, 3, 3], np.int64), "v": np.array(0.7, np.float32),
+                    "w": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+                    "b": rng.normal(0, 0.1, size=4).astype(np.float32),
+                    "d": rng.normal(size=(4 * 10 * 10, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Pad", ["x", "p", "v"], ["padded"]), helper.make_node("Conv", ["padded", "w", "b"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "p.onnx")
+    model = onnxplain.load(tmp_path / "p.onnx")
+    x = rng.uniform(-1, 1, (4, 2, 6, 6)).astype(np.float32)
+    explanation = LRP("epsilon-gamma-box", low=-1.0, high=1.0, progress=False).explain(model, x)
+    assert explanation.diagnostics["layers"][0][1]["rule"] == "zb"
+    assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5
+
+
+@pytest.mark.parametrize("after_conv", [True, False])
+def test_a_batchnorm_with_statistics_per_value_is_no_per_channel_map(tmp_path, after_conv):
+    """BatchNormalization at opset 7 with spatial=0 has statistics per (channel, position), and the version converter
+    cannot upgrade it. Merging it into the convolution before it crashed (no per-channel vector to fold), on its own
+    its layer broadcast the values along the channel axis, and the scaling after it could not fold into it; it stays
+    an affine layer of its own shape, and the scaling passes relevance."""
+    rng = np.random.default_rng(0)
+    statistics = {"s": rng.uniform(0.5, 1.5, (2, 4, 4)), "o": rng.normal(size=(2, 4, 4)),
+                  "m": rng.normal(size=(2, 4, 4)), "v": rng.uniform(0.5, 1.5, (2, 4, 4))}
+    initializers = {**statistics, "two": 2.0, "w": rng.normal(size=(2, 1, 3, 3)), "d": rng.normal(size=(32, 3))}
+    first = helper.make_node("Conv", ["x", "w"], ["h"]) if after_conv else helper.make_node("Relu", ["x"], ["h"])
+    nodes = [first, helper.make_node("BatchNormalization", ["h", "s", "o", "m", "v"], ["n"], spatial=0),
+             helper.make_node("Mul", ["n", "two"], ["scaled"]), helper.make_node("Flatten", ["scaled"], ["f"]),
+             helper.make_node("MatMul", ["f", "d"], ["y"])]
+    shape = ["N", 1, 6, 6] if after_conv else ["N", 2, 4, 4]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in initializers.items()
+                               if after_conv or k != "w"])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], ir_version=4), tmp_path / "b.onnx")
+    model = onnxplain.load(tmp_path / "b.onnx")
+    x = rng.normal(size=(3, *shape[1:])).astype(np.float32)
+    for composite in ("lrp-0", "epsilon-plus"):
+        explanation = LRP(composite, progress=False).explain(model, x)
+        assert "BatchNormalization" in [layer["op"] for layer in explanation.diagnostics["layers"][0]]
+        assert np.abs(explanation.diagnostics["conservation_error"]).max() < 1e-5

@@ -403,3 +403,25 @@ def test_class_names_that_are_ambiguous_are_refused(digits_cnn):
     model.labels = [f"c{i}" for i in range(30)]
     with pytest.raises(OnnxplainError, match="c19 and 10 more$"):
         model.class_index("nope")
+
+
+def test_an_old_opset_whose_conversion_fails_shape_inference_is_kept(tmp_path):
+    """A ceil-mode MaxPool whose last window would start past the input (5 positions, kernel 1, stride 3): onnxruntime
+    drops that window (2 positions), ONNX's shape inference before opset 22 counts it (3). At opset 11 onnxruntime
+    runs the graph, but converted to opset 13 the 3 positions contradict the Gemm after them and onnxruntime refused
+    the converted graph, so a model it runs failed to load. The original opset stays, and the registry runs it."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[1], strides=[3], ceil_mode=1),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])]
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(nodes, "ceil", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weight])
+    path = tmp_path / "ceil.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=6), path)
+    model = onnxplain.load(path)
+    assert "opset 11 kept (shape inference fails at opset 13)" in model.notes
+    x = np.random.default_rng(1).normal(size=(3, 2, 5)).astype(np.float32)
+    want = plain_session(path).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model.scores(x), want, rtol=1e-6)
+    executor = model.torch()
+    assert executor.graph is not None, executor.problem
+    np.testing.assert_allclose(executor(x).numpy(), want, rtol=1e-5, atol=1e-6)

@@ -371,9 +371,10 @@ def test_nonlinear_reductions_are_named_unsupported_by_lrp(tmp_path):
 @pytest.mark.parametrize("rounding", ["floor", "ceil", "round_prefer_floor", "round_prefer_ceil"])
 def test_nearest_resize_in_every_coordinate_and_rounding_mode(transform, rounding):
     attributes = dict(mode="nearest", coordinate_transformation_mode=transform, nearest_mode=rounding)
-    for scales in ([1, 1, 2, 3], [1, 1, 1.5, 0.6], [1, 1, 0.5, 2.5]):
+    for scales in ([1, 1, 2, 3], [1, 1, 1.5, 0.6], [1, 1, 0.5, 2.5], [1, 1, 1, 2]):   # scale 1: as it is
         check([node("Resize", ["x", "", "scales"], **attributes)], X4, 13, [const("scales", scales)])
-    check([node("Resize", ["x", "", "", "sizes"], **attributes)], X4, 13, [const("sizes", [2, 3, 7, 9], np.int64)])
+    for sizes in ([2, 3, 7, 9], [2, 3, 5, 9]):
+        check([node("Resize", ["x", "", "", "sizes"], **attributes)], X4, 13, [const("sizes", sizes, np.int64)])
 
 
 def test_nearest_upsample_of_opset_7_runs_in_the_registry_and_lrp_passes_it(tmp_path):

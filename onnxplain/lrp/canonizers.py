@@ -141,8 +141,9 @@ def per_channel_affine(step: Step, source: str, channels: int, axis_rank) -> tup
         return None
     if op.op_type == "BatchNormalization" and op.kind == "linear" and step.inputs[0] == source and \
             (rank is None or axis % rank == 1):   # its channels are axis 1, wherever a Transpose put the layer's
-        factor, shift = op.affine([None] + [op.constants[i] for i in (1, 2, 3, 4)])
-        return _vector(factor, channels, axis, rank, True), _vector(shift, channels, axis, rank, True)
+        factor, shift = (_vector(v, channels, axis, rank, True)
+                         for v in op.affine([None] + [op.constants[i] for i in (1, 2, 3, 4)]))
+        return None if factor is None or shift is None else (factor, shift)   # statistics per value (spatial=0)
     if op.op_type not in ("Mul", "Div", "Add", "Sub") or len(op.constants) != 1 or source not in step.inputs[:2]:
         return None
     (position, constant), = op.constants.items()

@@ -280,7 +280,12 @@ class Gamma(Rule):
 
 
 class ZBox(Rule):
-    """z^B for inputs in a box [low, high]: R_i = (x_i w_ij - l_i w+_ij - h_i w-_ij) / sum_i(...) R_j."""
+    """z^B for inputs in a box [low, high]: R_i = (x_i w_ij - l_i w+_ij - h_i w-_ij) / sum_i(...) R_j.
+
+    The contributions are computed as (x_i - l_i) w+_ij + (x_i - h_i) w-_ij: where the box is one point (a constant
+    padding, l = h = x) they are exactly zero, and z sums no large terms of opposite signs. Written as three
+    products, float32 left a rounding residue there that R_j / (z_j + epsilon) magnified past R_j itself.
+    """
 
     name = "zb"
 
@@ -292,7 +297,7 @@ class ZBox(Rule):
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand(x.shape)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand(x.shape)
         w = layer.weight
-        z = layer.sum_of([(relay(x, x), w), (relay(x, low), -w.clamp(min=0)), (relay(x, high), -w.clamp(max=0))])
+        z = layer.sum_of([(relay(x, x - low), w.clamp(min=0)), (relay(x, x - high), w.clamp(max=0))])
         division, leak = _divided(stabilize(z.detach(), self.stabilizer), None, self.stabilizer)
         return attach(layer.output(x), z, division), leak
 

@@ -24,6 +24,9 @@ class BatchNormalization(LinearOp):
     def setup(self):
         self.epsilon = float(self.attr("epsilon", 1e-5))
         self.kind = "linear" if all(i in self.constants for i in (1, 2, 3, 4)) else None
+        training = self.attr("training_mode", 0) if self.opset >= 14 else len([o for o in self.node.output if o]) > 1
+        if training:   # onnxruntime then normalises by the batch's own statistics: no per-sample map
+            raise ValueError(f"BatchNormalization node {self.name!r} is in training mode (batch statistics)")
 
     def forward(self, x, scale, bias, mean, var, *unused):
         if x.ndim == 2 or scale.ndim == 1:
@@ -38,8 +41,12 @@ class BatchNormalization(LinearOp):
 
     def layer(self, inputs):
         factor, shift = self.affine(inputs)
-        shape = self.channel_shape(inputs, factor.numel())
+        shape = (1, *factor.shape) + (1,) * (inputs[0].ndim - 1 - factor.ndim)   # per channel, or per value
         return rules.Layer(lambda x, w: x * w.reshape(shape), factor.reshape(-1), shift.reshape(shape))
+
+    def mergeable(self) -> bool:
+        """Statistics per value (opset < 9, spatial=0) have no per-channel vector to fold a follower into."""
+        return self.constants[1].ndim == 1
 
 
 @register("LayerNormalization", opsets=(17, 22))

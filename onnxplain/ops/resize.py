@@ -63,10 +63,14 @@ class Resize(Op):
                              recompute_scale_factor=False)
 
     def _gathered(self, x, size, factors):
-        """Nearest neighbours along each spatial axis: out[i] = in[round(coordinate(i))], clamped to the input."""
+        """Nearest neighbours along each spatial axis: out[i] = in[round(coordinate(i))], clamped to the input. An axis
+        of scale 1 stays as it is, as onnxruntime leaves it (tf_half_pixel_for_nn's (i + 0.5) / 1, rounded up, would
+        shift it by one)."""
         for axis in range(2, x.ndim):
             n = x.shape[axis]
             scale = factors[axis - 2] if size is None else size[axis - 2] / n
+            if scale == 1:
+                continue
             out = size[axis - 2] if size is not None else int(n * scale)
             i = torch.arange(out, dtype=torch.float32, device=x.device)
             scale = torch.tensor(scale, dtype=torch.float32)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
+from onnxplain.loading import default_opset
 
 from .common import ConversionReport, embed_metadata, sample_batch, verify_and_write
 
@@ -30,20 +31,16 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def _opset(proto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def _at_opset(proto, opset: int):
     """The exported graph at the requested opset: the dynamo exporter writes opset 18 or later whatever it is
     asked, so an older one is reached by `onnx.version_converter` (a failure here falls back to TorchScript)."""
     import onnx.version_converter
 
-    found = _opset(proto)
+    found = default_opset(proto)
     if found == opset:
         return proto
     converted = onnx.version_converter.convert_version(proto, opset)
-    if _opset(converted) != opset:
+    if default_opset(converted) != opset:
         raise ValueError(f"the dynamo exporter wrote opset {found}, not {opset}")
     onnx.checker.check_model(converted, full_check=True)   # the converter can write attributes an opset lacks
     return converted
@@ -60,7 +57,7 @@ def _export(module, example, opset: int, input_name: str, output_name: str):
                                         input_names=[input_name], output_names=[output_name],
                                         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
             proto = _at_opset(program.model_proto, opset)
-            return proto, f"torch.onnx.export (dynamo), opset {_opset(proto)}"
+            return proto, f"torch.onnx.export (dynamo), opset {default_opset(proto)}"
         except Exception as dynamo_error:  # the exporters raise many unrelated types
             buffer = io.BytesIO()
             try:
@@ -72,7 +69,7 @@ def _export(module, example, opset: int, input_name: str, output_name: str):
                                      f"{str(dynamo_error).splitlines()[0][:200]}; TorchScript exporter: "
                                      f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from None
             proto = onnx.load_from_string(buffer.getvalue())
-            return proto, f"torch.onnx.export (TorchScript), opset {_opset(proto)}"
+            return proto, f"torch.onnx.export (TorchScript), opset {default_opset(proto)}"
 
 
 def convert_pytorch(module, path: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None,

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .normalize import default_opset, infer_shapes
+from .loading import default_opset
+from .normalize import infer_shapes
 from .scores import FLOAT_TYPES
 
 

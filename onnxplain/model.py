@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import batch_axis, normalize
+from . import batch_axis, loading, normalize
 from .errors import OnnxplainError, named_list
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, run_batched
@@ -25,10 +25,10 @@ def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | dict | str | o
     """Read, validate and normalise an ONNX classifier; `verify` checks every normalisation against the original;
     `scores` names the output holding the class scores (default: a softmax's, else the first float output);
     `preprocess`: a PreprocessSpec, a dict of its fields (a JSON spec's content) or a JSON spec's path."""
-    original = normalize.read_model(path)
-    normalize.check_domains(original)
-    normalize.check_model(original)
-    normalize.check_inference_mode(original)
+    original = loading.read_model(path)
+    loading.check_domains(original)
+    loading.check_model(original)
+    loading.check_inference_mode(original)
     return Model(original, path=Path(path), preprocess=preprocess, providers=providers, verify=verify, scores=scores)
 
 

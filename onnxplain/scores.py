@@ -8,6 +8,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxplainError, named_list
+from .loading import default_opset
 
 SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
@@ -69,7 +70,7 @@ def class_shaped(proto: onnx.ModelProto, node: onnx.NodeProto, output: onnx.Valu
     dims = output.type.tensor_type.shape.dim
     if node.op_type == "Sigmoid":
         return len(dims) in (1, 2)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(proto)
     axis = _attribute(node, "axis", 1 if opset < 13 else -1)
     shapes = {v.name: v.type.tensor_type.shape.dim for v in list(proto.graph.value_info) + list(proto.graph.output)
               if v.type.tensor_type.HasField("shape")}

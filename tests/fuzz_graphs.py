@@ -143,7 +143,7 @@ class Builder:
 
     def pad(self, t: str) -> str:
         """A constant Pad (any fill) or a reflect Pad of the spatial axes."""
-        rng, (c, *n) = self.rng, self.shapes[t]
+        rng, (_, *n) = self.rng, self.shapes[t]
         d, n = len(n), np.array(n)
         reflect = rng.random() < 0.3 and (n >= 2).all()
         pads = np.minimum(rng.integers(0, 4, 2 * d), np.tile(n - 1, 2)) if reflect else rng.integers(0, 4, 2 * d)

@@ -207,7 +207,7 @@ class OpsetBuilder(Builder):
 
     def pad_any(self, t: str) -> str:
         """Pad (constant, reflect or edge) of the spatial axes; from opset 11 some pads may crop."""
-        rng, (c, *n) = self.rng, self.shapes[t]
+        rng, (_, *n) = self.rng, self.shapes[t]
         d, n = len(n), np.array(n)
         mode = str(rng.choice(["constant", "constant", "reflect", "edge"]))
         crop = self.opset >= 11 and mode == "constant" and rng.random() < 0.3

@@ -30,7 +30,7 @@ class Generator:
     def _load(path):
         """Check the declared latent first (a model with free latent sizes cannot even be probed), then load."""
         from .. import load
-        from ..normalize import read_model
+        from ..loading import read_model
 
         proto = read_model(path)
         initializers = {t.name for t in proto.graph.initializer}

@@ -13,7 +13,7 @@ from onnx import helper
 from . import batch_axis, loading, normalize
 from .errors import OnnxplainError, named_list
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
-from .runtime import available_providers, batch_size_for, make_session, run_batched
+from .runtime import available_providers, batch_size_for, make_session, random_feed, run_batched
 from .scores import classifier_labels, find_scores, softmax
 from .sequences import channel_layout, sequence_layout
 
@@ -117,7 +117,7 @@ class Model:
         names = [o.name for o in normalised.graph.output if o.name in computed]
         feed_proto = normalize.drop_extra_inputs(normalize.copy_model(original))
         reference = make_session(normalize.with_outputs(feed_proto, names).SerializeToString(), self.providers)
-        feed = _random_feed(candidate, batch=batch_axis.fixed_batch(feed_proto) or 1)
+        feed = random_feed(candidate, batch=batch_axis.fixed_batch(feed_proto) or 1)
         try:
             wanted = reference.run(names, feed)
         except Exception:  # the original itself cannot run on the probe (free input sizes it needs set)
@@ -144,7 +144,7 @@ class Model:
         number, or to K numbers whatever the batch) cannot be explained sample by sample."""
         batch, session = (1 if self.fixed_batch else 2), self._sessions[()]
         try:
-            (scores,) = session.run([self.score_output], _random_feed(session, batch))
+            (scores,) = session.run([self.score_output], random_feed(session, batch))
         except Exception:  # the probe's free sizes do not suit the graph: real inputs will tell
             return
         if np.ndim(scores) == 0 or len(scores) != batch:
@@ -155,7 +155,7 @@ class Model:
     def _batch_parity(session) -> bool:
         """A batch of 3 gives the same outputs as 3 batches of 1."""
         try:
-            feed = _random_feed(session, batch=3)
+            feed = random_feed(session, batch=3)
             (name, batch), = feed.items()
             together = session.run(None, feed)
             apart = [session.run(None, {name: batch[i:i + 1]}) for i in range(3)]
@@ -390,15 +390,3 @@ class Model:
         if key not in cache:
             cache[key] = TorchExecutor(self, device=device)
         return cache[key]
-
-
-def _random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
-    """Seeded random input in [0, 1) for checks (ids 0 and 1 for integer inputs: token ids, categories); fixed dims
-    taken from the session, free ones set to 32."""
-    rng = np.random.default_rng(0)
-    (value,) = [i for i in session.get_inputs()]
-    shape = [batch] + [d if isinstance(d, int) and d > 0 else 32 for d in value.shape[1:]]
-    if "int" in value.type:
-        return {value.name: rng.integers(0, 2, size=shape).astype(value.type[len("tensor("):-1])}   # int32, uint8...
-    dtype = np.float64 if "double" in value.type else np.float32
-    return {value.name: rng.random(shape).astype(dtype)}

@@ -141,3 +141,15 @@ def progress_iter(iterable: Iterable, progress: bool | str, total: int, unit: st
         return iterable
     desc = progress if isinstance(progress, str) else "forward passes"
     return progress_bar(iterable, total=total, desc=desc, unit=unit)
+
+
+def random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
+    """A session's seeded random input in [0, 1) for checks (ids 0 and 1 for integer inputs: token ids,
+    categories); fixed dims taken from the session, free ones set to 32."""
+    rng = np.random.default_rng(0)
+    (value,) = session.get_inputs()
+    shape = [batch] + [d if isinstance(d, int) and d > 0 else 32 for d in value.shape[1:]]
+    if "int" in value.type:
+        return {value.name: rng.integers(0, 2, size=shape).astype(value.type[len("tensor("):-1])}   # int32, uint8...
+    dtype = np.float64 if "double" in value.type else np.float32
+    return {value.name: rng.random(shape).astype(dtype)}

@@ -211,12 +211,14 @@ def _timed(fn) -> float:
 
 
 def case(sampler: str, rounds: int) -> dict:
-    """Literal loop, the torch engine and the floor on the digits CNN (k=4, l=8, S=10, stride 1), interleaved."""
+    """Literal loop, the torch engine and the floor on the digits CNN (k=4, S=10, stride 1; l=8 for the conditional
+    sampler), interleaved."""
     path = ROOT / "models" / "digits_cnn.onnx"
     model = onnxplain.load(path)
     samples = ROOT / "models" / "samples"
     x, reference = np.load(samples / "digit3_cnn.npy")[None], np.load(samples / "digits_reference_cnn.npy")
-    params = dict(reference=reference, progress=False, window=4, padding=2, samples=10, sampler=sampler, stride=1)
+    ring = dict(padding=2) if sampler == "conditional" else {}   # l = k + 2 padding: the conditional's patch
+    params = dict(reference=reference, progress=False, window=4, samples=10, sampler=sampler, stride=1, **ring)
     literal, engine = PredictionDifference(**params), PredictionDifference(**params, device="cpu")
     setup = literal.prepare(model, x.shape[1:])
     engine.prepare(model, x.shape[1:])

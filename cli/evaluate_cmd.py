@@ -269,7 +269,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     if metric_names is None:
         names, metric_note = default_metrics(loaded, x)
         metric_names = names.split(",")
-    refuse_unread_options(metric_names if metric_note is None else METRIC_OPTIONS, specs, reference)
+    refuse_unread_options(metric_names if metric_note is None else METRIC_OPTIONS, specs, reference, methods is None)
     options = {"seed": seed, "reference": read_reference(reference, loaded) if reference else None,
                "device": device}
     chosen = build_methods(specs, not quiet, options)
@@ -290,7 +290,7 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
 METRIC_OPTIONS = {"aopc": ("region", "steps", "score"), "apem": ("stage", "epsilon_step", "max_steps", "shuffles")}
 
 
-def refuse_unread_options(metrics: list[str], specs: list[str], reference) -> None:
+def refuse_unread_options(metrics: list[str], specs: list[str], reference, default_methods: bool) -> None:
     """Options given on the command line that no chosen metric or method reads are refused, not ignored (where
     the defaults left APEM out with a note, its options pass: `metrics` is then every metric)."""
     context = click.get_current_context()
@@ -302,7 +302,8 @@ def refuse_unread_options(metrics: list[str], specs: list[str], reference) -> No
     takers = [spec for spec in specs
               if "reference" in inspect.signature(method_class(parse_method(spec)[0]).__init__).parameters]
     if reference is not None and not takers:
-        raise not_applicable(["--reference"], f"--methods {','.join(specs)} (none of them reads reference data)")
+        chosen = f"the default methods ({', '.join(specs)})" if default_methods else f"--methods {','.join(specs)}"
+        raise not_applicable(["--reference"], f"{chosen}: none of them reads reference data (pda and occlusion do)")
 
 
 def write_outputs(report, out: Path, title: str) -> list[Path]:

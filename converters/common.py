@@ -48,6 +48,8 @@ def embed_metadata(proto: onnx.ModelProto, preprocess: PreprocessSpec | dict | N
 def rename_io(proto: onnx.ModelProto, input_name: str, output_name: str) -> onnx.ModelProto:
     """Give the graph's one input and first output the names asked for (exporters pick names such as
     'keras_tensor' or '23'), everywhere they are read or written, subgraphs included."""
+    if input_name == output_name:
+        raise OnnxplainError(f"the input and the output cannot both be named {input_name!r}")
     graph = proto.graph
     initializers = {t.name for t in graph.initializer}
     feeds = [v for v in graph.input if v.name not in initializers]
@@ -62,11 +64,14 @@ def rename_io(proto: onnx.ModelProto, input_name: str, output_name: str) -> onnx
 
 
 def _tensor_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the graph uses, its subgraphs' included."""
     names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
     names |= {t.name for t in graph.initializer}
     for node in graph.node:
         names.update(node.input)
         names.update(node.output)
+        for body in _subgraphs(node):
+            names |= _tensor_names(body)
     return names
 
 
@@ -76,9 +81,14 @@ def _rename(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
     for node in graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
         node.output[:] = [renames.get(name, name) for name in node.output]
-        for attribute in node.attribute:
-            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                _rename(body, renames)
+        for body in _subgraphs(node):
+            _rename(body, renames)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies of an If, Loop or Scan node."""
+    return [body for attribute in node.attribute
+            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs)]
 
 
 def verify_and_write(proto: onnx.ModelProto, path: str | os.PathLike, samples: np.ndarray, expected: np.ndarray, *,

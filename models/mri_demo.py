@@ -5,7 +5,7 @@
 3. exported by skl2onnx as it comes (LinearClassifier + ZipMap) with a preprocessing spec in its metadata
    (`layout: flat`, `crop: [[29,41],[0,109],[0,91]]`, `scan_shape: [91,109,91]`), loaded by `onnxplain.load`;
 4. subjects written as NIfTI and read back through onnxplain's crop path (`onnxplain.io.load_inputs`);
-5. explained by prediction difference analysis in 3-D (k=3, l=7: marginal, conditional, and conditional with
+5. explained by prediction difference analysis in 3-D (k=3: marginal, and conditional (l=7) without and with
    location), by LRP on the LinearClassifier, and compared with the classifier's weight map (the paper's Fig. 9);
 6. scored against the planted regions: ROC-AUC of |relevance| vs the planted mask inside the brain, per subject;
 7. written out: NIfTI relevance volumes, Fig. 9/10/11-style PNGs (15%-of-maximum threshold), results.json.

@@ -319,9 +319,13 @@ def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:
 def _write_out_gelu(model) -> None:
     """Gelu (opset 20) has no earlier version to convert to and no onnx2torch converter: each is written out as
     exporters did before, 0.5 x (1 + erf(x / sqrt 2)) or 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
 
-    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.value_info]}
+    if not any(node.op_type == "Gelu" for node in model.graph.node):
+        return
+    typed = shape_inference.infer_shapes(model).graph   # the constants take the type of the Gelu's input
+    types = {v.name: v.type.tensor_type.elem_type for v in [*typed.input, *typed.value_info, *typed.output]}
+    types |= {t.name: t.data_type for t in typed.initializer}
     nodes = []
     for node in model.graph.node:
         if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):

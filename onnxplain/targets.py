@@ -18,8 +18,7 @@ CHANNELS_AT_1 = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "G
 KEEP_LAYOUT = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                "Clip", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Identity", "Dropout", "Cast", "Neg", "Abs",
                "Sqrt", "Exp", "Log", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
-               "Pad", "Resize", "Upsample", "Concat", "Where", "LayerNormalization",
-               "LRN"}   # outputs hold their inputs' axes as they are
+               "Pad", "Resize", "Upsample", "Concat", "Where", "LayerNormalization"}   # outputs hold their inputs' axes
 
 
 @dataclass(frozen=True)

@@ -153,12 +153,20 @@ def test_method_parameter_of_the_wrong_type_is_one_line(digits_cnn, inputs, spec
     (["--device", "gpu0"], "device 'gpu0' is not a torch device name"),
     (["--metrics", "aopc", "--stage", "3"], "option(s) --stage, --shuffles do not apply to --metrics aopc"),
     (["--metrics", "apem", "--max-steps", "5"], "option(s) --region, --steps do not apply to --metrics apem"),
-    (["--methods", "gradient", "--reference", "x.npy"], "option(s) --reference do not apply to --methods gradient"),
+    (["--methods", "gradient", "--reference", "x.npy"], "option(s) --reference do not apply to --methods gradient: "
+                                                        "none of them reads reference data (pda and occlusion do)"),
 ])
 def test_user_errors_exit_2(digits_cnn, inputs, extra, message):
     folder, _, _ = inputs
     result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, *extra)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_reference_data_no_default_method_reads_is_refused_naming_the_defaults(digits_cnn, inputs):
+    folder, _, _ = inputs
+    result = run("evaluate", digits_cnn, folder / "batch.npy", "--reference", folder / "batch.npy", "--quiet")
+    assert result.exit_code == 2 and "do not apply to the default methods (lrp, gradient, sensitivity, smoothgrad): " \
+        "none of them reads reference data" in result.output, result.output
 
 
 def test_a_region_larger_than_the_input_is_refused_naming_its_size(digits_cnn, inputs):

@@ -250,6 +250,10 @@ def test_renaming_the_input_and_output_reaches_subgraphs_and_refuses_a_taken_nam
         np.testing.assert_array_equal(got, expected)
     with pytest.raises(OnnxplainError, match="already has a tensor named 't'"):
         rename_io(proto, "t", "output")
+    with pytest.raises(OnnxplainError, match="already has a tensor named 'u'"):   # one inside a branch
+        rename_io(proto, "input", "u")
+    with pytest.raises(OnnxplainError, match="cannot both be named 'same'"):
+        rename_io(proto, "same", "same")
 
 
 def test_tf_keras_round_trip_through_tf2onnx(tmp_path):

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -249,6 +250,26 @@ def test_dynamo_export_at_opset_20_with_gelu_falls_back_too(tmp_path):
     inputs = torch.from_numpy(x).requires_grad_(True)
     net(inputs)[:, 1].sum().backward()
     assert relative_error(grad, inputs.grad.numpy()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_written_out_keeps_a_half_precision_input_in_half_precision(approximate):
+    """The written-out Gelu's constants take the type of its input, also where that input is an inner tensor whose
+    type the graph does not record (float32 constants beside float16 data: onnxruntime refuses the graph)."""
+    from onnxplain.executor import _write_out_gelu
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gelu", ["h"], ["y"],
+                                                                             approximate=approximate)]
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float16), "w")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float16)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    _write_out_gelu(model)
+    assert "Gelu" not in {node.op_type for node in model.graph.node}
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-2)
 
 
 def test_op_nobody_supports_is_named_in_the_error(tmp_path):

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 import onnxplain
-from onnxplain.zoo import cache_dir
+from onnxplain.zoo import cache_root
 from onnxplain.cli.main import cli
 from onnxplain.errors import OnnxplainError
 from onnxplain.methods import make_method
 from onnxplain.methods.pda import PredictionDifference
-from onnxplain.methods.samplers import ConditionalSampler
+from onnxplain.methods.samplers import ConditionalSampler, MarginalSampler
 from onnxplain.methods.windows import WindowGrid
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
@@ -137,6 +137,15 @@ def test_a_padding_past_the_input_is_cut_to_it_and_reported(logreg):
                                 progress=False).explain(model, x).diagnostics["patch"] == (4, 4)
 
 
+@pytest.mark.parametrize("sampler", ["marginal", MarginalSampler()])
+def test_marginal_sampling_reports_no_padding(logreg, sampler):
+    """Marginal sampling draws the window alone: its explanation reports padding 0, not the conditional default."""
+    model, x, reference, _ = logreg
+    explanation = PredictionDifference(window=2, samples=4, sampler=sampler, reference=reference,
+                                       progress=False).explain(model, x)
+    assert explanation.params["padding"] == 0
+
+
 def conditional_map(model, x, reference):
     explanation = PredictionDifference(window=2, padding=1, samples=4, seed=3, reference=reference,
                                        progress=False).explain(model, x)
@@ -147,7 +156,7 @@ def conditional_map(model, x, reference):
 def test_a_damaged_cache_entry_is_refitted_and_rewritten(logreg, damage):
     model, x, reference, _ = logreg
     expected, first = conditional_map(model, x, reference)
-    (entry,) = list((cache_dir().parent / "pda").glob("*.npz"))
+    (entry,) = list((cache_root() / "pda").glob("*.npz"))
     if damage == "incomplete":
         np.savez(entry, gain0=np.zeros(3))
     elif damage == "other shapes":

@@ -315,7 +315,8 @@ class PredictionDifference(Method):
 
     def _params(self, target: Target, score: Score, window, padding: int) -> dict:
         sampler = self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__
-        padding = 0 if self.sampler == "marginal" else getattr(self.sampler, "padding", padding)  # an instance: its own
+        if self.sampler != "conditional":   # marginal sampling has no ring; a sampler instance carries its own
+            padding = 0 if self.sampler == "marginal" else getattr(self.sampler, "padding", 0)
         return {"window": window, "padding": padding, "samples": self.samples, "sampler": sampler,
                 "stride": self.stride, "seed": self.seed, "reference_size": len(self.reference),
                 "score": score.kind, "output": score.output, "location_grid": self.location_grid,

@@ -249,8 +249,8 @@ class PredictionDifference(Method):
         if score.kind == WEIGHT_OF_EVIDENCE:
             diagnostics.update(laplace_training_size=score.training_size, laplace_classes=score.classes)
         if kept:
-            maps = np.stack([geometry.shared_over_channels(m) for m in extra])
-            diagnostics["all_classes"] = maps.astype(relevance.dtype)
+            class_maps = np.stack([geometry.shared_over_channels(m) for m in extra])
+            diagnostics["all_classes"] = class_maps.astype(relevance.dtype)
             diagnostics["all_classes_index"] = tuple(kept)
         target_index = np.full(len(x), -1) if target.hidden else explained
         return Explanation(relevance, target_index, originals[np.arange(len(x)), explained], self.name,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .sequences import sample_channel_axis
+
 
 def input_bounds(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel (low, high) of valid inputs from the preprocessing spec, broadcast to `shape`; None if unknown.
@@ -24,10 +26,10 @@ def _channel_ranges(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarr
         low, high = low[:1], high[:1]
     view = [1] * len(shape)
     if len(low) > 1:
-        axis = _channel_axis(model, spec, shape)
-        if axis is None or shape[axis] != len(low):
+        axis = sample_channel_axis(model, shape[1:])
+        if axis is None or shape[axis + 1] != len(low):
             return None
-        view[axis] = -1
+        view[axis + 1] = -1
     return low.reshape(view).astype(np.float64), high.reshape(view).astype(np.float64)
 
 
@@ -51,12 +53,3 @@ def rows_inside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.nda
         return (flat.min(axis=1) >= np.min(low) - slack) & (flat.max(axis=1) <= np.max(high) + slack)
     outside = (values < low - slack) | (values > high + slack)
     return ~outside.reshape(len(values), -1).any(axis=1)
-
-
-def _channel_axis(model, spec, shape: tuple[int, ...]) -> int | None:
-    """The batch's channel axis: an image's by the spec's layout, a sequence's by the graph (`sequence_layout`)."""
-    if len(shape) == 4 and spec.layout in ("NCHW", "NHWC"):
-        return 1 if spec.layout == "NCHW" else 3
-    if len(shape) == 3 and getattr(model, "sequence_layout", None):
-        return 1 if model.sequence_layout == "channels_first" else 2
-    return None

@@ -14,6 +14,7 @@ import torch
 
 from .bounds import input_bounds
 from .errors import OnnxplainError, named_list
+from .loading import default_opset
 from .ops.graph import Graph
 from .runtime import DEFAULT_BATCH_BYTES
 from .scores import FLOAT_TYPES
@@ -305,7 +306,7 @@ def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:
     known = {v.name: v for v in list(model.graph.output) + list(model.graph.value_info)}
     del model.graph.output[:]
     model.graph.output.extend(known.get(n) or helper.make_empty_tensor_value_info(n) for n in outputs)
-    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    version = default_opset(model) or 13   # a graph of ai.onnx.ml ops alone stays as it is
     if version < 13 or version > 17:
         _write_out_gelu(model)
         model = version_converter.convert_version(model, min(max(version, 13), 17))

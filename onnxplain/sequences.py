@@ -17,6 +17,25 @@ KEEP_AXES = {"Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pad", "Relu", "Cli
 UNIT = "unit"   # an axis an Unsqueeze added
 
 
+def sample_channel_axis(model, sample_shape: tuple[int, ...]) -> int | None:
+    """The channel axis of one sample (no batch axis), or None: a 2-D sample's by its sequence layout (else a gray
+    image), a 3-D sample's by the convolution it feeds or the spec's layout (else a (D, H, W) volume), a volume's
+    with channels by that convolution (else its first axis). Feature vectors have none."""
+    rank = len(sample_shape)
+    if rank == 2:
+        layout = getattr(model, "sequence_layout", None)
+    elif rank >= 3:
+        layout = getattr(model, "image_layout", None)   # set only where no spec says
+        spec = getattr(model, "preprocess", None)
+        if layout is None and rank == 3:
+            layout = {"NCHW": "channels_first", "NHWC": "channels_last"}.get(getattr(spec, "layout", None))
+        elif layout is None:
+            layout = "channels_first"
+    else:
+        layout = None
+    return {"channels_first": 0, "channels_last": rank - 1}.get(layout)
+
+
 def sequence_layout(proto: onnx.ModelProto, input_name: str) -> str | None:
     """'channels_first' when a 2-D sample's first axis becomes the first convolution's channels, 'channels_last'
     when its second does, None when the graph does not show a 1-D convolution over the other axis (a gray image)."""

@@ -10,7 +10,7 @@ import pytest
 import onnxplain
 from onnxplain import zoo
 from onnxplain.errors import OnnxplainError
-from onnxplain.lrp import LRP
+from onnxplain.lrp import LRP, DeepTaylor
 from onnxplain.methods import make_method
 from onnxplain.methods.pda import PredictionDifference
 from onnxplain.methods.samplers import ConditionalSampler, MarginalSampler
@@ -45,6 +45,14 @@ def test_lrp_rules_must_map_names_to_rule_specs(rules):
 ])
 def test_lrp_box_bounds_are_checked_when_given(low, high, match):
     _refused(match, lambda: LRP(composite="epsilon-gamma-box", low=low, high=high))
+
+
+def test_lrp_box_bounds_without_a_box_rule_are_refused():
+    """low/high feed z^B alone: a composite and rules without it would ignore them."""
+    _refused("low/high would change nothing: composite 'epsilon-plus' has no z\\^B rule",
+             lambda: LRP(low=0, high=1))
+    LRP(rules={"Conv": "zb"}, low=0, high=1)    # an override that takes z^B reads them
+    DeepTaylor(low=0, high=1)
 
 
 def test_lrp_box_bounds_must_fit_one_sample(digits_cnn_model, digit):

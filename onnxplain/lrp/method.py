@@ -60,6 +60,9 @@ class LRP(Method):
         self.batch_size = optional_whole_number("batch_size", batch_size, 1)
         self._walker: Walker | None = None  # the last model's, with its plans (explaining it again skips planning)
         self._uses_box = RuleMap(composite, self.rules, self.numbers).uses_box
+        if low is not None and not self._uses_box:
+            raise OnnxplainError(f"low/high would change nothing: composite {composite!r} has no z^B rule, the only "
+                                 "one that reads them (give one by a rule, e.g. Conv=zb)")
 
     def walker(self, model, x: np.ndarray) -> Walker:
         """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""

@@ -30,10 +30,14 @@ def chunk_rows(batch: int, sample_bytes: int) -> int:
     return max(batch, min(CPU_BATCH, CHUNK_BYTES // max(1, sample_bytes)))
 
 
-def forward_passes(model, device: str | None, precision: str = "fp32"):
-    """onnxruntime (device None: the model's own providers) or the torch executor on `device`."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise OnnxplainError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def forward_passes(model, device: str | None, precision: str = "fp32"):
+    """onnxruntime (device None: the model's own providers) or the torch executor on `device`."""
+    check_precision(precision)
     if device is None or device == "onnxruntime":
         if precision != "fp32":
             raise OnnxplainError("precision 'tf32' applies to the torch executor on a CUDA device (--device cuda)")

@@ -19,7 +19,7 @@ from ..explanation import Explanation, Method, relevance_dtype, require_model
 from ..runtime import optional_bar
 from ..scores import softmax
 from ..targets import Target, as_target, class_indices, hidden_values
-from .passes import PRECISIONS, WindowSamples, chunk_rows, forward_passes
+from .passes import WindowSamples, check_precision, chunk_rows, forward_passes
 from .samplers import ConditionalSampler, MarginalSampler
 from ..numbers import seed_number, whole_number, whole_numbers
 from .windows import Geometry, WindowGrid, plain_features
@@ -110,8 +110,7 @@ class PredictionDifference(Method):
                 raise OnnxplainError(f"{name} must be one integer, not {value!r}")
         if score not in ("auto", "probability", "logit"):
             raise OnnxplainError(f"score must be auto, probability or logit, not {score!r}")
-        if precision not in PRECISIONS:
-            raise OnnxplainError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        check_precision(precision)
         if isinstance(sampler, str) and sampler not in ("marginal", "conditional"):
             raise OnnxplainError(f"sampler must be 'marginal' or 'conditional', not {sampler!r}")
         if not isinstance(sampler, str) and not all(callable(getattr(sampler, m, None))

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..numbers import whole_number
+from ..sequences import sample_channel_axis
 
 
 @dataclass(frozen=True)
@@ -40,22 +41,13 @@ class Geometry:
                 return cls(sample_shape, "no_channels", 1, sample_shape)
             if tuple(volume_shape) == sample_shape[:-1] != sample_shape[1:]:   # (D, H, W, C): channels last
                 return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
-        sequence = getattr(model, "sequence_layout", None) if len(sample_shape) == 2 else None
-        if sequence == "channels_first":   # (C, L) into a Conv1d
-            return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
-        if sequence == "channels_last":    # (L, C), transposed into a Conv1d
-            return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
-        image = getattr(model, "image_layout", None) if len(sample_shape) in (3, 4) else None
-        if image == "channels_first":      # (C, H, W) with C not 1 or 3, or (C, D, H, W), no spec: a conv reads C
-            return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
-        if image == "channels_last":
-            return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
-        if len(sample_shape) == 2 or (len(sample_shape) == 3 and (spec is None or spec.layout == "flat")):
-            return cls(sample_shape, "no_channels", 1, sample_shape)  # (H, W) images, (D, H, W) volumes
-        if len(sample_shape) == 3 and spec.layout == "NHWC":
-            return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
-        if len(sample_shape) in (3, 4):  # (C, H, W) images, (C, D, H, W) volumes
-            return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
+        if len(sample_shape) <= 4:   # sequences (C, L) / (L, C), images, volumes (D, H, W) or with channels
+            axis = sample_channel_axis(model, sample_shape)
+            if axis is None:
+                return cls(sample_shape, "no_channels", 1, sample_shape)
+            layout = "channels_first" if axis == 0 else "channels_last"
+            rest = sample_shape[1:] if axis == 0 else sample_shape[:-1]
+            return cls(sample_shape, layout, sample_shape[axis], rest)
         raise OnnxplainError(f"prediction difference needs feature-vector, image or volume inputs; got samples of "
                              f"shape {sample_shape}")
 

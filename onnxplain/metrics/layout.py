@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..sequences import sample_channel_axis
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,8 @@ class InputLayout:
         if spec is not None and spec.layout == "flat" and spec.size is not None and len(shape) == 1 \
                 and int(np.prod((*spec.size, spec.channels))) == shape[0]:
             shape, channel_axis = (*spec.size, spec.channels), 2
-        elif spec is not None and len(shape) == 3 and spec.layout in ("NCHW", "NHWC"):
-            channel_axis = 0 if spec.layout == "NCHW" else 2
-        elif len(shape) in (3, 4) and getattr(model, "image_layout", None):   # no spec: channels a conv reads
-            channel_axis = 0 if model.image_layout == "channels_first" else len(shape) - 1
-        elif len(shape) == 2 and getattr(model, "sequence_layout", None):
-            channel_axis = 0 if model.sequence_layout == "channels_first" else 1   # sequences (C, L) or (L, C)
-        elif len(shape) >= 4:
-            channel_axis = 0  # volumes (C, D, H, W)
+        else:
+            channel_axis = sample_channel_axis(model, shape)
         if channel_axis is not None and spec is not None and shape[channel_axis] == spec.channels:
             low, high = spec.value_range()
             where = [1] * len(shape)

@@ -10,7 +10,6 @@ import math
 import warnings
 
 import numpy as np
-import onnx
 import pytest
 import torch
 import torch.nn as nn
@@ -20,6 +19,8 @@ import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP, unsupported_ops
 from onnxplain.targets import Target
+
+from lrp_graphs import dense_graph, graph_model
 
 TOKENS, WIDTH, CLASSES = 5, 8, 3
 
@@ -90,13 +91,6 @@ def test_attention_and_layer_norm_held_constant(tmp_path, nets, dynamo):
         assert np.abs(report["conservation_error"]).max() <= 1e-5, composite
 
 
-def _graph_model(path, nodes, weights) -> onnxplain.Model:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
-    return onnxplain.load(path)
-
-
 def test_division_by_a_norm_holds_the_norm_constant(tmp_path):
     """x / ||x||_2 then a dense layer: relevance reaches x through the numerator; ReduceL2 (no rule) computes only
     the divisor, so LRP passes."""
@@ -106,7 +100,7 @@ def test_division_by_a_norm_holds_the_norm_constant(tmp_path):
     nodes = [helper.make_node("ReduceL2", ["x", "axes"], ["norm"], keepdims=1),
              helper.make_node("Div", ["x", "norm"], ["unit"]),
              helper.make_node("MatMul", ["unit", "w"], ["logits"])]
-    model = _graph_model(tmp_path / "normalised.onnx", nodes, [numpy_helper.from_array(weight, "w"), axes])
+    model = graph_model(tmp_path / "normalised.onnx", nodes, [numpy_helper.from_array(weight, "w"), axes])
     assert unsupported_ops(model) == []
     x = rng.normal(size=(4, 6)).astype(np.float32)
     explanation = LRP("lrp-0", stabilizer=1e-9, progress=False).explain(model, x, Target())
@@ -129,7 +123,7 @@ def test_a_product_of_two_activations_without_a_softmax_stays_unsupported(tmp_pa
              helper.make_node("MatMul", ["summed", "w2"], ["logits"])]
     constants = [numpy_helper.from_array(np.array([2], np.int64), "one"),
                  numpy_helper.from_array(np.array([1], np.int64), "two")]
-    model = _graph_model(tmp_path / "outer.onnx", nodes, [w1, w2] + constants)
+    model = graph_model(tmp_path / "outer.onnx", nodes, [w1, w2] + constants)
     assert unsupported_ops(model) == ["MatMul (outer_product), a product of two activations"]
     with pytest.raises(OnnxplainError, match="outer_product"):
         LRP(progress=False).explain(model, rng.normal(size=(2, 6)).astype(np.float32), Target())
@@ -147,20 +141,10 @@ def test_an_elementwise_product_of_two_plain_activations_is_named(operands, tmp_
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
              helper.make_node("Mul", list(operands), ["product"], name="bilinear"),
              helper.make_node("MatMul", ["product", "w3"], ["logits"])]
-    model = _graph_model(tmp_path / "bilinear.onnx", nodes, weights)
+    model = graph_model(tmp_path / "bilinear.onnx", nodes, weights)
     assert unsupported_ops(model) == ["Mul (bilinear), a product of two activations"]
     with pytest.raises(OnnxplainError, match="bilinear"):
         LRP(progress=False).explain(model, rng.normal(size=(2, 6)).astype(np.float32), Target())
-
-
-def _dense_graph(tmp_path, name, middle: list, source: str, constants=()) -> onnxplain.Model:
-    """x -> `middle` nodes -> (their output `source`) MatMul -> Relu -> MatMul -> logits."""
-    rng = np.random.default_rng(2)
-    weights = [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w1"),
-               numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w2"), *constants]
-    nodes = middle + [helper.make_node("MatMul", [source, "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-                      helper.make_node("MatMul", ["r", "w2"], ["logits"])]
-    return _graph_model(tmp_path / f"{name}.onnx", nodes, weights)
 
 
 def test_a_mask_multiplies_as_the_gate_in_either_order(tmp_path):
@@ -170,7 +154,7 @@ def test_a_mask_multiplies_as_the_gate_in_either_order(tmp_path):
     for order in (["x", "m"], ["m", "x"]):
         middle = [helper.make_node("Greater", ["x", "half"], ["b"]), helper.make_node("Cast", ["b"], ["m"], to=1),
                   helper.make_node("Mul", order, ["masked"])]
-        model = _dense_graph(tmp_path, "mask" + order[0], middle, "masked",
+        model = dense_graph(tmp_path, "mask" + order[0], middle, "masked",
                              [numpy_helper.from_array(np.array(0.5, np.float32), "half")])
         assert unsupported_ops(model) == []
         explanation = LRP("lrp-0", progress=False).explain(model, x, Target())
@@ -181,7 +165,7 @@ def test_a_mask_multiplies_as_the_gate_in_either_order(tmp_path):
 
 
 def test_relevance_stopped_by_integer_data_is_named(tmp_path):
-    model = _dense_graph(tmp_path, "rounded", [helper.make_node("Round", ["x"], ["rounded"], name="to_int")],
+    model = dense_graph(tmp_path, "rounded", [helper.make_node("Round", ["x"], ["rounded"], name="to_int")],
                          "rounded")
     assert unsupported_ops(model) == ["Round (to_int)"]
     with pytest.raises(OnnxplainError, match=r"no relevance reaches the input .*Round \(to_int\)"):
@@ -191,7 +175,7 @@ def test_relevance_stopped_by_integer_data_is_named(tmp_path):
 def test_a_sum_keeps_the_share_of_an_operand_made_of_integer_data(tmp_path):
     """x - floor(x): floor(x)'s share stays with it, booked like a constant's (bias term); conservation holds."""
     middle = [helper.make_node("Floor", ["x"], ["whole"]), helper.make_node("Sub", ["x", "whole"], ["fraction"])]
-    model = _dense_graph(tmp_path, "fraction", middle, "fraction")
+    model = dense_graph(tmp_path, "fraction", middle, "fraction")
     rng = np.random.default_rng(4)  # fractions away from 0: no sum that nearly cancels
     x = (rng.integers(-3, 4, size=(8, 6)) + rng.uniform(0.2, 0.8, size=(8, 6))).astype(np.float32)
     report = LRP("lrp-0", progress=False).explain(model, x, Target()).diagnostics
@@ -204,7 +188,7 @@ def test_einsum_that_moves_the_batch_axis_is_no_layer(tmp_path):
     weights = [numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w")]
     nodes = [helper.make_node("Einsum", ["x", "w"], ["t"], equation="bi,ih->hb", name="moved"),
              helper.make_node("Transpose", ["t"], ["logits"], perm=[1, 0])]
-    model = _graph_model(tmp_path / "moved.onnx", nodes, weights)
+    model = graph_model(tmp_path / "moved.onnx", nodes, weights)
     assert unsupported_ops(model) == ["Einsum (moved)"]
 
 
@@ -299,7 +283,7 @@ def test_shape_arithmetic_needs_no_rule(tmp_path):
              helper.make_node("Concat", ["zeros", "extra"], ["pads"], axis=0),
              helper.make_node("Pad", ["h", "pads"], ["padded"]),
              helper.make_node("MatMul", ["padded", "w2"], ["logits"])]
-    model = _graph_model(tmp_path / "padded.onnx", nodes, weights)
+    model = graph_model(tmp_path / "padded.onnx", nodes, weights)
     assert unsupported_ops(model) == []
     report = LRP(progress=False).explain(model, rng.normal(size=(3, 6)).astype(np.float32), Target()).diagnostics
     assert np.abs(report["conservation_error"]).max() <= 1e-5
@@ -321,7 +305,7 @@ def test_a_constant_joined_by_concat_keeps_its_share(tmp_path):
              helper.make_node("Concat", ["tokens", "row"], ["joined"], axis=1, name="with_token"),
              helper.make_node("MatMul", ["joined", "w"], ["z"]), helper.make_node("Relu", ["z"], ["r"]),
              helper.make_node("ReduceSum", ["r", "second"], ["logits"], keepdims=0)]
-    model = _graph_model(tmp_path / "token.onnx", nodes, weights)
+    model = graph_model(tmp_path / "token.onnx", nodes, weights)
     x = rng.uniform(0.5, 1, size=(3, 6)).astype(np.float32)
     report = LRP("lrp-0", progress=False).explain(model, x, Target()).diagnostics
     assert np.abs(report["conservation_error"]).max() <= 1e-5
@@ -337,7 +321,7 @@ def test_a_constant_operand_of_a_selection_keeps_its_share(tmp_path, op, order):
     constants = [numpy_helper.from_array(np.float32(0.3).reshape(()), "c"),
                  numpy_helper.from_array(np.float32(0).reshape(()), "zero")]
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["g"])] + middle
-    model = _dense_graph(tmp_path, f"{op}{order[0]}", nodes, "picked",
+    model = dense_graph(tmp_path, f"{op}{order[0]}", nodes, "picked",
                          constants + [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w0")])
     report = LRP("lrp-0", progress=False).explain(model, rng.normal(size=(5, 6)).astype(np.float32),
                                                    Target()).diagnostics
@@ -348,143 +332,16 @@ def test_a_constant_operand_of_a_selection_keeps_its_share(tmp_path, op, order):
 def test_integer_casts_stop_relevance_and_shape_scales_are_gates(tmp_path):
     cast = [helper.make_node("Cast", ["x"], ["whole"], to=TensorProto.INT32, name="to_int"),
             helper.make_node("Cast", ["whole"], ["back"], to=TensorProto.FLOAT)]
-    assert unsupported_ops(_dense_graph(tmp_path, "cast", cast, "back")) == ["Cast (to_int)"]
+    assert unsupported_ops(dense_graph(tmp_path, "cast", cast, "back")) == ["Cast (to_int)"]
     x = np.random.default_rng(9).normal(size=(3, 6)).astype(np.float32)
     maps = []
     for order in (["scale", "x"], ["x", "scale"]):   # x * sqrt(width), the scale first or second
         middle = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "one"], ["width"]),
                   helper.make_node("Cast", ["width"], ["float_width"], to=TensorProto.FLOAT),
                   helper.make_node("Sqrt", ["float_width"], ["scale"]), helper.make_node("Mul", order, ["scaled"])]
-        model = _dense_graph(tmp_path, "scaled" + order[0], middle, "scaled",
+        model = dense_graph(tmp_path, "scaled" + order[0], middle, "scaled",
                              [numpy_helper.from_array(np.array(1, np.int64), "one")])
         explanation = LRP("lrp-0", progress=False).explain(model, x, Target())
         assert np.abs(explanation.diagnostics["conservation_error"]).max() <= 1e-5
         maps.append(explanation.relevance)
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-6, atol=1e-7)
-
-
-def test_a_batch_of_one_squeezed_away_and_targets_off_the_batch_axis(tmp_path):
-    """x.squeeze() exported: the batch axis vanishes for one sample; explain still takes batches of several. A
-    hidden target must hold the batch on its first axis."""
-    rng = np.random.default_rng(10)
-    middle = [helper.make_node("Unsqueeze", ["x", "two"], ["column"]),
-              helper.make_node("Squeeze", ["column"], ["back"])]
-    model = _dense_graph(tmp_path, "squeezed", middle, "back",
-                         [numpy_helper.from_array(np.array([2], np.int64), "two")])
-    report = LRP(progress=False).explain(model, rng.normal(size=(3, 6)).astype(np.float32), Target()).diagnostics
-    assert np.abs(report["conservation_error"]).max() <= 1e-5
-    folded = [helper.make_node("Reshape", ["x", "flat"], ["folded"]), helper.make_node("Reshape", ["folded", "rows"],
-                                                                                       ["back"])]
-    model = _dense_graph(tmp_path, "folded", folded, "back",
-                         [numpy_helper.from_array(np.array([-1], np.int64), "flat"),
-                          numpy_helper.from_array(np.array([-1, 6], np.int64), "rows")])
-    with pytest.raises(OnnxplainError, match="does not hold the batch on its first axis"):
-        LRP(progress=False).explain(model, rng.normal(size=(3, 6)).astype(np.float32), Target(layer="folded", index=0))
-
-
-def _each_sample_alone(method, model, x: np.ndarray, report: dict) -> None:
-    """Each sample's ledger in the batch equals that sample's own (explained alone)."""
-    for i in range(len(x)):
-        alone = method.explain(model, x[i:i + 1], Target()).diagnostics["layers"][0]
-        for got, own in zip(report["layers"][i], alone):
-            assert got["relevance"] == pytest.approx(own["relevance"], rel=1e-4, abs=1e-6), got["node"]
-            assert got["bias"] == pytest.approx(own["bias"], rel=1e-4, abs=1e-6), got["node"]
-
-
-def test_sample_axes_read_off_shapes_without_a_probe(monkeypatch, digits_cnn_model, tmp_path):
-    """A conv net whose every tensor has the batch symbol first (and nowhere else), through sample-wise ops: the
-    ledger's axes come from shape inference and the two-batch probe never runs. A cumulative sum over the batch
-    keeps the batch symbol first but mixes samples: the probe decides there, and finds no sample axis (the pair it
-    checks runs between two other samples, so a sum over the samples before it shows)."""
-    from onnxplain.lrp.walker import Walker
-
-    def no_probe(*args):
-        raise AssertionError("the probe ran")
-
-    x = np.random.default_rng(4).random((3, 1, 28, 28), dtype=np.float32)
-    method = LRP(progress=False)
-    with monkeypatch.context() as patch:
-        patch.setattr(Walker, "_sample_axes", no_probe)
-        report = method.explain(digits_cnn_model, x, Target()).diagnostics
-    assert set(method._walker._batch_axes[("logits", x.shape[1:])].values()) == {(0, 1)}
-    assert np.abs(report["conservation_error"]).max() <= 1e-5
-    _each_sample_alone(method, digits_cnn_model, x, report)
-
-    axis = numpy_helper.from_array(np.array(0, np.int64), "zero")
-    model = _dense_graph(tmp_path, "cumsum", [helper.make_node("CumSum", ["x", "zero"], ["running"])], "running",
-                         [axis])
-    x = np.random.default_rng(5).normal(size=(3, 6)).astype(np.float32)
-    method = LRP("lrp-0", stabilizer=1e-9, progress=False)
-    report = method.explain(model, x, Target()).diagnostics
-    assert method._walker._batch_axes[("logits", x.shape[1:])] is None       # one sample per pass
-    assert np.abs(report["conservation_error"]).max() <= 1e-5
-
-
-def _tokens_outside_samples(path) -> onnxplain.Model:
-    """(N, T, 6) -> transpose to (T, N, 6) -> fold to (T*N, 6), tokens outside and samples inside -> dense ReLU layer
-    (bias -0.5) -> dense layer -> (T, N, 3) -> mean over tokens: sequence-first layouts, any token count."""
-    rng = np.random.default_rng(7)
-    arrays = {"w1": rng.normal(size=(6, 8)), "b1": np.full(8, -0.5), "w2": rng.normal(size=(8, 3)),
-              "rows": np.array([-1, 6]), "zero": np.array([0]), "tail": np.array([3]), "minus": np.array([-1]),
-              "first": np.array([0])}
-    weights = [numpy_helper.from_array(v.astype(np.int64 if v.dtype.kind == "i" else np.float32), k)
-               for k, v in arrays.items()]
-    nodes = [helper.make_node("Transpose", ["x"], ["tokens_first"], perm=[1, 0, 2]),
-             helper.make_node("Reshape", ["tokens_first", "rows"], ["folded"]),
-             helper.make_node("MatMul", ["folded", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
-             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"]),
-             helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "first"], ["n"]),
-             helper.make_node("Concat", ["minus", "n", "tail"], ["unfold"], axis=0),
-             helper.make_node("Reshape", ["y", "unfold"], ["per_token"]),
-             helper.make_node("ReduceMean", ["per_token", "zero"], ["logits"], keepdims=0)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 6])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
-    return onnxplain.load(path)
-
-
-def test_folded_samples_found_for_each_token_count_and_a_blank_first_sample(tmp_path):
-    """Tokens folded outside the samples: the probe finds the fold afresh for another token count (the fold's
-    outer size is the token count), and is not fooled by a first sample that leaves a layer alike for every probe
-    input (all its ReLUs off). A tensor holding its samples second cannot be a hidden target, even when the batch
-    size equals the token count."""
-    model = _tokens_outside_samples(tmp_path / "folded.onnx")
-    method = LRP("lrp-0", stabilizer=1e-9, progress=False)
-    rng = np.random.default_rng(8)
-    for tokens in (4, 8):
-        x = rng.normal(size=(4, tokens, 6)).astype(np.float32) * 4
-        x[0] = 0.0
-        report = method.explain(model, x, Target()).diagnostics
-        assert ("hb", (0, tokens)) in method._walker._batch_axes[("logits", x.shape[1:])].items()
-        assert np.abs(report["conservation_error"]).max() <= 1e-5
-        _each_sample_alone(method, model, x, report)
-    x = rng.normal(size=(5, 5, 6)).astype(np.float32)
-    from onnxplain.methods import make_method
-
-    for explainer in (method, make_method("gradient", progress=False)):
-        with pytest.raises(OnnxplainError, match="does not hold the batch on its first axis"):
-            explainer.attribute(model, x, Target(layer="tokens_first", index=0))
-
-
-def test_a_layer_norm_over_a_batch_of_scalars_goes_to_the_probe(tmp_path):
-    """LayerNormalization's default axis (-1) over an (N,) tensor normalises across the samples: the shapes alone
-    (batch symbol first) do not settle the layout, the probe does, and the ledger still conserves."""
-    rng = np.random.default_rng(11)
-    weights = [numpy_helper.from_array(rng.normal(size=(6, 1)).astype(np.float32), "w1"),
-               numpy_helper.from_array(np.array([1], np.int64), "one"),
-               numpy_helper.from_array(np.array([1.5], np.float32), "scale"),
-               numpy_helper.from_array(np.array([0.1], np.float32), "shift"),
-               numpy_helper.from_array(rng.normal(size=(1, 3)).astype(np.float32), "w2")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Squeeze", ["h", "one"], ["flat"]),
-             helper.make_node("LayerNormalization", ["flat", "scale", "shift"], ["normed"]),
-             helper.make_node("Unsqueeze", ["normed", "one"], ["column"]),
-             helper.make_node("MatMul", ["column", "w2"], ["logits"])]
-    model = _graph_model(tmp_path / "scalar_norm.onnx", nodes, weights)
-    from onnxplain.lrp.layout import shape_sample_axes
-
-    method = LRP("lrp-0", stabilizer=1e-9, progress=False)
-    x = rng.normal(size=(3, 6)).astype(np.float32)
-    report = method.explain(model, x, Target(index=1)).diagnostics
-    walker = method._walker
-    assert shape_sample_axes(model.proto, model.input_name, walker.plan("logits")) is None
-    assert np.abs(report["conservation_error"]).max() <= 1e-5

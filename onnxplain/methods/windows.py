@@ -41,7 +41,7 @@ class Geometry:
                 return cls(sample_shape, "no_channels", 1, sample_shape)
             if tuple(volume_shape) == sample_shape[:-1] != sample_shape[1:]:   # (D, H, W, C): channels last
                 return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
-        if len(sample_shape) <= 4:   # sequences (C, L) / (L, C), images, volumes (D, H, W) or with channels
+        if 2 <= len(sample_shape) <= 4:   # sequences (C, L) / (L, C), images, volumes (D, H, W) or with channels
             axis = sample_channel_axis(model, sample_shape)
             if axis is None:
                 return cls(sample_shape, "no_channels", 1, sample_shape)

@@ -22,8 +22,8 @@ from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, map_scores_note,
-                     model_argument, preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, input_notes, load_model,
+                     map_scores_note, model_argument, preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -339,8 +339,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
                                 if "sampler_cache_note" in r["diagnostics"])
     notes = input_notes(loaded, inputs, sources, options["reference"], x=x)
-    echo_notes([None if layer else map_scores_note(loaded), *notes, zero_map_note(loaded, records, sources),
-                *cache_notes])
+    scores_notes = [] if layer else [first_output_note(loaded), map_scores_note(loaded)]
+    echo_notes([*scores_notes, *notes, zero_map_note(loaded, records, sources), *cache_notes])
     if as_json:
         echo_json(rows)
         return

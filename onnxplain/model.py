@@ -48,6 +48,7 @@ class Model:
         choice = find_scores(self.proto, self.probability_outputs, zipped.get(scores, scores))  # a ZipMap's name too
         self.score_output, self.score_kind, self.score_reason, self.logits_output, self.raw_scores = (
             choice.output, choice.kind, choice.reason, choice.logits, choice.raw)
+        self.other_outputs = choice.others   # float outputs passed over by graph order alone (none: no such choice)
         self.binary = any(added.binary and added.output == self.score_output  # logits are log-odds [-z, z]
                           for added in self.probability_outputs.values())
         self._check_score_rows()

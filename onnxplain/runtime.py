@@ -143,13 +143,18 @@ def progress_iter(iterable: Iterable, progress: bool | str, total: int, unit: st
     return progress_bar(iterable, total=total, desc=desc, unit=unit)
 
 
+FEED_TYPES = {"float": np.float32, "double": np.float64, "float16": np.float16, "bool": np.bool_}
+
+
 def random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
-    """A session's seeded random input in [0, 1) for checks (ids 0 and 1 for integer inputs: token ids,
-    categories); fixed dims taken from the session, free ones set to 32."""
+    """A session's seeded random input in [0, 1) for checks, in the input's own type (a float16 model takes no
+    float32); ids 0 and 1 for integer and boolean inputs (token ids, categories, masks); fixed dims taken from the
+    session, free ones set to 32."""
     rng = np.random.default_rng(0)
     (value,) = session.get_inputs()
     shape = [batch] + [d if isinstance(d, int) and d > 0 else 32 for d in value.shape[1:]]
-    if "int" in value.type:
-        return {value.name: rng.integers(0, 2, size=shape).astype(value.type[len("tensor("):-1])}   # int32, uint8...
-    dtype = np.float64 if "double" in value.type else np.float32
+    name = value.type[len("tensor("):-1]
+    dtype = np.dtype(FEED_TYPES.get(name, name))   # int64, uint8, ...: numpy's own names
+    if dtype.kind in "iub":
+        return {value.name: rng.integers(0, 2, size=shape).astype(dtype)}
     return {value.name: rng.random(shape).astype(dtype)}

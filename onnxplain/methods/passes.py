@@ -186,7 +186,6 @@ class TorchPasses:
         (a batch the user chose)."""
         if self.executor.graph is None:
             return None
-        from ..executor import TOLERANCE
         from ..incremental import WindowRunner
 
         entry = None
@@ -201,7 +200,7 @@ class TorchPasses:
         key = (output, tuple(window), x_sample.shape)
         if key not in self._incremental:
             try:
-                usable = runner.error(self.executor, window) <= TOLERANCE
+                usable = runner.error(self.executor, window) <= self.executor.tolerance
             except Exception:  # an op meeting shapes its crop rule does not handle: whole samples are always right
                 usable = False
             self._incremental[key] = self.incremental_rows(runner) if usable else None

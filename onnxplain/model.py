@@ -385,7 +385,8 @@ class Model:
 
     def torch(self, device: str = "cpu"):
         """The torch executor of this graph (built once per device), for gradients and LRP."""
-        from .executor import TorchExecutor, device_key
+        from .devices import device_key
+        from .executor import TorchExecutor
 
         cache, key = self.__dict__.setdefault("_torch", {}), device_key(device)   # "cuda" and "cuda:0" alike
         if key not in cache:

@@ -64,6 +64,7 @@ class LRP(Method):
     def walker(self, model, x: np.ndarray) -> Walker:
         """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""
         executor = model.torch(self.device)
+        executor.check_shape(x.shape[1:])   # before the walker takes its graph: the check may fall back
         bounded = True   # what z^B and deep Taylor's first layer need; no other rule reads it
         if self.low is None and self._uses_box:
             rows = spec_range_rows(model, x)

@@ -129,7 +129,7 @@ class TorchPasses:
     def __init__(self, model, device: str, precision: str = "fp32"):
         import torch
 
-        from ..executor import usable_device
+        from ..devices import usable_device
 
         self.torch, self.model, self.device = torch, model, usable_device(device)
         if precision == "tf32" and self.device.type != "cuda":
@@ -184,6 +184,7 @@ class TorchPasses:
         depends on shapes only, so it runs once per output, window and sample shape; so does the probe's measure
         of a row's memory, which sizes the incremental batches (`incremental_rows`) unless `grow_batch` is False
         (a batch the user chose)."""
+        self.executor.check_shape(x_sample.shape)
         if self.executor.graph is None:
             return None
         from ..incremental import WindowRunner

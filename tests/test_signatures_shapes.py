@@ -63,3 +63,21 @@ def test_another_size_is_one_line(loose, tmp_path):
                                       "--quiet", "--out", str(tmp_path / "r.png")])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert "Gemm" in result.stderr and not (tmp_path / "r.png").exists()
+
+
+def test_windows_over_samples_of_one_number_name_both_methods(tmp_path):
+    """An (N,) input, one number per sample: occlusion's refusal named prediction difference alone."""
+    weights = [numpy_helper.from_array(np.array([1], np.int64), "axis"),
+               numpy_helper.from_array(RNG.normal(size=(1, 3)).astype(np.float32), "w")]
+    graph = helper.make_graph([helper.make_node("Unsqueeze", ["x", "axis"], ["column"]),
+                               helper.make_node("MatMul", ["column", "w"], ["y"])], "scalar",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "scalar.onnx")
+    np.save(tmp_path / "x.npy", np.array([0.5, -1.0], np.float32))
+    for method in ("occlusion", "pda"):
+        result = CliRunner().invoke(cli, ["explain", str(tmp_path / "scalar.onnx"), str(tmp_path / "x.npy"),
+                                          "--method", method, "--reference", str(tmp_path / "x.npy")])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert "occlusion and prediction difference slide windows" in result.stderr
+        assert "a single number each" in result.stderr

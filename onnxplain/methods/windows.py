@@ -56,8 +56,9 @@ class Geometry:
             return cls(sample_shape, "channels_last", sample_shape[-1], sample_shape[:-1])
         if len(sample_shape) in (3, 4):  # (C, H, W) images, (C, D, H, W) volumes
             return cls(sample_shape, "channels_first", sample_shape[0], sample_shape[1:])
-        raise OnnxplainError(f"prediction difference needs feature-vector, image or volume inputs; got samples of "
-                             f"shape {sample_shape}")
+        what = "a single number each (an input of shape N)" if not sample_shape else f"of shape {sample_shape}"
+        raise OnnxplainError("occlusion and prediction difference slide windows over feature vectors, sequences, "
+                             f"images or volumes; these samples are {what}")
 
     @classmethod
     def _flat(cls, sample_shape: tuple[int, ...], spatial: tuple[int, ...]) -> "Geometry":

@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from onnxplain.errors import OnnxplainError, named_list, not_applicable
-from onnxplain.explanation import sample_values
+from onnxplain.explanation import relevance_dtype, sample_values
 from onnxplain.io import load_inputs
 from onnxplain.methods import make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
@@ -178,7 +178,7 @@ def write_outputs(staged: StagedFiles, model, x, records, sources, pngs, npys, *
         record.update(outputs={}, relevance_sum=float(np.sum(relevance, dtype=np.float64)),
                       all_zero=not np.any(relevance))
         if npy is not None:
-            staged.save_npy(npy, relevance.astype(np.float32))
+            staged.save_npy(npy, relevance.astype(relevance_dtype(model.input_dtype)))   # float64 models' too
             record["outputs"]["npy"] = str(npy)
         if png is None:
             continue

@@ -111,3 +111,25 @@ def test_float64_model_explains_in_float64(tmp_path):
     expected = ((x @ w1 > 0) * w2[:, 1]) @ w1.T
     assert gradient.relevance.dtype == np.float64
     assert np.abs(gradient.relevance - expected).max() < 1e-12
+
+
+def test_save_npy_keeps_a_float64_models_precision(tmp_path):
+    """`explain --save-npy` wrote every map as float32, a float64 model's too."""
+    from click.testing import CliRunner
+
+    from onnxplain.cli.main import cli
+
+    w = RNG.standard_normal((5, 2))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "linear",
+                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 2])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "double.onnx")
+    x = RNG.standard_normal(5) / 3
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(cli, ["explain", str(tmp_path / "double.onnx"), str(tmp_path / "x.npy"), "--method",
+                                      "gradient-x-input", "--target", "1", "--save-npy", str(tmp_path / "r.npy")])
+    assert result.exit_code == 0, result.output
+    saved = np.load(tmp_path / "r.npy")
+    assert saved.dtype == np.float64
+    np.testing.assert_allclose(saved, x * w[:, 1], rtol=1e-15)

@@ -11,19 +11,16 @@ import math
 
 import numpy as np
 import torch
-from onnx import TensorProto
 
 from .bounds import input_bounds
 from .devices import usable_device
 from .errors import OnnxplainError, named_list
 from .ops.graph import Graph
-from .runtime import DEFAULT_BATCH_BYTES
+from .runtime import DEFAULT_BATCH_BYTES, tolerance
 from .scores import FLOAT_TYPES
 from .targets import Target, as_target, class_indices, hidden_values
 
 GPU_MEMORY_SHARE = 16  # a batch's budget on a CUDA device: this fraction of its free memory
-TOLERANCE = 1e-4  # largest relative difference to onnxruntime on the probe batch (float32 and float64 graphs)
-ROUNDING = {TensorProto.FLOAT16: 2.0 ** -10, TensorProto.BFLOAT16: 2.0 ** -7}   # machine epsilon of the half types
 SCORE_TAIL = {"Normalizer", "Cast", "Identity", "Reshape", "Flatten", "Squeeze"}
 
 
@@ -369,16 +366,6 @@ def probe_batch(model, batch: int = 2, seed: int = 0, open_size: int = 8,
     unit = rng.random(shape)
     x = unit if bounds is None else bounds[0] + unit * (bounds[1] - bounds[0])
     return x.astype(model.input_dtype)
-
-
-def tolerance(proto) -> float:
-    """TOLERANCE, or 10 units of rounding of the least precise float type the graph holds, takes or casts to:
-    a float16 graph's own rounding (1e-3) puts torch and onnxruntime further apart than 1e-4."""
-    graph = proto.graph
-    types = {t.data_type for t in graph.initializer}
-    types |= {v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
-    types |= {a.i for node in graph.node if node.op_type == "Cast" for a in node.attribute if a.name == "to"}
-    return max([TOLERANCE] + [10 * ROUNDING[t] for t in types if t in ROUNDING])
 
 
 def relative_error(got: np.ndarray, want: np.ndarray, least_scale: float = 1e-12) -> float:

@@ -141,16 +141,12 @@ class Model:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 
     def _check_score_rows(self) -> None:
-        """The class scores keep the batch axis, one row per sample: a graph that sums over the batch (to one
-        number, or to K numbers whatever the batch) cannot be explained sample by sample."""
-        batch, session = (1 if self.fixed_batch else 2), self._sessions[()]
-        try:
-            (scores,) = session.run([self.score_output], random_feed(session, batch))
-        except Exception:  # the probe's free sizes do not suit the graph: real inputs will tell
-            return
-        if np.ndim(scores) == 0 or len(scores) != batch:
-            raise OnnxplainError(f"output {self.score_output!r} must keep the batch axis (one row of scores per "
-                                 f"sample), but a batch of {batch} gives shape {np.shape(scores)}")
+        """The class scores keep the batch axis, one row per sample, each the sample's own: where a batch of two
+        fails or mixes its samples, every sample runs alone (`batch_axis.one_at_a_time`)."""
+        why = batch_axis.one_at_a_time(self._sessions[()], self.proto, self.score_output, self.fixed_batch)
+        if why:
+            self.fixed_batch = True
+            self.notes.append(why)
 
     @staticmethod
     def _batch_parity(session) -> bool:

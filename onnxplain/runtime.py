@@ -11,6 +11,7 @@ import numpy as np
 from .errors import OnnxplainError
 
 DEFAULT_BATCH_BYTES = 256 * 2**20  # memory budget for one batch of inputs + activations, rough
+TOLERANCE = 1e-4  # largest relative difference between two runs of a float32 or float64 graph (torch, onnxruntime)
 
 
 def available_providers() -> list[str]:
@@ -158,3 +159,16 @@ def random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
     if dtype.kind in "iub":
         return {value.name: rng.integers(0, 2, size=shape).astype(dtype)}
     return {value.name: rng.random(shape).astype(dtype)}
+
+
+def tolerance(proto) -> float:
+    """TOLERANCE, or 10 units of rounding of the least precise float type the graph holds, takes or casts to:
+    a float16 graph's own rounding (1e-3) puts torch and onnxruntime further apart than 1e-4."""
+    from onnx import TensorProto
+
+    rounding = {TensorProto.FLOAT16: 2.0 ** -10, TensorProto.BFLOAT16: 2.0 ** -7}   # machine epsilon of half types
+    graph = proto.graph
+    types = {t.data_type for t in graph.initializer}
+    types |= {v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    types |= {a.i for node in graph.node if node.op_type == "Cast" for a in node.attribute if a.name == "to"}
+    return max([TOLERANCE] + [10 * rounding[t] for t in types if t in rounding])

@@ -314,6 +314,9 @@ class Model:
             raise OnnxplainError(f"{what} shape {'x'.join(map(str, x.shape))} does not fit the model's {shown}")
         if len(x) == 0:
             raise OnnxplainError(f"{what} is an empty batch: no samples")
+        if not np.issubdtype(self.input_dtype, np.number):   # bool: masks, binary features
+            raise OnnxplainError(f"this model takes {self.input_dtype} input {self.input_name!r}; onnxplain explains "
+                                 "models that take numbers (floats, integers)")
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise OnnxplainError(f"{what} dtype {x.dtype} is not a real number type")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():

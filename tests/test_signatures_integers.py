@@ -1,5 +1,5 @@
-"""Models taking integers (token ids into an embedding): prediction difference samples values the input can hold,
-and the methods that need a gradient refuse in one line."""
+"""Models taking integers (token ids into an embedding): prediction difference samples values the input can hold.
+Models taking booleans are named as such in one line."""
 from __future__ import annotations
 
 import numpy as np
@@ -56,3 +56,21 @@ def test_the_cli_says_which_sampler_to_use(files):
     marginal = CliRunner().invoke(cli, ["explain", str(files / "tokens.onnx"), str(files / "ids.npy"), "--reference",
                                         str(files / "reference.npy"), "--sampler", "marginal", "--quiet"])
     assert marginal.exit_code == 0, marginal.output
+
+
+def test_a_boolean_input_is_named(tmp_path):
+    """A model taking booleans loads (inspect describes it), but no input fits it: every command said 'input dtype
+    bool is not a real number type', also of float inputs."""
+    graph = helper.make_graph([helper.make_node("Cast", ["mask"], ["f"], to=TensorProto.FLOAT),
+                               helper.make_node("MatMul", ["f", "w"], ["y"])], "mask",
+                              [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(RNG.normal(size=(6, 3)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "mask.onnx")
+    assert CliRunner().invoke(cli, ["inspect", str(tmp_path / "mask.onnx")]).exit_code == 0
+    for values in (RNG.random((2, 6)) > 0.5, (RNG.random((2, 6)) > 0.5).astype(np.float32)):
+        np.save(tmp_path / "x.npy", values)
+        result = CliRunner().invoke(cli, ["explain", str(tmp_path / "mask.onnx"), str(tmp_path / "x.npy"), "--method",
+                                          "occlusion"])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert "this model takes bool input 'mask'" in result.stderr

@@ -128,6 +128,15 @@ def map_scores_note(model) -> str | None:
             "explains one channel's map (or one unit)")
 
 
+def first_output_note(model) -> str | None:
+    """A note where graph order alone chose the class scores among several float outputs (no softmax or classifier
+    marks one): an auxiliary head exported first would otherwise pass for the classes without a word."""
+    if not model.other_outputs:
+        return None
+    return (f"note: class scores read from output {model.score_output!r}, the first of the float outputs "
+            f"({', '.join([model.score_output, *model.other_outputs])}); --scores names another")
+
+
 def placeholder_note(model) -> str | None:
     """A note when ConstantOfShape fills the layer weights with one value each (the onnx wheel's test graphs):
     the explanation is of that graph, not of a trained network."""

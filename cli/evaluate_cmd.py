@@ -24,7 +24,7 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import (NonEmptyPath, echo_notes, input_notes, json_text, load_model, model_argument,
+from .common import (NonEmptyPath, echo_notes, first_output_note, input_notes, json_text, load_model, model_argument,
                      preprocess_option, scores_option)
 from .explain_cmd import parse_rules, read_reference
 from .outputs import StagedFiles, check_output
@@ -280,7 +280,8 @@ def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, s
     if out:
         write_outputs(report, out, title=f"Evaluation of {model.name}")
     # once the work is done: an error stays alone
-    echo_notes([method_note, metric_note, *result_notes(report), *input_notes(loaded, inputs, sources, reference, x=x)])
+    echo_notes([first_output_note(loaded), method_note, metric_note, *result_notes(report),
+                *input_notes(loaded, inputs, sources, reference, x=x)])
     if as_json:
         click.echo(json_text(render.as_json(report)))
     else:

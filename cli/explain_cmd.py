@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from onnxplain.errors import OnnxplainError, named_list, not_applicable
-from onnxplain.explanation import sample_values
+from onnxplain.explanation import relevance_dtype, sample_values
 from onnxplain.io import load_inputs
 from onnxplain.methods import make_method, method_class, method_names
 from onnxplain.numbers import SEED_MAX
@@ -22,8 +22,8 @@ from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, map_scores_note,
-                     model_argument, preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, input_notes, load_model,
+                     map_scores_note, model_argument, preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -178,7 +178,7 @@ def write_outputs(staged: StagedFiles, model, x, records, sources, pngs, npys, *
         record.update(outputs={}, relevance_sum=float(np.sum(relevance, dtype=np.float64)),
                       all_zero=not np.any(relevance))
         if npy is not None:
-            staged.save_npy(npy, relevance.astype(np.float32))
+            staged.save_npy(npy, relevance.astype(relevance_dtype(model.input_dtype)))   # float64 models' too
             record["outputs"]["npy"] = str(npy)
         if png is None:
             continue
@@ -339,8 +339,8 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     cache_notes = dict.fromkeys(f"note: {r['diagnostics']['sampler_cache_note']}" for r in records
                                 if "sampler_cache_note" in r["diagnostics"])
     notes = input_notes(loaded, inputs, sources, options["reference"], x=x)
-    echo_notes([None if layer else map_scores_note(loaded), *notes, zero_map_note(loaded, records, sources),
-                *cache_notes])
+    scores_notes = [] if layer else [first_output_note(loaded), map_scores_note(loaded)]
+    echo_notes([*scores_notes, *notes, zero_map_note(loaded, records, sources), *cache_notes])
     if as_json:
         echo_json(rows)
         return

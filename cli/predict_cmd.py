@@ -6,8 +6,8 @@ import numpy as np
 
 from onnxplain.io import load_inputs
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, map_scores_note,
-                     model_argument, preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, input_notes, load_model,
+                     map_scores_note, model_argument, preprocess_option, scores_option, use_labels)
 
 
 def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
@@ -31,7 +31,7 @@ def predict_command(model, inputs, k, labels, preprocess, scores, as_json):
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
     ranked = top_k(loaded, checked_scores(loaded, x, files), k)
-    echo_notes([map_scores_note(loaded), *input_notes(loaded, inputs, files, x=x)])
+    echo_notes([first_output_note(loaded), map_scores_note(loaded), *input_notes(loaded, inputs, files, x=x)])
     if as_json:
         echo_json([{"input": str(f), "kind": loaded.score_kind, "top": r} for f, r in zip(files, ranked)])
         return

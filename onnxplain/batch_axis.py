@@ -9,8 +9,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import OnnxplainError
 from .loading import default_opset
 from .normalize import infer_shapes
+from .runtime import random_feed, tolerance
 from .scores import FLOAT_TYPES
 
 
@@ -19,6 +21,43 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     sizes = {_first_dim(i) for i in model.graph.input}
     size = sizes.pop() if len(sizes) == 1 else None
     return size if isinstance(size, int) and size >= 1 else None
+
+
+def one_at_a_time(session, proto: onnx.ModelProto, output: str, fixed: bool) -> str | None:
+    """Why a graph that declares a free batch axis must run one sample at a time, or None: it runs batches of one
+    only (a Reshape to a fixed batch of 1), or a sample's row of `output` depends on the other samples of its batch
+    (a statistic over the batch), so that only a sample alone gives its own. Raises where `output` does not hold
+    one row per sample."""
+    batch = 1 if fixed else 2
+    feed = random_feed(session, batch)
+    try:
+        (scores,) = session.run([output], feed)
+    except Exception:  # the probe's free sizes may not suit the graph either: real inputs will tell
+        if not fixed and _runs(session, output, random_feed(session, 1)):
+            return "the batch axis is free, but the graph runs batches of 1 only: one sample at a time"
+        return None
+    if np.ndim(scores) == 0 or len(scores) != batch:
+        raise OnnxplainError(f"output {output!r} must keep the batch axis (one row of scores per sample), but a "
+                             f"batch of {batch} gives shape {np.shape(scores)}")
+    if batch > 1 and np.asarray(scores).dtype.kind == "f":
+        (name, values), = feed.items()
+        (alone,) = session.run([output], {name: values[:1]})
+        alone, beside = np.asarray(alone, np.float64), np.asarray(scores[:1], np.float64)
+        if alone.shape != beside.shape:   # a sample alone loses an axis: the normalised graph's squeezes say more
+            return None
+        gap = np.nan_to_num(np.abs(alone - beside), nan=np.inf)[~(np.isnan(alone) & np.isnan(beside))].max(initial=0)
+        if gap > tolerance(proto) * max(np.nan_to_num(np.abs(beside)).max(initial=0), 1e-6):
+            return (f"output {output!r} of a sample depends on the other samples of its batch (alone and beside "
+                    f"another it differs by {gap:.2g}): each sample runs alone")
+    return None
+
+
+def _runs(session, output: str, feed: dict) -> bool:
+    try:
+        session.run([output], feed)
+    except Exception:
+        return False
+    return True
 
 
 def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int]:

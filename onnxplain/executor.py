@@ -13,15 +13,15 @@ import numpy as np
 import torch
 
 from .bounds import input_bounds
+from .devices import usable_device
 from .errors import OnnxplainError, named_list
 from .loading import default_opset
 from .ops.graph import Graph
-from .runtime import DEFAULT_BATCH_BYTES
+from .runtime import DEFAULT_BATCH_BYTES, tolerance
 from .scores import FLOAT_TYPES
 from .targets import Target, as_target, class_indices, hidden_values
 
 GPU_MEMORY_SHARE = 16  # a batch's budget on a CUDA device: this fraction of its free memory
-TOLERANCE = 1e-4  # largest relative difference to onnxruntime on the probe batch
 SCORE_TAIL = {"Normalizer", "Cast", "Identity", "Reshape", "Flatten", "Squeeze"}
 
 
@@ -50,6 +50,8 @@ class TorchExecutor:
             else:
                 self.graph = graph
         self.logits_name = self._find_logits()
+        self.tolerance = tolerance(model.proto)
+        self._unchecked = False   # onnxruntime took no probe size: checked at the first input's (`check_shape`)
         self._check()
 
     # ---------------------------------------------------------------- set-up
@@ -76,14 +78,19 @@ class TorchExecutor:
                 return step.inputs[0]
         return self.model.score_output
 
-    def _check(self) -> None:
-        """Compare with onnxruntime on probe batches; fall back to onnx2torch when the registry graph disagrees."""
+    def _check(self, sample_shape: tuple[int, ...] | None = None) -> None:
+        """Compare with onnxruntime on probe batches (of `sample_shape`, else with open sizes set); fall back to
+        onnx2torch when the registry graph disagrees. A graph that leaves sizes open but takes none of the probe's
+        (a Flatten into a dense layer exported with free height and width) is checked on the first input instead."""
         names = self.checked_outputs()
-        probes = self._probes(names)
+        probes = self._probes(names, sample_shape)
+        if not probes:
+            self._unchecked = True
+            return
         if self.graph is not None:
             try:
                 error = self._error(probes, names)
-                if error <= TOLERANCE:
+                if error <= self.tolerance:
                     return
                 self.problem = f"the registry graph differs from onnxruntime by {error:.2g} (relative)"
             except Exception as failure:  # an op meeting attributes or shapes it does not handle
@@ -95,22 +102,35 @@ class TorchExecutor:
         except Exception as failure:  # onnx2torch raises many kinds of errors for ops it lacks
             raise OnnxplainError(f"cannot run this model in torch: {self.problem}; onnx2torch: "
                                  f"{str(failure).splitlines()[0][:200]}") from None
-        if error > TOLERANCE:
+        if error > self.tolerance:
             raise OnnxplainError(f"cannot run this model in torch: {self.problem}; onnx2torch differs from "
                                  f"onnxruntime by {error:.2g} (relative)")
 
-    def _probes(self, names: list[str]) -> list[tuple[np.ndarray, dict]]:
-        """(probe batch, onnxruntime's outputs): sizes the model leaves open set to 8, and, where it leaves any
-        open, to 7 as well (an op can be exact at one size and not another); a size onnxruntime refuses is
-        skipped."""
-        first, second = probe_batch(self.model, batch=1), probe_batch(self.model, batch=1, open_size=7)
-        checked = [(first, self.model.run(first, names))]
-        if second.shape != first.shape:
+    def _probes(self, names: list[str], sample_shape: tuple[int, ...] | None) -> list[tuple[np.ndarray, dict]]:
+        """(probe batch, onnxruntime's outputs): of `sample_shape`; else sizes the model leaves open set to 8, and,
+        where it leaves any open, to 7 as well (an op can be exact at one size and not another), each skipped where
+        onnxruntime refuses it (the graph takes only some sizes: a reshape to a fixed length, ...)."""
+        if sample_shape is not None:
+            probe = probe_batch(self.model, batch=1, sample_shape=sample_shape)
+            return [(probe, self.model.run(probe, names))]
+        checked = []
+        for size in (8, 7):
+            probe = probe_batch(self.model, batch=1, open_size=size)
+            if checked and probe.shape == checked[0][0].shape:
+                break
             try:
-                checked.append((second, self.model.run(second, names)))
-            except OnnxplainError:   # the graph takes only some sizes (a reshape to a fixed length, ...)
-                pass
+                checked.append((probe, self.model.run(probe, names)))
+            except OnnxplainError:
+                if None not in self.model.input_shape[1:]:
+                    raise   # no open size to blame: the model cannot run at all
         return checked
+
+    def check_shape(self, sample_shape: tuple[int, ...]) -> None:
+        """Check an executor that no probe size could check (`_check`) on samples of `sample_shape`, before its
+        first run; nothing once checked."""
+        if self._unchecked:
+            self._unchecked = False
+            self._check(tuple(sample_shape))
 
     def _error(self, probes: list[tuple[np.ndarray, dict]], names: list[str]) -> float:
         bounded = self._probabilities(names)
@@ -143,9 +163,9 @@ class TorchExecutor:
         return self.model.batch_size(sample_shape=sample_shape)
 
     def tensor(self, x) -> torch.Tensor:
-        if isinstance(x, torch.Tensor):
-            return x.to(self.device)
-        return torch.from_numpy(self.model.check_input(x)).to(self.device)
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(self.model.check_input(x))
+        self.check_shape(tuple(x.shape[1:]))
+        return x.to(self.device)
 
     def run(self, x, outputs: list[str] | None = None, feeds: dict | None = None) -> dict[str, torch.Tensor]:
         """{name: tensor} for the graph outputs or any tensors by name; `feeds` overrides tensors on the way."""
@@ -268,34 +288,6 @@ class TorchExecutor:
         return dict(zip(names, outputs))
 
 
-def device_key(device: str | torch.device) -> str:
-    """One name per device ("cuda" is the current GPU's "cuda:N"), for caching executors; an unknown name as
-    given (building its executor then says what is wrong with it)."""
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        return str(device)
-    if chosen.type == "cuda" and chosen.index is None and torch.cuda.is_available():
-        chosen = torch.device("cuda", torch.cuda.current_device())
-    return str(chosen)
-
-
-def usable_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch device this torch build can use; else an OnnxplainError that says why."""
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:  # torch's message lists every device type it knows
-        raise OnnxplainError(f"device {str(device)!r} is not a torch device name (cpu, cuda, cuda:N, mps, ...)") \
-            from None
-    try:
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise OnnxplainError(f"device {str(device)!r}: this torch build sees no CUDA GPU")
-        torch.empty(0, device=chosen)
-    except (RuntimeError, ValueError, AssertionError) as error:
-        raise OnnxplainError(f"device {str(device)!r} is not usable: {str(error).splitlines()[0]}") from None
-    return chosen
-
-
 def onnx2torch_module(proto, outputs: list[str]) -> torch.nn.Module:
     """The graph, with `outputs` as its outputs, converted by onnx2torch (after onnx.version_converter)."""
     from onnx import helper, version_converter
@@ -364,12 +356,13 @@ def _clear_needless_allowzero(model) -> None:
             allowzero.i = 0
 
 
-def probe_batch(model, batch: int = 2, seed: int = 0, open_size: int = 8) -> np.ndarray:
-    """Seeded random inputs inside the preprocessing's value range (or [0, 1)) for checks; sizes the model leaves
-    open are `open_size`."""
+def probe_batch(model, batch: int = 2, seed: int = 0, open_size: int = 8,
+                sample_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Seeded random inputs inside the preprocessing's value range (or [0, 1)) for checks, of `sample_shape` or
+    with the sizes the model leaves open set to `open_size`."""
     rng = np.random.default_rng(seed)
     size = 1 if model.fixed_batch else batch
-    shape = (size,) + tuple(d if d else open_size for d in model.input_shape[1:])
+    shape = (size,) + (sample_shape or tuple(d if d else open_size for d in model.input_shape[1:]))
     bounds = input_bounds(model, shape)
     unit = rng.random(shape)
     x = unit if bounds is None else bounds[0] + unit * (bounds[1] - bounds[0])

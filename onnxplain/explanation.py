@@ -21,8 +21,9 @@ def require_model(model) -> None:
 
 def relevance_dtype(dtype) -> np.dtype:
     """Relevance takes the float type of the inputs as the model takes them (float64 arrays given to a float32 model
-    are converted, so float32; float32 for integer inputs too: token ids, uint8 images)."""
-    return np.dtype(dtype) if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
+    are converted, so float32), at least float32: a float16 model's relevance too (sums and averages of float16
+    values would round to 1e-3), and that of integer inputs (token ids, uint8 images)."""
+    return np.promote_types(dtype, np.float32) if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
 
 
 PER_INPUT = "_per_input"                   # `<name>_per_input`: each input's own share of batch total `<name>`

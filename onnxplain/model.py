@@ -48,6 +48,7 @@ class Model:
         choice = find_scores(self.proto, self.probability_outputs, zipped.get(scores, scores))  # a ZipMap's name too
         self.score_output, self.score_kind, self.score_reason, self.logits_output, self.raw_scores = (
             choice.output, choice.kind, choice.reason, choice.logits, choice.raw)
+        self.other_outputs = choice.others   # float outputs passed over by graph order alone (none: no such choice)
         self.binary = any(added.binary and added.output == self.score_output  # logits are log-odds [-z, z]
                           for added in self.probability_outputs.values())
         self._check_score_rows()
@@ -140,16 +141,12 @@ class Model:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 
     def _check_score_rows(self) -> None:
-        """The class scores keep the batch axis, one row per sample: a graph that sums over the batch (to one
-        number, or to K numbers whatever the batch) cannot be explained sample by sample."""
-        batch, session = (1 if self.fixed_batch else 2), self._sessions[()]
-        try:
-            (scores,) = session.run([self.score_output], random_feed(session, batch))
-        except Exception:  # the probe's free sizes do not suit the graph: real inputs will tell
-            return
-        if np.ndim(scores) == 0 or len(scores) != batch:
-            raise OnnxplainError(f"output {self.score_output!r} must keep the batch axis (one row of scores per "
-                                 f"sample), but a batch of {batch} gives shape {np.shape(scores)}")
+        """The class scores keep the batch axis, one row per sample, each the sample's own: where a batch of two
+        fails or mixes its samples, every sample runs alone (`batch_axis.one_at_a_time`)."""
+        why = batch_axis.one_at_a_time(self._sessions[()], self.proto, self.score_output, self.fixed_batch)
+        if why:
+            self.fixed_batch = True
+            self.notes.append(why)
 
     @staticmethod
     def _batch_parity(session) -> bool:
@@ -317,6 +314,9 @@ class Model:
             raise OnnxplainError(f"{what} shape {'x'.join(map(str, x.shape))} does not fit the model's {shown}")
         if len(x) == 0:
             raise OnnxplainError(f"{what} is an empty batch: no samples")
+        if not np.issubdtype(self.input_dtype, np.number):   # bool: masks, binary features
+            raise OnnxplainError(f"this model takes {self.input_dtype} input {self.input_name!r}; onnxplain explains "
+                                 "models that take numbers (floats, integers)")
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise OnnxplainError(f"{what} dtype {x.dtype} is not a real number type")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
@@ -384,7 +384,8 @@ class Model:
 
     def torch(self, device: str = "cpu"):
         """The torch executor of this graph (built once per device), for gradients and LRP."""
-        from .executor import TorchExecutor, device_key
+        from .devices import device_key
+        from .executor import TorchExecutor
 
         cache, key = self.__dict__.setdefault("_torch", {}), device_key(device)   # "cuda" and "cuda:0" alike
         if key not in cache:

@@ -11,6 +11,7 @@ import numpy as np
 from .errors import OnnxplainError
 
 DEFAULT_BATCH_BYTES = 256 * 2**20  # memory budget for one batch of inputs + activations, rough
+TOLERANCE = 1e-4  # largest relative difference between two runs of a float32 or float64 graph (torch, onnxruntime)
 
 
 def available_providers() -> list[str]:
@@ -143,13 +144,31 @@ def progress_iter(iterable: Iterable, progress: bool | str, total: int, unit: st
     return progress_bar(iterable, total=total, desc=desc, unit=unit)
 
 
+FEED_TYPES = {"float": np.float32, "double": np.float64, "float16": np.float16, "bool": np.bool_}
+
+
 def random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
-    """A session's seeded random input in [0, 1) for checks (ids 0 and 1 for integer inputs: token ids,
-    categories); fixed dims taken from the session, free ones set to 32."""
+    """A session's seeded random input in [0, 1) for checks, in the input's own type (a float16 model takes no
+    float32); ids 0 and 1 for integer and boolean inputs (token ids, categories, masks); fixed dims taken from the
+    session, free ones set to 32."""
     rng = np.random.default_rng(0)
     (value,) = session.get_inputs()
     shape = [batch] + [d if isinstance(d, int) and d > 0 else 32 for d in value.shape[1:]]
-    if "int" in value.type:
-        return {value.name: rng.integers(0, 2, size=shape).astype(value.type[len("tensor("):-1])}   # int32, uint8...
-    dtype = np.float64 if "double" in value.type else np.float32
+    name = value.type[len("tensor("):-1]
+    dtype = np.dtype(FEED_TYPES.get(name, name))   # int64, uint8, ...: numpy's own names
+    if dtype.kind in "iub":
+        return {value.name: rng.integers(0, 2, size=shape).astype(dtype)}
     return {value.name: rng.random(shape).astype(dtype)}
+
+
+def tolerance(proto) -> float:
+    """TOLERANCE, or 10 units of rounding of the least precise float type the graph holds, takes or casts to:
+    a float16 graph's own rounding (1e-3) puts torch and onnxruntime further apart than 1e-4."""
+    from onnx import TensorProto
+
+    rounding = {TensorProto.FLOAT16: 2.0 ** -10, TensorProto.BFLOAT16: 2.0 ** -7}   # machine epsilon of half types
+    graph = proto.graph
+    types = {t.data_type for t in graph.initializer}
+    types |= {v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    types |= {a.i for node in graph.node if node.op_type == "Cast" for a in node.attribute if a.name == "to"}
+    return max([TOLERANCE] + [10 * rounding[t] for t in types if t in rounding])

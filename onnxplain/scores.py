@@ -39,6 +39,7 @@ class ScoreChoice:
     reason: str            # why, in words (inspect shows it)
     logits: str | None     # the pre-softmax tensor, when the graph has one
     raw: str | None = None  # z of probabilities that normalise sigmoid(z) (one-vs-rest): what LRP and gradients explain
+    others: tuple[str, ...] = ()  # the other float outputs, where graph order alone chose among them
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def find_scores(proto: onnx.ModelProto, exposed: dict[str, Exposed], chosen: str
                     "C,Y,X explains one channel's map or one unit)")
         if len(floats) > 1:
             why += f"; the first of the float outputs ({', '.join(floats)}): --scores or scores= picks another"
-        found = ScoreChoice(name, "logits", why, name)
+        found = ScoreChoice(name, "logits", why, name, others=tuple(floats[1:]))
     return replace(found, reason=f"{found.reason}; chosen by name") if chosen is not None else found
 
 

@@ -133,7 +133,7 @@ def test_probabilities_are_the_softmax_of_the_logits(digits_cnn, digits_logreg):
 def test_one_executor_per_gpu_whatever_its_name(monkeypatch):
     import torch
 
-    from onnxplain.executor import device_key
+    from onnxplain.devices import device_key
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)

@@ -180,7 +180,10 @@ def to_model_inputs(path: Path, model) -> np.ndarray:
             raise OnnxplainError(f"{path}: this model has no preprocessing spec for images; "
                                  "pass --preprocess spec.json, or a preprocessed .npy tensor")
         _check_spec_size(model, path)
-        return model.preprocess.image_to_tensor(read_image(path))[None]
+        tensor = model.preprocess.image_to_tensor(read_image(path))
+        if model.preprocess.layout == "flat" and all(model.input_shape[1:]):   # row-major into the model's sample:
+            tensor = tensor.reshape(model.input_shape[1:])                       # (H, W) gray images too
+        return tensor[None]
     raise OnnxplainError(f"{path}: unknown input type (expected an image, .npy or .nii/.nii.gz)")
 
 

@@ -13,7 +13,7 @@ import torch
 from ..errors import OnnxplainError
 from ..bounds import spec_range_rows
 from ..numbers import optional_whole_number, real_number
-from ..explanation import Explanation, Method, require_model
+from ..explanation import Explanation, Method, relevance_dtype, require_model
 from ..runtime import progress_iter
 from ..targets import Target, as_target
 from .composites import Params, RuleMap, composite_key, composite_named, make_rule, params_used, rule_spec
@@ -67,6 +67,7 @@ class LRP(Method):
     def walker(self, model, x: np.ndarray) -> Walker:
         """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""
         executor = model.torch(self.device)
+        executor.check_shape(x.shape[1:])   # before the walker takes its graph: the check may fall back
         bounded = True   # what z^B and deep Taylor's first layer need; no other rule reads it
         if self.low is None and self._uses_box:
             rows = spec_range_rows(model, x)
@@ -198,7 +199,9 @@ def check_box_fits(low, high, sample_shape: tuple[int, ...]) -> None:
 
 
 def _relevance(results: list[Result]) -> np.ndarray:
-    return np.concatenate([r.relevance.cpu().numpy() for r in results]).astype(np.float32)
+    """The batches' relevance in `relevance_dtype` of the torch input's (float64 for a float64 model)."""
+    relevance = np.concatenate([r.relevance.cpu().numpy() for r in results])
+    return relevance.astype(relevance_dtype(relevance.dtype), copy=False)
 
 
 def conservation_report(results: list[Result], relevance: np.ndarray, values: np.ndarray) -> dict:

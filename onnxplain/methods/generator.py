@@ -46,6 +46,8 @@ class Generator:
     def _check_output(self, classifier) -> None:
         """Run two latents (the method runs batches): the output must be the classifier's input, per latent."""
         size = "x".join(map(str, self.latent_shape))
+        if self.model.fixed_batch:   # its runs would split into single latents; the torch executor's could not
+            raise OnnxplainError(f"the generator runs one latent at a time: it must accept a batch axis (N x {size})")
         try:
             produced = self._run(2)
         except OnnxplainError as error:

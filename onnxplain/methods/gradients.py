@@ -13,7 +13,7 @@ import torch
 
 from ..errors import OnnxplainError
 from ..bounds import input_bounds, spec_range_rows
-from ..explanation import Explanation, Method, require_model
+from ..explanation import Explanation, Method, relevance_dtype, require_model
 from ..metrics.layout import InputLayout
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
@@ -77,8 +77,8 @@ class GradientMethod(Method):
         executor = model.torch(self.device)
         classes = class_indices(model.scores(x), target)
         relevance, score, diagnostics = self.relevance_map(executor, model, x, target, classes)
-        return Explanation(relevance.astype(x.dtype, copy=False), classes, score, self.name, self.params,
-                           {"score_kind": executor.explained_kind(target), **diagnostics})
+        return Explanation(relevance.astype(relevance_dtype(x.dtype), copy=False), classes, score, self.name,
+                           self.params, {"score_kind": executor.explained_kind(target), **diagnostics})
 
     @abstractmethod
     def relevance_map(self, executor, model, x, target, classes):
@@ -146,7 +146,7 @@ class GradientXInput(GradientMethod):
 
     def relevance_map(self, executor, model, x, target, classes):
         grads, values = self.gradient(executor, x, target, classes, total=len(x))
-        return grads * x, values, {}
+        return grads.astype(relevance_dtype(x.dtype)) * x, values, {}
 
 
 class SmoothGrad(GradientMethod):
@@ -189,7 +189,7 @@ class SmoothGrad(GradientMethod):
                   for i in range(len(x)) for noise in self._noise(scale[i], self.rows(executor, x)))
         summed = self.weighted_sum(executor, x, target, classes, pieces, len(x) * self.samples)
         _, values = batched_gradient(executor, x, target, classes, self.rows(executor, x), grad=False)
-        return summed.astype(x.dtype), values, {"noise_std": scale.reshape(len(x), -1).mean(axis=1)}
+        return summed.astype(relevance_dtype(x.dtype)), values, {"noise_std": scale.reshape(len(x), -1).mean(axis=1)}
 
     def _noise(self, scale: np.ndarray, rows: int):
         """One sample's noise, (samples, *input), from its own stream from `seed`, in chunks of about `rows`
@@ -283,7 +283,7 @@ class IntegratedGradients(GradientMethod):
                     yield i, (baseline[i] + a * difference[i]).astype(x.dtype), weights[start:start + size]
 
         summed = self.weighted_sum(executor, x, target, classes, pieces(), len(x) * self.steps)
-        relevance = (difference * summed).astype(x.dtype)
+        relevance = (difference * summed).astype(relevance_dtype(x.dtype))
         _, values = batched_gradient(executor, x, target, classes, size, grad=False)
         _, at_baseline = batched_gradient(executor, baseline, target, classes, size, grad=False)
         gap = relevance.reshape(len(x), -1).sum(axis=1) - (values - at_baseline)

@@ -133,7 +133,7 @@ class TorchPasses:
     def __init__(self, model, device: str, precision: str = "fp32"):
         import torch
 
-        from ..executor import usable_device
+        from ..devices import usable_device
 
         self.torch, self.model, self.device = torch, model, usable_device(device)
         if precision == "tf32" and self.device.type != "cuda":
@@ -188,9 +188,9 @@ class TorchPasses:
         depends on shapes only, so it runs once per output, window and sample shape; so does the probe's measure
         of a row's memory, which sizes the incremental batches (`incremental_rows`) unless `grow_batch` is False
         (a batch the user chose)."""
+        self.executor.check_shape(x_sample.shape)
         if self.executor.graph is None:
             return None
-        from ..executor import TOLERANCE
         from ..incremental import WindowRunner
 
         entry = None
@@ -205,7 +205,7 @@ class TorchPasses:
         key = (output, tuple(window), x_sample.shape)
         if key not in self._incremental:
             try:
-                usable = runner.error(self.executor, window) <= TOLERANCE
+                usable = runner.error(self.executor, window) <= self.executor.tolerance
             except Exception:  # an op meeting shapes its crop rule does not handle: whole samples are always right
                 usable = False
             self._incremental[key] = self.incremental_rows(runner) if usable else None

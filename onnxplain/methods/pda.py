@@ -155,8 +155,8 @@ class PredictionDifference(Method):
             geometry = Geometry.infer(model, sample_shape, self.volume_shape)
             window, padding = self.sizes(model, sample_shape)
             grid = WindowGrid(geometry.spatial, window, self.stride, allow_gaps=self.allow_gaps)
-            sampler = self._make_sampler(padding, geometry if plain_features(model, sample_shape,
-                                                                              self.volume_shape) else None)
+            sampler = self._make_sampler(model, padding, geometry if plain_features(model, sample_shape,
+                                                                                     self.volume_shape) else None)
             setup = Setup(geometry, grid, sampler.fit(geometry.to_grid(reference), grid, self.seed))
             self._setup = (model, sample_shape, setup)
         return self._setup[2]
@@ -174,13 +174,17 @@ class PredictionDifference(Method):
         padding = self.padding if self.padding is not None else (0 if plain else 2)
         return window, int(padding)
 
-    def _make_sampler(self, padding: int, features: Geometry | None):
+    def _make_sampler(self, model, padding: int, features: Geometry | None):
         """The sampler asked for; on a plain feature vector (`features`) the conditional model is fitted per
         feature (one location cell each, samples clipped to each feature's own range), not over all of them."""
         if not isinstance(self.sampler, str):
             return self.sampler
         if self.sampler == "marginal":
             return MarginalSampler()
+        if not np.issubdtype(model.input_dtype, np.floating):   # astype would truncate each draw to an id
+            raise OnnxplainError(f"the conditional sampler draws real values from a Gaussian, which this model's "
+                                 f"{model.input_dtype} input (token ids, categories) cannot take: use the marginal "
+                                 "sampler (--sampler marginal, sampler='marginal'), which draws the reference's values")
         if features is not None and self.location_grid is None:
             return ConditionalSampler(padding, self.channels, features.spatial, clip="pixel")
         return ConditionalSampler(padding, self.channels, self.location_grid)

@@ -48,8 +48,9 @@ class Geometry:
             layout = "channels_first" if axis == 0 else "channels_last"
             rest = sample_shape[1:] if axis == 0 else sample_shape[:-1]
             return cls(sample_shape, layout, sample_shape[axis], rest)
-        raise OnnxplainError(f"prediction difference needs feature-vector, image or volume inputs; got samples of "
-                             f"shape {sample_shape}")
+        what = "a single number each (an input of shape N)" if not sample_shape else f"of shape {sample_shape}"
+        raise OnnxplainError("occlusion and prediction difference slide windows over feature vectors, sequences, "
+                             f"images or volumes; these samples are {what}")
 
     @classmethod
     def _flat(cls, sample_shape: tuple[int, ...], spatial: tuple[int, ...]) -> "Geometry":

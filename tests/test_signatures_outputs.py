@@ -1,0 +1,48 @@
+"""Models with several float outputs and no softmax to mark the classes: the commands that read class scores say
+which output they read, since graph order alone chose it."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxplain.cli.main import cli
+
+NOTE = "note: class scores read from output 'aux', the first of the float outputs (aux, logits); --scores names another"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """(N, 4) -> aux (N, 1), an auxiliary head exported first, and logits (N, 5); one input as .npy."""
+    folder = tmp_path_factory.mktemp("heads")
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(4, 1)).astype(np.float32), "v"),
+               numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "w")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "v"], ["aux"]),
+                               helper.make_node("MatMul", ["x", "w"], ["logits"])], "heads",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["N", 1]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), folder / "heads.onnx")
+    np.save(folder / "x.npy", rng.normal(size=(2, 4)).astype(np.float32))
+    return folder / "heads.onnx", folder / "x.npy"
+
+
+@pytest.mark.parametrize("command", [["predict"], ["explain", "--method", "gradient", "--quiet"],
+                                     ["evaluate", "--methods", "gradient", "--metrics", "aopc", "--quiet"]])
+def test_the_commands_name_the_output_graph_order_chose(files, command):
+    model, x = files
+    result = CliRunner().invoke(cli, [command[0], str(model), str(x), *command[1:]])
+    assert result.exit_code == 0, result.output
+    assert NOTE in result.stderr
+    named = CliRunner().invoke(cli, [command[0], str(model), str(x), *command[1:], "--scores", "logits"])
+    assert named.exit_code == 0 and "class scores read from" not in named.stderr, named.output
+
+
+def test_no_note_for_a_hidden_target(files):
+    model, x = files
+    result = CliRunner().invoke(cli, ["explain", str(model), str(x), "--method", "gradient", "--layer", "logits",
+                                      "--target", "1", "--quiet"])
+    assert result.exit_code == 0 and not result.stderr, result.output

@@ -3,9 +3,6 @@ InputXGradient, and SmoothGrad's noise on a mean/std-normalised input, whose val
 has a negative low end (the noise is sigma times the range's width, per channel)."""
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -15,17 +12,13 @@ import onnxplain
 from onnxplain.methods import make_method
 from onnxplain.targets import Target
 
+import legacy_export
+
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
 
 def export(net: torch.nn.Module, example: torch.Tensor, path, **load) -> onnxplain.Model:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (example,), buffer, dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
-    path.write_bytes(buffer.getvalue())
-    return onnxplain.load(path, **load)
+    return onnxplain.load(legacy_export.export(net, path, tuple(example.shape), opset=17), **load)
 
 
 def test_gradient_x_input_matches_captum_on_signed_inputs(tmp_path):

@@ -7,9 +7,6 @@ with `seed`, the stream Captum's NoiseTunnel draws for that sample alone after `
 """
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -20,6 +17,8 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.methods import make_method, method_names
 from onnxplain.methods.gradients import IntegratedGradients
 from onnxplain.targets import Target
+
+import legacy_export
 
 captum_attr = pytest.importorskip("captum.attr")
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
@@ -61,13 +60,7 @@ class SoftmaxMLP(torch.nn.Module):
 
 
 def export(net: torch.nn.Module, example: torch.Tensor, path) -> onnxplain.Model:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (example,), buffer, dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
-    path.write_bytes(buffer.getvalue())
-    return onnxplain.load(path)
+    return onnxplain.load(legacy_export.export(net, path, tuple(example.shape), opset=17))
 
 
 @pytest.fixture(scope="module")

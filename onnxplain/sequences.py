@@ -12,8 +12,9 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-KEEP_AXES = {"Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pad", "Relu", "Clip", "BatchNormalization",
-             "InstanceNormalization"}   # keep every axis where it is, on the way to a first convolution
+KEEP_AXES = {"Identity", "Cast", "Dropout", "Add", "Sub", "Mul", "Div", "Neg", "Pad", "Relu", "LeakyRelu", "PRelu",
+             "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Mish",
+             "Erf", "Clip", "BatchNormalization", "InstanceNormalization", "LRN"}   # keep every axis where it is
 UNIT = "unit"   # an axis an Unsqueeze added
 
 

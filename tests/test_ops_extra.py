@@ -395,16 +395,18 @@ def test_nearest_upsample_of_opset_7_runs_in_the_registry_and_lrp_passes_it(tmp_
 
 def test_every_elementwise_op_is_in_the_lists_that_name_ops_by_type():
     """The op lists kept by type (pointwise for incremental crops, samplewise for the ledger's batch axis, layout-
-    keeping or channels-at-1 for hidden targets' channel axis) name every registered elementwise op: Mish, added
-    to the registry alone, missed two of them and quietly took the slower generic paths."""
+    keeping or channels-at-1 for hidden targets' channel axis, axis-keeping on the way to a sequence's first
+    convolution) name every registered elementwise op: Mish, added to the registry alone, missed two of them and
+    quietly took the slower generic paths."""
     from onnxplain.incremental import POINTWISE
     from onnxplain.lrp.layout import SAMPLEWISE
     from onnxplain.ops import REGISTRY
     from onnxplain.ops.activations import Elementwise
+    from onnxplain.sequences import KEEP_AXES
     from onnxplain.targets import CHANNELS_AT_1, KEEP_LAYOUT
 
     elementwise = {op_type for (domain, op_type), op in REGISTRY.items()
                    if domain == "" and issubclass(op, Elementwise)}
     assert {"Relu", "Mish", "Gelu"} <= elementwise
-    for listed in (POINTWISE, SAMPLEWISE, KEEP_LAYOUT | CHANNELS_AT_1):   # LRN reads its channels at axis 1
+    for listed in (POINTWISE, SAMPLEWISE, KEEP_LAYOUT | CHANNELS_AT_1, KEEP_AXES):   # LRN: channels at axis 1
         assert elementwise <= listed, sorted(elementwise - listed)

@@ -130,6 +130,20 @@ def test_a_conv1d_behind_elementwise_ops_that_fan_out_is_found(tmp_path):
     assert Geometry.infer(model, (CHANNELS, LENGTH)).layout == "channels_first"
 
 
+class SquashedConv1d(Conv1dNet):
+    """The Conv1d net behind activations of its raw input (a LeakyReLU, then a Tanh)."""
+
+    def forward(self, x):
+        return super().forward(torch.tanh(torch.nn.functional.leaky_relu(x, 0.1)))
+
+
+def test_a_conv1d_behind_activations_is_found(tmp_path):
+    """Activations keep every axis in place on the way to the first convolution, as the ops listed there do."""
+    model = export(SquashedConv1d(), (2, CHANNELS, LENGTH), tmp_path / "squashed.onnx")
+    assert {"LeakyRelu", "Tanh"} <= {node.op_type for node in model.proto.graph.node}
+    assert model.sequence_layout == "channels_first"
+
+
 def test_a_sequence_is_drawn_as_channels_over_a_heatmap(sequence, tmp_path):
     """The picture of a (C, L) explanation: the channels as lines, then a C x L heatmap of the relevance (not bars
     of flattened features); the CLI writes it."""

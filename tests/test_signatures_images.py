@@ -57,3 +57,14 @@ def test_explain_draws_the_gray_picture(files, tmp_path):
     (record,) = json.loads(result.stdout)
     assert abs(record["conservation_error"]) < 1e-5
     assert np.load(tmp_path / "r.npy").shape == (6, 5) and (tmp_path / "r.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("spec", [{"layout": "flat", "color": "gray"}, {"layout": "flat", "size": [2, 5],
+                                                                         "color": "rgb"}])
+def test_a_flat_spec_that_does_not_fill_the_sample_is_one_line(files, spec):
+    """A spec without a size gives the picture's own 10 x 8 values (a reshape error escaped), and 2 x 5 RGB values
+    are as many as the 6 x 5 gray sample holds but no gray picture: both stay flat, and the input check names the
+    shapes in one line."""
+    model = onnxplain.load(files / "gray.onnx", preprocess=spec)
+    with pytest.raises(onnxplain.OnnxplainError, match="does not fit the model's"):
+        load_inputs([files / "photo.png"], model)

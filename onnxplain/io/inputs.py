@@ -181,10 +181,18 @@ def to_model_inputs(path: Path, model) -> np.ndarray:
                                  "pass --preprocess spec.json, or a preprocessed .npy tensor")
         _check_spec_size(model, path)
         tensor = model.preprocess.image_to_tensor(read_image(path))
-        if model.preprocess.layout == "flat" and all(model.input_shape[1:]):   # row-major into the model's sample:
-            tensor = tensor.reshape(model.input_shape[1:])                       # (H, W) gray images too
-        return tensor[None]
+        return _flat_into_sample(tensor, model)[None]
     raise OnnxplainError(f"{path}: unknown input type (expected an image, .npy or .nii/.nii.gz)")
+
+
+def _flat_into_sample(tensor: np.ndarray, model) -> np.ndarray:
+    """A flat spec's row-major (H, W, C) values shaped as the model's sample where it is (H, W) gray or (H, W, C)
+    of the spec's channels; any other sample (channels first, other sizes) gets them flat, for check_input to name."""
+    spec, sample = model.preprocess, tuple(model.input_shape[1:])
+    fits = (len(sample) == 2 and spec.channels == 1) or (len(sample) == 3 and sample[-1] == spec.channels)
+    if spec.layout != "flat" or not all(sample) or not fits or tensor.size != int(np.prod(sample)):
+        return tensor
+    return tensor.reshape(sample)
 
 
 def _check_spec_size(model, path: Path) -> None:

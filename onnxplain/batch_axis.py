@@ -24,10 +24,10 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
 
 
 def one_at_a_time(session, proto: onnx.ModelProto, output: str, fixed: bool) -> str | None:
-    """Why a graph that declares a free batch axis must run one sample at a time, or None: it runs batches of one
-    only (a Reshape to a fixed batch of 1), or a sample's row of `output` depends on the other samples of its batch
-    (a statistic over the batch), so that only a sample alone gives its own. Raises where `output` does not hold
-    one row per sample."""
+    """Why a graph that declares a free batch axis must run one sample at a time (it runs batches of one only: a
+    Reshape to a fixed batch of 1), or None. Raises where `output` does not hold one row per sample, or where a
+    sample's row depends on the other samples of its batch (a statistic over the batch): such a model gives no
+    sample scores of its own, alone or beside others."""
     batch = 1 if fixed else 2
     feed = random_feed(session, batch)
     try:
@@ -45,10 +45,11 @@ def one_at_a_time(session, proto: onnx.ModelProto, output: str, fixed: bool) -> 
         alone, beside = np.asarray(alone, np.float64), np.asarray(scores[:1], np.float64)
         if alone.shape != beside.shape:   # a sample alone loses an axis: the normalised graph's squeezes say more
             return None
-        gap = np.nan_to_num(np.abs(alone - beside), nan=np.inf)[~(np.isnan(alone) & np.isnan(beside))].max(initial=0)
-        if gap > tolerance(proto) * max(np.nan_to_num(np.abs(beside)).max(initial=0), 1e-6):
-            return (f"output {output!r} of a sample depends on the other samples of its batch (alone and beside "
-                    f"another it differs by {gap:.2g}): each sample runs alone")
+        scale = max(np.abs(beside[np.isfinite(beside)]).max(initial=0), 1e-6)
+        if not np.allclose(alone, beside, rtol=0, atol=tolerance(proto) * scale, equal_nan=True):
+            raise OnnxplainError(f"output {output!r} of a sample depends on the other samples of its batch (a "
+                                 "statistic over the batch, as a normalisation in training mode takes): no score is "
+                                 "a sample's own; export the model for inference")
     return None
 
 

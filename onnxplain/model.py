@@ -141,8 +141,9 @@ class Model:
                 raise OnnxplainError(f"normalising this model changed output {name!r}; please report it")
 
     def _check_score_rows(self) -> None:
-        """The class scores keep the batch axis, one row per sample, each the sample's own: where a batch of two
-        fails or mixes its samples, every sample runs alone (`batch_axis.one_at_a_time`)."""
+        """The class scores keep the batch axis, one row per sample, each the sample's own: where only a batch of one
+        runs, every sample runs alone; where a batch mixes its samples, the model is refused
+        (`batch_axis.one_at_a_time`)."""
         why = batch_axis.one_at_a_time(self._sessions[()], self.proto, self.score_output, self.fixed_batch)
         if why:
             self.fixed_batch = True

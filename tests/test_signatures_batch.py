@@ -1,6 +1,9 @@
 """Batch axes declared free that are not: a Reshape to a batch of 1 (exported with dynamic_axes all the same), and
-a graph that mixes the samples of its batch. Both run one sample at a time, each sample explained on its own."""
+a graph that mixes the samples of its batch. The first runs one sample at a time; the second is refused, since no
+score of it is a sample's own."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import onnx
@@ -51,15 +54,29 @@ def test_a_batch_of_one_only_runs_sample_by_sample(one_only):
     np.testing.assert_allclose(occlusion.score, alone[np.arange(3), occlusion.target], rtol=1e-6)
 
 
-def test_a_graph_mixing_its_samples_runs_each_alone(tmp_path):
-    """y = xW - mean over the batch of xW: beside another sample a row changes; alone it is 0. Occlusion's
-    windowed batches and the scores of a batch had given rows that were no sample's own."""
+def test_a_graph_mixing_its_samples_is_refused(tmp_path):
+    """y = xW - mean over the batch of xW: beside another sample a row changes, alone it is 0, so no score is the
+    sample's own (occlusion's windowed batches and the scores of a batch gave rows that were no sample's)."""
     path = save(tmp_path / "mix.onnx", [helper.make_node("Flatten", ["x"], ["flat"]),
                                         helper.make_node("MatMul", ["flat", "w"], ["z"]),
                                         helper.make_node("ReduceMean", ["z"], ["mean"], axes=[0], keepdims=1),
                                         helper.make_node("Sub", ["z", "mean"], ["y"])])
-    model = onnxplain.load(path)
-    assert model.fixed_batch and any("depends on the other samples of its batch" in n for n in model.notes)
-    x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
-    np.testing.assert_array_equal(model.scores(x), 0)
-    assert not Occlusion(window=1, progress=False).explain(model, x).relevance.any()
+    with pytest.raises(onnxplain.OnnxplainError, match="depends on the other samples of its batch"):
+        onnxplain.load(path)
+
+
+def test_infinite_scores_equal_alone_and_beside_others(tmp_path):
+    """log(relu(x |W| * (1, -1, 1))): the middle class is -inf, alone and in a batch alike, which is no mixing
+    (inf - inf had read as a difference: the model ran one sample at a time, with a RuntimeWarning)."""
+    sign = numpy_helper.from_array(np.array([1, -1, 1], np.float32), "sign")
+    path = save(tmp_path / "log.onnx", [helper.make_node("Flatten", ["x"], ["flat"]),
+                                        helper.make_node("Abs", ["w"], ["positive"]),
+                                        helper.make_node("MatMul", ["flat", "positive"], ["z"]),
+                                        helper.make_node("Mul", ["z", "sign"], ["signed"]),
+                                        helper.make_node("Relu", ["signed"], ["r"]),
+                                        helper.make_node("Log", ["r"], ["y"])], [sign])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = onnxplain.load(path)
+    assert np.isneginf(model.run(RNG.random((2, 3, 4), dtype=np.float32))["y"][:, 1]).all()
+    assert not model.fixed_batch and not any("samples of its batch" in n for n in model.notes)

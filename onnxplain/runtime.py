@@ -155,7 +155,11 @@ def random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
     (value,) = session.get_inputs()
     shape = [batch] + [d if isinstance(d, int) and d > 0 else 32 for d in value.shape[1:]]
     name = value.type[len("tensor("):-1]
-    dtype = np.dtype(FEED_TYPES.get(name, name))   # int64, uint8, ...: numpy's own names
+    try:
+        dtype = np.dtype(FEED_TYPES.get(name, name))   # int64, uint8, ...: numpy's own names
+    except TypeError:   # string, bfloat16, float8...: no numpy type to feed onnxruntime
+        raise OnnxplainError(f"this model takes {name} input {value.name!r}; onnxplain explains models that take "
+                             "numbers (float16/32/64, integers)") from None
     if dtype.kind in "iub":
         return {value.name: rng.integers(0, 2, size=shape).astype(dtype)}
     return {value.name: rng.random(shape).astype(dtype)}

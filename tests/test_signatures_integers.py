@@ -74,3 +74,17 @@ def test_a_boolean_input_is_named(tmp_path):
                                           "occlusion"])
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
         assert "this model takes bool input 'mask'" in result.stderr
+
+
+def test_a_string_input_is_refused_on_loading(tmp_path):
+    """Strings (a text pipeline's input) have no numpy type to probe with: loading raised a TypeError (a traceback
+    from `inspect`); it is one line naming the input."""
+    graph = helper.make_graph([helper.make_node("Cast", ["text"], ["f"], to=TensorProto.FLOAT),
+                               helper.make_node("MatMul", ["f", "w"], ["y"])], "text",
+                              [helper.make_tensor_value_info("text", TensorProto.STRING, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(RNG.normal(size=(6, 3)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "text.onnx")
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "text.onnx")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "this model takes string input 'text'" in result.stderr

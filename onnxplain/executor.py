@@ -130,7 +130,11 @@ class TorchExecutor:
         first run; nothing once checked."""
         if self._unchecked:
             self._unchecked = False
-            self._check(tuple(sample_shape))
+            try:
+                self._check(tuple(sample_shape))
+            except Exception:   # onnxruntime refused these samples, or the check failed: the next input retries
+                self._unchecked = True
+                raise
 
     def _error(self, probes: list[tuple[np.ndarray, dict]], names: list[str]) -> float:
         bounded = self._probabilities(names)
@@ -247,6 +251,7 @@ class TorchExecutor:
         grad=False only f(x), from forward passes (None for the gradient)."""
         target = as_target(self.model, target)
         x = self.model.check_input(x)
+        self.check_shape(x.shape[1:])   # before reading the graph's names: the check may fall back to onnx2torch
         size = 1 if self.model.fixed_batch else (batch_size or self.batch_size(x.shape[1:]))
         name = target.layer if target.hidden else self.logits_name
         if grad:

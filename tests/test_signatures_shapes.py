@@ -65,6 +65,22 @@ def test_another_size_is_one_line(loose, tmp_path):
     assert "Gemm" in result.stderr and not (tmp_path / "r.png").exists()
 
 
+def test_a_size_the_graph_refuses_leaves_the_check_for_the_next_input(loose, monkeypatch):
+    """The first input's size (8 x 8) fails in onnxruntime: the executor stays unchecked, so the next input's size
+    (6 x 6) is compared with onnxruntime before the executor's numbers are used (they were used unchecked)."""
+    from onnxplain.executor import TorchExecutor
+
+    executor = onnxplain.load(loose).torch()
+    compared = []
+    original = TorchExecutor._error
+    monkeypatch.setattr(TorchExecutor, "_error",
+                        lambda self, probes, names: compared.append(probes[0][0].shape) or original(self, probes, names))
+    with pytest.raises(onnxplain.OnnxplainError):
+        executor.run(RNG.random((1, 1, 8, 8)).astype(np.float32))
+    executor.run(RNG.random((1, 1, 6, 6)).astype(np.float32))
+    assert compared == [(1, 1, 6, 6)]
+
+
 def test_windows_over_samples_of_one_number_name_both_methods(tmp_path):
     """An (N,) input, one number per sample: occlusion's refusal named prediction difference alone."""
     weights = [numpy_helper.from_array(np.array([1], np.int64), "axis"),

@@ -17,8 +17,8 @@ from onnxplain.methods.contrastive import CDeepEx, ProbeIsPrediction, XGEMs, con
 from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, input_notes, load_model, model_argument,
-                     preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, input_notes, load_model,
+                     model_argument, preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
@@ -156,7 +156,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
                 outputs["png"] = str(png)
             rows.append(row)
         staged.commit()
-    echo_notes(input_notes(loaded, inputs, sources, x=x))
+    echo_notes([first_output_note(loaded), *input_notes(loaded, inputs, sources, x=x)])
     if as_json:
         echo_json(rows)
         return

@@ -46,3 +46,20 @@ def test_no_note_for_a_hidden_target(files):
     result = CliRunner().invoke(cli, ["explain", str(model), str(x), "--method", "gradient", "--layer", "logits",
                                       "--target", "1", "--quiet"])
     assert result.exit_code == 0 and not result.stderr, result.output
+
+
+def test_contrast_refuses_scores_of_one_class_and_takes_the_output_named(files, tmp_path):
+    """The first float output here has one column: 'why A and not B?' has no B (an IndexError escaped)."""
+    model, x = files
+    latent = numpy_helper.from_array(np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32), "g")
+    generator = helper.make_graph([helper.make_node("MatMul", ["z", "g"], ["x"])], "generator",
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])],
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [latent])
+    onnx.save(helper.make_model(generator, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "g.onnx")
+    np.save(tmp_path / "one.npy", np.load(x)[:1])
+    command = ["contrast", str(model), str(tmp_path / "one.npy"), "--generator", str(tmp_path / "g.onnx"), "--quiet"]
+    refused = CliRunner().invoke(cli, command)
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.output
+    assert "needs two classes or more; the class scores ('aux') have 1" in refused.stderr
+    named = CliRunner().invoke(cli, [*command, "--scores", "logits"])
+    assert named.exit_code == 0, named.output

@@ -62,7 +62,7 @@ class LRP(Method):
         self._uses_box = RuleMap(composite, self.rules, self.numbers).uses_box
         if low is not None and not self._uses_box:
             raise OnnxplainError(f"low/high would change nothing: composite {composite!r} has no z^B rule, the only "
-                                 "one that reads them (give one by a rule, e.g. Conv=zb)")
+                                 "one that reads them (give one by a rule, e.g. rules={'Conv': 'zb'})")
 
     def walker(self, model, x: np.ndarray) -> Walker:
         """The walker of `model`, kept while the model, and whether the batch `x` has box bounds, stay the same."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method, require_model
+from ..explanation import Explanation, Method, relevance_dtype, require_model
 from ..numbers import image_generators, optional_whole_number, real_number, seed_number, whole_number
 from ..runtime import progress_bar
 from ..targets import Target, as_target
@@ -181,13 +181,16 @@ class CDeepEx(Method):
         rows = np.arange(len(x))
         relevance = result["start_image"] - result["explanation_image"]
         diagnostics = {"true_class": true, "probe_class": probe, "llh_input": llh_input, **result}
-        return Explanation(relevance.astype(x.dtype), probe, llh_input[rows, true] - llh_input[rows, probe],
+        return Explanation(relevance.astype(relevance_dtype(x.dtype)), probe, llh_input[rows, true] - llh_input[rows, probe],
                            self.name, self.params, diagnostics)
 
     def classes(self, model, llh: np.ndarray, target: Target | None) -> tuple[np.ndarray, np.ndarray]:
         """(true, probe) per sample: the top-1 class and the asked probe (default: the second most likely)."""
         if target is not None and target.hidden:
             raise OnnxplainError("a contrastive explanation needs a probe class, not a hidden-layer target")
+        if llh.shape[1] < 2:
+            raise OnnxplainError(f"a contrastive explanation needs two classes or more; the class scores "
+                                 f"({model.score_output!r}) have {llh.shape[1]} (--scores picks another output)")
         order = np.argsort(-llh, axis=1, kind="stable")
         true = order[:, 0]
         if target is None or target.index is None:

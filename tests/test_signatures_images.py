@@ -68,3 +68,16 @@ def test_a_flat_spec_that_does_not_fill_the_sample_is_one_line(files, spec):
     model = onnxplain.load(files / "gray.onnx", preprocess=spec)
     with pytest.raises(onnxplain.OnnxplainError, match="does not fit the model's"):
         load_inputs([files / "photo.png"], model)
+
+
+def test_the_metrics_read_a_gray_samples_range_off_its_spec(files):
+    """An (H, W) sample has no channel axis, but its spec's one range holds for it: region perturbation's noise
+    and APEM take it, as z^B and SmoothGrad do (`input_bounds`), not the data's own range."""
+    from onnxplain.bounds import input_bounds
+    from onnxplain.metrics.layout import InputLayout
+
+    model = onnxplain.load(files / "gray.onnx", preprocess={**SPEC, "mean": [0.5], "std": [0.25]})
+    layout = InputLayout.of(model, (6, 5))
+    low, high = input_bounds(model, (1, 6, 5))
+    assert layout.low is not None and np.ravel(layout.low)[0] == low.min() == -2.0
+    assert np.ravel(layout.high)[0] == high.max() == 2.0

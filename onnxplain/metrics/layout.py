@@ -34,10 +34,12 @@ class InputLayout:
             shape, channel_axis = (*spec.size, spec.channels), 2
         else:
             channel_axis = sample_channel_axis(model, shape)
-        if channel_axis is not None and spec is not None and shape[channel_axis] == spec.channels:
-            low, high = spec.value_range()
+        gray = channel_axis is None and len(shape) >= 2 and spec is not None and spec.channels == 1
+        if gray or (channel_axis is not None and spec is not None and shape[channel_axis] == spec.channels):
+            low, high = spec.value_range()   # a gray (H, W) image's one range, or one per channel
             where = [1] * len(shape)
-            where[channel_axis] = len(low)
+            if not gray:
+                where[channel_axis] = len(low)
             return cls(tuple(sample_shape), shape, channel_axis, low.reshape(where), high.reshape(where),
                        getattr(model, "preprocess_source", None) == "guessed")
         return cls(tuple(sample_shape), shape, channel_axis)

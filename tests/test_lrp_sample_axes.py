@@ -118,9 +118,10 @@ def test_folded_samples_found_for_each_token_count_and_a_blank_first_sample(tmp_
             explainer.attribute(model, x, Target(layer="tokens_first", index=0))
 
 
-def test_a_layer_norm_over_a_batch_of_scalars_goes_to_the_probe(tmp_path):
+def test_a_layer_norm_over_a_batch_of_scalars_is_refused(tmp_path):
     """LayerNormalization's default axis (-1) over an (N,) tensor normalises across the samples: the shapes alone
-    (batch symbol first) do not settle the layout, the probe does, and the ledger still conserves."""
+    (batch symbol first) do not show it, but a sample's scores change with its batch, so the model is refused on
+    loading (before, LRP's probe ran each sample alone, where the normalisation of one value gives a constant)."""
     rng = np.random.default_rng(11)
     weights = [numpy_helper.from_array(rng.normal(size=(6, 1)).astype(np.float32), "w1"),
                numpy_helper.from_array(np.array([1], np.int64), "one"),
@@ -131,12 +132,5 @@ def test_a_layer_norm_over_a_batch_of_scalars_goes_to_the_probe(tmp_path):
              helper.make_node("LayerNormalization", ["flat", "scale", "shift"], ["normed"]),
              helper.make_node("Unsqueeze", ["normed", "one"], ["column"]),
              helper.make_node("MatMul", ["column", "w2"], ["logits"])]
-    model = graph_model(tmp_path / "scalar_norm.onnx", nodes, weights)
-    from onnxplain.lrp.layout import shape_sample_axes
-
-    method = LRP("lrp-0", stabilizer=1e-9, progress=False)
-    x = rng.normal(size=(3, 6)).astype(np.float32)
-    report = method.explain(model, x, Target(index=1)).diagnostics
-    walker = method._walker
-    assert shape_sample_axes(model.proto, model.input_name, walker.plan("logits")) is None
-    assert np.abs(report["conservation_error"]).max() <= 1e-5
+    with pytest.raises(OnnxplainError, match="depends on the other samples of its batch"):
+        graph_model(tmp_path / "scalar_norm.onnx", nodes, weights)

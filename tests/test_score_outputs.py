@@ -184,7 +184,8 @@ class Attending(torch.nn.Module):
 
 def test_softmaxes_that_are_no_class_scores(tmp_path):
     """A softmax is read as class probabilities only over the last axis of an (N, K) output: an attention map output
-    after the logits leaves the logits as the class scores; a log-softmax over the batch is not log-probabilities."""
+    after the logits leaves the logits as the class scores; a log-softmax over the batch mixes the samples, and such a
+    model is refused."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Attending().eval(), (torch.rand(2, 5, 4),), str(tmp_path / "att.onnx"), dynamo=False,
@@ -192,8 +193,8 @@ def test_softmaxes_that_are_no_class_scores(tmp_path):
                           dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}, "attention": {0: "N"}})
     model = onnxplain.load(tmp_path / "att.onnx")
     assert (model.score_output, model.score_kind, model.class_count()) == ("logits", "logits", 3)
-    model = onnxplain.load(export(Attending(over_batch=True), tmp_path / "batch.onnx", shape=(2, 5, 4)))
-    assert model.score_output == "y" and model.score_kind == "logits" and not model.probability_outputs
+    with pytest.raises(onnxplain.OnnxplainError, match="depends on the other samples of its batch"):
+        onnxplain.load(export(Attending(over_batch=True), tmp_path / "batch.onnx", shape=(2, 5, 4)))
 
 
 def test_scores_takes_a_zipmap_output_by_its_name(tmp_path):
@@ -240,6 +241,10 @@ def test_softmax_heads_behind_reshapes(kind, probabilities, tmp_path):
         torch.onnx.export(Headed(kind).eval(), (torch.rand(2, 6),), str(path), dynamo=False,
                           opset_version=11 if kind == "batch" else 13, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    if kind == "batch":   # a softmax across the samples: no score is a sample's own
+        with pytest.raises(onnxplain.OnnxplainError, match="depends on the other samples of its batch"):
+            onnxplain.load(path)
+        return
     model = onnxplain.load(path)
     x = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
     assert (model.score_kind == "probabilities") == probabilities, model.score_reason

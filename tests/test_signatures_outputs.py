@@ -63,3 +63,26 @@ def test_contrast_refuses_scores_of_one_class_and_takes_the_output_named(files, 
     assert "needs two classes or more; the class scores ('aux') have 1" in refused.stderr
     named = CliRunner().invoke(cli, [*command, "--scores", "logits"])
     assert named.exit_code == 0, named.output
+
+
+def test_contrast_names_the_output_graph_order_chose(tmp_path):
+    """Two heads of two and five classes: contrast explains the first, and says so, as the other commands do."""
+    rng = np.random.default_rng(2)
+    weights = [numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "v"),
+               numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "w"),
+               numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "g")]
+    heads = helper.make_graph([helper.make_node("MatMul", ["x", "v"], ["aux"]),
+                               helper.make_node("MatMul", ["x", "w"], ["logits"])], "heads",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["N", 2]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], weights[:2])
+    generator = helper.make_graph([helper.make_node("MatMul", ["z", "g"], ["x"])], "generator",
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])],
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], weights[2:])
+    for name, graph in (("two.onnx", heads), ("g.onnx", generator)):
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / name)
+    np.save(tmp_path / "one.npy", rng.normal(size=(1, 4)).astype(np.float32))
+    result = CliRunner().invoke(cli, ["contrast", str(tmp_path / "two.onnx"), str(tmp_path / "one.npy"),
+                                      "--generator", str(tmp_path / "g.onnx"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "class scores read from output 'aux', the first of the float outputs (aux, logits)" in result.stderr

@@ -133,3 +133,27 @@ def test_save_npy_keeps_a_float64_models_precision(tmp_path):
     saved = np.load(tmp_path / "r.npy")
     assert saved.dtype == np.float64
     np.testing.assert_allclose(saved, x * w[:, 1], rtol=1e-15)
+
+
+@pytest.mark.parametrize("classifier_type, generator_type", [(np.float16, np.float16), (np.float64, np.float32),
+                                                             (np.float32, np.float16)])
+def test_contrast_refuses_models_that_are_not_float32(tmp_path, classifier_type, generator_type):
+    """CDeepEx's latent search runs in float32: a float16 generator met float32 latents in a torch matmul, and a
+    RuntimeError escaped. Each model not in float32 is named in one line."""
+    from onnxplain.methods.contrastive import CDeepEx
+
+    def linear(name, size_in, size_out, dtype, source, target):
+        element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        graph = helper.make_graph([helper.make_node("MatMul", [source, "w"], [target])], name,
+                                  [helper.make_tensor_value_info(source, element, ["N", size_in])],
+                                  [helper.make_tensor_value_info(target, element, ["N", size_out])],
+                                  [numpy_helper.from_array(RNG.normal(size=(size_in, size_out)).astype(dtype), "w")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / f"{name}.onnx")
+        return tmp_path / f"{name}.onnx"
+
+    classifier = onnxplain.load(linear("classifier", 4, 3, classifier_type, "x", "y"))
+    generator = linear("generator", 3, 4, generator_type, "z", "x")
+    x = RNG.normal(size=(1, 4)).astype(classifier_type)
+    named = "classifier" if classifier_type != np.float32 else "generator"
+    with pytest.raises(onnxplain.OnnxplainError, match=f"this {named} takes float"):
+        CDeepEx(generator=generator, progress=False).explain(classifier, x)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..explanation import Explanation, Method, relevance_dtype, require_model
+from ..explanation import Explanation, Method, require_model
 from ..numbers import image_generators, optional_whole_number, real_number, seed_number, whole_number
 from ..runtime import progress_bar
 from ..targets import Target, as_target
@@ -162,6 +162,10 @@ class CDeepEx(Method):
         require_model(model)
         x = model.check_input(x)
         generator = self.generator_for(model)
+        for what, taken in (("classifier", model.input_dtype), ("generator", generator.model.input_dtype)):
+            if np.dtype(taken) != np.float32:   # the latent search, its starts and multipliers are float32
+                raise OnnxplainError(f"a contrastive explanation searches the latent space in float32; this {what} "
+                                     f"takes {np.dtype(taken)}")
         executor = model.torch(self.device)
         size = self.batch_size or max(1, executor.batch_size(x.shape[1:]) // self.restarts)
         llh_input = log_likelihoods(executor, x, size)
@@ -181,7 +185,7 @@ class CDeepEx(Method):
         rows = np.arange(len(x))
         relevance = result["start_image"] - result["explanation_image"]
         diagnostics = {"true_class": true, "probe_class": probe, "llh_input": llh_input, **result}
-        return Explanation(relevance.astype(relevance_dtype(x.dtype)), probe, llh_input[rows, true] - llh_input[rows, probe],
+        return Explanation(relevance.astype(np.float32), probe, llh_input[rows, true] - llh_input[rows, probe],
                            self.name, self.params, diagnostics)
 
     def classes(self, model, llh: np.ndarray, target: Target | None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""torch.onnx.export's legacy exporter (opset 13 unless told) with a dynamic batch: the tests' small torch nets as ONNX."""
+"""torch.onnx.export's legacy exporter (opset 13 unless told) with a dynamic batch: the tests' small torch nets
+as ONNX."""
 from __future__ import annotations
 
 import warnings

@@ -58,15 +58,20 @@ def test_the_cli_says_which_sampler_to_use(files):
     assert marginal.exit_code == 0, marginal.output
 
 
+def cast_model(folder, name: str, element: int) -> None:
+    """`name`.onnx: an (N, 6) input `name` of ONNX type `element`, cast to float, then a dense layer to 3 classes."""
+    graph = helper.make_graph([helper.make_node("Cast", [name], ["f"], to=TensorProto.FLOAT),
+                               helper.make_node("MatMul", ["f", "w"], ["y"])], name,
+                              [helper.make_tensor_value_info(name, element, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(RNG.normal(size=(6, 3)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), folder / f"{name}.onnx")
+
+
 def test_a_boolean_input_is_named(tmp_path):
     """A model taking booleans loads (inspect describes it), but no input fits it: every command said 'input dtype
     bool is not a real number type', also of float inputs."""
-    graph = helper.make_graph([helper.make_node("Cast", ["mask"], ["f"], to=TensorProto.FLOAT),
-                               helper.make_node("MatMul", ["f", "w"], ["y"])], "mask",
-                              [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-                              [numpy_helper.from_array(RNG.normal(size=(6, 3)).astype(np.float32), "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "mask.onnx")
+    cast_model(tmp_path, "mask", TensorProto.BOOL)
     assert CliRunner().invoke(cli, ["inspect", str(tmp_path / "mask.onnx")]).exit_code == 0
     for values in (RNG.random((2, 6)) > 0.5, (RNG.random((2, 6)) > 0.5).astype(np.float32)):
         np.save(tmp_path / "x.npy", values)
@@ -79,12 +84,7 @@ def test_a_boolean_input_is_named(tmp_path):
 def test_a_string_input_is_refused_on_loading(tmp_path):
     """Strings (a text pipeline's input) have no numpy type to probe with: loading raised a TypeError (a traceback
     from `inspect`); it is one line naming the input."""
-    graph = helper.make_graph([helper.make_node("Cast", ["text"], ["f"], to=TensorProto.FLOAT),
-                               helper.make_node("MatMul", ["f", "w"], ["y"])], "text",
-                              [helper.make_tensor_value_info("text", TensorProto.STRING, ["N", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-                              [numpy_helper.from_array(RNG.normal(size=(6, 3)).astype(np.float32), "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "text.onnx")
+    cast_model(tmp_path, "text", TensorProto.STRING)
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "text.onnx")])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert "this model takes string input 'text'" in result.stderr

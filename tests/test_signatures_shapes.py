@@ -71,10 +71,13 @@ def test_a_size_the_graph_refuses_leaves_the_check_for_the_next_input(loose, mon
     from onnxplain.executor import TorchExecutor
 
     executor = onnxplain.load(loose).torch()
-    compared = []
-    original = TorchExecutor._error
-    monkeypatch.setattr(TorchExecutor, "_error",
-                        lambda self, probes, names: compared.append(probes[0][0].shape) or original(self, probes, names))
+    compared, original = [], TorchExecutor._error
+
+    def recorded(self, probes, names):
+        compared.append(probes[0][0].shape)
+        return original(self, probes, names)
+
+    monkeypatch.setattr(TorchExecutor, "_error", recorded)
     with pytest.raises(onnxplain.OnnxplainError):
         executor.run(RNG.random((1, 1, 8, 8)).astype(np.float32))
     executor.run(RNG.random((1, 1, 6, 6)).astype(np.float32))

@@ -183,8 +183,9 @@ class PredictionDifference(Method):
             return MarginalSampler()
         if not np.issubdtype(model.input_dtype, np.floating):   # astype would truncate each draw to an id
             raise OnnxplainError(f"the conditional sampler draws real values from a Gaussian, which this model's "
-                                 f"{model.input_dtype} input (token ids, categories, uint8 pixels) cannot take: use the marginal "
-                                 "sampler (--sampler marginal, sampler='marginal'), which draws the reference's values")
+                                 f"{model.input_dtype} input (token ids, categories, uint8 pixels) cannot take: use "
+                                 "the marginal sampler (--sampler marginal, sampler='marginal'), which draws the "
+                                 "reference's values")
         if features is not None and self.location_grid is None:
             return ConditionalSampler(padding, self.channels, features.spatial, clip="pixel")
         return ConditionalSampler(padding, self.channels, self.location_grid)

@@ -163,7 +163,10 @@ def _fills(layout: InputLayout, x: np.ndarray, fill: str, baseline, rng: np.rand
             raise OnnxplainError(f"baseline of shape {values.shape} does not fit inputs {x.shape[1:]}") from None
     low, high = layout.value_range(x)
     unit = rng.uniform(0.0, 1.0, layout.view_shape)
-    return np.broadcast_to(low + (high - low) * unit, shape).astype(x.dtype)
+    values = low + (high - low) * unit
+    if np.issubdtype(x.dtype, np.integer):   # whole values, low..high each as likely (a cast would never draw high)
+        values = np.minimum(np.floor(low + (high - low + 1) * unit), high)
+    return np.broadcast_to(values, shape).astype(x.dtype)
 
 
 def _perturbed(layout: InputLayout, x: np.ndarray, ranks: np.ndarray, fills: np.ndarray, steps: int) -> np.ndarray:

@@ -2,17 +2,20 @@
 
 The walker lets a rule skip its negative-input part where the plan proves the input >= 0 (after a Relu, or after
 pooling, reshapes and concats of such tensors). Where that proof is wrong (a Tanh or LeakyRelu, a Concat with one
-signed operand, a reshape of the signed input) z+ counts x- w+ as positive evidence: these nets pin that down.
+signed operand, a reshape of the signed input) z+ counts x- w+ as positive evidence: these nets pin that down, and a test runs every op the walker
+lists as sign-keeping on inputs >= 0 through onnxruntime.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.lrp import LRP
+from onnxplain.lrp.walker import NONNEGATIVE_OUTPUT, SIGN_KEEPING
 
 RNG = np.random.default_rng(5)
 STAB = 1e-6
@@ -102,3 +105,37 @@ def test_zplus_keeps_the_negative_inputs_of_signed_tensors(net, tmp_path):
     explanation = LRP("lrp-0", rules={"Gemm": "zplus"}, progress=False).explain(model, x)
     want = expected(x.astype(np.float64))
     np.testing.assert_allclose(explanation.relevance, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def _ints(name: str, values: list[int]):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+POOLS = {"kernel_shape": [2, 2], "pads": [1, 0, 0, 1]}
+ONE_NODE = {   # op type -> (extra inputs, as initializers; attributes) of one node on a (2, 3, 4, 4) input
+    "MaxPool": ([], POOLS), "AveragePool": ([], POOLS), "GlobalMaxPool": ([], {}), "GlobalAveragePool": ([], {}),
+    "Reshape": ([_ints("shape", [2, -1])], {}), "Flatten": ([], {}), "Squeeze": ([_ints("axes", [0])], {}),
+    "Unsqueeze": ([_ints("axes", [1])], {}), "Transpose": ([], {"perm": [0, 2, 3, 1]}), "Identity": ([], {}),
+    "Dropout": ([], {}), "Slice": ([_ints("starts", [1]), _ints("ends", [3]), _ints("axes", [2])], {}),
+    "Split": ([], {"axis": 1, "num_outputs": 3}), "Relu": ([], {}), "Sigmoid": ([], {}), "Softmax": ([], {"axis": 1})}
+
+
+@pytest.mark.parametrize("op_type", sorted(SIGN_KEEPING | NONNEGATIVE_OUTPUT))
+def test_each_op_the_walker_trusts_to_keep_signs_gives_nonnegative_outputs(op_type):
+    """The walker's lists of ops whose output is >= 0 for inputs >= 0 (or for any input): each, run by
+    onnxruntime on such an input (an all-negative one for the second list), gives no negative value. An op wrongly
+    listed would let z+ drop the negative part of a signed input unseen."""
+    assert op_type in ONE_NODE, f"{op_type}: a new entry needs a case here"
+    initializers, attributes = ONE_NODE[op_type]
+    shape = [1, 3, 4, 4] if op_type == "Squeeze" else [2, 3, 4, 4]
+    outputs = [f"y{i}" for i in range(3 if op_type == "Split" else 1)]
+    node = helper.make_node(op_type, ["x"] + [t.name for t in initializers], outputs, **attributes)
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    magnitude = np.abs(RNG.normal(size=shape)).astype(np.float32) * 5
+    x = -magnitude if op_type in NONNEGATIVE_OUTPUT else magnitude
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for value in session.run(None, {"x": x}):
+        assert value.min() >= 0, op_type

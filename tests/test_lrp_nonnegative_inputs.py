@@ -2,8 +2,8 @@
 
 The walker lets a rule skip its negative-input part where the plan proves the input >= 0 (after a Relu, or after
 pooling, reshapes and concats of such tensors). Where that proof is wrong (a Tanh or LeakyRelu, a Concat with one
-signed operand, a reshape of the signed input) z+ counts x- w+ as positive evidence: these nets pin that down, and a test runs every op the walker
-lists as sign-keeping on inputs >= 0 through onnxruntime.
+signed operand, a reshape of the signed input) z+ counts x- w+ as positive evidence: these nets pin that down, and
+a test runs every op the walker lists as sign-keeping on inputs >= 0 through onnxruntime.
 """
 from __future__ import annotations
 

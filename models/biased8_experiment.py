@@ -137,7 +137,8 @@ def main(argv=None) -> None:
 
     numbers = {"inputs": len(x), "clean_8s_among_inputs": int((labels == PROBE).sum()),
                "square_area_share": float(mask.mean()),
-               "cdeepex_constraints_hold": float(cdeepex.diagnostics["all"].mean()), "cdeepex_seconds": round(seconds, 1),
+               "cdeepex_constraints_hold": float(cdeepex.diagnostics["all"].mean()),
+               "cdeepex_seconds": round(seconds, 1),
                "mean_share_of_added_ink_on_square": {k: float(v.mean()) for k, v in shares.items()},
                "median_share_of_added_ink_on_square": {k: float(np.median(v)) for k, v in shares.items()},
                "inputs_where_method_beats_all_baselines": float(np.mean(

@@ -53,7 +53,7 @@ def _session_options():
 
     ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: failures raise anyway; CPU-only machines with onnxruntime-gpu stay quiet
+    options.log_severity_level = 4  # fatal only: failures raise anyway; onnxruntime-gpu on a CPU machine stays quiet
     options.intra_op_num_threads = session_threads()
     options.inter_op_num_threads = 1
     return options

@@ -12,7 +12,8 @@ def linear_onnx(path, weights: np.ndarray, bias: np.ndarray, sample_shape: tuple
     """An ONNX model: input 'x' (N, *sample_shape) -> Flatten -> Gemm -> 'logits' (N, K); optional preprocess spec."""
     features, classes = weights.shape
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["x"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "b"], ["logits"])],
+        [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+         helper.make_node("Gemm", ["flat", "W", "b"], ["logits"])],
         "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *sample_shape])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, classes])],
         initializer=[numpy_helper.from_array(weights.astype(np.float32), "W"),

@@ -224,7 +224,8 @@ def test_apem_on_token_ids_is_a_one_line_error_and_aopc_runs(tmp_path):
     from onnxplain.metrics import APEM, Evaluation
 
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Gather", ["table", "x"], ["vectors"]), helper.make_node("Flatten", ["vectors"], ["flat"]),
+    nodes = [helper.make_node("Gather", ["table", "x"], ["vectors"]),
+             helper.make_node("Flatten", ["vectors"], ["flat"]),
              helper.make_node("Gemm", ["flat", "w"], ["logits"])]
     constants = [numpy_helper.from_array(rng.normal(size=(10, 3)).astype(np.float32), "table"),
                  numpy_helper.from_array(rng.normal(size=(12, 4)).astype(np.float32), "w")]

@@ -272,8 +272,8 @@ def _model_file(tmp_path, name, nodes, inits, input_type, shape, classes) -> onn
 
 
 def test_noisy_and_path_copies_respect_a_batch_fixed_at_one(tmp_path):
-    """A graph that flattens its batch axis away (Flatten at axis 0) keeps its batch fixed at 1: SmoothGrad's and integrated gradients'
-    copies go through it one at a time (a linear model: every gradient is the weight column)."""
+    """A graph that flattens its batch axis away (Flatten at axis 0) keeps its batch fixed at 1: SmoothGrad's and
+    integrated gradients' copies go through it one at a time (a linear model: every gradient is the weight column)."""
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)

@@ -356,7 +356,8 @@ def test_zb_passes_no_relevance_to_a_constant_padding(tmp_path):
                     "w": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
                     "b": rng.normal(0, 0.1, size=4).astype(np.float32),
                     "d": rng.normal(size=(4 * 10 * 10, 3)).astype(np.float32)}
-    nodes = [helper.make_node("Pad", ["x", "p", "v"], ["padded"]), helper.make_node("Conv", ["padded", "w", "b"], ["c"]),
+    nodes = [helper.make_node("Pad", ["x", "p", "v"], ["padded"]),
+             helper.make_node("Conv", ["padded", "w", "b"], ["c"]),
              helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
              helper.make_node("MatMul", ["f", "d"], ["y"])]
     graph = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],

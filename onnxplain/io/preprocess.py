@@ -49,7 +49,8 @@ class PreprocessSpec:
         if self.color not in ("gray", "rgb", "bgr"):
             raise OnnxplainError(f"preprocessing spec: color must be gray, rgb or bgr, not {self.color!r}")
         if self.resize not in ("stretch", "shorter-side-crop"):
-            raise OnnxplainError(f"preprocessing spec: resize must be stretch or shorter-side-crop, not {self.resize!r}")
+            raise OnnxplainError("preprocessing spec: resize must be stretch or shorter-side-crop, not "
+                                 f"{self.resize!r}")
         _check_numbers("size", self.size, "two positive whole numbers [H, W]", whole=True, positive=True,
                        counts=(2,))
         _check_numbers("scale", (self.scale,), "a finite number", shown=repr(self.scale))

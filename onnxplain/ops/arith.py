@@ -4,10 +4,10 @@ logic, Where.
 
 LRP: sums share relevance by contribution (a constant operand keeps its share, like a bias), except an offset
 before the first layer (a mean subtracted inside the model: preprocessing, like the scaling around it), which
-passes relevance; scaling by a constant passes relevance; a product of two activations is a gate: the signal takes all relevance, the gate
-(the operand coming from a sigmoid-like op) is held constant. Elementary functions have no rule (LRP names them
-as unsupported; gradients pass); roundings, comparisons and logic give integer or boolean values through which
-no relevance flows (kind 'data').
+passes relevance; scaling by a constant passes relevance; a product of two activations is a gate: the signal takes
+all relevance, the gate (the operand coming from a sigmoid-like op) is held constant. Elementary functions have no
+rule (LRP names them as unsupported; gradients pass); roundings, comparisons and logic give integer or boolean
+values through which no relevance flows (kind 'data').
 """
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """The converter tests' shared cases: small torch networks as source text (for the CLI's factory files) and as
-modules, one whose branch its export cannot keep, a plain onnxruntime run, and the CLI."""
+modules, one whose branch its export cannot keep, and a plain onnxruntime run."""
 from __future__ import annotations
 
 import onnxruntime as ort
 import torch
-from click.testing import CliRunner
-
-from onnxplain.cli.main import cli
 
 SPEC = {"layout": "NCHW", "size": [6, 6], "color": "gray"}
 MEAN_SOURCE = """
@@ -51,7 +48,3 @@ class SignBranch(torch.nn.Module):
         if bool(flat.sum() > 0):
             return torch.stack([flat.sum(1), -flat.sum(1)], 1)
         return torch.stack([-flat.sum(1), flat.sum(1)], 1)
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])

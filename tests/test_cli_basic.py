@@ -10,16 +10,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_runner import run
 from click.testing import CliRunner
 
 from onnxplain.cli.main import cli
 
 from conftest import SAMPLES
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result
 
 
 def test_inspect_json_names_class_scores(digits_cnn):

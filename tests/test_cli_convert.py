@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_runner import run
 
 import onnxplain
 
-from convert_cases import MEAN_SOURCE, NET_SOURCE, SignBranch, invoke, ort_run, small_net
+from convert_cases import MEAN_SOURCE, NET_SOURCE, SignBranch, ort_run, small_net
 
 torch = pytest.importorskip("torch")
 
@@ -29,11 +30,11 @@ def test_cli_sklearn_needs_trust_pickle(tmp_path, digits):
 
     X, y = digits
     joblib.dump(GaussianNB().fit(X, y), tmp_path / "nb.pkl")
-    refused = invoke("convert", "sklearn", tmp_path / "nb.pkl", "--out", tmp_path / "nb.onnx")
+    refused = run("convert", "sklearn", tmp_path / "nb.pkl", "--out", tmp_path / "nb.onnx")
     assert refused.exit_code == 2 and "--trust-pickle" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "nb.onnx").exists()
     np.save(tmp_path / "x.npy", X[:30].astype(np.float32))
-    done = invoke("convert", "sklearn", tmp_path / "nb.pkl", "--trust-pickle", "--samples", tmp_path / "x.npy",
+    done = run("convert", "sklearn", tmp_path / "nb.pkl", "--trust-pickle", "--samples", tmp_path / "x.npy",
                   "--out", tmp_path / "nb.onnx")
     assert done.exit_code == 0, done.output
     assert "match the source model" in done.stdout and (tmp_path / "nb.onnx").exists()
@@ -44,7 +45,7 @@ def test_cli_sklearn_names_the_extra_when_its_packages_are_missing(tmp_path, mon
     monkeypatch.setitem(sys.modules, "joblib", None)
     monkeypatch.setitem(sys.modules, "skl2onnx", None)
     (tmp_path / "m.pkl").write_bytes(b"not read")
-    result = invoke("convert", "sklearn", tmp_path / "m.pkl", "--trust-pickle", "--out", tmp_path / "m.onnx")
+    result = run("convert", "sklearn", tmp_path / "m.pkl", "--trust-pickle", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 2
     assert result.stderr.splitlines() == ["onnxplain: error: converting a scikit-learn model needs joblib, "
                                           "scikit-learn and skl2onnx, not installed: pip install joblib scikit-learn "
@@ -53,7 +54,7 @@ def test_cli_sklearn_names_the_extra_when_its_packages_are_missing(tmp_path, mon
 
 def test_cli_sklearn_pickle_of_a_missing_package_names_it(tmp_path):
     (tmp_path / "m.pkl").write_bytes(b"cmissing_package\nThing\n.")  # a pickled reference to missing_package.Thing
-    result = invoke("convert", "sklearn", tmp_path / "m.pkl", "--trust-pickle", "--out", tmp_path / "m.onnx")
+    result = run("convert", "sklearn", tmp_path / "m.pkl", "--trust-pickle", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 2 and "needs the module 'missing_package', which is not installed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -101,14 +102,14 @@ def without_onnxscript(monkeypatch):
 def test_cli_pytorch_without_onnxscript_says_so(tmp_path, without_onnxscript, capfd):
     (tmp_path / "fft.py").write_text(FFT_SOURCE)
     (tmp_path / "net.py").write_text(NET_SOURCE)
-    failed = invoke("convert", "pytorch", f"{tmp_path / 'fft.py'}:make", "--input-shape", "1,3,3",
+    failed = run("convert", "pytorch", f"{tmp_path / 'fft.py'}:make", "--input-shape", "1,3,3",
                     "--out", tmp_path / "fft.onnx")
     assert failed.exit_code == 2
     [line] = failed.stderr.strip().splitlines()
     assert line.startswith(f"onnxplain: error: {NEEDS_ONNXSCRIPT}; the TorchScript exporter, tried instead, "
                            "failed: UnsupportedOperatorError"), line
     assert "Torch IR graph" not in capfd.readouterr().out  # the exporter's graph dump stays off the terminal
-    done = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6",
+    done = run("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6",
                   "--out", tmp_path / "net.onnx")
     assert done.exit_code == 0 and "(TorchScript)" in done.stdout, done.output
     assert done.stderr.strip().splitlines() == [no_weights_note(tmp_path / "net.py"),
@@ -125,7 +126,7 @@ def test_cli_pytorch_factory_and_state_dict(tmp_path):
     trained = small_net()
     torch.save(trained.state_dict(), tmp_path / "w.pt")
     (tmp_path / "labels.txt").write_text("x\ny\nz\n")
-    result = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--weights", tmp_path / "w.pt",
+    result = run("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--weights", tmp_path / "w.pt",
                     "--input-shape", "1,6,6", "--labels", tmp_path / "labels.txt", "--out", tmp_path / "n.onnx")
     assert result.exit_code == 0, result.output
     assert "--weights" not in result.stderr   # the no-weights note only where none were given
@@ -139,7 +140,7 @@ def test_cli_pytorch_factory_and_state_dict(tmp_path):
 def test_cli_pytorch_without_weights_says_which_were_exported(tmp_path):
     """No --weights: the note says the factory's own weights were exported (it may load trained ones itself)."""
     (tmp_path / "net.py").write_text(NET_SOURCE)
-    result = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6",
+    result = run("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,6,6",
                     "--out", tmp_path / "n.onnx")
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().splitlines()[0] == no_weights_note(tmp_path / "net.py")
@@ -149,7 +150,7 @@ def test_cli_pytorch_without_weights_says_which_were_exported(tmp_path):
 def test_cli_pytorch_refuses_pickled_objects_as_weights(tmp_path):
     (tmp_path / "net.py").write_text(NET_SOURCE)
     torch.save({"weights": SignBranch()}, tmp_path / "evil.pt")  # a pickled module object, not tensors
-    result = invoke("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--weights", tmp_path / "evil.pt",
+    result = run("convert", "pytorch", f"{tmp_path / 'net.py'}:make", "--weights", tmp_path / "evil.pt",
                     "--input-shape", "1,6,6", "--out", tmp_path / "n.onnx")
     assert result.exit_code == 2 and "weights_only" in result.stderr
     assert not (tmp_path / "n.onnx").exists()
@@ -165,7 +166,7 @@ def test_cli_pytorch_refuses_pickled_objects_as_weights(tmp_path):
     (["pytorch", "onnxplain.viz:limit", "--input-shape", "3", "--opset", "5"], "--opset"),
 ])
 def test_cli_convert_bad_arguments(tmp_path, args, message):
-    result = invoke("convert", *args, "--out", tmp_path / "o.onnx")
+    result = run("convert", *args, "--out", tmp_path / "o.onnx")
     assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -180,15 +181,15 @@ def test_cli_convert_output_paths_and_opset(tmp_path):
                                 (tmp_path / "file" / "n.onnx", [], "is a file, not a folder"),
                                 (tmp_path / "n.onnx", ["--labels", tmp_path / "two.txt"],
                                  "2 labels for a model with 3")):
-        result = invoke(*factory, *extra, "--out", out)
+        result = run(*factory, *extra, "--out", out)
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     (tmp_path / "mean.py").write_text(MEAN_SOURCE)     # a mean over axes: the version converter's ReduceMean
     for opset in (13, 15):                             # at opset 14-17 is invalid: the TorchScript exporter runs
-        made = invoke("convert", "pytorch", f"{tmp_path / 'mean.py'}:make", "--input-shape", "2,5,5", "--opset",
+        made = run("convert", "pytorch", f"{tmp_path / 'mean.py'}:make", "--input-shape", "2,5,5", "--opset",
                       opset, "--out", tmp_path / f"m{opset}.onnx")
         assert made.exit_code == 0 and f"opset {opset}" in made.stdout, made.output
-    done = invoke(*factory, "--opset", "13", "--out", tmp_path / "n13.onnx")
+    done = run(*factory, "--opset", "13", "--out", tmp_path / "n13.onnx")
     assert done.exit_code == 0, done.output
     opsets = {o.domain: o.version for o in onnx.load(tmp_path / "n13.onnx").opset_import}
     assert opsets.get("", opsets.get("ai.onnx")) == 13

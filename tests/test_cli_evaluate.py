@@ -6,20 +6,15 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from PIL import Image
 
 import onnxplain
-from onnxplain.cli.main import cli
 from onnxplain.methods import make_method
 from onnxplain.metrics import aopc, region_perturbation
 from onnxplain.targets import Target
 
 COUNT = 6
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,13 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnxplain import viz
-from onnxplain.cli.main import cli
 from onnxplain.io.preprocess import METADATA_KEY
 from onnxplain.methods import method_names
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

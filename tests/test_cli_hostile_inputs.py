@@ -6,15 +6,10 @@ import warnings
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from PIL import Image
 
-from onnxplain.cli.main import cli
 from onnxplain.io import read_image
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def one_line_error(result, message: str) -> None:

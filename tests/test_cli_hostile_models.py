@@ -5,15 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxplain.cli.main import cli
 from test_cli_hostile_inputs import one_line_error
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def save(path, nodes, inputs, outputs, weights=(), opset=18, functions=()):

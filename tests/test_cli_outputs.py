@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from PIL import Image
 
-from onnxplain.cli.main import cli
 from onnxplain.cli.outputs import StagedFiles
 from onnxplain.errors import OnnxplainError
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

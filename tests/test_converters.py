@@ -10,17 +10,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.cli.main import cli
 from onnxplain.converters import convert_keras, convert_pytorch, convert_sklearn
 from onnxplain.converters.common import rename_io
 from onnxplain.errors import OnnxplainError
 from onnxplain.io.preprocess import LABELS_KEY, METADATA_KEY
 
-from convert_cases import SPEC, SignBranch, invoke, ort_run, small_net
+from convert_cases import SPEC, SignBranch, ort_run, small_net
 
 torch = pytest.importorskip("torch")
 
@@ -136,7 +135,7 @@ def test_keras_names_the_missing_package_when_absent(tmp_path, monkeypatch):
     monkeypatch.setattr(keras_converter, "installed", lambda name: False)  # as on a machine without them
     with pytest.raises(OnnxplainError, match="tf2onnx"):
         convert_keras(object(), tmp_path / "k.onnx", input_shape=(4,))
-    result = CliRunner().invoke(cli, ["convert", "keras", __file__, "--out", str(tmp_path / "k.onnx")])
+    result = run("convert", "keras", __file__, "--out", tmp_path / "k.onnx")
     assert result.exit_code == 2 and "tf2onnx" in result.stderr
 
 
@@ -164,7 +163,7 @@ def test_keras_token_ids_are_checked_on_ids(tmp_path, keras):
     network = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(10, 4),
                                 keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
     network.save(tmp_path / "tokens.keras")
-    result = invoke("convert", "keras", tmp_path / "tokens.keras", "--out", tmp_path / "tokens.onnx")
+    result = run("convert", "keras", tmp_path / "tokens.keras", "--out", tmp_path / "tokens.onnx")
     assert result.exit_code == 0, result.output
     model = onnxplain.load(tmp_path / "tokens.onnx")
     assert np.issubdtype(model.input_dtype, np.integer) and not any("not verified" in n for n in model.notes)
@@ -175,13 +174,13 @@ def test_keras_token_ids_are_checked_on_ids(tmp_path, keras):
 def test_cli_keras_file(tmp_path, keras):
     network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     network.save(tmp_path / "m.keras")
-    result = invoke("convert", "keras", tmp_path / "m.keras", "--out", tmp_path / "m.onnx")
+    result = run("convert", "keras", tmp_path / "m.keras", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.output
     x = np.random.default_rng(2).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(ort_run(tmp_path / "m.onnx", x)[0], network.predict(x, verbose=0), atol=1e-5)
     graph = onnx.load(tmp_path / "m.onnx").graph   # the exporter's own names ('keras_tensor', '23') are replaced
     assert ([v.name for v in graph.input], [v.name for v in graph.output]) == (["input"], ["output"])
-    result = invoke("convert", "keras", tmp_path / "m.keras", "--out", tmp_path / "n.onnx", "--input-name", "pixels",
+    result = run("convert", "keras", tmp_path / "m.keras", "--out", tmp_path / "n.onnx", "--input-name", "pixels",
                     "--output-name", "probabilities")
     assert result.exit_code == 0 and "probabilities" in result.output, result.output
     graph = onnx.load(tmp_path / "n.onnx").graph

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.cli.main import cli
 from onnxplain.errors import OnnxplainError
 from onnxplain.io import PreprocessSpec, load_inputs
 from onnxplain.io.inputs import skipped_files
@@ -22,10 +21,6 @@ pytestmark = pytest.mark.usefixtures("private_cache")
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 SCAN, CROP = (8, 7, 5), [[1, 7], [0, 7], [0, 5]]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def volume_model(path: Path, spec: dict) -> Path:

@@ -4,15 +4,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from cli_runner import run
 from click.testing import CliRunner
 
 import onnxplain
 from onnxplain.cli.main import cli
 from onnxplain.lrp import LRP, DeepTaylor
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_lrp_composite_rule_npy_and_json(digits_cnn, tmp_path):

@@ -6,21 +6,16 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.cli.main import cli
 from onnxplain.methods import make_method
 from onnxplain.methods.pda import PredictionDifference
 from onnxplain.targets import Target
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_cli_pda_conditional_matches_the_library(digits_cnn, tmp_path):

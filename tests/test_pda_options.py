@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 
 import onnxplain
 from onnxplain.zoo import cache_root
-from onnxplain.cli.main import cli
 from onnxplain.errors import OnnxplainError
 from onnxplain.methods import make_method
 from onnxplain.methods.pda import PredictionDifference
@@ -19,10 +18,6 @@ from onnxplain.methods.samplers import ConditionalSampler, MarginalSampler
 from onnxplain.methods.windows import WindowGrid
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # fitted samplers are cached in a folder of the test's own
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

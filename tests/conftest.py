@@ -12,6 +12,8 @@ ensure_torchvision()  # zennit and onnx2torch import torchvision; the CPU torch 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 SAMPLES = MODELS / "samples"
+DIGIT_BATCH = 6   # inputs in the `digit_batch` fixture
+QUICK_EVALUATION = ["--methods", "occlusion", "--region", "4", "--steps", "20", "--shuffles", "3", "--quiet"]
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +27,21 @@ def digits_cnn_model(digits_cnn):
     import onnxplain
 
     return onnxplain.load(digits_cnn)
+
+
+@pytest.fixture(scope="module")
+def digit_batch(digits_cnn, tmp_path_factory):
+    """(folder, x, labels): the first DIGIT_BATCH test digits saved as one .npy batch in `folder`, with a labels.csv
+    naming them `batch.npy[i]` (rows in reverse order: any order must do)."""
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("digits")
+    x = np.load(SAMPLES / "digits_test100_cnn.npy")[:DIGIT_BATCH]
+    labels = np.load(SAMPLES / "digits_test100_labels.npy")[:DIGIT_BATCH]
+    np.save(folder / "batch.npy", x)
+    rows = [f"batch.npy[{i}],{label}" for i, label in enumerate(labels)]
+    (folder / "labels.csv").write_text("input,label\n" + "\n".join(rows[::-1]) + "\n")
+    return folder, x, labels
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`onnxplain evaluate`: files written, numbers that agree with the Python API, labels read by name, user errors."""
+"""`onnxplain evaluate`: files written, numbers that agree with the Python API, labels read by name, default methods
+and what the report says (user errors: `test_cli_evaluate_refusals.py`)."""
 from __future__ import annotations
 
 import json
@@ -14,34 +15,19 @@ from onnxplain.methods import make_method
 from onnxplain.metrics import aopc, region_perturbation
 from onnxplain.targets import Target
 
-COUNT = 6
+from conftest import DIGIT_BATCH, QUICK_EVALUATION
 
 
-@pytest.fixture(scope="module")
-def inputs(digits_cnn, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eval")
-    samples = digits_cnn.parent / "samples"
-    x = np.load(samples / "digits_test100_cnn.npy")[:COUNT]
-    labels = np.load(samples / "digits_test100_labels.npy")[:COUNT]
-    np.save(folder / "batch.npy", x)
-    rows = ["input,label"] + [f"batch.npy[{i}],{label}" for i, label in enumerate(labels)]
-    (folder / "labels.csv").write_text("input,label\n" + "\n".join(rows[1:][::-1]) + "\n")  # any row order
-    return folder, x, labels
-
-
-COMMON = ["--methods", "occlusion", "--region", "4", "--steps", "20", "--shuffles", "3", "--quiet"]
-
-
-def test_evaluate_writes_tables_and_plots(digits_cnn, inputs):
-    folder, x, labels = inputs
+def test_evaluate_writes_tables_and_plots(digits_cnn, digit_batch):
+    folder, x, labels = digit_batch
     out = folder / "out"
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--labels", folder / "labels.csv", "--out", out,
-                 "--json", *COMMON)
+                 "--json", *QUICK_EVALUATION)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     rows = {row["method"]: row for row in data["summary"]}
     assert set(rows) == {"occlusion", "shuffled occlusion", "random order"}
-    assert data["inputs"] == COUNT and len(data["per_image"]) == COUNT
+    assert data["inputs"] == DIGIT_BATCH and len(data["per_image"]) == DIGIT_BATCH
 
     model = onnxplain.load(digits_cnn)
     predicted = np.argmax(model.scores(x), axis=1)
@@ -65,17 +51,17 @@ def test_evaluate_writes_tables_and_plots(digits_cnn, inputs):
             assert image.size[0] > 300
 
 
-def test_markdown_to_stdout_and_npy_labels(digits_cnn, inputs, tmp_path):
-    folder, _, labels = inputs
+def test_markdown_to_stdout_and_npy_labels(digits_cnn, digit_batch, tmp_path):
+    folder, _, labels = digit_batch
     np.save(tmp_path / "labels.npy", labels)
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--labels", tmp_path / "labels.npy",
-                 "--metrics", "aopc", *COMMON[:-3], "--quiet")
+                 "--metrics", "aopc", *QUICK_EVALUATION[:-3], "--quiet")
     assert result.exit_code == 0, result.output
     assert "| occlusion |" in result.stdout and "| random order |" in result.stdout and "APEM" not in result.stdout
 
 
-def test_method_parameters_in_the_spec(digits_cnn, inputs):
-    folder, x, _ = inputs
+def test_method_parameters_in_the_spec(digits_cnn, digit_batch):
+    folder, x, _ = digit_batch
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "occlusion:window=7:stride=7",
                  "--metrics", "aopc", "--steps", "5", "--json", "--quiet")
     assert result.exit_code == 0, result.output
@@ -86,7 +72,7 @@ def test_method_parameters_in_the_spec(digits_cnn, inputs):
     assert row["aopc_morf"] == pytest.approx(aopc(region_perturbation(model, x, relevance, steps=5)), rel=1e-6)
 
 
-def test_device_reaches_the_methods_and_the_loss_gradient(digits_cnn, inputs, monkeypatch):
+def test_device_reaches_the_methods_and_the_loss_gradient(digits_cnn, digit_batch, monkeypatch):
     """--device goes to every method that takes one (occlusion then runs in the torch executor) unless its spec
     names its own, and to APEM's loss gradient."""
     from onnxplain.cli import evaluate_cmd
@@ -101,7 +87,7 @@ def test_device_reaches_the_methods_and_the_loss_gradient(digits_cnn, inputs, mo
     monkeypatch.setattr(apem, "loss_gradient", loss_gradient)
     methods = evaluate_cmd.build_methods(["occlusion", "gradient:device=cpu"], False, {"device": "cuda:3"})
     assert methods["occlusion"].device == "cuda:3" and methods["gradient:device=cpu"].device == "cpu"
-    folder, _, _ = inputs
+    folder, _, _ = digit_batch
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "gradient", "--device", "cpu",
                  "--steps", "3", "--shuffles", "1", "--max-steps", "20", "--quiet")
     assert result.exit_code == 0, result.output
@@ -118,69 +104,6 @@ def test_method_specs_read_values_as_the_method_types_them():
     assert type(params["sigma"]) is float and type(params["samples"]) is int
     assert parse_method("integrated-gradients:baseline=0") == ("integrated-gradients", {"baseline": "0"})  # str
     assert parse_method("lrp:low=-1:high=1.5") == ("lrp", {"low": -1, "high": 1.5})  # untyped: read as numbers
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("smoothgrad:samples=abc", "method smoothgrad: parameter samples must be an integer, got 'abc'"),
-    ("smoothgrad:sigma=abc", "method smoothgrad: parameter sigma must be a number, got 'abc'"),
-    ("occlusion:window=abc", "method occlusion: parameter window must be an integer, got 'abc'"),
-    ("pda:window=abc", "method pda: parameter window must be an integer, got 'abc'"),
-    ("lrp:epsilon=abc", "method lrp: parameter epsilon must be a number, got 'abc'"),
-    ("integrated-gradients:steps=1.5", "method integrated-gradients: parameter steps must be an integer, got '1.5'"),
-    ("lrp:report=maybe", "method lrp: parameter report must be true or false, got 'maybe'"),
-])
-def test_method_parameter_of_the_wrong_type_is_one_line(digits_cnn, inputs, spec, message):
-    folder, _, _ = inputs
-    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, "--methods", spec)
-    assert result.exit_code == 2, result.output
-    assert result.stderr.strip().splitlines() == [f"onnxplain: error: {message}"]
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--methods", "no-such-method"], "unknown method"),
-    (["--metrics", "aopc,beauty"], "unknown metric"),
-    (["--labels", "missing.csv"], "labels file not found"),
-    (["--methods", "occlusion:window"], "not key=value"),
-    (["--region", "0"], "'--region': 0 is not in the range x>=1"),
-    (["--steps", "0"], "'--steps': 0 is not in the range x>=1"),
-    (["--shuffles", "0"], "'--shuffles': 0 is not in the range x>=1"),
-    (["--epsilon-step", "0"], "'--epsilon-step': 0.0 is not in the range x>0"),
-    (["--device", "gpu0"], "device 'gpu0' is not a torch device name"),
-    (["--metrics", "aopc", "--stage", "3"], "option(s) --stage, --shuffles do not apply to --metrics aopc"),
-    (["--metrics", "apem", "--max-steps", "5"], "option(s) --region, --steps do not apply to --metrics apem"),
-    (["--methods", "gradient", "--reference", "x.npy"], "option(s) --reference do not apply to --methods gradient: "
-                                                        "none of them reads reference data (pda and occlusion do)"),
-])
-def test_user_errors_exit_2(digits_cnn, inputs, extra, message):
-    folder, _, _ = inputs
-    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, *extra)
-    assert result.exit_code == 2 and message in result.output, result.output
-
-
-def test_reference_data_no_default_method_reads_is_refused_naming_the_defaults(digits_cnn, inputs):
-    folder, _, _ = inputs
-    result = run("evaluate", digits_cnn, folder / "batch.npy", "--reference", folder / "batch.npy", "--quiet")
-    assert result.exit_code == 2 and "do not apply to the default methods (lrp, gradient, sensitivity, smoothgrad): " \
-        "none of them reads reference data" in result.output, result.output
-
-
-def test_a_region_larger_than_the_input_is_refused_naming_its_size(digits_cnn, inputs):
-    """--region 100 on 28 x 28 inputs made one region (1 step) and went on; 28 still tiles the input."""
-    folder, _, _ = inputs
-    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON[:-3], "--region", "100", "--metrics", "aopc")
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert result.stderr.strip().splitlines() == [
-        "onnxplain: error: region 100 is larger than the input, whose spatial size is 28x28: give a region of at "
-        "most 28"]
-    assert run("evaluate", digits_cnn, folder / "batch.npy", *COMMON[:-3], "--region", "28", "--metrics", "aopc",
-               "--steps", "1").exit_code == 0
-
-
-def test_labels_missing_an_input_is_a_user_error(digits_cnn, inputs, tmp_path):
-    folder, _, _ = inputs
-    (tmp_path / "partial.csv").write_text("batch.npy[0],3\n")
-    result = run("evaluate", digits_cnn, folder / "batch.npy", "--labels", tmp_path / "partial.csv", *COMMON)
-    assert result.exit_code == 2 and "no label for input batch.npy[1]" in result.output
 
 
 def test_default_methods_leave_out_lrp_where_it_does_not_cover_the_model(digits_cnn_model, tmp_path):
@@ -250,21 +173,21 @@ def test_apem_on_token_ids_is_a_one_line_error_and_aopc_runs(tmp_path):
     assert [row["method"] for row in json.loads(result.stdout)["summary"]][0] == "occlusion"
 
 
-def test_censored_searches_are_flagged_and_left_out_of_the_means(digits_cnn, inputs):
-    folder, _, _ = inputs
+def test_censored_searches_are_flagged_and_left_out_of_the_means(digits_cnn, digit_batch):
+    folder, _, _ = digit_batch
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "gradient", "--max-steps", "60",
                  "--steps", "3", "--shuffles", "2", "--json", "--quiet")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     rows = data["per_image"]
     censored = [row["gradient_censored"] for row in rows]
-    assert 0 < sum(censored) < COUNT, censored   # ε⁺ of the digits is about 90 (docs/evaluate.md)
+    assert 0 < sum(censored) < DIGIT_BATCH, censored   # ε⁺ of the digits is about 90 (docs/evaluate.md)
     kept = [row["gradient_apem"] for row in rows if not row["gradient_censored"]]
     summary = data["summary"][0]
     assert summary["censored"] == sum(censored)
     assert summary["apem_mean"] == pytest.approx(np.mean(kept))
     assert summary["apem_median"] == pytest.approx(np.median(kept))
-    note = f"note: {sum(censored)} of {COUNT} APEM cases (method x input) never flipped within --max-steps 60"
+    note = f"note: {sum(censored)} of {DIGIT_BATCH} APEM cases (method x input) never flipped within --max-steps 60"
     assert note in result.stderr and "left out of the means" in result.stderr
 
 
@@ -288,16 +211,16 @@ def test_apem_on_a_single_score_column(tmp_path):
     assert "APEM needs at least two classes" in default.stderr and "evaluated aopc" in default.stderr
 
 
-def test_settings_say_the_score_and_steps_actually_used(digits_cnn, digits_logreg, inputs):
+def test_settings_say_the_score_and_steps_actually_used(digits_cnn, digits_logreg, digit_batch):
     """A probability-only model tracks the probability under --score logit; L is capped at the region count."""
     x = np.load(digits_logreg.parent / "samples" / "digits_test100_logreg.npy")[:3]
-    np.save(inputs[0] / "logreg.npy", x)
-    result = run("evaluate", digits_logreg, inputs[0] / "logreg.npy", "--methods", "gradient", "--metrics", "aopc",
+    np.save(digit_batch[0] / "logreg.npy", x)
+    result = run("evaluate", digits_logreg, digit_batch[0] / "logreg.npy", "--methods", "gradient", "--metrics", "aopc",
                  "--steps", "4", "--quiet")
     assert result.exit_code == 0, result.output
     assert "4 steps, probability score (the graph has no logits)" in result.stdout
     assert "note: the graph has no logits" in result.stderr
-    folder, _, _ = inputs
+    folder, _, _ = digit_batch
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--methods", "gradient", "--metrics", "aopc",
                  "--region", "14", "--steps", "50", "--quiet")
     assert result.exit_code == 0, result.output
@@ -308,45 +231,13 @@ def test_settings_say_the_score_and_steps_actually_used(digits_cnn, digits_logre
     assert (data["settings"]["steps"], data["settings"]["steps_asked"]) == (4, 50)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--methods", ","], "--methods ',' has an empty item"),
-    (["--methods", "gradient,,occlusion"], "--methods 'gradient,,occlusion' has an empty item"),
-    (["--methods", "gradient, gradient"], "--methods lists the same one more than once: gradient"),
-    (["--methods", "occlusion:window=7,occlusion: window=7"],
-     "--methods lists the same one more than once: occlusion:window=7, occlusion: window=7"),
-    (["--metrics", ""], "--metrics '' has an empty item"),
-    (["--metrics", "aopc,aopc"], "--metrics lists the same one more than once: aopc"),
-])
-def test_empty_or_repeated_list_items_are_one_line(digits_cnn, inputs, extra, message):
-    folder, _, _ = inputs
-    result = run("evaluate", digits_cnn, folder / "batch.npy", *COMMON, *extra)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"onnxplain: error: {message}"), lines
-
-
-def test_a_method_giving_non_finite_relevance_is_named(digits_cnn_model):
-    from types import SimpleNamespace
-
-    from onnxplain.errors import OnnxplainError
-    from onnxplain.metrics import Evaluation
-
-    class Broken:
-        def explain(self, model, x, target):
-            return SimpleNamespace(relevance=np.full(x.shape, np.nan))
-
-    x = np.zeros((2, 1, 28, 28), dtype=np.float32)
-    with pytest.raises(OnnxplainError, match="broken's relevance is not finite"):
-        Evaluation(["aopc"], progress=False).run(digits_cnn_model, x, {"broken": Broken()})
-
-
-def test_the_inputs_are_scored_once(digits_cnn, inputs, monkeypatch):
+def test_the_inputs_are_scored_once(digits_cnn, digit_batch, monkeypatch):
     """The NaN check, the explained classes, the confidences, the loss and every perturbation curve's targets share
     one forward pass over the unperturbed inputs (the methods' own passes, to pick their targets, are theirs)."""
     from onnxplain.methods.gradients import Gradient
     from onnxplain.model import Model
 
-    folder, x, _ = inputs
+    folder, x, _ = digit_batch
     rows, passes, inside = {row.tobytes() for row in x}, [], []
     run_model, attribute = Model.run, Gradient.attribute
 
@@ -367,17 +258,7 @@ def test_the_inputs_are_scored_once(digits_cnn, inputs, monkeypatch):
     result = run("evaluate", digits_cnn, folder / "batch.npy", "--labels", folder / "labels.csv", "--methods",
                  "gradient", "--steps", "3", "--shuffles", "1", "--max-steps", "20", "--quiet")
     assert result.exit_code == 0, result.output
-    assert passes == [COUNT]
-
-
-def test_inputs_scored_nan_are_named_by_the_evaluation(digits_cnn_model):
-    from onnxplain.errors import OnnxplainError
-    from onnxplain.metrics import Evaluation
-
-    x = np.zeros((3, 1, 28, 28), dtype=np.float32)
-    x[1] = 3e38   # finite, but the network's sums overflow
-    with pytest.raises(OnnxplainError, match="the model's scores for input 1 are NaN or infinite"):
-        Evaluation(["aopc"], progress=False).run(digits_cnn_model, x, {"gradient": make_method("gradient")})
+    assert passes == [DIGIT_BATCH]
 
 
 def test_a_model_torch_cannot_run_is_evaluated_by_occlusion_and_aopc(tmp_path):

@@ -308,4 +308,5 @@ def test_token_models_refuse_fractions_and_lrp(tmp_path):
         make_method("lrp", progress=False).explain(model, tokens)
     from onnxplain.lrp import unsupported_ops
 
-    assert unsupported_ops(model) == ["the int64 input 'x' (LRP needs a floating-point input)"]  # CLI: not default
+    assert unsupported_ops(model) == ["the int64 input 'x', which goes into Gather (vectors) (LRP needs a "
+                                      "floating-point input, or integer pixels cast to float)"]   # CLI: not default

@@ -20,6 +20,7 @@ from onnxplain.io import load_inputs, read_npy
 from onnxplain.io.text import read_text
 from onnxplain.methods import make_method, method_class
 from onnxplain.numbers import SEED_MAX
+from onnxplain.pixels import integer_reader
 from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
@@ -138,10 +139,12 @@ def build_methods(specs: list[str], progress: bool, options: dict) -> dict:
 
 def default_methods(model) -> tuple[str, str | None]:
     """(lrp, gradient, sensitivity and smoothgrad, note): lrp is left out, with a note, when it does not cover the
-    model; a model taking integers (token ids), which has no input gradients, gets occlusion."""
-    if not np.issubdtype(model.input_dtype, np.floating):
-        return "occlusion", (f"note: this model takes {model.input_dtype}, which has no gradients; evaluated "
-                             "occlusion (--methods picks others)")
+    model; a model taking integers other than pixels cast to float (token ids), which have no input gradients, gets
+    occlusion."""
+    reader = integer_reader(model)
+    if reader is not None:
+        return "occlusion", (f"note: this model takes {model.input_dtype} into {reader}, which has no gradients; "
+                             "evaluated occlusion (--methods picks others)")
     problem = gradient_problem(model)
     if problem:
         return "occlusion", f"note: {problem}; evaluated occlusion (--methods picks others)"
@@ -180,10 +183,11 @@ def listed(value: str, option: str, same=lambda item: item) -> list[str]:
 
 def default_metrics(model, x: np.ndarray) -> tuple[str, str | None]:
     """(aopc,apem, None), or aopc with a note for a model APEM cannot measure: one taking integers (no input
-    gradient) or with one score column (its decision cannot flip)."""
+    gradient, or whole values only where APEM steps by fractions) or with one score column (its decision cannot
+    flip)."""
     if not np.issubdtype(model.input_dtype, np.floating):
-        return "aopc", (f"note: APEM needs input gradients, which {model.input_dtype} inputs have not; evaluated "
-                        "aopc (--metrics picks)")
+        return "aopc", (f"note: APEM steps inputs along their loss gradient by real amounts, which {model.input_dtype} "
+                        "inputs cannot take; evaluated aopc (--metrics picks)")
     problem = gradient_problem(model)
     if problem:
         return "aopc", f"note: APEM needs input gradients, and {problem}; evaluated aopc (--metrics picks)"

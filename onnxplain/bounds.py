@@ -1,14 +1,17 @@
-"""The valid range of a model's inputs, from its preprocessing spec: z^B's box, SmoothGrad's noise scale, integrated
-gradients' `min` baseline, the executor's probe batches and evaluate's noise read it here."""
+"""The valid range of a model's inputs, from its preprocessing spec (else, for integer pixels, their type's range:
+`pixels.data_range`): z^B's box, SmoothGrad's noise scale, integrated gradients' `min` baseline, the executor's probe
+batches and evaluate's noise read it here."""
 from __future__ import annotations
 
 import numpy as np
 
+from .pixels import data_range
 from .sequences import sample_channel_axis
 
 
 def input_bounds(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-channel (low, high) of valid inputs from the preprocessing spec, broadcast to `shape`; None if unknown.
+    """Per-channel (low, high) of valid inputs from the preprocessing spec (else the data range of integer pixels),
+    broadcast to `shape`; None if unknown.
     For a spec guessed from the input's shape, `spec_range_rows` says which inputs the range holds for."""
     ranges = _channel_ranges(model, shape)
     if ranges is None:
@@ -20,7 +23,8 @@ def _channel_ranges(model, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarr
     """The spec's (low, high) shaped to broadcast against `shape` (one value, or one per channel), or None."""
     spec = model.preprocess
     if spec is None:
-        return None
+        pixels = data_range(model)
+        return None if pixels is None else tuple(np.full([1] * len(shape), value) for value in pixels)
     low, high = spec.value_range()
     if np.ptp(low) == 0 and np.ptp(high) == 0:   # one range for every channel (a default colour of a flat spec)
         low, high = low[:1], high[:1]
@@ -53,3 +57,10 @@ def rows_inside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.nda
         return (flat.min(axis=1) >= np.min(low) - slack) & (flat.max(axis=1) <= np.max(high) + slack)
     outside = (values < low - slack) | (values > high + slack)
     return ~outside.reshape(len(values), -1).any(axis=1)
+
+
+def bounds_source(model) -> str:
+    """Where `input_bounds` came from, for the explanation's options: the spec (stored, given or guessed), or the
+    input's integer type."""
+    return f"{model.preprocess_source} preprocessing spec" if model.preprocess is not None else \
+        f"the range of {model.input_dtype}"

@@ -17,6 +17,7 @@ from .devices import usable_device
 from .errors import OnnxplainError, named_list
 from .loading import default_opset
 from .ops.graph import Graph
+from .pixels import real_input
 from .runtime import DEFAULT_BATCH_BYTES, tolerance
 from .scores import FLOAT_TYPES
 from .targets import Target, as_target, class_indices, hidden_values
@@ -248,9 +249,10 @@ class TorchExecutor:
     def gradient(self, x: np.ndarray, target: Target | None = None, batch_size: int | None = None,
                  grad: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """(d f(x) / dx shaped like x, f(x) (N,)): f is the target's logit (pre-softmax) or hidden value; with
-        grad=False only f(x), from forward passes (None for the gradient)."""
+        grad=False only f(x), from forward passes (None for the gradient). Integer pixels go in as real numbers
+        (`pixels.real_input`): points between pixel values too."""
         target = as_target(self.model, target)
-        x = self.model.check_input(x)
+        x = real_input(self.model, x, required=grad)
         self.check_shape(x.shape[1:])   # before reading the graph's names: the check may fall back to onnx2torch
         size = 1 if self.model.fixed_batch else (batch_size or self.batch_size(x.shape[1:]))
         name = target.layer if target.hidden else self.logits_name
@@ -259,7 +261,7 @@ class TorchExecutor:
         grads, values = [], []
         for start in range(0, len(x), size):
             with torch.set_grad_enabled(grad):
-                batch = self.tensor(x[start:start + size]).requires_grad_(grad)
+                batch = self.tensor(torch.from_numpy(x[start:start + size])).requires_grad_(grad)
                 value, _ = self.explained(self.run(batch, [name])[name], batch, target)
             if grad:
                 if not value.requires_grad:     # the onnx2torch fallback, which the graph check cannot see into

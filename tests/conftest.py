@@ -61,3 +61,15 @@ def zoo_path():
     from onnxplain.zoo import materialize
 
     return materialize
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests (`pytest.mark.usefixtures`): on small tensors threads only fight
+    each other (and other tests) on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,10 +7,12 @@ import warnings
 import torch
 
 
-def export(net, path, shape=(2, 6), opset: int = 13):
-    """`net` (in eval mode) written to `path`, input x of `shape` and output y, the batch left open."""
+def export(net, path, shape=(2, 6), opset: int = 13, dtype: torch.dtype = torch.float32):
+    """`net` (in eval mode) written to `path`, input x of `shape` and `dtype` (uint8: pixels 0..255) and output y,
+    the batch left open."""
+    example = torch.rand(shape) if dtype.is_floating_point else torch.randint(0, 256, shape, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (torch.rand(shape),), str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(net.eval(), (example.to(dtype),), str(path), dynamo=False, opset_version=opset,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
     return path

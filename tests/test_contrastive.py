@@ -18,15 +18,7 @@ from onnxplain.methods.generator import Generator
 from onnxplain.methods.lagrangian import AugmentedLagrangian, Evaluation
 from onnxplain.targets import Target
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors: intra-op threads only fight each other (and other tests) on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FAST = dict(restarts=2, fit_steps=150, outer_steps=12, progress=False)
 
 

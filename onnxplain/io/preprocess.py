@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import OnnxplainError
 
@@ -225,9 +225,12 @@ def default_spec(input_shape: tuple, scale: float = 1 / 255) -> PreprocessSpec |
 
 
 def pixel_scale(model: onnx.ModelProto, input_name: str) -> float:
-    """The scale a guessed spec gives pixels: 1 when the graph rescales raw 0..255 values itself (its first
-    arithmetic is a Mul by 1/255 or 1/127.5, or a Div by 255 or 127.5, as Keras's Rescaling layer exports), else
-    1/255."""
+    """The scale a guessed spec gives pixels: 1 when the graph rescales raw 0..255 values itself (its input is an
+    integer type, which cannot hold 0..1 values, or its first arithmetic is a Mul by 1/255 or 1/127.5, or a Div by
+    255 or 127.5, as Keras's Rescaling layer exports), else 1/255."""
+    element = {value.name: value.type.tensor_type.elem_type for value in model.graph.input}.get(input_name)
+    if element and np.issubdtype(helper.tensor_dtype_to_np_dtype(element), np.integer):
+        return 1.0
     values = {t.name: t for t in model.graph.initializer}
     values.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
                    if a.name == "value"})

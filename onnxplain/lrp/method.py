@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from ..errors import OnnxplainError
-from ..bounds import spec_range_rows
+from ..bounds import bounds_source, spec_range_rows
 from ..numbers import optional_whole_number, real_number
+from ..pixels import integer_reader, real_input
 from ..explanation import Explanation, Method, relevance_dtype, require_model
 from ..runtime import progress_iter
 from ..targets import Target, as_target
@@ -87,9 +88,7 @@ class LRP(Method):
     def _walk(self, model, x: np.ndarray, target: Target, report: bool) -> tuple[Walker, list[Result]]:
         """The walker's results batch by batch (with the ledger when `report`)."""
         require_model(model)
-        x = model.check_input(x)
-        if not np.issubdtype(x.dtype, np.floating):
-            raise OnnxplainError(f"LRP needs a floating-point input; this model takes {x.dtype}")
+        x = real_input(model, model.check_input(x), "LRP needs")   # integer pixels as real numbers
         if self.low is not None:
             check_box_fits(self.low, self.high, x.shape[1:])
         walker = self.walker(model, x)
@@ -97,7 +96,7 @@ class LRP(Method):
         results = []
         for start in progress_iter(range(0, len(x), size), self.progress and f"{self.name} ({self.composite})",
                                total=-(-len(x) // size)):
-            batch = walker.executor.tensor(x[start:start + size])
+            batch = walker.executor.tensor(torch.from_numpy(x[start:start + size]))
             results.append(walker(batch, target, ledger=report))
         return walker, results
 
@@ -115,8 +114,7 @@ class LRP(Method):
         applied = [p.rule for p in walker.plan(explained) if p.carries and p.rule is not None]
         options = self.describe(applied)
         if any(rule.name == "zb" for rule in applied):   # where z^B's box came from
-            options["box_bounds"] = "low/high" if self.low is not None else f"{model.preprocess_source} " \
-                "preprocessing spec"
+            options["box_bounds"] = "low/high" if self.low is not None else bounds_source(model)
         return Explanation(relevance, classes, values, self.name, options, diagnostics)
 
     def _attribute(self, model, x: np.ndarray, target: Target) -> np.ndarray:
@@ -251,8 +249,10 @@ def unsupported_ops(model) -> list[str]:
     if executor.graph is None:   # ops outside the registry are named; another problem is the torch run's
         problem = executor.problem or "it does not run through the op registry"
         return [problem if problem.startswith("ops outside") else f"this model's torch run ({problem})"]
-    if not np.issubdtype(model.input_dtype, np.floating):
-        return [f"the {model.input_dtype} input {model.input_name!r} (LRP needs a floating-point input)"]
+    reader = integer_reader(model)
+    if reader is not None:
+        return [f"the {model.input_dtype} input {model.input_name!r}, which goes into {reader} (LRP needs a "
+                "floating-point input, or integer pixels cast to float)"]
     steps = executor.graph.plan([executor.logits_name], (model.input_name,))
     path = relevance_path(steps, executor.logits_name, model.input_name)
     if not path:  # relevance stops at integer data: name those ops

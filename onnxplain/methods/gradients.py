@@ -18,6 +18,7 @@ from ..metrics.layout import InputLayout
 from ..runtime import progress_bar
 from ..targets import Target, as_target, class_indices
 from ..numbers import optional_whole_number, real_number, seed_number, whole_number
+from ..pixels import real_input
 
 
 def batched_gradient(executor, x: np.ndarray, target: Target, classes: np.ndarray,
@@ -72,12 +73,11 @@ class GradientMethod(Method):
         require_model(model)
         target = as_target(model, target)
         x = model.check_input(x)
-        if not np.issubdtype(x.dtype, np.floating):
-            raise OnnxplainError(f"gradients need a floating-point input; this model takes {x.dtype}")
+        real = real_input(model, x)   # integer pixels as real numbers (the graph after their Cast)
         executor = model.torch(self.device)
         classes = class_indices(model.scores(x), target)
-        relevance, score, diagnostics = self.relevance_map(executor, model, x, target, classes)
-        return Explanation(relevance.astype(relevance_dtype(x.dtype), copy=False), classes, score, self.name,
+        relevance, score, diagnostics = self.relevance_map(executor, model, real, target, classes)
+        return Explanation(relevance.astype(relevance_dtype(real.dtype), copy=False), classes, score, self.name,
                            self.params, {"score_kind": executor.explained_kind(target), **diagnostics})
 
     @abstractmethod
@@ -153,8 +153,9 @@ class SmoothGrad(GradientMethod):
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over `samples` noisy copies x + N(0, s^2).
 
     s = sigma * (high - low): `sigma` is a fraction of the input range, taken per channel from the preprocessing
-    spec's `value_range()`, or from each sample's own (max - min) when the model has no spec (or only a guessed one
-    that the inputs fall outside: `input_bounds`). Each sample's noise,
+    spec's `value_range()` (integer pixels without a spec: their type's, 0..255 for uint8), or from each sample's own
+    (max - min) when the model has no spec (or only a guessed one that the inputs fall outside: `input_bounds`).
+    Noisy copies of integer pixels are real points, explained through the graph after their Cast. Each sample's noise,
     (samples, *input), is drawn from a torch generator seeded with `seed`: every input gets the same standard
     normal draws, scaled by its own s, so a sample's map depends on the seed and that sample alone (not on the batch
     size, nor on the other inputs of the call), and matches Captum's NoiseTunnel on that sample after
@@ -213,8 +214,9 @@ class IntegratedGradients(GradientMethod):
     steps: quadrature points; rule: "gausslegendre" (Captum's default), or a Riemann sum with Captum's names:
     "riemann_middle" (midpoints), "riemann_left", "riemann_right", "riemann_trapezoid" (the trapezoid rule: n
     points from 0 to 1 weighted 1/(n-1), ends halved; Captum weights them 1/n, which is (n-1)/n of this).
-    baseline: "min" (default: the lowest valid input per channel from the preprocessing spec - a black image -,
-    zeros when the model has no spec), "zeros", a number, or an array shaped like one input or the batch.
+    baseline: "min" (default: the lowest valid input per channel from `input_bounds` - a black image -, zeros when
+    the model has no spec), "zeros", a number, or an array shaped like one input or the batch. The path between
+    integer pixels runs through real points, explained through the graph after their Cast.
     diagnostics["completeness_gap"] = sum(relevance) - (f(x) - f(x')), the quadrature error.
     """
 

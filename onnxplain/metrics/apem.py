@@ -68,9 +68,9 @@ def loss_gradient(model, x: np.ndarray, classes: np.ndarray, device: str = "cpu"
     import torch
 
     if not np.issubdtype(model.input_dtype, np.floating):
-        raise OnnxplainError(f"APEM needs the loss gradient with respect to the input, and this model takes "
-                             f"{model.input_dtype} (token ids, categories), which has none: use AOPC alone "
-                             "(--metrics aopc)")
+        raise OnnxplainError(f"APEM needs the loss gradient with respect to the input and steps along it by real "
+                             f"amounts, and this model takes {model.input_dtype} (token ids, categories, pixels), "
+                             "which has none or holds whole values only: use AOPC alone (--metrics aopc)")
     executor = model.torch(device)
     executor.require_gradient(executor.logits_name, "APEM needs its loss gradient: use AOPC alone (--metrics aopc)")
     grads = []

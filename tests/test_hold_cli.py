@@ -93,9 +93,10 @@ def test_refusals_are_one_line_and_write_nothing(files, hold, message):
     (folder / "meta.txt").write_text("0.5 -1 2\n")
     pairs = [item for pair in hold for item in ("--hold", pair.replace("=", f"={folder}/", 1)
                                                 if "=" in pair[1:] else pair)]
-    out = folder / "refused.npy"
-    for command in (["explain", folder / "concat.onnx", folder / "x.npy", "--save-npy", out],
-                    ["predict", folder / "concat.onnx", folder / "x.npy"]):
+    out, model, x = folder / "refused.npy", folder / "concat.onnx", folder / "x.npy"
+    commands = [["explain", model, x, "--save-npy", out], ["predict", model, x], ["evaluate", model, x],
+                ["contrast", model, x, "--generator", folder / "generator.onnx", "--save-npy", out]]
+    for command in commands + ([["inspect", model]] if hold else []):   # inspect describes the model unheld
         result = run(*command, *pairs)
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -3,10 +3,12 @@ onnxruntime fed every input, torch autograd and zennit with the held values fixe
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import TensorProto, helper
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
@@ -74,6 +76,28 @@ def test_verification_feeds_the_held_values_to_the_original(tmp_path, monkeypatc
         model, {name: Held(name, item.value + 1, item.batched) for name, item in held.items()}))
     with pytest.raises(OnnxplainError, match="normalising this model changed output 'logits'"):
         onnxplain.load(path, hold={"meta": META})
+
+
+def test_an_input_no_node_reads_needs_no_hold(tmp_path):
+    """An input no node reads is left out on loading, as with one input: only meta needs holding (holding the unread
+    one too does nothing); inspect names its role."""
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxplain.cli.main import cli
+
+    proto = onnx.load(concat_model(tmp_path / "concat.onnx"))
+    proto.graph.input.append(helper.make_tensor_value_info("spare", TensorProto.FLOAT, ["N", 2]))
+    onnx.save(proto, tmp_path / "spare.onnx")
+    x = np.random.default_rng(0).random((2, 1, 8, 8), np.float32)
+    model = onnxplain.load(tmp_path / "spare.onnx", hold={"meta": META})
+    assert "graph input(s) 'spare' read by no node: left out" in model.notes
+    also = onnxplain.load(tmp_path / "spare.onnx", hold={"meta": META, "spare": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(also.scores(x), model.scores(x))
+    info = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "spare.onnx"), "--json"]).stdout)
+    assert [row["role"] for row in info["inputs"]] == ["unheld", "unheld", "unused"]
+    assert info["hold_needed"] == ["image", "meta"]
 
 
 # ---------------------------------------------------------------- refusals

@@ -226,9 +226,11 @@ def conservation_report(results: list[Result], relevance: np.ndarray, values: np
     total = relevance.reshape(n, -1).sum(1, dtype=np.float64)
     held = None if results[0].held is None else torch.cat([r.held for r in results]).numpy()
     error = (total + bias + stabiliser + (0 if held is None else held) - values) / np.maximum(np.abs(values), 1e-12)
-    return {"input_relevance": total.tolist(), "bias_relevance": bias.tolist(),
-            "stabiliser_relevance": stabiliser.tolist()} | ({} if held is None else {"held_relevance": held.tolist()}) \
-        | {"conservation_error": error.tolist(), "layers": layers}
+    report = {"input_relevance": total.tolist(), "bias_relevance": bias.tolist(),
+              "stabiliser_relevance": stabiliser.tolist()}
+    if held is not None:
+        report["held_relevance"] = held.tolist()
+    return report | {"conservation_error": error.tolist(), "layers": layers}
 
 
 def positivity(relevance: torch.Tensor) -> dict:

@@ -72,9 +72,11 @@ def checked_hold(model: onnx.ModelProto, hold: Mapping | None) -> dict[str, Held
         raise OnnxplainError(f"this model has {len(inputs)} inputs ({named_list(inputs, 8)}{held}): explain one and "
                              f"hold the others, {named_list(free, 8)} but one, at given values (--hold NAME=FILE.npy; "
                              "in Python onnxplain.load(..., hold={name: array}))")
+    if not hold:   # one input (or none at all: `normalize.one_input` says so)
+        return {}
     if not free:
         raise OnnxplainError(f"every input is held ({named_list(inputs, 8)}): leave one unheld, the one to explain")
-    if hold and default_opset(model) < MIN_OPSET:
+    if default_opset(model) < MIN_OPSET:
         raise OnnxplainError(f"holding inputs needs opset {MIN_OPSET} or later (Expand); this model has opset "
                              f"{default_opset(model)}: convert it first (onnx.version_converter)")
     explained = _dims(inputs[free[0]])

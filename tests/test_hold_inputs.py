@@ -133,6 +133,25 @@ def test_refusals_of_values_that_change_in_the_input_type(tmp_path):
     assert held["category"].value.dtype == np.int64 and held["scale"].value.dtype == np.float32
 
 
+def test_old_opsets_no_inputs_and_torch_values(tmp_path):
+    """Opset 7 has no Expand: holding is refused in one line; a graph without inputs keeps its own message; a held
+    value may be a torch tensor."""
+    path = concat_model(tmp_path / "concat.onnx")
+    proto = onnx.load(path)
+    proto.opset_import[0].version = 7
+    onnx.save(proto, tmp_path / "old.onnx")
+    with pytest.raises(OnnxplainError, match="holding inputs needs opset 8 or later .*this model has opset 7"):
+        onnxplain.load(tmp_path / "old.onnx", hold={"meta": META})
+    graph = helper.make_graph([helper.make_node("Identity", ["c"], ["y"])], "none", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [onnx.numpy_helper.from_array(np.ones((1, 2), np.float32), "c")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "none.onnx")
+    with pytest.raises(OnnxplainError, match="onnxplain explains models with one input; this one has 0"):
+        onnxplain.load(tmp_path / "none.onnx")
+    held = onnxplain.load(path, hold={"meta": torch.from_numpy(META).requires_grad_(True)}).held["meta"]
+    np.testing.assert_array_equal(held.value, META[None])
+
+
 # ---------------------------------------------------------------- gradients and LRP
 def test_gradient_equals_torch_autograd_with_meta_fixed(tmp_path):
     model = onnxplain.load(concat_model(tmp_path / "concat.onnx"), hold={"meta": META})

@@ -9,6 +9,7 @@ import numpy as np
 
 import onnxplain
 from onnxplain.errors import OnnxplainError, named_list
+from onnxplain.io.inputs import read_npy
 from onnxplain.io.text import read_text
 from onnxplain.scores import finite_scores
 
@@ -33,9 +34,31 @@ scores_option = click.option("--scores", "scores", metavar="OUTPUT",
                              help="The output holding the class scores (default: a softmax's output, else the first "
                                   "float output; inspect names them).")
 
+hold_option = click.option("--hold", "hold", multiple=True, metavar="NAME=FILE.npy",
+                           help="Hold model input NAME at the sample in FILE.npy (with or without a batch axis of 1); "
+                                "a model of several inputs explains the one left unheld. Repeatable.")
 
-def load_model(path: Path, preprocess: Path | None, scores: str | None = None):
-    return onnxplain.load(path, preprocess=preprocess, scores=scores)
+
+def load_model(path: Path, preprocess: Path | None, scores: str | None = None, hold: tuple[str, ...] = ()):
+    return onnxplain.load(path, preprocess=preprocess, scores=scores, hold=read_holds(hold))
+
+
+def read_holds(pairs: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """--hold NAME=FILE.npy pairs as {input name: array}: .npy files only, never unpickled."""
+    held = {}
+    for pair in pairs:
+        name, equals, file = pair.partition("=")
+        if not (name and equals and file.strip()):
+            raise OnnxplainError(f"--hold takes NAME=FILE.npy (an input's name and an .npy file), not {pair!r}")
+        if name in held:
+            raise OnnxplainError(f"--hold {name} is given twice")
+        path = Path(file)
+        if path.suffix.lower() != ".npy":
+            raise OnnxplainError(f"--hold {name}: {file} is no .npy file (held values are read from .npy arrays only)")
+        if not path.is_file():
+            raise OnnxplainError(f"--hold {name}: file not found: {file}")
+        held[name] = read_npy(path)
+    return held or None
 
 
 def read_labels(path: Path | None) -> list[str] | None:

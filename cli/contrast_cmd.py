@@ -17,8 +17,8 @@ from onnxplain.methods.contrastive import CDeepEx, ProbeIsPrediction, XGEMs, con
 from onnxplain.numbers import SEED_MAX
 from onnxplain.targets import parse_target
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, input_notes, load_model,
-                     model_argument, preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, hold_option, input_notes,
+                     load_model, model_argument, preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, output_paths
 
 METHODS = {"cdeepex": CDeepEx, "xgems": XGEMs}
@@ -105,6 +105,7 @@ def outcome(row: dict) -> str:
 @click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
 @scores_option
+@hold_option
 @click.option("--margin", type=click.FloatRange(0), default=0.1, show_default=True,
               help="Log-likelihood margin of true and probe over every other class.")
 @click.option("--restarts", type=click.IntRange(1), default=4, show_default=True, help="Random starts for z0.")
@@ -118,7 +119,7 @@ def outcome(row: dict) -> str:
               help="Write G(z0) - G(z_e) as .npy (a name ending in .npy, or a folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def contrast_command(model, inputs, generator, probe, method, labels, preprocess, scores, margin, restarts,
+def contrast_command(model, inputs, generator, probe, method, labels, preprocess, scores, hold, margin, restarts,
                      outer_steps, seed, device, out, save_npy, as_json, quiet):
     """Why does MODEL choose its class and not --probe for each input? (CDeepEx, via --generator's latent space)"""
     from onnxplain import viz
@@ -127,7 +128,7 @@ def contrast_command(model, inputs, generator, probe, method, labels, preprocess
     check_output(save_npy, "file")
     if save_npy is not None and save_npy.suffix and not save_npy.is_dir() and save_npy.suffix.lower() != ".npy":
         raise OnnxplainError(f"--save-npy writes .npy files: give a name ending in .npy or a folder, not {save_npy}")
-    loaded = load_model(model, preprocess, scores)
+    loaded = load_model(model, preprocess, scores, hold)
     use_labels(loaded, labels)
     explainer = METHODS[method](str(generator), margin=margin, restarts=restarts, outer_steps=outer_steps,
                                 seed=seed, device=device, progress=not quiet)

@@ -25,8 +25,8 @@ from onnxplain.metrics import Evaluation
 from onnxplain.metrics import report as render
 from onnxplain.metrics.plots import plot_apem, plot_curves
 
-from .common import (NonEmptyPath, echo_notes, first_output_note, input_notes, json_text, load_model, model_argument,
-                     preprocess_option, scores_option)
+from .common import (NonEmptyPath, echo_notes, first_output_note, hold_option, input_notes, json_text, load_model,
+                     model_argument, preprocess_option, scores_option)
 from .explain_cmd import parse_rules, read_reference
 from .outputs import StagedFiles, check_output
 
@@ -230,6 +230,7 @@ def result_notes(report) -> list[str]:
               help="Folder for results.md/.csv/.json, per_image.csv and the plots.")
 @preprocess_option
 @scores_option
+@hold_option
 @click.option("--region", type=click.IntRange(1), default=None,
               help="Region edge for perturbation [default: 9, less for small images so each axis has 8 regions; "
                    "1 for vectors].")
@@ -257,13 +258,13 @@ def result_notes(report) -> list[str]:
                    "APEM's loss gradient.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, scores, region, steps, score, stage,
-                     epsilon_step, max_steps, shuffles, reference, seed, device, as_json, quiet):
+def evaluate_command(model, inputs, methods, metrics, labels, out, preprocess, scores, hold, region, steps, score,
+                     stage, epsilon_step, max_steps, shuffles, reference, seed, device, as_json, quiet):
     """Score explanation methods with region-perturbation AOPC and APEM on the inputs (files or folders)."""
     check_output(out, "folder")
     specs = listed(methods, "--methods", parse_method) if methods is not None else None   # before any work
     metric_names = listed(metrics, "--metrics") if metrics is not None else None
-    loaded = load_model(model, preprocess, scores)
+    loaded = load_model(model, preprocess, scores, hold)
     x, sources = load_inputs(inputs, loaded)   # Evaluation.run scores them once and refuses NaN scores, naming them
     truth = read_true_labels(labels, sources, loaded) if labels else None
     method_note = metric_note = None

@@ -22,8 +22,8 @@ from onnxplain.runtime import optional_bar
 from onnxplain.targets import parse_target
 from onnxplain.viz import DEFAULT_THRESHOLD
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, input_notes, load_model,
-                     map_scores_note, model_argument, preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, hold_option, input_notes,
+                     load_model, map_scores_note, model_argument, preprocess_option, scores_option, use_labels)
 from .outputs import StagedFiles, check_output, input_names, nifti_path, output_paths
 from .predict_cmd import top_k
 
@@ -228,6 +228,7 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
 @scores_option
+@hold_option
 @click.option("--composite", default=None, help="LRP composite (epsilon-plus, deep-taylor, lrp-0, ...).")
 @click.option("--rule", "rules", multiple=True,
               help="LRP override OP=RULE (op type, or a glob of node or tensor names).")
@@ -285,7 +286,7 @@ def report(model, record: dict, source: Path, ranked: list[dict] | None, goal, t
 @click.option("--top", "k", type=click.IntRange(1), default=5, show_default=True, help="Classes listed in --json.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def explain_command(model, inputs, method, target, layer, labels, preprocess, scores, out, threshold, slice_axis,
+def explain_command(model, inputs, method, target, layer, labels, preprocess, scores, hold, out, threshold, slice_axis,
                     save_npy, batch, k, as_json, quiet, **options):
     """Explain the model's decision on each input (images, .npy tensors, NIfTI volumes, folders of them)."""
     began = time.perf_counter()
@@ -294,7 +295,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     unused = [name for name, value in (("--threshold", threshold), ("--slice-axis", slice_axis)) if value is not None]
     if unused and out is None:   # they shape the pictures: without --out there are none
         raise not_applicable(unused, "a run that draws no pictures (they shape those --out writes)")
-    loaded = load_model(model, preprocess, scores)
+    loaded = load_model(model, preprocess, scores, hold)
     use_labels(loaded, labels)
     params = method_params(options, loaded)
     chosen, why = method is None, None

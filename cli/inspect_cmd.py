@@ -8,9 +8,13 @@ import click
 import numpy as np
 from onnx import TensorProto, helper
 
+from onnxplain import Model
+from onnxplain.hold import graph_inputs, unheld
+from onnxplain.loading import read_checked
+from onnxplain.normalize import infer_shapes, unused_inputs
 from onnxplain.scores import FLOAT_TYPES
 
-from .common import echo_json, load_model, model_argument, preprocess_option, scores_option
+from .common import echo_json, hold_option, model_argument, preprocess_option, read_holds, scores_option
 
 
 ML_WEIGHTS = ("coefficients", "intercepts", "nodes_values", "class_weights", "target_weights", "support_vectors",
@@ -81,25 +85,35 @@ def producer(proto) -> str:
 
 
 def describe(model) -> dict:
-    proto, original = model.proto, model.original
-    ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in original.graph.node)
-    weights = {t.name for t in proto.graph.initializer} | {t.name for t in original.graph.initializer}
-    return {
-        "path": str(model.path),
-        "producer": producer(original),
-        "ir_version": original.ir_version,
-        "opsets": {o.domain or "ai.onnx": o.version for o in original.opset_import},
-        "inputs": [value_row(v) for v in original.graph.input if v.name not in weights],
-        "outputs": [value_row(v) for v in original.graph.output],
-        "tensors": tensors(proto),
-        "operators": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "parameters": count_parameters(proto),
+    return describe_file(model.original, model.path, model.proto, model.held, [model.input_name]) | {
         "class_scores": {"output": model.score_output, "kind": model.score_kind, "why": why_scores(model),
                          "logits": model.logits_output},
         "normalisation": model.notes,
         "preprocess": None if model.preprocess is None else json.loads(model.preprocess.to_json()),
         "preprocess_source": model.preprocess_source,
         "labels": model.labels,
+    }
+
+
+def describe_file(original, path, proto, held, free: list[str]) -> dict:
+    """What the file says, whether or not the model loads: each input with its role ('explained', 'held',
+    'unheld': one of several to explain or hold, 'unused': read by no node), and `hold_needed`, the unheld inputs
+    of a model of several inputs, all but one of which need --hold."""
+    ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in original.graph.node)
+    unused = set(unused_inputs(original))
+    roles = {name: "held" if name in held else "unused" if name in unused else
+             "explained" if free == [name] else "unheld" for name in (v.name for v in graph_inputs(original))}
+    return {
+        "path": str(path),
+        "producer": producer(original),
+        "ir_version": original.ir_version,
+        "opsets": {o.domain or "ai.onnx": o.version for o in original.opset_import},
+        "inputs": [value_row(v) | {"role": roles[v.name]} for v in graph_inputs(original)],
+        "hold_needed": free if len(free) > 1 else [],
+        "outputs": [value_row(v) for v in original.graph.output],
+        "tensors": tensors(proto),
+        "operators": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "parameters": count_parameters(original),   # the file's: no held value counts
     }
 
 
@@ -111,22 +125,35 @@ def shape_text(shape: list | None) -> str:
 @model_argument
 @preprocess_option
 @scores_option
+@hold_option
 @click.option("--tensors", "list_tensors", is_flag=True,
               help="List every tensor the model computes (the names --layer takes; always in --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect_command(model, preprocess, scores, list_tensors, as_json):
-    """Inputs, outputs, opsets, operators, parameters, and which output holds the class scores."""
-    model = load_model(model, preprocess, scores)
-    info = describe(model)
+def inspect_command(model, preprocess, scores, hold, list_tensors, as_json):
+    """Inputs, outputs, opsets, operators, parameters, and which output holds the class scores. A model of several
+    inputs is described without --hold too: its inputs, and which need --hold to be explained."""
+    original, held = read_checked(model), read_holds(hold) or {}
+    free = unheld(original, held)
+    known = {value.name for value in graph_inputs(original)}
+    if len(free) > 1 and set(held) <= known:   # what the file says; the model loads once all but one are held
+        loaded, info = None, describe_file(original, model, infer_shapes(original), held, free)
+    else:
+        loaded = Model(original, path=model, preprocess=preprocess, scores=scores, hold=held)
+        info = describe(loaded)
     if as_json:
         echo_json(info)
         return
     click.echo(f"{info['path']}  (producer: {info['producer'] or 'unknown'}, IR {info['ir_version']}, "
                f"opsets {', '.join(f'{k} {v}' for k, v in info['opsets'].items())})")
+    several = len(info["inputs"]) > 1   # their roles shown
     for title in ("inputs", "outputs"):
         click.echo(f"{title}:")
         for row in info[title]:
-            click.echo(f"  {row['name']:<24} {row['type']:<10} {shape_text(row['shape'])}")
+            role = row["role"] if several and title == "inputs" else ""
+            click.echo(f"  {row['name']:<24} {row['type']:<10} {shape_text(row['shape']):<16} {role}".rstrip())
+    if info["hold_needed"]:
+        click.echo(f"hold: explain one of {', '.join(info['hold_needed'])} and hold the others (--hold NAME=FILE.npy "
+                   "each) to read the class scores and explain")
     if list_tensors:
         click.echo("tensors (names for --layer):")
         names, ops = (max((len(row[key]) for row in info["tensors"]), default=0) for key in ("name", "op"))
@@ -136,6 +163,12 @@ def inspect_command(model, preprocess, scores, list_tensors, as_json):
         click.echo(f"tensors: {len(info['tensors'])} (inspect --tensors lists them: the names --layer takes)")
     click.echo(f"parameters: {info['parameters']:,}")
     click.echo("operators: " + ", ".join(f"{k}×{v}" for k, v in info["operators"].items()))
+    if loaded is not None:
+        echo_loaded(loaded, info)
+
+
+def echo_loaded(model, info: dict) -> None:
+    """The lines about how onnxplain reads the loaded model: class scores, labels, normalisation, preprocessing."""
     scores = info["class_scores"]
     click.echo(f"class scores: {scores['output']} ({scores['kind']}: {scores['why']})")
     if model.labels:

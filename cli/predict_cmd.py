@@ -6,8 +6,8 @@ import numpy as np
 
 from onnxplain.io import load_inputs
 
-from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, input_notes, load_model,
-                     map_scores_note, model_argument, preprocess_option, scores_option, use_labels)
+from .common import (NonEmptyPath, checked_scores, echo_json, echo_notes, first_output_note, hold_option, input_notes,
+                     load_model, map_scores_note, model_argument, preprocess_option, scores_option, use_labels)
 
 
 def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
@@ -24,10 +24,11 @@ def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
 @click.option("--labels", type=NonEmptyPath(dir_okay=False), help="Class names, one per line.")
 @preprocess_option
 @scores_option
+@hold_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict_command(model, inputs, k, labels, preprocess, scores, as_json):
+def predict_command(model, inputs, k, labels, preprocess, scores, hold, as_json):
     """The top-K classes with their scores for each input (image, .npy or NIfTI; folders too)."""
-    loaded = load_model(model, preprocess, scores)
+    loaded = load_model(model, preprocess, scores, hold)
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
     ranked = top_k(loaded, checked_scores(loaded, x, files), k)

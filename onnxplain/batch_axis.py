@@ -16,9 +16,10 @@ from .runtime import random_feed, tolerance
 from .scores import FLOAT_TYPES
 
 
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size every graph input fixes (torch.onnx.export of a batch without dynamic axes), else None."""
-    sizes = {_first_dim(i) for i in model.graph.input}
+def fixed_batch(model: onnx.ModelProto, skip=()) -> int | None:
+    """The batch size every graph input (but those named in `skip`) fixes (torch.onnx.export of a batch without
+    dynamic axes), else None."""
+    sizes = {_first_dim(i) for i in model.graph.input if i.name not in skip}
     size = sizes.pop() if len(sizes) == 1 else None
     return size if isinstance(size, int) and size >= 1 else None
 

@@ -149,6 +149,9 @@ class WindowRunner:
         op_type, named_outputs = step.node.op_type, [n for n in step.outputs if n]
         if not crops or len(named_outputs) != 1:
             return None
+        if op_type in ("Shape", "Size") and isinstance(inputs[0], Crop):   # sizes alone (a held input's batch)
+            full = self.full[step.inputs[0]]
+            return step.op.forward(full.expand(len(inputs[0].values), *full.shape[1:]))
         others = [name for name, v in zip(step.inputs, inputs) if name and not isinstance(v, Crop)]
         if any(name not in self.graph.constants for name in others):
             return None       # an operand computed at full size (a gate from global pooling, ...)

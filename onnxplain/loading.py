@@ -37,6 +37,16 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def read_checked(path: str | os.PathLike) -> onnx.ModelProto:
+    """`read_model`, and the model refused where onnxplain cannot explain it (`check_domains`, `check_model`,
+    `check_inference_mode`)."""
+    model = read_model(path)
+    check_domains(model)
+    check_model(model)
+    check_inference_mode(model)
+    return model
+
+
 def _all_tensors(graph: onnx.GraphProto | onnx.FunctionProto):
     """Every tensor `onnx.external_data_helper` may read data for: initializers, attribute tensors (whatever the
     attribute's declared type), in subgraphs too."""

@@ -12,6 +12,7 @@ from onnx import helper
 
 from . import batch_axis, loading, normalize
 from .errors import OnnxplainError, named_list
+from .hold import checked_hold, held_feeds, hold_inputs
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, random_feed, run_batched
 from .scores import classifier_labels, find_scores, softmax
@@ -21,27 +22,27 @@ SQUEEZE_NOTE = "Squeeze without axes given the axes it squeezes for a batch abov
 
 
 def load(path: str | os.PathLike, *, preprocess: PreprocessSpec | dict | str | os.PathLike | None = None,
-         providers: list[str] | None = None, verify: bool = True, scores: str | None = None) -> "Model":
+         providers: list[str] | None = None, verify: bool = True, scores: str | None = None,
+         hold: dict | None = None) -> "Model":
     """Read, validate and normalise an ONNX classifier; `verify` checks every normalisation against the original;
     `scores` names the output holding the class scores (default: a softmax's, else the first float output);
-    `preprocess`: a PreprocessSpec, a dict of its fields (a JSON spec's content) or a JSON spec's path."""
-    original = loading.read_model(path)
-    loading.check_domains(original)
-    loading.check_model(original)
-    loading.check_inference_mode(original)
-    return Model(original, path=Path(path), preprocess=preprocess, providers=providers, verify=verify, scores=scores)
+    `preprocess`: a PreprocessSpec, a dict of its fields (a JSON spec's content) or a JSON spec's path;
+    `hold`: {input name: array} for every input but the one explained, held at those values (`onnxplain.hold`)."""
+    return Model(loading.read_checked(path), path=Path(path), preprocess=preprocess, providers=providers,
+                 verify=verify, scores=scores, hold=hold)
 
 
 class Model:
     """An ONNX classifier: normalised graph, input spec, class-score output, batched onnxruntime forward passes."""
 
     def __init__(self, original: onnx.ModelProto, *, path: Path | None = None, preprocess=None,
-                 providers: list[str] | None = None, verify: bool = True, scores: str | None = None):
+                 providers: list[str] | None = None, verify: bool = True, scores: str | None = None, hold=None):
         self.path = path
         self.providers = providers or available_providers()
         self.notes: list[str] = []
         self.original = original
         self._sessions: dict[tuple[str, ...], object] = {}
+        self.held = checked_hold(original, hold)   # {input name: Held}: the inputs held at given values
         self.proto = self._normalise(original, verify)
         self.input_name, self.input_shape, self.input_dtype = self._single_input()
         zipped = {node.output[0]: node.input[0] for node in original.graph.node if node.op_type == "ZipMap"}
@@ -64,6 +65,7 @@ class Model:
         if unused:
             self.notes.append(f"graph input(s) {', '.join(map(repr, unused))} read by no node: left out")
         model = normalize.unzip_classifier(normalize.drop_extra_inputs(normalize.copy_model(original)))
+        hold_inputs(model, self.held)
         normalize.one_input(model)   # before any rewrite: they assume one input
         self.probability_outputs = normalize.expose_probabilities(model)
         self.notes += [f"output {name!r} holds {added.what}; added as output {added.output!r}"
@@ -118,9 +120,10 @@ class Model:
         names = [o.name for o in normalised.graph.output if o.name in computed]
         feed_proto = normalize.drop_extra_inputs(normalize.copy_model(original))
         reference = make_session(normalize.with_outputs(feed_proto, names).SerializeToString(), self.providers)
-        feed = random_feed(candidate, batch=batch_axis.fixed_batch(feed_proto) or 1)
+        batch = batch_axis.fixed_batch(feed_proto, skip=self.held) or 1
+        feed = random_feed(candidate, batch)
         try:
-            wanted = reference.run(names, feed)
+            wanted = reference.run(names, feed | held_feeds(self.held, feed_proto, batch))
         except Exception:  # the original itself cannot run on the probe (free input sizes it needs set)
             self.notes.append("normalisation not verified: the model needs concrete input sizes")
             return

@@ -137,12 +137,12 @@ def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
         if complemented is not None:   # [1 - p, p] written out (scikit-learn's binary MLPClassifier): z as log-odds
             node, what = complemented, "[1 - p, p] of one Sigmoid p (a binary classifier)"
         if node.op_type == "LogSoftmax" and class_shaped(model, node, output):
-            name = _unused_name(f"{output.name}_probabilities", taken)
+            name = unused_name(f"{output.name}_probabilities", taken)
             graph.node.append(helper.make_node("Exp", [output.name], [name], name=name))
             added[output.name] = Exposed(name, node.input[0], "LogSoftmax (log-probabilities): its exp")
         elif node.op_type == "Sigmoid" and (complemented is not None or (len(dims) == 2 and dims[1].dim_value == 1) or (
                 len(dims) == 1 and (dims[0].dim_param or dims[0].dim_value == 1))):   # (N, 1), or (N,) squeezed
-            pair, negative, log_odds, sigmoid, name = (_unused_name(f"{output.name}_{suffix}", taken) for suffix in
+            pair, negative, log_odds, sigmoid, name = (unused_name(f"{output.name}_{suffix}", taken) for suffix in
                                                        ("pair_shape", "negative", "log_odds", "sigmoid", "classes"))
             graph.initializer.append(numpy_helper.from_array(np.array([-1, 1], np.int64), pair))
             graph.node.extend([helper.make_node("Reshape", [node.input[0], pair], [f"{pair}_z"], name=pair),
@@ -153,11 +153,11 @@ def expose_probabilities(model: onnx.ModelProto) -> dict[str, Exposed]:
             added[output.name] = Exposed(name, log_odds, f"{what}: classes [1 - p, p], class 1 the positive one, "
                                          "log-odds [-z, z]", binary=True)
         elif _binary_decision(model, producers, node):
-            name = _unused_name(f"{output.name}_classes", taken)
+            name = unused_name(f"{output.name}_classes", taken)
             if node.op_type == "SVMClassifier":   # onnxruntime writes [d, -d], against its own labels: negated
                 graph.node.append(helper.make_node("Neg", [output.name], [name], name=name))
             else:   # d of class 1, picked from the classifier's [-d, d]: both columns again
-                negative = _unused_name(f"{output.name}_negative", taken)
+                negative = unused_name(f"{output.name}_negative", taken)
                 graph.node.extend([helper.make_node("Neg", [output.name], [negative], name=negative),
                                    helper.make_node("Concat", [negative, output.name], [name], axis=1, name=name)])
             added[output.name] = Exposed(name, name, "a binary classifier's decision score d: classes [-d, d], class 1 "
@@ -205,7 +205,8 @@ def _attribute_int(node: onnx.NodeProto, name: str) -> int | None:
     return next((a.i for a in node.attribute if a.name == name), None)
 
 
-def _unused_name(name: str, taken: set[str]) -> str:
+def unused_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_1`, `name_2`, ... : the first not in `taken` (which then holds it)."""
     candidate, count = name, 1
     while candidate in taken:
         candidate, count = f"{name}_{count}", count + 1

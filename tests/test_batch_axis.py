@@ -191,7 +191,7 @@ def test_a_fixed_batch_classifier_with_string_labels_loads(batch, tmp_path):
 
 
 @pytest.mark.parametrize("batch", ["N", 1, 2])
-def test_two_inputs_are_refused_whatever_their_batch(batch, tmp_path):
+def test_two_inputs_are_refused_unless_one_is_held_whatever_their_batch(batch, tmp_path):
     weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
     nodes = [helper.make_node("Add", ["a", "b"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
     inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, 4]) for name in "ab"]
@@ -200,5 +200,9 @@ def test_two_inputs_are_refused_whatever_their_batch(batch, tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "two.onnx")
-    with pytest.raises(OnnxplainError, match="models with one input; this one has 2: a, b"):
+    with pytest.raises(OnnxplainError, match=r"this model has 2 inputs \(a, b\): explain one and hold the others"):
         onnxplain.load(tmp_path / "two.onnx")
+    held = np.array([1, -2, 3, 0.5], np.float32)   # b held: a batch of any size explained in a
+    x = np.random.default_rng(0).random((3, 4), np.float32)
+    model = onnxplain.load(tmp_path / "two.onnx", hold={"b": held})
+    np.testing.assert_allclose(model.scores(x), (x + held).sum(1, keepdims=True).repeat(3, 1), rtol=1e-6)

@@ -203,7 +203,8 @@ def _relevance(results: list[Result]) -> np.ndarray:
 
 
 def conservation_report(results: list[Result], relevance: np.ndarray, values: np.ndarray) -> dict:
-    """Per sample: sum of input relevance, bias and stabiliser terms, their error against f(x), per-layer sums."""
+    """Per sample: sum of input relevance, bias and stabiliser terms (and, for a model with held inputs, the
+    relevance that reached them: `onnxplain.hold`), their error against f(x), per-layer sums."""
     n = len(relevance)
     layers = [[] for _ in range(n)]
     bias, stabiliser = np.zeros(n), np.zeros(n)
@@ -221,9 +222,13 @@ def conservation_report(results: list[Result], relevance: np.ndarray, values: np
                                                "relevance": r[i], "bias": b[i], "stabiliser": s[i]})
         offset += rows
     total = relevance.reshape(n, -1).sum(1, dtype=np.float64)
-    error = (total + bias + stabiliser - values) / np.maximum(np.abs(values), 1e-12)
-    return {"input_relevance": total.tolist(), "bias_relevance": bias.tolist(),
-            "stabiliser_relevance": stabiliser.tolist(), "conservation_error": error.tolist(), "layers": layers}
+    held = None if results[0].held is None else torch.cat([r.held for r in results]).numpy()
+    error = (total + bias + stabiliser + (0 if held is None else held) - values) / np.maximum(np.abs(values), 1e-12)
+    report = {"input_relevance": total.tolist(), "bias_relevance": bias.tolist(),
+              "stabiliser_relevance": stabiliser.tolist()}
+    if held is not None:
+        report["held_relevance"] = held.tolist()
+    return report | {"conservation_error": error.tolist(), "layers": layers}
 
 
 def positivity(relevance: torch.Tensor) -> dict:

@@ -39,6 +39,7 @@ class Result:
     values: torch.Tensor         # (N,) f(x)
     classes: np.ndarray          # (N,) class or -1
     layers: list[LayerRecord] = field(default_factory=list)
+    held: torch.Tensor | None = None   # (N,) relevance reaching the held inputs (`onnxplain.hold`), when any
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Walker:
         self.rule_map = rule_map
         self.low, self.high = low, high
         self._plans: dict[str, list[PlannedStep]] = {}
+        self.held = held_tensors(self.graph.steps, self.model.held)
         self._batch_axes: dict[tuple, dict[str, tuple[int, int]] | None] = {}  # (start, sample shape) -> axes
 
     # ---------------------------------------------------------------- planning
@@ -143,10 +145,13 @@ class Walker:
         env = dict(self.graph.constants)
         env[self.model.input_name] = x
         records: list[LayerRecord] = []
+        leaves: dict[str, torch.Tensor] = {}   # held tensors where relevance reaches them, as leaves of their own
         for planned in self.plan(start):
             step = planned.step
             inputs = [env[name] if name else None for name in step.inputs]
             carries = planned.carries and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+            if carries and self.held:
+                self._held_leaves(step, inputs, env, leaves)
             if not carries:
                 with torch.no_grad():
                     outputs, leak = step.op.forward(*inputs), None
@@ -164,9 +169,20 @@ class Walker:
                 outputs[0].register_hook(self._recorder(records, planned, leak, len(x), *axis))
         values, classes = self.executor.explained(env[start], x, target)
         seed = seed_relevance(env[start], values, classes, target)
-        (relevance,) = torch.autograd.grad(env[start], x, seed)
+        relevance, *at_held = torch.autograd.grad(env[start], [x, *leaves.values()], seed, allow_unused=True)
         records.reverse()  # hooks fire from the output down; report in graph order
-        return Result(relevance.detach(), values.detach(), classes, records)
+        held = held_sums(dict(zip(leaves, at_held)), len(x), axes or {}) if self.held else None
+        return Result(relevance.detach(), values.detach(), classes, records, held)
+
+    def _held_leaves(self, step: Step, inputs: list, env: dict, leaves: dict) -> None:
+        """The held tensors a carrying step passes relevance to become leaves (in `inputs`, `env` and `leaves`):
+        what reaches them is read off the backward pass as the held inputs' relevance, not lost as a constant's."""
+        for i in step.op.relevance_inputs():
+            name = step.inputs[i] if i < len(step.inputs) else ""
+            value = inputs[i] if name else None
+            if name in self.held and isinstance(value, torch.Tensor) and not value.requires_grad \
+                    and value.is_floating_point():
+                inputs[i] = env[name] = leaves[name] = value.detach().requires_grad_(True)
 
     def _bounded(self, planned: PlannedStep, x: torch.Tensor) -> rules.Rule | None:
         """The step's rule, with z^B's box bounds for this batch filled in."""
@@ -213,8 +229,9 @@ def merged(results: list[Result]) -> Result:
                           *(torch.cat([getattr(r.layers[i], name) for r in results])
                             for name in ("relevance", "bias", "stabiliser")))
               for i, first in enumerate(results[0].layers)]
+    held = None if results[0].held is None else torch.cat([r.held for r in results])
     return Result(torch.cat([r.relevance for r in results]), torch.cat([r.values for r in results]),
-                  np.concatenate([r.classes for r in results]), layers)
+                  np.concatenate([r.classes for r in results]), layers, held)
 
 
 def relevance_path(steps: list[Step], start: str, source: str) -> set[int]:
@@ -242,13 +259,34 @@ def ruleless(step: Step) -> str:
 
 
 def fed_by(steps: list[Step], source: str) -> list[Step]:
-    """The steps that depend on tensor `source`, in order."""
+    """The steps whose values depend on tensor `source`, in order: not through integer data (a shape, a comparison:
+    `Op.kind` 'data'), which carries no relevance (what is computed from x's shape alone runs as a constant)."""
     depends, fed = {source}, []
     for step in steps:
-        if any(name in depends for name in step.inputs if name):
+        if (step.op is None or step.op.kind != "data") and any(name in depends for name in step.inputs if name):
             depends.update(name for name in step.outputs if name)
             fed.append(step)
     return fed
+
+
+def held_sums(grads: dict[str, torch.Tensor | None], samples: int, axes: dict) -> torch.Tensor:
+    """(N,) relevance that reached the held tensors (their gradients `grads`), summed per sample along each one's
+    sample axis."""
+    total = torch.zeros(samples, dtype=torch.float64)
+    for name, grad in grads.items():
+        if grad is not None:
+            total = total + by_sample(relevance.per_sample(grad, axes.get(name, (0, 1))[0]), samples,
+                                      axes.get(name, (0, 1))[1]).cpu()
+    return total
+
+
+def held_tensors(steps: list[Step], held) -> set[str]:
+    """The tensors computed from the held inputs (`onnxplain.hold`: each named as its input, a step's output)."""
+    names = set(held)
+    for step in steps:
+        if any(name in names for name in step.inputs if name):
+            names.update(name for name in step.outputs if name)
+    return names if held else set()
 
 
 def no_path_message(graph, start: str, source: str) -> str:

@@ -6,17 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_runner import run
 
 import onnxplain
-from onnxplain.cli.main import cli
 from onnxplain.lrp import LRP
 
 from hold_graphs import META, concat_model
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

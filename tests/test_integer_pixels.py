@@ -9,13 +9,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_runner import run
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import onnxplain
 from onnxplain.bounds import input_bounds
-from onnxplain.cli.main import cli
 from onnxplain.errors import OnnxplainError
 from onnxplain.lrp import LRP, DeepTaylor, unsupported_ops
 from onnxplain.methods import make_method
@@ -214,7 +213,7 @@ def test_a_guessed_spec_takes_integer_pixels_unscaled(tmp_path):
 
 
 def invoke(*args):
-    return CliRunner().invoke(cli, ["explain", *map(str, args), "--quiet"])
+    return run("explain", *args, "--quiet")
 
 
 @pytest.mark.parametrize("method", ["lrp", "gradient", "smoothgrad", "integrated-gradients"])

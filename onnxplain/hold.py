@@ -69,9 +69,10 @@ def checked_hold(model: onnx.ModelProto, hold: Mapping | None) -> dict[str, Held
     free = unheld(model, hold)
     if len(free) > 1:
         held = f"; {len(hold)} held" if hold else ""
-        raise OnnxplainError(f"this model has {len(inputs)} inputs ({named_list(inputs, 8)}{held}): explain one and "
-                             f"hold the others, {named_list(free, 8)} but one, at given values (--hold NAME=FILE.npy; "
-                             "in Python onnxplain.load(..., hold={name: array}))")
+        raise OnnxplainError(f"this model has {len(inputs)} inputs ({named_list(inputs, 8)}{held}): onnxplain "
+                             "explains one, with the others held at given values; hold all of "
+                             f"{named_list(free, 8)} but the one to explain (--hold NAME=FILE.npy; in Python "
+                             "onnxplain.load(..., hold={name: array}))")
     if not hold:   # one input (or none at all: `normalize.one_input` says so)
         return {}
     if not free:

@@ -67,7 +67,8 @@ def test_inspect_lists_every_input_and_which_need_hold(files):
 
 
 @pytest.mark.parametrize("hold, message", [
-    ([], "this model has 2 inputs (image, meta): explain one and hold the others, image, meta but one"),
+    ([], "this model has 2 inputs (image, meta): onnxplain explains one, with the others held at given values; "
+         "hold all of image, meta but the one to explain"),
     (["meta"], "--hold takes NAME=FILE.npy (an input's name and an .npy file), not 'meta'"),
     (["=meta.npy"], "--hold takes NAME=FILE.npy"),
     (["meta=meta.txt"], "--hold meta: {folder}/meta.txt is no .npy file"),

@@ -103,7 +103,8 @@ def test_an_input_no_node_reads_needs_no_hold(tmp_path):
 # ---------------------------------------------------------------- refusals
 @pytest.mark.parametrize("hold, message", [
     ({"metadata": META}, r"cannot hold 'metadata': not an input of this model \(its inputs: image, meta\)"),
-    (None, r"this model has 2 inputs \(image, meta\): explain one and hold the others, image, meta but one"),
+    (None, r"this model has 2 inputs \(image, meta\): onnxplain explains one, with the others held at given values; "
+           r"hold all of image, meta but the one to explain"),
     ({"meta": META, "image": np.zeros((1, 8, 8), np.float32)}, r"every input is held \(image, meta\)"),
     ({"meta": META[:2]}, r"held input 'meta': shape 2 does not fit the model's one sample of 3 \(with or without"),
     ({"meta": np.stack([META, META])}, r"held input 'meta': shape 2x3 does not fit"),

@@ -233,6 +233,19 @@ def test_the_cli_explains_uint8_arrays_and_pictures(graphs, tmp_path, method):
     np.testing.assert_array_equal(maps[0], maps[1])
 
 
+def test_a_spec_that_scales_integer_pixels_is_named(graphs, tmp_path):
+    """A spec of scale 1/255 (or a mean/std) on a uint8 model makes fractions of a picture's pixels: the refusal
+    names the spec, not the fractions."""
+    models, x = graphs
+    onnx.save(models[True, False].proto, tmp_path / "u8.onnx")
+    Image.fromarray(x[0].transpose(1, 2, 0)).save(tmp_path / "x.png")
+    (tmp_path / "spec.json").write_text('{"layout": "NCHW", "color": "rgb", "scale": 0.00392156862745098}')
+    result = invoke(tmp_path / "u8.onnx", tmp_path / "x.png", "--preprocess", tmp_path / "spec.json")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "the given preprocessing spec (scale 0.00392157, mean [0], std [1]) makes fractions of the pixels, but " \
+        "this model takes uint8 pixels: give a spec that keeps them whole (scale 1, no mean/std)" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def refusing(tmp_path_factory):
     """Integer inputs without a gradient: int64 token ids into a Gather; uint8 cast to int32 before float."""

@@ -181,6 +181,7 @@ def to_model_inputs(path: Path, model) -> np.ndarray:
                                  "pass --preprocess spec.json, or a preprocessed .npy tensor")
         _check_spec_size(model, path)
         tensor = model.preprocess.image_to_tensor(read_image(path))
+        _check_whole_pixels(model, tensor, path)
         return _flat_into_sample(tensor, model)[None]
     raise OnnxplainError(f"{path}: unknown input type (expected an image, .npy or .nii/.nii.gz)")
 
@@ -193,6 +194,18 @@ def _flat_into_sample(tensor: np.ndarray, model) -> np.ndarray:
     if spec.layout != "flat" or not all(sample) or not fits or tensor.size != int(np.prod(sample)):
         return tensor
     return tensor.reshape(sample)
+
+
+def _check_whole_pixels(model, tensor: np.ndarray, path: Path) -> None:
+    """A model taking integer pixels needs a spec that keeps them whole: one that scales them (by 1/255, or a
+    mean/std) is named, rather than the fractions it makes."""
+    if np.issubdtype(model.input_dtype, np.integer) and not np.array_equal(tensor, np.round(tensor)):
+        spec = model.preprocess
+        listed = lambda values: "[" + ", ".join(f"{v:g}" for v in np.ravel(values)) + "]"   # noqa: E731
+        raise OnnxplainError(f"{path}: the {model.preprocess_source} preprocessing spec (scale {spec.scale:g}, mean "
+                             f"{listed(spec.mean)}, std {listed(spec.std)}) makes fractions of the pixels, but this "
+                             f"model takes {model.input_dtype} pixels: give a spec that keeps them whole (scale 1, "
+                             "no mean/std)")
 
 
 def _check_spec_size(model, path: Path) -> None:

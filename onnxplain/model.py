@@ -338,11 +338,13 @@ class Model:
 
     def batch_size(self, budget_bytes: int | None = None, sample_shape: tuple[int, ...] | None = None) -> int:
         """Samples per batch under the memory budget, for samples of `sample_shape` (what is explained: a model
-        with free spatial axes takes any size) or else the declared shape, free axes counted as 1."""
+        with free spatial axes takes any size) or else the declared shape, free axes counted as 1. Integer inputs
+        count 4 bytes a value at least: uint8 pixels feed float32 activations."""
         if self.fixed_batch:
             return 1
         shape = sample_shape if sample_shape is not None else [d or 1 for d in self.input_shape[1:]]
-        sample = int(np.prod(shape)) * self.input_dtype.itemsize
+        value_bytes = max(self.input_dtype.itemsize, 4 if np.issubdtype(self.input_dtype, np.integer) else 0)
+        sample = int(np.prod(shape)) * value_bytes
         return batch_size_for(sample, budget_bytes) if budget_bytes else batch_size_for(sample)
 
     def run(self, x: np.ndarray, outputs: list[str] | tuple[str, ...] | None = None, *,

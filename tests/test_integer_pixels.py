@@ -233,6 +233,15 @@ def test_the_cli_explains_uint8_arrays_and_pictures(graphs, tmp_path, method):
     np.testing.assert_array_equal(maps[0], maps[1])
 
 
+def test_integer_pixels_are_batched_as_the_float_activations_they_feed(graphs):
+    """Batches are sized by the input's bytes times an activation factor: uint8 pixels feed float32 activations,
+    so a uint8 model gets the batches of its float twin, not four times as many samples."""
+    models, _ = graphs
+    pixels, floats = models[True, False], models[False, False]
+    assert pixels.input_dtype == np.uint8 and floats.input_dtype == np.float32
+    assert pixels.batch_size(2 ** 24) == floats.batch_size(2 ** 24) > 1
+
+
 def test_a_spec_that_scales_integer_pixels_is_named(graphs, tmp_path):
     """A spec of scale 1/255 (or a mean/std) on a uint8 model makes fractions of a picture's pixels: the refusal
     names the spec, not the fractions."""

@@ -85,16 +85,18 @@ def checked_hold(model: onnx.ModelProto, hold: Mapping | None) -> dict[str, Held
 
 
 def _dims(value: onnx.ValueInfoProto) -> list | None:
-    """Declared sizes (int, or None where free); None where the input declares no shape."""
+    """Declared sizes (int; where free, the symbol that names it, or None); None where the input declares no
+    shape."""
     tensor = value.type.tensor_type
     if not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
 
 
 def _fitted(value: onnx.ValueInfoProto, array, explained: list | None) -> Held:
     """The held array in its input's type and shape; per sample where the input's first axis is free or fixed at
-    the explained input's (the export's batch), the array given with or without a batch axis of 1."""
+    the explained input's (the export's batch), the array given with or without a batch axis of 1. A first axis
+    named by another symbol than x's batch (a set of S prototypes beside N inputs) is no batch: taken whole."""
     name = value.name
     if not value.type.HasField("tensor_type"):
         raise OnnxplainError(f"input {name!r} is not a tensor ({value.type.WhichOneof('value')}): it cannot be held")
@@ -103,12 +105,14 @@ def _fitted(value: onnx.ValueInfoProto, array, explained: list | None) -> Held:
     dims = _dims(value)
     if dims is None:   # no declared shape: the value as given, per sample where it leads with an axis of 1
         return Held(name, array, array.ndim > 0 and array.shape[0] == 1)
-    batched = bool(dims) and (dims[0] is None or dims[0] == (explained or [None])[0])
+    batch = (explained or [None])[0]
+    other_symbol = bool(dims) and isinstance(dims[0], str) and isinstance(batch, str) and dims[0] != batch
+    batched = bool(dims) and not other_symbol and (not isinstance(dims[0], int) or dims[0] == batch)
     sample = dims[1:] if batched else dims
     if batched and array.ndim == len(dims) and array.shape[:1] == (1,):
         array = array[0]
-    if array.ndim != len(sample) or any(d is not None and d != s for d, s in zip(sample, array.shape)):
-        shown = "x".join("?" if d is None else str(d) for d in sample) or "a single number"
+    if array.ndim != len(sample) or any(isinstance(d, int) and d != s for d, s in zip(sample, array.shape)):
+        shown = "x".join(str(d) if isinstance(d, int) else "?" for d in sample) or "a single number"
         how = f"one sample of {shown} (with or without a batch axis of 1)" if batched else shown
         raise OnnxplainError(f"held input {name!r}: shape {'x'.join(map(str, array.shape)) or '()'} does not fit "
                              f"the model's {how}")

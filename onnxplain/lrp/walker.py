@@ -59,7 +59,7 @@ class Walker:
         self.rule_map = rule_map
         self.low, self.high = low, high
         self._plans: dict[str, list[PlannedStep]] = {}
-        self.held = held_tensors(self.graph.steps, self.model.held)
+        self.held = held_tensors(self.graph.steps, self.model.held, self.graph.constants)
         self._batch_axes: dict[tuple, dict[str, tuple[int, int]] | None] = {}  # (start, sample shape) -> axes
 
     # ---------------------------------------------------------------- planning
@@ -130,8 +130,21 @@ class Walker:
         key = (start, tuple(x.shape[1:]))
         if key not in self._batch_axes:
             axes = shape_sample_axes(self.model.proto, self.model.input_name, self.plan(start))
-            self._batch_axes[key] = axes if axes is not None else self._sample_axes(x, start)
+            axes = axes if axes is not None else self._sample_axes(x, start)
+            self._batch_axes[key] = self._with_held_axes(axes, x, start) if axes is not None and self.held else axes
         return self._batch_axes[key]
+
+    def _with_held_axes(self, axes: dict[str, tuple[int, int]], x: torch.Tensor, start: str):
+        """`axes` and those of the held tensors relevance may reach (the ledger's held term sums each per sample),
+        probed; None (one sample at a time) where one has none: a value held whole is shared by the batch, and
+        what reaches it cannot be told apart by sample."""
+        leaves = sorted({planned.step.inputs[i] for planned in self.plan(start) if planned.carries
+                         for i in planned.step.op.relevance_inputs()
+                         if i < len(planned.step.inputs) and planned.step.inputs[i] in self.held})
+        if not leaves:
+            return axes
+        found = probe_sample_axes(self.graph, self.model.input_name, leaves, x)
+        return None if found is None or len(found) < len(leaves) else {**axes, **found}
 
     def _sample_axes(self, x: torch.Tensor, start: str) -> dict[str, tuple[int, int]] | None:
         """The sample axes of the tensors relevance crosses, probed (`layout.probe_sample_axes`)."""
@@ -171,7 +184,7 @@ class Walker:
         seed = seed_relevance(env[start], values, classes, target)
         relevance, *at_held = torch.autograd.grad(env[start], [x, *leaves.values()], seed, allow_unused=True)
         records.reverse()  # hooks fire from the output down; report in graph order
-        held = held_sums(dict(zip(leaves, at_held)), len(x), axes or {}) if self.held else None
+        held = held_sums(dict(zip(leaves, at_held)), len(x), axes or {}) if self.held and ledger else None
         return Result(relevance.detach(), values.detach(), classes, records, held)
 
     def _held_leaves(self, step: Step, inputs: list, env: dict, leaves: dict) -> None:
@@ -280,11 +293,13 @@ def held_sums(grads: dict[str, torch.Tensor | None], samples: int, axes: dict) -
     return total
 
 
-def held_tensors(steps: list[Step], held) -> set[str]:
-    """The tensors computed from the held inputs (`onnxplain.hold`: each named as its input, a step's output)."""
+def held_tensors(steps: list[Step], held, constants) -> set[str]:
+    """The tensors computed from the held inputs (`onnxplain.hold`: each named as its input, a step's output) and
+    constants alone: a step that also reads anything else of x (Floor(x) + held) makes no held tensor."""
     names = set(held)
     for step in steps:
-        if any(name in names for name in step.inputs if name):
+        present = [name for name in step.inputs if name]
+        if any(name in names for name in present) and all(name in names or name in constants for name in present):
             names.update(name for name in step.outputs if name)
     return names if held else set()
 

@@ -1,0 +1,86 @@
+"""Held inputs in LRP's ledger and in the choice of what is per sample: the held term of a batch equals each sample's
+own (a value held whole, or a per-sample one moved off the first axis, is walked one sample at a time), x's own data
+next to a held value is no held relevance, and a first axis named by another symbol than x's batch is taken whole.
+References: each sample walked alone; onnxruntime fed every input."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import onnxplain
+from onnxplain.lrp import LRP
+
+from hold_graphs import save
+
+RNG = np.random.default_rng(11)
+W = (RNG.normal(size=(4, 3)) * 0.5).astype(np.float32)
+LOGITS = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+
+
+def value(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def whole_vector(path):
+    """x (N, 4) + h (4,), held whole -> Relu -> MatMul."""
+    nodes = [helper.make_node("Add", ["x", "h"], ["s"]), helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    return save(nodes, [value("x", ["N", 4]), value("h", [4])], [LOGITS], {"w": W}, path)
+
+
+def transposed(path):
+    """x (N, 2, 4) and a per-sample h (N, 2, 4), both moved to (2, N, 4) before they meet, and back."""
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0, 2]), helper.make_node("Add", ["xt", "ht"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]), helper.make_node("Transpose", ["r"], ["rb"], perm=[1, 0, 2]),
+             helper.make_node("ReduceSum", ["rb", "axis"], ["m"], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["y"])]
+    return save(nodes, [value("x", ["N", 2, 4]), value("h", ["N", 2, 4])], [LOGITS],
+                {"w": W, "axis": np.array([1], np.int64)}, path)
+
+
+@pytest.mark.parametrize("build, hold, sample", [
+    (whole_vector, np.array([0.3, -0.2, 0.5, 1.0], np.float32), (4,)),
+    (transposed, RNG.normal(size=(2, 4)).astype(np.float32), (2, 4)),
+])
+def test_the_held_term_of_a_batch_is_each_samples_own(tmp_path, build, hold, sample):
+    """Was: the held leaf's gradient split along axis 0 (a whole value's is summed over the batch already): wrong
+    shares for a batch of 2, NaN for 3, and conservation errors of order 1."""
+    model = onnxplain.load(build(tmp_path / "m.onnx"), hold={"h": hold})
+    x = RNG.normal(size=(3, *sample)).astype(np.float32)
+    lrp = LRP(composite="lrp-0", progress=False)
+    batch = lrp.explain(model, x).diagnostics
+    alone = [lrp.explain(model, x[i:i + 1]).diagnostics["held_relevance"][0] for i in range(len(x))]
+    np.testing.assert_allclose(batch["held_relevance"], alone, rtol=1e-5, atol=1e-7)
+    assert np.abs(alone).min() > 1e-3
+    assert np.abs(batch["conservation_error"]).max() < 1e-5
+
+
+def test_x_own_data_beside_a_held_value_is_no_held_relevance(tmp_path):
+    """t = Floor(x) + h with h held at 0: the relevance t takes is Floor(x)'s, a constant of the walk (bias), not
+    the held input's (it was all reported as held relevance)."""
+    nodes = [helper.make_node("Floor", ["x"], ["fx"]), helper.make_node("Add", ["fx", "h"], ["t"]),
+             helper.make_node("Add", ["x", "t"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    path = save(nodes, [value("x", ["N", 4]), value("h", ["N", 4])], [LOGITS], {"w": W}, tmp_path / "floor.onnx")
+    model = onnxplain.load(path, hold={"h": np.zeros(4, np.float32)})
+    report = LRP(composite="lrp-0", progress=False).explain(model, np.array([[2.5, 1.7, 3.2, 0.6]], np.float32))
+    diagnostics = report.diagnostics
+    assert diagnostics["held_relevance"] == [0.0]
+    assert abs(diagnostics["bias_relevance"][0]) > 0.1 and abs(diagnostics["conservation_error"][0]) < 1e-5
+
+
+def test_a_first_axis_of_another_symbol_is_held_whole(tmp_path):
+    """Prototypes (S, 4) beside inputs (N, 4): S is no batch. One prototype was repeated for every sample (scores
+    N x N where onnxruntime gives N x 1), and five were refused."""
+    nodes = [helper.make_node("Transpose", ["protos"], ["pt"]), helper.make_node("MatMul", ["x", "pt"], ["y"])]
+    path = save(nodes, [value("x", ["N", 4]), value("protos", ["S", 4])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"])], {}, tmp_path / "protos.onnx")
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for count in (1, 5):
+        protos = RNG.normal(size=(count, 4)).astype(np.float32)
+        model = onnxplain.load(path, hold={"protos": protos})
+        np.testing.assert_allclose(model.run(x)["y"], session.run(None, {"x": x, "protos": protos})[0], rtol=1e-6)

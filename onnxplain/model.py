@@ -199,7 +199,8 @@ class Model:
         if stored:
             self.preprocess_source = "stored"
             return PreprocessSpec.from_json(stored)
-        guessed = default_spec(self.input_shape, pixel_scale(self.proto, self.input_name))
+        pictures = self.input_dtype == np.uint8 or np.issubdtype(self.input_dtype, np.floating)  # int8, uint16: no
+        guessed = default_spec(self.input_shape, pixel_scale(self.proto, self.input_name)) if pictures else None
         self.preprocess_source = "guessed" if guessed is not None else None
         return guessed
 

@@ -200,6 +200,34 @@ def test_without_a_spec_the_box_is_the_range_of_uint8(tmp_path):
     np.testing.assert_allclose(noisy.diagnostics["noise_std"], 0.1 * 255, rtol=1e-6)
 
 
+@pytest.mark.parametrize("element, dtype", [(TensorProto.INT8, np.int8), (TensorProto.UINT16, np.uint16)])
+def test_image_shaped_pixels_of_other_types_take_their_types_range(tmp_path, element, dtype):
+    """int8 and uint16 pictures are not 0..255: no spec is guessed for them (one was, and its 0..255 refused z^B,
+    left SmoothGrad to each sample's own range, and let AOPC's noise wrap around int8), so their type's range is
+    the box, the noise's scale and the perturbation's range."""
+    from onnxplain.metrics import region_perturbation
+
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT), helper.make_node("Conv", ["f", "w"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    weights = [numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")]
+    model = onnxplain.load(save(tmp_path / "typed.onnx", nodes, weights, element, [3, 8, 8], 4))
+    info = np.iinfo(dtype)
+    assert model.preprocess is None
+    x = RNG.integers(0, 100, (2, 3, 8, 8)).astype(dtype)
+    box = LRP(composite="epsilon-gamma-box", progress=False).explain(model, x)
+    assert box.params["box_bounds"] == f"the range of {np.dtype(dtype).name}"
+    noisy = make_method("smoothgrad", samples=2, sigma=0.15, progress=False).explain(model, x)
+    np.testing.assert_allclose(noisy.diagnostics["noise_std"], 0.15 * (float(info.max) - info.min), rtol=1e-6)
+    seen = []
+    run = model.run
+    model.run = lambda batch, *args, **kwargs: seen.append(np.array(batch)) or run(batch, *args, **kwargs)
+    region_perturbation(model, x[:1], RNG.normal(size=x[:1].shape), 0, region=2, steps=16, seed=1)
+    replaced = seen[-1][-1]
+    assert replaced.dtype == dtype and replaced.min() < 0.25 * info.max + 0.75 * info.min
+    assert replaced.max() > 0.75 * info.max + 0.25 * info.min
+
+
 def test_a_guessed_spec_takes_integer_pixels_unscaled(tmp_path):
     """An image-shaped uint8 input whose graph normalises by mean and std, not by 255: the guessed spec read its
     pixels as 0..1 (so images loaded as fractions, which uint8 cannot hold)."""

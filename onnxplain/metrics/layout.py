@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..pixels import data_range
 from ..sequences import sample_channel_axis
 
 
@@ -42,6 +43,10 @@ class InputLayout:
                 where[channel_axis] = len(low)
             return cls(tuple(sample_shape), shape, channel_axis, low.reshape(where), high.reshape(where),
                        getattr(model, "preprocess_source", None) == "guessed")
+        typed = data_range(model) if spec is None and hasattr(model, "input_dtype") else None
+        if typed is not None:   # integer pixels without a spec: their type's range (0..255 for uint8)
+            low, high = (np.full((1,) * len(shape), value) for value in typed)
+            return cls(tuple(sample_shape), shape, channel_axis, low, high)
         return cls(tuple(sample_shape), shape, channel_axis)
 
     @property

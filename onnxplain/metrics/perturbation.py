@@ -166,6 +166,7 @@ def _fills(layout: InputLayout, x: np.ndarray, fill: str, baseline, rng: np.rand
     values = low + (high - low) * unit
     if np.issubdtype(x.dtype, np.integer):   # whole values, low..high each as likely (a cast would never draw high)
         values = np.minimum(np.floor(low + (high - low + 1) * unit), high)
+        values = np.clip(values, np.iinfo(x.dtype).min, np.iinfo(x.dtype).max)   # a spec's range beyond the type
     return np.broadcast_to(values, shape).astype(x.dtype)
 
 

@@ -209,3 +209,15 @@ def held_feeds(held: dict[str, Held], model: onnx.ModelProto, batch: int) -> dic
     """The held values that the inputs of `model` (the original graph) take beside a batch of `batch`."""
     names = {value.name for value in model.graph.input}
     return {name: item.feed(batch) for name, item in held.items() if name in names}
+
+
+def shared_sizes(held: dict[str, Held], model: onnx.ModelProto) -> dict[int, int]:
+    """{axis of x: size} for x's free axes (past the batch) named by a symbol that a held input's shape names too:
+    a mask of length L beside a sequence of length L. The original graph is probed at these sizes."""
+    inputs = {value.name: _dims(value) or [] for value in graph_inputs(model)}
+    explained = unheld(model, held)
+    sizes = {symbol: size for item in held.values()
+             for symbol, size in zip(inputs.get(item.name, []), item.value.shape) if isinstance(symbol, str)}
+    dims = inputs.get(explained[0], []) if len(explained) == 1 else []
+    return {axis: sizes[symbol] for axis, symbol in enumerate(dims) if axis and symbol in sizes}
+

@@ -12,7 +12,7 @@ from onnx import helper
 
 from . import batch_axis, loading, normalize
 from .errors import OnnxplainError, named_list
-from .hold import checked_hold, held_feeds, hold_inputs
+from .hold import checked_hold, held_feeds, hold_inputs, shared_sizes
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
 from .runtime import available_providers, batch_size_for, make_session, random_feed, run_batched
 from .scores import classifier_labels, find_scores, softmax
@@ -121,7 +121,7 @@ class Model:
         feed_proto = normalize.drop_extra_inputs(normalize.copy_model(original))
         reference = make_session(normalize.with_outputs(feed_proto, names).SerializeToString(), self.providers)
         batch = batch_axis.fixed_batch(feed_proto, skip=self.held) or 1
-        feed = random_feed(candidate, batch)
+        feed = random_feed(candidate, batch, shared_sizes(self.held, feed_proto))
         try:
             wanted = reference.run(names, feed | held_feeds(self.held, feed_proto, batch))
         except Exception:  # the original itself cannot run on the probe (free input sizes it needs set)

@@ -147,13 +147,15 @@ def progress_iter(iterable: Iterable, progress: bool | str, total: int, unit: st
 FEED_TYPES = {"float": np.float32, "double": np.float64, "float16": np.float16, "bool": np.bool_}
 
 
-def random_feed(session, batch: int = 1) -> dict[str, np.ndarray]:
+def random_feed(session, batch: int = 1, sizes: dict[int, int] | None = None) -> dict[str, np.ndarray]:
     """A session's seeded random input in [0, 1) for checks, in the input's own type (a float16 model takes no
     float32); ids 0 and 1 for integer and boolean inputs (token ids, categories, masks); fixed dims taken from the
-    session, free ones set to 32."""
+    session, free ones from `sizes` ({axis: size}) or set to 32."""
     rng = np.random.default_rng(0)
     (value,) = session.get_inputs()
-    shape = [batch] + [d if isinstance(d, int) and d > 0 else 32 for d in value.shape[1:]]
+    sizes = sizes or {}
+    shape = [batch] + [d if isinstance(d, int) and d > 0 else sizes.get(axis, 32)
+                       for axis, d in enumerate(value.shape[1:], start=1)]
     name = value.type[len("tensor("):-1]
     try:
         dtype = np.dtype(FEED_TYPES.get(name, name))   # int64, uint8, ...: numpy's own names

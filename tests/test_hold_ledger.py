@@ -1,6 +1,7 @@
-"""Held inputs in LRP's ledger and in the choice of what is per sample: the held term of a batch equals each sample's
-own (a value held whole, or a per-sample one moved off the first axis, is walked one sample at a time), x's own data
-next to a held value is no held relevance, and a first axis named by another symbol than x's batch is taken whole.
+"""Held inputs in LRP's ledger, in the choice of what is per sample and in the check on loading: the held term of
+a batch equals each sample's own (a value held whole, or a per-sample one moved off the first axis, is walked one
+sample at a time), x's own data next to a held value is no held relevance, a first axis named by another symbol
+than x's batch is taken whole, and a held mask sharing x's free length is verified at that length.
 References: each sample walked alone; onnxruntime fed every input."""
 from __future__ import annotations
 
@@ -84,3 +85,28 @@ def test_a_first_axis_of_another_symbol_is_held_whole(tmp_path):
         protos = RNG.normal(size=(count, 4)).astype(np.float32)
         model = onnxplain.load(path, hold={"protos": protos})
         np.testing.assert_allclose(model.run(x)["y"], session.run(None, {"x": x, "protos": protos})[0], rtol=1e-6)
+
+
+def test_a_held_mask_sharing_x_free_length_is_verified(tmp_path, monkeypatch):
+    """A mask (N, L) beside a sequence (N, L, 4): the original graph is probed at the mask's L (it was probed at 32,
+    failed, and loading went on unverified, so a rewrite holding a wrong value loaded without a word)."""
+    import onnxplain.model
+    from onnxplain.errors import OnnxplainError
+    from onnxplain.hold import Held, hold_inputs
+
+    nodes = [helper.make_node("Unsqueeze", ["mask", "two"], ["m3"]), helper.make_node("Mul", ["x", "m3"], ["a"]),
+             helper.make_node("ReduceSum", ["a", "one"], ["s"], keepdims=0),
+             helper.make_node("MatMul", ["s", "w"], ["y"])]
+    path = save(nodes, [value("x", ["N", "L", 4]), value("mask", ["N", "L"])], [LOGITS],
+                {"w": W, "one": np.array([1], np.int64), "two": np.array([2], np.int64)}, tmp_path / "mask.onnx")
+    mask = np.array([1, 1, 0, 1, 0], np.float32)
+    model = onnxplain.load(path, hold={"mask": mask})
+    assert not any("not verified" in note for note in model.notes), model.notes
+    x = RNG.normal(size=(2, 5, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.run(x)["y"], (x * mask[None, :, None]).sum(axis=1) @ W, rtol=1e-5, atol=1e-6)
+    def zeroed(proto, held):   # a rewrite that holds the wrong value
+        return hold_inputs(proto, {name: Held(name, item.value * 0, item.batched) for name, item in held.items()})
+
+    monkeypatch.setattr(onnxplain.model, "hold_inputs", zeroed)
+    with pytest.raises(OnnxplainError, match="normalising this model changed output 'y'"):
+        onnxplain.load(path, hold={"mask": mask})

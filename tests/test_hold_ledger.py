@@ -1,8 +1,9 @@
-"""Held inputs in LRP's ledger, in the choice of what is per sample and in the check on loading: the held term of
-a batch equals each sample's own (a value held whole, or a per-sample one moved off the first axis, is walked one
-sample at a time), x's own data next to a held value is no held relevance, a first axis named by another symbol
-than x's batch is taken whole, and a held mask sharing x's free length is verified at that length.
-References: each sample walked alone; onnxruntime fed every input."""
+"""Held inputs in LRP (its ledger; products with held values), in the choice of what is per sample and in the
+check on loading: the held term of a batch equals each sample's own (a value held whole, or a per-sample one moved
+off the first axis, is walked one sample at a time), x's own data next to a held value is no held relevance, a
+product with held values is LRP with them written in as weights, a first axis named by another symbol than x's
+batch is taken whole, and a held mask sharing x's free length is verified at that length.
+References: each sample walked alone; the graph with the held values as weights; onnxruntime fed every input."""
 from __future__ import annotations
 
 import numpy as np
@@ -110,3 +111,31 @@ def test_a_held_mask_sharing_x_free_length_is_verified(tmp_path, monkeypatch):
     monkeypatch.setattr(onnxplain.model, "hold_inputs", zeroed)
     with pytest.raises(OnnxplainError, match="normalising this model changed output 'y'"):
         onnxplain.load(path, hold={"mask": mask})
+
+
+@pytest.mark.parametrize("op", ["Mul", "MatMul"])
+def test_a_product_with_held_values_is_lrp_with_them_as_constants(tmp_path, op):
+    """x * (h1 + h2) and x @ M, M held: the held operand is a constant of the walk (a gate, a dense layer's weight),
+    so LRP equals LRP of the graph with that operand written in as a weight. Both were refused as 'a product of two
+    activations' (only a held input itself, not a sum of two, was seen as one)."""
+    h1, h2 = RNG.normal(size=4).astype(np.float32), RNG.normal(size=4).astype(np.float32)
+    matrix = RNG.normal(size=(4, 4)).astype(np.float32)
+    tail = [helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])]
+    if op == "Mul":
+        held_nodes = [helper.make_node("Add", ["h1", "h2"], ["hs"]), helper.make_node("Mul", ["x", "hs"], ["a"])]
+        held_inputs, hold = [value("h1", ["N", 4]), value("h2", ["N", 4])], {"h1": h1, "h2": h2}
+        fixed_nodes, fixed = [helper.make_node("Mul", ["x", "c"], ["a"])], {"c": (h1 + h2)[None]}
+    else:
+        held_nodes, held_inputs, hold = [helper.make_node("MatMul", ["x", "M"], ["a"])], [value("M", [4, 4])], \
+            {"M": matrix}
+        fixed_nodes, fixed = [helper.make_node("MatMul", ["x", "c"], ["a"])], {"c": matrix}
+    held = onnxplain.load(save(held_nodes + tail, [value("x", ["N", 4]), *held_inputs], [LOGITS], {"w": W},
+                               tmp_path / "held.onnx"), hold=hold)
+    baked = onnxplain.load(save(fixed_nodes + tail, [value("x", ["N", 4])], [LOGITS], {"w": W, **fixed},
+                                tmp_path / "baked.onnx"))
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    for composite in ("lrp-0", "epsilon-plus"):
+        ours = LRP(composite=composite, progress=False).explain(held, x)
+        reference = LRP(composite=composite, progress=False).explain(baked, x)
+        np.testing.assert_allclose(ours.relevance, reference.relevance, rtol=1e-5, atol=1e-7)
+        assert np.abs(ours.diagnostics["conservation_error"]).max() < 1e-5

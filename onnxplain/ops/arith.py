@@ -297,17 +297,27 @@ class Where(Op):
 
 
 def data_derived(name: str, producers: dict) -> bool:
-    """Whether tensor `name` is computed from integer or boolean data (a shape, a comparison) through ops of one
-    run-time operand each (sqrt(width), a mask cast to float): a constant as far as relevance goes."""
-    op = producers.get(name)
-    while op is not None:
-        if op.kind == "data":
-            return True
-        dynamic = _dynamic(op, len(op.node.input))
-        if len(dynamic) != 1:
-            return False
-        op = producers.get(op.node.input[dynamic[0]])
-    return False
+    """Whether tensor `name` is computed from integer or boolean data (a shape, a comparison) and constants alone,
+    whatever the ops on the way (sqrt(width), a mask cast to float, the sum of two held inputs: `onnxplain.hold`):
+    a constant as far as relevance goes. Walked without recursion; the first operand that reaches anything else
+    (the input) decides."""
+    known: dict[str, bool] = {}
+    stack = [name]
+    while stack:
+        current = stack[-1]
+        op = producers.get(current)
+        if op is None or op.kind == "data":
+            known[current] = op is not None
+            stack.pop()
+            continue
+        operands = [op.node.input[i] for i in _dynamic(op, len(op.node.input))]
+        unknown = next((operand for operand in operands if operand not in known), None)
+        if unknown is not None and all(known.get(operand, True) for operand in operands):
+            stack.append(unknown)
+            continue
+        known[current] = bool(operands) and all(known.get(operand, False) for operand in operands)
+        stack.pop()
+    return known[name]
 
 
 def gate_strength(name: str, producers: dict) -> int:

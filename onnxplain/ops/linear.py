@@ -57,7 +57,8 @@ class Gemm(LinearOp):
 class MatMul(LinearOp):
     """numpy-style matmul; a constant 2-D right operand makes it a dense layer (x @ W). Attention, a product of
     two activations one of which comes from a softmax or sigmoid (softmax(q k^T) @ v): a dense layer of the other
-    operand whose weight, the attention, is held constant (the AH-rule of Ali et al. 2022)."""
+    operand whose weight, the attention, is held constant (the AH-rule of Ali et al. 2022); so is an operand
+    computed from data and constants alone (a mask, a held input's matrix)."""
 
     category = "dense"
     weight_out_axis = 1
@@ -74,8 +75,8 @@ class MatMul(LinearOp):
         if self.constants:
             return
         strengths = [gate_strength(name, producers) for name in self.node.input[:2]]
-        if sorted(strengths) == [0, 2]:
-            self.attention, self.kind = strengths.index(2), "linear"
+        if sorted(strengths) in ([0, 2], [0, 3]):
+            self.attention, self.kind = 1 - strengths.index(0), "linear"
             self.data_input = 1 - self.attention
 
     def mergeable(self):

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method, relevance_dtype, require_model
 from ..numbers import optional_whole_number, real_number
+from ..pixels import integer_reader
 from ..runtime import optional_bar
 from ..targets import Target, as_target, class_indices, hidden_values
 from .passes import WindowSamples, chunk_rows, forward_passes
@@ -54,6 +55,8 @@ class Occlusion(Method):
         reference = model.check_input(self.reference if self.reference.ndim == len(shape) + 1
                                       else self.reference[None], "reference set (--reference)")
         mean = reference.mean(axis=0)
+        if np.issubdtype(model.input_dtype, np.integer) and integer_reader(model) is None:   # pixels: the nearest
+            mean = np.rint(mean)
         if np.issubdtype(model.input_dtype, np.integer) and not (mean == np.round(mean)).all():
             raise OnnxplainError(f"the reference mean has fractional values, but this model takes {model.input_dtype}"
                                  " inputs (token ids, categories): they would be truncated; give a whole-number fill")

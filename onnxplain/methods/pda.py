@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..explanation import Explanation, Method, relevance_dtype, require_model
+from ..pixels import integer_reader
 from ..runtime import optional_bar
 from ..scores import softmax
 from ..targets import Target, as_target, class_indices, hidden_values
@@ -181,11 +182,11 @@ class PredictionDifference(Method):
             return self.sampler
         if self.sampler == "marginal":
             return MarginalSampler()
-        if not np.issubdtype(model.input_dtype, np.floating):   # astype would truncate each draw to an id
+        if integer_reader(model) is not None:   # token ids: a rounded Gaussian draw is no id
             raise OnnxplainError(f"the conditional sampler draws real values from a Gaussian, which this model's "
-                                 f"{model.input_dtype} input (token ids, categories, uint8 pixels) cannot take: use "
-                                 "the marginal sampler (--sampler marginal, sampler='marginal'), which draws the "
-                                 "reference's values")
+                                 f"{model.input_dtype} input (token ids, categories) cannot take: use the marginal "
+                                 "sampler (--sampler marginal, sampler='marginal'), which draws the reference's "
+                                 "values")
         if features is not None and self.location_grid is None:
             return ConditionalSampler(padding, self.channels, features.spatial, clip="pixel")
         return ConditionalSampler(padding, self.channels, self.location_grid)

@@ -152,6 +152,8 @@ class ConditionalSampler:
             patches = _patches(reference, where, self.patch, self.max_patches, rng)  # (M, C, prod(patch))
             for g, channels in enumerate(self.groups):
                 data = patches[:, channels].reshape(len(patches), -1)
+                if not np.issubdtype(data.dtype, np.floating):   # uint8 pixels: centred without wrapping around
+                    data = data.astype(np.float64)
                 mean = data.mean(axis=0, dtype=np.float64)
                 centred = data - mean.astype(data.dtype)
                 cov = (centred.T @ centred).astype(np.float64) / max(len(data) - 1, 1)  # in the data's precision
@@ -236,6 +238,8 @@ class ConditionalSampler:
         elif self.clip == "pixel":
             low, high = self.grid.windows(self.low, window_ids), self.grid.windows(self.high, window_ids)
             out = np.clip(out, low[:, None], high[:, None])
+        if np.issubdtype(x.dtype, np.integer):   # integer pixels: each draw to its nearest whole value
+            out = np.rint(out)
         return out.astype(x.dtype, copy=False)
 
     # ------------------------------------------------------------------ disk cache

@@ -9,7 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from onnxplain import Model
-from onnxplain.hold import graph_inputs, unheld
+from onnxplain.hold import check_values, graph_inputs, unheld
 from onnxplain.loading import read_checked
 from onnxplain.normalize import infer_shapes, unused_inputs
 from onnxplain.scores import FLOAT_TYPES
@@ -136,6 +136,7 @@ def inspect_command(model, preprocess, scores, hold, list_tensors, as_json):
     free = unheld(original, held)
     known = {value.name for value in graph_inputs(original)}
     if len(free) > 1 and set(held) <= known:   # what the file says; the model loads once all but one are held
+        check_values(original, held)
         loaded, info = None, describe_file(original, model, infer_shapes(original), held, free)
     else:
         loaded = Model(original, path=model, preprocess=preprocess, scores=scores, hold=held)

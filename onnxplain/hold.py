@@ -84,6 +84,14 @@ def checked_hold(model: onnx.ModelProto, hold: Mapping | None) -> dict[str, Held
     return {name: _fitted(inputs[name], value, explained) for name, value in hold.items()}
 
 
+def check_values(model: onnx.ModelProto, hold: Mapping) -> None:
+    """Each held value fits its input (type, shape, finite), before the one to explain is known (`inspect` of a
+    model with several inputs still unheld): one line for the first that does not."""
+    inputs = {value.name: value for value in graph_inputs(model)}
+    for name, array in hold.items():
+        _fitted(inputs[name], array, None)
+
+
 def _dims(value: onnx.ValueInfoProto) -> list | None:
     """Declared sizes (int; where free, the symbol that names it, or None); None where the input declares no
     shape."""

@@ -11,7 +11,7 @@ from cli_runner import run
 import onnxplain
 from onnxplain.lrp import LRP
 
-from hold_graphs import META, concat_model
+from hold_graphs import META, concat_model, mask_model
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,17 @@ def test_refusals_are_one_line_and_write_nothing(files, hold, message):
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert len(lines) == 1 and message.format(folder=folder) in lines[0], lines
     assert not list(folder.glob("refused*"))
+
+
+def test_inspect_checks_held_values_while_others_are_unheld(tmp_path):
+    """With two inputs of the mask model still unheld, a held value that cannot fit (strings, a wrong shape) was
+    listed as held and inspect exited 0."""
+    path = mask_model(tmp_path / "mask.onnx")
+    np.save(tmp_path / "words.npy", np.array(["a", "b"]))
+    np.save(tmp_path / "short.npy", np.ones(3, np.float32))
+    np.save(tmp_path / "mask.npy", np.ones((1, 10), np.float32))
+    assert run("inspect", path, "--hold", f"mask={tmp_path / 'mask.npy'}").exit_code == 0
+    for bad in ("words", "short"):
+        result = run("inspect", path, "--hold", f"mask={tmp_path / f'{bad}.npy'}")
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert "held input 'mask'" in result.stderr

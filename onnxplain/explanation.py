@@ -53,9 +53,16 @@ class Explanation:
     diagnostics: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        """A map with NaN or infinity says nothing: refused in one line naming the inputs (the model's scores at a
+        point the method built are not finite: an all-padding mask as integrated gradients' baseline, say)."""
         self.relevance = np.asarray(self.relevance)
         self.target = np.asarray(self.target)
         self.score = np.asarray(self.score, dtype=np.float64)
+        if self.relevance.dtype.kind == "f" and not np.isfinite(self.relevance).all():
+            rows = np.flatnonzero(~np.isfinite(self.relevance.reshape(len(self.relevance), -1)).all(axis=1))
+            raise OnnxplainError(f"{self.method}: the relevance of input(s) {', '.join(map(str, rows[:5]))} is not "
+                                 "finite (NaN or infinity): the model's scores are not finite at points the method "
+                                 "builds from them (a baseline, a path point, a noisy copy, a covered window)")
 
     def input_diagnostics(self, i: int) -> dict:
         """Input i's diagnostics: its per-sample values, its own share of each batch total under the total's name,

@@ -14,6 +14,7 @@ from . import batch_axis, loading, normalize
 from .errors import OnnxplainError, named_list
 from .hold import checked_hold, held_feeds, hold_inputs, shared_sizes
 from .io.preprocess import LABELS_KEY, METADATA_KEY, PreprocessSpec, default_spec, pixel_scale
+from .pixels import integer_reader
 from .runtime import available_providers, batch_size_for, make_session, random_feed, run_batched
 from .scores import classifier_labels, find_scores, softmax
 from .sequences import channel_layout, sequence_layout
@@ -328,8 +329,9 @@ class Model:
             raise OnnxplainError(f"{what} contains NaN or Inf values")
         if (np.issubdtype(self.input_dtype, np.integer) and np.issubdtype(x.dtype, np.floating)
                 and not (x == np.round(x)).all()):
-            raise OnnxplainError(f"{what} has fractional values, but this model takes {self.input_dtype} "
-                                 "(token ids, categories): they would be truncated")
+            kind = "pixels, whole numbers (not 0..1)" if integer_reader(self) is None else "(token ids, categories)"
+            raise OnnxplainError(f"{what} has fractional values, but this model takes {self.input_dtype} {kind}: "
+                                 "they would be truncated")
         if x.dtype != self.input_dtype and np.issubdtype(self.input_dtype, np.number):
             limits = (np.iinfo if np.issubdtype(self.input_dtype, np.integer) else np.finfo)(self.input_dtype)
             if x.min() < limits.min or x.max() > limits.max:

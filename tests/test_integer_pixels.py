@@ -270,6 +270,16 @@ def test_integer_pixels_are_batched_as_the_float_activations_they_feed(graphs):
     assert pixels.batch_size(2 ** 24) == floats.batch_size(2 ** 24) > 1
 
 
+def test_fractions_for_integer_pixels_are_named_as_pixels(graphs, tmp_path):
+    """0..1 floats into a uint8 pixel model: refused, naming pixels (the message spoke of token ids)."""
+    models, x = graphs
+    onnx.save(models[True, False].proto, tmp_path / "u8.onnx")
+    np.save(tmp_path / "x.npy", (x[0] / 255).astype(np.float32))
+    result = invoke(tmp_path / "u8.onnx", tmp_path / "x.npy")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "has fractional values, but this model takes uint8 pixels, whole numbers (not 0..1)" in result.stderr
+
+
 def test_a_spec_that_scales_integer_pixels_is_named(graphs, tmp_path):
     """A spec of scale 1/255 (or a mean/std) on a uint8 model makes fractions of a picture's pixels: the refusal
     names the spec, not the fractions."""

@@ -81,10 +81,10 @@ def use_labels(model, path: Path | None) -> None:
     model.labels = names
 
 
-def checked_scores(model, x, sources: list[Path]):
+def checked_scores(model, x, sources: list[Path], progress: bool | str = False):
     """The class scores of inputs `x`; an input the model scores NaN or +inf is a user error that names it, before
-    anything is explained or written (`finite_scores`)."""
-    return finite_scores(model.scores(x), [str(source) for source in sources])
+    anything is explained or written (`finite_scores`). `progress`: a bar's title, for long runs."""
+    return finite_scores(model.scores(x, progress=progress), [str(source) for source in sources])
 
 
 def echo_json(data) -> None:

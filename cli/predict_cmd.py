@@ -26,12 +26,13 @@ def top_k(model, scores: np.ndarray, k: int) -> list[list[dict]]:
 @scores_option
 @hold_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict_command(model, inputs, k, labels, preprocess, scores, hold, as_json):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_command(model, inputs, k, labels, preprocess, scores, hold, as_json, quiet):
     """The top-K classes with their scores for each input (image, .npy or NIfTI; folders too)."""
     loaded = load_model(model, preprocess, scores, hold)
     use_labels(loaded, labels)
     x, files = load_inputs(inputs, loaded)
-    ranked = top_k(loaded, checked_scores(loaded, x, files), k)
+    ranked = top_k(loaded, checked_scores(loaded, x, files, progress=not quiet and "predict"), k)
     echo_notes([first_output_note(loaded), map_scores_note(loaded), *input_notes(loaded, inputs, files, x=x)])
     if as_json:
         echo_json([{"input": str(f), "kind": loaded.score_kind, "top": r} for f, r in zip(files, ranked)])

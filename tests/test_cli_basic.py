@@ -265,3 +265,22 @@ def test_arrays_outside_the_stored_spec_and_placeholder_weights_get_notes(digits
     assert placeholders.exit_code == 0 and "placeholders that ConstantOfShape fills" in placeholders.stderr
     assert "zoo.materialize" in placeholders.stderr
     assert zoo.placeholder_weights(onnx.load(zoo.materialize("squeezenet", folder=tmp_path))) == []
+
+
+def test_predict_shows_a_bar_unless_quiet(digits_cnn, monkeypatch):
+    """predict scores every input in one batched run, with a progress bar like every long command (a scripted
+    --quiet was refused: no such option)."""
+    from onnxplain.model import Model
+
+    asked, run_model = [], Model.run
+
+    def recorded(self, x, *args, progress=False, **kwargs):
+        asked.append(progress)
+        return run_model(self, x, *args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(Model, "run", recorded)
+    for extra in ([], ["--quiet"]):
+        asked.clear()
+        result = run("predict", digits_cnn, SAMPLES / "digit3.png", *extra)
+        assert result.exit_code == 0, result.output
+        assert asked[-1] == ("predict" if not extra else False)

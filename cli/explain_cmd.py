@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxplain.errors import OnnxplainError, named_list, not_applicable
+from onnxplain.errors import NotFinite, OnnxplainError, named_list, not_applicable
 from onnxplain.explanation import relevance_dtype, sample_values
 from onnxplain.io import load_inputs
 from onnxplain.methods import make_method, method_class, method_names
@@ -131,13 +131,17 @@ def zero_map_note(model, records: list[dict], sources: list) -> str | None:
             f"precision, which no {record['method']} window changes; explain the logits instead ({instead})")
 
 
-def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int):
+def explain_in_batches(explainer, model, x: np.ndarray, target, batch: int, sources: list[Path]):
     """(first input's index, one record per input of the batch: relevance, target, score, diagnostics, explain
-    time (the batch's time shared)) for each batch of `batch` inputs, as it is explained."""
+    time (the batch's time shared)) for each batch of `batch` inputs, as it is explained; a map that is not finite
+    is refused naming its files."""
     for start in range(0, len(x), batch):
         records = []
         began = time.perf_counter()
-        explanation = explainer.explain(model, x[start:start + batch], target)
+        try:
+            explanation = explainer.explain(model, x[start:start + batch], target)
+        except NotFinite as error:
+            raise NotFinite(error.method, error.rows, [sources[start + row] for row in error.rows]) from None
         seconds = time.perf_counter() - began
         n = len(explanation.relevance)
         if n != len(x[start:start + batch]) or explanation.relevance.shape[1:] != x.shape[1:]:
@@ -321,7 +325,7 @@ def explain_command(model, inputs, method, target, layer, labels, preprocess, sc
     records, render_s = [], 0.0
     # with several batches, a bar over all inputs: the method's own bars count one batch each
     with StagedFiles() as staged, optional_bar(not quiet and len(x) > batch, len(x), "inputs", "input") as bar:
-        for start, done in explain_in_batches(explainer, loaded, x, goal, batch):
+        for start, done in explain_in_batches(explainer, loaded, x, goal, batch, sources):
             rendering, end = time.perf_counter(), start + len(done)
             write_outputs(staged, loaded, x[start:end], done, sources[start:end], pngs[start:end], npys[start:end],
                           threshold=threshold, slice_axis=slice_axis or 0, hidden=hidden_name(layer, goal))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import OnnxplainError
+from .errors import NotFinite, OnnxplainError
 
 
 def require_model(model) -> None:
@@ -59,10 +59,8 @@ class Explanation:
         self.target = np.asarray(self.target)
         self.score = np.asarray(self.score, dtype=np.float64)
         if self.relevance.dtype.kind == "f" and not np.isfinite(self.relevance).all():
-            rows = np.flatnonzero(~np.isfinite(self.relevance.reshape(len(self.relevance), -1)).all(axis=1))
-            raise OnnxplainError(f"{self.method}: the relevance of input(s) {', '.join(map(str, rows[:5]))} is not "
-                                 "finite (NaN or infinity): the model's scores are not finite at points the method "
-                                 "builds from them (a baseline, a path point, a noisy copy, a covered window)")
+            raise NotFinite(self.method, np.flatnonzero(~np.isfinite(self.relevance.reshape(len(self.relevance),
+                                                                                          -1)).all(axis=1)))
 
     def input_diagnostics(self, i: int) -> dict:
         """Input i's diagnostics: its per-sample values, its own share of each batch total under the total's name,

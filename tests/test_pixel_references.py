@@ -32,6 +32,11 @@ def test_the_conditional_fit_of_uint8_pixels_is_that_of_their_values():
     real_draws = reals.sample(X.astype(np.float64), windows, 6, seed=2)
     assert draws.dtype == np.uint8
     np.testing.assert_array_equal(draws, np.rint(real_draws).astype(np.uint8))
+    unclipped = ConditionalSampler(1, clip=None, cache=False).fit(REFERENCE, grid).sample(X, windows, 6, seed=2)
+    wide = np.rint(ConditionalSampler(1, clip=None, cache=False).fit(REFERENCE.astype(np.float64), grid).sample(
+        X.astype(np.float64), windows, 6, seed=2))
+    assert wide.min() < 0 or wide.max() > 255      # Gaussian draws beyond the type: kept at its ends, not wrapped
+    np.testing.assert_array_equal(unclipped, np.clip(wide, 0, 255).astype(np.uint8))
 
 
 def model(tmp_path, element):

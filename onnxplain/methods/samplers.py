@@ -238,8 +238,8 @@ class ConditionalSampler:
         elif self.clip == "pixel":
             low, high = self.grid.windows(self.low, window_ids), self.grid.windows(self.high, window_ids)
             out = np.clip(out, low[:, None], high[:, None])
-        if np.issubdtype(x.dtype, np.integer):   # integer pixels: each draw to its nearest whole value
-            out = np.rint(out)
+        if np.issubdtype(x.dtype, np.integer):   # integer pixels: each draw to its nearest whole value of the type
+            out = np.clip(np.rint(out), np.iinfo(x.dtype).min, np.iinfo(x.dtype).max)
         return out.astype(x.dtype, copy=False)
 
     # ------------------------------------------------------------------ disk cache

@@ -300,24 +300,29 @@ def data_derived(name: str, producers: dict) -> bool:
     """Whether tensor `name` is computed from integer or boolean data (a shape, a comparison) and constants alone,
     whatever the ops on the way (sqrt(width), a mask cast to float, the sum of two held inputs: `onnxplain.hold`):
     a constant as far as relevance goes. Walked without recursion; the first operand that reaches anything else
-    (the input) decides."""
-    known: dict[str, bool] = {}
+    (the input) decides. Each op keeps its answer (`data_only`), so a graph's gates cost one walk in all."""
     stack = [name]
     while stack:
-        current = stack[-1]
-        op = producers.get(current)
-        if op is None or op.kind == "data":
-            known[current] = op is not None
+        op = producers.get(stack[-1])
+        if _data_only(op) is not None:
             stack.pop()
             continue
         operands = [op.node.input[i] for i in _dynamic(op, len(op.node.input))]
-        unknown = next((operand for operand in operands if operand not in known), None)
-        if unknown is not None and all(known.get(operand, True) for operand in operands):
-            stack.append(unknown)
-            continue
-        known[current] = bool(operands) and all(known.get(operand, False) for operand in operands)
-        stack.pop()
-    return known[name]
+        known = [_data_only(producers.get(operand)) for operand in operands]
+        if False in known or None not in known:
+            op.data_only = bool(operands) and all(known)
+            stack.pop()
+        else:
+            stack.append(operands[known.index(None)])
+    return bool(_data_only(producers.get(name)))
+
+
+def _data_only(op) -> bool | None:
+    """An op's known answer for `data_derived`: False for a graph input (no op), True for a data op, else what
+    was found (None: not yet)."""
+    if op is None or op.kind == "data":
+        return op is not None
+    return getattr(op, "data_only", None)
 
 
 def gate_strength(name: str, producers: dict) -> int:

@@ -81,7 +81,8 @@ def checked_hold(model: onnx.ModelProto, hold: Mapping | None) -> dict[str, Held
         raise OnnxplainError(f"holding inputs needs opset {MIN_OPSET} or later (Expand); this model has opset "
                              f"{default_opset(model)}: convert it first (onnx.version_converter)")
     explained = _dims(inputs[free[0]])
-    return {name: _fitted(inputs[name], value, explained) for name, value in hold.items()}
+    apart = _symbols_apart(model, explained)
+    return {name: _fitted(inputs[name], value, explained, apart) for name, value in hold.items()}
 
 
 def check_values(model: onnx.ModelProto, hold: Mapping) -> None:
@@ -89,7 +90,7 @@ def check_values(model: onnx.ModelProto, hold: Mapping) -> None:
     model with several inputs still unheld): one line for the first that does not."""
     inputs = {value.name: value for value in graph_inputs(model)}
     for name, array in hold.items():
-        _fitted(inputs[name], array, None)
+        _fitted(inputs[name], array, None, set())
 
 
 def _dims(value: onnx.ValueInfoProto) -> list | None:
@@ -101,10 +102,19 @@ def _dims(value: onnx.ValueInfoProto) -> list | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
 
 
-def _fitted(value: onnx.ValueInfoProto, array, explained: list | None) -> Held:
+def _symbols_apart(model: onnx.ModelProto, explained: list | None) -> set[str]:
+    """The symbols that an output's shape names beside x's batch symbol (outputs (N, S): S is no batch)."""
+    batch = (explained or [None])[0]
+    outputs = [_dims(value) or [] for value in model.graph.output]
+    return {d for dims in outputs if batch in dims for d in dims if isinstance(d, str) and d != batch}
+
+
+def _fitted(value: onnx.ValueInfoProto, array, explained: list | None, apart: set[str]) -> Held:
     """The held array in its input's type and shape; per sample where the input's first axis is free or fixed at
     the explained input's (the export's batch), the array given with or without a batch axis of 1. A first axis
-    named by another symbol than x's batch (a set of S prototypes beside N inputs) is no batch: taken whole."""
+    named by a symbol that an output names beside x's batch (`apart`: S prototypes beside N inputs, scores (N, S)),
+    or leading with more than one where x's batch has another name, is no batch: taken whole. Exporters that name
+    each input's batch apart (tf2onnx's unk__1, unk__2) keep their inputs per sample."""
     name = value.name
     if not value.type.HasField("tensor_type"):
         raise OnnxplainError(f"input {name!r} is not a tensor ({value.type.WhichOneof('value')}): it cannot be held")
@@ -114,7 +124,8 @@ def _fitted(value: onnx.ValueInfoProto, array, explained: list | None) -> Held:
     if dims is None:   # no declared shape: the value as given, per sample where it leads with an axis of 1
         return Held(name, array, array.ndim > 0 and array.shape[0] == 1)
     batch = (explained or [None])[0]
-    other_symbol = bool(dims) and isinstance(dims[0], str) and isinstance(batch, str) and dims[0] != batch
+    other_symbol = bool(dims) and isinstance(dims[0], str) and isinstance(batch, str) and dims[0] != batch and \
+        (dims[0] in apart or (array.ndim == len(dims) and array.shape[0] != 1))
     batched = bool(dims) and not other_symbol and (not isinstance(dims[0], int) or dims[0] == batch)
     sample = dims[1:] if batched else dims
     if batched and array.ndim == len(dims) and array.shape[:1] == (1,):

@@ -139,3 +139,23 @@ def test_a_product_with_held_values_is_lrp_with_them_as_constants(tmp_path, op):
         reference = LRP(composite=composite, progress=False).explain(baked, x)
         np.testing.assert_allclose(ours.relevance, reference.relevance, rtol=1e-5, atol=1e-7)
         assert np.abs(ours.diagnostics["conservation_error"]).max() < 1e-5
+
+
+def test_inputs_whose_batch_each_has_its_own_symbol_stay_per_sample(tmp_path):
+    """tf2onnx names every input's batch apart (unk__1, unk__2): meta, given as one sample with or without its batch
+    axis, is still held per sample, and a batch of 3 runs at once (the prototype rule above had made it whole)."""
+    import onnx
+
+    from hold_graphs import META, concat_model
+
+    proto = onnx.load(concat_model(tmp_path / "concat.onnx"))
+    for value, symbol in zip([*proto.graph.input, *proto.graph.output], ("unk__1", "unk__2", "unk__3")):
+        value.type.tensor_type.shape.dim[0].dim_param = symbol
+    onnx.save(proto, tmp_path / "renamed.onnx")
+    x = RNG.normal(size=(3, 1, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "renamed.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"image": x, "meta": np.repeat(META[None], 3, axis=0)})[0]
+    for given in (META, META[None]):
+        model = onnxplain.load(tmp_path / "renamed.onnx", hold={"meta": given})
+        assert model.held["meta"].batched and not model.fixed_batch
+        np.testing.assert_allclose(model.run(x)["logits"], expected, rtol=1e-5, atol=1e-6)

@@ -175,3 +175,28 @@ def test_nonlinear_reductions_are_named_unsupported_by_lrp(tmp_path):
     model = _through(tmp_path, "ReduceL2", axes=[1])
     assert model.torch().graph is not None
     assert unsupported_ops(model) == ["ReduceL2 (the_node)"]
+
+
+def test_a_constant_left_operand_is_the_dense_layer_of_the_transposed_product(tmp_path):
+    """W @ x (W constant) is a dense layer mixing x's rows: LRP equals that of the same map written as
+    (x^T @ W^T)^T, for every composite (it was refused: no relevance rule), and conserves."""
+    weight, head = RNG.normal(size=(5, 4)), RNG.normal(size=(15, 3))
+    tail = [node("Relu", ["a"], ["r"]), node("Flatten", ["r"], ["f"]), node("MatMul", ["f", "g"], ["logits"])]
+
+    def saved(name, nodes, inits):
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / f"{name}.onnx")
+        return onnxplain.load(tmp_path / f"{name}.onnx")
+
+    left = saved("left", [node("MatMul", ["w", "x"], ["a"])] + tail, [const("w", weight), const("g", head)])
+    right = saved("right", [node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]), node("MatMul", ["xt", "wt"], ["at"]),
+                            node("Transpose", ["at"], ["a"], perm=[0, 2, 1])] + tail,
+                  [const("wt", weight.T), const("g", head)])
+    assert unsupported_ops(left) == []
+    x = RNG.normal(size=(3, 4, 3)).astype(np.float32)
+    for composite in ("lrp-0", "epsilon-plus", "epsilon-alpha2-beta1", "deep-taylor"):
+        ours = LRP(composite=composite, progress=False).explain(left, x)
+        reference = LRP(composite=composite, progress=False).explain(right, x)
+        np.testing.assert_allclose(ours.relevance, reference.relevance, rtol=1e-5, atol=1e-7)
+        assert np.abs(ours.diagnostics["conservation_error"]).max() < 1e-5

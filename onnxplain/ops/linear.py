@@ -58,7 +58,7 @@ class MatMul(LinearOp):
     """numpy-style matmul; a constant 2-D right operand makes it a dense layer (x @ W). Attention, a product of
     two activations one of which comes from a softmax or sigmoid (softmax(q k^T) @ v): a dense layer of the other
     operand whose weight, the attention, is held constant (the AH-rule of Ali et al. 2022); so is an operand
-    computed from data and constants alone (a mask, a held input's matrix)."""
+    computed from data and constants alone (a mask, a held input's matrix), and a constant left operand (W @ x)."""
 
     category = "dense"
     weight_out_axis = 1
@@ -70,6 +70,8 @@ class MatMul(LinearOp):
     def setup(self):
         weight = self.constants.get(1)
         self.kind = "linear" if weight is not None and weight.ndim == 2 and 0 not in self.constants else None
+        if self.kind is None and 0 in self.constants and 1 not in self.constants:   # W @ x: a weight held constant
+            self.attention, self.kind, self.data_input = 0, "linear", 1
 
     def link(self, producers):
         if self.constants:
